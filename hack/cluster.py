@@ -1,0 +1,562 @@
+#!/usr/bin/env python3
+"""The local Kubernetes control plane for development, tests and the quickstart.
+
+Real parts, run as local processes: etcd, kube-apiserver, kube-controller-manager and
+kube-scheduler (built from the Kubernetes Go modules by hack/build-binaries.sh), and kwok, which
+simulates nodes (CPU and GPU nodes) and the pods scheduled onto them. There is no kubelet, no
+container runtime and no kube-proxy: it is a development and test cluster, not a production one.
+
+    hack/cluster.py up       build what is missing, start everything, write the kubeconfig
+    hack/cluster.py down     stop everything and remove the cluster's state
+    hack/cluster.py status   show what runs
+    hack/cluster.py operator start the modelops operator from .venv in the background (stopped by down)
+    hack/cluster.py env      print `export KUBECONFIG=... PATH=...` for a shell: eval "$(hack/cluster.py env)"
+
+State (certificates, etcd data, logs, kubeconfig) lives in $MODELOPS_CLUSTER_DIR (default
+.cluster/ in the repository). Ports: $MODELOPS_API_PORT (16443), $MODELOPS_ETCD_PORT (12379).
+Only the standard library is used, so this runs before the virtualenv exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+HACK = REPO / "hack"
+STATE = Path(os.environ.get("MODELOPS_CLUSTER_DIR", REPO / ".cluster"))
+CACHE = Path(os.environ.get("MODELOPS_CACHE", Path.home() / ".cache" / "modelops"))
+BIN = CACHE / "bin"
+API_PORT = int(os.environ.get("MODELOPS_API_PORT", "16443"))
+ETCD_PORT = int(os.environ.get("MODELOPS_ETCD_PORT", "12379"))
+KWOK_PORT = int(os.environ.get("MODELOPS_KWOK_PORT", "10247"))
+SERVICE_CIDR = "10.96.0.0/16"
+KUBECONFIG = STATE / "kubeconfig"
+
+#: kwok's stage files, taken from its Go module (no copy in this repository).
+KWOK_STAGES = (
+    "kustomize/stage/node/fast/node-initialize.yaml",
+    "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "kustomize/stage/pod/fast/pod-ready.yaml",
+    "kustomize/stage/pod/fast/pod-complete.yaml",
+    "kustomize/stage/pod/fast/pod-delete.yaml",
+)
+
+
+def log(msg: str) -> None:
+    print(f"[cluster] {msg}", file=sys.stderr, flush=True)
+
+
+def run(*args: str | Path, capture: bool = False, **kw: object) -> str:
+    """Run a command, failing loudly with its output."""
+    res = subprocess.run([str(a) for a in args], capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload]
+    if res.returncode != 0:
+        raise SystemExit(f"command failed ({res.returncode}): {' '.join(map(str, args))}\n{res.stdout}{res.stderr}")
+    return res.stdout if capture else ""
+
+
+# --- certificates -----------------------------------------------------------------------------
+
+
+def _openssl_leaf(name: str, subject: str, ext: str) -> None:
+    pki = STATE / "pki"
+    with tempfile.NamedTemporaryFile("w", suffix=".cnf", delete=False) as f:
+        f.write(ext)
+    try:
+        run(
+            "openssl",
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            pki / f"{name}.key",
+            "-out",
+            pki / f"{name}.csr",
+            "-subj",
+            subject,
+        )
+        run(
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            pki / f"{name}.csr",
+            "-CA",
+            pki / "ca.crt",
+            "-CAkey",
+            pki / "ca.key",
+            "-CAcreateserial",
+            "-out",
+            pki / f"{name}.crt",
+            "-days",
+            "3650",
+            "-extfile",
+            f.name,
+        )
+    finally:
+        os.unlink(f.name)
+
+
+CLIENTS = {
+    # name: subject. admin is in system:masters; the control-plane components use their own
+    # identities so RBAC applies to them as in a real cluster.
+    "admin": "/O=system:masters/CN=modelops-admin",
+    "kube-controller-manager": "/CN=system:kube-controller-manager",
+    "kube-scheduler": "/CN=system:kube-scheduler",
+    "kwok": "/O=system:masters/CN=kwok-controller",
+}
+
+
+def make_pki() -> None:
+    """A CA, the API server's serving certificate, client certificates, the service-account key."""
+    pki = STATE / "pki"
+    if (pki / "ca.crt").exists():
+        return
+    pki.mkdir(parents=True, exist_ok=True)
+    run(
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        pki / "ca.key",
+        "-out",
+        pki / "ca.crt",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=modelops-local-ca",
+    )
+    sans = "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
+    _openssl_leaf(
+        "apiserver",
+        "/CN=kube-apiserver",
+        f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n",
+    )
+    for name, subject in CLIENTS.items():
+        _openssl_leaf(name, subject, "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n")
+    run("openssl", "genrsa", "-out", pki / "sa.key", "2048")
+    run("openssl", "rsa", "-in", pki / "sa.key", "-pubout", "-out", pki / "sa.pub")
+
+
+def write_kubeconfig(path: Path, user: str) -> None:
+    """A kubeconfig for one client certificate (JSON is valid YAML)."""
+    pki = STATE / "pki"
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "modelops-local",
+                "cluster": {"server": f"https://127.0.0.1:{API_PORT}", "certificate-authority": str(pki / "ca.crt")},
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {"client-certificate": str(pki / f"{user}.crt"), "client-key": str(pki / f"{user}.key")},
+            }
+        ],
+        "contexts": [{"name": "modelops-local", "context": {"cluster": "modelops-local", "user": user}}],
+        "current-context": "modelops-local",
+    }
+    path.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+@dataclass
+class Component:
+    name: str
+    argv: list[str]
+    env: dict[str, str] | None = None
+
+    @property
+    def pidfile(self) -> Path:
+        return STATE / "run" / f"{self.name}.pid"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pidfile.read_text())
+            os.kill(pid, 0)
+            return pid
+        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+            return None
+
+    def start(self) -> None:
+        if self.pid():
+            return
+        (STATE / "logs").mkdir(parents=True, exist_ok=True)
+        self.pidfile.parent.mkdir(parents=True, exist_ok=True)
+        with open(STATE / "logs" / f"{self.name}.log", "ab") as out:
+            proc = subprocess.Popen(
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=STATE,
+                env=None if self.env is None else {**os.environ, **self.env},
+            )
+        self.pidfile.write_text(str(proc.pid))
+        log(f"started {self.name} (pid {proc.pid}, log {STATE / 'logs' / (self.name + '.log')})")
+
+    def stop(self) -> None:
+        pid = self.pid()
+        if pid is None:
+            return
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        for _ in range(100):
+            if self.pid() is None or _zombie(pid):
+                break
+            time.sleep(0.1)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        self.pidfile.unlink(missing_ok=True)
+        log(f"stopped {self.name}")
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+def operator_component() -> Component:
+    """The modelops operator from the project's virtualenv, as a user runs it out of cluster."""
+    return Component(
+        "modelops-operator",
+        [str(REPO / ".venv" / "bin" / "modelops-operator")],
+        env={"KUBECONFIG": str(KUBECONFIG), "MODELOPS_HEALTH_PORT": os.environ.get("MODELOPS_HEALTH_PORT", "18080")},
+    )
+
+
+def components() -> list[Component]:
+    pki = STATE / "pki"
+
+    def b(name: str) -> str:
+        return str(BIN / name)
+
+    return [
+        Component(
+            "etcd",
+            [
+                b("etcd"),
+                "--name=modelops",
+                f"--data-dir={STATE / 'etcd'}",
+                f"--listen-client-urls=http://127.0.0.1:{ETCD_PORT}",
+                f"--advertise-client-urls=http://127.0.0.1:{ETCD_PORT}",
+                f"--listen-peer-urls=http://127.0.0.1:{ETCD_PORT + 1}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{ETCD_PORT + 1}",
+                f"--initial-cluster=modelops=http://127.0.0.1:{ETCD_PORT + 1}",
+                "--unsafe-no-fsync",
+                "--quota-backend-bytes=4294967296",
+                "--log-level=warn",
+            ],
+        ),
+        Component(
+            "kube-apiserver",
+            [
+                b("kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{ETCD_PORT}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={API_PORT}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--authorization-mode=RBAC",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--endpoint-reconciler-type=none",
+                "--v=1",
+            ],
+        ),
+        Component(
+            "kube-controller-manager",
+            [
+                b("kube-controller-manager"),
+                f"--kubeconfig={STATE / 'kube-controller-manager.kubeconfig'}",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--root-ca-file={pki / 'ca.crt'}",
+                "--use-service-account-credentials=true",
+                "--leader-elect=false",
+                "--secure-port=0",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--kube-api-qps=200",
+                "--kube-api-burst=400",
+                "--v=1",
+            ],
+        ),
+        Component(
+            "kube-scheduler",
+            [
+                b("kube-scheduler"),
+                f"--kubeconfig={STATE / 'kube-scheduler.kubeconfig'}",
+                f"--authentication-kubeconfig={STATE / 'kube-scheduler.kubeconfig'}",
+                f"--authorization-kubeconfig={STATE / 'kube-scheduler.kubeconfig'}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                "--secure-port=0",
+                "--v=1",
+            ],
+        ),
+        Component(
+            "kwok",
+            [
+                b("kwok"),
+                f"--kubeconfig={STATE / 'kwok.kubeconfig'}",
+                f"--config={STATE / 'kwok.yaml'}",
+                "--manage-all-nodes=false",
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                "--node-lease-duration-seconds=40",
+                "--cidr=10.244.0.0/16",
+                "--node-ip=127.0.0.1",
+                f"--server-address=127.0.0.1:{KWOK_PORT}",
+            ],
+        ),
+    ]
+
+
+# --- readiness --------------------------------------------------------------------------------
+
+
+def _admin_context() -> ssl.SSLContext:
+    pki = STATE / "pki"
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    return ctx
+
+
+def api_get(path: str, timeout: float = 2.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(
+            f"https://127.0.0.1:{API_PORT}{path}", context=_admin_context(), timeout=timeout
+        ) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except (urllib.error.URLError, OSError) as e:
+        return 0, str(e)
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float, component: Component | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if component is not None and component.pid() is None:
+            tail = (STATE / "logs" / f"{component.name}.log").read_text()[-3000:]
+            raise SystemExit(f"{component.name} exited while waiting for {what}:\n{tail}")
+        time.sleep(0.2)
+    raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what} (logs in {STATE / 'logs'})")
+
+
+def kubectl(*args: str, stdin: str | None = None) -> str:
+    return run(BIN / "kubectl", f"--kubeconfig={KUBECONFIG}", *args, capture=True, input=stdin)
+
+
+def kwok_config() -> None:
+    """kwok's configuration: its stages, read from the kwok Go module in the module cache."""
+    moddir = run(
+        "go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/kwok", capture=True, cwd=HACK / "gomod" / "kwok"
+    ).strip()
+    docs = [Path(moddir, stage).read_text().strip() for stage in KWOK_STAGES]
+    (STATE / "kwok.yaml").write_text("\n---\n".join(docs) + "\n")
+
+
+def nodes_manifest() -> str:
+    """Simulated nodes: two CPU nodes and two GPU nodes (8 GPUs each, tainted like a GPU pool)."""
+    items = []
+    for i in range(2):
+        items.append(
+            _node(f"kwok-cpu-{i}", {"cpu": "32", "memory": "128Gi", "pods": "110"}, {"modelops.dev/pool": "cpu"}, [])
+        )
+    for i in range(2):
+        items.append(
+            _node(
+                f"kwok-gpu-{i}",
+                {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"},
+                {"modelops.dev/pool": "gpu", "nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": "NVIDIA-H200"},
+                [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}],
+            )
+        )
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+
+
+def _node(
+    name: str, capacity: dict[str, str], labels: dict[str, str], taints: list[dict[str, str]]
+) -> dict[str, object]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+                **labels,
+            },
+        },
+        "spec": {"taints": taints},
+        "status": {"capacity": capacity, "allocatable": capacity},
+    }
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def up(_: argparse.Namespace) -> int:
+    start = time.monotonic()
+    need = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok"]
+    if not all((BIN / n).exists() for n in need):
+        run(HACK / "build-binaries.sh", "kubernetes", "etcd", "kwok", stdout=None, stderr=None)
+    STATE.mkdir(parents=True, exist_ok=True)
+    make_pki()
+    write_kubeconfig(KUBECONFIG, "admin")
+    for user in ("kube-controller-manager", "kube-scheduler", "kwok"):
+        write_kubeconfig(STATE / f"{user}.kubeconfig", user)
+    if not (STATE / "kwok.yaml").exists():
+        kwok_config()
+    comps = {c.name: c for c in components()}
+    if comps["kube-apiserver"].pid() is None:
+        for port in (ETCD_PORT, API_PORT):
+            if _port_in_use(port):
+                raise SystemExit(
+                    f"port {port} is already in use (another local cluster?): stop it, or choose other ports "
+                    "with MODELOPS_API_PORT / MODELOPS_ETCD_PORT"
+                )
+    comps["etcd"].start()
+    comps["kube-apiserver"].start()
+    wait_for("the API server's /readyz", lambda: api_get("/readyz")[0] == 200, 120, comps["kube-apiserver"])
+    for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
+        comps[name].start()
+    kubectl("apply", "--server-side", "--field-manager=modelops-cluster", "-f", "-", stdin=nodes_manifest())
+    wait_for(
+        "the default ServiceAccount (controller-manager up)",
+        lambda: api_get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
+        120,
+        comps["kube-controller-manager"],
+    )
+    wait_for("kwok nodes Ready", _nodes_ready, 120, comps["kwok"])
+    log(f"cluster up in {time.monotonic() - start:.1f}s; kubeconfig: {KUBECONFIG}")
+    print(f"export KUBECONFIG={KUBECONFIG}")
+    return 0
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _nodes_ready() -> bool:
+    code, body = api_get("/api/v1/nodes")
+    if code != 200:
+        return False
+    nodes = json.loads(body)["items"]
+    ready = [
+        n
+        for n in nodes
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
+    ]
+    return len(nodes) > 0 and len(ready) == len(nodes)
+
+
+def start_operator(_: argparse.Namespace) -> int:
+    if not (REPO / ".venv" / "bin" / "modelops-operator").exists():
+        raise SystemExit("no .venv with the operator: run hack/setup.sh first")
+    comp = operator_component()
+    comp.start()
+    port = (comp.env or {})["MODELOPS_HEALTH_PORT"]
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    wait_for("the operator's /healthz", healthy, 60, comp)
+    log(f"operator running; log: {STATE / 'logs' / (comp.name + '.log')}")
+    return 0
+
+
+def down(_: argparse.Namespace) -> int:
+    for comp in [operator_component(), *reversed(components())]:
+        comp.stop()
+    if STATE.exists():
+        shutil.rmtree(STATE)
+        log(f"removed {STATE}")
+    return 0
+
+
+def status(_: argparse.Namespace) -> int:
+    ok = True
+    for comp in components():
+        pid = comp.pid()
+        ok &= pid is not None
+        print(f"{comp.name:26} {'running, pid ' + str(pid) if pid else 'stopped'}")
+    operator = operator_component().pid()
+    print(f"{'modelops-operator':26} {'running, pid ' + str(operator) if operator else 'not started'}")
+    code, _body = api_get("/readyz") if (STATE / "pki").exists() else (0, "")
+    print(f"{'api /readyz':26} {code or 'unreachable'}")
+    return 0 if ok and code == 200 else 1
+
+
+def env(_: argparse.Namespace) -> int:
+    print(f"export KUBECONFIG={KUBECONFIG}")
+    print(f'export PATH="{BIN}:$PATH"')
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hack/cluster.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, fn, help_ in (
+        ("up", up, "start the cluster (building what is missing)"),
+        ("down", down, "stop the cluster and delete its state"),
+        ("status", status, "show the components and the API server's health"),
+        ("env", env, "print shell exports for KUBECONFIG and PATH"),
+        ("operator", start_operator, "start the modelops operator (from .venv) in the background"),
+    ):
+        sub.add_parser(name, help=help_).set_defaults(fn=fn)
+    args = parser.parse_args(argv)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs everything modelops needs on a fresh Debian machine, and nothing twice:
+#   - Debian packages (openssl for the cluster's certificates, git, ca-certificates),
+#   - the project virtualenv .venv with the operator, trainer and server installed editable,
+#     plus the development tools, at the versions in constraints.txt,
+#   - the local cluster's binaries, built from their Go modules (hack/build-binaries.sh).
+# Safe to run again: each step is skipped when already done.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+need_apt=()
+for cmd_pkg in openssl:openssl git:git; do
+  command -v "${cmd_pkg%%:*}" >/dev/null || need_apt+=("${cmd_pkg##*:}")
+done
+[ -e /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing Debian packages: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+command -v go >/dev/null || { log "Go is required (go 1.24 or newer) to build the local cluster"; exit 1; }
+
+python=${PYTHON:-python3}
+stamp=.venv/.modelops-installed
+inputs=$(cat constraints.txt requirements-dev.txt operator/pyproject.toml trainer_image/pyproject.toml \
+  server_image/pyproject.toml | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$inputs" ]; then
+  log "creating .venv and installing the three packages (PyTorch is a large download the first time)"
+  [ -x .venv/bin/python ] || "$python" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -c constraints.txt -r requirements-dev.txt \
+    -e operator -e trainer_image -e server_image
+  echo "$inputs" > "$stamp"
+fi
+
+hack/build-binaries.sh >/dev/null
+log "ready: .venv and the cluster binaries in ${MODELOPS_CACHE:-$HOME/.cache/modelops}/bin"

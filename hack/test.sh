@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every check and test: installs what is missing (hack/setup.sh), then lint (ruff), types
+# (mypy --strict), the operator's import layers (import-linter), CRDs in sync with the models,
+# unit tests, and the cluster tests against the local control plane (started when not running,
+# and stopped again afterwards unless MODELOPS_KEEP_CLUSTER=1). Extra arguments go to pytest,
+# e.g. `hack/test.sh tests/unit` or `hack/test.sh -m "not cluster"`.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+hack/setup.sh
+py=.venv/bin
+step() { printf '\n=== %s\n' "$*" >&2; }
+
+step "ruff"
+$py/ruff check .
+$py/ruff format --check .
+step "mypy --strict"
+$py/mypy --strict operator/src trainer_image/src server_image/src hack/cluster.py
+step "import layers"
+$py/lint-imports
+step "CRDs in sync with the models"
+$py/python -m modelops_operator.crdgen --check
+step "pytest"
+$py/pytest "$@"

@@ -1,0 +1,54 @@
+"""`modelops-operator` (or `python -m modelops_operator`): run the operator.
+
+Out of cluster it uses $KUBECONFIG; in a pod, its ServiceAccount. Settings come from MODELOPS_*
+environment variables (listed by --help).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import kopf
+
+from modelops_operator import __version__
+from modelops_operator.settings import OperatorSettings
+
+_FORMATS = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="modelops-operator",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Run the modelops operator: it reconciles Dataset, TrainingRun and ModelDeployment objects\n"
+            "(group modelops.dev) and reports what it did in their status."
+        ),
+        epilog="settings (environment variables):\n" + OperatorSettings.describe(),
+    )
+    parser.add_argument("--version", action="version", version=f"modelops-operator {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="log at DEBUG level, kopf's internals included")
+    args = parser.parse_args(argv)
+
+    settings = OperatorSettings.from_env()
+    kopf.configure(
+        verbose=args.verbose or settings.log_level == "DEBUG",
+        quiet=settings.log_level in ("WARNING", "ERROR"),
+        log_format=_FORMATS[settings.log_format],
+        log_refkey="object",
+    )
+    # Imported here, after kopf.configure: importing registers the handlers with their settings.
+    import modelops_operator.handlers  # noqa: F401, PLC0415
+
+    kopf.run(
+        standalone=True,
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Condition types and reasons: the words `status` speaks, defined once.
+
+Users match on these in scripts (`kubectl wait --for=condition=Ready`), so they are part of the
+API: add new ones, never rename. Reasons are CamelCase, as Kubernetes API conventions ask.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from modelops_operator.api.common import Condition, ConditionStatus
+
+# Condition types.
+READY = "Ready"
+"""The object has reached its goal: a dataset version exists, a model is registered, a model serves."""
+PROGRESSING = "Progressing"
+"""The operator is working towards the goal (a Job, a trial, a rollout step is under way)."""
+DEGRADED = "Degraded"
+"""Something failed that needs the user: a rollback happened, a failure budget ran out."""
+DATASET_READY = "DatasetReady"
+"""For a TrainingRun: the Dataset it trains on is Ready and its version is pinned."""
+MODEL_RESOLVED = "ModelResolved"
+"""For a ModelDeployment: the model to serve is known (a registered version, or a URI with digest)."""
+
+# Reasons shared by every kind.
+INVALID_SPEC = "InvalidSpec"
+"""The spec passed the API server's schema but the operator cannot act on it; the message says why."""
+RECONCILING = "Reconciling"
+"""The operator accepted the spec and is bringing the children into line with it."""
+NOT_IMPLEMENTED = "NotImplemented"
+"""This operator version accepts the kind but does not yet act on it; nothing has been created."""
+
+# Reasons of a TrainingRun.
+DATASET_NOT_FOUND = "DatasetNotFound"
+"""The Dataset named in `spec.datasetRef` does not exist in the TrainingRun's namespace."""
+DATASET_NOT_READY = "DatasetNotReady"
+"""The Dataset exists but has no Ready version yet; the TrainingRun waits for it."""
+DATASET_VERSION_PINNED = "DatasetVersionPinned"
+"""The Dataset is Ready and the version the TrainingRun will train on is recorded."""
+
+# Reasons of a ModelDeployment.
+TRAINING_RUN_NOT_FOUND = "TrainingRunNotFound"
+"""The TrainingRun named in `spec.model.trainingRunRef` does not exist in the namespace."""
+MODEL_NOT_REGISTERED = "ModelNotRegistered"
+"""The TrainingRun exists but has not registered the requested model version yet."""
+MODEL_FOUND = "ModelFound"
+"""The model to serve is known: its URI and digest are in status."""
+
+#: Reasons that mean "waiting, nothing wrong": their Events are Normal, all others Warnings.
+WAITING_REASONS = frozenset({RECONCILING, NOT_IMPLEMENTED, DATASET_NOT_READY, MODEL_NOT_REGISTERED})
+
+
+def now() -> datetime:
+    """The current time, UTC, to the second (the precision Kubernetes stores)."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def set_condition(
+    conditions: list[Condition],
+    type_: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    generation: int,
+    at: datetime | None = None,
+) -> list[Condition]:
+    """Return `conditions` with `type_` set; `lastTransitionTime` moves only when `status` changes.
+
+    The input is not modified. Keeping the old transition time when only the reason or message
+    changes is what makes "write status only when it changed" converge.
+    """
+    old = next((c for c in conditions if c.type == type_), None)
+    transition = old.last_transition_time if old is not None and old.status == status else (at or now())
+    new = Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=transition,
+        observed_generation=generation,
+    )
+    return [new if c.type == type_ else c for c in conditions] if old else [*conditions, new]
+
+
+def get_condition(conditions: list[Condition], type_: str) -> Condition | None:
+    """The condition of that type, or None."""
+    return next((c for c in conditions if c.type == type_), None)

@@ -1,0 +1,313 @@
+"""The `ModelDeployment` kind: serve a model, and roll every new model out as a canary that is
+promoted or rolled back on live metrics."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from modelops_operator.api.common import (
+    DIGEST_PATTERN,
+    DURATION_PATTERN,
+    NAME_PATTERN,
+    URI_PATTERN,
+    ApiModel,
+    Placement,
+    Quantity,
+    Resources,
+    StatusBase,
+    cel,
+    validations,
+)
+
+ModelDeploymentPhase = Literal["Pending", "Progressing", "Paused", "Healthy", "Degraded", "Failed"]
+
+
+class TrainingRunRef(ApiModel):
+    """A TrainingRun whose registered model is served."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=NAME_PATTERN)
+    """The TrainingRun's name, in the ModelDeployment's namespace."""
+    version: int | None = Field(default=None, ge=1)
+    """A registered model version to serve; unset follows the latest version, rolling each new one
+    out as a canary."""
+
+
+class ModelSource(
+    ApiModel,
+    json_schema_extra=validations(
+        cel(
+            "has(self.trainingRunRef) != has(self.uri)",
+            "set exactly one of model.trainingRunRef and model.uri",
+        ),
+        cel("!has(self.uri) || has(self.digest)", "model.uri needs model.digest (sha256:<64 hex>)", ".digest"),
+        cel("!has(self.trainingRunRef) || !has(self.digest)", "model.digest goes with model.uri only", ".digest"),
+    ),
+):
+    """The model to serve: a TrainingRun's registered model, or an ONNX file with its digest."""
+
+    training_run_ref: TrainingRunRef | None = None
+    """Serve a model registered by this TrainingRun."""
+    uri: str | None = Field(default=None, pattern=URI_PATTERN, max_length=2048)
+    """Serve this ONNX file (its model card is looked up beside it as `<uri>.card.json`)."""
+    digest: str | None = Field(default=None, pattern=DIGEST_PATTERN)
+    """SHA-256 the ONNX file must have; the server refuses to load anything else."""
+
+
+class CustomMetric(ApiModel):
+    """A per-pod metric for the HorizontalPodAutoscaler, served by a Prometheus adapter."""
+
+    name: str = Field(default="modelops_inflight_requests", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$", max_length=200)
+    """The metric's name as the adapter exposes it (for example queue depth or in-flight requests)."""
+    target_average_value: Quantity = 8
+    """The per-pod average the autoscaler aims for."""
+
+
+class Autoscaling(
+    ApiModel,
+    json_schema_extra=validations(
+        cel("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas", ".minReplicas"),
+    ),
+):
+    """Replica bounds and targets of the stable Deployment (a HorizontalPodAutoscaler)."""
+
+    min_replicas: int = Field(default=1, ge=1, le=1000)
+    """Fewest stable replicas; also the PodDisruptionBudget's basis."""
+    max_replicas: int = Field(default=3, ge=1, le=1000)
+    """Most stable replicas."""
+    target_cpu_utilization: int = Field(default=70, ge=1, le=100)
+    """Average CPU utilisation, in percent of the request, the autoscaler aims for."""
+    custom_metric: CustomMetric | None = None
+    """An additional per-pod metric target; unset scales on CPU only."""
+
+
+class ServerSpec(ApiModel):
+    """The inference server's settings (see `python -m modelops_server --help`)."""
+
+    workers: int = Field(default=1, ge=1, le=64)
+    """Worker processes per pod, each running the model."""
+    max_batch_size: int = Field(default=16, ge=1, le=4096)
+    """Largest batch a worker runs; requests are grouped up to this size."""
+    max_batch_delay_ms: float = Field(default=5.0, ge=0, le=10_000)
+    """Longest a request waits for its batch to fill."""
+    queue_capacity: int = Field(default=256, ge=1, le=1_000_000)
+    """Requests queued per pod before it answers 503 with Retry-After."""
+    gpus: int = Field(default=0, ge=0, le=16)
+    """`nvidia.com/gpu` per pod; with 0 the server uses ONNX Runtime's CPU provider."""
+    resources: Resources = Field(default_factory=Resources)
+    """CPU and memory per pod; the CPU request is the autoscaler's 100%."""
+    placement: Placement = Field(default_factory=Placement)
+    """Where the server pods may run."""
+
+
+class Pause(ApiModel):
+    """A pause in the rollout."""
+
+    duration: str | None = Field(default=None, pattern=DURATION_PATTERN, max_length=32)
+    """How long to pause (`30s`, `5m`); unset pauses until promoted by hand."""
+
+
+class AnalysisMetric(
+    ApiModel,
+    json_schema_extra=validations(
+        cel("self.template != 'custom' || has(self.query)", "a custom metric needs a query", ".query"),
+        cel("has(self.max) || has(self.min)", "an analysis metric needs max or min"),
+    ),
+):
+    """One check of the canary's health, a Prometheus query with a success condition."""
+
+    name: str = Field(pattern=r"^[a-z][a-zA-Z0-9]*$", max_length=63)
+    """The metric's name in status and Events."""
+    template: Literal["errorRate", "latencyP99", "custom"] = "custom"
+    """`errorRate` (share of 5xx answers) and `latencyP99` (seconds) are built in; `custom` runs `query`."""
+    query: str | None = Field(default=None, max_length=4096)
+    """A PromQL query for a `custom` metric. `{{selector}}` is replaced by the canary's label
+    matchers, `{{stableSelector}}` by the stable's, `{{interval}}` by the analysis interval."""
+    max: float | None = None
+    """The check fails when the value is above this."""
+    min: float | None = None
+    """The check fails when the value is below this."""
+    compare_to_stable: bool = False
+    """Divide the canary's value by the stable's before comparing (a ratio: `max: 1.5` allows 50%
+    worse than stable)."""
+
+
+def _default_metrics() -> list[AnalysisMetric]:
+    return [
+        AnalysisMetric(name="errorRate", template="errorRate", max=0.01),
+        AnalysisMetric(name="latencyP99", template="latencyP99", max=0.5),
+    ]
+
+
+class Analysis(ApiModel):
+    """Checks run against live metrics; a failure aborts the rollout, no data pauses it."""
+
+    metrics: list[AnalysisMetric] = Field(default_factory=_default_metrics, min_length=1, max_length=16)
+    """The checks; default: error rate at most 1% and p99 latency at most 0.5 s."""
+    interval: str = Field(default="30s", pattern=DURATION_PATTERN, max_length=32)
+    """Time between measurements (and the query's range)."""
+    count: int = Field(default=3, ge=1, le=1000)
+    """Measurements taken; all must pass (within failureLimit) to go on."""
+    failure_limit: int = Field(default=0, ge=0, le=1000)
+    """Failed measurements tolerated before the rollout aborts."""
+    inconclusive_limit: int = Field(default=3, ge=0, le=1000)
+    """Measurements without data tolerated before the rollout pauses for a human."""
+
+
+class RolloutStep(
+    ApiModel,
+    json_schema_extra=validations(
+        cel(
+            "[has(self.setWeight), has(self.pause), has(self.analysis)].filter(x, x).size() == 1",
+            "a rollout step sets exactly one of setWeight, pause, analysis",
+        ),
+    ),
+):
+    """One step of a canary rollout (as in Argo Rollouts)."""
+
+    set_weight: int | None = Field(default=None, ge=0, le=100)
+    """Send this percentage of traffic to the canary."""
+    pause: Pause | None = None
+    """Wait for a duration, or until promoted by hand."""
+    analysis: Analysis | None = None
+    """Check the canary's metrics before going on."""
+
+
+def _default_steps() -> list[RolloutStep]:
+    return [
+        RolloutStep(set_weight=10),
+        RolloutStep(analysis=Analysis()),
+        RolloutStep(set_weight=50),
+        RolloutStep(analysis=Analysis()),
+    ]
+
+
+class HeaderRoute(ApiModel):
+    """Route requests with a header to the canary regardless of weight (A/B testing)."""
+
+    name: str = Field(min_length=1, max_length=256)
+    """The header's name."""
+    value: str = Field(min_length=1, max_length=4096)
+    """The value that sends a request to the canary."""
+
+
+class TrafficRouting(ApiModel):
+    """How traffic is split between stable and canary."""
+
+    http_route: str | None = Field(default=None, max_length=253, pattern=NAME_PATTERN)
+    """A Gateway API HTTPRoute whose backend weights the operator sets; unset splits by replica
+    ratio behind the shared Service."""
+    header_route: HeaderRoute | None = None
+    """With an HTTPRoute: send requests carrying this header to the canary."""
+
+
+class Rollout(
+    ApiModel,
+    json_schema_extra=validations(
+        cel(
+            "self.steps.filter(s, has(s.setWeight)).map(s, s.setWeight).isSorted()",
+            "canary weights (setWeight) must rise from step to step",
+            ".steps",
+        ),
+        cel(
+            "!has(self.trafficRouting) || !has(self.trafficRouting.headerRoute) || has(self.trafficRouting.httpRoute)",
+            "header routing needs trafficRouting.httpRoute",
+            ".trafficRouting",
+        ),
+    ),
+):
+    """The canary strategy for every new model."""
+
+    steps: list[RolloutStep] = Field(default_factory=_default_steps, max_length=32)
+    """The steps; default: 10%, analysis, 50%, analysis, then promote. Empty replaces the model at
+    once (no canary)."""
+    traffic_routing: TrafficRouting = Field(default_factory=TrafficRouting)
+    """How traffic is split."""
+    canary_replicas: int | None = Field(default=None, ge=1, le=1000)
+    """Canary pods; default enough to carry its weight of the stable's replicas."""
+
+
+class Alerts(ApiModel):
+    """Thresholds of the alert rules generated for this deployment (a PrometheusRule)."""
+
+    enabled: bool = True
+    """Create the PrometheusRule (when the prometheus-operator CRDs exist)."""
+    error_rate: float = Field(default=0.05, gt=0, le=1)
+    """Alert when the share of failed requests is above this."""
+    latency_p99_seconds: float = Field(default=1.0, gt=0, le=3600)
+    """Alert when p99 latency is above this many seconds."""
+    for_: str = Field(default="5m", alias="for", pattern=DURATION_PATTERN, max_length=32)
+    """How long a condition must hold before the alert fires."""
+    severity: Literal["info", "warning", "critical"] = "warning"
+    """The `severity` label of the alerts."""
+    runbook_url: str | None = Field(default=None, pattern=r"^https?://.+$", max_length=2048)
+    """Base URL of the runbooks; each alert's annotation appends its name."""
+
+
+class ModelDeploymentSpec(ApiModel):
+    """What a ModelDeployment declares."""
+
+    model: ModelSource
+    """The model to serve."""
+    server: ServerSpec = Field(default_factory=ServerSpec)
+    """Inference server settings."""
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    """Replica bounds and scaling targets."""
+    rollout: Rollout = Field(default_factory=Rollout)
+    """Canary steps and traffic routing for new models."""
+    alerts: Alerts = Field(default_factory=Alerts)
+    """Alert thresholds."""
+
+
+class ServedModel(ApiModel):
+    """A model version as served."""
+
+    version: str | None = Field(default=None, max_length=64)
+    """The registered version (`<trainingrun>:v<N>`), or the digest's prefix for a plain URI."""
+    uri: str = Field(max_length=2048)
+    """The ONNX file."""
+    digest: str = Field(pattern=DIGEST_PATTERN)
+    """Its SHA-256."""
+
+
+class AnalysisResult(ApiModel):
+    """One measurement of one analysis metric."""
+
+    metric: str = Field(max_length=63)
+    """The metric's name."""
+    value: float | None = None
+    """The measured value; unset when the query returned no data."""
+    result: Literal["Successful", "Failed", "Inconclusive"]
+    """Whether it met its condition; Inconclusive when there was no data."""
+    step: int = Field(ge=0)
+    """The rollout step it belongs to."""
+    measured_at: str = Field(max_length=64)
+    """When it was measured (RFC 3339)."""
+
+
+class ModelDeploymentStatus(StatusBase):
+    """What the operator observed and did."""
+
+    phase: ModelDeploymentPhase = "Pending"
+    """Pending, Progressing (a rollout is under way), Paused, Healthy, Degraded (rolled back) or Failed."""
+    stable: ServedModel | None = None
+    """The model serving the stable share of traffic."""
+    canary: ServedModel | None = None
+    """The model being rolled out, if any."""
+    previous: ServedModel | None = None
+    """The model stable replaced at the last promotion, kept for an instant rollback."""
+    stable_version: str | None = Field(default=None, max_length=64)
+    """`stable.version`, flat for `kubectl get`."""
+    current_step: int | None = Field(default=None, ge=0)
+    """Index of the rollout step under way."""
+    canary_weight: int = Field(default=0, ge=0, le=100)
+    """Percentage of traffic the canary receives."""
+    analysis: list[AnalysisResult] = Field(default_factory=list, max_length=256)
+    """The latest analysis measurements of the current rollout."""
+    replicas: int = Field(default=0, ge=0)
+    """Server pods, stable and canary."""
+    ready_replicas: int = Field(default=0, ge=0)
+    """Server pods ready to serve."""
+    url: str | None = Field(default=None, max_length=2048)
+    """The in-cluster URL of the Service."""

@@ -1,0 +1,327 @@
+"""The `TrainingRun` kind: train a model on a Dataset version, optionally searching
+hyper-parameters, and register the best result as an ONNX model version."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, get_args
+
+from pydantic import Field
+
+from modelops_operator.api.common import (
+    DIGEST_PATTERN,
+    NAME_PATTERN,
+    URI_PATTERN,
+    ApiModel,
+    Placement,
+    Resources,
+    StatusBase,
+    cel,
+    validations,
+)
+
+TrainingRunPhase = Literal["Pending", "WaitingForDataset", "Running", "Suspended", "Succeeded", "Failed"]
+Architecture = Literal[
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "convnext_tiny",
+    "vit_b_16",
+]
+#: Hyper-parameters a search may vary (their names in `spec.hyperparameters`, plus `architecture`).
+SearchableName = Literal[
+    "architecture",
+    "epochs",
+    "batchSize",
+    "optimizer",
+    "learningRate",
+    "weightDecay",
+    "momentum",
+    "labelSmoothing",
+    "warmupEpochs",
+    "gradClipNorm",
+    "emaDecay",
+]
+SEARCHABLE: tuple[str, ...] = get_args(SearchableName)
+
+
+class DatasetRef(ApiModel):
+    """The Dataset to train on, by name, optionally pinned to one of its versions."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=NAME_PATTERN)
+    """The Dataset's name, in the TrainingRun's namespace."""
+    version: str | None = Field(default=None, max_length=64)
+    """A dataset version to train on; unset takes the Dataset's Ready version when the run starts
+    (and keeps it: later dataset versions never disturb a running TrainingRun)."""
+
+
+class ModelSpec(ApiModel):
+    """The network to train."""
+
+    architecture: Architecture = "resnet18"
+    """A torchvision architecture; its classifier is sized to the dataset's classes."""
+    weights_uri: str | None = Field(default=None, pattern=URI_PATTERN, max_length=2048)
+    """Initial weights (a state dict) at a URI; unset trains from scratch. Nothing is downloaded
+    from a model hub at run time."""
+    weights_digest: str | None = Field(default=None, pattern=DIGEST_PATTERN)
+    """SHA-256 the weights file must have; checked before use."""
+
+
+class Hyperparameters(ApiModel):
+    """Training hyper-parameters: the values of a single run, or of every trial a search leaves
+    alone. The trainer documents each in its `--help`."""
+
+    epochs: int = Field(default=10, ge=1, le=10_000)
+    """Passes over the training split."""
+    batch_size: int = Field(default=64, ge=1, le=65_536)
+    """Images per optimizer step on each process (the global batch is this times the processes)."""
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    """AdamW, or SGD with Nesterov momentum. Weight decay never applies to norms and biases."""
+    learning_rate: float = Field(default=1e-3, gt=0, le=10)
+    """Peak learning rate, reached after the warm-up."""
+    weight_decay: float = Field(default=0.05, ge=0, le=1)
+    """Decoupled weight decay."""
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    """SGD momentum (ignored by AdamW)."""
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    """Label smoothing of the cross-entropy loss."""
+    lr_schedule: Literal["cosine", "oneCycle", "constant"] = "cosine"
+    """Learning-rate schedule after the warm-up."""
+    warmup_epochs: float = Field(default=1.0, ge=0, le=100)
+    """Linear warm-up length, in epochs."""
+    grad_clip_norm: float = Field(default=1.0, ge=0, le=1000)
+    """Clip the gradient's global norm to this; 0 turns clipping off."""
+    grad_accumulation_steps: int = Field(default=1, ge=1, le=1024)
+    """Micro-batches accumulated per optimizer step."""
+    mixed_precision: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    """`auto` uses bf16 on GPUs that support it, fp16 with loss scaling on others, off on CPU."""
+    channels_last: bool = True
+    """Use the channels-last memory format (faster convolutions on tensor cores)."""
+    compile: bool = False
+    """Compile the model with `torch.compile` (slower start, faster steps)."""
+    ema_decay: float = Field(default=0.0, ge=0, lt=1)
+    """Keep an exponential moving average of the weights with this decay; 0 turns it off."""
+    early_stopping_patience: int = Field(default=0, ge=0, le=10_000)
+    """Stop after this many epochs without validation improvement; 0 turns it off."""
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    """Seed of every random generator, for reproducible runs."""
+
+
+class SearchParameter(
+    ApiModel,
+    json_schema_extra=validations(
+        cel(
+            "self.type != 'choice' || (has(self.values) && size(self.values) > 0)",
+            "a choice parameter needs values",
+        ),
+        cel(
+            "self.type == 'choice' || (has(self.min) && has(self.max) && self.min < self.max)",
+            "uniform, logUniform and int parameters need min < max",
+        ),
+        cel("self.type != 'logUniform' || self.min > 0.0", "logUniform needs min > 0"),
+    ),
+):
+    """One dimension of the search space."""
+
+    name: SearchableName
+    """The hyper-parameter to vary (a field of `hyperparameters`, or `architecture`)."""
+    type: Literal["choice", "uniform", "logUniform", "int"]
+    """`choice` picks from `values`; `uniform` and `logUniform` draw a real number in
+    `[min, max]`; `int` draws an integer in `[min, max]`."""
+    values: list[Annotated[str, Field(min_length=1, max_length=63)]] | None = Field(default=None, max_length=64)
+    """The options of a `choice` parameter, written as strings (`["resnet18", "resnet34"]`, `["32", "64"]`)."""
+    min: float | None = None
+    """Lower bound of a `uniform`, `logUniform` or `int` parameter."""
+    max: float | None = None
+    """Upper bound of a `uniform`, `logUniform` or `int` parameter."""
+
+
+class Objective(ApiModel):
+    """What the search optimises."""
+
+    metric: str = Field(default="val_accuracy", pattern=r"^[a-z][a-z0-9_]*$", max_length=63)
+    """A metric the trainer reports per epoch: val_accuracy, val_loss, val_top5, ..."""
+    direction: Literal["maximize", "minimize"] = "maximize"
+    """Whether bigger or smaller is better."""
+    goal: float | None = None
+    """Stop the search as soon as a trial reaches this value."""
+
+
+class Search(
+    ApiModel,
+    json_schema_extra=validations(
+        cel("self.parallelism <= self.maxTrials", "parallelism cannot exceed maxTrials", ".parallelism"),
+        cel(
+            "self.parameters.all(p, self.parameters.exists_one(q, q.name == p.name))",
+            "each search parameter may appear once",
+            ".parameters",
+        ),
+        cel(
+            "self.algorithm != 'grid' || self.parameters.all(p, p.type == 'choice' || p.type == 'int')",
+            "grid search takes choice and int parameters only",
+            ".algorithm",
+        ),
+    ),
+):
+    """A hyper-parameter search: one PyTorchJob per trial, the best trial's model registered."""
+
+    algorithm: Literal["grid", "random", "bayesian"] = "random"
+    """`grid` tries every combination (up to maxTrials); `random` samples; `bayesian` uses a TPE
+    sampler whose state lives in status, so an operator restart loses nothing."""
+    parameters: list[SearchParameter] = Field(min_length=1, max_length=16)
+    """The dimensions of the search space."""
+    objective: Objective = Field(default_factory=Objective)
+    """The metric to optimise and its direction."""
+    max_trials: int = Field(default=4, ge=1, le=1000)
+    """The trial budget."""
+    parallelism: int = Field(default=1, ge=1, le=100)
+    """Trials running at once."""
+    max_failed_trials: int = Field(default=0, ge=0, le=1000)
+    """Failed trials tolerated before the run fails (reason `TrialsExhausted`)."""
+    early_stopping: Literal["none", "median"] = "median"
+    """`median` stops a trial whose metric at an epoch is worse than the median of the other
+    trials at that epoch."""
+    early_stopping_min_epochs: int = Field(default=2, ge=1, le=10_000)
+    """Epochs every trial runs before median stopping may judge it."""
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    """Seed of the sampler: the same seed proposes the same trials."""
+
+
+class Workers(ApiModel):
+    """The shape of each trial's PyTorchJob."""
+
+    nodes: int = Field(default=1, ge=1, le=256)
+    """Pods per trial: one master and `nodes - 1` workers."""
+    gpus_per_node: int = Field(default=0, ge=0, le=16)
+    """`nvidia.com/gpu` requested by each pod; 0 trains on CPU."""
+    procs_per_node: int | None = Field(default=None, ge=1, le=64)
+    """Training processes per pod (`nprocPerNode`); default one per GPU, or one on CPU."""
+    resources: Resources = Field(default_factory=Resources)
+    """CPU and memory of each pod."""
+    placement: Placement = Field(default_factory=Placement)
+    """Where the pods may run."""
+    gang_scheduling: bool = False
+    """Ask for all pods of a trial to be scheduled together (`schedulingPolicy.minAvailable`)."""
+    queue_name: str | None = Field(default=None, max_length=63)
+    """A Kueue LocalQueue or Volcano queue for the PyTorchJobs."""
+
+
+class RunPolicy(ApiModel):
+    """How each trial's PyTorchJob treats failures and time (Kubeflow's `runPolicy`)."""
+
+    backoff_limit: int = Field(default=3, ge=0, le=100)
+    """Pod restarts before the trial fails."""
+    active_deadline_seconds: int | None = Field(default=None, ge=60)
+    """The trial fails (reason `DeadlineExceeded`) when it runs longer than this."""
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    """Delete a finished PyTorchJob after this long; its results stay in status."""
+    clean_pod_policy: Literal["None", "Running", "All"] = "None"
+    """Which pods to delete when a trial finishes; `None` keeps their logs readable."""
+
+
+class Checkpointing(ApiModel):
+    """Checkpoints written during training, for resumption after preemption."""
+
+    every_epochs: int = Field(default=1, ge=1, le=10_000)
+    """Write a checkpoint every this many epochs (and always on SIGTERM)."""
+    uri: str | None = Field(default=None, pattern=URI_PATTERN, max_length=2048)
+    """Where checkpoints go; default: the operator's artifact store."""
+    pvc: str | None = Field(default=None, max_length=253)
+    """A PersistentVolumeClaim shared by the trial's pods, mounted where `uri` points."""
+
+
+class Registry(ApiModel):
+    """Where registered model versions are recorded besides status."""
+
+    mlflow_tracking_uri: str | None = Field(default=None, pattern=r"^https?://.+$", max_length=2048)
+    """An MLflow tracking server to register model versions in; unset registers in status only."""
+    model_name: str | None = Field(default=None, max_length=253)
+    """The registered model's name in MLflow; default the TrainingRun's name."""
+
+
+class TrainingRunSpec(ApiModel):
+    """What a TrainingRun declares. A change after success trains a new model version; earlier
+    versions stay registered."""
+
+    dataset_ref: DatasetRef
+    """The Dataset to train on."""
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    """The network."""
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    """Training hyper-parameters (the fixed ones, when a search varies others)."""
+    search: Search | None = None
+    """An optional hyper-parameter search; unset runs a single trial."""
+    workers: Workers = Field(default_factory=Workers)
+    """Pods, GPUs and placement of each trial."""
+    run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    """Failure and time limits of each trial."""
+    checkpointing: Checkpointing = Field(default_factory=Checkpointing)
+    """Checkpoint frequency and storage."""
+    registry: Registry = Field(default_factory=Registry)
+    """External model registry."""
+    suspend: bool = False
+    """Pause the run: running trials are stopped (and checkpointed), none are started."""
+
+
+class TrialStatus(ApiModel):
+    """One trial of the search (or the single trial of a plain run)."""
+
+    name: str = Field(max_length=253)
+    """The trial's PyTorchJob."""
+    parameters: dict[str, str] = Field(default_factory=dict)
+    """The hyper-parameters this trial varies, written as strings."""
+    state: Literal["Pending", "Running", "Succeeded", "Failed", "Stopped"] = "Pending"
+    """Pending, Running, Succeeded, Failed, or Stopped (early-stopped or suspended)."""
+    objective: float | None = None
+    """The trial's best value of the objective metric."""
+    epoch: int | None = Field(default=None, ge=0)
+    """The last epoch the trial reported."""
+    message: str | None = Field(default=None, max_length=4096)
+    """Why the trial failed or stopped."""
+
+
+class RegisteredModel(ApiModel):
+    """A registered model version: an ONNX file with its digest, metrics and lineage."""
+
+    version: int = Field(ge=1)
+    """Increases by one with every model this TrainingRun registers."""
+    uri: str = Field(max_length=2048)
+    """The ONNX file."""
+    digest: str = Field(pattern=DIGEST_PATTERN)
+    """SHA-256 of the ONNX file; servers check it before loading."""
+    model_card_uri: str | None = Field(default=None, max_length=2048)
+    """The model card: classes, input size, preprocessing, metrics, lineage."""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """Metrics of the best checkpoint on the validation and test splits."""
+    dataset_version: str | None = Field(default=None, max_length=64)
+    """The dataset version it was trained on."""
+    trial: str | None = Field(default=None, max_length=253)
+    """The trial that produced it."""
+    parameters: dict[str, str] = Field(default_factory=dict)
+    """That trial's hyper-parameters."""
+
+
+class TrainingRunStatus(StatusBase):
+    """What the operator observed and produced."""
+
+    phase: TrainingRunPhase = "Pending"
+    """Pending, WaitingForDataset, Running, Suspended, Succeeded or Failed."""
+    dataset_version: str | None = Field(default=None, max_length=64)
+    """The pinned dataset version this run trains on."""
+    trials: list[TrialStatus] = Field(
+        default_factory=list,
+        max_length=1000,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    """Every trial started so far, with its parameters, state and objective."""
+    best_trial: str | None = Field(default=None, max_length=253)
+    """The trial with the best objective so far."""
+    best_objective: float | None = None
+    """The best objective value so far."""
+    model: RegisteredModel | None = None
+    """The latest registered model version."""
+    model_version: int | None = Field(default=None, ge=1)
+    """The latest registered model version number (also in `model.version`)."""

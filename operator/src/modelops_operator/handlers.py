@@ -1,0 +1,115 @@
+"""kopf registration: the only place that knows about kopf.
+
+Every kind gets the same level-based handling: create, update (of the spec), resume (operator
+start) and a periodic timer all call one idempotent `reconcile`, which validates the body into
+the pydantic model at the boundary, asks the pure `reconcile` layer for the status it should have,
+and writes status only when it changed. An object whose spec cannot be acted on gets
+`Ready=False, reason=InvalidSpec` with the validation message; it never crashes the operator.
+
+    kopf run -m modelops_operator.handlers --all-namespaces     # or: modelops-operator
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from modelops_operator import kube
+from modelops_operator.api.common import GROUP, VERSION, StatusBase
+from modelops_operator.api.kinds import DATASET, KINDS, MODEL_DEPLOYMENT, TRAINING_RUN, Kind
+from modelops_operator.reconcile import kinds as rk
+from modelops_operator.reconcile.status import describe_error, invalid_spec, merge_patch, parse_status, ready_events
+from modelops_operator.settings import OperatorSettings
+
+SETTINGS = OperatorSettings.from_env()
+#: Prefix of the annotations kopf keeps its bookkeeping in (status stays ours alone).
+ANNOTATION_PREFIX = GROUP
+
+
+@kopf.on.startup()
+def configure(*, settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
+    """Apply OperatorSettings to kopf and log in the API client."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    # Our own Events announce state changes; kopf's per-handler chatter stays in the logs.
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = SETTINGS.watch_server_timeout_seconds
+    settings.watching.client_timeout = SETTINGS.watch_client_timeout_seconds
+    settings.networking.request_timeout = 30
+    kube.login()
+    logger.info("modelops operator configured: %s", SETTINGS.model_dump_json())
+
+
+def _dependency(kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return kube.get_object(kind, namespace, name)
+    except kube.Conflict as e:
+        raise kopf.TemporaryError(str(e), delay=1) from e
+    except kube.Unavailable as e:
+        raise kopf.TemporaryError(str(e), delay=10) from e
+
+
+def _dataset(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBase:
+    return rk.dataset_status(spec, generation, old)
+
+
+def _training_run(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBase:
+    dataset = _dependency(DATASET, body.metadata.namespace or "", spec.dataset_ref.name)
+    return rk.training_run_status(spec, generation, old, dataset)
+
+
+def _model_deployment(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBase:
+    ref = spec.model.training_run_ref
+    run = _dependency(TRAINING_RUN, body.metadata.namespace or "", ref.name) if ref else None
+    return rk.model_deployment_status(spec, generation, old, run)
+
+
+STATUS: dict[str, Callable[[Any, int, Any, kopf.Body], StatusBase]] = {
+    DATASET.kind: _dataset,
+    TRAINING_RUN.kind: _training_run,
+    MODEL_DEPLOYMENT.kind: _model_deployment,
+}
+
+
+def reconcile(kind: Kind, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> None:
+    """Bring one object's status in line with its spec and what it depends on."""
+    generation = int(body.metadata.get("generation") or 0)
+    old_raw = dict(body.get("status") or {})
+    old = parse_status(kind.status, old_raw)
+    try:
+        spec = kind.spec.model_validate(dict(body.get("spec") or {}))
+    except ValidationError as e:
+        message = describe_error(e)
+        logger.warning("invalid spec: %s", message)
+        new = invalid_spec(old, generation, message)
+    else:
+        new = STATUS[kind.kind](spec, generation, old, body)
+    changes = merge_patch(old_raw, new.wire())
+    if not changes:
+        return
+    patch.status.update(changes)
+    for event in ready_events(old, new):
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    logger.info("status updated: %s", ", ".join(sorted(changes)))
+
+
+def _register(kind: Kind) -> None:
+    def handle(*, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+        reconcile(kind, body, patch, logger)
+
+    resource = (GROUP, VERSION, kind.plural)
+    kopf.on.resume(*resource, id="reconcile")(handle)
+    kopf.on.create(*resource, id="reconcile")(handle)
+    kopf.on.update(*resource, id="reconcile", field="spec")(handle)
+    kopf.timer(*resource, id="resync", interval=SETTINGS.resync_seconds, initial_delay=SETTINGS.resync_seconds)(handle)
+
+
+for _kind in KINDS:
+    _register(_kind)

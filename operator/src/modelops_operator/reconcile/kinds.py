@@ -1,0 +1,104 @@
+"""The status each kind should have, from its spec and the objects it depends on.
+
+This release accepts and validates all three kinds and resolves their references (a TrainingRun's
+Dataset, a ModelDeployment's model); preparing data, training and serving arrive with the issues
+that build them. Until then the operator says so in `Ready` (reason `NotImplemented`) instead of
+pretending: nothing is marked Ready that is not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelops_operator.api import conditions as c
+from modelops_operator.api.common import Condition, ConditionStatus
+from modelops_operator.api.dataset import DatasetSpec, DatasetStatus
+from modelops_operator.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
+from modelops_operator.api.trainingrun import TrainingRunSpec, TrainingRunStatus
+
+T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
+
+
+def _is_ready(obj: dict[str, Any]) -> bool:
+    conds = obj.get("status", {}).get("conditions", [])
+    return any(x.get("type") == c.READY and x.get("status") == "True" for x in conds)
+
+
+def dataset_status(spec: DatasetSpec, generation: int, old: DatasetStatus) -> DatasetStatus:
+    """A Dataset's status. Data preparation is not built yet: accepted, not Ready."""
+    del spec  # every field is validated at the boundary; preparation will read it
+    msg = "spec accepted; this operator version does not prepare datasets yet, so no Job was created"
+    conds = c.set_condition(old.conditions, c.READY, F, c.NOT_IMPLEMENTED, msg, generation)
+    conds = c.set_condition(conds, c.PROGRESSING, F, c.NOT_IMPLEMENTED, msg, generation)
+    return old.model_copy(update={"phase": "Pending", "observed_generation": generation, "conditions": conds})
+
+
+def _waiting(old_conds: list[Condition], cond_type: str, reason: str, msg: str, generation: int) -> list[Condition]:
+    """`cond_type`, Ready and Progressing all False for the same reason: waiting on another object."""
+    conds = c.set_condition(old_conds, cond_type, F, reason, msg, generation)
+    conds = c.set_condition(conds, c.READY, F, reason, msg, generation)
+    return c.set_condition(conds, c.PROGRESSING, F, reason, msg, generation)
+
+
+def _accepted(
+    old_conds: list[Condition], cond_type: str, reason: str, msg: str, todo: str, generation: int
+) -> list[Condition]:
+    """`cond_type` True; Ready and Progressing False with `NotImplemented`: the next stage is not built."""
+    conds = c.set_condition(old_conds, cond_type, T, reason, msg, generation)
+    conds = c.set_condition(conds, c.READY, F, c.NOT_IMPLEMENTED, todo, generation)
+    return c.set_condition(conds, c.PROGRESSING, F, c.NOT_IMPLEMENTED, todo, generation)
+
+
+def training_run_status(
+    spec: TrainingRunSpec, generation: int, old: TrainingRunStatus, dataset: dict[str, Any] | None
+) -> TrainingRunStatus:
+    """A TrainingRun's status: waits for its Dataset to be Ready, then pins the dataset version.
+
+    A version pinned once is kept (a later dataset version never disturbs the run);
+    `spec.datasetRef.version` pins one explicitly.
+    """
+    ref = spec.dataset_ref
+    version = old.dataset_version
+    if dataset is None:
+        msg = f'Dataset "{ref.name}" does not exist in this namespace; create it or fix spec.datasetRef.name'
+        conds = _waiting(old.conditions, c.DATASET_READY, c.DATASET_NOT_FOUND, msg, generation)
+        phase = "WaitingForDataset"
+    elif not _is_ready(dataset) and ref.version is None and version is None:
+        msg = f'Dataset "{ref.name}" has no Ready version yet; the run starts when it has one'
+        conds = _waiting(old.conditions, c.DATASET_READY, c.DATASET_NOT_READY, msg, generation)
+        phase = "WaitingForDataset"
+    else:
+        version = version or ref.version or dataset.get("status", {}).get("version")
+        msg = f'training on Dataset "{ref.name}" version {version}'
+        todo = "dataset pinned; this operator version does not launch training yet, so no PyTorchJob was created"
+        conds = _accepted(old.conditions, c.DATASET_READY, c.DATASET_VERSION_PINNED, msg, todo, generation)
+        phase = "Pending"
+    return old.model_copy(
+        update={"phase": phase, "observed_generation": generation, "conditions": conds, "dataset_version": version}
+    )
+
+
+def model_deployment_status(
+    spec: ModelDeploymentSpec, generation: int, old: ModelDeploymentStatus, training_run: dict[str, Any] | None
+) -> ModelDeploymentStatus:
+    """A ModelDeployment's status: resolves the model to serve (a URI with digest, or a TrainingRun's
+    registered version); serving is not built yet."""
+    src, ref = spec.model, spec.model.training_run_ref
+    model = (training_run or {}).get("status", {}).get("model")
+    if src.uri is not None:
+        where = f"model {src.digest} at {src.uri}"
+    elif ref is not None and training_run is None:
+        msg = f'TrainingRun "{ref.name}" does not exist in this namespace; create it or fix spec.model.trainingRunRef'
+        conds = _waiting(old.conditions, c.MODEL_RESOLVED, c.TRAINING_RUN_NOT_FOUND, msg, generation)
+        return old.model_copy(update={"phase": "Pending", "observed_generation": generation, "conditions": conds})
+    elif ref is not None and (model is None or (ref.version is not None and model.get("version", 0) < ref.version)):
+        wanted = f"version {ref.version}" if ref.version else "a model"
+        msg = f'TrainingRun "{ref.name}" has not registered {wanted} yet; the deployment waits for it'
+        conds = _waiting(old.conditions, c.MODEL_RESOLVED, c.MODEL_NOT_REGISTERED, msg, generation)
+        return old.model_copy(update={"phase": "Pending", "observed_generation": generation, "conditions": conds})
+    else:
+        assert ref is not None and model is not None
+        where = f'model version {ref.version or model["version"]} of TrainingRun "{ref.name}"'
+    todo = "model resolved; this operator version does not deploy servers yet, so nothing serves it"
+    conds = _accepted(old.conditions, c.MODEL_RESOLVED, c.MODEL_FOUND, where, todo, generation)
+    return old.model_copy(update={"phase": "Pending", "observed_generation": generation, "conditions": conds})

@@ -1,0 +1,75 @@
+"""The operator's settings: one object, every field documented, read from the environment.
+
+Each field `foo_bar` is read from `MODELOPS_FOO_BAR` (lists are comma-separated). The Helm chart
+sets them from its values; `modelops-operator --help` lists them with their defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ENV_PREFIX = "MODELOPS_"
+
+
+class OperatorSettings(BaseModel):
+    """Everything an operator process can be told, with defaults that work on the local cluster."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    namespaces: list[str] = Field(default_factory=list)
+    """Namespaces to watch; empty watches the whole cluster (the chart's cluster mode)."""
+    resync_seconds: float = Field(default=60.0, gt=0)
+    """How often every object is reconciled even when nothing changed, so status catches up with
+    objects it depends on (a TrainingRun's Dataset becoming Ready, for example)."""
+    trainer_image: str = "ghcr.io/modelops/trainer:0.1.0"
+    """Image of the data-preparation and training programs (`trainer_image/`)."""
+    server_image: str = "ghcr.io/modelops/server:0.1.0"
+    """Image of the inference server (`server_image/`)."""
+    artifact_uri: str = "file:///var/lib/modelops/artifacts"
+    """Default artifact store: datasets, checkpoints and models go under this fsspec URI unless a
+    spec names another."""
+    log_format: Literal["json", "plain", "full"] = "json"
+    """`json`: one JSON object per line, with the object's namespace and name (for log pipelines);
+    `plain` or `full`: kopf's human-readable formats."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Least severe log level printed."""
+    health_port: int = Field(default=8080, ge=0, le=65535)
+    """Port of the liveness endpoint (`/healthz`); 0 turns it off."""
+    watch_server_timeout_seconds: int = Field(default=300, ge=10)
+    """Ask the API server to end each watch after this long; kopf then re-lists and re-watches, so a
+    watch that silently stalled is replaced."""
+    watch_client_timeout_seconds: int = Field(default=330, ge=10)
+    """Give up on a watch connection that has said nothing for this long (just above the server's)."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
+        """Settings from `MODELOPS_*` variables; unset ones keep their defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name, field in cls.model_fields.items():
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is None:
+                continue
+            if field.annotation == list[str]:
+                values[name] = [part.strip() for part in raw.split(",") if part.strip()]
+            else:
+                values[name] = raw
+        return cls.model_validate(values)
+
+    @classmethod
+    def describe(cls) -> str:
+        """One paragraph per setting: variable, default, meaning (for `--help`)."""
+        lines = []
+        for name, field in cls.model_fields.items():
+            default = field.get_default(call_default_factory=True)
+            shown = ",".join(default) if isinstance(default, list) else default
+            text = textwrap.fill(
+                " ".join((field.description or "").split()), width=92, initial_indent=" " * 6, subsequent_indent=" " * 6
+            )
+            lines.append(f"  {ENV_PREFIX + name.upper()} (default: {shown!s})\n{text}")
+        return "\n".join(lines)

@@ -1,0 +1,136 @@
+"""Fixtures for tests against the real local control plane (hack/cluster.py).
+
+The session starts the cluster when it is not running (and stops it afterwards unless
+MODELOPS_KEEP_CLUSTER=1), installs the CRDs, and runs the operator as a separate process, as a
+user would. Each test gets its own namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+STATE = Path(os.environ.get("MODELOPS_CLUSTER_DIR", REPO / ".cluster"))
+BIN = Path(os.environ.get("MODELOPS_CACHE", Path.home() / ".cache" / "modelops")) / "bin"
+KUBECONFIG = STATE / "kubeconfig"
+
+pytestmark = pytest.mark.cluster
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/cluster/" in str(item.fspath):
+            item.add_marker(pytest.mark.cluster)
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float = 60, interval: float = 0.3) -> Any:
+    """Poll `check` until it returns something truthy; a liveness bound, not a speed assertion."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
+
+
+def kubectl(*args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "kubectl"), f"--kubeconfig={KUBECONFIG}", *args],
+        capture_output=True,
+        text=True,
+        check=check,
+        input=stdin,
+    )
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Path]:
+    cli = [sys.executable, str(REPO / "hack" / "cluster.py")]
+    running = subprocess.run([*cli, "status"], capture_output=True, check=False).returncode == 0
+    if not running:
+        subprocess.run([*cli, "up"], check=True, stdout=subprocess.DEVNULL)
+    yield KUBECONFIG
+    if not running and os.environ.get("MODELOPS_KEEP_CLUSTER") != "1":
+        subprocess.run([*cli, "down"], check=False)
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: Path) -> None:
+    kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=modelops-tests", "-f", str(REPO / "crds"))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds"))
+
+
+@pytest.fixture(scope="session")
+def api(cluster: Path) -> kubernetes.client.ApiClient:
+    return kubernetes.config.new_client_from_config(config_file=str(cluster))
+
+
+@pytest.fixture(scope="session")
+def custom(api: kubernetes.client.ApiClient) -> kubernetes.client.CustomObjectsApi:
+    return kubernetes.client.CustomObjectsApi(api)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def operator(crds: None, cluster: Path) -> Iterator[Path]:
+    """The operator, started as its console script with a short resync so tests see timers act."""
+    port = _free_port()
+    log = STATE / "logs" / "operator-tests.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(cluster),
+        "MODELOPS_RESYNC_SECONDS": "2",
+        "MODELOPS_HEALTH_PORT": str(port),
+        "MODELOPS_LOG_FORMAT": "json",
+    }
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "modelops_operator"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"operator exited with {proc.returncode}; see {log}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    wait_until("the operator's /healthz", healthy, timeout=60)
+    yield log
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    assert proc.returncode in (0, -15), f"operator ended with {proc.returncode}; see {log}"
+
+
+@pytest.fixture
+def namespace(api: kubernetes.client.ApiClient) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    core = kubernetes.client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": name, "labels": {"modelops.dev/test": "true"}}})
+    yield name
+    core.delete_namespace(name)

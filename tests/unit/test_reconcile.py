@@ -1,0 +1,182 @@
+"""The pure reconcile layer: status from spec and observed objects, conditions, patches, events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from modelops_operator.api import conditions as c
+from modelops_operator.api.common import ConditionStatus
+from modelops_operator.api.dataset import DatasetSpec, DatasetStatus
+from modelops_operator.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
+from modelops_operator.api.trainingrun import TrainingRunSpec, TrainingRunStatus
+from modelops_operator.reconcile import kinds as rk
+from modelops_operator.reconcile.status import (
+    describe_error,
+    invalid_spec,
+    merge_patch,
+    parse_status,
+    ready_events,
+)
+from tests.objects import DIGEST, dataset, model_deployment, training_run
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+T1 = datetime(2026, 1, 2, tzinfo=UTC)
+
+
+def ready(status):
+    return c.get_condition(status.conditions, c.READY)
+
+
+def cond(status, type_):
+    return c.get_condition(status.conditions, type_)
+
+
+def ready_dataset(version="v1abc"):
+    return {"status": {"version": version, "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def registered_run(version=3):
+    return {"status": {"model": {"version": version, "uri": "file:///m/model.onnx", "digest": DIGEST}}}
+
+
+# --- conditions -------------------------------------------------------------------------------
+
+
+def test_transition_time_moves_only_when_status_changes():
+    conds = c.set_condition([], c.READY, ConditionStatus.FALSE, "A", "a", 1, at=T0)
+    same = c.set_condition(conds, c.READY, ConditionStatus.FALSE, "B", "b", 2, at=T1)
+    flipped = c.set_condition(same, c.READY, ConditionStatus.TRUE, "C", "c", 2, at=T1)
+    assert same[0].last_transition_time == T0 and same[0].reason == "B" and same[0].observed_generation == 2
+    assert flipped[0].last_transition_time == T1
+    assert len(flipped) == 1
+
+
+def test_set_condition_keeps_other_conditions_and_order():
+    conds = c.set_condition([], c.READY, ConditionStatus.FALSE, "A", "", 1)
+    conds = c.set_condition(conds, c.PROGRESSING, ConditionStatus.TRUE, "B", "", 1)
+    conds = c.set_condition(conds, c.READY, ConditionStatus.TRUE, "C", "", 1)
+    assert [x.type for x in conds] == [c.READY, c.PROGRESSING]
+
+
+# --- per kind ---------------------------------------------------------------------------------
+
+
+def test_dataset_is_accepted_but_never_ready_without_preparation():
+    st = rk.dataset_status(DatasetSpec.model_validate(dataset().spec), 3, DatasetStatus())
+    assert st.observed_generation == 3 and st.phase == "Pending"
+    assert ready(st).status == ConditionStatus.FALSE and ready(st).reason == c.NOT_IMPLEMENTED
+
+
+@pytest.mark.parametrize(
+    ("observed", "pinned", "phase", "reason", "dataset_ready"),
+    [
+        (None, None, "WaitingForDataset", c.DATASET_NOT_FOUND, ConditionStatus.FALSE),
+        ({"status": {}}, None, "WaitingForDataset", c.DATASET_NOT_READY, ConditionStatus.FALSE),
+        (ready_dataset("v1abc"), None, "Pending", c.NOT_IMPLEMENTED, ConditionStatus.TRUE),
+        ({"status": {}}, "v0old", "Pending", c.NOT_IMPLEMENTED, ConditionStatus.TRUE),
+    ],
+    ids=["missing", "not-ready", "ready", "pinned-by-spec"],
+)
+def test_training_run_waits_for_its_dataset(observed, pinned, phase, reason, dataset_ready):
+    builder = training_run()
+    if pinned:
+        builder.set("spec.datasetRef.version", pinned)
+    st = rk.training_run_status(TrainingRunSpec.model_validate(builder.spec), 1, TrainingRunStatus(), observed)
+    assert st.phase == phase
+    assert ready(st).reason == reason and ready(st).status == ConditionStatus.FALSE
+    assert cond(st, c.DATASET_READY).status == dataset_ready
+    if dataset_ready == ConditionStatus.TRUE:
+        assert st.dataset_version == (pinned or "v1abc")
+
+
+def test_a_pinned_dataset_version_survives_a_new_dataset_version():
+    spec = TrainingRunSpec.model_validate(training_run().spec)
+    first = rk.training_run_status(spec, 1, TrainingRunStatus(), ready_dataset("v1"))
+    later = rk.training_run_status(spec, 1, first, ready_dataset("v2"))
+    assert later.dataset_version == "v1"
+
+
+@pytest.mark.parametrize(
+    ("builder", "observed", "reason", "resolved"),
+    [
+        (model_deployment(), None, c.TRAINING_RUN_NOT_FOUND, ConditionStatus.FALSE),
+        (model_deployment(), {"status": {}}, c.MODEL_NOT_REGISTERED, ConditionStatus.FALSE),
+        (
+            model_deployment().set("spec.model.trainingRunRef.version", 4),
+            registered_run(3),
+            c.MODEL_NOT_REGISTERED,
+            ConditionStatus.FALSE,
+        ),
+        (model_deployment(), registered_run(3), c.NOT_IMPLEMENTED, ConditionStatus.TRUE),
+        (
+            model_deployment()
+            .drop("spec.model.trainingRunRef")
+            .set("spec.model.uri", "s3://b/m.onnx")
+            .set("spec.model.digest", DIGEST),
+            None,
+            c.NOT_IMPLEMENTED,
+            ConditionStatus.TRUE,
+        ),
+    ],
+    ids=["run-missing", "no-model", "version-not-yet", "registered", "uri"],
+)
+def test_model_deployment_resolves_its_model(builder, observed, reason, resolved):
+    spec = ModelDeploymentSpec.model_validate(builder.spec)
+    st = rk.model_deployment_status(spec, 2, ModelDeploymentStatus(), observed)
+    assert ready(st).reason == reason and ready(st).status == ConditionStatus.FALSE
+    assert cond(st, c.MODEL_RESOLVED).status == resolved
+    assert st.observed_generation == 2
+
+
+# --- status bookkeeping -------------------------------------------------------------------------
+
+
+def test_reconciling_twice_changes_nothing_the_second_time():
+    """Level-based and idempotent: the second pass produces an empty patch (no write, no loop)."""
+    spec = TrainingRunSpec.model_validate(training_run().spec)
+    first = rk.training_run_status(spec, 1, TrainingRunStatus(), None)
+    stored = first.wire()  # what the API server hands back
+    second = rk.training_run_status(spec, 1, parse_status(TrainingRunStatus, stored), None)
+    assert merge_patch(stored, second.wire()) == {}
+
+
+def test_merge_patch():
+    assert merge_patch({"a": 1, "b": {"c": 1, "d": 2}}, {"a": 1, "b": {"c": 2, "d": 2}}) == {"b": {"c": 2}}
+    assert merge_patch({"a": 1, "gone": 2}, {"a": 1}) == {"gone": None}
+    assert merge_patch({"l": [1, 2]}, {"l": [1]}) == {"l": [1]}
+    assert merge_patch({"x": 1}, {"x": 1}) == {}
+
+
+def test_invalid_spec_is_reported_not_raised():
+    with pytest.raises(ValidationError) as err:
+        DatasetSpec.model_validate(dataset().set("spec.split.train", 2).spec)
+    message = describe_error(err.value)
+    st = invalid_spec(DatasetStatus(), 5, message)
+    assert st.phase == "Failed" and st.observed_generation == 5
+    assert ready(st).reason == c.INVALID_SPEC and "spec.split.train" in ready(st).message
+
+
+def test_a_status_that_no_longer_validates_starts_afresh():
+    assert parse_status(DatasetStatus, {"phase": "Exploded"}) == DatasetStatus()
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        (None, (ConditionStatus.FALSE, c.DATASET_NOT_FOUND), [("Warning", c.DATASET_NOT_FOUND)]),
+        (None, (ConditionStatus.FALSE, c.DATASET_NOT_READY), [("Normal", c.DATASET_NOT_READY)]),
+        ((ConditionStatus.FALSE, c.DATASET_NOT_READY), (ConditionStatus.FALSE, c.DATASET_NOT_READY), []),
+        ((ConditionStatus.FALSE, c.DATASET_NOT_READY), (ConditionStatus.TRUE, "Succeeded"), [("Normal", "Succeeded")]),
+    ],
+)
+def test_events_mark_ready_transitions_only(before, after, expected):
+    def status(pair):
+        s = TrainingRunStatus()
+        if pair:
+            s.conditions = c.set_condition([], c.READY, pair[0], pair[1], "m", 1)
+        return s
+
+    assert [(e.type, e.reason) for e in ready_events(status(before), status(after))] == expected
