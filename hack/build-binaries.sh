@@ -4,6 +4,8 @@
 #   etcd                                                             (go.etcd.io/etcd/server/v3)
 #   kwok, kwokctl                                                    (sigs.k8s.io/kwok)
 #   helm                                                             (helm.sh/helm/v3)
+#   training-operator                                                (github.com/kubeflow/training-operator)
+#   prometheus, promtool                                             (github.com/prometheus/prometheus)
 # A binary already in the cache is not rebuilt. Usage: hack/build-binaries.sh [NAME ...]
 # Prints the bin directory on its last line.
 set -euo pipefail
@@ -52,7 +54,7 @@ k8s_ldflags() {
 }
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(kubernetes etcd kwok helm)
+[ ${#want[@]} -gt 0 ] || want=(kubernetes etcd kwok helm training-operator prometheus)
 for w in "${want[@]}"; do
   case $w in
     kubernetes)
@@ -73,6 +75,18 @@ for w in "${want[@]}"; do
         rm -f "$bin/kwok-$KWOK_VERSION"
         build kwok "$KWOK_VERSION" kwok "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" \
           sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
+      fi ;;
+    training-operator)
+      build training-operator "$TRAINING_OPERATOR_VERSION" training-operator "" \
+        github.com/kubeflow/training-operator/cmd/training-operator.v1:training-operator ;;
+    prometheus)
+      if [ -x "$bin/promtool-$PROMETHEUS_VERSION" ] && [ -x "$bin/prometheus-$PROMETHEUS_VERSION" ]; then
+        ln -sf "prometheus-$PROMETHEUS_VERSION" "$bin/prometheus"; ln -sf "promtool-$PROMETHEUS_VERSION" "$bin/promtool"
+      else
+        rm -f "$bin/prometheus-$PROMETHEUS_VERSION"
+        v=${PROMETHEUS_VERSION#v0.}; v="3.${v:1:2}.${v##*.}"  # module v0.316.0 is Prometheus 3.16.0
+        build prometheus "$PROMETHEUS_VERSION" prometheus "-X github.com/prometheus/common/version.Version=$v" \
+          github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool
       fi ;;
     helm) build helm "$HELM_VERSION" helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
     *) log "unknown binary set: $w"; exit 2 ;;

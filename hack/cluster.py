@@ -20,6 +20,7 @@ Only the standard library is used, so this runs before the virtualenv exists.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -45,8 +46,12 @@ BIN = CACHE / "bin"
 API_PORT = int(os.environ.get("MODELOPS_API_PORT", "16443"))
 ETCD_PORT = int(os.environ.get("MODELOPS_ETCD_PORT", "12379"))
 KWOK_PORT = int(os.environ.get("MODELOPS_KWOK_PORT", "10247"))
+KUBELET_PORT = int(os.environ.get("MODELOPS_KUBELET_PORT", "10250"))
 SERVICE_CIDR = "10.96.0.0/16"
+PROMETHEUS_PORT = int(os.environ.get("MODELOPS_PROMETHEUS_PORT", "19090"))
+TRAINING_OPERATOR_PORTS = int(os.environ.get("MODELOPS_TRAINING_OPERATOR_PORT", "19443"))  # +1, +2: metrics, health
 KUBECONFIG = STATE / "kubeconfig"
+WEBHOOK_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")  # fixed in the training operator
 
 #: kwok's stage files, taken from its Go module (no copy in this repository).
 KWOK_STAGES = (
@@ -146,11 +151,19 @@ def make_pki() -> None:
         "-subj",
         "/CN=modelops-local-ca",
     )
-    sans = "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
+    sans = (
+        "IP:127.0.0.1,IP:10.96.0.1,IP:10.250.0.1,"
+        "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
+    )
     _openssl_leaf(
         "apiserver",
         "/CN=kube-apiserver",
         f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n",
+    )
+    _openssl_leaf(
+        "kubelet",
+        "/CN=modelops-nodeagent",
+        "subjectAltName=IP:127.0.0.1,IP:10.250.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n",
     )
     for name, subject in CLIENTS.items():
         _openssl_leaf(name, subject, "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n")
@@ -298,6 +311,7 @@ def components() -> list[Component]:
                 "--allow-privileged=true",
                 "--profiling=false",
                 "--endpoint-reconciler-type=none",
+                "--kubelet-preferred-address-types=InternalIP",
                 "--v=1",
             ],
         ),
@@ -344,6 +358,44 @@ def components() -> list[Component]:
                 f"--server-address=127.0.0.1:{KWOK_PORT}",
             ],
         ),
+        Component(
+            "training-operator",
+            [
+                b("training-operator"),
+                f"--kubeconfig={KUBECONFIG}",
+                "--enable-scheme=pytorchjob",
+                f"--webhook-server-port={TRAINING_OPERATOR_PORTS}",
+                f"--metrics-bind-address=127.0.0.1:{TRAINING_OPERATOR_PORTS + 1}",
+                f"--health-probe-bind-address=127.0.0.1:{TRAINING_OPERATOR_PORTS + 2}",
+                f"--pytorch-init-container-template-file={HACK / 'training-operator' / 'init-container.yaml'}",
+                "--pytorch-init-container-max-tries=600",
+            ],
+            env={"MY_POD_NAMESPACE": "kubeflow"},
+        ),
+        Component(
+            "prometheus",
+            [
+                b("prometheus"),
+                f"--config.file={STATE / 'prometheus.yaml'}",
+                f"--storage.tsdb.path={STATE / 'prometheus'}",
+                f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}",
+                "--web.enable-lifecycle",
+                "--log.level=warn",
+            ],
+        ),
+        Component(
+            "nodeagent",
+            [
+                str(REPO / ".venv" / "bin" / "python"),
+                str(HACK / "nodeagent"),
+                f"--kubeconfig={KUBECONFIG}",
+                f"--state-dir={STATE / 'nodeagent'}",
+                f"--api-server=https://127.0.0.1:{API_PORT}",
+                f"--tls-cert={pki / 'kubelet.crt'}",
+                f"--tls-key={pki / 'kubelet.key'}",
+                f"--logs-port={KUBELET_PORT}",
+            ],
+        ),
     ]
 
 
@@ -387,11 +439,128 @@ def kubectl(*args: str, stdin: str | None = None) -> str:
 
 def kwok_config() -> None:
     """kwok's configuration: its stages, read from the kwok Go module in the module cache."""
-    moddir = run(
-        "go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/kwok", capture=True, cwd=HACK / "gomod" / "kwok"
-    ).strip()
+    moddir = go_module_dir("kwok", "sigs.k8s.io/kwok")
     docs = [Path(moddir, stage).read_text().strip() for stage in KWOK_STAGES]
     (STATE / "kwok.yaml").write_text("\n---\n".join(docs) + "\n")
+
+
+def go_module_dir(wrapper: str, module: str) -> Path:
+    """Where a module of one of hack/gomod's wrappers lies in the module cache."""
+    out = run("go", "list", "-m", "-f", "{{.Dir}}", module, capture=True, cwd=HACK / "gomod" / wrapper)
+    return Path(out.strip())
+
+
+def prometheus_config() -> None:
+    """Prometheus discovers pods through the API server and scrapes those that ask for it.
+
+    The convention (as in Prometheus' own example configuration): pod annotations
+    `prometheus.io/scrape: "true"`, `prometheus.io/port`, and optionally `prometheus.io/path`.
+    Only Running pods on nodes that really execute them (`local-*`) are scraped; kwok's simulated
+    pods have nothing to scrape. Rule files in .cluster/prometheus-rules/ are loaded.
+    """
+    rules = STATE / "prometheus-rules"
+    rules.mkdir(parents=True, exist_ok=True)
+    ann = "__meta_kubernetes_pod_annotation_prometheus_io_"
+    config = {
+        "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
+        "rule_files": [str(rules / "*.yaml")],
+        "scrape_configs": [
+            {
+                "job_name": "kubernetes-pods",
+                "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": str(KUBECONFIG)}],
+                "relabel_configs": [
+                    {"source_labels": [ann + "scrape"], "action": "keep", "regex": "true"},
+                    {"source_labels": ["__meta_kubernetes_pod_node_name"], "action": "keep", "regex": "local-.*"},
+                    {"source_labels": ["__meta_kubernetes_pod_phase"], "action": "keep", "regex": "Running"},
+                    {
+                        "source_labels": [ann + "path"],
+                        "action": "replace",
+                        "target_label": "__metrics_path__",
+                        "regex": "(.+)",
+                    },
+                    {
+                        "source_labels": ["__address__", ann + "port"],
+                        "action": "replace",
+                        "regex": r"([^:]+)(?::\d+)?;(\d+)",
+                        "replacement": "$1:$2",
+                        "target_label": "__address__",
+                    },
+                    {"action": "labelmap", "regex": "__meta_kubernetes_pod_label_(.+)"},
+                    {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+                    {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+                ],
+            }
+        ],
+    }
+    (STATE / "prometheus.yaml").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def training_operator_prerequisites() -> None:
+    """What the training operator needs out of cluster: its namespace, the Secret its webhook
+    certificate rotator fills, the certificate directory, the PyTorchJob CRD (from its module;
+    applied server-side, it is too large for client-side apply), and a ValidatingWebhookConfiguration
+    of the name the rotator waits for, with no rules: the operator's controllers start only once the
+    rotator has injected its CA there, but the API server could not reach the webhook (its
+    certificate names a Service DNS name), so it is never called. PyTorchJobs are therefore checked
+    by the CRD's schema only on the local cluster."""
+    kubectl(
+        "apply",
+        "--server-side",
+        "--field-manager=modelops-cluster",
+        "-f",
+        "-",
+        stdin=json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "List",
+                "items": [
+                    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kubeflow"}},
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Secret",
+                        "type": "Opaque",
+                        "metadata": {"name": "training-operator-webhook-cert", "namespace": "kubeflow"},
+                    },
+                    {
+                        "apiVersion": "admissionregistration.k8s.io/v1",
+                        "kind": "ValidatingWebhookConfiguration",
+                        "metadata": {"name": "validator.training-operator.kubeflow.org"},
+                        "webhooks": [
+                            {
+                                "name": "validator.pytorchjob.training-operator.kubeflow.org",
+                                "clientConfig": {"url": "https://127.0.0.1:1/validate-kubeflow-org-v1-pytorchjob"},
+                                "rules": [],
+                                "failurePolicy": "Ignore",
+                                "sideEffects": "None",
+                                "admissionReviewVersions": ["v1"],
+                            }
+                        ],
+                    },
+                ],
+            }
+        ),
+    )
+    crd = go_module_dir("training-operator", "github.com/kubeflow/training-operator")
+    kubectl(
+        "apply",
+        "--server-side",
+        "--field-manager=modelops-cluster",
+        "-f",
+        str(crd / "manifests/base/crds/kubeflow.org_pytorchjobs.yaml"),
+    )
+    WEBHOOK_CERT_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _mount_webhook_cert() -> bool:
+    """Do the kubelet's part: once the rotator has filled its Secret, put the files where the
+    training operator reads them (it starts its controllers only then)."""
+    code, body = api_get("/api/v1/namespaces/kubeflow/secrets/training-operator-webhook-cert")
+    data = json.loads(body).get("data") or {} if code == 200 else {}
+    if not all(k in data for k in ("ca.crt", "tls.crt", "tls.key")):
+        return False
+    for key in ("ca.crt", "tls.crt", "tls.key"):
+        (WEBHOOK_CERT_DIR / key).write_bytes(base64.b64decode(data[key]))
+    return True
 
 
 def nodes_manifest() -> str:
@@ -440,9 +609,18 @@ def _node(
 
 def up(_: argparse.Namespace) -> int:
     start = time.monotonic()
-    need = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok"]
+    need = [
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kubectl",
+        "kwok",
+        "training-operator",
+        "prometheus",
+    ]
     if not all((BIN / n).exists() for n in need):
-        run(HACK / "build-binaries.sh", "kubernetes", "etcd", "kwok", stdout=None, stderr=None)
+        run(HACK / "build-binaries.sh", stdout=None, stderr=None)
     STATE.mkdir(parents=True, exist_ok=True)
     make_pki()
     write_kubeconfig(KUBECONFIG, "admin")
@@ -463,6 +641,14 @@ def up(_: argparse.Namespace) -> int:
     wait_for("the API server's /readyz", lambda: api_get("/readyz")[0] == 200, 120, comps["kube-apiserver"])
     for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
         comps[name].start()
+    if not (REPO / ".venv" / "bin" / "python").exists():
+        raise SystemExit("the node agent needs the project's virtualenv: run hack/setup.sh first")
+    comps["nodeagent"].start()
+    training_operator_prerequisites()
+    comps["training-operator"].start()
+    wait_for("the training operator's webhook certificate", _mount_webhook_cert, 60, comps["training-operator"])
+    prometheus_config()
+    comps["prometheus"].start()
     kubectl("apply", "--server-side", "--field-manager=modelops-cluster", "-f", "-", stdin=nodes_manifest())
     wait_for(
         "the default ServiceAccount (controller-manager up)",
@@ -471,9 +657,23 @@ def up(_: argparse.Namespace) -> int:
         comps["kube-controller-manager"],
     )
     wait_for("kwok nodes Ready", _nodes_ready, 120, comps["kwok"])
+    wait_for(
+        "the local node Ready",
+        lambda: _nodes_ready() and api_get("/api/v1/nodes/local-0")[0] == 200,
+        60,
+        comps["nodeagent"],
+    )
     log(f"cluster up in {time.monotonic() - start:.1f}s; kubeconfig: {KUBECONFIG}")
     print(f"export KUBECONFIG={KUBECONFIG}")
     return 0
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
 
 
 def _port_in_use(port: int) -> bool:
@@ -501,14 +701,7 @@ def start_operator(_: argparse.Namespace) -> int:
     comp.start()
     port = (comp.env or {})["MODELOPS_HEALTH_PORT"]
 
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    wait_for("the operator's /healthz", healthy, 60, comp)
+    wait_for("the operator's /healthz", lambda: _http_ok(f"http://127.0.0.1:{port}/healthz"), 60, comp)
     log(f"operator running; log: {STATE / 'logs' / (comp.name + '.log')}")
     return 0
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything modelops needs on a fresh Debian machine, and nothing twice:
-#   - Debian packages (openssl for the cluster's certificates, git, ca-certificates),
+#   - Debian packages: openssl (the cluster's certificates), iproute2 and util-linux (the local
+#     node's network and mount namespaces), git, ca-certificates,
 #   - the project virtualenv .venv with the operator, trainer and server installed editable,
 #     plus the development tools, at the versions in constraints.txt,
 #   - the local cluster's binaries, built from their Go modules (hack/build-binaries.sh).
@@ -11,13 +12,14 @@ cd "$repo"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 need_apt=()
-for cmd_pkg in openssl:openssl git:git; do
+for cmd_pkg in openssl:openssl git:git ip:iproute2 unshare:util-linux nsenter:util-linux; do
   command -v "${cmd_pkg%%:*}" >/dev/null || need_apt+=("${cmd_pkg##*:}")
 done
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  mapfile -t need_apt < <(printf '%s\n' "${need_apt[@]}" | sort -u)
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi

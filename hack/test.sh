@@ -15,7 +15,7 @@ step "ruff"
 $py/ruff check .
 $py/ruff format --check .
 step "mypy --strict"
-$py/mypy --strict operator/src trainer_image/src server_image/src hack/cluster.py
+$py/mypy --strict operator/src trainer_image/src server_image/src hack/cluster.py hack/nodeagent/*.py
 step "import layers"
 $py/lint-imports
 step "CRDs in sync with the models"

@@ -25,6 +25,12 @@ REPO = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("MODELOPS_CLUSTER_DIR", REPO / ".cluster"))
 BIN = Path(os.environ.get("MODELOPS_CACHE", Path.home() / ".cache" / "modelops")) / "bin"
 KUBECONFIG = STATE / "kubeconfig"
+PROMETHEUS = f"http://127.0.0.1:{os.environ.get('MODELOPS_PROMETHEUS_PORT', '19090')}"
+#: What a pod needs to run on the executing node (hack/nodeagent) instead of a kwok node.
+ON_LOCAL_NODE = {
+    "nodeSelector": {"modelops.dev/pool": "local"},
+    "tolerations": [{"key": "modelops.dev/local", "operator": "Exists", "effect": "NoSchedule"}],
+}
 
 pytestmark = pytest.mark.cluster
 
