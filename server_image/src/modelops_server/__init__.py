@@ -1,8 +1,7 @@
-"""modelops' inference server, run by ModelDeployments: ONNX Runtime behind an async front end
-with dynamic batching, the Open Inference Protocol (KServe v2) and Prometheus metrics.
-
-The server arrives with the inference-server issue; this package fixes its home and
-dependencies (ONNX Runtime, aiohttp).
+"""modelops' inference server, run by ModelDeployments: ONNX Runtime in worker processes behind an
+async front end with dynamic batching, the Open Inference Protocol (KServe v2), a /v1 classify
+endpoint and web page, Redis-backed jobs and Prometheus metrics. ``python -m modelops_server --help``
+starts it; server_image/README.md describes it.
 """
 
 __version__ = "0.1.0"

@@ -1,0 +1,152 @@
+"""Settings: one object, filled from flags, then environment variables, then defaults.
+
+Every field is a flag ``--field-name`` and an environment variable ``MODELOPS_FIELD_NAME`` (a flag
+wins over the variable). The operator sets the variables in the pod template from the
+ModelDeployment's ``spec.server``; a person on a terminal uses the flags. ``--help`` prints each
+field's description below, with its variable and default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "MODELOPS_"
+
+
+class Settings(BaseModel):
+    """The inference server's configuration (see ``python -m modelops_server --help``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_uri: str = Field(
+        description="The ONNX model to serve: a local path or fsspec URI (file://, s3://, gs://, https://). "
+        "Its model card is read from <uri>.card.json beside it."
+    )
+    model_digest: str | None = Field(
+        default=None, description="sha256:<64 hex> the ONNX file must have; the server refuses anything else."
+    )
+    model_name: str | None = Field(default=None, description="Name the model is served under; default: the card's.")
+    model_version: str | None = Field(
+        default=None, description="Version label (e.g. digits-resnet:v3); default: the digest's first 12 hex digits."
+    )
+    host: str = Field(default="0.0.0.0", description="Address to listen on.")
+    port: int = Field(default=8080, ge=0, le=65535, description="TCP port (0 picks a free one and logs it).")
+    workers: int = Field(default=1, ge=1, le=64, description="Worker processes, each running the model.")
+    max_batch_size: int = Field(default=16, ge=1, le=1024, description="Most images ONNX Runtime runs at once.")
+    max_batch_delay_ms: float = Field(
+        default=5.0, ge=0, le=10_000, description="Longest a request waits for its batch to fill, in milliseconds."
+    )
+    queue_capacity: int = Field(
+        default=256, ge=1, description="Requests admitted at once; beyond it the server answers 503 with Retry-After."
+    )
+    retry_after_s: int = Field(default=1, ge=0, description="Seconds in the Retry-After header of a 503.")
+    decode_threads: int = Field(
+        default=0, ge=0, description="Decode/preprocess threads per worker; 0: the cores divided by the workers."
+    )
+    intra_op_threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime threads per worker; 0: the cores divided by the workers."
+    )
+    ort_spinning: bool = Field(
+        default=False, description="Let idle ONNX Runtime threads spin (lower latency, but steals CPU from decoding)."
+    )
+    device: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
+        default="auto", description="auto uses CUDA where a GPU is present, else the CPU."
+    )
+    reduced_decode: bool = Field(
+        default=True, description="Decode JPEGs at reduced scale (1/2..1/8) when they are larger than the model needs."
+    )
+    max_body_bytes: int = Field(default=32 << 20, ge=1024, description="Largest request body accepted (413 above).")
+    max_image_pixels: int = Field(
+        default=40_000_000, ge=1, description="Largest image (width x height) decoded; larger is a 413."
+    )
+    max_rows_per_request: int = Field(default=64, ge=1, description="Most images in one request.")
+    request_timeout_s: float = Field(default=30.0, gt=0, description="Answer 504 when a request takes longer.")
+    drain_timeout_s: float = Field(
+        default=30.0, ge=0, description="On SIGTERM, how long to wait for in-flight requests before exiting."
+    )
+    enable_model_control: bool = Field(
+        default=False,
+        description="Allow POST /v2/repository/models/{name}/load to hot-swap the model (keep it off on public ports).",
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis for the asynchronous job API (redis://host:port/db); unset disables /v1/jobs."
+    )
+    job_workers: int = Field(default=1, ge=0, le=64, description="Job consumer processes (with --redis-url).")
+    job_stream: str = Field(default="modelops:jobs", description="Redis stream holding submitted jobs.")
+    job_ttl_s: int = Field(default=86_400, ge=60, description="How long job results are kept in Redis.")
+    job_claim_idle_s: float = Field(
+        default=30.0, gt=0, description="A job held this long by a consumer that died is taken over by another."
+    )
+    cache_dir: str | None = Field(default=None, description="Where verified model files are kept; default: a temp dir.")
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="json in a pod; auto picks text on a terminal, JSON otherwise."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+
+    @property
+    def max_batch_delay_s(self) -> float:
+        """``max_batch_delay_ms`` in seconds."""
+        return self.max_batch_delay_ms / 1000.0
+
+
+def _env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one flag per settings field, its environment variable named in the help."""
+    parser = argparse.ArgumentParser(
+        prog="python -m modelops_server",
+        description=(
+            "modelops' inference server: serves one ONNX image classifier (with its model card beside it)\n"
+            "over HTTP: the Open Inference Protocol (KServe v2) under /v2, POST /v1/models/<name>:classify\n"
+            "for an image file, a web page on /, optional Redis-backed jobs under /v1/jobs, and Prometheus\n"
+            "metrics on /metrics. Worker processes decode images and run ONNX Runtime, batching requests."
+        ),
+        epilog=(
+            "example:\n"
+            "  python -m modelops_server --model-uri /models/model.onnx --port 8080 --workers 2\n"
+            "  curl -F file=@cat.jpg 'http://127.0.0.1:8080/v1/models/<name>:classify?top_k=3'\n"
+            "  open http://127.0.0.1:8080/ in a browser to drop an image on the page\n\n"
+            "Every flag can also be set with the environment variable shown in brackets; a flag wins.\n"
+            "SIGTERM drains in-flight requests (up to --drain-timeout-s) before the process exits."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for name, info in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        env = _env_name(name)
+        default = "required" if info.is_required() else f"default: {'unset' if info.default is None else info.default}"
+        help_text = f"{info.description} [{env}; {default}]"
+        annotation = info.annotation
+        if annotation is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif get_origin(annotation) is Literal:
+            parser.add_argument(flag, dest=name, default=None, choices=get_args(annotation), help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text)
+    return parser
+
+
+def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Parse flags and environment into :class:`Settings`; exits with a clear message when invalid."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        if args.get(name) is not None:
+            values[name] = args[name]
+        elif _env_name(name) in env:
+            values[name] = env[_env_name(name)]
+    try:
+        return Settings.model_validate(values, strict=False)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        parser.error(problems)

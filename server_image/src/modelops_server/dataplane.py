@@ -1,0 +1,403 @@
+"""The data plane: protocol-neutral admission, routing to worker processes, hot swap and drain.
+
+The endpoints hand it opaque request bodies (``submit``) and get back finished answers; it never
+parses or decodes a payload itself, so the event loop stays free for I/O. It owns:
+
+- **Admission.** At most ``queue_capacity`` requests are admitted; the next one is refused at once
+  with :class:`Overloaded` (503 + Retry-After) instead of growing a queue without bound.
+- **Routing.** Each worker has its own queue; a request goes to the ready worker with the fewest
+  unanswered requests, so that batches form where work already waits. One thread reads the shared
+  result queue and resolves the caller's future on the event loop.
+- **Lifecycle.** ``load()`` fetches and verifies a model, has every worker open and warm it up
+  *beside* the serving one, then switches ``current`` in one assignment: requests admitted before
+  the switch finish on the old version, later ones use the new one, none fails. The old version
+  is unloaded when its last request is answered. ``ready`` drives /v2/health/ready.
+- **Failure.** A worker that dies is restarted; the requests it held are answered 503
+  (:class:`WorkerCrashed`) rather than left to time out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import multiprocessing
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.context import SpawnProcess
+from multiprocessing.queues import Queue as MPQueue
+from typing import Any
+
+import orjson
+
+from modelops_server import errors
+from modelops_server.config import Settings
+from modelops_server.metrics import Metrics
+from modelops_server.modelcard import ModelArtifact, fetch_model
+from modelops_server.protocol import ModelMetadata, model_metadata
+from modelops_server.runtime import RuntimeOptions, cpu_count
+from modelops_server.worker import BatchingOptions, worker_main
+
+log = logging.getLogger(__name__)
+_CTX = multiprocessing.get_context("spawn")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A finished answer: status, body and headers, ready to send; ``reason`` names an error."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+    reason: str = ""
+
+
+@dataclass
+class ServedModel:
+    """A model version held by the workers, with the requests it still has in flight."""
+
+    artifact: ModelArtifact
+    metadata: ModelMetadata
+    load_seconds: float
+    inflight: int = 0
+    retired: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.artifact.name
+
+    @property
+    def version(self) -> str:
+        return self.artifact.version
+
+
+@dataclass
+class _Pending:
+    future: asyncio.Future[Answer]
+    model: ServedModel
+    enqueued_at: float
+
+
+@dataclass
+class _WorkerHandle:
+    worker_id: int
+    process: SpawnProcess
+    inbox: MPQueue[tuple[Any, ...]]
+    ready: bool = False
+    outstanding: dict[int, _Pending] = field(default_factory=dict)
+
+
+class DataPlane:
+    """Worker processes, their queues, the served model(s); see the module docstring."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        cores = cpu_count()
+        per_worker = max(1, cores // settings.workers)
+        self.runtime = RuntimeOptions(
+            device=settings.device,
+            intra_op_threads=settings.intra_op_threads or per_worker,
+            workers=settings.workers,
+            spinning=settings.ort_spinning,
+            max_image_pixels=settings.max_image_pixels,
+            reduced_decode=settings.reduced_decode,
+        )
+        self.batching = BatchingOptions(
+            max_batch_size=settings.max_batch_size,
+            max_batch_delay_s=settings.max_batch_delay_s,
+            decode_threads=settings.decode_threads or per_worker,
+            prefetch=max(4, 2 * settings.max_batch_size),
+            max_rows_per_request=settings.max_rows_per_request,
+        )
+        self.current: ServedModel | None = None
+        self.draining = False
+        self._outbox: MPQueue[tuple[Any, ...]] = _CTX.Queue()
+        self._workers: list[_WorkerHandle] = []
+        self._pending: dict[int, _WorkerHandle] = {}
+        self._ids = itertools.count(1)
+        self._loads: dict[tuple[int, str], asyncio.Future[tuple[Any, ...]]] = {}
+        self._served: dict[str, ServedModel] = {}
+        self._swap_lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reader: threading.Thread | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._stopping = False
+        metrics.queue_capacity.set(settings.queue_capacity)
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the workers and the result reader, then load ``settings.model_uri``."""
+        self._loop = asyncio.get_running_loop()
+        self._reader = threading.Thread(target=self._read_results, name="results", daemon=True)
+        self._reader.start()
+        for worker_id in range(self.settings.workers):
+            self._workers.append(self._spawn(worker_id))
+        self._monitor = asyncio.create_task(self._watch_workers())
+        await self.load(
+            self.settings.model_uri,
+            digest=self.settings.model_digest,
+            version=self.settings.model_version,
+            name=self.settings.model_name,
+        )
+
+    @property
+    def ready(self) -> bool:
+        """A model is loaded in every worker and the server is not draining."""
+        return self.current is not None and not self.draining and any(w.ready for w in self._workers)
+
+    @property
+    def depth(self) -> int:
+        """Requests admitted and not yet answered."""
+        return len(self._pending)
+
+    def _spawn(self, worker_id: int) -> _WorkerHandle:
+        inbox: MPQueue[tuple[Any, ...]] = _CTX.Queue()
+        process = _CTX.Process(
+            target=worker_main,
+            args=(
+                worker_id,
+                inbox,
+                self._outbox,
+                self.runtime,
+                self.batching,
+                self.settings.log_format,
+                self.settings.log_level,
+            ),
+            name=f"modelops-worker-{worker_id}",
+            daemon=True,
+        )
+        process.start()
+        return _WorkerHandle(worker_id=worker_id, process=process, inbox=inbox)
+
+    async def load(
+        self, uri: str, *, digest: str | None = None, version: str | None = None, name: str | None = None
+    ) -> ServedModel:
+        """Fetch, verify and warm up a model in every worker, then switch to it atomically."""
+        async with self._swap_lock:
+            started = time.monotonic()
+            model_name = name or (self.current.name if self.current else None)
+            try:
+                artifact = await asyncio.to_thread(
+                    fetch_model,
+                    uri,
+                    expected_digest=digest,
+                    version=version,
+                    name=model_name,
+                    cache_dir=self.settings.cache_dir,
+                )
+                await self._load_everywhere(artifact)
+            except errors.ServerError:
+                self.metrics.model_loads.labels(model_name or "", "failure").inc()
+                raise
+            served = ServedModel(
+                artifact=artifact,
+                metadata=model_metadata(artifact.card, artifact.name, artifact.version, artifact.digest),
+                load_seconds=time.monotonic() - started,
+            )
+            previous, self.current = self.current, served  # the switch: one assignment
+            self._served[artifact.key] = served
+            m = self.metrics
+            m.model_loads.labels(served.name, "success").inc()
+            m.model_load_duration.labels(served.name, served.version).set(served.load_seconds)
+            m.model_info.labels(served.name, served.version, artifact.digest, artifact.card.architecture).set(1)
+            log.info(
+                "model serving",
+                extra={
+                    "model": served.name,
+                    "version": served.version,
+                    "digest": artifact.digest,
+                    "load_seconds": round(served.load_seconds, 3),
+                },
+            )
+            if previous is not None and previous.artifact.key != artifact.key:
+                previous.retired = True
+                self._maybe_unload(previous)
+            return served
+
+    async def _load_everywhere(self, artifact: ModelArtifact) -> None:
+        key = artifact.key
+        card_json = artifact.card.model_dump_json(by_alias=True)
+        waits = []
+        for w in self._workers:
+            fut: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
+            self._loads[(w.worker_id, key)] = fut
+            w.inbox.put(("load", key, artifact.local_path, card_json, artifact.name, artifact.version))
+            waits.append(fut)
+        try:
+            acks = await asyncio.wait_for(asyncio.gather(*waits), timeout=600)
+        except TimeoutError as exc:
+            raise errors.ModelLoadError(f"workers did not load {key} within 600 s") from exc
+        finally:
+            for w in self._workers:
+                self._loads.pop((w.worker_id, key), None)
+        failures = [ack for ack in acks if ack[3] is not None]
+        if failures:
+            for w in self._workers:
+                w.inbox.put(("unload", key))
+            raise errors.from_wire(*failures[0][3])
+        for w in self._workers:
+            w.ready = True
+
+    def _maybe_unload(self, model: ServedModel) -> None:
+        if model.retired and model.inflight == 0:
+            key = model.artifact.key
+            for w in self._workers:
+                w.inbox.put(("unload", key))
+            self._served.pop(key, None)
+            self.metrics.model_info.remove(
+                model.name, model.version, model.artifact.digest, model.artifact.card.architecture
+            )
+            log.info("model unloaded", extra={"model": model.name, "version": model.version})
+
+    # --- requests ----------------------------------------------------------------------------------
+
+    def resolve(self, name: str, version: str | None = None) -> ServedModel:
+        """The served model for a URL's name (and version), or :class:`NotFound`/:class:`Unavailable`."""
+        current = self.current
+        if current is None:
+            raise errors.Unavailable("no model is loaded yet")
+        if name != current.name:
+            raise errors.NotFound(f"model {name!r} is not served here; this server serves {current.name!r}")
+        if version is not None and version != current.version:
+            raise errors.NotFound(
+                f"version {version!r} of {name!r} is not served; the served version is {current.version!r}"
+            )
+        return current
+
+    def admit(self) -> None:
+        """Raise at once when a new request cannot be admitted (before its body is even read)."""
+        if self.draining:
+            raise errors.Unavailable("the server is shutting down; retry on another replica")
+        if len(self._pending) >= self.settings.queue_capacity:
+            raise errors.Overloaded(f"the queue is full ({self.settings.queue_capacity} requests); retry later")
+
+    async def submit(self, model: ServedModel, kind: str, payload: bytes, meta: dict[str, Any]) -> Answer:
+        """Queue a request for a worker and wait for its answer (bounded by ``request_timeout_s``)."""
+        self.admit()
+        candidates = [w for w in self._workers if w.ready]
+        if not candidates:
+            raise errors.Unavailable("no worker is ready")
+        worker = min(candidates, key=lambda w: len(w.outstanding))
+        req_id = next(self._ids)
+        loop = asyncio.get_running_loop()
+        pending = _Pending(future=loop.create_future(), model=model, enqueued_at=time.monotonic())
+        worker.outstanding[req_id] = pending
+        self._pending[req_id] = worker
+        model.inflight += 1
+        self.metrics.queue_depth.set(len(self._pending))
+        worker.inbox.put(("infer", req_id, model.artifact.key, kind, payload, meta, pending.enqueued_at))
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending.future), timeout=self.settings.request_timeout_s)
+        except TimeoutError as exc:
+            raise errors.InferenceTimeout(f"no answer within {self.settings.request_timeout_s} s") from exc
+
+    def _read_results(self) -> None:
+        """Thread: move worker messages onto the event loop."""
+        assert self._loop is not None
+        while True:
+            try:
+                msg = self._outbox.get()
+            except (EOFError, OSError):
+                return
+            if msg[0] == "exit":
+                return
+            self._loop.call_soon_threadsafe(self._on_message, msg)
+
+    def _on_message(self, msg: tuple[Any, ...]) -> None:
+        if msg[0] == "loaded":
+            _, worker_id, key, _error, _seconds, facts = msg
+            fut = self._loads.get((worker_id, key))
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+            elif fut is None and _error is None:
+                # A restarted worker finished loading the current model: it can take requests again.
+                for w in self._workers:
+                    if w.worker_id == worker_id:
+                        w.ready = True
+            log.debug("worker loaded model", extra={"worker": worker_id, "model_key": key, **facts})
+            return
+        if msg[0] == "batch":
+            _, key, rows, seconds = msg
+            served = self._served.get(key)
+            if served is not None:
+                self.metrics.inference_duration.labels(served.name, served.version).observe(seconds)
+                self.metrics.batch_size.labels(served.name, served.version).observe(rows)
+            return
+        _, req_id, status, body, headers, timing, reason = msg
+        worker = self._pending.pop(req_id, None)
+        if worker is None:
+            return
+        pending = worker.outstanding.pop(req_id)
+        self._finish(pending, Answer(status, body, headers, reason), timing)
+
+    def _finish(self, pending: _Pending, answer: Answer, timing: tuple[float] | None) -> None:
+        model = pending.model
+        model.inflight -= 1
+        m = self.metrics
+        m.queue_depth.set(len(self._pending))
+        if timing is not None:
+            m.queue_wait.labels(model.name, model.version).observe(max(0.0, timing[0] - pending.enqueued_at))
+        if not pending.future.done():
+            pending.future.set_result(answer)
+        self._maybe_unload(model)
+
+    async def _watch_workers(self) -> None:
+        """Restart workers that died; answer the requests they held with 503."""
+        while not self._stopping:
+            await asyncio.sleep(0.2)
+            for index, w in enumerate(self._workers):
+                if w.process.is_alive() or self._stopping:
+                    continue
+                log.error("worker died; restarting it", extra={"worker": w.worker_id, "exitcode": w.process.exitcode})
+                self.metrics.worker_restarts.inc()
+                for req_id, pending in list(w.outstanding.items()):
+                    self._pending.pop(req_id, None)
+                    error = errors.WorkerCrashed(f"worker {w.worker_id} died while holding this request; retry it")
+                    self._finish(pending, _error_answer(error), None)
+                w.outstanding.clear()
+                replacement = self._spawn(w.worker_id)
+                self._workers[index] = replacement
+                if self.current is not None:
+                    a = self.current.artifact
+                    card_json = a.card.model_dump_json(by_alias=True)
+                    replacement.inbox.put(("load", a.key, a.local_path, card_json, a.name, a.version))
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new requests and wait for admitted ones; True when all were answered in time."""
+        self.draining = True
+        deadline = time.monotonic() + timeout
+        while self._pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return not self._pending
+
+    async def stop(self) -> None:
+        """Stop the workers and the reader thread (after :meth:`drain`)."""
+        self._stopping = True
+        if self._monitor is not None:
+            self._monitor.cancel()
+        for w in self._workers:
+            w.inbox.put(("stop",))
+        for w in self._workers:
+            await asyncio.to_thread(w.process.join, 10)
+            if w.process.is_alive():
+                w.process.kill()
+                await asyncio.to_thread(w.process.join, 5)
+        self._outbox.put(("exit",))
+        if self._reader is not None:
+            await asyncio.to_thread(self._reader.join, 5)
+
+    def worker_pids(self) -> list[int]:
+        """PIDs of the worker processes (for tests and logs)."""
+        return [w.process.pid for w in self._workers if w.process.pid is not None]
+
+
+def _error_answer(error: errors.ServerError) -> Answer:
+    return Answer(
+        errors.http_status(error),
+        orjson.dumps({"error": str(error)}),
+        {"Content-Type": "application/json"},
+        type(error).__name__,
+    )

@@ -1,0 +1,308 @@
+"""The HTTP endpoints (aiohttp): routing, admission, error mapping, metrics — no inference.
+
+=====================================================  =============================================
+route                                                  what
+=====================================================  =============================================
+``GET  /v2/health/live``, ``/v2/health/ready``         liveness; readiness (a model is loaded, not draining)
+``GET  /v2``                                           server metadata
+``GET  /v2/models/{name}[/versions/{v}]``              model metadata (inputs, outputs, classes, digest)
+``GET  /v2/models/{name}[/versions/{v}]/ready``        model readiness
+``POST /v2/models/{name}[/versions/{v}]/infer``        Open Inference Protocol inference (JSON or binary extension)
+``POST /v2/repository/models/{name}/load``             hot swap (only with ``--enable-model-control``)
+``POST /v1/models/{name}:classify``                    an image (raw body or multipart ``file``) → top-k labels
+``POST /v1/jobs``, ``GET /v1/jobs/{id}``               asynchronous jobs (with ``--redis-url``; see ``jobs``)
+``GET  /``                                             the web page
+``GET  /metrics``                                      Prometheus metrics
+=====================================================  =============================================
+
+Every error is ``{"error": "<message>"}`` with the status from ``errors.HTTP_STATUS``; 503s carry
+``Retry-After``. Handlers read bodies (bounded by ``--max-body-bytes``) and pass them as bytes to
+the data plane; parsing and decoding happen in the worker processes.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import BodyPartReader, web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from modelops_server import __version__, errors
+from modelops_server.dataplane import Answer, DataPlane, ServedModel
+from modelops_server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+DATAPLANE = web.AppKey("dataplane", DataPlane)
+METRICS = web.AppKey("metrics", Metrics)
+SETTINGS_RETRY = web.AppKey("retry_after", int)
+MODEL_CONTROL = web.AppKey("model_control", bool)
+_MODEL_LABEL = "modelops_model"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+IMAGE_TYPES = ("image/", "application/octet-stream")
+MAX_TOP_K = 100
+
+
+def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON response encoded with orjson."""
+    return web.Response(body=orjson.dumps(doc), status=status, content_type="application/json", headers=headers)
+
+
+def error_response(exc: errors.ServerError, retry_after: int) -> web.Response:
+    """``{"error": message}`` with the mapped status; Retry-After on 503."""
+    status = errors.http_status(exc)
+    headers = {"Retry-After": str(retry_after)} if status == 503 else None
+    return json_response({"error": str(exc)}, status=status, headers=headers)
+
+
+def _aiohttp_error(exc: web.HTTPException) -> errors.ServerError:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return errors.BodyTooLarge(f"the request body is too large: {exc.text}")
+    if isinstance(exc, web.HTTPNotFound):
+        return errors.NotFound("no such endpoint; see GET /v2 and the server's README")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return errors.RequestError(f"method {exc.method} is not allowed here; allowed: {sorted(exc.allowed_methods)}")
+    return errors.RequestError(exc.reason)
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every error to the protocol's format, and count and time every request."""
+    app = request.app
+    m = app[METRICS]
+    retry_after = app[SETTINGS_RETRY]
+    started = time.monotonic()
+    m.inflight.inc()
+    endpoint = request.match_info.route.name or "unknown"
+    try:
+        try:
+            response = await handler(request)
+        except errors.ServerError as exc:
+            response = error_response(exc, retry_after)
+            request[_MODEL_LABEL + "_reason"] = exc.reason
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            mapped = _aiohttp_error(exc)
+            response = error_response(mapped, retry_after)
+            response.set_status(exc.status)
+            request[_MODEL_LABEL + "_reason"] = mapped.reason
+        except Exception as exc:
+            log.exception("unexpected error in %s", endpoint)
+            response = error_response(errors.ServerError(f"internal error: {type(exc).__name__}"), retry_after)
+            request[_MODEL_LABEL + "_reason"] = "internal"
+    finally:
+        m.inflight.dec()
+    model: ServedModel | None = request.get(_MODEL_LABEL)
+    name, version = (model.name, model.version) if model is not None else ("", "")
+    if endpoint not in ("metrics", "live", "ready", "index"):
+        m.requests.labels(name, version, endpoint, str(response.status)).inc()
+        m.request_duration.labels(name, version, endpoint).observe(time.monotonic() - started)
+        if response.status >= 400:
+            reason = request.get(_MODEL_LABEL + "_reason", "bad_request" if response.status < 500 else "internal")
+            m.errors.labels(name, reason).inc()
+    if app[DATAPLANE].draining:
+        response.headers["Connection"] = "close"
+    if log.isEnabledFor(logging.DEBUG):  # the access log: off at INFO, one JSON line per request at DEBUG
+        log.debug(
+            "request",
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": response.status,
+                "seconds": round(time.monotonic() - started, 6),
+                "model": name,
+                "version": version,
+            },
+        )
+    return response
+
+
+def _model(request: web.Request) -> ServedModel:
+    model = request.app[DATAPLANE].resolve(request.match_info["name"], request.match_info.get("version"))
+    request[_MODEL_LABEL] = model
+    return model
+
+
+async def _read_body(request: web.Request) -> bytes:
+    limit = request.app._client_max_size
+    if request.content_length is not None and request.content_length > limit:
+        raise errors.BodyTooLarge(f"the request body of {request.content_length} bytes is above the limit of {limit}")
+    return await request.read()
+
+
+def _to_response(answer: Answer, request: web.Request) -> web.Response:
+    if answer.status >= 400 and answer.reason:
+        request[_MODEL_LABEL + "_reason"] = errors.from_wire(answer.reason, "").reason
+    headers = dict(answer.headers)
+    if answer.status == 503:
+        headers["Retry-After"] = str(request.app[SETTINGS_RETRY])
+    return web.Response(body=answer.body, status=answer.status, headers=headers)
+
+
+# --- health and metadata ----------------------------------------------------------------------------
+
+
+async def live(request: web.Request) -> web.Response:
+    """Liveness: the front end answers."""
+    return json_response({"live": True})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: a model is loaded in the workers and the server is not draining (503 otherwise)."""
+    ok = request.app[DATAPLANE].ready
+    return json_response({"ready": ok}, status=200 if ok else 503)
+
+
+async def server_metadata(request: web.Request) -> web.Response:
+    """Server metadata (OIP)."""
+    extensions = ["binary_tensor_data", "classification"]
+    if request.app[MODEL_CONTROL]:
+        extensions.append("model_repository")
+    return json_response({"name": "modelops-server", "version": __version__, "extensions": extensions})
+
+
+async def model_metadata(request: web.Request) -> web.Response:
+    """Model metadata (OIP): inputs, outputs, versions, digest and classes."""
+    return json_response(_model(request).metadata.model_dump())
+
+
+async def model_ready(request: web.Request) -> web.Response:
+    """Model readiness (OIP)."""
+    model = _model(request)
+    ok = request.app[DATAPLANE].ready
+    return json_response({"name": model.name, "version": model.version, "ready": ok}, status=200 if ok else 503)
+
+
+# --- inference --------------------------------------------------------------------------------------
+
+
+async def infer(request: web.Request) -> web.Response:
+    """OIP inference: the body goes to a worker untouched; its answer comes back ready to send."""
+    plane = request.app[DATAPLANE]
+    model = _model(request)
+    plane.admit()
+    header = request.headers.get("Inference-Header-Content-Length")
+    try:
+        header_length = int(header) if header is not None else None
+    except ValueError as exc:
+        raise errors.RequestError(f"Inference-Header-Content-Length {header!r} is not an integer") from exc
+    body = await _read_body(request)
+    if not body:
+        raise errors.RequestError("the request body is empty; send an inference request")
+    meta = {"header_length": header_length, "content_type": request.content_type if request.body_exists else ""}
+    if request.headers.get("Content-Type") is None:
+        meta["content_type"] = ""
+    answer = await plane.submit(model, "v2", body, meta)
+    return _to_response(answer, request)
+
+
+async def classify(request: web.Request) -> web.Response:
+    """An image in (raw ``image/*`` body or multipart field ``file``) → top-k labels with scores."""
+    plane = request.app[DATAPLANE]
+    model = _model(request)
+    plane.admit()
+    try:
+        top_k = int(request.query.get("top_k", "5"))
+    except ValueError as exc:
+        raise errors.RequestError("top_k must be an integer") from exc
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise errors.RequestError(f"top_k must be between 1 and {MAX_TOP_K}")
+    ctype = request.content_type
+    if ctype.startswith("multipart/form-data"):
+        data = await _multipart_file(request)
+    elif ctype.startswith(IMAGE_TYPES) and request.headers.get("Content-Type"):
+        data = await _read_body(request)
+    else:
+        raise errors.UnsupportedMediaType(
+            f"content type {request.headers.get('Content-Type', '(none)')!r} is not accepted: send the image as the "
+            "body with Content-Type image/jpeg (png, webp, ...) or as multipart/form-data field 'file'"
+        )
+    answer = await plane.submit(model, "classify", data, {"top_k": top_k})
+    return _to_response(answer, request)
+
+
+async def _multipart_file(request: web.Request) -> bytes:
+    limit = request.app._client_max_size
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if isinstance(part, BodyPartReader) and part.name == "file":
+                chunks: list[bytes] = []
+                size = 0
+                while chunk := await part.read_chunk(1 << 16):
+                    size += len(chunk)
+                    if size > limit:
+                        raise errors.BodyTooLarge(f"the uploaded file is above the limit of {limit} bytes")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+    except (ValueError, AssertionError, RuntimeError) as exc:
+        raise errors.RequestError(f"malformed multipart body: {exc}") from exc
+    raise errors.RequestError("the multipart body has no field named 'file'")
+
+
+# --- model control ----------------------------------------------------------------------------------
+
+
+async def repository_load(request: web.Request) -> web.Response:
+    """Hot swap: ``{"parameters": {"uri": ..., "digest": ..., "version": ...}}`` (OIP repository extension)."""
+    if not request.app[MODEL_CONTROL]:
+        raise errors.ModelControlDisabled("model control is disabled; start the server with --enable-model-control")
+    plane = request.app[DATAPLANE]
+    current = plane.current
+    name = request.match_info["name"]
+    if current is not None and name != current.name:
+        raise errors.NotFound(f"this server serves {current.name!r}, not {name!r}")
+    try:
+        doc = orjson.loads(await _read_body(request) or b"{}")
+        params = doc.get("parameters") or {}
+        uri = params["uri"]
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError) as exc:
+        raise errors.RequestError(
+            'send {"parameters": {"uri": "...", "digest": "sha256:...", "version": "..."}}'
+        ) from exc
+    try:
+        served = await plane.load(uri, digest=params.get("digest"), version=params.get("version"), name=name)
+    except errors.ModelLoadError as exc:
+        raise errors.RequestError(f"the new model was not loaded (the old one still serves): {exc}") from exc
+    request[_MODEL_LABEL] = served
+    return json_response({"name": served.name, "version": served.version, "digest": served.artifact.digest})
+
+
+# --- page and metrics -------------------------------------------------------------------------------
+
+
+async def index(request: web.Request) -> web.Response:
+    """The web page: upload or drop an image, see the top-k labels and the version that answered."""
+    page = importlib.resources.files("modelops_server").joinpath("static/index.html").read_bytes()
+    current = request.app[DATAPLANE].current
+    name = current.name if current is not None else ""
+    return web.Response(body=page.replace(b"__MODEL_NAME__", name.encode()), content_type="text/html")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition."""
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def add_routes(app: web.Application) -> None:
+    """Register every route; the names are the ``endpoint`` label of the metrics."""
+    r = app.router
+    r.add_get("/v2/health/live", live, name="live")
+    r.add_get("/v2/health/ready", ready, name="ready")
+    r.add_get("/v2", server_metadata, name="server_metadata")
+    for prefix, suffix in (("/v2/models/{name}", ""), ("/v2/models/{name}/versions/{version}", "_version")):
+        r.add_get(prefix, model_metadata, name="metadata" + suffix)
+        r.add_get(prefix + "/ready", model_ready, name="model_ready" + suffix)
+        r.add_post(prefix + "/infer", infer, name="infer" + suffix)
+    r.add_post("/v2/repository/models/{name}/load", repository_load, name="repository_load")
+    r.add_post("/v1/models/{name:[^/:]+}:classify", classify, name="classify")
+    r.add_get("/", index, name="index")
+    r.add_get("/metrics", metrics, name="metrics")

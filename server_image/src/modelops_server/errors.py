@@ -1,0 +1,149 @@
+"""The server's exceptions, and the one table that maps them to HTTP.
+
+Every failure a caller can cause or observe is one of these, raised wherever it is detected (the
+front end, a worker process, the job consumer) and carried across process boundaries as
+``(kind, message)``; the endpoints turn it into ``{"error": message}`` with the status from
+``HTTP_STATUS``, and the metrics count it by ``reason``::
+
+    ServerError                      500  internal
+    ├── RequestError                 400  bad_request        (malformed JSON, wrong tensor name/shape/dtype)
+    │   ├── BodyTooLarge             413  body_too_large
+    │   ├── ImageTooLarge            413  image_too_large    (decompression bombs: huge dimensions)
+    │   ├── UnsupportedMediaType     415  unsupported_media_type (content type or image format)
+    │   └── CorruptImage             400  corrupt_image      (truncated or undecodable)
+    ├── NotFound                     404  not_found          (unknown model, version, job)
+    ├── ModelControlDisabled         403  model_control_disabled
+    ├── Unavailable                  503  unavailable        (not ready yet, draining)
+    │   ├── Overloaded               503  overloaded         (queue full; answered with Retry-After)
+    │   └── WorkerCrashed            503  worker_crashed     (the worker holding the request died)
+    ├── InferenceTimeout             504  timeout
+    └── ModelLoadError                    model_load_failed  (startup or hot swap; never a request's fault)
+        └── DigestMismatch                digest_mismatch
+"""
+
+from __future__ import annotations
+
+
+class ServerError(Exception):
+    """Base class: an unexpected failure inside the server (HTTP 500)."""
+
+    reason = "internal"
+
+
+class RequestError(ServerError):
+    """The request is malformed: bad JSON, wrong tensor name, shape or datatype (HTTP 400)."""
+
+    reason = "bad_request"
+
+
+class BodyTooLarge(RequestError):
+    """The request body is larger than ``--max-body-bytes`` (HTTP 413)."""
+
+    reason = "body_too_large"
+
+
+class ImageTooLarge(RequestError):
+    """An image's dimensions exceed ``--max-image-pixels``: a decompression bomb (HTTP 413)."""
+
+    reason = "image_too_large"
+
+
+class UnsupportedMediaType(RequestError):
+    """The content type or the image format is not one the server accepts (HTTP 415)."""
+
+    reason = "unsupported_media_type"
+
+
+class CorruptImage(RequestError):
+    """The image bytes are truncated or cannot be decoded (HTTP 400)."""
+
+    reason = "corrupt_image"
+
+
+class NotFound(ServerError):
+    """No such model, model version or job (HTTP 404)."""
+
+    reason = "not_found"
+
+
+class ModelControlDisabled(ServerError):
+    """The model repository API was called but ``--enable-model-control`` is off (HTTP 403)."""
+
+    reason = "model_control_disabled"
+
+
+class Unavailable(ServerError):
+    """The server cannot take the request now: not ready yet, or draining (HTTP 503)."""
+
+    reason = "unavailable"
+
+
+class Overloaded(Unavailable):
+    """The request queue is full; the caller should retry after ``Retry-After`` (HTTP 503)."""
+
+    reason = "overloaded"
+
+
+class WorkerCrashed(Unavailable):
+    """The worker process holding the request died before answering; safe to retry (HTTP 503)."""
+
+    reason = "worker_crashed"
+
+
+class InferenceTimeout(ServerError):
+    """No answer within ``--request-timeout`` (HTTP 504)."""
+
+    reason = "timeout"
+
+
+class ModelLoadError(ServerError):
+    """The model or its card could not be fetched, parsed or opened by ONNX Runtime."""
+
+    reason = "model_load_failed"
+
+
+class DigestMismatch(ModelLoadError):
+    """The ONNX file's SHA-256 differs from the expected digest; the server refuses to load it."""
+
+    reason = "digest_mismatch"
+
+
+HTTP_STATUS: dict[type[ServerError], int] = {
+    ServerError: 500,
+    RequestError: 400,
+    BodyTooLarge: 413,
+    ImageTooLarge: 413,
+    UnsupportedMediaType: 415,
+    CorruptImage: 400,
+    NotFound: 404,
+    ModelControlDisabled: 403,
+    Unavailable: 503,
+    Overloaded: 503,
+    WorkerCrashed: 503,
+    InferenceTimeout: 504,
+    ModelLoadError: 500,
+    DigestMismatch: 500,
+}
+"""HTTP status per exception class: the single place where errors become status codes."""
+
+_BY_NAME: dict[str, type[ServerError]] = {cls.__name__: cls for cls in HTTP_STATUS}
+
+
+def http_status(exc: ServerError) -> int:
+    """The status for ``exc``: its own class's entry, else the nearest base class's."""
+    for cls in type(exc).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    return 500
+
+
+def to_wire(exc: BaseException) -> tuple[str, str]:
+    """``(class name, message)`` for sending an error from a worker process to the front end."""
+    if isinstance(exc, ServerError):
+        return type(exc).__name__, str(exc)
+    return "ServerError", f"{type(exc).__name__}: {exc}"
+
+
+def from_wire(kind: str, message: str) -> ServerError:
+    """Rebuild an error sent by :func:`to_wire`; unknown kinds become a plain ``ServerError``."""
+    return _BY_NAME.get(kind, ServerError)(message)

@@ -1,0 +1,377 @@
+"""Asynchronous jobs: a batch of images in, a job id out; results in Redis, consumed from a stream.
+
+For large or slow work a caller should not hold a connection open. ``POST /v1/jobs`` stores the
+images in Redis, appends the job id to a Redis stream and answers 202 with the id; job consumer
+processes (``--job-workers``) read the stream through a consumer group, classify the images in
+batches, write each image's result to Redis as soon as it exists, acknowledge the stream entry when
+the job is complete and then POST the job to its ``callbackUrl``, if one was given. Callers poll
+``GET /v1/jobs/{id}`` or wait for the callback.
+
+Why it survives a crash: a stream entry stays *pending* until it is acknowledged. A consumer that
+restarts under the same name (one name per slot) first re-reads its own pending entries; entries
+of a consumer that never comes back (another pod) are taken over with ``XAUTOCLAIM`` after
+``--job-claim-idle-s``. Results already written are kept and those images are not recomputed.
+
+Redis keys (all expire after ``--job-ttl-s``): ``modelops:job:{id}`` (hash: status, total, top_k,
+callback, model, version, runs, error), ``modelops:job:{id}:images`` (hash: index → bytes),
+``modelops:job:{id}:results`` (hash: index → JSON).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from multiprocessing.context import SpawnProcess
+from typing import Any
+
+import numpy as np
+import orjson
+import redis
+import redis.asyncio as aioredis
+from aiohttp import BodyPartReader, ClientSession, ClientTimeout, web
+
+from modelops_server import errors, protocol
+from modelops_server.config import Settings
+from modelops_server.dataplane import DataPlane
+from modelops_server.metrics import Metrics
+from modelops_server.modelcard import ModelCard
+from modelops_server.runtime import ModelRunner, RuntimeOptions
+
+log = logging.getLogger(__name__)
+_CTX = multiprocessing.get_context("spawn")
+GROUP = "modelops-consumers"
+MAX_JOB_IMAGES = 10_000
+MAX_RUNS = 5
+
+
+def job_key(job_id: str) -> str:
+    """The job's hash."""
+    return f"modelops:job:{job_id}"
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    """What a job consumer process needs (picklable)."""
+
+    redis_url: str
+    stream: str
+    name: str
+    claim_idle_ms: int
+    ttl_s: int
+    batch_size: int
+    model: tuple[str, str, str, str, str]  # key, local path, card JSON, name, version
+    runtime: RuntimeOptions
+    log_format: str
+    log_level: str
+
+
+class JobService:
+    """The /v1/jobs endpoints and the supervisor of the job consumer processes."""
+
+    def __init__(self, settings: Settings, plane: DataPlane, metrics: Metrics) -> None:
+        assert settings.redis_url is not None
+        self.settings = settings
+        self.plane = plane
+        self.metrics = metrics
+        # redis-py types replies as unions of bytes and str (decode_responses); we read bytes, so: Any.
+        self.redis: Any = aioredis.Redis.from_url(settings.redis_url)
+        self.consumers: dict[int, tuple[SpawnProcess, str]] = {}  # slot -> (process, model key)
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def attach(self, app: web.Application) -> None:
+        """Register the routes and start/stop the consumers with the application."""
+        app[JOB_SERVICE] = self
+        app.router.add_post("/v1/jobs", self.submit, name="jobs_submit")
+        app.router.add_get("/v1/jobs/{job_id}", self.get, name="jobs_get")
+        app.on_startup.append(self._on_startup)
+        app.on_cleanup.append(self._on_cleanup)
+
+    async def _on_startup(self, app: web.Application) -> None:
+        with contextlib.suppress(redis.ResponseError):  # BUSYGROUP: the group exists already
+            await self.redis.xgroup_create(self.settings.job_stream, GROUP, id="0", mkstream=True)
+        self._supervisor = asyncio.create_task(self._supervise())
+
+    async def _on_cleanup(self, app: web.Application) -> None:
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        for process, _ in self.consumers.values():
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        for process, _ in self.consumers.values():
+            await asyncio.to_thread(process.join, 30)
+            if process.is_alive():
+                process.kill()
+        await self.redis.aclose()
+
+    def _config(self, slot: int) -> ConsumerConfig:
+        current = self.plane.current
+        assert current is not None
+        a = current.artifact
+        return ConsumerConfig(
+            redis_url=self.settings.redis_url or "",
+            stream=self.settings.job_stream,
+            name=f"{socket.gethostname()}-{slot}",
+            claim_idle_ms=int(self.settings.job_claim_idle_s * 1000),
+            ttl_s=self.settings.job_ttl_s,
+            batch_size=self.settings.max_batch_size,
+            model=(a.key, a.local_path, a.card.model_dump_json(by_alias=True), a.name, a.version),
+            runtime=RuntimeOptions(
+                device=self.plane.runtime.device,
+                intra_op_threads=1,
+                workers=1,
+                max_image_pixels=self.settings.max_image_pixels,
+                reduced_decode=self.settings.reduced_decode,
+            ),
+            log_format=self.settings.log_format,
+            log_level=self.settings.log_level,
+        )
+
+    async def _supervise(self) -> None:
+        """Keep one consumer per slot alive, on the current model; restart the dead, renew the stale."""
+        while not self._stopping:
+            current = self.plane.current
+            if current is not None:
+                for slot in range(self.settings.job_workers):
+                    entry = self.consumers.get(slot)
+                    if entry is not None and entry[0].is_alive():
+                        if entry[1] != current.artifact.key and entry[0].pid is not None:
+                            os.kill(entry[0].pid, signal.SIGTERM)  # finishes its job, then exits
+                        continue
+                    if entry is not None:
+                        log.warning("job consumer exited; starting it again", extra={"slot": slot})
+                    config = self._config(slot)
+                    process = _CTX.Process(
+                        target=consumer_main, args=(config,), name=f"modelops-jobs-{slot}", daemon=True
+                    )
+                    process.start()
+                    self.consumers[slot] = (process, config.model[0])
+                    log.info("job consumer started", extra={"slot": slot, "pid": process.pid, "consumer": config.name})
+            await asyncio.sleep(0.2)
+
+    # --- endpoints ---------------------------------------------------------------------------------
+
+    async def submit(self, request: web.Request) -> web.Response:
+        """``POST /v1/jobs``: JSON ``{"images": [base64...], "topK": 5, "callbackUrl": ...}`` or multipart files."""
+        current = self.plane.current
+        if current is None or self.plane.draining:
+            raise errors.Unavailable("the server is not ready")
+        images, top_k, callback = await self._read_job(request)
+        if not images:
+            raise errors.RequestError("a job needs at least one image")
+        if len(images) > MAX_JOB_IMAGES:
+            raise errors.RequestError(f"a job takes at most {MAX_JOB_IMAGES} images")
+        if not 1 <= top_k <= 100:
+            raise errors.RequestError("topK must be between 1 and 100")
+        if callback is not None and not callback.startswith(("http://", "https://")):
+            raise errors.RequestError("callbackUrl must be an http(s) URL")
+        job_id = uuid.uuid4().hex
+        key = job_key(job_id)
+        ttl = self.settings.job_ttl_s
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(f"{key}:images", mapping={str(i): data for i, data in enumerate(images)})
+            doc: dict[str, str | int | float] = {
+                "status": "queued",
+                "total": len(images),
+                "top_k": top_k,
+                "created": time.time(),
+                "runs": 0,
+            }
+            if callback:
+                doc["callback"] = callback
+            pipe.hset(key, mapping=doc)
+            pipe.expire(key, ttl)
+            pipe.expire(f"{key}:images", ttl)
+            pipe.xadd(self.settings.job_stream, {"job": job_id})
+            await pipe.execute()
+        self.metrics.jobs.labels("submitted").inc()
+        return web.json_response(
+            {"id": job_id, "status": "queued", "total": len(images), "url": f"/v1/jobs/{job_id}"}, status=202
+        )
+
+    async def _read_job(self, request: web.Request) -> tuple[list[bytes], int, str | None]:
+        limit = request.app._client_max_size
+        if request.content_length is not None and request.content_length > limit:
+            raise errors.BodyTooLarge(f"the request body is above the limit of {limit} bytes")
+        if request.content_type.startswith("multipart/form-data"):
+            images: list[bytes] = []
+            size = 0
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if isinstance(part, BodyPartReader) and part.name == "file":
+                    chunks = []
+                    while chunk := await part.read_chunk(1 << 16):
+                        size += len(chunk)
+                        if size > limit:  # chunked uploads have no Content-Length to check up front
+                            raise errors.BodyTooLarge(f"the uploaded files are above the limit of {limit} bytes")
+                        chunks.append(chunk)
+                    images.append(b"".join(chunks))
+            return images, int(request.query.get("top_k", "5")), request.query.get("callback_url")
+        if request.content_type != "application/json":
+            raise errors.UnsupportedMediaType("send application/json or multipart/form-data with 'file' fields")
+        try:
+            doc = orjson.loads(await request.read())
+            images = [base64.b64decode(s, validate=True) for s in doc["images"]]
+            return images, int(doc.get("topK", 5)), doc.get("callbackUrl")
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, binascii.Error) as exc:
+            raise errors.RequestError(
+                f'send {{"images": ["<base64>", ...], "topK": 5, "callbackUrl": "..."}}: {exc}'
+            ) from exc
+
+    async def get(self, request: web.Request) -> web.Response:
+        """``GET /v1/jobs/{id}``: status, progress and, with ``?results=true`` (default), the results."""
+        job_id = request.match_info["job_id"]
+        doc = await job_document(self.redis, job_id, with_results=request.query.get("results", "true") != "false")
+        if doc is None:
+            raise errors.NotFound(f"no job {job_id!r} (unknown or expired)")
+        return web.json_response(doc)
+
+
+async def job_document(client: Any, job_id: str, *, with_results: bool = True) -> dict[str, Any] | None:
+    """The job as the API shows it, or None when it does not exist."""
+    key = job_key(job_id)
+    raw = await client.hgetall(key)
+    if not raw:
+        return None
+    fields = {k.decode(): v.decode() for k, v in raw.items()}
+    doc: dict[str, Any] = {
+        "id": job_id,
+        "status": fields.get("status", "queued"),
+        "total": int(fields.get("total", 0)),
+        "done": int(await client.hlen(f"{key}:results")),
+        "model_name": fields.get("model"),
+        "model_version": fields.get("version"),
+        "runs": int(fields.get("runs", 0)),
+    }
+    if "error" in fields:
+        doc["error"] = fields["error"]
+    if with_results:
+        results = await client.hgetall(f"{key}:results")
+        doc["results"] = [
+            {"index": int(i), **orjson.loads(v)} for i, v in sorted(results.items(), key=lambda kv: int(kv[0]))
+        ]
+    return doc
+
+
+# --- the consumer process --------------------------------------------------------------------------
+
+
+class _Consumer:
+    def __init__(self, config: ConsumerConfig) -> None:
+        self.config = config
+        self.redis: Any = redis.Redis.from_url(config.redis_url)
+        _, path, card_json, self.model_name, self.model_version = config.model
+        self.runner = ModelRunner(path, ModelCard.model_validate_json(card_json), config.runtime)
+        self.runner.warm_up()
+        self.stop = False
+
+    def run(self) -> None:
+        c = self.config
+        own_pending = True  # first re-read what this consumer name held when it died
+        while not self.stop:
+            if own_pending:
+                reply = self.redis.xreadgroup(GROUP, c.name, {c.stream: "0"}, count=10)
+                entries = reply[0][1] if reply else []
+                own_pending = bool(entries)
+            else:
+                _, claimed, _ = self.redis.xautoclaim(c.stream, GROUP, c.name, c.claim_idle_ms, "0-0", count=1)
+                entries = claimed
+                if not entries:
+                    reply = self.redis.xreadgroup(GROUP, c.name, {c.stream: ">"}, count=1, block=500)
+                    entries = reply[0][1] if reply else []
+            for entry_id, fields in entries:
+                if fields:  # an entry trimmed from the stream has no fields: just acknowledge it
+                    self.process(fields[b"job"].decode())
+                self.redis.xack(c.stream, GROUP, entry_id)
+
+    def process(self, job_id: str) -> None:
+        key = job_key(job_id)
+        meta = self.redis.hgetall(key)
+        if not meta:
+            return  # expired
+        total = int(meta[b"total"])
+        top_k = int(meta.get(b"top_k", b"5"))
+        self.redis.hset(key, mapping={"status": "running", "model": self.model_name, "version": self.model_version})
+        if self.redis.hincrby(key, "runs", 1) > MAX_RUNS:
+            # Every consumer that took this job died on it: stop retrying a job that kills workers.
+            self.redis.hset(key, mapping={"status": "failed", "error": f"given up after {MAX_RUNS} attempts"})
+            return
+        done = {int(i) for i in self.redis.hkeys(f"{key}:results")}
+        todo = [i for i in range(total) if i not in done]
+        for start in range(0, len(todo), self.config.batch_size):
+            self._run_chunk(key, todo[start : start + self.config.batch_size], top_k)
+        self.redis.hset(key, "status", "completed")
+        self.redis.expire(f"{key}:results", self.config.ttl_s)
+        self.redis.delete(f"{key}:images")
+        callback = meta.get(b"callback")
+        if callback:
+            self._callback(job_id, callback.decode())
+
+    def _run_chunk(self, key: str, indices: list[int], top_k: int) -> None:
+        images = self.redis.hmget(f"{key}:images", [str(i) for i in indices])
+        results: dict[str, bytes] = {}
+        rows, ok = [], []
+        for index, data in zip(indices, images, strict=True):
+            try:
+                if data is None:
+                    raise errors.RequestError("the image is missing (the job expired?)")
+                rows.append(self.runner.preprocessor.image_row(data))
+                ok.append(index)
+            except errors.ServerError as exc:
+                results[str(index)] = orjson.dumps({"error": str(exc), "reason": exc.reason})
+        if rows:
+            logits = self.runner.run(np.stack(rows))
+            for index, doc in zip(
+                ok, protocol.encode_classification(logits, self.runner.card, "", "", top_k), strict=True
+            ):
+                results[str(index)] = orjson.dumps(doc)
+        self.redis.hset(f"{key}:results", mapping=results)
+
+    def _callback(self, job_id: str, url: str) -> None:
+        async def post() -> None:
+            client: Any = aioredis.Redis.from_url(self.config.redis_url)
+            try:
+                doc = await job_document(client, job_id)
+            finally:
+                await client.aclose()
+            async with ClientSession(timeout=ClientTimeout(total=10)) as session:
+                for attempt in range(3):
+                    try:
+                        async with session.post(url, json=doc) as r:
+                            if r.status < 500:
+                                return
+                    except (OSError, TimeoutError) as exc:
+                        log.warning("callback failed", extra={"job": job_id, "attempt": attempt, "error": str(exc)})
+                    await asyncio.sleep(0.5 * (attempt + 1))
+
+        asyncio.run(post())
+
+
+JOB_SERVICE = web.AppKey("jobs", JobService)
+
+
+def consumer_main(config: ConsumerConfig) -> None:
+    """Entry point of a job consumer process: SIGTERM finishes the current job, then exits."""
+    from modelops_server.logs import configure_logging  # noqa: PLC0415
+
+    configure_logging(config.log_format, config.log_level, component="jobs")
+    consumer = _Consumer(config)
+
+    def _stop(*_: object) -> None:
+        consumer.stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    log.info("job consumer ready", extra={"consumer": config.name, "pid": os.getpid(), "model": config.model[0]})
+    consumer.run()

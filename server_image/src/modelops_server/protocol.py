@@ -1,0 +1,401 @@
+"""The Open Inference Protocol (KServe v2) REST format: request parsing and response encoding.
+
+Runs in the worker processes, never on the front end's event loop: JSON with a hundred thousand
+floats, base64 and the binary-data extension are the heavy part of a request.
+
+Inputs a model accepts (exactly one per request; ``N`` rows are classified):
+
+========================  ========  ==================  =====================================
+name                      datatype  shape               meaning
+========================  ========  ==================  =====================================
+card ``input.name``       FP32      [N, C, S, S]        the model's input tensor, preprocessed
+``image``                 BYTES     [N] or [N, 1]       encoded images (JPEG, PNG, WebP, …)
+``pixels``                UINT8     [N, H, W, C]        raw pixels, resized and normalised here
+========================  ========  ==================  =====================================
+
+In JSON, BYTES elements are base64 strings; with the binary-data extension
+(``Inference-Header-Content-Length``) they are raw bytes, each prefixed by its 4-byte little-endian
+length, as tritonclient sends them. Outputs: the card's ``output.name`` (FP32 logits),
+``probabilities`` (FP32 softmax) and, with ``parameters.classification = k``, Triton's
+classification extension (BYTES ``"score:index:label"``, top k).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from modelops_server.errors import RequestError, UnsupportedMediaType
+from modelops_server.modelcard import ModelCard
+
+IMAGE_INPUT = "image"
+PIXELS_INPUT = "pixels"
+PROBABILITIES_OUTPUT = "probabilities"
+MAX_CLASSIFICATION = 1000
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RequestInput(_Wire):
+    """One input tensor of an inference request."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    # Kept untyped on purpose: the data is converted with numpy, much faster than per-element validation.
+    data: Any = None
+
+
+class RequestOutput(_Wire):
+    """An output the caller asks for, with per-output parameters (``binary_data``, ``classification``)."""
+
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferenceRequest(_Wire):
+    """``POST /v2/models/{name}/infer`` body (the JSON part, with the binary extension)."""
+
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    """One output tensor of an inference response."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: Any = None
+
+
+class InferenceResponse(BaseModel):
+    """The response to an inference request."""
+
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[ResponseOutput]
+
+
+class TensorMetadata(BaseModel):
+    """An input or output in model metadata."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    """``GET /v2/models/{name}[/versions/{v}]``."""
+
+    name: str
+    versions: list[str]
+    platform: str = "onnxruntime_onnx"
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class ServerMetadata(BaseModel):
+    """``GET /v2``."""
+
+    name: str
+    version: str
+    extensions: list[str]
+
+
+def model_metadata(card: ModelCard, name: str, version: str, digest: str) -> ModelMetadata:
+    """The OIP metadata for a loaded model: the three accepted inputs and the outputs."""
+    spec = card.input
+    classes = len(card.classes)
+    return ModelMetadata(
+        name=name,
+        versions=[version],
+        inputs=[
+            TensorMetadata(
+                name=spec.name, datatype="FP32", shape=[-1, spec.channels, spec.image_size, spec.image_size]
+            ),
+            TensorMetadata(name=IMAGE_INPUT, datatype="BYTES", shape=[-1]),
+            TensorMetadata(name=PIXELS_INPUT, datatype="UINT8", shape=[-1, -1, -1, spec.channels]),
+        ],
+        outputs=[
+            TensorMetadata(name=card.output.name, datatype="FP32", shape=[-1, classes]),
+            TensorMetadata(name=PROBABILITIES_OUTPUT, datatype="FP32", shape=[-1, classes]),
+        ],
+        parameters={"digest": digest, "architecture": card.architecture, "classes": card.classes},
+    )
+
+
+@dataclass
+class ParsedRequest:
+    """A v2 request reduced to what the worker needs: rows to prepare, and how to answer."""
+
+    request_id: str | None
+    kind: str  # "tensor" | "image" | "pixels"
+    tensor: npt.NDArray[np.float32] | None = None  # kind == "tensor": [N, C, S, S]
+    images: list[bytes] = field(default_factory=list)  # kind == "image"
+    pixels: npt.NDArray[np.uint8] | None = None  # kind == "pixels": [N, H, W, C]
+    outputs: list[RequestOutput] = field(default_factory=list)
+    binary_output: bool = False
+
+    @property
+    def rows(self) -> int:
+        """How many images the request classifies."""
+        if self.tensor is not None:
+            return int(self.tensor.shape[0])
+        if self.pixels is not None:
+            return int(self.pixels.shape[0])
+        return len(self.images)
+
+
+def parse_request(
+    body: bytes, header_length: int | None, card: ModelCard, *, max_rows: int, content_type: str = ""
+) -> ParsedRequest:
+    """Parse and check an infer request against the model; raise :class:`RequestError` on any fault."""
+    request, binary = _decode(body, header_length, content_type)
+    if len(request.inputs) != 1:
+        names = [i.name for i in request.inputs]
+        raise RequestError(f"exactly one input is expected ({_input_names(card)}); got {names}")
+    tensor_input = request.inputs[0]
+    wanted = request.outputs or []
+    allowed = {card.output.name, PROBABILITIES_OUTPUT}
+    for out in wanted:
+        if out.name not in allowed:
+            raise RequestError(f"unknown output {out.name!r}; this model has {sorted(allowed)}")
+    params = request.parameters or {}
+    parsed = ParsedRequest(
+        request_id=request.id, kind="", outputs=wanted, binary_output=bool(params.get("binary_data_output", False))
+    )
+    chunk = _binary_chunk(tensor_input, binary, header_length)
+    _check_shape(tensor_input.shape, max_rows)
+    _fill(parsed, tensor_input, chunk, card)
+    if parsed.rows == 0:
+        raise RequestError("the request has no rows (batch dimension 0)")
+    return parsed
+
+
+def _decode(body: bytes, header_length: int | None, content_type: str) -> tuple[InferenceRequest, memoryview]:
+    """The JSON part as an :class:`InferenceRequest`, and the binary part after it (maybe empty)."""
+    if header_length is None and content_type not in ("", "application/json"):
+        raise UnsupportedMediaType(
+            f"content type {content_type!r} is not accepted: send application/json, "
+            "or the binary-data extension with an Inference-Header-Content-Length header"
+        )
+    if header_length is not None and not 0 < header_length <= len(body):
+        raise RequestError(f"Inference-Header-Content-Length {header_length} is outside the body of {len(body)} bytes")
+    json_part = body if header_length is None else body[:header_length]
+    try:
+        raw = orjson.loads(json_part)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(f"malformed JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise RequestError("the request body must be a JSON object with an 'inputs' list")
+    try:
+        return InferenceRequest.model_validate(raw), memoryview(body)[len(json_part) :]
+    except ValidationError as exc:
+        raise RequestError(f"invalid inference request: {_first_errors(exc)}") from exc
+
+
+def _binary_chunk(tensor: RequestInput, binary: memoryview, header_length: int | None) -> memoryview | None:
+    """The input's bytes in the binary part, when it uses the binary-data extension."""
+    size = (tensor.parameters or {}).get("binary_data_size")
+    if size is None:
+        if tensor.data is None:
+            raise RequestError(f"input {tensor.name!r} has neither 'data' nor a binary_data_size parameter")
+        return None
+    if header_length is None:
+        raise RequestError("binary_data_size given without the Inference-Header-Content-Length header")
+    if not isinstance(size, int) or size < 0 or size > len(binary):
+        raise RequestError(f"binary_data_size {size!r} does not fit the {len(binary)} bytes after the JSON header")
+    return binary[:size]
+
+
+def _fill(parsed: ParsedRequest, tensor: RequestInput, chunk: memoryview | None, card: ModelCard) -> None:
+    """Convert the input by its name: the FP32 model tensor, UINT8 pixels or BYTES images."""
+    spec = card.input
+    if tensor.name == spec.name:
+        _expect_type(tensor, "FP32")
+        parsed.kind = "tensor"
+        parsed.tensor = _numeric(tensor, chunk, np.float32)
+        want = (spec.channels, spec.image_size, spec.image_size)
+        if parsed.tensor.ndim != 4 or tuple(parsed.tensor.shape[1:]) != want:
+            raise RequestError(f"input {spec.name!r} must have shape [N, {', '.join(map(str, want))}]")
+    elif tensor.name == PIXELS_INPUT:
+        _expect_type(tensor, "UINT8")
+        parsed.kind = "pixels"
+        parsed.pixels = _numeric(tensor, chunk, np.uint8)
+        if parsed.pixels.ndim != 4 or parsed.pixels.shape[3] != spec.channels:
+            raise RequestError(f"input {PIXELS_INPUT!r} must have shape [N, H, W, {spec.channels}]")
+    elif tensor.name == IMAGE_INPUT:
+        _expect_type(tensor, "BYTES")
+        parsed.kind = "image"
+        shape = tensor.shape
+        if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+            raise RequestError(f"input {IMAGE_INPUT!r} must have shape [N] or [N, 1]; got {shape}")
+        parsed.images = _bytes_elements(tensor, chunk)
+        if len(parsed.images) != shape[0]:
+            raise RequestError(f"input {IMAGE_INPUT!r} has shape {shape} but {len(parsed.images)} elements")
+    else:
+        raise RequestError(f"unknown input {tensor.name!r}; this model accepts {_input_names(card)}")
+
+
+def _input_names(card: ModelCard) -> str:
+    return f"{card.input.name!r} (FP32), {IMAGE_INPUT!r} (BYTES) or {PIXELS_INPUT!r} (UINT8)"
+
+
+def _first_errors(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3])
+
+
+def _expect_type(tensor: RequestInput, datatype: str) -> None:
+    if tensor.datatype != datatype:
+        raise RequestError(f"input {tensor.name!r} must have datatype {datatype}; got {tensor.datatype}")
+
+
+def _check_shape(shape: list[int], max_rows: int) -> None:
+    if not shape or any(d < 0 for d in shape):
+        raise RequestError(f"invalid shape {shape}: dimensions must be non-negative")
+    if shape[0] > max_rows:
+        raise RequestError(f"the request has {shape[0]} rows; at most {max_rows} are accepted in one request")
+
+
+def _numeric(tensor: RequestInput, chunk: memoryview | None, dtype: type[np.generic]) -> npt.NDArray[Any]:
+    count = 1
+    for d in tensor.shape:
+        count *= d
+    if chunk is not None:
+        if len(chunk) != count * np.dtype(dtype).itemsize:
+            raise RequestError(
+                f"input {tensor.name!r}: {len(chunk)} binary bytes do not match "
+                f"shape {tensor.shape} of {tensor.datatype}"
+            )
+        return np.frombuffer(chunk, dtype=dtype).reshape(tensor.shape)
+    data = tensor.data
+    if not isinstance(data, list):
+        raise RequestError(f"input {tensor.name!r}: 'data' must be a list")
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError) as exc:
+        raise RequestError(f"input {tensor.name!r}: 'data' is not a regular array of numbers: {exc}") from exc
+    if array.dtype.kind not in "iuf" or array.size != count:
+        raise RequestError(
+            f"input {tensor.name!r}: 'data' must hold {count} numbers for shape {tensor.shape}; "
+            f"got {array.size} of kind {array.dtype.name}"
+        )
+    if dtype is np.uint8 and (array.min() < 0 or array.max() > 255 or array.dtype.kind == "f"):
+        raise RequestError(f"input {tensor.name!r}: UINT8 data must be integers in 0..255")
+    converted: npt.NDArray[Any] = array.astype(dtype, copy=False).reshape(tensor.shape)
+    if dtype is np.float32 and not np.isfinite(converted).all():
+        raise RequestError(f"input {tensor.name!r}: FP32 data must be finite numbers")
+    return converted
+
+
+def _bytes_elements(tensor: RequestInput, chunk: memoryview | None) -> list[bytes]:
+    if chunk is not None:
+        out: list[bytes] = []
+        pos = 0
+        while pos < len(chunk):
+            if pos + 4 > len(chunk):
+                raise RequestError(f"input {tensor.name!r}: truncated BYTES length prefix")
+            (length,) = struct.unpack_from("<I", chunk, pos)
+            pos += 4
+            if pos + length > len(chunk):
+                raise RequestError(f"input {tensor.name!r}: a BYTES element runs past the binary data")
+            out.append(bytes(chunk[pos : pos + length]))
+            pos += length
+        return out
+    data = tensor.data
+    if not isinstance(data, list):
+        raise RequestError(f"input {tensor.name!r}: 'data' must be a list of base64 strings")
+    flat = [x[0] if isinstance(x, list) and len(x) == 1 else x for x in data]
+    if not all(isinstance(x, str) for x in flat):
+        raise RequestError(f"input {tensor.name!r}: BYTES elements must be base64 strings in JSON")
+    try:
+        return [base64.b64decode(x, validate=True) for x in flat]
+    except (binascii.Error, ValueError) as exc:
+        raise RequestError(f"input {tensor.name!r}: BYTES elements must be base64 strings in JSON: {exc}") from exc
+
+
+def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Row-wise softmax, numerically stable."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    result: npt.NDArray[np.float32] = (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+    return result
+
+
+def encode_response(
+    parsed: ParsedRequest, logits: npt.NDArray[np.float32], card: ModelCard, name: str, version: str
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and extra headers (the binary extension's header length, when used)."""
+    outputs: list[dict[str, Any]] = []
+    binary_parts: list[bytes] = []
+    wanted = parsed.outputs or [RequestOutput(name=card.output.name)]
+    for out in wanted:
+        params = out.parameters or {}
+        binary = bool(params.get("binary_data", parsed.binary_output))
+        values = logits if out.name == card.output.name else softmax(logits)
+        classification = params.get("classification")
+        if classification is not None:
+            if not isinstance(classification, int) or not 0 < classification <= MAX_CLASSIFICATION:
+                raise RequestError(f"output {out.name!r}: classification must be an integer in 1..{MAX_CLASSIFICATION}")
+            k = min(classification, values.shape[1])
+            top = np.argsort(-values, axis=1)[:, :k]
+            labels = [[f"{values[r, i]:f}:{i}:{card.classes[i]}".encode() for i in row] for r, row in enumerate(top)]
+            entry: dict[str, Any] = {"name": out.name, "shape": [len(labels), k], "datatype": "BYTES"}
+            if binary:
+                raw = b"".join(struct.pack("<I", len(s)) + s for row in labels for s in row)
+                entry["parameters"] = {"binary_data_size": len(raw)}
+                binary_parts.append(raw)
+            else:
+                entry["data"] = [s.decode() for row in labels for s in row]
+        else:
+            entry = {"name": out.name, "shape": list(values.shape), "datatype": "FP32"}
+            if binary:
+                raw = np.ascontiguousarray(values, dtype="<f4").tobytes()
+                entry["parameters"] = {"binary_data_size": len(raw)}
+                binary_parts.append(raw)
+            else:
+                entry["data"] = values.ravel()
+        outputs.append(entry)
+    doc: dict[str, Any] = {"model_name": name, "model_version": version, "outputs": outputs}
+    if parsed.request_id is not None:
+        doc["id"] = parsed.request_id
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not binary_parts:
+        return header, {"Content-Type": "application/json"}
+    return header + b"".join(binary_parts), {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(header)),
+    }
+
+
+def encode_classification(
+    logits: npt.NDArray[np.float32], card: ModelCard, name: str, version: str, top_k: int
+) -> list[dict[str, Any]]:
+    """Top-k ``{label, index, score}`` per row, scores from the softmax (the /v1 and job format)."""
+    probs = softmax(logits)
+    k = min(top_k, probs.shape[1])
+    top = np.argsort(-probs, axis=1)[:, :k]
+    return [
+        {
+            "predictions": [{"label": card.classes[int(i)], "index": int(i), "score": float(probs[r, i])} for i in row],
+        }
+        for r, row in enumerate(top)
+    ]

@@ -1,0 +1,136 @@
+"""ONNX Runtime sessions: provider choice, thread counts, warm-up.
+
+The CUDA execution provider is requested only where ONNX Runtime was built with it *and* a CUDA
+device exists (``onnxruntime-gpu`` lists it even on a machine without a GPU, and then fails at the
+first run); TensorRT only when asked for. On CPU, intra-op threads default to the cores divided by
+the worker processes, so that two workers on two cores do not fight over four threads, and
+spinning is off by default so that idle ORT threads leave the cores to image decoding.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort  # type: ignore[import-untyped]
+
+from modelops_server.errors import ModelLoadError
+from modelops_server.imaging import Preprocessor
+from modelops_server.modelcard import ModelCard
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How a worker opens its ONNX Runtime session (from the server's settings)."""
+
+    device: str = "auto"  # auto | cpu | cuda | tensorrt
+    intra_op_threads: int = 0  # 0: cores / workers
+    workers: int = 1
+    spinning: bool = False
+    max_image_pixels: int = 40_000_000
+    reduced_decode: bool = True
+    warmup_batch: int = 1
+
+
+def cuda_device_present() -> bool:
+    """True when an NVIDIA driver is loaded and reports at least one device."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    if not os.path.exists("/dev/nvidiactl"):
+        return False
+    lib = ctypes.util.find_library("cuda")
+    if lib is None:
+        return False
+    try:
+        cuda = ctypes.CDLL(lib)
+        count = ctypes.c_int(0)
+        return bool(cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0)
+    except OSError:
+        return False
+
+
+def choose_providers(device: str) -> list[str]:
+    """The execution providers for ``device``: CUDA/TensorRT only where usable, CPU always last."""
+    available = ort.get_available_providers()
+    gpu_ok = "CUDAExecutionProvider" in available and cuda_device_present()
+    if device == "cpu" or (device == "auto" and not gpu_ok):
+        return ["CPUExecutionProvider"]
+    if not gpu_ok:
+        raise ModelLoadError(f"--device {device} asked for, but no CUDA device is usable (providers: {available})")
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "tensorrt" and "TensorrtExecutionProvider" in available:
+        providers.insert(0, "TensorrtExecutionProvider")
+    return providers
+
+
+def cpu_count() -> int:
+    """Cores this process may use (the cgroup/affinity view, not the machine's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class ModelRunner:
+    """One model in one process: an ONNX Runtime session, the card and the preprocessor."""
+
+    def __init__(self, path: str, card: ModelCard, options: RuntimeOptions) -> None:
+        self.card = card
+        self.options = options
+        self.preprocessor = Preprocessor(
+            card.input, max_pixels=options.max_image_pixels, reduced_decode=options.reduced_decode
+        )
+        so = ort.SessionOptions()
+        threads = options.intra_op_threads or max(1, cpu_count() // max(1, options.workers))
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not options.spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.providers = choose_providers(options.device)
+        started = time.monotonic()
+        try:
+            self.session = ort.InferenceSession(path, sess_options=so, providers=self.providers)
+        except Exception as exc:  # ORT raises its own exception types for every kind of bad model
+            raise ModelLoadError(f"ONNX Runtime cannot open the model: {exc}") from exc
+        names = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if card.input.name not in names:
+            raise ModelLoadError(f"the card's input {card.input.name!r} is not an input of the ONNX model ({names})")
+        if card.output.name not in outputs:
+            raise ModelLoadError(f"the card's output {card.output.name!r} is not an output of the model ({outputs})")
+        self.input_name = card.input.name
+        self.output_name = card.output.name
+        self.threads = threads
+        self.open_seconds = time.monotonic() - started
+
+    def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Logits for a ``[N, C, S, S]`` batch; checks that the model returns one row per image."""
+        (logits,) = self.session.run([self.output_name], {self.input_name: batch})
+        result: npt.NDArray[np.float32] = np.asarray(logits, dtype=np.float32)
+        if result.ndim != 2 or result.shape[0] != batch.shape[0] or result.shape[1] != len(self.card.classes):
+            raise ModelLoadError(
+                f"the model returned {result.shape} for {batch.shape[0]} images and {len(self.card.classes)} classes"
+            )
+        return result
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> float:
+        """Run the model on zeros at each batch size (allocations, kernel choice); returns seconds."""
+        started = time.monotonic()
+        c, s = self.card.input.channels, self.card.input.image_size
+        for n in batch_sizes:
+            self.run(np.zeros((n, c, s, s), dtype=np.float32))
+        return time.monotonic() - started
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for logs: providers and threads."""
+        return {"providers": self.providers, "intra_op_threads": self.threads, "open_seconds": self.open_seconds}

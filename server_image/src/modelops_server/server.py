@@ -1,0 +1,93 @@
+"""The server's life: listen, load the model, serve, and on SIGTERM drain and exit.
+
+Order matters for Kubernetes. The port opens first, so the liveness probe passes while the model
+loads; readiness turns true only when every worker has loaded and warmed it up. On SIGTERM (or
+Ctrl-C): readiness turns false and new requests get 503 with ``Connection: close``, the listening
+socket closes (new connections are refused), admitted requests finish (up to
+``--drain-timeout-s``), then the workers stop and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from modelops_server import endpoints, errors
+from modelops_server.config import Settings
+from modelops_server.dataplane import DataPlane
+from modelops_server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def build_app(settings: Settings, plane: DataPlane, metrics: Metrics) -> web.Application:
+    """The aiohttp application: routes, the error/metrics middleware and the shared objects."""
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[endpoints.observe])
+    app[endpoints.DATAPLANE] = plane
+    app[endpoints.METRICS] = metrics
+    app[endpoints.SETTINGS_RETRY] = settings.retry_after_s
+    app[endpoints.MODEL_CONTROL] = settings.enable_model_control
+    endpoints.add_routes(app)
+    if settings.redis_url:
+        from modelops_server.jobs import JobService  # noqa: PLC0415 - redis is needed only with --redis-url
+
+        JobService(settings, plane, metrics).attach(app)
+    return app
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT; returns the process exit code."""
+    metrics = Metrics()
+    plane = DataPlane(settings, metrics)
+    app = build_app(settings, plane, metrics)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_address=True)
+    await site.start()
+    log.info("listening", extra={"addresses": [list(a) if isinstance(a, tuple) else a for a in runner.addresses]})
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    starting = asyncio.create_task(plane.start())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if starting.done() and starting.exception() is not None:
+        exc = starting.exception()
+        log.error("cannot serve the model: %s", exc, extra={"reason": getattr(exc, "reason", "internal")})
+        code = 1
+    elif starting.done():
+        log.info("ready", extra={"workers": settings.workers, "pids": plane.worker_pids()})
+        await stopped
+    else:
+        starting.cancel()
+
+    log.info("shutting down: draining in-flight requests", extra={"in_flight": plane.depth})
+    plane.draining = True
+    await site.stop()
+    drained = await plane.drain(settings.drain_timeout_s)
+    if not drained:
+        log.warning("drain timeout: some requests were not answered", extra={"in_flight": plane.depth})
+    await runner.cleanup()
+    await plane.stop()
+    log.info("stopped")
+    return code
+
+
+def run(settings: Settings) -> int:
+    """Blocking entry point: uvloop when installed, else asyncio."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up
+
+        return uvloop.run(serve(settings))
+    except ImportError:
+        return asyncio.run(serve(settings))
+    except errors.ServerError as exc:
+        log.error("fatal: %s", exc)
+        return 1

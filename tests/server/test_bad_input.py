@@ -1,0 +1,278 @@
+"""Bad input: each case is a 4xx with a clear ``{"error": ...}``, and the server keeps serving."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import pytest
+import requests
+from PIL import Image
+
+from tests.server.helpers import SIZE, ServerProcess, image_bytes
+
+MODEL = "tiny-cnn"
+
+
+def _bomb_png() -> bytes:
+    """A 20000×20000 PNG: a few kilobytes on the wire, 400 megapixels once decoded."""
+    buf = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _jpeg(size: int = 64) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), (200, 30, 30)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _tiff() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (SIZE, SIZE)).save(buf, format="TIFF")
+    return buf.getvalue()
+
+
+def _v2(name: str = "input", datatype: str = "FP32", shape: list[int] | None = None, data: object = None) -> dict:
+    shape = shape if shape is not None else [1, 3, SIZE, SIZE]
+    if data is None:
+        count = 1
+        for d in shape:
+            count *= d
+        data = [0.0] * count
+    return {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}
+
+
+PNG = image_bytes(5)
+CLASSIFY_CASES = [
+    # (id, body, content type, query, status, fragment of the error)
+    ("truncated-png", PNG[: len(PNG) // 2], "image/png", {}, 400, "truncated or corrupt"),
+    ("truncated-jpeg", _jpeg()[:300], "image/jpeg", {}, 400, "truncated or corrupt"),
+    ("garbage", b"\x00\x01not an image at all" * 10, "image/png", {}, 415, "cannot identify the image format"),
+    ("tiff", _tiff(), "image/tiff", {}, 415, "accepted formats"),
+    ("bomb", _bomb_png(), "image/png", {}, 413, "above the limit"),
+    ("empty", b"", "image/png", {}, 400, "empty"),
+    ("text-content-type", PNG, "text/plain", {}, 415, "is not accepted"),
+    ("json-content-type", b"{}", "application/json", {}, 415, "is not accepted"),
+    ("top-k-zero", PNG, "image/png", {"top_k": "0"}, 400, "top_k"),
+    ("top-k-word", PNG, "image/png", {"top_k": "many"}, 400, "top_k"),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "query", "status", "fragment"), [pytest.param(*c[1:], id=c[0]) for c in CLASSIFY_CASES]
+)
+def test_classify_rejects(server: ServerProcess, body: bytes, ctype: str, query: dict, status: int, fragment: str):
+    r = requests.post(
+        f"{server.url}/v1/models/{MODEL}:classify", data=body, headers={"Content-Type": ctype}, params=query, timeout=30
+    )
+    assert r.status_code == status, r.text
+    assert r.headers["Content-Type"].startswith("application/json")
+    assert fragment in r.json()["error"]
+
+
+def test_classify_multipart_without_file_field(server: ServerProcess):
+    r = requests.post(
+        f"{server.url}/v1/models/{MODEL}:classify", files={"picture": ("a.png", PNG, "image/png")}, timeout=30
+    )
+    assert r.status_code == 400 and "no field named 'file'" in r.json()["error"]
+
+
+B64_PNG = base64.b64encode(PNG).decode()
+INFER_CASES = [
+    ("malformed-json", b'{"inputs": [', "application/json", 400, "malformed JSON"),
+    ("not-an-object", b"[1, 2, 3]", "application/json", 400, "JSON object"),
+    ("no-inputs", b'{"outputs": []}', "application/json", 400, "inputs"),
+    ("unknown-field", json.dumps({**_v2(), "foo": 1}).encode(), "application/json", 400, "foo"),
+    ("wrong-name", json.dumps(_v2(name="data")).encode(), "application/json", 400, "unknown input 'data'"),
+    ("wrong-dtype", json.dumps(_v2(datatype="INT32")).encode(), "application/json", 400, "must have datatype FP32"),
+    ("wrong-shape", json.dumps(_v2(shape=[1, 3, 16, 16])).encode(), "application/json", 400, "must have shape"),
+    (
+        "negative-dim",
+        json.dumps(_v2(shape=[-1, 3, SIZE, SIZE], data=[0.0])).encode(),
+        "application/json",
+        400,
+        "non-negative",
+    ),
+    ("count-mismatch", json.dumps(_v2(data=[0.0] * 10)).encode(), "application/json", 400, "must hold"),
+    ("strings-as-fp32", json.dumps(_v2(data=["a"] * (3 * SIZE * SIZE))).encode(), "application/json", 400, "numbers"),
+    (
+        "ragged",
+        json.dumps(_v2(shape=[2], datatype="FP32", data=[[1.0], [1.0, 2.0]])).encode(),
+        "application/json",
+        400,
+        "regular array",
+    ),
+    (
+        "nan",
+        b'{"inputs":[{"name":"input","shape":[1],"datatype":"FP32","data":[NaN]}]}',
+        "application/json",
+        400,
+        "malformed JSON",
+    ),
+    (
+        "too-many-rows",
+        json.dumps(_v2(name="image", datatype="BYTES", shape=[65], data=[B64_PNG] * 65)).encode(),
+        "application/json",
+        400,
+        "at most 64",
+    ),
+    (
+        "zero-rows",
+        json.dumps(_v2(name="image", datatype="BYTES", shape=[0], data=[])).encode(),
+        "application/json",
+        400,
+        "no rows",
+    ),
+    (
+        "bad-base64",
+        json.dumps(_v2(name="image", datatype="BYTES", shape=[1], data=["%%%"])).encode(),
+        "application/json",
+        400,
+        "base64",
+    ),
+    (
+        "bytes-not-strings",
+        json.dumps(_v2(name="image", datatype="BYTES", shape=[1], data=[5])).encode(),
+        "application/json",
+        400,
+        "base64 strings",
+    ),
+    (
+        "bytes-corrupt-image",
+        json.dumps(_v2(name="image", datatype="BYTES", shape=[1], data=[base64.b64encode(PNG[:60]).decode()])).encode(),
+        "application/json",
+        400,
+        "corrupt",
+    ),
+    (
+        "uint8-out-of-range",
+        json.dumps(_v2(name="pixels", datatype="UINT8", shape=[1, 1, 1, 3], data=[0, 256, 3])).encode(),
+        "application/json",
+        400,
+        "0..255",
+    ),
+    (
+        "uint8-wrong-channels",
+        json.dumps(_v2(name="pixels", datatype="UINT8", shape=[1, 2, 2, 4], data=[0] * 16)).encode(),
+        "application/json",
+        400,
+        "[N, H, W, 3]",
+    ),
+    (
+        "unknown-output",
+        json.dumps({**_v2(), "outputs": [{"name": "embeddings"}]}).encode(),
+        "application/json",
+        400,
+        "unknown output",
+    ),
+    (
+        "bad-classification",
+        json.dumps({**_v2(), "outputs": [{"name": "logits", "parameters": {"classification": 0}}]}).encode(),
+        "application/json",
+        400,
+        "classification",
+    ),
+    ("text-content-type", json.dumps(_v2()).encode(), "text/plain", 415, "application/json"),
+    ("empty-body", b"", "application/json", 400, "empty"),
+]
+
+
+@pytest.mark.parametrize(("body", "ctype", "status", "fragment"), [pytest.param(*c[1:], id=c[0]) for c in INFER_CASES])
+def test_infer_rejects(server: ServerProcess, body: bytes, ctype: str, status: int, fragment: str):
+    r = requests.post(f"{server.url}/v2/models/{MODEL}/infer", data=body, headers={"Content-Type": ctype}, timeout=30)
+    assert r.status_code == status, r.text
+    assert fragment in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("header", "json_part", "binary", "fragment"),
+    [
+        ("999999", b"{}", b"", "outside the body"),
+        ("abc", b"{}", b"", "not an integer"),
+        (
+            None,
+            json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "input",
+                            "shape": [1, 3, SIZE, SIZE],
+                            "datatype": "FP32",
+                            "parameters": {"binary_data_size": 12},
+                        }
+                    ]
+                }
+            ).encode(),
+            b"",
+            "without the Inference-Header",
+        ),
+        (
+            "auto",
+            json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "input",
+                            "shape": [1, 3, SIZE, SIZE],
+                            "datatype": "FP32",
+                            "parameters": {"binary_data_size": 8},
+                        }
+                    ]
+                }
+            ).encode(),
+            b"\x00" * 8,
+            "do not match shape",
+        ),
+        (
+            "auto",
+            json.dumps(
+                {
+                    "inputs": [
+                        {"name": "image", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 6}}
+                    ]
+                }
+            ).encode(),
+            b"\xff\x00\x00\x00ab",
+            "runs past",
+        ),
+    ],
+    ids=["header-too-long", "header-not-int", "size-without-header", "size-vs-shape", "bytes-overrun"],
+)
+def test_binary_extension_rejects(
+    server: ServerProcess, header: str | None, json_part: bytes, binary: bytes, fragment: str
+):
+    headers = {"Content-Type": "application/octet-stream"}
+    if header == "auto":
+        headers["Inference-Header-Content-Length"] = str(len(json_part))
+    elif header is not None:
+        headers["Inference-Header-Content-Length"] = header
+    else:
+        headers["Content-Type"] = "application/json"
+    r = requests.post(f"{server.url}/v2/models/{MODEL}/infer", data=json_part + binary, headers=headers, timeout=30)
+    assert r.status_code == 400, r.text
+    assert fragment in r.json()["error"]
+
+
+def test_oversized_body_is_413(server: ServerProcess):
+    r = requests.post(
+        f"{server.url}/v1/models/{MODEL}:classify",
+        data=b"\xff" * (5 << 20),
+        headers={"Content-Type": "image/jpeg"},
+        timeout=60,
+    )
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+
+
+def test_wrong_method_is_405_in_json(server: ServerProcess):
+    r = requests.get(f"{server.url}/v2/models/{MODEL}/infer", timeout=10)
+    assert r.status_code == 405 and "POST" in r.json()["error"]
+
+
+def test_server_still_serves_after_bad_input(server: ServerProcess):
+    assert requests.get(f"{server.url}/v2/health/ready", timeout=10).status_code == 200
+    r = requests.post(
+        f"{server.url}/v1/models/{MODEL}:classify", data=PNG, headers={"Content-Type": "image/png"}, timeout=30
+    )
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 5

@@ -1,0 +1,204 @@
+"""The Open Inference Protocol over real HTTP: health, metadata, infer for each datatype, errors.
+
+Expected logits come from the torch model the ONNX file was exported from, fed by an independent
+numpy implementation of the contract's preprocessing; PNG test images are lossless and already at
+the model's size, so the server's answer must match to float precision.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.http as triton
+
+from tests.server.helpers import CLASSES, SIZE, ExportedModel, ServerProcess, image_bytes, normalise, pixels_of, softmax
+
+MODEL = "tiny-cnn"
+
+
+def infer_url(server: ServerProcess, version: str | None = None) -> str:
+    middle = f"/versions/{version}" if version else ""
+    return f"{server.url}/v2/models/{MODEL}{middle}/infer"
+
+
+def expected_logits(model: ExportedModel, images: list[bytes]) -> np.ndarray:
+    return model.logits(np.stack([normalise(pixels_of(b)) for b in images]))
+
+
+def test_health_live_and_ready(server: ServerProcess):
+    assert requests.get(f"{server.url}/v2/health/live", timeout=10).json() == {"live": True}
+    ready = requests.get(f"{server.url}/v2/health/ready", timeout=10)
+    assert ready.status_code == 200 and ready.json() == {"ready": True}
+
+
+def test_server_metadata(server: ServerProcess):
+    doc = requests.get(f"{server.url}/v2", timeout=10).json()
+    assert doc["name"] == "modelops-server"
+    assert "binary_tensor_data" in doc["extensions"]
+
+
+@pytest.mark.parametrize("path", [f"/v2/models/{MODEL}", f"/v2/models/{MODEL}/versions/v1"])
+def test_model_metadata(server: ServerProcess, model_v1: ExportedModel, path: str):
+    doc = requests.get(server.url + path, timeout=10).json()
+    assert doc["name"] == MODEL and doc["versions"] == ["v1"]
+    inputs = {i["name"]: (i["datatype"], i["shape"]) for i in doc["inputs"]}
+    assert inputs == {
+        "input": ("FP32", [-1, 3, SIZE, SIZE]),
+        "image": ("BYTES", [-1]),
+        "pixels": ("UINT8", [-1, -1, -1, 3]),
+    }
+    assert {o["name"] for o in doc["outputs"]} == {"logits", "probabilities"}
+    assert doc["parameters"]["digest"] == model_v1.digest
+    assert doc["parameters"]["classes"] == CLASSES
+
+
+@pytest.mark.parametrize("path", [f"/v2/models/{MODEL}/ready", f"/v2/models/{MODEL}/versions/v1/ready"])
+def test_model_ready(server: ServerProcess, path: str):
+    r = requests.get(server.url + path, timeout=10)
+    assert r.status_code == 200 and r.json()["ready"] is True
+
+
+@pytest.mark.parametrize(
+    ("path", "fragment"),
+    [
+        ("/v2/models/nope", "not served here"),
+        (f"/v2/models/{MODEL}/versions/v9", "version 'v9'"),
+        ("/v2/models/nope/infer", "not served here"),
+        ("/v3/what", "no such endpoint"),
+    ],
+)
+def test_unknown_model_version_or_path_is_404(server: ServerProcess, path: str, fragment: str):
+    method = requests.post if path.endswith("infer") else requests.get
+    r = method(server.url + path, timeout=10)
+    assert r.status_code == 404
+    assert fragment in r.json()["error"]
+
+
+def test_infer_fp32_json(server: ServerProcess, model_v1: ExportedModel):
+    rng = np.random.default_rng(7)
+    batch = rng.standard_normal((3, 3, SIZE, SIZE)).astype(np.float32)
+    body = {
+        "id": "req-42",
+        "inputs": [{"name": "input", "shape": list(batch.shape), "datatype": "FP32", "data": batch.ravel().tolist()}],
+    }
+    doc = requests.post(infer_url(server), json=body, timeout=30).json()
+    assert doc["id"] == "req-42" and doc["model_name"] == MODEL and doc["model_version"] == "v1"
+    (out,) = doc["outputs"]
+    assert out["name"] == "logits" and out["datatype"] == "FP32" and out["shape"] == [3, len(CLASSES)]
+    np.testing.assert_allclose(np.array(out["data"]).reshape(3, -1), model_v1.logits(batch), rtol=1e-4, atol=1e-4)
+
+
+def test_infer_fp32_nested_json_on_versioned_path(server: ServerProcess, model_v1: ExportedModel):
+    batch = np.full((1, 3, SIZE, SIZE), 0.25, dtype=np.float32)
+    body = {"inputs": [{"name": "input", "shape": [1, 3, SIZE, SIZE], "datatype": "FP32", "data": batch.tolist()}]}
+    doc = requests.post(infer_url(server, "v1"), json=body, timeout=30).json()
+    np.testing.assert_allclose(np.array(doc["outputs"][0]["data"]), model_v1.logits(batch)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_infer_bytes_json_base64(server: ServerProcess, model_v1: ExportedModel):
+    images = [image_bytes(11), image_bytes(12)]
+    body = {
+        "inputs": [
+            {"name": "image", "shape": [2], "datatype": "BYTES", "data": [base64.b64encode(b).decode() for b in images]}
+        ],
+        "outputs": [{"name": "probabilities"}],
+    }
+    doc = requests.post(infer_url(server), json=body, timeout=30).json()
+    (out,) = doc["outputs"]
+    assert out["name"] == "probabilities" and out["shape"] == [2, len(CLASSES)]
+    got = np.array(out["data"]).reshape(2, -1)
+    np.testing.assert_allclose(got, softmax(expected_logits(model_v1, images)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_infer_uint8_pixels(server: ServerProcess, model_v1: ExportedModel):
+    images = [image_bytes(21), image_bytes(22)]
+    pixels = np.stack([pixels_of(b) for b in images])
+    body = {
+        "inputs": [
+            {"name": "pixels", "shape": list(pixels.shape), "datatype": "UINT8", "data": pixels.ravel().tolist()}
+        ]
+    }
+    doc = requests.post(infer_url(server), json=body, timeout=30).json()
+    got = np.array(doc["outputs"][0]["data"]).reshape(2, -1)
+    np.testing.assert_allclose(got, expected_logits(model_v1, images), rtol=1e-4, atol=1e-4)
+
+
+def test_tritonclient_binary_bytes_and_classification(server: ServerProcess, model_v1: ExportedModel):
+    """An existing client (tritonclient's HTTP client) with the binary-data extension."""
+    images = [image_bytes(31), image_bytes(32), image_bytes(33)]
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}", network_timeout=60)
+    assert client.is_server_live() and client.is_model_ready(MODEL)
+    tensor = triton.InferInput("image", [3], "BYTES")
+    tensor.set_data_from_numpy(np.array(images, dtype=np.object_), binary_data=True)
+    outputs = [
+        triton.InferRequestedOutput("logits", binary_data=True),
+        triton.InferRequestedOutput("probabilities", binary_data=False, class_count=2),
+    ]
+    result = client.infer(MODEL, [tensor], outputs=outputs)
+    expected = expected_logits(model_v1, images)
+    np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-4, atol=1e-4)
+    top = result.as_numpy("probabilities")
+    assert top.shape == (3, 2)
+    for row, want in zip(top, expected, strict=True):
+        best = int(np.argmax(want))
+        score, index, label = row[0].decode().split(":") if isinstance(row[0], bytes) else row[0].split(":")
+        assert (int(index), label) == (best, CLASSES[best])
+        assert float(score) == pytest.approx(softmax(want)[best], abs=1e-4)
+
+
+def test_tritonclient_binary_fp32(server: ServerProcess, model_v1: ExportedModel):
+    batch = np.random.default_rng(5).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}", network_timeout=60)
+    tensor = triton.InferInput("input", list(batch.shape), "FP32")
+    tensor.set_data_from_numpy(batch, binary_data=True)
+    result = client.infer(MODEL, [tensor])  # no outputs: all outputs in binary
+    np.testing.assert_allclose(result.as_numpy("logits"), model_v1.logits(batch), rtol=1e-4, atol=1e-4)
+
+
+def test_classify_raw_body_and_multipart(server: ServerProcess, model_v1: ExportedModel):
+    img = image_bytes(41)
+    want = softmax(expected_logits(model_v1, [img])[0])
+    order = list(np.argsort(-want))
+    url = f"{server.url}/v1/models/{MODEL}:classify"
+    raw = requests.post(url, data=img, headers={"Content-Type": "image/png"}, params={"top_k": 3}, timeout=30).json()
+    form = requests.post(url, files={"file": ("x.png", img, "image/png")}, timeout=30).json()
+    assert raw["model_version"] == "v1" and len(raw["predictions"]) == 3 and len(form["predictions"]) == 5
+    for doc in (raw, form):
+        assert [p["index"] for p in doc["predictions"]] == order[: len(doc["predictions"])]
+        assert [p["label"] for p in doc["predictions"]] == [CLASSES[i] for i in order[: len(doc["predictions"])]]
+        assert doc["predictions"][0]["score"] == pytest.approx(want[order[0]], abs=1e-5)
+
+
+def test_metrics_count_requests_by_model_version_and_code(server: ServerProcess):
+    from tests.server.helpers import metric_value  # noqa: PLC0415
+
+    before = requests.get(f"{server.url}/metrics", timeout=10).text
+    requests.post(
+        f"{server.url}/v1/models/{MODEL}:classify", data=b"x", headers={"Content-Type": "text/plain"}, timeout=10
+    )
+    requests.post(
+        f"{server.url}/v1/models/{MODEL}:classify",
+        data=image_bytes(1),
+        headers={"Content-Type": "image/png"},
+        timeout=30,
+    )
+    after = requests.get(f"{server.url}/metrics", timeout=10).text
+    labels = {"model": MODEL, "version": "v1", "endpoint": "classify"}
+    for code in ("200", "415"):
+        delta = metric_value(after, "modelops_requests_total", code=code, **labels) - metric_value(
+            before, "modelops_requests_total", code=code, **labels
+        )
+        assert delta == 1, code
+    assert metric_value(after, "modelops_errors_total", reason="unsupported_media_type") >= 1
+    assert metric_value(after, "modelops_model_info", model=MODEL, version="v1") == 1
+    assert metric_value(after, "modelops_batch_size_count", model=MODEL) >= 1
+    assert metric_value(after, "modelops_inference_duration_seconds_count", model=MODEL) >= 1
+    assert metric_value(after, "modelops_queue_wait_seconds_count", model=MODEL) >= 1
+    assert metric_value(after, "modelops_request_duration_seconds_count", endpoint="classify") >= 2
+    assert metric_value(after, "modelops_model_load_duration_seconds", model=MODEL, version="v1") > 0
+    assert metric_value(after, "modelops_queue_capacity") == 256
+    assert "modelops_queue_depth" in after and "modelops_inflight_requests" in after
