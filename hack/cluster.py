@@ -265,7 +265,11 @@ def operator_component() -> Component:
     return Component(
         "modelops-operator",
         [str(REPO / ".venv" / "bin" / "modelops-operator")],
-        env={"KUBECONFIG": str(KUBECONFIG), "MODELOPS_HEALTH_PORT": os.environ.get("MODELOPS_HEALTH_PORT", "18080")},
+        env={
+            "KUBECONFIG": str(KUBECONFIG),
+            "MODELOPS_HEALTH_PORT": os.environ.get("MODELOPS_HEALTH_PORT", "18080"),
+            "MODELOPS_ARTIFACT_PVC": os.environ.get("MODELOPS_ARTIFACT_PVC", "modelops-artifacts"),
+        },
     )
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The quickstart on the local cluster: installs what is missing, starts the local Kubernetes
-# control plane, installs the CRDs, starts the operator, applies examples/quickstart/ and shows
-# `kubectl get modelops -A` once the operator has reconciled every object.
+# cluster, installs the CRDs, starts the operator, puts sample images on an artifact volume,
+# applies examples/quickstart/, waits until the Dataset is prepared by a real Job, and shows
+# `kubectl get modelops -A`.
 # Afterwards: eval "$(hack/cluster.py env)" gives you kubectl against it; hack/cluster.py down stops it.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -12,10 +13,16 @@ eval "$(python3 hack/cluster.py env)"
 kubectl apply --server-side --force-conflicts --field-manager=modelops-quickstart -f crds/
 kubectl wait --for=condition=Established --timeout=60s -f crds/ >/dev/null
 python3 hack/cluster.py operator
+kubectl apply -f examples/quickstart/00-artifacts.yaml
+kubectl wait --for=condition=Complete --timeout=300s job/digits-source
 kubectl apply -f examples/quickstart/
-for obj in dataset/digits trainingrun/digits-resnet modeldeployment/digits; do
-  kubectl wait --for=jsonpath='{.status.observedGeneration}'=1 --timeout=60s "$obj" >/dev/null
-done
+echo "waiting for the Dataset to be prepared (a real Job on the local node)..."
+kubectl wait --for=condition=Ready --timeout=600s dataset/digits || {
+  kubectl get dataset digits -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
+  exit 1
+}
+kubectl wait --for=condition=DatasetReady --timeout=60s trainingrun/digits-resnet >/dev/null
+kubectl wait --for=jsonpath='{.status.observedGeneration}'=1 --timeout=60s modeldeployment/digits >/dev/null
 echo
 kubectl get modelops -A
 echo

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything modelops needs on a fresh Debian machine, and nothing twice:
 #   - Debian packages: openssl (the cluster's certificates), iproute2 and util-linux (the local
-#     node's network and mount namespaces), git, ca-certificates,
+#     node's network and mount namespaces), redis-server (the inference server's job queue in
+#     tests), chromium (its web page, tested in a real browser), git, ca-certificates,
 #   - the project virtualenv .venv with the operator, trainer and server installed editable,
 #     plus the development tools, at the versions in constraints.txt,
 #   - the local cluster's binaries, built from their Go modules (hack/build-binaries.sh).
@@ -12,7 +13,8 @@ cd "$repo"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 need_apt=()
-for cmd_pkg in openssl:openssl git:git ip:iproute2 unshare:util-linux nsenter:util-linux; do
+for cmd_pkg in openssl:openssl git:git ip:iproute2 unshare:util-linux nsenter:util-linux \
+  redis-server:redis-server chromium:chromium; do
   command -v "${cmd_pkg%%:*}" >/dev/null || need_apt+=("${cmd_pkg##*:}")
 done
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
@@ -34,7 +36,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$inputs" ]; then
   [ -x .venv/bin/python ] || "$python" -m venv .venv
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -c constraints.txt -r requirements-dev.txt \
-    -e operator -e trainer_image -e server_image
+    -e operator -e "trainer_image[samples]" -e server_image
   echo "$inputs" > "$stamp"
 fi
 

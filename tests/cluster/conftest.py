@@ -26,6 +26,9 @@ STATE = Path(os.environ.get("MODELOPS_CLUSTER_DIR", REPO / ".cluster"))
 BIN = Path(os.environ.get("MODELOPS_CACHE", Path.home() / ".cache" / "modelops")) / "bin"
 KUBECONFIG = STATE / "kubeconfig"
 PROMETHEUS = f"http://127.0.0.1:{os.environ.get('MODELOPS_PROMETHEUS_PORT', '19090')}"
+#: The PVC every test namespace that runs data preparation or training gets (the operator's setting).
+ARTIFACT_PVC = "modelops-artifacts"
+ARTIFACTS = "/var/lib/modelops/artifacts"
 #: What a pod needs to run on the executing node (hack/nodeagent) instead of a kwok node.
 ON_LOCAL_NODE = {
     "nodeSelector": {"modelops.dev/pool": "local"},
@@ -106,6 +109,8 @@ def operator(crds: None, cluster: Path) -> Iterator[Path]:
         **os.environ,
         "KUBECONFIG": str(cluster),
         "MODELOPS_RESYNC_SECONDS": "2",
+        "MODELOPS_PROGRESS_SECONDS": "1",
+        "MODELOPS_ARTIFACT_PVC": ARTIFACT_PVC,
         "MODELOPS_HEALTH_PORT": str(port),
         "MODELOPS_LOG_FORMAT": "json",
     }

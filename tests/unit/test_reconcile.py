@@ -64,12 +64,6 @@ def test_set_condition_keeps_other_conditions_and_order():
 # --- per kind ---------------------------------------------------------------------------------
 
 
-def test_dataset_is_accepted_but_never_ready_without_preparation():
-    st = rk.dataset_status(DatasetSpec.model_validate(dataset().spec), 3, DatasetStatus())
-    assert st.observed_generation == 3 and st.phase == "Pending"
-    assert ready(st).status == ConditionStatus.FALSE and ready(st).reason == c.NOT_IMPLEMENTED
-
-
 @pytest.mark.parametrize(
     ("observed", "pinned", "phase", "reason", "dataset_ready"),
     [

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 from pydantic import ValidationError
@@ -21,11 +21,15 @@ from pydantic import ValidationError
 from modelops_operator import kube
 from modelops_operator.api.common import GROUP, VERSION, StatusBase
 from modelops_operator.api.kinds import DATASET, KINDS, MODEL_DEPLOYMENT, TRAINING_RUN, Kind
+from modelops_operator.reconcile import dataset as rd
 from modelops_operator.reconcile import kinds as rk
 from modelops_operator.reconcile.status import describe_error, invalid_spec, merge_patch, parse_status, ready_events
 from modelops_operator.settings import OperatorSettings
 
 SETTINGS = OperatorSettings.from_env()
+T = TypeVar("T")
+#: Phases in which an object has work under way; it is reconciled every `progress_seconds` then.
+ACTIVE_PHASES = ("Pending", "Running", "WaitingForDataset", "Progressing")
 #: Prefix of the annotations kopf keeps its bookkeeping in (status stays ours alone).
 ANNOTATION_PREFIX = GROUP
 
@@ -47,17 +51,38 @@ def configure(*, settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any)
     logger.info("modelops operator configured: %s", SETTINGS.model_dump_json())
 
 
-def _dependency(kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+def _kube(fn: Callable[..., T], *args: Any) -> T:
+    """Call the kube layer; its errors become kopf's retry-later errors."""
     try:
-        return kube.get_object(kind, namespace, name)
+        return fn(*args)
     except kube.Conflict as e:
         raise kopf.TemporaryError(str(e), delay=1) from e
     except kube.Unavailable as e:
         raise kopf.TemporaryError(str(e), delay=10) from e
 
 
+def _dependency(kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+    return _kube(kube.get_object, kind, namespace, name)
+
+
 def _dataset(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBase:
-    return rk.dataset_status(spec, generation, old)
+    ns, name = body.metadata.namespace or "", body.metadata.name or ""
+    jobs = _kube(kube.list_jobs, ns, f"modelops.dev/dataset={name}")
+    observed = rd.Observed(jobs=jobs)
+    current = next((j for j in jobs if j["metadata"]["name"] == old.job_name), None)
+    if current is not None:
+        pods = _kube(kube.list_pods, ns, f"job-name={current['metadata']['name']}")
+        if rd.job_state(current)[0] == "Active":
+            observed.pod_problem = rd.pod_problem(pods)
+        else:
+            observed.result_message = rd.termination_message(pods)
+    outcome = rd.reconcile_dataset(dict(body), spec, old, observed, SETTINGS)
+    for action in outcome.actions:
+        if action.verb == "create" and action.body is not None:
+            _kube(kube.create_job, action.body)
+        elif action.verb == "delete":
+            _kube(kube.delete_job, ns, action.name)
+    return outcome.status
 
 
 def _training_run(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBase:
@@ -109,6 +134,12 @@ def _register(kind: Kind) -> None:
     kopf.on.create(*resource, id="reconcile")(handle)
     kopf.on.update(*resource, id="reconcile", field="spec")(handle)
     kopf.timer(*resource, id="resync", interval=SETTINGS.resync_seconds, initial_delay=SETTINGS.resync_seconds)(handle)
+    kopf.timer(
+        *resource,
+        id="progress",
+        interval=SETTINGS.progress_seconds,
+        when=lambda status, **_: status.get("phase") in ACTIVE_PHASES,
+    )(handle)
 
 
 for _kind in KINDS:

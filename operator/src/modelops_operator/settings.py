@@ -26,6 +26,9 @@ class OperatorSettings(BaseModel):
     resync_seconds: float = Field(default=60.0, gt=0)
     """How often every object is reconciled even when nothing changed, so status catches up with
     objects it depends on (a TrainingRun's Dataset becoming Ready, for example)."""
+    progress_seconds: float = Field(default=3.0, gt=0)
+    """How often an object with work under way (a Job or trial running) is reconciled, so its
+    status follows its children closely."""
     trainer_image: str = "ghcr.io/modelops/trainer:0.1.0"
     """Image of the data-preparation and training programs (`trainer_image/`)."""
     server_image: str = "ghcr.io/modelops/server:0.1.0"
@@ -33,6 +36,10 @@ class OperatorSettings(BaseModel):
     artifact_uri: str = "file:///var/lib/modelops/artifacts"
     """Default artifact store: datasets, checkpoints and models go under this fsspec URI unless a
     spec names another."""
+    artifact_pvc: str | None = None
+    """A PersistentVolumeClaim, in each object's namespace, mounted by every preparation and training
+    pod at the artifact store's path when that is a `file://` URI (the local cluster's quickstart
+    uses one); unset for object stores (`s3://`, `gs://`), which need no mount."""
     log_format: Literal["json", "plain", "full"] = "json"
     """`json`: one JSON object per line, with the object's namespace and name (for log pipelines);
     `plain` or `full`: kopf's human-readable formats."""

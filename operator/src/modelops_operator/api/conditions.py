@@ -30,6 +30,37 @@ RECONCILING = "Reconciling"
 NOT_IMPLEMENTED = "NotImplemented"
 """This operator version accepts the kind but does not yet act on it; nothing has been created."""
 
+# Reasons of a Dataset.
+JOB_CREATED = "JobCreated"
+"""The preparation Job for the current spec was created."""
+PREPARING = "Preparing"
+"""The preparation Job is running."""
+DATASET_PREPARED = "DatasetPrepared"
+"""A dataset version for the current spec exists; `status.version` names it."""
+DEADLINE_EXCEEDED = "DeadlineExceeded"
+"""The child Job ran longer than its deadline and was stopped."""
+POD_PENDING = "PodPending"
+"""A child pod cannot start (unschedulable, a missing volume or Secret, an image that cannot be
+pulled); the message quotes Kubernetes' reason. It may resolve by itself once the cause is fixed."""
+PREPARATION_FAILED = "PreparationFailed"
+"""The preparation Job failed without a more specific reason; the message holds its last output."""
+RESULT_UNREADABLE = "ResultUnreadable"
+"""The preparation Job succeeded but its termination message held no result the operator can read."""
+SOURCE_UNREACHABLE = "SourceUnreachable"
+"""A source URI could not be read (missing, no permission, host unreachable); the message names it."""
+INVALID_SOURCE = "InvalidSource"
+"""A source could be read but not understood (a manifest without the named columns, a corrupt archive)."""
+UNSAFE_ARCHIVE = "UnsafeArchive"
+"""An archive holds a path that escapes its root (`../`, absolute paths, links); nothing was extracted."""
+EMPTY_CLASS = "EmptyClass"
+"""A class has fewer images than `spec.cleaning.minImagesPerClass` after cleaning (or a listed class has none)."""
+NO_IMAGES_LEFT = "NoImagesLeft"
+"""Cleaning dropped every image; `status.dropped` says why."""
+#: Reasons the preparation program may report; anything else becomes PreparationFailed.
+PREPARE_REASONS = frozenset(
+    {SOURCE_UNREACHABLE, INVALID_SOURCE, UNSAFE_ARCHIVE, EMPTY_CLASS, NO_IMAGES_LEFT, DEADLINE_EXCEEDED}
+)
+
 # Reasons of a TrainingRun.
 DATASET_NOT_FOUND = "DatasetNotFound"
 """The Dataset named in `spec.datasetRef` does not exist in the TrainingRun's namespace."""
@@ -47,7 +78,9 @@ MODEL_FOUND = "ModelFound"
 """The model to serve is known: its URI and digest are in status."""
 
 #: Reasons that mean "waiting, nothing wrong": their Events are Normal, all others Warnings.
-WAITING_REASONS = frozenset({RECONCILING, NOT_IMPLEMENTED, DATASET_NOT_READY, MODEL_NOT_REGISTERED})
+WAITING_REASONS = frozenset(
+    {RECONCILING, NOT_IMPLEMENTED, DATASET_NOT_READY, MODEL_NOT_REGISTERED, JOB_CREATED, PREPARING}
+)
 
 
 def now() -> datetime:

@@ -10,6 +10,7 @@ errors into the operator's exception hierarchy:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any
 
@@ -47,16 +48,65 @@ def _api() -> kubernetes.client.CustomObjectsApi:
     return kubernetes.client.CustomObjectsApi(login())
 
 
-def get_object(kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
-    """One of our custom objects, or None when it does not exist."""
+def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call the client, mapping its errors onto this module's (404 -> None)."""
     try:
-        obj: dict[str, Any] = _api().get_namespaced_custom_object(GROUP, VERSION, namespace, kind.plural, name)
-        return obj
+        return fn(*args, **kwargs)
     except ApiException as e:
         if e.status == 404:
             return None
         if e.status == 409:
-            raise Conflict(str(e)) from e
-        raise Unavailable(f"GET {kind.plural}/{namespace}/{name}: {e.status} {e.reason}") from e
+            raise Conflict(f"{what}: {e.reason}") from e
+        raise Unavailable(f"{what}: {e.status} {e.reason}") from e
     except (urllib3.exceptions.HTTPError, OSError) as e:
-        raise Unavailable(f"GET {kind.plural}/{namespace}/{name}: {e}") from e
+        raise Unavailable(f"{what}: {e}") from e
+
+
+def _plain(obj: Any) -> Any:
+    return login().sanitize_for_serialization(obj)
+
+
+def list_jobs(namespace: str, selector: str) -> list[dict[str, Any]]:
+    """Jobs in `namespace` matching a label selector, as plain dicts."""
+    batch = kubernetes.client.BatchV1Api(login())
+    res = _call(f"list jobs {namespace} {selector}", batch.list_namespaced_job, namespace, label_selector=selector)
+    return list(_plain(res.items)) if res is not None else []
+
+
+def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
+    """Pods in `namespace` matching a label selector, as plain dicts."""
+    core = kubernetes.client.CoreV1Api(login())
+    res = _call(f"list pods {namespace} {selector}", core.list_namespaced_pod, namespace, label_selector=selector)
+    return list(_plain(res.items)) if res is not None else []
+
+
+def create_job(body: dict[str, Any]) -> None:
+    """Create a Job; one that exists already (a retried create) is fine."""
+    batch = kubernetes.client.BatchV1Api(login())
+    # A conflict means an earlier attempt created it and its answer was lost: the name is deterministic.
+    with contextlib.suppress(Conflict):
+        _call(
+            f"create job {body['metadata']['name']}", batch.create_namespaced_job, body["metadata"]["namespace"], body
+        )
+
+
+def delete_job(namespace: str, name: str) -> None:
+    """Delete a Job and its pods (background propagation); a missing one is fine."""
+    batch = kubernetes.client.BatchV1Api(login())
+    _call(
+        f"delete job {namespace}/{name}", batch.delete_namespaced_job, name, namespace, propagation_policy="Background"
+    )
+
+
+def get_object(kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+    """One of our custom objects, or None when it does not exist."""
+    obj = _call(
+        f"get {kind.plural} {namespace}/{name}",
+        _api().get_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        namespace,
+        kind.plural,
+        name,
+    )
+    return dict(obj) if obj is not None else None

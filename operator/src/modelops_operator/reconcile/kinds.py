@@ -1,9 +1,8 @@
-"""The status each kind should have, from its spec and the objects it depends on.
+"""The status of TrainingRuns and ModelDeployments, from their spec and the objects they depend on.
 
-This release accepts and validates all three kinds and resolves their references (a TrainingRun's
-Dataset, a ModelDeployment's model); preparing data, training and serving arrive with the issues
-that build them. Until then the operator says so in `Ready` (reason `NotImplemented`) instead of
-pretending: nothing is marked Ready that is not.
+This release resolves their references (a TrainingRun's Dataset, a ModelDeployment's model);
+training and serving arrive with the issues that build them. Until then the operator says so in
+`Ready` (reason `NotImplemented`) instead of pretending: nothing is marked Ready that is not.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from typing import Any
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import Condition, ConditionStatus
-from modelops_operator.api.dataset import DatasetSpec, DatasetStatus
 from modelops_operator.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
 from modelops_operator.api.trainingrun import TrainingRunSpec, TrainingRunStatus
 
@@ -22,15 +20,6 @@ T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
 def _is_ready(obj: dict[str, Any]) -> bool:
     conds = obj.get("status", {}).get("conditions", [])
     return any(x.get("type") == c.READY and x.get("status") == "True" for x in conds)
-
-
-def dataset_status(spec: DatasetSpec, generation: int, old: DatasetStatus) -> DatasetStatus:
-    """A Dataset's status. Data preparation is not built yet: accepted, not Ready."""
-    del spec  # every field is validated at the boundary; preparation will read it
-    msg = "spec accepted; this operator version does not prepare datasets yet, so no Job was created"
-    conds = c.set_condition(old.conditions, c.READY, F, c.NOT_IMPLEMENTED, msg, generation)
-    conds = c.set_condition(conds, c.PROGRESSING, F, c.NOT_IMPLEMENTED, msg, generation)
-    return old.model_copy(update={"phase": "Pending", "observed_generation": generation, "conditions": conds})
 
 
 def _waiting(old_conds: list[Condition], cond_type: str, reason: str, msg: str, generation: int) -> list[Condition]:

@@ -1,0 +1,73 @@
+"""What every child object shares: names, labels, owner references, the restricted security profile.
+
+Naming: a child is named `<owner>-<role>-<hash>` where the hash identifies the spec it was built
+from; the owner part is truncated so the whole fits Kubernetes' 63-character label-value limit
+(Job names become pod labels). Labels follow the `app.kubernetes.io/*` recommendations, plus
+`modelops.dev/<kind>: <owner>` so children are listed by their owner with one selector.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+MANAGED_BY = "modelops-operator"
+MAX_NAME = 63
+
+
+def spec_hash(value: Any, length: int = 16) -> str:
+    """A short, stable hash of a JSON-able value (sorted keys), for names and change detection."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def child_name(owner: str, role: str, suffix: str = "") -> str:
+    """`<owner>-<role>[-<suffix>]`, the owner truncated to fit 63 characters."""
+    tail = f"-{role}" + (f"-{suffix}" if suffix else "")
+    return owner[: MAX_NAME - len(tail)].rstrip("-") + tail
+
+
+def labels(kind: str, owner: str, component: str) -> dict[str, str]:
+    """The labels of every child of `owner` (a `kind` object)."""
+    return {
+        "app.kubernetes.io/name": "modelops",
+        "app.kubernetes.io/instance": owner[:MAX_NAME],
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        f"modelops.dev/{kind.lower()}": owner[:MAX_NAME],
+    }
+
+
+def owner_reference(obj: dict[str, Any]) -> dict[str, Any]:
+    """A controller owner reference to `obj`: the child is deleted with it (garbage collection)."""
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "name": obj["metadata"]["name"],
+        "uid": obj["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def restricted_pod_security() -> dict[str, Any]:
+    """Pod-level settings of the `restricted` Pod Security Standard."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "fsGroup": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def restricted_container_security() -> dict[str, Any]:
+    """Container-level settings of the `restricted` Pod Security Standard, read-only root filesystem."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }

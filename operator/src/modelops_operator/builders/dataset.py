@@ -1,0 +1,134 @@
+"""The data-preparation Job of a Dataset, and the config it hands the program.
+
+Naming: `<dataset>-prepare-<hash>`, the hash taken over the parts of the spec that change the data
+(sources, classes, cleaning, preprocessing, split, augmentation, output) — so a new Job exactly
+when a new dataset version may result, and none for a change of resources or placement. The Job
+carries the hash as label `modelops.dev/spec-hash`, which is how the reconciler finds it again
+after a restart. The pod runs `python -m modelops_trainer.prepare` with the config in the
+environment variable `MODELOPS_PREPARE_CONFIG` (the contract `modelops.dev/prepare-config/v1`,
+validated by the program), under the restricted Pod Security profile with a read-only root
+filesystem (scratch space is an emptyDir at /tmp).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlparse
+
+from modelops_operator.api.dataset import DatasetSpec
+from modelops_operator.builders.common import (
+    child_name,
+    labels,
+    owner_reference,
+    restricted_container_security,
+    restricted_pod_security,
+    spec_hash,
+)
+from modelops_operator.settings import OperatorSettings
+
+CONFIG_ENV = "MODELOPS_PREPARE_CONFIG"
+CONFIG_VERSION = "modelops.dev/prepare-config/v1"
+DATA_FIELDS = ("sources", "classes", "cleaning", "preprocessing", "split", "augmentation", "output")
+COMPONENT = "dataset-prepare"
+
+
+def data_hash(spec: DatasetSpec) -> str:
+    """Hash of the spec fields that determine the dataset's content."""
+    wire = spec.wire()
+    return spec_hash({k: wire.get(k) for k in DATA_FIELDS})
+
+
+def output_uri(spec: DatasetSpec, namespace: str, name: str, settings: OperatorSettings) -> str:
+    """Where this Dataset's versions go: `<base>/datasets/<namespace>/<name>`."""
+    base = (spec.output.uri or settings.artifact_uri).rstrip("/")
+    return f"{base}/datasets/{namespace}/{name}"
+
+
+def prepare_config(dataset: dict[str, Any], spec: DatasetSpec, settings: OperatorSettings) -> dict[str, Any]:
+    """The JSON the preparation program receives (contract `modelops.dev/prepare-config/v1`)."""
+    meta = dataset["metadata"]
+    wire = spec.wire()
+    return {
+        "apiVersion": CONFIG_VERSION,
+        "dataset": {"name": meta["name"], "namespace": meta["namespace"]},
+        "sources": [{k: v for k, v in s.items() if k != "credentialsSecret"} for s in wire["sources"]],
+        "classes": wire.get("classes", []),
+        "cleaning": wire["cleaning"],
+        "preprocessing": wire["preprocessing"],
+        "split": wire["split"],
+        "augmentation": wire["augmentation"],
+        "output": {"uri": output_uri(spec, meta["namespace"], meta["name"], settings)},
+        "specHash": data_hash(spec),
+    }
+
+
+def artifact_mounts(uris: list[str], settings: OperatorSettings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The artifact PVC at the store's path, when any of `uris` is a `file://` path and the
+    operator is configured with one; (volumes, volumeMounts)."""
+    if not settings.artifact_pvc or not any(urlparse(u).scheme == "file" for u in uris):
+        return [], []
+    base = urlparse(settings.artifact_uri).path or "/"
+    return (
+        [{"name": "artifacts", "persistentVolumeClaim": {"claimName": settings.artifact_pvc}}],
+        [{"name": "artifacts", "mountPath": base}],
+    )
+
+
+def build_prepare_job(dataset: dict[str, Any], spec: DatasetSpec, settings: OperatorSettings) -> dict[str, Any]:
+    """The `batch/v1` Job that prepares the version of `dataset`'s current spec."""
+    meta = dataset["metadata"]
+    name, digest = meta["name"], data_hash(spec)
+    config = prepare_config(dataset, spec, settings)
+    job_labels = {**labels("Dataset", name, COMPONENT), "modelops.dev/spec-hash": digest}
+    volumes, mounts = artifact_mounts([config["output"]["uri"], *(s.uri for s in spec.sources)], settings)
+    volumes.append({"name": "tmp", "emptyDir": {}})
+    mounts.append({"name": "tmp", "mountPath": "/tmp"})
+    if spec.output.pvc:
+        path = urlparse(config["output"]["uri"]).path
+        volumes.append({"name": "output", "persistentVolumeClaim": {"claimName": spec.output.pvc}})
+        mounts.append({"name": "output", "mountPath": path})
+    container: dict[str, Any] = {
+        "name": "prepare",
+        "image": settings.trainer_image,
+        "command": ["python", "-m", "modelops_trainer.prepare"],
+        "env": [
+            {"name": CONFIG_ENV, "value": json.dumps(config, sort_keys=True)},
+            {"name": "MODELOPS_LOG_FORMAT", "value": "json"},
+        ],
+        "securityContext": restricted_container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": mounts,
+    }
+    secrets = sorted({s.credentials_secret for s in spec.sources if s.credentials_secret})
+    if secrets:
+        container["envFrom"] = [{"secretRef": {"name": secret}} for secret in secrets]
+    resources = spec.resources.wire()
+    if resources.get("requests") or resources.get("limits"):
+        container["resources"] = {k: v for k, v in resources.items() if v}
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "securityContext": restricted_pod_security(),
+        "containers": [container],
+        "volumes": volumes,
+        "automountServiceAccountToken": False,
+    }
+    placement = spec.placement.wire()
+    for key in ("nodeSelector", "tolerations", "priorityClassName"):
+        if placement.get(key):
+            pod_spec[key] = placement[key]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": child_name(name, "prepare", digest[:8]),
+            "namespace": meta["namespace"],
+            "labels": job_labels,
+            "ownerReferences": [owner_reference(dataset)],
+        },
+        "spec": {
+            "backoffLimit": spec.backoff_limit,
+            "activeDeadlineSeconds": spec.active_deadline_seconds,
+            "template": {"metadata": {"labels": job_labels}, "spec": pod_spec},
+        },
+    }

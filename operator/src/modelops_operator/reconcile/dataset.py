@@ -1,0 +1,212 @@
+"""A Dataset's reconciliation: its preparation Job and the status that follows from it.
+
+Level-based and idempotent. The Job for the current spec is found by its `modelops.dev/spec-hash`
+label; once a version for that hash is Ready, nothing runs again (also after a restart, since
+status remembers the hash). Jobs of older specs are deleted; the versions they wrote stay in the
+artifact store. The program reports through its pod's termination message (`PrepareResult`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.alias_generators import to_camel
+
+from modelops_operator.api import conditions as c
+from modelops_operator.api.common import ConditionStatus
+from modelops_operator.api.dataset import DatasetSpec, DatasetStatus, SplitCounts
+from modelops_operator.builders.dataset import build_prepare_job, data_hash
+from modelops_operator.settings import OperatorSettings
+
+T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
+
+
+class PrepareResult(BaseModel):
+    """The JSON the preparation program leaves in its termination message."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    ok: bool
+    version: str | None = None
+    digest: str | None = None
+    uri: str | None = None
+    images: int | None = None
+    classes: int | None = None
+    splits: dict[str, SplitCounts] = {}
+    dropped: dict[str, int] = {}
+    reason: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class Action:
+    """One call the handler makes: create an object, or delete one by kind and name."""
+
+    verb: Literal["create", "delete"]
+    kind: str
+    name: str
+    body: dict[str, Any] | None = None
+
+
+@dataclass
+class Observed:
+    """What the handler saw: the Dataset's Jobs, and the termination message of the current Job's
+    last finished pod (None while there is none)."""
+
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    result_message: str | None = None
+    pod_problem: str | None = None
+    """Why the current Job's pod cannot start, if it cannot (see `pod_problem`)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: DatasetStatus
+    actions: list[Action]
+
+
+def job_state(job: dict[str, Any]) -> tuple[str, str, str]:
+    """(`Complete` | `Failed` | `Active`, reason, message) of a Job, from its conditions."""
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True":
+            return cond["type"], cond.get("reason") or "", cond.get("message") or ""
+    return "Active", "", ""
+
+
+#: Container waiting reasons that mean "this will not start by itself soon".
+STUCK = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "InvalidImageName",
+        "NoLocalProgram",
+        "SecretNotFound",
+        "ConfigMapNotFound",
+        "MountPathShadowsHost",
+    }
+)
+
+
+def pod_problem(pods: list[dict[str, Any]]) -> str | None:
+    """Why a child pod cannot start, from its conditions and container states; None when it can."""
+    for pod in pods:
+        status = pod.get("status") or {}
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                return f"pod {pod['metadata']['name']} cannot be scheduled: {cond.get('message') or cond.get('reason')}"
+        for cs in status.get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK:
+                return f"pod {pod['metadata']['name']}: {waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+    return None
+
+
+def termination_message(pods: list[dict[str, Any]]) -> str | None:
+    """The termination message of the most recently finished of `pods` ("" when it left none; None
+    while none has finished)."""
+    finished = []
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (status.get("state") or {}).get("terminated")
+            if terminated:
+                finished.append((terminated.get("finishedAt") or "", terminated.get("message") or ""))
+    return max(finished)[1] if finished else None
+
+
+def parse_result(message: str | None) -> PrepareResult | None:
+    """The program's result from a termination message; None when it is missing or not ours."""
+    if not message:
+        return None
+    try:
+        return PrepareResult.model_validate(json.loads(message))
+    except (ValueError, ValidationError):
+        return None
+
+
+def _with(
+    status: DatasetStatus,
+    phase: str,
+    ready: ConditionStatus,
+    progressing: ConditionStatus,
+    reason: str,
+    message: str,
+    **fields: Any,
+) -> DatasetStatus:
+    """`status` with a phase, Ready and Progressing set (for the same reason) and other fields updated."""
+    generation = status.observed_generation
+    conds = c.set_condition(status.conditions, c.READY, ready, reason, message, generation)
+    conds = c.set_condition(conds, c.PROGRESSING, progressing, reason, message, generation)
+    return status.model_copy(update={"phase": phase, "conditions": conds, **fields})
+
+
+def reconcile_dataset(
+    dataset: dict[str, Any], spec: DatasetSpec, old: DatasetStatus, observed: Observed, settings: OperatorSettings
+) -> Outcome:
+    """The status the Dataset should have, and the Job calls that get it there."""
+    generation = int(dataset["metadata"].get("generation") or 0)
+    wanted = data_hash(spec)
+    current = next((j for j in observed.jobs if j["metadata"]["labels"].get("modelops.dev/spec-hash") == wanted), None)
+    actions = [Action("delete", "Job", j["metadata"]["name"]) for j in observed.jobs if j is not current]
+    status = old.model_copy(update={"observed_generation": generation})
+    if old.spec_hash == wanted and old.phase in ("Ready", "Failed"):
+        return Outcome(status, actions)  # settled for this spec: never re-run
+    if current is None:
+        job = build_prepare_job(dataset, spec, settings)
+        name = job["metadata"]["name"]
+        msg = f"created Job {name} to prepare the dataset"
+        if old.version:
+            msg += f"; version {old.version} stays available meanwhile"
+        status = _with(status, "Pending", F, T, c.JOB_CREATED, msg, job_name=name)
+        return Outcome(status, [*actions, Action("create", "Job", "", job)])
+    return Outcome(_from_job(status, spec, current, observed, wanted), actions)
+
+
+def _from_job(
+    status: DatasetStatus, spec: DatasetSpec, job: dict[str, Any], observed: Observed, wanted: str
+) -> DatasetStatus:
+    """The status that follows from the current spec's Job and what its pod reported."""
+    name = job["metadata"]["name"]
+    state, job_reason, job_message = job_state(job)
+    result = parse_result(observed.result_message)
+    if state == "Active" and observed.pod_problem:
+        return _with(status, "Running", F, T, c.POD_PENDING, f"Job {name}: {observed.pod_problem}", job_name=name)
+    if state == "Active" or (state == "Complete" and observed.result_message is None):
+        return _with(status, "Running", F, T, c.PREPARING, f"Job {name} is preparing the dataset", job_name=name)
+    if state == "Complete" and result is not None and result.ok and result.version and result.digest:
+        msg = f"version {result.version}: {result.images} images in {result.classes} classes at {result.uri}"
+        return _with(
+            status,
+            "Ready",
+            T,
+            F,
+            c.DATASET_PREPARED,
+            msg,
+            job_name=name,
+            version=result.version,
+            digest=result.digest,
+            artifact_uri=result.uri,
+            spec_hash=wanted,
+            images=result.images,
+            classes=result.classes,
+            splits=result.splits,
+            dropped=result.dropped,
+        )
+    if result is not None and not result.ok and result.reason in c.PREPARE_REASONS:
+        reason, msg = result.reason, result.message or result.reason
+    elif job_reason == "DeadlineExceeded":
+        reason = c.DEADLINE_EXCEEDED
+        msg = f"Job {name} ran past spec.activeDeadlineSeconds ({spec.active_deadline_seconds} s)"
+    elif state == "Complete":
+        reason, msg = c.RESULT_UNREADABLE, f"Job {name} succeeded but left no readable result"
+    else:
+        said = result.message if result is not None and result.message else observed.result_message
+        tail = (said or job_message or "no message").strip()[-1000:]
+        reason, msg = c.PREPARATION_FAILED, f"Job {name} failed: {tail}"
+    return _with(
+        status, "Failed", F, F, reason, msg, job_name=name, spec_hash=wanted, dropped=result.dropped if result else {}
+    )

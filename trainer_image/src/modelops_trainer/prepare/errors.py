@@ -1,0 +1,38 @@
+"""The preparation program's own failures, each with the reason the Dataset's status will show.
+
+TrainerError (modelops_trainer.errors)
+└── PrepareError
+    ├── SourceUnreachable   a source URI cannot be read
+    ├── InvalidSource       it can be read but not understood
+    ├── UnsafeArchive       an archive member escapes the archive's root
+    ├── EmptyClass          a class has too few images after cleaning
+    └── NoImagesLeft        cleaning dropped every image
+"""
+
+from __future__ import annotations
+
+from modelops_trainer.errors import TrainerError
+
+
+class PrepareError(TrainerError):
+    reason = "PreparationFailed"
+
+
+class SourceUnreachable(PrepareError):
+    reason = "SourceUnreachable"
+
+
+class InvalidSource(PrepareError):
+    reason = "InvalidSource"
+
+
+class UnsafeArchive(PrepareError):
+    reason = "UnsafeArchive"
+
+
+class EmptyClass(PrepareError):
+    reason = "EmptyClass"
+
+
+class NoImagesLeft(PrepareError):
+    reason = "NoImagesLeft"

@@ -1,0 +1,155 @@
+"""One image, start to finish: read, hash, decode, clean, perceptual hash, resize, encode.
+
+Runs in worker processes (everything here is picklable and free of shared state). JPEG sources
+are decoded at reduced scale (Pillow's draft mode: the DCT scales by 1/2, 1/4 or 1/8 while
+decoding) whenever the target size allows, which is most of the speed on large photos.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import warnings
+from dataclasses import dataclass
+
+import fsspec  # type: ignore[import-untyped]
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from modelops_trainer.prepare.config import Cleaning, Preprocessing
+
+# Drop reasons, as counted in status.dropped and listed in the report.
+UNREADABLE = "Unreadable"
+UNDECODABLE = "Undecodable"
+TRUNCATED = "Truncated"
+TOO_SMALL = "TooSmall"
+TOO_LARGE = "TooLarge"
+UNSUPPORTED_MODE = "UnsupportedMode"
+DUPLICATE = "Duplicate"
+NEAR_DUPLICATE = "NearDuplicate"
+UNLISTED_CLASS = "UnlistedClass"
+
+#: Images with more pixels are refused before decoding (decompression bombs). Pillow's own guard is
+#: a process-wide setting another library may change; this one is ours.
+MAX_PIXELS = 89_478_485
+
+FORMATS = {"jpeg": ("JPEG", "jpg"), "png": ("PNG", "png"), "webp": ("WEBP", "webp")}
+
+
+@dataclass(frozen=True)
+class Processed:
+    """The outcome for one source image: kept (with its encoded bytes) or dropped (with a reason)."""
+
+    ref: str
+    label: str
+    sha256: str | None = None
+    dropped: str | None = None
+    detail: str = ""
+    dhash: int = 0
+    data: bytes = b""
+
+
+def read(ref: str) -> bytes:
+    """The bytes of a local path or fsspec URI (local files directly: fsspec costs more than the read)."""
+    if ref.startswith("file://") or "://" not in ref:
+        with open(ref.removeprefix("file://"), "rb") as local:
+            return local.read()
+    with fsspec.open(ref, "rb") as f:
+        return bytes(f.read())
+
+
+def dhash(img: Image.Image) -> int:
+    """A 64-bit difference hash: robust to resizing, re-encoding and small colour changes."""
+    small = np.asarray(img.convert("L").resize((9, 8), Image.Resampling.BILINEAR), dtype=np.int16)
+    return int.from_bytes(np.packbits(small[:, 1:] > small[:, :-1]).tobytes(), "big")
+
+
+def _draft(img: Image.Image, size: int, mode: str, resize_mode: str) -> None:
+    """Ask the JPEG decoder for the smallest scale that still covers the target size."""
+    if img.format != "JPEG":
+        return
+    w, h = img.size
+    scale = size / (min(w, h) if resize_mode == "shorterSideCrop" else max(w, h))
+    if resize_mode == "stretch":
+        scale = max(size / w, size / h)
+    img.draft(mode, (math.ceil(w * scale), math.ceil(h * scale)))
+
+
+def resize(img: Image.Image, size: int, mode: str) -> Image.Image:
+    """Bring `img` to `size`×`size` by `mode` (shorterSideCrop, pad or stretch)."""
+    if img.size == (size, size):
+        return img
+    if mode == "stretch":
+        return img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    if mode == "pad":
+        return ImageOps.pad(img, (size, size), Image.Resampling.BILINEAR, color=0)
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def encode(img: Image.Image, pre: Preprocessing) -> bytes:
+    out = io.BytesIO()
+    fmt = FORMATS[pre.format][0]
+    if fmt == "PNG":
+        img.save(out, fmt, compress_level=1)
+    else:
+        img.save(out, fmt, quality=pre.quality)
+    return out.getvalue()
+
+
+def process(ref: str, label: str, cleaning: Cleaning, pre: Preprocessing) -> Processed:
+    """Everything for one image; never raises for a bad image (it is dropped with a reason)."""
+    try:
+        data = read(ref)
+    except (OSError, ValueError) as e:
+        return Processed(ref, label, dropped=UNREADABLE, detail=str(e)[:200])
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        img = _decode(data, cleaning, pre)
+    except _Drop as d:
+        return Processed(ref, label, sha256=digest, dropped=d.reason, detail=d.detail)
+    out = resize(img, pre.image_size, pre.resize_mode)
+    return Processed(ref, label, sha256=digest, dhash=dhash(out), data=encode(out, pre))
+
+
+class _Drop(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail[:200]
+
+
+def _decode(data: bytes, cleaning: Cleaning, pre: Preprocessing) -> Image.Image:
+    """Decode and clean; `_Drop` names why an image cannot be kept."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise _Drop(TOO_LARGE, str(e)) from e
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise _Drop(UNDECODABLE, str(e)) from e
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise _Drop(TOO_LARGE, f"{w}x{h} is over {MAX_PIXELS} pixels (a decompression bomb?)")
+    if img.mode not in cleaning.allowed_modes:
+        raise _Drop(UNSUPPORTED_MODE, f"mode {img.mode}")
+    if w < cleaning.min_width or h < cleaning.min_height:
+        raise _Drop(TOO_SMALL, f"{w}x{h}")
+    try:
+        _draft(img, pre.image_size, pre.color_mode, pre.resize_mode)
+        img.load()
+    except OSError as e:
+        raise _Drop(TRUNCATED if "truncated" in str(e).lower() else UNDECODABLE, str(e)) from e
+    except (ValueError, SyntaxError) as e:
+        raise _Drop(UNDECODABLE, str(e)) from e
+    oriented: Image.Image = ImageOps.exif_transpose(img) or img
+    if oriented.mode == pre.color_mode:
+        return oriented
+    if oriented.mode in ("P", "LA", "PA"):  # palettes and alpha: through RGBA, so transparency is kept apart
+        oriented = oriented.convert("RGBA")
+    return oriented.convert(pre.color_mode)

@@ -1,0 +1,296 @@
+"""The preparation pipeline: from listed images to a published dataset version.
+
+1. **Process** every image in worker processes (`images.process`), in chunks of input order.
+   Each worker saves its finished chunk in a work folder beside the versions
+   (`.work-<config hash>/`: a tar of the encoded images and a JSON of their outcomes), so a
+   re-run after a crash reuses the chunks it finished and processes only the rest.
+2. **Clean** what needs all images at once: exact duplicates (same SHA-256; the first in input
+   order is kept), classes not listed in `classes`.
+3. **Split**: an image's split is a function of its content hash and the seed alone —
+   `sha256(seed:sha256)` read as a number in [0, 1) against the cumulative ratios — so adding
+   images never moves existing ones, and every class is split in the same proportions (stratified;
+   exact in expectation, the counts per class are reported).
+4. **Near-duplicates**: an image whose difference hash is within `nearDuplicateDistance` bits of
+   an earlier image in another split is dropped, so the same picture never sits in train and
+   test at once; near-duplicates within one split are kept.
+5. **Write** shards per split (sorted by class, then key), one per worker task, and publish them
+   through `datasetfmt.DatasetWriter`: the version is content-addressed, so an unchanged input
+   yields the same version.
+6. **Report**: `report.json` beside the version lists every dropped image with its reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from modelops_trainer import storage
+from modelops_trainer.datasetfmt import (
+    SPLITS,
+    DatasetVersion,
+    DatasetWriter,
+    ImageFormat,
+    ShardWriter,
+    SplitName,
+    WrittenShard,
+)
+from modelops_trainer.prepare import images
+from modelops_trainer.prepare.config import PrepareConfig
+from modelops_trainer.prepare.errors import EmptyClass, NoImagesLeft
+from modelops_trainer.prepare.sources import Item, iter_batches, list_items
+
+log = logging.getLogger(__name__)
+#: Images per chunk: about 16 chunks, so every core has several, within [16, 256]. It depends on
+#: the number of images only, so a re-run chunks the same input the same way.
+MIN_CHUNK, MAX_CHUNK, CHUNKS = 16, 256, 16
+
+
+def chunk_size(images: int) -> int:
+    return max(MIN_CHUNK, min(MAX_CHUNK, -(-images // CHUNKS)))
+
+
+@dataclass(frozen=True)
+class Kept:
+    """An image that survived cleaning: where its encoded bytes are, and what decides its fate."""
+
+    ref: str
+    label: str
+    sha256: str
+    dhash: int
+    batch: int
+    member: str
+
+
+@dataclass
+class Result:
+    version: DatasetVersion
+    dropped: Counter[str] = field(default_factory=Counter)
+    report_uri: str = ""
+    reused_chunks: int = 0
+    """Chunks of processed images taken over from an earlier, interrupted run."""
+
+
+def config_hash(config: PrepareConfig) -> str:
+    """Identifies the work of a config (not where its output goes): names the work folder."""
+    doc = config.model_dump(mode="json", by_alias=True, exclude={"output", "workers", "dataset"})
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def split_of(sha256: str, seed: int, train: float, val: float) -> SplitName:
+    """The split of an image: a function of its content hash and the seed only."""
+    h = hashlib.sha256(f"{seed}:{sha256}".encode()).digest()
+    u = int.from_bytes(h[:8], "big") / 2**64
+    return "train" if u < train else "val" if u < train + val else "test"
+
+
+def _process_chunk(job: tuple[int, list[Item]], work: str, cleaning: Any, pre: Any, ext: str) -> list[dict[str, Any]]:
+    """In a worker: process one chunk of images and save it to the work folder (a tar of the kept
+    images' encoded bytes, then the outcomes' JSON: the commit point); returns the outcomes."""
+    index, chunk = job
+    buffer = io.BytesIO()
+    outcomes = []
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for i, (ref, label) in enumerate(chunk):
+            r = images.process(ref, label, cleaning, pre)
+            member = ""
+            if r.dropped is None:
+                member = f"{i:05d}.{ext}"
+                info = tarfile.TarInfo(member)
+                info.size = len(r.data)
+                tar.addfile(info, io.BytesIO(r.data))
+            outcomes.append(
+                {
+                    "ref": r.ref,
+                    "label": r.label,
+                    "sha256": r.sha256,
+                    "dropped": r.dropped,
+                    "detail": r.detail,
+                    "dhash": r.dhash,
+                    "member": member,
+                }
+            )
+    storage.write_bytes_atomic(storage.join(work, f"batch-{index:05d}.tar"), buffer.getvalue())
+    doc = {"inputs": [list(i) for i in chunk], "outcomes": outcomes}
+    storage.write_bytes_atomic(storage.join(work, f"batch-{index:05d}.json"), json.dumps(doc).encode())
+    return outcomes
+
+
+def _load_batch(work: str, index: int, batch: list[Item]) -> list[dict[str, Any]] | None:
+    uri = storage.join(work, f"batch-{index:05d}.json")
+    if not storage.exists(uri):
+        return None
+    doc = json.loads(storage.read_bytes(uri))
+    return list(doc["outcomes"]) if doc.get("inputs") == [list(i) for i in batch] else None
+
+
+ShardRows = list[tuple[str, int, int, str]]  # (sample key, label, chunk, member) per image
+
+
+def _write_shard(job: tuple[str, ShardRows, int], work: str, ext: str) -> WrittenShard:
+    """In a worker: one final shard from images kept in the work folder's chunk tars."""
+    uri, rows, num_classes = job
+    tars: dict[int, tarfile.TarFile] = {}
+    try:
+        with ShardWriter(uri, extension=ext, num_classes=num_classes) as writer:
+            for key, label, chunk, member in rows:
+                if chunk not in tars:
+                    data = storage.read_bytes(storage.join(work, f"batch-{chunk:05d}.tar"))
+                    tars[chunk] = tarfile.open(fileobj=io.BytesIO(data))  # noqa: SIM115 (closed below)
+                extracted = tars[chunk].extractfile(member)
+                assert extracted is not None
+                writer.write(key, extracted.read(), label)
+        return writer.result
+    finally:
+        for tar in tars.values():
+            tar.close()
+
+
+def cross_split_near_duplicates(kept: list[Kept], splits: dict[int, SplitName], distance: int) -> dict[int, Kept]:
+    """Images (by index into `kept`) within `distance` bits of an earlier kept image of another
+    split, mapped to that image. Pairs, not chains: similarity is not transitive.
+
+    By the pigeonhole principle two hashes within `distance` bits agree exactly on at least one of
+    `distance + 1` bands, so each image is compared only with earlier ones sharing a band.
+    """
+    if distance <= 0:
+        return {}
+    bands = min(distance + 1, 16)
+    width = 64 // bands
+    mask = (1 << width) - 1
+    index: list[dict[int, list[int]]] = [{} for _ in range(bands)]
+    clashes: dict[int, Kept] = {}
+    for i, k in enumerate(kept):
+        keys = [(k.dhash >> (b * width)) & mask for b in range(bands)]
+        seen = {j for b, key in enumerate(keys) for j in index[b].get(key, [])}
+        other = next(
+            (j for j in sorted(seen) if splits[j] != splits[i] and bin(kept[j].dhash ^ k.dhash).count("1") <= distance),
+            None,
+        )
+        if other is not None:
+            clashes[i] = kept[other]
+            continue
+        for b, key in enumerate(keys):
+            index[b].setdefault(key, []).append(i)
+    return clashes
+
+
+def run(config: PrepareConfig, *, progress: Callable[[Iterable[Any], int], Iterable[Any]] | None = None) -> Result:
+    """Prepare the dataset version `config` describes; returns it with the drop counts."""
+    out = config.output.uri.rstrip("/")
+    work = storage.join(out, f".work-{config_hash(config)}")
+    ext = images.FORMATS[config.preprocessing.format][1]
+    dropped: Counter[str] = Counter()
+    report: list[dict[str, str]] = []
+    kept: list[Kept] = []
+    workers = config.workers or os.cpu_count() or 1
+    with ExitStack() as scratch, ProcessPoolExecutor(max_workers=workers) as pool:
+        items = list_items(config.sources, scratch)
+        log.info("listed %d images from %d sources", len(items), len(config.sources))
+        chunks = list(enumerate(iter_batches(items, chunk_size(len(items)))))
+        done = {i: found for i, chunk in chunks if (found := _load_batch(work, i, chunk)) is not None}
+        todo = [(i, chunk) for i, chunk in chunks if i not in done]
+        if done:
+            log.info("reusing %d of %d finished chunks from an earlier run", len(done), len(chunks))
+        reused = len(done)
+        work_fn = partial(_process_chunk, work=work, cleaning=config.cleaning, pre=config.preprocessing, ext=ext)
+        fresh: Iterable[list[dict[str, Any]]] = pool.map(work_fn, todo)
+        if progress is not None:
+            fresh = progress(fresh, len(todo))
+        done.update(zip((i for i, _ in todo), fresh, strict=False))
+        for index in sorted(done):
+            for o in done[index]:
+                if o["dropped"]:
+                    dropped[o["dropped"]] += 1
+                    report.append({"ref": o["ref"], "label": o["label"], "reason": o["dropped"], "detail": o["detail"]})
+                else:
+                    kept.append(Kept(o["ref"], o["label"], o["sha256"], o["dhash"], index, o["member"]))
+        result = _finish(config, out, work, kept, dropped, report, pool)
+    result.reused_chunks = reused
+    return result
+
+
+def _finish(
+    config: PrepareConfig,
+    out: str,
+    work: str,
+    kept: list[Kept],
+    dropped: Counter[str],
+    report: list[dict[str, str]],
+    pool: ProcessPoolExecutor,
+) -> Result:
+    def drop(k: Kept, reason: str, detail: str) -> None:
+        dropped[reason] += 1
+        report.append({"ref": k.ref, "label": k.label, "reason": reason, "detail": detail})
+
+    listed = set(config.classes)
+    seen: dict[str, Kept] = {}
+    unique: list[Kept] = []
+    for k in kept:
+        if listed and k.label not in listed:
+            drop(k, images.UNLISTED_CLASS, f"class {k.label!r} is not in spec.classes")
+        elif config.cleaning.drop_duplicates and k.sha256 in seen:
+            drop(k, images.DUPLICATE, f"same bytes as {seen[k.sha256].ref}")
+        else:
+            seen.setdefault(k.sha256, k)
+            unique.append(k)
+    split = config.split
+    splits = {i: split_of(k.sha256, split.seed, split.train, split.val) for i, k in enumerate(unique)}
+    clashes = cross_split_near_duplicates(unique, splits, config.cleaning.near_duplicate_distance)
+    for i, first in clashes.items():
+        drop(unique[i], images.NEAR_DUPLICATE, f"the same picture as {first.ref}, in another split")
+    final = [(k, splits[i]) for i, k in enumerate(unique) if i not in clashes]
+    if not final:
+        raise NoImagesLeft(f"cleaning dropped every image ({dict(dropped)}); see the drop reasons")
+    counts = Counter(k.label for k, _ in final)
+    classes = list(config.classes) or sorted(counts)
+    short = {c: counts.get(c, 0) for c in classes if counts.get(c, 0) < config.cleaning.min_images_per_class}
+    if short:
+        raise EmptyClass(
+            f"classes with fewer than {config.cleaning.min_images_per_class} images after cleaning: "
+            + ", ".join(f"{c} ({n})" for c, n in sorted(short.items())[:20])
+        )
+    label_of = {c: i for i, c in enumerate(classes)}
+    pre = config.preprocessing
+    image = ImageFormat(
+        size=pre.image_size, color_mode=pre.color_mode, encoding=pre.format, resize_mode=pre.resize_mode
+    )
+    with DatasetWriter(
+        storage.join(out),
+        classes=classes,
+        image=image,
+        augmentation=config.augmentation,
+        shard_size=pre.shard_size,
+        name=config.dataset.name,
+        spec_hash=config.spec_hash,
+    ) as writer:
+        writer.dropped = dict(dropped)
+        jobs: list[tuple[SplitName, tuple[str, ShardRows, int]]] = []
+        for name in SPLITS:
+            members = sorted((k for k, s in final if s == name), key=lambda k: (label_of[k.label], k.sha256))
+            for n, start in enumerate(range(0, len(members), pre.shard_size)):
+                rows = [
+                    (k.sha256[:32], label_of[k.label], k.batch, k.member)
+                    for k in members[start : start + pre.shard_size]
+                ]
+                jobs.append((name, (writer.shard_uri(name, n), rows, len(classes))))
+        ext = images.FORMATS[pre.format][1]
+        written = list(pool.map(partial(_write_shard, work=work, ext=ext), [job for _, job in jobs]))
+        for name in SPLITS:
+            writer.add_written(name, [w for (s, _), w in zip(jobs, written, strict=True) if s == name])
+        version = writer.finish()
+    report_uri = storage.join(version.uri, "report.json")
+    doc = {"version": version.version, "dropped": dict(dropped), "images": report}
+    storage.write_bytes_atomic(report_uri, json.dumps(doc, indent=1).encode())
+    storage.remove(work, recursive=True)
+    return Result(version=version, dropped=dropped, report_uri=report_uri)
