@@ -140,6 +140,7 @@ class Container:
         hosts: Path,
         cgroups: list[Path],
         netns: str | None,
+        repo: Path,
     ) -> None:
         """Start the process in the pod's network namespace (None: the host's); `mounts` are
         (source, mountPath, readOnly)."""
@@ -150,12 +151,22 @@ class Container:
         lines = [f"mount --bind {shlex.quote(str(hosts))} /etc/hosts", 'hostname "$HOSTNAME"']
         lines.append(f"mkdir -p {shlex.quote(str(Path(term_path).parent))}; touch {shlex.quote(term_path)}")
         lines.append(f"mount --bind {shlex.quote(str(self.term_file))} {shlex.quote(term_path)}")
+        # A volume over an ancestor of the repository (an emptyDir at /tmp with the checkout in
+        # /tmp/...) would hide the programs and the other volumes' sources: the repository is bound
+        # aside first and put back inside the volume after such a mount.
+        keep = shlex.quote(str(repo))
+        aside = "/.modelops-nodeagent-repo"
+        shadowing = [t for _, t, _ in mounts if Path(t) in repo.parents]
+        if shadowing:
+            lines += [f"mkdir -p {aside}", f"mount --bind {keep} {aside}"]
         for source, target, read_only in mounts:
             q = shlex.quote(target)
             lines.append(f"mkdir -p {q}" if source.is_dir() else f"mkdir -p $(dirname {q}); touch {q}")
             lines.append(f"mount --bind {shlex.quote(str(source))} {q}")
             if read_only:
                 lines.append(f"mount -o remount,bind,ro {q}")
+            if target in shadowing:
+                lines += [f"mkdir -p {keep}", f"mount --bind {aside} {keep}"]
         lines += [f"echo $$ > {shlex.quote(str(cg / 'cgroup.procs'))}" for cg in cgroups]
         workdir = self.spec.get("workingDir")
         if workdir:

@@ -124,7 +124,7 @@ class PodRunner(threading.Thread):
         key = f"{self.uid}/{c.name}"
         self.cgroups[c.name] = make_cgroups(key, memory_limit(c.spec), cpu_limit(c.spec))
         netns = None if self.host_network else netns_name(self.uid)
-        c.start(command, env, mounts, self.agent.network.hosts_file(self), self.cgroups[c.name], netns)
+        c.start(command, env, mounts, self.agent.network.hosts_file(self), self.cgroups[c.name], netns, self.agent.repo)
         log.info("pod %s/%s: started %s (restart %d): %s", self.ns, self.pod_name, c.name, c.restart_count, command)
 
     # --- the control loop ------------------------------------------------------------------------

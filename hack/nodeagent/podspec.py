@@ -187,10 +187,11 @@ SYSTEM_PATHS = ("/", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc", "/proc",
 
 def check_mount_path(mount_path: str, keep: tuple[Path, ...]) -> None:
     """Refuse a mountPath that would hide what the pod's processes run from: pods share this
-    machine's filesystem, so a volume over the repository (its .venv holds the programs) or over
-    a system directory would break them. Sub-directories (/etc/app, /var/data) are fine."""
+    machine's filesystem, so a volume at the repository itself (its .venv holds the programs) or
+    over a system directory would break them. Sub-directories (/etc/app, /var/data) are fine, and
+    so is a volume over an ancestor of the repository (it is put back inside, see containers.py)."""
     target = Path(os.path.normpath(mount_path))
-    if str(target) in SYSTEM_PATHS or any(target == k or target in k.parents for k in keep):
+    if str(target) in SYSTEM_PATHS or any(target == k for k in keep):
         raise SpecError(
             "MountPathShadowsHost",
             f"mountPath {mount_path} would hide {', '.join(str(k) for k in keep)} or a system directory "

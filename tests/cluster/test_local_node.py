@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import ON_LOCAL_NODE, PROMETHEUS, STATE, kubectl, wait_until
+from tests.cluster.conftest import ON_LOCAL_NODE, PROMETHEUS, REPO, STATE, kubectl, wait_until
 
 pytestmark = pytest.mark.localnode
 
@@ -380,3 +380,23 @@ def test_a_memory_limit_is_enforced(cluster, namespace):
     assert wait_until("the hog to fail", lambda: job_condition(namespace, "hog"), timeout=60) == "Failed"
     terminated = job_pods(namespace, "hog")[0]["status"]["containerStatuses"][0]["state"]["terminated"]
     assert terminated["reason"] == "OOMKilled" and terminated["exitCode"] == 137
+
+
+def test_a_volume_over_an_ancestor_of_the_checkout_keeps_the_programs_reachable(cluster, namespace):
+    """An emptyDir at /tmp (the usual scratch space of read-only pods) must work even when this
+    checkout lives under /tmp: the node agent puts the checkout back inside the volume."""
+    ancestor = str(REPO.parent)
+    script = f"open('{ancestor}/scratch.txt', 'w').write('ok'); open('/dev/termination-log', 'w').write('ran')"
+    apply(
+        namespace,
+        job(
+            "ancestor",
+            script,
+            volumes=[{"name": "scratch", "emptyDir": {}}],
+            volumeMounts=[{"name": "scratch", "mountPath": ancestor}],
+        ),
+    )
+    assert wait_until("the Job", lambda: job_condition(namespace, "ancestor"), timeout=90) == "Complete"
+    pod = job_pods(namespace, "ancestor")[0]
+    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"] == "ran"
+    assert not (REPO.parent / "scratch.txt").exists()  # it went into the volume, not the host
