@@ -137,7 +137,9 @@ def test_checkpoints_every_n_steps_and_keeps_the_best(tiny, tmp_path, monkeypatc
     config = make_config(
         tiny,
         tmp_path / "run",
-        hyperparameters={"epochs": 2, "mixedPrecision": "bf16"},
+        # fp32: bf16 on CPU is not deterministic (oneDNN) and once drove this tiny run to NaN in CI;
+        # the test is about when checkpoints are written, not about precision.
+        hyperparameters={"epochs": 2, "mixedPrecision": "off"},
         checkpointing={"everySteps": 4, "everyEpochs": 5},
     )
     seen_steps = []
