@@ -134,13 +134,6 @@ class Resources(ApiModel):
     """Upper bounds enforced on the pod; memory above its limit gets the container killed."""
 
 
-class ObjectReference(ApiModel):
-    """A reference to another object of this API in the same namespace."""
-
-    name: str = Field(min_length=1, max_length=253, pattern=NAME_PATTERN)
-    """The object's name."""
-
-
 class StatusBase(ApiModel):
     """What every kind's status has: the generation it describes and its conditions."""
 

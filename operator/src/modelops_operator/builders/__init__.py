@@ -1,6 +1,6 @@
 """Pure builders: a validated object -> the child objects it should have (Jobs, PyTorchJobs,
 Deployments, ...). No I/O; each builder documents its naming and label choices.
 
-Empty in this release: the children arrive with the Dataset, TrainingRun and ModelDeployment
-reconcilers.
+    common    names, labels, owner references, the restricted Pod Security profile
+    dataset   a Dataset's preparation Job and the config it hands the program
 """
