@@ -1,10 +1,11 @@
 """One container as a local process: started in a private mount namespace, probed, restarted.
 
 Each container runs as `unshare --mount --uts sh -c PROLOGUE sh ARGV...`: the prologue sets the
-hostname to the pod's, bind-mounts the pod's volumes at their mountPaths, a per-pod hosts file over
-/etc/hosts (so Service and pod names resolve) and a per-container file over the termination-message
-path, joins the container's memory and CPU cgroups where the host allows, changes to the working
-directory, and execs the command.
+hostname to the pod's, bind-mounts the pod's volumes at their mountPaths, the pod's hosts,
+resolv.conf and nsswitch.conf over those in /etc (so Service and pod names resolve through the
+agent's DNS server) and a per-container file over the termination-message path, joins the
+container's memory and CPU cgroups where the host allows, changes to the working directory, and
+execs the command.
 Nothing of that is visible outside the namespace. The process runs in its pod's network namespace
 (see network.py), entered with nsenter first.
 """
@@ -148,7 +149,13 @@ class Container:
         self.term_file.parent.mkdir(parents=True, exist_ok=True)
         self.term_file.write_bytes(b"")
         term_path = self.spec.get("terminationMessagePath") or "/dev/termination-log"
-        lines = [f"mount --bind {shlex.quote(str(hosts))} /etc/hosts", 'hostname "$HOSTNAME"']
+        resolv = shlex.quote(str(hosts.parent / "resolv.conf"))
+        lines = [
+            f"mount --bind {shlex.quote(str(hosts))} /etc/hosts",
+            f"mount --bind {resolv} /etc/resolv.conf",
+            f"mount --bind {shlex.quote(str(hosts.parent / 'nsswitch.conf'))} /etc/nsswitch.conf",
+            'hostname "$HOSTNAME"',
+        ]
         lines.append(f"mkdir -p {shlex.quote(str(Path(term_path).parent))}; touch {shlex.quote(term_path)}")
         lines.append(f"mount --bind {shlex.quote(str(self.term_file))} {shlex.quote(term_path)}")
         # A volume over an ancestor of the repository (an emptyDir at /tmp with the checkout in

@@ -8,11 +8,13 @@
   only inside this machine: the bridge has no uplink and nothing is forwarded beyond it.
 - **The API server** is reachable from pods at 10.250.0.1:443 (`KUBERNETES_SERVICE_HOST/PORT`),
   forwarded to its loopback port.
-- **Names.** Each pod has its own hosts file, bind-mounted over /etc/hosts in the pod's mount
-  namespace and rewritten in place when pods or Services change: its own name, the pods of its
-  namespace, and every Service as `svc`, `svc.ns`, `svc.ns.svc` and `svc.ns.svc.cluster.local`.
-  A headless Service resolves to its ready endpoints; pods with `hostname` + `subdomain` resolve
-  as `host.subdomain.ns.svc.cluster.local` (what a PyTorchJob's `MASTER_ADDR` uses).
+- **Names.** A DNS server of the agent's own (dns.py) answers on 10.250.0.1:53, and each pod's
+  /etc/resolv.conf points there with the search path Kubernetes gives a pod, so every Service
+  resolves as `svc`, `svc.ns`, `svc.ns.svc` and `svc.ns.svc.cluster.local` (a headless Service to
+  its ready endpoints), pods with `hostname` + `subdomain` as `host.subdomain.ns.svc.cluster.local`,
+  and, beyond Kubernetes, a pod's name within its namespace when no Service has that name. Each
+  pod's /etc/hosts holds only localhost and its own name, written once: rewriting shared files in
+  place while programs read them is what made names fail now and then.
 - **Services.** A Service with a cluster IP gets a virtual IP of its own from 10.251.0.0/16 on the
   bridge (there is no kube-proxy); a small proxy on that address forwards each connection on a
   Service port to a random ready endpoint's target port, so traffic splits by replica count as it
@@ -34,6 +36,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dns import DNSServer
+
 if TYPE_CHECKING:
     from pods import PodRunner
 
@@ -44,6 +48,7 @@ POD_NET = ipaddress.ip_network("10.250.0.0/16")
 FIRST_POD_IP = int(ipaddress.ip_address("10.250.0.10"))
 FIRST_VIP = int(ipaddress.ip_address("10.251.0.1"))
 DOMAIN = "svc.cluster.local"
+SEARCH = "{ns}." + DOMAIN + " " + DOMAIN + " cluster.local"
 NETNS_PREFIX = "mo-"
 
 
@@ -66,6 +71,7 @@ class Network:
         self.services: list[dict[str, Any]] = []
         self.slices: list[dict[str, Any]] = []
         self.proxy = ServiceProxy()
+        self.dns: DNSServer | None = None
 
     # --- addresses ----------------------------------------------------------------------------
 
@@ -81,6 +87,8 @@ class Network:
             if addr.endswith("/32"):
                 ip("addr", "del", addr, "dev", BRIDGE, check=False)
         self.proxy.configure(self._proxy_routes())
+        if self.dns is None:
+            self.dns = DNSServer(GATEWAY, self.resolve)
 
     def teardown(self) -> None:
         """Kill whatever still runs in a pod namespace of ours and delete the namespaces: a process
@@ -132,22 +140,35 @@ class Network:
     def pod_started(self, runner: PodRunner) -> None:
         with self.lock:
             self.runners[runner.uid] = runner
-        self.refresh_hosts()
 
     def pod_stopped(self, runner: PodRunner) -> None:
         with self.lock:
             self.runners.pop(runner.uid, None)
         if not runner.host_network:
             self.release(runner.uid)
-        self.refresh_hosts()
 
     # --- names ------------------------------------------------------------------------------------
 
     def hosts_file(self, runner: PodRunner) -> Path:
+        """The pod's /etc/hosts (localhost and its own name), its resolv.conf and nsswitch.conf beside it."""
         path = runner.dir / "hosts"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(self._hosts_for(runner))
+            hostname = runner.pod["spec"].get("hostname") or runner.pod_name
+            names = [hostname]
+            sub = runner.pod["spec"].get("subdomain")
+            if sub:
+                names.insert(0, f"{hostname}.{sub}.{runner.ns}.{DOMAIN}")
+            lines = ["127.0.0.1 localhost", "::1 localhost"] + ([f"{runner.ip} {' '.join(names)}"] if runner.ip else [])
+            path.write_text("\n".join(lines) + "\n")
+            (runner.dir / "resolv.conf").write_text(
+                f"nameserver {GATEWAY}\nsearch {SEARCH.format(ns=runner.ns)}\noptions ndots:5\n"
+            )
+            # The host's, with names from files then DNS only: an mDNS module would claim
+            # `*.local` (so `*.cluster.local`) and answer "not found" before DNS is asked.
+            host = Path("/etc/nsswitch.conf").read_text() if Path("/etc/nsswitch.conf").exists() else ""
+            kept = [line for line in host.splitlines() if not line.startswith("hosts:")]
+            (runner.dir / "nsswitch.conf").write_text("\n".join([*kept, "hosts: files dns"]) + "\n")
         return path
 
     def update(self, services: list[dict[str, Any]], slices: list[dict[str, Any]]) -> None:
@@ -158,7 +179,6 @@ class Network:
             for uid in set(self.vips) - live:
                 ip("addr", "del", f"{self.vips.pop(uid)}/32", "dev", BRIDGE, check=False)
         self.proxy.configure(self._proxy_routes())
-        self.refresh_hosts()
 
     def _endpoints(self, namespace: str, service: str) -> list[tuple[str, dict[str, int]]]:
         """Ready local endpoints of a Service: (IP, {port name: target port})."""
@@ -182,41 +202,30 @@ class Network:
             return sorted({addr for addr, _ in self._endpoints(meta["namespace"], meta["name"])})
         return [self._vip(meta["uid"])]
 
-    def _hosts_for(self, runner: PodRunner) -> str:
-        lines = ["127.0.0.1 localhost", "::1 localhost"]
-        ns = runner.ns
-        hostname = runner.pod["spec"].get("hostname") or runner.pod_name
-        for other in list(self.runners.values()) + ([runner] if runner.uid not in self.runners else []):
-            if other.ip is None:
-                continue
-            names = []
-            if other.ns == ns:
-                names.append(other.pod["spec"].get("hostname") or other.pod_name)
-            sub = other.pod["spec"].get("subdomain")
-            if sub:
-                host = other.pod["spec"].get("hostname") or other.pod_name
-                names += [f"{host}.{sub}.{other.ns}.{DOMAIN}"] + ([f"{host}.{sub}"] if other.ns == ns else [])
-            if other is runner and hostname not in names:
-                names.append(hostname)
-            if names:
-                lines.append(f"{other.ip} {' '.join(names)}")
-        for svc in self.services:
-            name, sns = svc["metadata"]["name"], svc["metadata"]["namespace"]
-            names = [f"{name}.{sns}", f"{name}.{sns}.svc", f"{name}.{sns}.{DOMAIN}"] + ([name] if sns == ns else [])
-            lines += [f"{addr} {' '.join(names)}" for addr in self._service_ips(svc)]
-        return "\n".join(lines) + "\n"
-
-    def refresh_hosts(self) -> None:
+    def resolve(self, name: str) -> list[str] | None:
+        """A cluster name's addresses (None: no such name), for the DNS server."""
+        if not name.endswith("." + DOMAIN):
+            return None
+        parts = name[: -len(DOMAIN) - 1].split(".")
         with self.lock:
-            runners = list(self.runners.values())
-            for runner in runners:
-                path = runner.dir / "hosts"
-                text = self._hosts_for(runner)
-                if path.exists() and path.read_text() != text:
-                    # In place: the file is bind-mounted by inode, a rename would go unseen.
-                    with open(path, "r+") as f:
-                        f.write(text)
-                        f.truncate()
+            if len(parts) == 2:  # svc.ns, else (beyond Kubernetes) a pod's name in ns
+                service, ns = parts
+                for svc in self.services:
+                    if svc["metadata"]["namespace"] == ns and svc["metadata"]["name"] == service:
+                        return self._service_ips(svc)
+                return [r.ip for r in self.runners.values() if r.ns == ns and r.pod_name == service and r.ip] or None
+            if len(parts) == 3:  # host.subdomain.ns
+                host, sub, ns = parts
+                found = [
+                    r.ip
+                    for r in self.runners.values()
+                    if r.ns == ns
+                    and r.ip
+                    and r.pod["spec"].get("subdomain") == sub
+                    and (r.pod["spec"].get("hostname") or r.pod_name) == host
+                ]
+                return found or None
+        return None
 
     def _proxy_routes(self) -> dict[tuple[str, int], list[tuple[str, int]]]:
         routes: dict[tuple[str, int], list[tuple[str, int]]] = {(GATEWAY, 443): [self.api_target]}

@@ -235,7 +235,8 @@ def test_a_deployment_serves_through_its_service_and_prometheus_scrapes_it(clust
     # The Service name resolves inside pods, and its traffic is spread over the replicas.
     client = "import urllib.request, json\nseen = {urllib.request.urlopen('http://web/').read().decode() for _ in range(60)}\nopen('/dev/termination-log', 'w').write(json.dumps(sorted(seen)))\n"  # noqa: E501
     apply(namespace, job("client", client))
-    assert wait_until("the client", lambda: job_condition(namespace, "client"), timeout=90) == "Complete"
+    outcome = wait_until("the client", lambda: job_condition(namespace, "client"), timeout=90)
+    assert outcome == "Complete", kubectl("-n", namespace, "logs", "job/client", check=False).stdout
     seen = json.loads(
         job_pods(namespace, "client")[0]["status"]["containerStatuses"][0]["state"]["terminated"]["message"]
     )
