@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The quickstart on the local cluster: installs what is missing, starts the local Kubernetes
 # cluster, installs the CRDs, starts the operator, puts sample images on an artifact volume,
-# applies examples/quickstart/, waits until the Dataset is prepared by a real Job, and shows
-# `kubectl get modelops -A`.
+# applies examples/quickstart/, waits until the Dataset is prepared by a real Job and the
+# TrainingRun has trained (two real PyTorchJobs on the local node) and registered an ONNX model,
+# and shows `kubectl get modelops -A`.
 # Afterwards: eval "$(hack/cluster.py env)" gives you kubectl against it; hack/cluster.py down stops it.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,7 +22,13 @@ kubectl wait --for=condition=Ready --timeout=600s dataset/digits || {
   kubectl get dataset digits -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
   exit 1
 }
-kubectl wait --for=condition=DatasetReady --timeout=60s trainingrun/digits-resnet >/dev/null
+echo "waiting for the TrainingRun: a 2-trial search, each trial a PyTorchJob training on the local node..."
+kubectl wait --for=jsonpath='{.status.phase}'=Succeeded --timeout=1200s trainingrun/digits-resnet || {
+  kubectl get trainingrun digits-resnet -o jsonpath='{.status.progress}{"\n"}{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
+  exit 1
+}
+kubectl get trainingrun digits-resnet -o jsonpath='{range .status.trials[*]}{.name}  {.state}  {.parameters}  objective={.objective}{"\n"}{end}'
+kubectl get trainingrun digits-resnet -o jsonpath='registered model version {.status.model.version}: {.status.model.uri} ({.status.model.digest}){"\n"}'
 kubectl wait --for=jsonpath='{.status.observedGeneration}'=1 --timeout=60s modeldeployment/digits >/dev/null
 echo
 kubectl get modelops -A

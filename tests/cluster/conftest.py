@@ -99,43 +99,68 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def operator(crds: None, cluster: Path) -> Iterator[Path]:
-    """The operator, started as its console script with a short resync so tests see timers act."""
-    port = _free_port()
-    log = STATE / "logs" / "operator-tests.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(cluster),
-        "MODELOPS_RESYNC_SECONDS": "2",
-        "MODELOPS_PROGRESS_SECONDS": "1",
-        "MODELOPS_ARTIFACT_PVC": ARTIFACT_PVC,
-        "MODELOPS_HEALTH_PORT": str(port),
-        "MODELOPS_LOG_FORMAT": "json",
-    }
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "modelops_operator"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
+class OperatorProcess:
+    """The operator as its console script, with a short resync so tests see timers act; a test may
+    kill it (SIGKILL, as a node failure would) and start it again."""
 
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"operator exited with {proc.returncode}; see {log}")
+    def __init__(self, kubeconfig: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.log = STATE / "logs" / "operator-tests.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def start(self) -> None:
+        self.port = _free_port()
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "MODELOPS_RESYNC_SECONDS": "2",
+            "MODELOPS_PROGRESS_SECONDS": "1",
+            "MODELOPS_ARTIFACT_PVC": ARTIFACT_PVC,
+            "MODELOPS_HEALTH_PORT": str(self.port),
+            "MODELOPS_LOG_FORMAT": "json",
+        }
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "modelops_operator"], env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        wait_until("the operator's /healthz", self.healthy, timeout=60)
+
+    def healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"operator exited with {self.proc.returncode}; see {self.log}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
                 return bool(r.status == 200)
         except OSError:
             return False
 
-    wait_until("the operator's /healthz", healthy, timeout=60)
-    yield log
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    assert proc.returncode in (0, -15), f"operator ended with {proc.returncode}; see {log}"
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=15)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def operator(crds: None, cluster: Path) -> Iterator[OperatorProcess]:
+    """The operator, running for the whole session."""
+    proc = OperatorProcess(cluster)
+    proc.start()
+    yield proc
+    code = proc.stop()
+    assert code in (0, -15), f"operator ended with {code}; see {proc.log}"
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from modelops_operator.api import conditions as c
 from modelops_operator.api.common import ConditionStatus
 from modelops_operator.api.dataset import DatasetSpec, DatasetStatus
 from modelops_operator.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
-from modelops_operator.api.trainingrun import TrainingRunSpec, TrainingRunStatus
+from modelops_operator.api.trainingrun import TrainingRunStatus
 from modelops_operator.reconcile import kinds as rk
 from modelops_operator.reconcile.status import (
     describe_error,
@@ -20,7 +20,7 @@ from modelops_operator.reconcile.status import (
     parse_status,
     ready_events,
 )
-from tests.objects import DIGEST, dataset, model_deployment, training_run
+from tests.objects import DIGEST, dataset, model_deployment
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T1 = datetime(2026, 1, 2, tzinfo=UTC)
@@ -32,10 +32,6 @@ def ready(status):
 
 def cond(status, type_):
     return c.get_condition(status.conditions, type_)
-
-
-def ready_dataset(version="v1abc"):
-    return {"status": {"version": version, "conditions": [{"type": "Ready", "status": "True"}]}}
 
 
 def registered_run(version=3):
@@ -62,35 +58,6 @@ def test_set_condition_keeps_other_conditions_and_order():
 
 
 # --- per kind ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("observed", "pinned", "phase", "reason", "dataset_ready"),
-    [
-        (None, None, "WaitingForDataset", c.DATASET_NOT_FOUND, ConditionStatus.FALSE),
-        ({"status": {}}, None, "WaitingForDataset", c.DATASET_NOT_READY, ConditionStatus.FALSE),
-        (ready_dataset("v1abc"), None, "Pending", c.NOT_IMPLEMENTED, ConditionStatus.TRUE),
-        ({"status": {}}, "v0old", "Pending", c.NOT_IMPLEMENTED, ConditionStatus.TRUE),
-    ],
-    ids=["missing", "not-ready", "ready", "pinned-by-spec"],
-)
-def test_training_run_waits_for_its_dataset(observed, pinned, phase, reason, dataset_ready):
-    builder = training_run()
-    if pinned:
-        builder.set("spec.datasetRef.version", pinned)
-    st = rk.training_run_status(TrainingRunSpec.model_validate(builder.spec), 1, TrainingRunStatus(), observed)
-    assert st.phase == phase
-    assert ready(st).reason == reason and ready(st).status == ConditionStatus.FALSE
-    assert cond(st, c.DATASET_READY).status == dataset_ready
-    if dataset_ready == ConditionStatus.TRUE:
-        assert st.dataset_version == (pinned or "v1abc")
-
-
-def test_a_pinned_dataset_version_survives_a_new_dataset_version():
-    spec = TrainingRunSpec.model_validate(training_run().spec)
-    first = rk.training_run_status(spec, 1, TrainingRunStatus(), ready_dataset("v1"))
-    later = rk.training_run_status(spec, 1, first, ready_dataset("v2"))
-    assert later.dataset_version == "v1"
 
 
 @pytest.mark.parametrize(
@@ -126,15 +93,6 @@ def test_model_deployment_resolves_its_model(builder, observed, reason, resolved
 
 
 # --- status bookkeeping -------------------------------------------------------------------------
-
-
-def test_reconciling_twice_changes_nothing_the_second_time():
-    """Level-based and idempotent: the second pass produces an empty patch (no write, no loop)."""
-    spec = TrainingRunSpec.model_validate(training_run().spec)
-    first = rk.training_run_status(spec, 1, TrainingRunStatus(), None)
-    stored = first.wire()  # what the API server hands back
-    second = rk.training_run_status(spec, 1, parse_status(TrainingRunStatus, stored), None)
-    assert merge_patch(stored, second.wire()) == {}
 
 
 def test_merge_patch():

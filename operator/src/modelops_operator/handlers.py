@@ -23,6 +23,7 @@ from modelops_operator.api.common import GROUP, VERSION, StatusBase
 from modelops_operator.api.kinds import DATASET, KINDS, MODEL_DEPLOYMENT, TRAINING_RUN, Kind
 from modelops_operator.reconcile import dataset as rd
 from modelops_operator.reconcile import kinds as rk
+from modelops_operator.reconcile import trainingrun as rt
 from modelops_operator.reconcile.status import describe_error, invalid_spec, merge_patch, parse_status, ready_events
 from modelops_operator.settings import OperatorSettings
 
@@ -85,9 +86,34 @@ def _dataset(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBas
     return outcome.status
 
 
+#: Labels the Kubeflow training operator puts on a PyTorchJob's pods.
+JOB_NAME_LABEL, REPLICA_TYPE_LABEL = "training.kubeflow.org/job-name", "training.kubeflow.org/replica-type"
+
+
 def _training_run(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBase:
-    dataset = _dependency(DATASET, body.metadata.namespace or "", spec.dataset_ref.name)
-    return rk.training_run_status(spec, generation, old, dataset)
+    ns, name = body.metadata.namespace or "", body.metadata.name or ""
+    dataset = _dependency(DATASET, ns, spec.dataset_ref.name)
+    jobs = _kube(kube.list_pytorchjobs, ns, f"modelops.dev/trainingrun={name}")
+    observed = rt.Observed(dataset=dataset, jobs=jobs)
+    by_name = {j["metadata"]["name"]: j for j in jobs}
+    for job_name in rt.inspected(old, jobs):
+        pods = _kube(kube.list_pods, ns, f"{JOB_NAME_LABEL}={job_name},{REPLICA_TYPE_LABEL}=master")
+        seen = rt.TrialObservation(result_message=rt.master_result(pods), pod_problem=rd.pod_problem(pods))
+        running = [p for p in pods if (p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")]
+        if running and rt.job_state(by_name[job_name])[0] == "Running":
+            seen.log = _kube(kube.pod_log, ns, running[0]["metadata"]["name"], "pytorch")
+        observed.trials[job_name] = seen
+    outcome = rt.reconcile_training_run(dict(body), spec, old, observed, SETTINGS)
+    for action in outcome.actions:
+        if action.verb == "create" and action.body is not None:
+            _kube(kube.create_pytorchjob, action.body)
+        elif action.verb == "delete":
+            _kube(kube.delete_pytorchjob, ns, action.name)
+        else:
+            _kube(kube.suspend_pytorchjob, ns, action.name, action.verb == "suspend")
+    for event in outcome.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    return outcome.status
 
 
 def _model_deployment(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBase:
@@ -144,3 +170,14 @@ def _register(kind: Kind) -> None:
 
 for _kind in KINDS:
     _register(_kind)
+
+
+@kopf.on.delete(GROUP, VERSION, TRAINING_RUN.plural, id="cleanup", retries=5, backoff=2)
+def delete_trials(*, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
+    """Stop a deleted TrainingRun's trials now (their checkpoints are written on SIGTERM) rather
+    than when garbage collection gets to them. Never blocks: jobs already gone are fine, and after
+    five failed attempts kopf releases the finalizer and owner references finish the work."""
+    ns, name = body.metadata.namespace or "", body.metadata.name or ""
+    for job in _kube(kube.list_pytorchjobs, ns, f"modelops.dev/trainingrun={name}"):
+        _kube(kube.delete_pytorchjob, ns, job["metadata"]["name"])
+        logger.info("deleted PyTorchJob %s", job["metadata"]["name"])

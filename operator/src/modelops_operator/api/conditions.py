@@ -19,6 +19,8 @@ DEGRADED = "Degraded"
 """Something failed that needs the user: a rollback happened, a failure budget ran out."""
 DATASET_READY = "DatasetReady"
 """For a TrainingRun: the Dataset it trains on is Ready and its version is pinned."""
+TRAINING_RUNNING = "TrainingRunning"
+"""For a TrainingRun: trials are running."""
 MODEL_RESOLVED = "ModelResolved"
 """For a ModelDeployment: the model to serve is known (a registered version, or a URI with digest)."""
 
@@ -68,6 +70,26 @@ DATASET_NOT_READY = "DatasetNotReady"
 """The Dataset exists but has no Ready version yet; the TrainingRun waits for it."""
 DATASET_VERSION_PINNED = "DatasetVersionPinned"
 """The Dataset is Ready and the version the TrainingRun will train on is recorded."""
+DATASET_VERSION_UNAVAILABLE = "DatasetVersionUnavailable"
+"""`spec.datasetRef.version` names a version the Dataset does not currently have."""
+TRIALS_RUNNING = "TrialsRunning"
+"""Trials (PyTorchJobs) are running or about to; `status.progress` says where they are."""
+SUSPENDED = "Suspended"
+"""`spec.suspend` is set: running trials were suspended (their pods stop after a checkpoint)."""
+MODEL_REGISTERED = "ModelRegistered"
+"""The best trial's ONNX model is registered as a new model version (`status.model`)."""
+TRIALS_EXHAUSTED = "TrialsExhausted"
+"""More trials failed than `spec.search.maxFailedTrials` allows, or none succeeded."""
+TRAINING_FAILED = "TrainingFailed"
+"""A trial failed without a more specific reason; the message holds its last output."""
+PARITY_CHECK_FAILED = "ParityCheckFailed"
+"""The exported ONNX model's outputs differ from PyTorch's beyond the tolerance; nothing was registered."""
+MEDIAN_STOPPED = "MedianStopped"
+"""A trial was stopped early: its objective was worse than the median of the others at the same epoch."""
+GOAL_REACHED = "GoalReached"
+"""A trial reached `spec.search.objective.goal`; the remaining trials were stopped."""
+JOB_DELETED = "JobDeleted"
+"""A trial's PyTorchJob was deleted (by someone else) before it finished."""
 
 # Reasons of a ModelDeployment.
 TRAINING_RUN_NOT_FOUND = "TrainingRunNotFound"
@@ -79,7 +101,16 @@ MODEL_FOUND = "ModelFound"
 
 #: Reasons that mean "waiting, nothing wrong": their Events are Normal, all others Warnings.
 WAITING_REASONS = frozenset(
-    {RECONCILING, NOT_IMPLEMENTED, DATASET_NOT_READY, MODEL_NOT_REGISTERED, JOB_CREATED, PREPARING}
+    {
+        RECONCILING,
+        NOT_IMPLEMENTED,
+        DATASET_NOT_READY,
+        MODEL_NOT_REGISTERED,
+        JOB_CREATED,
+        PREPARING,
+        TRIALS_RUNNING,
+        SUSPENDED,
+    }
 )
 
 

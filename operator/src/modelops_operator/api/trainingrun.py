@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, get_args
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from modelops_operator.api.common import (
     DIGEST_PATTERN,
@@ -122,6 +122,14 @@ class SearchParameter(
             "uniform, logUniform and int parameters need min < max",
         ),
         cel("self.type != 'logUniform' || self.min > 0.0", "logUniform needs min > 0"),
+        cel(
+            "!(self.name in ['epochs', 'batchSize']) || self.type in ['choice', 'int']",
+            "epochs and batchSize are integers: search them with type int or choice",
+        ),
+        cel(
+            "!(self.name in ['architecture', 'optimizer']) || self.type == 'choice'",
+            "architecture and optimizer are names: search them with type choice",
+        ),
     ),
 ):
     """One dimension of the search space."""
@@ -138,12 +146,35 @@ class SearchParameter(
     max: float | None = None
     """Upper bound of a `uniform`, `logUniform` or `int` parameter."""
 
+    @model_validator(mode="after")
+    def _fits_the_hyperparameter(self) -> SearchParameter:
+        # The same rules as the CEL ones above: the API server refuses first; this keeps the
+        # operator (and tests) from proposing values the trainer would refuse.
+        if self.name in ("epochs", "batchSize") and self.type not in ("choice", "int"):
+            raise ValueError("epochs and batchSize are integers: search them with type int or choice")
+        if self.name in ("architecture", "optimizer") and self.type != "choice":
+            raise ValueError("architecture and optimizer are names: search them with type choice")
+        return self
 
-class Objective(ApiModel):
-    """What the search optimises."""
 
-    metric: str = Field(default="val_accuracy", pattern=r"^[a-z][a-z0-9_]*$", max_length=63)
-    """A metric the trainer reports per epoch: val_accuracy, val_loss, val_top5, ..."""
+ObjectiveMetric = Literal["val_accuracy", "val_top5", "val_loss"]
+
+
+class Objective(
+    ApiModel,
+    json_schema_extra=validations(
+        cel(
+            "self.metric != 'val_loss' || self.direction == 'minimize'",
+            "val_loss is minimized: set direction: minimize",
+            ".direction",
+        ),
+    ),
+):
+    """What the search optimises, and what picks the best checkpoint of each trial."""
+
+    metric: ObjectiveMetric = "val_accuracy"
+    """A metric the trainer reports per epoch on the validation split: val_accuracy (top-1),
+    val_top5, or val_loss."""
     direction: Literal["maximize", "minimize"] = "maximize"
     """Whether bigger or smaller is better."""
     goal: float | None = None
@@ -279,8 +310,22 @@ class TrialStatus(ApiModel):
     """The trial's best value of the objective metric."""
     epoch: int | None = Field(default=None, ge=0)
     """The last epoch the trial reported."""
+    epochs: int | None = Field(default=None, ge=1)
+    """The epochs the trial is set to run."""
+    history: list[float] = Field(default_factory=list, max_length=10_000)
+    """The objective metric after each epoch (index 0 is epoch 1): what median stopping compares."""
+    reason: str | None = Field(default=None, max_length=63)
+    """Why the trial ended as it did (`Succeeded`, `MedianStopped`, `DeadlineExceeded`, `ParityCheckFailed`, ...)."""
     message: str | None = Field(default=None, max_length=4096)
     """Why the trial failed or stopped."""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """Metrics of the trial's best checkpoint, once it succeeded."""
+    model_uri: str | None = Field(default=None, max_length=2048)
+    """The ONNX file the trial exported (parity-checked by the trainer)."""
+    model_digest: str | None = Field(default=None, pattern=DIGEST_PATTERN)
+    """SHA-256 of that file."""
+    model_card_uri: str | None = Field(default=None, max_length=2048)
+    """Its model card."""
 
 
 class RegisteredModel(ApiModel):
@@ -296,10 +341,16 @@ class RegisteredModel(ApiModel):
     """The model card: classes, input size, preprocessing, metrics, lineage."""
     metrics: dict[str, float] = Field(default_factory=dict)
     """Metrics of the best checkpoint on the validation and test splits."""
+    dataset: str | None = Field(default=None, max_length=253)
+    """The Dataset it was trained on."""
     dataset_version: str | None = Field(default=None, max_length=64)
     """The dataset version it was trained on."""
     trial: str | None = Field(default=None, max_length=253)
     """The trial that produced it."""
+    objective: float | None = None
+    """That trial's objective value."""
+    code_version: str | None = Field(default=None, max_length=63)
+    """The operator version that launched the training (the trainer's is in the model card)."""
     parameters: dict[str, str] = Field(default_factory=dict)
     """That trial's hyper-parameters."""
 
@@ -311,6 +362,17 @@ class TrainingRunStatus(StatusBase):
     """Pending, WaitingForDataset, Running, Suspended, Succeeded or Failed."""
     dataset_version: str | None = Field(default=None, max_length=64)
     """The pinned dataset version this run trains on."""
+    dataset_uri: str | None = Field(default=None, max_length=2048)
+    """Where the pinned dataset version lives."""
+    dataset_digest: str | None = Field(default=None, pattern=DIGEST_PATTERN)
+    """SHA-256 of the pinned version's manifest; the trainer refuses any other."""
+    spec_hash: str | None = Field(default=None, max_length=64)
+    """Hash of the spec fields that change the model (dataset, model, hyper-parameters, search):
+    a new value starts a new round of trials and, on success, a new model version."""
+    round: int = Field(default=0, ge=0)
+    """The round of trials under way or last finished; trial names carry it (`<run>-r<round>-t<n>`)."""
+    progress: str | None = Field(default=None, max_length=1024)
+    """One line on what is happening: trials finished, the running trials' epoch and metric."""
     trials: list[TrialStatus] = Field(
         default_factory=list,
         max_length=1000,
@@ -325,3 +387,9 @@ class TrainingRunStatus(StatusBase):
     """The latest registered model version."""
     model_version: int | None = Field(default=None, ge=1)
     """The latest registered model version number (also in `model.version`)."""
+    models: list[RegisteredModel] = Field(
+        default_factory=list,
+        max_length=100,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["version"]},
+    )
+    """Every model version registered, oldest first (the last 100; their files stay in the store)."""

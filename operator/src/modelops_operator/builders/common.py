@@ -12,6 +12,8 @@ import hashlib
 import json
 from typing import Any
 
+from modelops_operator.api.common import Placement
+
 MANAGED_BY = "modelops-operator"
 MAX_NAME = 63
 
@@ -71,3 +73,11 @@ def restricted_container_security() -> dict[str, Any]:
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+
+
+def place(pod_spec: dict[str, Any], placement: Placement) -> None:
+    """Copy a spec's placement (node selector, tolerations, priority class) onto a pod spec."""
+    wire = placement.wire()
+    for key in ("nodeSelector", "tolerations", "priorityClassName"):
+        if wire.get(key):
+            pod_spec[key] = wire[key]

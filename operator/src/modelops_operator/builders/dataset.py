@@ -21,6 +21,7 @@ from modelops_operator.builders.common import (
     child_name,
     labels,
     owner_reference,
+    place,
     restricted_container_security,
     restricted_pod_security,
     spec_hash,
@@ -113,10 +114,7 @@ def build_prepare_job(dataset: dict[str, Any], spec: DatasetSpec, settings: Oper
         "volumes": volumes,
         "automountServiceAccountToken": False,
     }
-    placement = spec.placement.wire()
-    for key in ("nodeSelector", "tolerations", "priorityClassName"):
-        if placement.get(key):
-            pod_spec[key] = placement[key]
+    place(pod_spec, spec.placement)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

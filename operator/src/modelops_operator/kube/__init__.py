@@ -110,3 +110,73 @@ def get_object(kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
         name,
     )
     return dict(obj) if obj is not None else None
+
+
+PYTORCHJOBS = ("kubeflow.org", "v1", "pytorchjobs")
+
+
+def list_pytorchjobs(namespace: str, selector: str) -> list[dict[str, Any]]:
+    """PyTorchJobs in `namespace` matching a label selector."""
+    res = _call(
+        f"list pytorchjobs {namespace} {selector}",
+        _api().list_namespaced_custom_object,
+        *PYTORCHJOBS[:2],
+        namespace,
+        PYTORCHJOBS[2],
+        label_selector=selector,
+    )
+    return list(res["items"]) if res is not None else []
+
+
+def create_pytorchjob(body: dict[str, Any]) -> None:
+    """Create a PyTorchJob; one that exists already (a retried create: the name is deterministic) is fine."""
+    ns = body["metadata"]["namespace"]
+    with contextlib.suppress(Conflict):
+        _call(
+            f"create pytorchjob {ns}/{body['metadata']['name']}",
+            _api().create_namespaced_custom_object,
+            *PYTORCHJOBS[:2],
+            ns,
+            PYTORCHJOBS[2],
+            body,
+        )
+
+
+def delete_pytorchjob(namespace: str, name: str) -> None:
+    """Delete a PyTorchJob and its pods (background propagation); a missing one is fine."""
+    _call(
+        f"delete pytorchjob {namespace}/{name}",
+        _api().delete_namespaced_custom_object,
+        *PYTORCHJOBS[:2],
+        namespace,
+        PYTORCHJOBS[2],
+        name,
+        propagation_policy="Background",
+    )
+
+
+def suspend_pytorchjob(namespace: str, name: str, suspend: bool) -> None:
+    """Set a PyTorchJob's `runPolicy.suspend` (the training operator stops or restarts its pods)."""
+    _call(
+        f"patch pytorchjob {namespace}/{name}",
+        _api().patch_namespaced_custom_object,
+        *PYTORCHJOBS[:2],
+        namespace,
+        PYTORCHJOBS[2],
+        name,
+        {"spec": {"runPolicy": {"suspend": suspend}}},
+    )
+
+
+def pod_log(namespace: str, name: str, container: str, tail_lines: int = 5000) -> str | None:
+    """The last `tail_lines` lines of a container's log (None when it cannot be read)."""
+    core = kubernetes.client.CoreV1Api(login())
+    try:
+        text = core.read_namespaced_pod_log(name, namespace, container=container, tail_lines=tail_lines)
+    except ApiException:
+        # Not started yet, gone, or a node whose kubelet serves no logs (kwok): progress is
+        # best-effort, the result comes from the termination message.
+        return None
+    except (urllib3.exceptions.HTTPError, OSError) as e:
+        raise Unavailable(f"log of {namespace}/{name}: {e}") from e
+    return str(text)

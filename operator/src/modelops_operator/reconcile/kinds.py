@@ -1,8 +1,8 @@
-"""The status of TrainingRuns and ModelDeployments, from their spec and the objects they depend on.
+"""The status of ModelDeployments, from their spec and the objects they depend on.
 
-This release resolves their references (a TrainingRun's Dataset, a ModelDeployment's model);
-training and serving arrive with the issues that build them. Until then the operator says so in
-`Ready` (reason `NotImplemented`) instead of pretending: nothing is marked Ready that is not.
+This release resolves a ModelDeployment's model; serving arrives with the issue that builds it.
+Until then the operator says so in `Ready` (reason `NotImplemented`) instead of pretending:
+nothing is marked Ready that is not.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from typing import Any
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import Condition, ConditionStatus
 from modelops_operator.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
-from modelops_operator.api.trainingrun import TrainingRunSpec, TrainingRunStatus
 
 T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
 
@@ -36,35 +35,6 @@ def _accepted(
     conds = c.set_condition(old_conds, cond_type, T, reason, msg, generation)
     conds = c.set_condition(conds, c.READY, F, c.NOT_IMPLEMENTED, todo, generation)
     return c.set_condition(conds, c.PROGRESSING, F, c.NOT_IMPLEMENTED, todo, generation)
-
-
-def training_run_status(
-    spec: TrainingRunSpec, generation: int, old: TrainingRunStatus, dataset: dict[str, Any] | None
-) -> TrainingRunStatus:
-    """A TrainingRun's status: waits for its Dataset to be Ready, then pins the dataset version.
-
-    A version pinned once is kept (a later dataset version never disturbs the run);
-    `spec.datasetRef.version` pins one explicitly.
-    """
-    ref = spec.dataset_ref
-    version = old.dataset_version
-    if dataset is None:
-        msg = f'Dataset "{ref.name}" does not exist in this namespace; create it or fix spec.datasetRef.name'
-        conds = _waiting(old.conditions, c.DATASET_READY, c.DATASET_NOT_FOUND, msg, generation)
-        phase = "WaitingForDataset"
-    elif not _is_ready(dataset) and ref.version is None and version is None:
-        msg = f'Dataset "{ref.name}" has no Ready version yet; the run starts when it has one'
-        conds = _waiting(old.conditions, c.DATASET_READY, c.DATASET_NOT_READY, msg, generation)
-        phase = "WaitingForDataset"
-    else:
-        version = version or ref.version or dataset.get("status", {}).get("version")
-        msg = f'training on Dataset "{ref.name}" version {version}'
-        todo = "dataset pinned; this operator version does not launch training yet, so no PyTorchJob was created"
-        conds = _accepted(old.conditions, c.DATASET_READY, c.DATASET_VERSION_PINNED, msg, todo, generation)
-        phase = "Pending"
-    return old.model_copy(
-        update={"phase": phase, "observed_generation": generation, "conditions": conds, "dataset_version": version}
-    )
 
 
 def model_deployment_status(

@@ -1,0 +1,228 @@
+"""The PyTorchJob of one TrainingRun trial, and the training config it hands the program.
+
+Naming: `<run>-r<round>-t<index>` (the run's name truncated so that the pods the training operator
+names after the job, `<job>-worker-<n>`, stay within 63 characters). The name is a pure function
+of the run, the round and the trial number, so a retried create after an operator restart finds
+the job it made before instead of launching the trial twice.
+
+Each trial writes to `<artifact store>/runs/<namespace>/<run>/r<round>/<trial>/`; a trial that is
+suspended and resumed (or whose pod is preempted) resumes from the checkpoint found there.
+
+The pods run `python -m modelops_trainer.train --config-json $(MODELOPS_TRAIN_CONFIG)` (under
+`torch.distributed.run` when a pod runs several processes), with the config validated by the
+program (`modelops.dev/train-config/v1`), under the restricted Pod Security profile with a
+read-only root filesystem: scratch space is an emptyDir at /tmp and shared memory for the data
+loader an in-memory emptyDir at /dev/shm. `restartPolicy: ExitCode` lets the training operator
+retry a pod killed by a signal (preemption, OOM: exit codes above 127) and fail fast on the
+program's own errors (exit 1 or 2), where a retry would only fail again.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlparse
+
+from modelops_operator.api.trainingrun import TrainingRunSpec
+from modelops_operator.builders.common import (
+    labels,
+    owner_reference,
+    place,
+    restricted_container_security,
+    restricted_pod_security,
+    spec_hash,
+)
+from modelops_operator.builders.dataset import artifact_mounts
+from modelops_operator.settings import OperatorSettings
+
+PYTORCHJOB_GROUP, PYTORCHJOB_VERSION, PYTORCHJOB_PLURAL = "kubeflow.org", "v1", "pytorchjobs"
+CONFIG_ENV = "MODELOPS_TRAIN_CONFIG"
+CONFIG_VERSION = "modelops.dev/train-config/v1"
+COMPONENT = "training-trial"
+#: Spec fields that change the model a run produces; a change starts a new round of trials.
+MODEL_FIELDS = ("datasetRef", "model", "hyperparameters", "search")
+#: Room left in a 63-character name for what the training operator appends (`-worker-NNN`).
+MAX_JOB_NAME = 52
+PARAMETERS_ANNOTATION = "modelops.dev/parameters"
+TRIAL_LABEL = "modelops.dev/trial"
+ROUND_LABEL = "modelops.dev/round"
+#: Seconds a pod has after SIGTERM: the trainer writes a checkpoint before it exits.
+GRACE_SECONDS = 120
+GPU = "nvidia.com/gpu"
+
+
+def model_hash(spec: TrainingRunSpec) -> str:
+    """Hash of the spec fields that determine the model."""
+    wire = spec.wire()
+    return spec_hash({k: wire.get(k) for k in MODEL_FIELDS})
+
+
+def trial_name(run: str, round_: int, index: int) -> str:
+    """`<run>-r<round>-t<index>`, the run's name truncated to fit."""
+    tail = f"-r{round_}-t{index}"
+    # Service and pod host names derive from it: a DNS label, so no dots (legal in a run's name).
+    return run.replace(".", "-")[: MAX_JOB_NAME - len(tail)].rstrip("-") + tail
+
+
+def run_output_uri(spec: TrainingRunSpec, namespace: str, name: str, settings: OperatorSettings) -> str:
+    """Where this TrainingRun's trials write: `<base>/runs/<namespace>/<name>`."""
+    base = (spec.checkpointing.uri or settings.artifact_uri).rstrip("/")
+    return f"{base}/runs/{namespace}/{name}"
+
+
+def trial_output_uri(base: str, round_: int, trial: str) -> str:
+    return f"{base}/r{round_}/{trial}"
+
+
+def train_config(
+    run: dict[str, Any],
+    spec: TrainingRunSpec,
+    *,
+    trial: str,
+    parameters: dict[str, str],
+    output_uri: str,
+    dataset_uri: str,
+    dataset_digest: str,
+) -> dict[str, Any]:
+    """The JSON the trainer receives (contract `modelops.dev/train-config/v1`)."""
+    wire = spec.wire()
+    objective = (spec.search.objective if spec.search else None) or None
+    model = {k: v for k, v in wire["model"].items() if v is not None}
+    config: dict[str, Any] = {
+        "apiVersion": CONFIG_VERSION,
+        "dataset": {"uri": dataset_uri, "digest": dataset_digest},
+        "model": model,
+        "hyperparameters": wire["hyperparameters"],
+        "output": {"uri": output_uri},
+        "checkpointing": {"everyEpochs": spec.checkpointing.every_epochs},
+        "trial": {"name": trial, "parameters": parameters},
+        "lineage": {"dataset": spec.dataset_ref.name, "trainingRun": run["metadata"]["name"]},
+        "logging": {"format": "json"},
+    }
+    if objective is not None:
+        config["objective"] = {"metric": objective.metric, "direction": objective.direction}
+    return config
+
+
+def _nproc(spec: TrainingRunSpec) -> int:
+    w = spec.workers
+    return w.procs_per_node or max(1, w.gpus_per_node)
+
+
+def _pod_template(spec: TrainingRunSpec, config: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+    w = spec.workers
+    volumes, mounts = artifact_mounts([config["output"]["uri"], config["dataset"]["uri"]], settings)
+    if spec.checkpointing.pvc:
+        path = urlparse(config["output"]["uri"]).path
+        base = path.split("/runs/")[0] or "/"
+        volumes.append({"name": "checkpoints", "persistentVolumeClaim": {"claimName": spec.checkpointing.pvc}})
+        mounts.append({"name": "checkpoints", "mountPath": base})
+    volumes += [{"name": "tmp", "emptyDir": {}}, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    mounts += [{"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"}]
+    nproc = _nproc(spec)
+    launcher = ["python", "-m", "torch.distributed.run"] if nproc > 1 else ["python"]
+    resources: dict[str, Any] = {k: dict(v) for k, v in spec.workers.resources.wire().items() if v}
+    if w.gpus_per_node:
+        resources.setdefault("limits", {})[GPU] = str(w.gpus_per_node)
+        resources.setdefault("requests", {})[GPU] = str(w.gpus_per_node)
+    container: dict[str, Any] = {
+        "name": "pytorch",  # the training operator finds the training container by this name
+        "image": settings.trainer_image,
+        "command": [*launcher, "-m", "modelops_trainer.train"],
+        "args": ["--config-json", f"$({CONFIG_ENV})"],
+        "env": [
+            {"name": CONFIG_ENV, "value": json.dumps(config, sort_keys=True)},
+            {"name": "MODELOPS_CACHE_DIR", "value": "/tmp/modelops-cache"},
+        ],
+        "securityContext": restricted_container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": mounts,
+    }
+    if resources:
+        container["resources"] = resources
+    pod: dict[str, Any] = {
+        "securityContext": restricted_pod_security(),
+        "containers": [container],
+        "volumes": volumes,
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": GRACE_SECONDS,
+    }
+    place(pod, spec.workers.placement)
+    if w.gpus_per_node:
+        # What the ExtendedResourceToleration admission plugin would add: GPU nodes are usually
+        # tainted so that only pods asking for GPUs land there.
+        tolerations = pod.setdefault("tolerations", [])
+        if not any(t.get("key") == GPU for t in tolerations):
+            tolerations.append({"key": GPU, "operator": "Exists", "effect": "NoSchedule"})
+    return pod
+
+
+def build_pytorchjob(
+    run: dict[str, Any],
+    spec: TrainingRunSpec,
+    settings: OperatorSettings,
+    *,
+    round_: int,
+    index: int,
+    parameters: dict[str, str],
+    dataset_uri: str,
+    dataset_digest: str,
+    suspend: bool = False,
+) -> dict[str, Any]:
+    """The `kubeflow.org/v1` PyTorchJob of trial `index` of round `round_`."""
+    meta = run["metadata"]
+    name = trial_name(meta["name"], round_, index)
+    output = trial_output_uri(run_output_uri(spec, meta["namespace"], meta["name"], settings), round_, name)
+    config = train_config(
+        run,
+        spec,
+        trial=name,
+        parameters=parameters,
+        output_uri=output,
+        dataset_uri=dataset_uri,
+        dataset_digest=dataset_digest,
+    )
+    job_labels = {
+        **labels("TrainingRun", meta["name"], COMPONENT),
+        TRIAL_LABEL: name,
+        ROUND_LABEL: str(round_),
+    }
+    w, policy = spec.workers, spec.run_policy
+    if w.queue_name:
+        job_labels["kueue.x-k8s.io/queue-name"] = w.queue_name
+    template = {"metadata": {"labels": dict(job_labels)}, "spec": _pod_template(spec, config, settings)}
+    replica = {"restartPolicy": "ExitCode", "template": template}
+    replicas: dict[str, Any] = {"Master": {"replicas": 1, **replica}}
+    if w.nodes > 1:
+        replicas["Worker"] = {"replicas": w.nodes - 1, **json.loads(json.dumps(replica))}
+    run_policy: dict[str, Any] = {
+        "backoffLimit": policy.backoff_limit,
+        "cleanPodPolicy": policy.clean_pod_policy,
+        "suspend": suspend,
+    }
+    if policy.active_deadline_seconds is not None:
+        run_policy["activeDeadlineSeconds"] = policy.active_deadline_seconds
+    if policy.ttl_seconds_after_finished is not None:
+        run_policy["ttlSecondsAfterFinished"] = policy.ttl_seconds_after_finished
+    if w.gang_scheduling:
+        gang: dict[str, Any] = {"minAvailable": w.nodes}
+        if w.queue_name:
+            gang["queue"] = w.queue_name
+        if w.placement.priority_class_name:
+            gang["priorityClass"] = w.placement.priority_class_name
+        run_policy["schedulingPolicy"] = gang
+    job_spec: dict[str, Any] = {"runPolicy": run_policy, "pytorchReplicaSpecs": replicas}
+    if _nproc(spec) > 1:
+        job_spec["nprocPerNode"] = str(_nproc(spec))
+    return {
+        "apiVersion": f"{PYTORCHJOB_GROUP}/{PYTORCHJOB_VERSION}",
+        "kind": "PyTorchJob",
+        "metadata": {
+            "name": name,
+            "namespace": meta["namespace"],
+            "labels": job_labels,
+            "annotations": {PARAMETERS_ANNOTATION: json.dumps(parameters, sort_keys=True)},
+            "ownerReferences": [owner_reference(run)],
+        },
+        "spec": job_spec,
+    }

@@ -1,0 +1,332 @@
+"""Hyper-parameter search of a TrainingRun: which parameters the next trial gets, and when to stop one.
+
+Pure and deterministic. Every proposal is a function of the spec's `search` (its seed above all),
+the trial's index and the history of earlier trials — nothing is kept in memory between calls:
+
+- `grid` takes the `index`-th combination of the cartesian product of the parameters' options;
+- `random` samples from a generator seeded with `"{seed}:{index}"`, so the same seed proposes the
+  same trials in whatever order they are asked for;
+- `bayesian` rebuilds an in-memory Optuna study from the history (the trials the operator keeps in
+  the TrainingRun's status, with their parameters, states and objective values) on every call and
+  asks Optuna's TPE sampler, seeded with `seed + index`, for the next point.
+
+The history lives in status, so the sampler's state is rebuilt from status every time: an operator
+restart loses nothing, and proposes exactly what it would have proposed without the restart.
+
+Parameter values travel as strings (in status and to the trainer): integers as integers (`"64"`),
+reals with six significant digits (`"0.00123"`), choices as written in the spec.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import TrialState
+
+from modelops_operator.api.trainingrun import Search, SearchParameter
+
+__all__ = ["GRID_LIMIT", "Observation", "budget", "format_value", "is_better", "median_stop", "propose"]
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+#: Grid combinations considered at most; a larger product is cut to its first GRID_LIMIT combinations.
+GRID_LIMIT = 10_000
+
+ParameterValue = float | int | str
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One earlier trial, as the operator stores it in status."""
+
+    parameters: dict[str, str]
+    """The trial's parameters, written as strings."""
+    state: str
+    """Pending, Running, Succeeded, Failed or Stopped."""
+    value: float | None
+    """The trial's best objective value so far (None if it reported none)."""
+
+
+def budget(search: Search) -> int:
+    """How many trials the search may start: maxTrials, or for grid min(maxTrials, grid size)."""
+    if search.algorithm == "grid":
+        return min(search.max_trials, _grid_size(search.parameters))
+    return search.max_trials
+
+
+def propose(search: Search, index: int, history: Sequence[Observation]) -> dict[str, str]:
+    """The parameters of trial number `index` (0-based), keyed by parameter name, written as strings.
+
+    `history` holds the trials started before this one; only `bayesian` reads it. Raises ValueError
+    for a negative index, a grid index past the grid's size, or a search space that cannot be sampled.
+    """
+    if index < 0:
+        raise ValueError(f"trial index must be >= 0, got {index}")
+    if search.algorithm == "grid":
+        return _propose_grid(search, index)
+    if search.algorithm == "random":
+        return _propose_random(search, index)
+    return _propose_bayesian(search, index, history)
+
+
+def format_value(parameter: SearchParameter, value: ParameterValue) -> str:
+    """How a sampled value is written: ints as ints ("64"), floats with 6 significant digits via
+    f"{v:.6g}", choices as given.
+
+    A real value that rounding would carry past a bound is written as that bound instead, so a
+    written value always lies within `[min, max]`.
+    """
+    if parameter.type == "choice":
+        return str(value)
+    if parameter.type == "int":
+        return str(int(value))
+    number = float(value)
+    text = f"{number:.6g}"
+    if parameter.min is not None and float(text) < parameter.min:
+        return repr(float(parameter.min))
+    if parameter.max is not None and float(text) > parameter.max:
+        return repr(float(parameter.max))
+    return text
+
+
+def is_better(a: float, b: float | None, maximize: bool) -> bool:
+    """Whether objective value a beats b (None is beaten by anything but NaN; NaN beats nothing)."""
+    if math.isnan(a):
+        return False
+    if b is None or math.isnan(b):
+        return True
+    return a > b if maximize else a < b
+
+
+def median_stop(
+    curves: Mapping[str, Sequence[float]],
+    trial: str,
+    min_epochs: int,
+    maximize: bool,
+    metric: str = "objective",
+) -> str | None:
+    """Median stopping rule: whether `trial` should stop, and why.
+
+    `curves[name]` is a trial's objective value per finished epoch (index 0 = epoch 1). `trial` is
+    judged at its latest epoch e, and only once e >= min_epochs: its best value up to epoch e against
+    the median of the best values up to epoch e of the other trials that reached epoch e (at least
+    one). Returns a one-line reason when it is strictly worse (ties continue), else None. NaN values
+    are ignored; a trial with only NaN values while others have some is worse than the median.
+    """
+    curve = curves.get(trial, ())
+    epoch = len(curve)
+    if epoch == 0 or epoch < min_epochs:
+        return None
+    others = [
+        best
+        for name, other in curves.items()
+        if name != trial and len(other) >= epoch
+        if (best := _best(other[:epoch], maximize)) is not None
+    ]
+    if not others:
+        return None
+    median = statistics.median(others)
+    count = f"{len(others)} other trial{'s' if len(others) != 1 else ''}"
+    best = _best(curve, maximize)
+    if best is None:
+        return f"{metric} has only NaN values up to epoch {epoch}; the median of {count} is {median:.4g}"
+    if not is_better(median, best, maximize):
+        return None
+    return f"{metric} best {best:.4g} at epoch {epoch} is worse than the median {median:.4g} of {count}"
+
+
+def _best(values: Sequence[float], maximize: bool) -> float | None:
+    """The best of the values that are not NaN, or None when there is none."""
+    numbers = [v for v in values if not math.isnan(v)]
+    if not numbers:
+        return None
+    return max(numbers) if maximize else min(numbers)
+
+
+# --- grid ---------------------------------------------------------------------------------------
+
+
+def _int_bounds(parameter: SearchParameter) -> tuple[int, int]:
+    """The integers an `int` parameter spans, inclusive."""
+    if parameter.min is None or parameter.max is None:
+        raise ValueError(f"parameter {parameter.name!r} needs min and max")
+    low, high = math.ceil(parameter.min), math.floor(parameter.max)
+    if low > high:
+        raise ValueError(f"parameter {parameter.name!r} spans no integer in [{parameter.min}, {parameter.max}]")
+    return low, high
+
+
+def _float_bounds(parameter: SearchParameter) -> tuple[float, float]:
+    """The interval a `uniform` or `logUniform` parameter spans."""
+    if parameter.min is None or parameter.max is None or not parameter.min < parameter.max:
+        raise ValueError(f"parameter {parameter.name!r} needs min < max")
+    if parameter.type == "logUniform" and parameter.min <= 0:
+        raise ValueError(f"logUniform parameter {parameter.name!r} needs min > 0")
+    return parameter.min, parameter.max
+
+
+def _choices(parameter: SearchParameter) -> list[str]:
+    """The options of a `choice` parameter."""
+    if not parameter.values:
+        raise ValueError(f"choice parameter {parameter.name!r} needs values")
+    return list(parameter.values)
+
+
+def _grid_axis_size(parameter: SearchParameter) -> int:
+    """How many options a parameter contributes to the grid."""
+    if parameter.type == "choice":
+        return len(_choices(parameter))
+    if parameter.type == "int":
+        low, high = _int_bounds(parameter)
+        return high - low + 1
+    raise ValueError(f"grid search takes choice and int parameters only, not {parameter.type} ({parameter.name!r})")
+
+
+def _grid_size(parameters: Sequence[SearchParameter]) -> int:
+    """The number of grid combinations, capped at GRID_LIMIT."""
+    size = 1
+    for parameter in parameters:
+        size = min(size * _grid_axis_size(parameter), GRID_LIMIT)
+    return size
+
+
+def _propose_grid(search: Search, index: int) -> dict[str, str]:
+    """Combination `index` of itertools.product over the parameters' options, without building the product."""
+    size = _grid_size(search.parameters)
+    if index >= size:
+        raise ValueError(f"grid index {index} is past the grid's {size} combinations")
+    # itertools.product varies the last parameter fastest: decode `index` in mixed radix, last digit first.
+    digits: list[int] = []
+    rest = index
+    for parameter in reversed(search.parameters):
+        rest, digit = divmod(rest, _grid_axis_size(parameter))
+        digits.append(digit)
+    values: dict[str, str] = {}
+    for parameter, digit in zip(search.parameters, reversed(digits), strict=True):
+        if parameter.type == "choice":
+            values[parameter.name] = _choices(parameter)[digit]
+        else:
+            values[parameter.name] = format_value(parameter, _int_bounds(parameter)[0] + digit)
+    return values
+
+
+# --- random -------------------------------------------------------------------------------------
+
+
+def _propose_random(search: Search, index: int) -> dict[str, str]:
+    """A sample from a generator seeded by (seed, index) alone."""
+    rng = random.Random(f"{search.seed}:{index}")
+    values: dict[str, str] = {}
+    for parameter in search.parameters:
+        sample: ParameterValue
+        if parameter.type == "choice":
+            sample = rng.choice(_choices(parameter))
+        elif parameter.type == "int":
+            sample = rng.randint(*_int_bounds(parameter))
+        elif parameter.type == "uniform":
+            sample = rng.uniform(*_float_bounds(parameter))
+        else:
+            low, high = _float_bounds(parameter)
+            sample = min(max(math.exp(rng.uniform(math.log(low), math.log(high))), low), high)
+        values[parameter.name] = format_value(parameter, sample)
+    return values
+
+
+# --- bayesian -----------------------------------------------------------------------------------
+
+
+def _distribution(parameter: SearchParameter) -> BaseDistribution:
+    """The Optuna distribution of a parameter."""
+    if parameter.type == "choice":
+        return CategoricalDistribution(_choices(parameter))
+    if parameter.type == "int":
+        return IntDistribution(*_int_bounds(parameter))
+    low, high = _float_bounds(parameter)
+    return FloatDistribution(low, high, log=parameter.type == "logUniform")
+
+
+def _parse(parameter: SearchParameter, text: str) -> ParameterValue | None:
+    """A stored value converted back to its distribution's type, or None when it does not fit the space."""
+    try:
+        if parameter.type == "choice":
+            return text if text in _choices(parameter) else None
+        if parameter.type == "int":
+            number = float(text)
+            if not number.is_integer():
+                return None
+            low, high = _int_bounds(parameter)
+            return int(number) if low <= number <= high else None
+        real = float(text)
+        low_f, high_f = _float_bounds(parameter)
+        return real if low_f <= real <= high_f else None
+    except ValueError:
+        return None
+
+
+def _study_trial(
+    observation: Observation,
+    parameters: Sequence[SearchParameter],
+    distributions: dict[str, BaseDistribution],
+) -> optuna.trial.FrozenTrial | None:
+    """An earlier trial as an Optuna trial, or None when it does not fit the space or teaches nothing.
+
+    Parameters no longer searched are dropped; a missing or out-of-space value drops the whole trial.
+    """
+    params: dict[str, ParameterValue] = {}
+    for parameter in parameters:
+        text = observation.parameters.get(parameter.name)
+        value = None if text is None else _parse(parameter, text)
+        if value is None:
+            return None
+        params[parameter.name] = value
+    state: TrialState
+    value_: float | None = None
+    if observation.state in ("Succeeded", "Stopped"):
+        if observation.value is None:
+            return None
+        if math.isnan(observation.value):
+            state = TrialState.FAIL  # as Optuna treats a NaN objective
+        else:
+            state, value_ = TrialState.COMPLETE, float(observation.value)
+    elif observation.state == "Failed":
+        state = TrialState.FAIL
+    elif observation.state in ("Pending", "Running"):
+        state = TrialState.RUNNING  # lets the sampler's constant liar steer away from in-flight points
+    else:
+        return None
+    try:
+        return optuna.trial.create_trial(params=params, distributions=distributions, value=value_, state=state)
+    except ValueError:
+        return None
+
+
+def _propose_bayesian(search: Search, index: int, history: Sequence[Observation]) -> dict[str, str]:
+    """Ask a TPE sampler, seeded with `seed + index`, after replaying the history into a fresh study."""
+    distributions: dict[str, BaseDistribution] = {p.name: _distribution(p) for p in search.parameters}
+    with warnings.catch_warnings():
+        # `multivariate` is experimental in some Optuna 4 releases (ExperimentalWarning).
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(
+            seed=search.seed + index,
+            n_startup_trials=max(2, min(10, search.max_trials // 3)),
+            multivariate=True,
+        )
+        study = optuna.create_study(direction=search.objective.direction, sampler=sampler)
+        for observation in history:
+            trial = _study_trial(observation, search.parameters, distributions)
+            if trial is not None:
+                study.add_trial(trial)
+        asked = study.ask(distributions)
+    return {p.name: format_value(p, asked.params[p.name]) for p in search.parameters}
