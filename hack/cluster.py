@@ -268,7 +268,9 @@ def operator_component() -> Component:
         env={
             "KUBECONFIG": str(KUBECONFIG),
             "MODELOPS_HEALTH_PORT": os.environ.get("MODELOPS_HEALTH_PORT", "18080"),
+            "MODELOPS_METRICS_PORT": os.environ.get("MODELOPS_METRICS_PORT", "18081"),
             "MODELOPS_ARTIFACT_PVC": os.environ.get("MODELOPS_ARTIFACT_PVC", "modelops-artifacts"),
+            "MODELOPS_PROMETHEUS_URL": f"http://127.0.0.1:{PROMETHEUS_PORT}",
         },
     )
 

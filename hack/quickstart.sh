@@ -3,7 +3,8 @@
 # cluster, installs the CRDs, starts the operator, puts sample images on an artifact volume,
 # applies examples/quickstart/, waits until the Dataset is prepared by a real Job and the
 # TrainingRun has trained (two real PyTorchJobs on the local node) and registered an ONNX model,
-# and shows `kubectl get modelops -A`.
+# and the ModelDeployment serves it (a real inference server), classifies one image, and shows
+# `kubectl get modelops -A`.
 # Afterwards: eval "$(hack/cluster.py env)" gives you kubectl against it; hack/cluster.py down stops it.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,7 +30,17 @@ kubectl wait --for=jsonpath='{.status.phase}'=Succeeded --timeout=1200s training
 }
 kubectl get trainingrun digits-resnet -o jsonpath='{range .status.trials[*]}{.name}  {.state}  {.parameters}  objective={.objective}{"\n"}{end}'
 kubectl get trainingrun digits-resnet -o jsonpath='registered model version {.status.model.version}: {.status.model.uri} ({.status.model.digest}){"\n"}'
-kubectl wait --for=jsonpath='{.status.observedGeneration}'=1 --timeout=60s modeldeployment/digits >/dev/null
+echo "waiting for the ModelDeployment: the inference server on the local node, serving model version 1..."
+kubectl wait --for=condition=Ready --timeout=300s modeldeployment/digits || {
+  kubectl get modeldeployment digits -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
+  exit 1
+}
+# One request to a server pod (pod IPs are reachable from this machine), with a real digit image.
+pod_ip=$(kubectl get pods -l modelops.dev/modeldeployment=digits,modelops.dev/track=stable -o jsonpath='{.items[0].status.podIP}')
+image=$(find .cluster/nodeagent/volumes/default/modelops-artifacts/sources/digits/7 -name '*.png' | head -1)
+echo "classifying $image:"
+.venv/bin/python -c 'import sys, requests; print(requests.post(sys.argv[1], files={"file": open(sys.argv[2], "rb")}, timeout=30).text)' \
+  "http://$pod_ip:8080/v1/models/digits:classify" "$image"
 echo
 kubectl get modelops -A
 echo

@@ -119,6 +119,8 @@ class OperatorProcess:
             "MODELOPS_PROGRESS_SECONDS": "1",
             "MODELOPS_ARTIFACT_PVC": ARTIFACT_PVC,
             "MODELOPS_HEALTH_PORT": str(self.port),
+            "MODELOPS_METRICS_PORT": str(_free_port()),
+            "MODELOPS_PROMETHEUS_URL": PROMETHEUS,
             "MODELOPS_LOG_FORMAT": "json",
         }
         with open(self.log, "ab") as out:

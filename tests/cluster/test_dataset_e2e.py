@@ -20,8 +20,8 @@ ARTIFACT_VOLUME = [{"name": "artifacts", "persistentVolumeClaim": {"claimName": 
 ARTIFACT_MOUNT = [{"name": "artifacts", "mountPath": ARTIFACTS}]
 
 
-def seed_digits(namespace: str) -> None:
-    """The artifact PVC with scikit-learn's digits on it, written by a Job as a user would."""
+def artifact_pvc(namespace: str) -> None:
+    """The artifact PVC the operator mounts (its `MODELOPS_ARTIFACT_PVC`), as a user creates it."""
     apply(
         namespace,
         {
@@ -31,6 +31,11 @@ def seed_digits(namespace: str) -> None:
             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
         },
     )
+
+
+def seed_digits(namespace: str) -> None:
+    """The artifact PVC with scikit-learn's digits on it, written by a Job as a user would."""
+    artifact_pvc(namespace)
     seed = job(
         "seed",
         "from modelops_trainer.prepare.samples import write_digits; from pathlib import Path; "

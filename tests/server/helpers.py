@@ -215,3 +215,26 @@ def metric_value(text: str, name: str, **labels: str) -> float:
 
 def redis_server_binary() -> str | None:
     return shutil.which("redis-server")
+
+
+def poison_model(src: Path, dst: Path) -> str:
+    """A copy of the ONNX model at `src` whose scores are NaN for every input (its output times NaN),
+    with a model card naming its digest: it loads and warms up like a good one and fails on real
+    requests — the "bad model" of rollout tests. Returns the new file's digest."""
+    import onnx  # noqa: PLC0415
+    from onnx import helper, numpy_helper  # noqa: PLC0415
+
+    model = onnx.load(str(src))
+    out = model.graph.output[0].name
+    raw = f"{out}_before_poison"
+    for node in model.graph.node:
+        node.output[:] = [raw if o == out else o for o in node.output]
+    model.graph.initializer.append(numpy_helper.from_array(np.array(np.nan, dtype=np.float32), "modelops_nan"))
+    model.graph.node.append(helper.make_node("Mul", [raw, "modelops_nan"], [out]))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(dst))
+    digest = "sha256:" + hashlib.sha256(dst.read_bytes()).hexdigest()
+    card = json.loads(Path(f"{src}.card.json").read_text())
+    card["onnx"] = {**card["onnx"], "file": dst.name, "digest": digest}
+    Path(f"{dst}.card.json").write_text(json.dumps(card))
+    return digest

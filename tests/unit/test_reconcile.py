@@ -10,9 +10,9 @@ from pydantic import ValidationError
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import ConditionStatus
 from modelops_operator.api.dataset import DatasetSpec, DatasetStatus
-from modelops_operator.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
+from modelops_operator.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus, ServedModel
 from modelops_operator.api.trainingrun import TrainingRunStatus
-from modelops_operator.reconcile import kinds as rk
+from modelops_operator.reconcile import modeldeployment as rm
 from modelops_operator.reconcile.status import (
     describe_error,
     invalid_spec,
@@ -61,35 +61,49 @@ def test_set_condition_keeps_other_conditions_and_order():
 
 
 @pytest.mark.parametrize(
-    ("builder", "observed", "reason", "resolved"),
+    ("builder", "observed", "reason"),
     [
-        (model_deployment(), None, c.TRAINING_RUN_NOT_FOUND, ConditionStatus.FALSE),
-        (model_deployment(), {"status": {}}, c.MODEL_NOT_REGISTERED, ConditionStatus.FALSE),
-        (
-            model_deployment().set("spec.model.trainingRunRef.version", 4),
-            registered_run(3),
-            c.MODEL_NOT_REGISTERED,
-            ConditionStatus.FALSE,
-        ),
-        (model_deployment(), registered_run(3), c.NOT_IMPLEMENTED, ConditionStatus.TRUE),
+        (model_deployment(), None, c.TRAINING_RUN_NOT_FOUND),
+        (model_deployment(), {"status": {}}, c.MODEL_NOT_REGISTERED),
+        (model_deployment().set("spec.model.trainingRunRef.version", 4), registered_run(3), c.MODEL_NOT_REGISTERED),
+    ],
+    ids=["run-missing", "no-model", "version-not-yet"],
+)
+def test_model_deployment_waits_for_its_model(builder, observed, reason):
+    spec = ModelDeploymentSpec.model_validate(builder.spec)
+    why = rm.resolve_model(spec, observed)
+    assert isinstance(why, rm.Waiting) and why.reason == reason
+    st = rm.waiting_status(ModelDeploymentStatus(), 2, why)
+    assert ready(st).reason == reason and ready(st).status == ConditionStatus.FALSE
+    assert cond(st, c.MODEL_RESOLVED).status == ConditionStatus.FALSE
+    assert cond(st, c.MODEL_RESOLVED).reason == reason
+    assert st.observed_generation == 2 and st.phase == "Pending"
+
+
+@pytest.mark.parametrize(
+    ("builder", "observed", "version", "uri"),
+    [
+        (model_deployment(), registered_run(3), "digits-resnet:v3", "file:///m/model.onnx"),
         (
             model_deployment()
             .drop("spec.model.trainingRunRef")
             .set("spec.model.uri", "s3://b/m.onnx")
             .set("spec.model.digest", DIGEST),
             None,
-            c.NOT_IMPLEMENTED,
-            ConditionStatus.TRUE,
+            DIGEST[7:19],
+            "s3://b/m.onnx",
         ),
     ],
-    ids=["run-missing", "no-model", "version-not-yet", "registered", "uri"],
+    ids=["registered", "uri"],
 )
-def test_model_deployment_resolves_its_model(builder, observed, reason, resolved):
+def test_model_deployment_resolves_its_model(builder, observed, version, uri):
     spec = ModelDeploymentSpec.model_validate(builder.spec)
-    st = rk.model_deployment_status(spec, 2, ModelDeploymentStatus(), observed)
-    assert ready(st).reason == reason and ready(st).status == ConditionStatus.FALSE
-    assert cond(st, c.MODEL_RESOLVED).status == resolved
-    assert st.observed_generation == 2
+    model = rm.resolve_model(spec, observed)
+    assert model == ServedModel(version=version, uri=uri, digest=DIGEST)
+    st = rm.resolved_condition(ModelDeploymentStatus(observed_generation=2), 2, model)
+    resolved = cond(st, c.MODEL_RESOLVED)
+    assert resolved.status == ConditionStatus.TRUE and resolved.reason == c.MODEL_FOUND
+    assert resolved.observed_generation == 2 and DIGEST in resolved.message
 
 
 # --- status bookkeeping -------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 import kopf
+import prometheus_client
 
 from modelops_operator import __version__
 from modelops_operator.settings import OperatorSettings
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     # Imported here, after kopf.configure: importing registers the handlers with their settings.
     import modelops_operator.handlers  # noqa: F401, PLC0415
+
+    if settings.metrics_port:
+        prometheus_client.start_http_server(settings.metrics_port)
 
     kopf.run(
         standalone=True,

@@ -13,16 +13,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import kopf
+import prometheus_client
 from pydantic import ValidationError
 
-from modelops_operator import kube
-from modelops_operator.api.common import GROUP, VERSION, StatusBase
+from modelops_operator import kube, mlflow, prometheus
+from modelops_operator.api import conditions as c
+from modelops_operator.api.common import GROUP, VERSION, ConditionStatus, StatusBase
 from modelops_operator.api.kinds import DATASET, KINDS, MODEL_DEPLOYMENT, TRAINING_RUN, Kind
+from modelops_operator.api.trainingrun import TrainingRunSpec, TrainingRunStatus
+from modelops_operator.builders import alerts as ba
+from modelops_operator.builders import modeldeployment as bm
 from modelops_operator.reconcile import dataset as rd
-from modelops_operator.reconcile import kinds as rk
+from modelops_operator.reconcile import modeldeployment as rm
+from modelops_operator.reconcile import rollout
 from modelops_operator.reconcile import trainingrun as rt
 from modelops_operator.reconcile.status import describe_error, invalid_spec, merge_patch, parse_status, ready_events
 from modelops_operator.settings import OperatorSettings
@@ -113,13 +120,138 @@ def _training_run(spec: Any, generation: int, old: Any, body: kopf.Body) -> Stat
             _kube(kube.suspend_pytorchjob, ns, action.name, action.verb == "suspend")
     for event in outcome.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-    return outcome.status
+    return _register_in_mlflow(spec, outcome.status, body)
+
+
+def _register_in_mlflow(spec: TrainingRunSpec, status: TrainingRunStatus, body: kopf.Body) -> TrainingRunStatus:
+    """Record the latest model version in MLflow when the spec names a tracking server (once per
+    version: the registry call is idempotent by digest, and the version lands in status)."""
+    reg, model = spec.registry, status.model
+    if not reg.mlflow_tracking_uri or model is None or model.mlflow_version is not None:
+        return status
+    name = reg.model_name or (body.metadata.name or "")
+    tags = {
+        "modelops.dev/trainingrun": f"{body.metadata.namespace}/{body.metadata.name}",
+        "modelops.dev/version": str(model.version),
+        "modelops.dev/dataset": f"{model.dataset}@{model.dataset_version}",
+        "modelops.dev/trial": model.trial or "",
+    }
+    generation = status.observed_generation
+    try:
+        version = mlflow.register_model_version(
+            reg.mlflow_tracking_uri,
+            name,
+            model.uri,
+            digest=model.digest,
+            description=f"modelops TrainingRun {body.metadata.namespace}/{body.metadata.name} v{model.version}",
+            tags=tags,
+        )
+    except mlflow.RegistryError as e:
+        conds = c.set_condition(
+            status.conditions,
+            c.MLFLOW_REGISTERED,
+            ConditionStatus.FALSE,
+            c.MLFLOW_REGISTRATION_FAILED,
+            str(e),
+            generation,
+        )
+        return status.model_copy(update={"conditions": conds})
+    model = model.model_copy(update={"mlflow_version": version})
+    models = [model if m.version == model.version else m for m in status.models]
+    msg = f'model version {model.version} is version {version} of "{name}" in MLflow'
+    conds = c.set_condition(
+        status.conditions, c.MLFLOW_REGISTERED, ConditionStatus.TRUE, c.MLFLOW_VERSION_CREATED, msg, generation
+    )
+    kopf.event(body, type="Normal", reason=c.MLFLOW_VERSION_CREATED, message=msg)
+    return status.model_copy(update={"model": model, "models": models, "conditions": conds})
+
+
+#: Annotations that steer a rollout by hand, e.g. `kubectl annotate mdep NAME modelops.dev/promote=true`.
+COMMANDS: tuple[rollout.Command, ...] = ("promote", "abort", "retry")
+ROLLOUT_ABORTED = prometheus_client.Gauge(
+    "modelops_rollout_aborted",
+    "1 while the canary of a ModelDeployment is rolled back (analysis failed or aborted), else 0.",
+    ["namespace", "modeldeployment"],
+)
+
+
+def _track(deployment: dict[str, Any] | None) -> rollout.Track | None:
+    if deployment is None:
+        return None
+    spec, st = deployment.get("spec") or {}, deployment.get("status") or {}
+    annotations = ((spec.get("template") or {}).get("metadata") or {}).get("annotations") or {}
+    return rollout.Track(
+        replicas=int(spec.get("replicas") or 0),
+        ready=int(st.get("readyReplicas") or 0),
+        updated=int(st.get("updatedReplicas") or 0),
+        available=int(st.get("availableReplicas") or 0),
+        total=int(st.get("replicas") or 0),
+        digest=annotations.get(bm.DIGEST_ANNOTATION),
+        settled=int(st.get("observedGeneration") or 0) >= int(deployment["metadata"].get("generation") or 0),
+    )
+
+
+def _measure(spec: Any, analysis: Any, ns: str, name: str) -> list[rollout.Measurement]:
+    """Run each analysis metric's query for the canary (and the stable, for comparisons)."""
+    out = []
+    for metric in analysis.metrics:
+        try:
+            value = prometheus.query(
+                SETTINGS.prometheus_url, rm.metric_query(metric, ns, name, "canary", analysis.interval)
+            )
+            stable = None
+            if metric.compare_to_stable:
+                stable_q = rm.metric_query(metric, ns, name, "stable", analysis.interval)
+                stable = prometheus.query(SETTINGS.prometheus_url, stable_q)
+        except prometheus.PrometheusError as e:
+            raise kopf.TemporaryError(str(e), delay=10) from e
+        out.append(rollout.Measurement(metric.name, value, stable))
+    return out
 
 
 def _model_deployment(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBase:
+    ns, name = body.metadata.namespace or "", body.metadata.name or ""
     ref = spec.model.training_run_ref
-    run = _dependency(TRAINING_RUN, body.metadata.namespace or "", ref.name) if ref else None
-    return rk.model_deployment_status(spec, generation, old, run)
+    run = _dependency(TRAINING_RUN, ns, ref.name) if ref else None
+    target = rm.resolve_model(spec, run)
+    if isinstance(target, rm.Waiting):
+        return rm.waiting_status(old, generation, target)
+    md = dict(body)
+    stable = _track(_kube(kube.get_deployment, ns, bm.deployment_name(name, "stable")))
+    canary = _track(_kube(kube.get_deployment, ns, bm.deployment_name(name, "canary")))
+    annotations = body.metadata.annotations or {}
+    command = next((cmd for cmd in COMMANDS if annotations.get(f"{GROUP}/{cmd}") in ("true", "yes", "1")), None)
+    now = datetime.now(UTC)
+    analysis = rollout.due_analysis(spec, old, now)
+    measurements = _measure(spec, analysis, ns, name) if analysis is not None else None
+    seen = rollout.Observed(target, stable, canary, now, command, measurements)
+    plan = rollout.plan(spec, old, seen, generation)
+    children = [
+        bm.build_deployment(
+            md, spec, plan.stable_model, "stable", SETTINGS, None if stable else spec.autoscaling.min_replicas
+        ),
+        bm.build_deployment(md, spec, plan.canary_model, "canary", SETTINGS, plan.canary_replicas),
+        *bm.build_services(md),
+        bm.build_pdb(md),
+        bm.build_hpa(md, spec),
+    ]
+    if _kube(kube.crd_exists, "servicemonitors.monitoring.coreos.com"):
+        children.append(bm.build_service_monitor(md))
+    if spec.alerts.enabled and _kube(kube.crd_exists, "prometheusrules.monitoring.coreos.com"):
+        children.append(ba.build_prometheus_rule(md, spec))
+    for child in children:
+        _kube(kube.apply, child)
+    route = spec.rollout.traffic_routing.http_route
+    if route:
+        weight = plan.status.desired_weight if plan.status.canary is not None and not plan.status.aborted else 0
+        _kube(kube.patch_http_route, ns, route, bm.http_route_patch(spec, name, weight))
+    if command is not None and plan.command_done:
+        _kube(kube.remove_annotation, MODEL_DEPLOYMENT, ns, name, f"{GROUP}/{command}")
+    for event in plan.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    ROLLOUT_ABORTED.labels(ns, name).set(1 if plan.status.aborted and plan.status.canary else 0)
+    status = rm.resolved_condition(plan.status, generation, target)
+    return status.model_copy(update={"url": bm.service_url(md)})
 
 
 STATUS: dict[str, Callable[[Any, int, Any, kopf.Body], StatusBase]] = {

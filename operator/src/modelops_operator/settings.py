@@ -40,6 +40,9 @@ class OperatorSettings(BaseModel):
     """A PersistentVolumeClaim, in each object's namespace, mounted by every preparation and training
     pod at the artifact store's path when that is a `file://` URI (the local cluster's quickstart
     uses one); unset for object stores (`s3://`, `gs://`), which need no mount."""
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    """Prometheus that canary analysis queries (its HTTP API); the local cluster's is
+    http://127.0.0.1:19090."""
     log_format: Literal["json", "plain", "full"] = "json"
     """`json`: one JSON object per line, with the object's namespace and name (for log pipelines);
     `plain` or `full`: kopf's human-readable formats."""
@@ -47,6 +50,8 @@ class OperatorSettings(BaseModel):
     """Least severe log level printed."""
     health_port: int = Field(default=8080, ge=0, le=65535)
     """Port of the liveness endpoint (`/healthz`); 0 turns it off."""
+    metrics_port: int = Field(default=8081, ge=0, le=65535)
+    """Port of the operator's Prometheus metrics (`/metrics`); 0 turns them off."""
     watch_server_timeout_seconds: int = Field(default=300, ge=10)
     """Ask the API server to end each watch after this long; kopf then re-lists and re-watches, so a
     watch that silently stalled is replaced."""

@@ -65,6 +65,13 @@ class Settings(BaseModel):
     )
     max_rows_per_request: int = Field(default=64, ge=1, description="Most images in one request.")
     request_timeout_s: float = Field(default=30.0, gt=0, description="Answer 504 when a request takes longer.")
+    shutdown_delay_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=300,
+        description="On SIGTERM, keep serving this long with readiness false before draining, so load balancers "
+        "and endpoint lists stop sending traffic first (Kubernetes: a few seconds).",
+    )
     drain_timeout_s: float = Field(
         default=30.0, ge=0, description="On SIGTERM, how long to wait for in-flight requests before exiting."
     )

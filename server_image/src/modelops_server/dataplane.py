@@ -113,6 +113,7 @@ class DataPlane:
         )
         self.current: ServedModel | None = None
         self.draining = False
+        self.leaving = False  # SIGTERM seen: readiness false, requests still served (--shutdown-delay-s)
         self._outbox: MPQueue[tuple[Any, ...]] = _CTX.Queue()
         self._workers: list[_WorkerHandle] = []
         self._pending: dict[int, _WorkerHandle] = {}
@@ -146,7 +147,9 @@ class DataPlane:
     @property
     def ready(self) -> bool:
         """A model is loaded in every worker and the server is not draining."""
-        return self.current is not None and not self.draining and any(w.ready for w in self._workers)
+        return (
+            self.current is not None and not self.draining and not self.leaving and any(w.ready for w in self._workers)
+        )
 
     @property
     def depth(self) -> int:

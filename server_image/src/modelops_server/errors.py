@@ -96,6 +96,13 @@ class InferenceTimeout(ServerError):
     reason = "timeout"
 
 
+class InvalidModelOutput(ServerError):
+    """The model produced scores that are not finite numbers (NaN or infinity) for a real input:
+    a broken model, answered as an error (HTTP 500) rather than as a confident wrong answer."""
+
+    reason = "invalid_output"
+
+
 class ModelLoadError(ServerError):
     """The model or its card could not be fetched, parsed or opened by ONNX Runtime."""
 
@@ -121,6 +128,7 @@ HTTP_STATUS: dict[type[ServerError], int] = {
     Overloaded: 503,
     WorkerCrashed: 503,
     InferenceTimeout: 504,
+    InvalidModelOutput: 500,
     ModelLoadError: 500,
     DigestMismatch: 500,
 }

@@ -2,7 +2,8 @@
 
 Order matters for Kubernetes. The port opens first, so the liveness probe passes while the model
 loads; readiness turns true only when every worker has loaded and warmed it up. On SIGTERM (or
-Ctrl-C): readiness turns false and new requests get 503 with ``Connection: close``, the listening
+Ctrl-C): readiness turns false; requests are still served for ``--shutdown-delay-s`` (time for
+endpoint lists and load balancers to drop the pod); then new requests get 503 with ``Connection: close``, the listening
 socket closes (new connections are refused), admitted requests finish (up to
 ``--drain-timeout-s``), then the workers stop and the process exits 0.
 """
@@ -68,6 +69,10 @@ async def serve(settings: Settings) -> int:
     else:
         starting.cancel()
 
+    if settings.shutdown_delay_s and code == 0 and starting.done():
+        log.info("shutting down: not ready, still serving", extra={"delay_s": settings.shutdown_delay_s})
+        plane.leaving = True
+        await asyncio.sleep(settings.shutdown_delay_s)
     log.info("shutting down: draining in-flight requests", extra={"in_flight": plane.depth})
     plane.draining = True
     await site.stop()

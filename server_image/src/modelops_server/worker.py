@@ -41,7 +41,7 @@ import numpy.typing as npt
 import orjson
 
 from modelops_server import protocol
-from modelops_server.errors import ServerError, Unavailable, http_status, to_wire
+from modelops_server.errors import InvalidModelOutput, ServerError, Unavailable, http_status, to_wire
 from modelops_server.modelcard import ModelCard
 from modelops_server.runtime import ModelRunner, RuntimeOptions
 
@@ -239,6 +239,8 @@ class Worker:
             part = logits[offset : offset + item.count]
             offset += item.count
             try:
+                if not np.isfinite(part).all():
+                    raise InvalidModelOutput(f"model {name} version {version} produced non-finite scores")
                 if item.kind == "classify":
                     doc = {
                         "model_name": name,

@@ -21,6 +21,10 @@ DATASET_READY = "DatasetReady"
 """For a TrainingRun: the Dataset it trains on is Ready and its version is pinned."""
 TRAINING_RUNNING = "TrainingRunning"
 """For a TrainingRun: trials are running."""
+AVAILABLE = "Available"
+"""For a ModelDeployment: at least one stable server pod is ready."""
+MLFLOW_REGISTERED = "MLflowRegistered"
+"""For a TrainingRun with `spec.registry.mlflowTrackingUri`: the latest model version is in MLflow."""
 MODEL_RESOLVED = "ModelResolved"
 """For a ModelDeployment: the model to serve is known (a registered version, or a URI with digest)."""
 
@@ -99,6 +103,27 @@ MODEL_NOT_REGISTERED = "ModelNotRegistered"
 MODEL_FOUND = "ModelFound"
 """The model to serve is known: its URI and digest are in status."""
 
+MINIMUM_REPLICAS_AVAILABLE = "MinimumReplicasAvailable"
+"""Stable server pods are ready (Available)."""
+NO_READY_REPLICAS = "NoReadyReplicas"
+"""No stable server pod is ready (Available is False)."""
+SERVING = "Serving"
+"""Ready: the stable Deployment serves the model the spec asks for, every pod rolled out."""
+ROLLING_STABLE = "RollingStable"
+"""The stable Deployment is rolling its pods to the stable model (first deployment, or after a promotion)."""
+ROLLOUT_IN_PROGRESS = "RolloutInProgress"
+"""A canary is being rolled out; `status.message` says which step and what it waits for."""
+ROLLOUT_PAUSED = "RolloutPaused"
+"""The rollout waits for a human: a pause step without duration, or analysis without data."""
+ROLLED_BACK = "RolledBack"
+"""The canary was rolled back (analysis failed, or aborted by hand); stable serves all traffic."""
+
+MLFLOW_VERSION_CREATED = "MLflowVersionCreated"
+"""The model version was registered in MLflow (`status.model.mlflowVersion`)."""
+MLFLOW_REGISTRATION_FAILED = "MLflowRegistrationFailed"
+"""MLflow refused the model version or could not be reached; the message quotes it. Retried at
+every resync; the model stays registered in status."""
+
 #: Reasons that mean "waiting, nothing wrong": their Events are Normal, all others Warnings.
 WAITING_REASONS = frozenset(
     {
@@ -110,6 +135,10 @@ WAITING_REASONS = frozenset(
         PREPARING,
         TRIALS_RUNNING,
         SUSPENDED,
+        SERVING,
+        ROLLING_STABLE,
+        ROLLOUT_IN_PROGRESS,
+        ROLLOUT_PAUSED,
     }
 )
 

@@ -302,7 +302,18 @@ class ModelDeploymentStatus(StatusBase):
     current_step: int | None = Field(default=None, ge=0)
     """Index of the rollout step under way."""
     canary_weight: int = Field(default=0, ge=0, le=100)
-    """Percentage of traffic the canary receives."""
+    """Percentage of traffic the canary receives now: with replica-ratio routing, its share of the
+    ready server pods (which may differ from the step's weight: one canary pod beside one stable
+    pod is 50%)."""
+    desired_weight: int = Field(default=0, ge=0, le=100)
+    """The weight the current rollout step asks for."""
+    step_started_at: str | None = Field(default=None, max_length=64)
+    """When the current rollout step began (RFC 3339): pauses and analysis intervals count from it."""
+    aborted: bool = False
+    """The current canary was rolled back (analysis failed, or `modelops.dev/abort`); it stays at 0%
+    until `modelops.dev/retry` or a new model version."""
+    message: str | None = Field(default=None, max_length=1024)
+    """One line on what the rollout is doing or waiting for."""
     analysis: list[AnalysisResult] = Field(default_factory=list, max_length=256)
     """The latest analysis measurements of the current rollout."""
     replicas: int = Field(default=0, ge=0)

@@ -351,6 +351,8 @@ class RegisteredModel(ApiModel):
     """That trial's objective value."""
     code_version: str | None = Field(default=None, max_length=63)
     """The operator version that launched the training (the trainer's is in the model card)."""
+    mlflow_version: str | None = Field(default=None, max_length=63)
+    """Its version in the MLflow Model Registry, when `spec.registry.mlflowTrackingUri` is set."""
     parameters: dict[str, str] = Field(default_factory=dict)
     """That trial's hyper-parameters."""
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from typing import Any
 
 import kubernetes
+import kubernetes.dynamic
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
@@ -180,3 +182,82 @@ def pod_log(namespace: str, name: str, container: str, tail_lines: int = 5000) -
     except (urllib3.exceptions.HTTPError, OSError) as e:
         raise Unavailable(f"log of {namespace}/{name}: {e}") from e
     return str(text)
+
+
+FIELD_MANAGER = "modelops-operator"
+
+
+@functools.cache
+def _dynamic() -> kubernetes.dynamic.DynamicClient:
+    return kubernetes.dynamic.DynamicClient(login())
+
+
+def apply(body: dict[str, Any]) -> dict[str, Any]:
+    """Server-side apply `body` as the operator's field manager, taking over conflicting fields
+    (a manual edit of a field the operator sets is reverted). An unchanged object is not written."""
+    meta = body["metadata"]
+    what = f"apply {body['kind']} {meta.get('namespace')}/{meta['name']}"
+    try:
+        resource = _dynamic().resources.get(api_version=body["apiVersion"], kind=body["kind"])
+    except kubernetes.dynamic.exceptions.ResourceNotFoundError as e:
+        raise Unavailable(f"{what}: the API server does not serve {body['apiVersion']} {body['kind']}") from e
+    res = _call(
+        what,
+        resource.server_side_apply,
+        body=body,
+        name=meta["name"],
+        namespace=meta.get("namespace"),
+        field_manager=FIELD_MANAGER,
+        force_conflicts=True,
+    )
+    return dict(res.to_dict()) if res is not None else {}
+
+
+def get_deployment(namespace: str, name: str) -> dict[str, Any] | None:
+    """A Deployment as a plain dict, or None."""
+    apps = kubernetes.client.AppsV1Api(login())
+    res = _call(f"get deployment {namespace}/{name}", apps.read_namespaced_deployment, name, namespace)
+    return dict(_plain(res)) if res is not None else None
+
+
+_API_SEEN: dict[str, tuple[float, bool]] = {}
+
+
+def crd_exists(name: str, ttl: float = 60.0) -> bool:
+    """Whether the CustomResourceDefinition `name` (e.g. `servicemonitors.monitoring.coreos.com`)
+    is installed; remembered for `ttl` seconds."""
+    now = time.monotonic()
+    if name in _API_SEEN and now - _API_SEEN[name][0] < ttl:
+        return _API_SEEN[name][1]
+    ext = kubernetes.client.ApiextensionsV1Api(login())
+    found = _call(f"get crd {name}", ext.read_custom_resource_definition, name) is not None
+    _API_SEEN[name] = (now, found)
+    return found
+
+
+def remove_annotation(kind: Kind, namespace: str, name: str, key: str) -> None:
+    """Delete one annotation of one of our objects (a consumed manual command)."""
+    _call(
+        f"patch {kind.plural} {namespace}/{name}",
+        _api().patch_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        namespace,
+        kind.plural,
+        name,
+        {"metadata": {"annotations": {key: None}}},
+    )
+
+
+def patch_http_route(namespace: str, name: str, patch: dict[str, Any]) -> None:
+    """Merge-patch a Gateway API HTTPRoute (its rules' backend weights)."""
+    _call(
+        f"patch httproute {namespace}/{name}",
+        _api().patch_namespaced_custom_object,
+        "gateway.networking.k8s.io",
+        "v1",
+        namespace,
+        "httproutes",
+        name,
+        patch,
+    )

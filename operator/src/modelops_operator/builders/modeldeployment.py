@@ -1,0 +1,313 @@
+"""The children of a ModelDeployment: stable and canary Deployments of the inference server, the
+Service over both (and one per track, for HTTPRoute backends), a PodDisruptionBudget, a
+HorizontalPodAutoscaler, and (when prometheus-operator is installed) a ServiceMonitor.
+
+Everything is applied with server-side apply by the field manager `modelops-operator`: what the
+operator sets it owns, so a manual edit of an owned field is reverted at the next reconcile, and
+an unchanged object is not written at all (no update loops). The stable Deployment's `replicas`
+is left out of what is applied: the HorizontalPodAutoscaler owns it.
+
+Traffic: the Service `<name>` selects the server pods of both tracks, so with replica-ratio
+routing the canary's share of traffic is its share of the ready pods; the canary Deployment's
+replica count is chosen from the step's weight and the stable's replicas.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from modelops_operator.api.modeldeployment import ModelDeploymentSpec, ServedModel
+from modelops_operator.builders.common import (
+    labels,
+    owner_reference,
+    place,
+    restricted_container_security,
+    restricted_pod_security,
+)
+from modelops_operator.builders.dataset import artifact_mounts
+from modelops_operator.settings import OperatorSettings
+
+KIND = "ModelDeployment"
+TRACK_LABEL = "modelops.dev/track"
+OWNER_LABEL = "modelops.dev/modeldeployment"
+DIGEST_ANNOTATION = "modelops.dev/model-digest"
+PORT = 8080
+DRAIN_SECONDS = 30
+#: Seconds a terminating server keeps serving while not ready, so endpoint lists drop it first.
+SHUTDOWN_DELAY_SECONDS = 5
+#: Longer than the server's delay and drain, so in-flight requests are answered before the kill.
+GRACE_SECONDS = SHUTDOWN_DELAY_SECONDS + DRAIN_SECONDS + 15
+GPU = "nvidia.com/gpu"
+#: Used when the spec asks for no resources: the autoscaler's CPU target needs a CPU request.
+DEFAULT_REQUESTS = {"cpu": "500m", "memory": "512Mi"}
+
+
+def deployment_name(name: str, track: str) -> str:
+    return f"{name[: 63 - len(track) - 1]}-{track}"
+
+
+def selector(name: str, track: str | None = None) -> dict[str, str]:
+    """The labels that pick a ModelDeployment's server pods (of one track, or both)."""
+    sel = {OWNER_LABEL: name}
+    if track:
+        sel[TRACK_LABEL] = track
+    return sel
+
+
+def _meta(md: dict[str, Any], name: str, component: str, **extra: Any) -> dict[str, Any]:
+    owner = md["metadata"]["name"]
+    return {
+        "name": name,
+        "namespace": md["metadata"]["namespace"],
+        "labels": labels(KIND, owner, component),
+        "ownerReferences": [owner_reference(md)],
+        **extra,
+    }
+
+
+def canary_replicas(weight: int, stable_replicas: int, override: int | None = None) -> int:
+    """Canary pods for a traffic weight under replica-ratio routing: the count whose share of all
+    pods comes closest to `weight` from above, at least one while the weight is above 0."""
+    if weight <= 0:
+        return 0
+    if override is not None:
+        return override
+    if weight >= 100:
+        return max(1, stable_replicas)
+    return max(1, math.ceil(stable_replicas * weight / (100 - weight)))
+
+
+def pod_template(
+    md: dict[str, Any], spec: ModelDeploymentSpec, model: ServedModel, track: str, settings: OperatorSettings
+) -> dict[str, Any]:
+    """The server pod of one track, serving `model`."""
+    name = md["metadata"]["name"]
+    server = spec.server
+    env = {
+        "MODELOPS_MODEL_URI": model.uri,
+        "MODELOPS_MODEL_DIGEST": model.digest,
+        "MODELOPS_MODEL_NAME": name,
+        "MODELOPS_MODEL_VERSION": model.version or model.digest[7:19],
+        "MODELOPS_PORT": str(PORT),
+        "MODELOPS_WORKERS": str(server.workers),
+        "MODELOPS_MAX_BATCH_SIZE": str(server.max_batch_size),
+        "MODELOPS_MAX_BATCH_DELAY_MS": str(server.max_batch_delay_ms),
+        "MODELOPS_QUEUE_CAPACITY": str(server.queue_capacity),
+        "MODELOPS_DRAIN_TIMEOUT_S": str(DRAIN_SECONDS),
+        "MODELOPS_SHUTDOWN_DELAY_S": str(SHUTDOWN_DELAY_SECONDS),
+        "MODELOPS_DEVICE": "cuda" if server.gpus else "cpu",
+        "MODELOPS_CACHE_DIR": "/tmp/models",
+        "MODELOPS_LOG_FORMAT": "json",
+    }
+    resources = {k: dict(v) for k, v in server.resources.wire().items() if v}
+    requests = resources.setdefault("requests", {})
+    for key, value in DEFAULT_REQUESTS.items():
+        # A limit alone makes Kubernetes request the limit; only a resource with neither gets ours.
+        if key not in requests and key not in resources.get("limits", {}):
+            requests[key] = value
+    if server.gpus:
+        resources.setdefault("limits", {})[GPU] = str(server.gpus)
+        requests[GPU] = str(server.gpus)
+    if not requests:
+        del resources["requests"]
+    volumes, mounts = artifact_mounts([model.uri], settings)
+    for mount in mounts:
+        mount["readOnly"] = True
+    volumes.append({"name": "tmp", "emptyDir": {}})
+    mounts.append({"name": "tmp", "mountPath": "/tmp"})
+
+    def probe(path: str, period: int, failures: int) -> dict[str, Any]:
+        return {
+            "httpGet": {"path": path, "port": "http"},
+            "periodSeconds": period,
+            "timeoutSeconds": 2,
+            "failureThreshold": failures,
+        }
+
+    container = {
+        "name": "server",
+        "image": settings.server_image,
+        "command": ["python", "-m", "modelops_server"],
+        "env": [{"name": k, "value": v} for k, v in env.items()],
+        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "startupProbe": probe("/v2/health/live", 2, 90),  # fetching and checking a large model takes time
+        "readinessProbe": probe("/v2/health/ready", 2, 2),
+        "livenessProbe": probe("/v2/health/live", 10, 3),
+        "resources": resources,
+        "securityContext": restricted_container_security(),
+        "volumeMounts": mounts,
+    }
+    pod: dict[str, Any] = {
+        "securityContext": restricted_pod_security(),
+        "containers": [container],
+        "volumes": volumes,
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": GRACE_SECONDS,
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": selector(name, track)},
+            }
+        ],
+    }
+    place(pod, server.placement)
+    if server.gpus and not any(t.get("key") == GPU for t in pod.get("tolerations", [])):
+        pod.setdefault("tolerations", []).append({"key": GPU, "operator": "Exists", "effect": "NoSchedule"})
+    return {
+        "metadata": {
+            "labels": {**labels(KIND, name, "server"), **selector(name, track)},
+            "annotations": {
+                DIGEST_ANNOTATION: model.digest,
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(PORT),
+                "prometheus.io/path": "/metrics",
+            },
+        },
+        "spec": pod,
+    }
+
+
+def build_deployment(
+    md: dict[str, Any],
+    spec: ModelDeploymentSpec,
+    model: ServedModel,
+    track: str,
+    settings: OperatorSettings,
+    replicas: int | None,
+) -> dict[str, Any]:
+    """The `apps/v1` Deployment of a track; `replicas` None leaves the count to the autoscaler."""
+    name = md["metadata"]["name"]
+    body: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(md, deployment_name(name, track), f"server-{track}"),
+        "spec": {
+            "selector": {"matchLabels": selector(name, track)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "revisionHistoryLimit": 3,
+            "template": pod_template(md, spec, model, track, settings),
+        },
+    }
+    if replicas is not None:
+        body["spec"]["replicas"] = replicas
+    return body
+
+
+def build_services(md: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Service over both tracks (what clients use), and one per track (HTTPRoute backends)."""
+    name = md["metadata"]["name"]
+    out = []
+    for track in (None, "stable", "canary"):
+        svc_name = deployment_name(name, track) if track else name
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": _meta(md, svc_name, f"service-{track}" if track else "service"),
+                "spec": {
+                    "selector": selector(name, track),
+                    "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+                },
+            }
+        )
+    return out
+
+
+def service_url(md: dict[str, Any]) -> str:
+    meta = md["metadata"]
+    return f"http://{meta['name']}.{meta['namespace']}.svc.cluster.local"
+
+
+def build_pdb(md: dict[str, Any]) -> dict[str, Any]:
+    """At most one stable pod down at a time by voluntary disruption (drains, evictions)."""
+    name = md["metadata"]["name"]
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(md, name, "disruption-budget"),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(name, "stable")}},
+    }
+
+
+def build_hpa(md: dict[str, Any], spec: ModelDeploymentSpec) -> dict[str, Any]:
+    """The `autoscaling/v2` HorizontalPodAutoscaler of the stable Deployment."""
+    name, auto = md["metadata"]["name"], spec.autoscaling
+    metrics: list[dict[str, Any]] = [
+        {
+            "type": "Resource",
+            "resource": {
+                "name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": auto.target_cpu_utilization},
+            },
+        }
+    ]
+    if auto.custom_metric is not None:
+        metrics.append(
+            {
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": auto.custom_metric.name},
+                    "target": {"type": "AverageValue", "averageValue": str(auto.custom_metric.target_average_value)},
+                },
+            }
+        )
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _meta(md, name, "autoscaler"),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment_name(name, "stable")},
+            "minReplicas": auto.min_replicas,
+            "maxReplicas": auto.max_replicas,
+            "metrics": metrics,
+        },
+    }
+
+
+def build_service_monitor(md: dict[str, Any]) -> dict[str, Any]:
+    """A prometheus-operator ServiceMonitor over the track Services, keeping the pod labels that
+    analysis queries and alert rules select on (`modelops_dev_modeldeployment`, `modelops_dev_track`)."""
+    name = md["metadata"]["name"]
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": _meta(md, name, "service-monitor"),
+        "spec": {
+            "selector": {
+                "matchLabels": {OWNER_LABEL: name, "app.kubernetes.io/name": "modelops"},
+                "matchExpressions": [
+                    {
+                        "key": "app.kubernetes.io/component",
+                        "operator": "In",
+                        "values": ["service-stable", "service-canary"],
+                    }
+                ],
+            },
+            "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],
+            "podTargetLabels": [OWNER_LABEL, TRACK_LABEL],
+        },
+    }
+
+
+def http_route_patch(spec: ModelDeploymentSpec, name: str, weight: int) -> dict[str, Any]:
+    """A merge patch for the user's HTTPRoute: its rules send `weight`% to the canary Service and
+    the rest to the stable one; with a header route, a first rule sends matching requests to the
+    canary whatever the weight."""
+    backends = [
+        {"name": deployment_name(name, "stable"), "port": 80, "weight": 100 - weight},
+        {"name": deployment_name(name, "canary"), "port": 80, "weight": weight},
+    ]
+    rules: list[dict[str, Any]] = []
+    header = spec.rollout.traffic_routing.header_route
+    if header is not None:
+        rules.append(
+            {
+                "matches": [{"headers": [{"type": "Exact", "name": header.name, "value": header.value}]}],
+                "backendRefs": [{"name": deployment_name(name, "canary"), "port": 80, "weight": 1}],
+            }
+        )
+    rules.append({"backendRefs": backends})
+    return {"spec": {"rules": rules}}

@@ -1,0 +1,251 @@
+"""ModelDeployments end to end on the local cluster: real server processes on the executing node,
+real Prometheus scraping them, a load generator sending traffic through the Service's endpoints, a
+good model promoted through every step and a bad one rolled back by analysis."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from modelops_operator.api import conditions as c
+from modelops_operator.api.common import GROUP, VERSION
+from tests.cluster.conftest import ARTIFACT_PVC, ARTIFACTS, ON_LOCAL_NODE, STATE, kubectl, wait_until
+from tests.cluster.test_dataset_e2e import artifact_pvc
+from tests.server.helpers import export_model, image_bytes, poison_model
+
+pytestmark = pytest.mark.localnode
+
+
+def md_status(custom, namespace: str, name: str) -> dict[str, Any]:
+    obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", name)
+    return obj.get("status") or {}
+
+
+def artifacts_on_host(namespace: str) -> Path:
+    """The artifact PVC, and where the node agent keeps its files on this machine."""
+    artifact_pvc(namespace)
+    path = STATE / "nodeagent" / "volumes" / namespace / ARTIFACT_PVC
+    wait_until("the artifact volume", path.is_dir, timeout=60)
+    return path
+
+
+class Load:
+    """Requests to the ready endpoints of the Service, one at a time from a few threads; each
+    answer is attributed to the model version that gave it (or to the endpoint's track on errors)."""
+
+    def __init__(self, namespace: str, name: str) -> None:
+        self.namespace, self.name = namespace, name
+        self.stop = threading.Event()
+        self.results: list[tuple[str, int, str]] = []  # (pod IP, status, model version or "")
+        self.endpoints: list[str] = []
+        self.threads = [threading.Thread(target=self.refresh, daemon=True)]
+        self.threads += [threading.Thread(target=self.send, args=(i,), daemon=True) for i in range(3)]
+
+    def refresh(self) -> None:
+        while not self.stop.is_set():
+            out = kubectl(
+                "-n",
+                self.namespace,
+                "get",
+                "endpointslices",
+                "-l",
+                f"kubernetes.io/service-name={self.name}",
+                "-o",
+                "json",
+                check=False,
+            ).stdout
+            try:
+                slices = json.loads(out)["items"]
+            except ValueError:
+                slices = []
+            self.endpoints = [
+                a
+                for s in slices
+                for e in s.get("endpoints") or []
+                if (e.get("conditions") or {}).get("ready")
+                for a in e["addresses"]
+            ]
+            time.sleep(1)
+
+    def send(self, seed: int) -> None:
+        rng = random.Random(seed)
+        image = image_bytes(seed)
+        while not self.stop.is_set():
+            if not self.endpoints:
+                time.sleep(0.2)
+                continue
+            ip = rng.choice(self.endpoints)
+            try:
+                r = requests.post(
+                    f"http://{ip}:8080/v1/models/{self.name}:classify",
+                    files={"file": ("x.png", image, "image/png")},
+                    timeout=10,
+                )
+                version = r.json().get("model_version", "") if r.status_code == 200 else ""
+                self.results.append((ip, r.status_code, version))
+            except (requests.RequestException, ValueError):
+                self.results.append((ip, 0, ""))
+            time.sleep(0.05)
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=15)
+
+
+def pod_ips_by_track(namespace: str, name: str) -> dict[str, str]:
+    out = kubectl("-n", namespace, "get", "pods", "-l", f"modelops.dev/modeldeployment={name}", "-o", "json").stdout
+    return {
+        p["status"]["podIP"]: p["metadata"]["labels"]["modelops.dev/track"]
+        for p in json.loads(out)["items"]
+        if p.get("status", {}).get("podIP")
+    }
+
+
+@pytest.mark.slow
+def test_a_good_model_is_promoted_and_a_bad_one_rolled_back_by_analysis(operator, custom, namespace, tmp_path):
+    store = artifacts_on_host(namespace)
+    good1 = export_model(store / "models" / "v1", seed=1, name="digits")
+    good2 = export_model(store / "models" / "v2", seed=2, name="digits")
+    bad_digest = poison_model(good2.path, store / "models" / "bad" / "model.onnx")
+
+    def uri(path: Path) -> str:
+        return f"file://{ARTIFACTS}/{path.relative_to(store)}"
+
+    analysis = {
+        "interval": "15s",
+        "count": 2,
+        "failureLimit": 0,
+        "inconclusiveLimit": 4,
+        "metrics": [
+            {"name": "errorRate", "template": "errorRate", "max": 0.05},
+            {"name": "latencyP99", "template": "latencyP99", "max": 5.0},
+        ],
+    }
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "digits"},
+        "spec": {
+            "model": {"uri": uri(good1.path), "digest": good1.digest},
+            "server": {"placement": ON_LOCAL_NODE, "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}}},
+            "autoscaling": {"minReplicas": 1, "maxReplicas": 2},
+            "rollout": {"steps": [{"setWeight": 50}, {"analysis": analysis}]},
+        },
+    }
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", body)
+    wait_until("Healthy", lambda: md_status(custom, namespace, "digits").get("phase") == "Healthy", timeout=180)
+    st = md_status(custom, namespace, "digits")
+    assert st["stable"]["digest"] == good1.digest and st["readyReplicas"] >= 1
+    assert st["url"] == f"http://digits.{namespace}.svc.cluster.local"
+    for kind in ("deployment/digits-stable", "deployment/digits-canary", "service/digits", "pdb/digits", "hpa/digits"):
+        assert kubectl("-n", namespace, "get", kind, check=False).returncode == 0, kind
+
+    def patch_model(path: Path, digest: str) -> None:
+        custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "modeldeployments",
+            "digits",
+            {"spec": {"model": {"uri": uri(path), "digest": digest}}},
+        )
+
+    with Load(namespace, "digits") as load:
+        wait_until("traffic", lambda: len(load.results) > 20, timeout=60)
+
+        # A good model: canary at 50%, two clean analysis measurements, promoted; v1 kept as previous.
+        patch_model(good2.path, good2.digest)
+        wait_until(
+            "the canary promoted",
+            lambda: md_status(custom, namespace, "digits").get("stable", {}).get("digest") == good2.digest,
+            timeout=300,
+        )
+        st = md_status(custom, namespace, "digits")
+        assert st["previous"]["digest"] == good1.digest
+        passed = [r for r in st["analysis"] if r["result"] == "Successful"]
+        assert {r["metric"] for r in passed} == {"errorRate", "latencyP99"} and len(passed) >= 4
+        assert all(r["value"] is not None for r in passed)
+        wait_until(
+            "Healthy again", lambda: md_status(custom, namespace, "digits").get("phase") == "Healthy", timeout=180
+        )
+        tracks_before_bad = pod_ips_by_track(namespace, "digits")
+
+        # A bad model (NaN scores: every answer a 500): rolled back by the error-rate analysis.
+        mark = len(load.results)
+        patch_model(store / "models" / "bad" / "model.onnx", bad_digest)
+        tracks = dict(tracks_before_bad)
+
+        def rolled_back() -> bool:
+            tracks.update(pod_ips_by_track(namespace, "digits"))  # the bad canary's pod, while it lives
+            return md_status(custom, namespace, "digits").get("phase") == "Degraded"
+
+        wait_until("the rollback", rolled_back, timeout=300)
+        st = md_status(custom, namespace, "digits")
+        assert st["stable"]["digest"] == good2.digest and st["canary"]["digest"] == bad_digest and st["aborted"]
+        degraded = next(x for x in st["conditions"] if x["type"] == c.DEGRADED)
+        assert (
+            degraded["status"] == "True" and degraded["reason"] == c.ROLLED_BACK and "errorRate" in degraded["message"]
+        )
+        failed = [r for r in st["analysis"] if r["result"] == "Failed"]
+        assert failed and failed[-1]["metric"] == "errorRate" and failed[-1]["value"] > 0.05
+        wait_until(
+            "the canary scaled to 0",
+            lambda: (
+                json.loads(kubectl("-n", namespace, "get", "deployment", "digits-canary", "-o", "json").stdout)["spec"][
+                    "replicas"
+                ]
+                == 0
+            ),
+            timeout=60,
+        )
+        time.sleep(3)
+
+    # The error budget held on stable throughout: every failed answer came from the bad canary.
+    during = load.results[mark:]
+    good_versions = {good1.digest[7:19], good2.digest[7:19]}
+    by_track = Counter((tracks.get(ip, "?"), code == 200) for ip, code, _ in during)
+    stable_ok, stable_bad = by_track[("stable", True)], by_track[("stable", False)]
+    assert stable_ok > 20 and stable_bad <= 0.01 * (stable_ok + stable_bad), by_track
+    assert all(v in good_versions for _, code, v in load.results if code == 200)
+    assert by_track[("canary", False)] > 0  # the bad model really was served, and failed
+
+    events = kubectl(
+        "-n", namespace, "get", "events", "--field-selector=involvedObject.name=digits", "-o", "json"
+    ).stdout
+    reasons = {e["reason"] for e in json.loads(events)["items"]}
+    assert {"RolloutStarted", "AnalysisPassed", "Promoted", "RolledBack"} <= reasons
+
+    # Deleting the ModelDeployment removes every child (owner references).
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "digits")
+    wait_until(
+        "children gone",
+        lambda: (
+            not json.loads(
+                kubectl(
+                    "-n",
+                    namespace,
+                    "get",
+                    "deployments,services,pdb,hpa",
+                    "-l",
+                    "modelops.dev/modeldeployment=digits",
+                    "-o",
+                    "json",
+                ).stdout
+            )["items"]
+        ),
+        timeout=120,
+    )
