@@ -37,7 +37,7 @@ kubectl wait --for=condition=Ready --timeout=300s modeldeployment/digits || {
 }
 # One request to a server pod (pod IPs are reachable from this machine), with a real digit image.
 pod_ip=$(kubectl get pods -l modelops.dev/modeldeployment=digits,modelops.dev/track=stable -o jsonpath='{.items[0].status.podIP}')
-image=$(find .cluster/nodeagent/volumes/default/modelops-artifacts/sources/digits/7 -name '*.png' | head -1)
+image=$(find .cluster/nodeagent/volumes/default/modelops-artifacts/sources/digits/7 -name '*.png' -print -quit)
 echo "classifying $image:"
 .venv/bin/python -c 'import sys, requests; print(requests.post(sys.argv[1], files={"file": open(sys.argv[2], "rb")}, timeout=30).text)' \
   "http://$pod_ip:8080/v1/models/digits:classify" "$image"

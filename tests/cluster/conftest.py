@@ -103,8 +103,9 @@ class OperatorProcess:
     """The operator as its console script, with a short resync so tests see timers act; a test may
     kill it (SIGKILL, as a node failure would) and start it again."""
 
-    def __init__(self, kubeconfig: Path) -> None:
+    def __init__(self, kubeconfig: Path, **extra_env: str) -> None:
         self.kubeconfig = kubeconfig
+        self.extra_env = extra_env
         self.log = STATE / "logs" / "operator-tests.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -122,6 +123,7 @@ class OperatorProcess:
             "MODELOPS_METRICS_PORT": str(_free_port()),
             "MODELOPS_PROMETHEUS_URL": PROMETHEUS,
             "MODELOPS_LOG_FORMAT": "json",
+            **self.extra_env,
         }
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(

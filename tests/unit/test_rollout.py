@@ -800,3 +800,15 @@ def test_a_clock_off_utc_keeps_pause_durations():
     assert first.status.current_step == 1
     later = plan(spec, roundtrip(first.status), Observed(M2, stable, canary, start + timedelta(seconds=61)), 1)
     assert later.status.current_step == 2
+
+
+def test_measurements_count_only_for_the_step_they_were_taken_for():
+    """Passing one analysis step can reach the next analysis step in the same pass (a setWeight
+    between them already satisfied); the measurements just taken must not count for it too."""
+    spec = spec_of([analysis(count=1), weight(50), analysis(count=1)])
+    stable, canary = ready_track(1, M1), ready_track(8, M2)  # enough canary pods for 50%
+    seen = Observed(M2, stable, canary, T0 + timedelta(seconds=31), measurements=[Measurement("errorRate", 0.0)])
+    out = plan(spec, at_step(0), seen, 1)
+    assert out.status.current_step == 2  # through the analysis and the satisfied setWeight
+    assert [r.step for r in out.status.analysis] == [0]
+    assert "analysis 0/1" in (out.status.message or "")

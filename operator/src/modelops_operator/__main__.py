@@ -7,7 +7,13 @@ environment variables (listed by --help).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import http.server
+import os
+import socket
 import sys
+import threading
+from collections.abc import Iterator
 
 import kopf
 import prometheus_client
@@ -16,6 +22,31 @@ from modelops_operator import __version__
 from modelops_operator.settings import OperatorSettings
 
 _FORMATS = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL}
+
+
+@contextlib.contextmanager
+def _standby_health(port: int) -> Iterator[None]:
+    """Answer the liveness probe on `port` until kopf serves it (after the lease is acquired)."""
+    if not port:
+        yield
+        return
+
+    class Alive(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"standby: waiting for the leader lease\n")
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Alive)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,12 +76,24 @@ def main(argv: list[str] | None = None) -> int:
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port)
 
-    kopf.run(
-        standalone=True,
-        clusterwide=not settings.namespaces,
-        namespaces=settings.namespaces,
-        liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None,
-    )
+    election = None
+    if settings.leader_election_namespace:
+        from modelops_operator.kube.leader import LeaderElection  # noqa: PLC0415
+
+        identity = f"{socket.gethostname()}-{os.getpid()}"
+        election = LeaderElection(settings.leader_election_namespace, settings.leader_election_id, identity)
+        with _standby_health(settings.health_port):  # a waiting standby is alive, and says so
+            election.acquire()
+    try:
+        kopf.run(
+            standalone=True,
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
+            liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None,
+        )
+    finally:
+        if election is not None:
+            election.release()
     return 0
 
 

@@ -261,36 +261,82 @@ STATUS: dict[str, Callable[[Any, int, Any, kopf.Body], StatusBase]] = {
 }
 
 
+RECONCILES = prometheus_client.Counter(
+    "modelops_reconciles",
+    "Reconciles by kind and result: success, invalid (the spec cannot be acted on), error (retried).",
+    ["kind", "result"],
+)
+RECONCILE_SECONDS = prometheus_client.Histogram(
+    "modelops_reconcile_duration_seconds",
+    "Time one reconcile took, API calls included, by kind.",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+OBJECTS = prometheus_client.Gauge(
+    "modelops_objects", "Objects the operator reconciles, by kind and phase.", ["kind", "phase"]
+)
+_PHASES: dict[tuple[str, str, str], str] = {}
+
+
+def _count_phase(kind: str, namespace: str, name: str, phase: str | None) -> None:
+    """Keep `modelops_objects` in step with the last phase seen of each object (None: deleted)."""
+    key = (kind, namespace, name)
+    before = _PHASES.pop(key, None)
+    if before is not None:
+        OBJECTS.labels(kind, before).dec()
+    if phase is not None:
+        _PHASES[key] = phase
+        OBJECTS.labels(kind, phase).inc()
+
+
 def reconcile(kind: Kind, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> None:
     """Bring one object's status in line with its spec and what it depends on."""
+    with RECONCILE_SECONDS.labels(kind.kind).time():
+        try:
+            result = _reconcile(kind, body, patch, logger)
+        except Exception:
+            RECONCILES.labels(kind.kind, "error").inc()
+            raise
+    RECONCILES.labels(kind.kind, result).inc()
+
+
+def _reconcile(kind: Kind, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> str:
     generation = int(body.metadata.get("generation") or 0)
     old_raw = dict(body.get("status") or {})
     old = parse_status(kind.status, old_raw)
+    result = "success"
     try:
         spec = kind.spec.model_validate(dict(body.get("spec") or {}))
     except ValidationError as e:
         message = describe_error(e)
         logger.warning("invalid spec: %s", message)
         new = invalid_spec(old, generation, message)
+        result = "invalid"
     else:
         new = STATUS[kind.kind](spec, generation, old, body)
+    _count_phase(kind.kind, body.metadata.namespace or "", body.metadata.name or "", str(getattr(new, "phase", "")))
     changes = merge_patch(old_raw, new.wire())
     if not changes:
-        return
+        return result
     patch.status.update(changes)
     for event in ready_events(old, new):
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     logger.info("status updated: %s", ", ".join(sorted(changes)))
+    return result
 
 
 def _register(kind: Kind) -> None:
     def handle(*, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
         reconcile(kind, body, patch, logger)
 
+    def forget(*, body: kopf.Body, **_: Any) -> None:
+        _count_phase(kind.kind, body.metadata.namespace or "", body.metadata.name or "", None)
+
     resource = (GROUP, VERSION, kind.plural)
     kopf.on.resume(*resource, id="reconcile")(handle)
     kopf.on.create(*resource, id="reconcile")(handle)
     kopf.on.update(*resource, id="reconcile", field="spec")(handle)
+    kopf.on.delete(*resource, id="forget", optional=True)(forget)
     kopf.timer(*resource, id="resync", interval=SETTINGS.resync_seconds, initial_delay=SETTINGS.resync_seconds)(handle)
     kopf.timer(
         *resource,

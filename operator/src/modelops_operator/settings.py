@@ -52,6 +52,11 @@ class OperatorSettings(BaseModel):
     """Port of the liveness endpoint (`/healthz`); 0 turns it off."""
     metrics_port: int = Field(default=8081, ge=0, le=65535)
     """Port of the operator's Prometheus metrics (`/metrics`); 0 turns them off."""
+    leader_election_namespace: str | None = None
+    """Namespace of the Lease that elects one leader among operator replicas; unset runs without
+    election (one replica only). The chart sets it to the release namespace."""
+    leader_election_id: str = "modelops-operator"
+    """Name of that Lease."""
     watch_server_timeout_seconds: int = Field(default=300, ge=10)
     """Ask the API server to end each watch after this long; kopf then re-lists and re-watches, so a
     watch that silently stalled is replaced."""

@@ -166,6 +166,8 @@ class _Rollout:
         self.command_done = seen.command is None
         self.now = seen.now
         self.paused = False
+        #: The step `seen.measurements` were taken for (`due_analysis` looked at the stored step).
+        self.measured_step = old.current_step
 
     def update(self, **fields: object) -> None:
         self.status = self.status.model_copy(update=fields)
@@ -182,6 +184,7 @@ class _Rollout:
     # --- transitions ----------------------------------------------------------------------
 
     def start(self, target: ServedModel, why: str) -> None:
+        self.measured_step = None  # measurements taken for the replaced rollout count for nothing
         self.update(
             canary=target,
             current_step=0,
@@ -303,7 +306,8 @@ class _Rollout:
 
     def analyse(self, step: int, analysis: Analysis) -> bool:
         """Record measurements taken now; True when the step's analysis passed."""
-        if self.seen.measurements is not None:
+        if self.seen.measurements is not None and step == self.measured_step:
+            self.measured_step = None  # taken for this step only: a step reached later in this pass waits its interval
             by_name = {m.metric: m for m in self.seen.measurements}
             results = list(self.status.analysis)
             for metric in analysis.metrics:
