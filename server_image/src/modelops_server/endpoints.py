@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import BadHttpMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelops_server import __version__, errors
@@ -242,7 +243,7 @@ async def _multipart_file(request: web.Request) -> bytes:
                         raise errors.BodyTooLarge(f"the uploaded file is above the limit of {limit} bytes")
                     chunks.append(chunk)
                 return b"".join(chunks)
-    except (ValueError, AssertionError, RuntimeError) as exc:
+    except (ValueError, AssertionError, RuntimeError, BadHttpMessage) as exc:
         raise errors.RequestError(f"malformed multipart body: {exc}") from exc
     raise errors.RequestError("the multipart body has no field named 'file'")
 

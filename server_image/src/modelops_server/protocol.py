@@ -285,10 +285,16 @@ def _numeric(tensor: RequestInput, chunk: memoryview | None, dtype: type[np.gene
                 f"input {tensor.name!r}: {len(chunk)} binary bytes do not match "
                 f"shape {tensor.shape} of {tensor.datatype}"
             )
-        return np.frombuffer(chunk, dtype=dtype).reshape(tensor.shape)
+        raw: npt.NDArray[Any] = np.frombuffer(chunk, dtype=dtype).reshape(tensor.shape)
+        # The same check as for JSON data: a NaN sent by a client must not look like a broken model.
+        if dtype is np.float32 and not np.isfinite(raw).all():
+            raise RequestError(f"input {tensor.name!r}: FP32 data must be finite numbers")
+        return raw
     data = tensor.data
     if not isinstance(data, list):
         raise RequestError(f"input {tensor.name!r}: 'data' must be a list")
+    if count == 0:
+        raise RequestError(f"input {tensor.name!r}: shape {tensor.shape} has a zero dimension")
     try:
         array = np.asarray(data)
     except (ValueError, TypeError) as exc:
