@@ -6,7 +6,7 @@ dropped, exclusive bounds rewritten, int-or-string quantities marked, defaults w
 (the API server checks a default against the CEL rules without filling in nested defaults), and
 CEL rules carried as `x-kubernetes-validations`.
 
-    python -m modelops_operator.crdgen            # write crds/*.yaml and the README's CR reference
+    python -m modelops_operator.crdgen            # write crds/*.yaml, the chart copies, the README reference
     python -m modelops_operator.crdgen --check    # exit 1 when either is out of date
 """
 
@@ -287,16 +287,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file differs")
     args = parser.parse_args(argv)
     stale = []
+    # The Helm chart ships the same files in its crds/ (installed on first install only).
+    chart = default_dir().parent / "charts" / "modelops" / "crds"
+    outs = [args.out, chart] if args.out == default_dir() and chart.parent.exists() else [args.out]
     for kind in KINDS:
-        path = args.out / filename(kind)
         text = render(kind)
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(str(path))
-        else:
-            args.out.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            print(f"wrote {path}")
+        for out in outs:
+            path = out / filename(kind)
+            if args.check:
+                if not path.exists() or path.read_text() != text:
+                    stale.append(str(path))
+            else:
+                out.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+                print(f"wrote {path}")
     readme = readme_path()
     if readme.exists() and BEGIN in (text := readme.read_text()):
         if args.check and with_reference(text) != text:

@@ -1,0 +1,153 @@
+{{/* Chart name, or nameOverride. */}}
+{{- define "modelops.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name: fullnameOverride, else "<release>-<name>" (just the release name when it already
+contains the name). Also the leader-election Lease's name (MODELOPS_LEADER_ELECTION_ID).
+*/}}
+{{- define "modelops.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The metrics Service's name; Prometheus' `job` label when scraped through the ServiceMonitor. */}}
+{{- define "modelops.metricsName" -}}
+{{- printf "%s-metrics" (include "modelops.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "modelops.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "modelops.labels" -}}
+helm.sh/chart: {{ include "modelops.chart" . }}
+{{ include "modelops.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: modelops
+{{- end }}
+
+{{/* Labels that select the operator pods (never change them: Deployment selectors are immutable). */}}
+{{- define "modelops.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "modelops.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "modelops.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "modelops.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "modelops.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/*
+The namespaces the operator watches: checks the mode's requirements and returns them comma-joined
+(empty in cluster mode: every namespace).
+*/}}
+{{- define "modelops.watchNamespaces" -}}
+{{- if eq .Values.rbac.scope "namespaced" }}
+{{- if not .Values.watchNamespaces }}
+{{- fail "rbac.scope=namespaced needs watchNamespaces: the namespaces the operator watches and gets a Role in, e.g. --set 'watchNamespaces={team-a,team-b}'" }}
+{{- end }}
+{{- join "," .Values.watchNamespaces }}
+{{- else if .Values.watchNamespaces }}
+{{- fail "watchNamespaces is only used with rbac.scope=namespaced; in cluster mode the operator watches every namespace (set rbac.scope=namespaced or leave watchNamespaces empty)" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The restricted Pod Security profile, for every container the chart runs.
+*/}}
+{{- define "modelops.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "modelops.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/*
+Exactly the API access the operator uses in the watched namespaces (no wildcards, no Secrets, no
+pod creation). Rendered into the ClusterRole (cluster mode) or each namespace's Role.
+*/}}
+{{- define "modelops.rules" -}}
+# The three kinds: read and watch them, patch finalizers and kopf's annotations.
+- apiGroups: ["modelops.dev"]
+  resources: ["datasets", "trainingruns", "modeldeployments"]
+  verbs: ["get", "list", "watch", "patch", "update"]
+# ...and write their status.
+- apiGroups: ["modelops.dev"]
+  resources: ["datasets/status", "trainingruns/status", "modeldeployments/status"]
+  verbs: ["get", "patch", "update"]
+# Events announcing state changes.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+# Data-preparation Jobs.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+# Reading Job and trial pods' state and logs (never creating pods).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
+# Training trials (Kubeflow training operator); patch suspends and resumes them.
+- apiGroups: ["kubeflow.org"]
+  resources: ["pytorchjobs"]
+  verbs: ["get", "list", "watch", "create", "delete", "patch"]
+# A ModelDeployment's children, applied server-side (an apply is a patch).
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["servicemonitors", "prometheusrules"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+# Canary weights on an HTTPRoute the user owns.
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
+  verbs: ["get", "patch"]
+{{- end }}
