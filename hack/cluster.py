@@ -400,6 +400,7 @@ def components() -> list[Component]:
                 f"--tls-cert={pki / 'kubelet.crt'}",
                 f"--tls-key={pki / 'kubelet.key'}",
                 f"--logs-port={KUBELET_PORT}",
+                f"--forward={PROMETHEUS_PORT}",
             ],
         ),
     ]

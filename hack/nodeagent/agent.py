@@ -54,6 +54,7 @@ class Agent:
         api_server: str,
         logs_port: int,
         tls: tuple[Path, Path] | None,
+        forward: list[int] | None = None,
     ) -> None:
         self.client = kubernetes.config.new_client_from_config(config_file=kubeconfig)
         self.core = kubernetes.client.CoreV1Api(self.client)
@@ -65,7 +66,7 @@ class Agent:
         self.logs_port = logs_port
         self.tls = tls
         api = api_server.removeprefix("https://").rsplit(":", 1)
-        self.network = Network(state, (api[0], int(api[1])))
+        self.network = Network(state, (api[0], int(api[1])), forward or [])
         self.runners: dict[str, PodRunner] = {}
         self.resolver = Resolver(config_map=self._config_map, secret=self._secret, token=self._token)
 

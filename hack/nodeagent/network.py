@@ -7,7 +7,8 @@
   loopback addresses in EndpointSlices, so 127.0.0.x pod IPs cannot work.) These addresses exist
   only inside this machine: the bridge has no uplink and nothing is forwarded beyond it.
 - **The API server** is reachable from pods at 10.250.0.1:443 (`KUBERNETES_SERVICE_HOST/PORT`),
-  forwarded to its loopback port.
+  forwarded to its loopback port; `--forward PORT` does the same for other services of this
+  machine (the local cluster forwards Prometheus, so an in-cluster operator can query it).
 - **Names.** A DNS server of the agent's own (dns.py) answers on 10.250.0.1:53, and each pod's
   /etc/resolv.conf points there with the search path Kubernetes gives a pod, so every Service
   resolves as `svc`, `svc.ns`, `svc.ns.svc` and `svc.ns.svc.cluster.local` (a headless Service to
@@ -61,9 +62,10 @@ def netns_name(uid: str) -> str:
 
 
 class Network:
-    def __init__(self, state: Path, api_target: tuple[str, int]) -> None:
+    def __init__(self, state: Path, api_target: tuple[str, int], forward: list[int] | None = None) -> None:
         self.state = state
         self.api_target = api_target
+        self.forward = list(forward or [])  # host loopback ports reachable from pods at the gateway
         self.lock = threading.Lock()
         self.pod_ips: dict[str, str] = {}  # pod uid -> IP
         self.vips: dict[str, str] = {}  # service uid -> virtual IP
@@ -229,6 +231,7 @@ class Network:
 
     def _proxy_routes(self) -> dict[tuple[str, int], list[tuple[str, int]]]:
         routes: dict[tuple[str, int], list[tuple[str, int]]] = {(GATEWAY, 443): [self.api_target]}
+        routes.update({(GATEWAY, port): [("127.0.0.1", port)] for port in self.forward})
         with self.lock:
             for svc in self.services:
                 spec = svc.get("spec") or {}

@@ -2,7 +2,8 @@
 
 The session starts the cluster when it is not running (and stops it afterwards unless
 MODELOPS_KEEP_CLUSTER=1), installs the CRDs, and runs the operator as a separate process, as a
-user would. Each test gets its own namespace.
+user would, authenticated as the Helm chart's ServiceAccount with the chart's RBAC. Each test
+gets its own namespace.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import kubernetes
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("MODELOPS_CLUSTER_DIR", REPO / ".cluster"))
@@ -81,6 +83,45 @@ def cluster() -> Iterator[Path]:
 def crds(cluster: Path) -> None:
     kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=modelops-tests", "-f", str(REPO / "crds"))
     kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds"))
+
+
+#: The operator in these tests runs as the Helm chart's ServiceAccount, with exactly the chart's
+#: RBAC (rendered by `helm template`): every cluster test is then also a proof that the chart
+#: grants what the operator needs; a forbidden call fails the test that makes it.
+OPERATOR_NAMESPACE = "modelops-test"
+OPERATOR_RELEASE = "modelops-test"
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "helm"), f"--kubeconfig={KUBECONFIG}", *args], capture_output=True, text=True, check=check
+    )
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(crds: None) -> Path:
+    """A kubeconfig holding a token of the chart's ServiceAccount (cluster mode RBAC)."""
+    rendered = helm(
+        "template", OPERATOR_RELEASE, str(REPO / "charts" / "modelops"), "--namespace", OPERATOR_NAMESPACE,
+        "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml",
+    ).stdout  # fmt: skip
+    kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
+    kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=modelops-tests", "-f", "-", stdin=rendered)
+    token = kubectl("-n", OPERATOR_NAMESPACE, "create", "token", OPERATOR_RELEASE, "--duration=24h").stdout.strip()
+    admin = yaml.safe_load(KUBECONFIG.read_text())
+    cluster = admin["clusters"][0]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": cluster["name"], "user": "operator"}}],
+        "current-context": "operator",
+    }
+    path = STATE / "operator-sa.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -158,9 +199,9 @@ class OperatorProcess:
 
 
 @pytest.fixture(scope="session")
-def operator(crds: None, cluster: Path) -> Iterator[OperatorProcess]:
-    """The operator, running for the whole session."""
-    proc = OperatorProcess(cluster)
+def operator(crds: None, operator_kubeconfig: Path) -> Iterator[OperatorProcess]:
+    """The operator, running for the whole session as the chart's ServiceAccount."""
+    proc = OperatorProcess(operator_kubeconfig)
     proc.start()
     yield proc
     code = proc.stop()

@@ -63,12 +63,11 @@ def status(custom, namespace: str, name: str) -> dict[str, Any]:
 
 
 def ready_reason(custom, namespace, name):
-    cond = next((x for x in status(custom, namespace, name).get("conditions", []) if x["type"] == c.READY), None)
-    return (
-        cond and cond["reason"]
-        if cond and status(custom, namespace, name).get("phase") in ("Ready", "Failed")
-        else None
-    )
+    """The Ready condition's reason once the Dataset is settled (Ready or Failed), else None; from
+    one read of the status, so phase and condition belong together."""
+    st = status(custom, namespace, name)
+    cond = next((x for x in st.get("conditions", []) if x["type"] == c.READY), None)
+    return cond["reason"] if cond and st.get("phase") in ("Ready", "Failed") else None
 
 
 def jobs(namespace: str) -> list[dict[str, Any]]:

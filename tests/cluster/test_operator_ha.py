@@ -7,7 +7,7 @@ import json
 import urllib.request
 
 from modelops_operator.api import conditions as c
-from tests.cluster.conftest import OperatorProcess, kubectl, wait_until
+from tests.cluster.conftest import OPERATOR_NAMESPACE, OPERATOR_RELEASE, OperatorProcess, kubectl, wait_until
 from tests.cluster.test_operator import create, ready_reason
 from tests.objects import training_run
 
@@ -17,14 +17,14 @@ def holder(namespace: str, lease: str) -> str | None:
     return json.loads(out.stdout)["spec"].get("holderIdentity") if out.returncode == 0 else None
 
 
-def test_the_standby_takes_over_when_the_leader_is_killed(operator, cluster, custom, namespace):
+def test_the_standby_takes_over_when_the_leader_is_killed(operator, operator_kubeconfig, custom, namespace):
     operator.stop()  # the session's operator runs without election: out of the way for this test
-    lease = "modelops-ha-test"
-    env = {"MODELOPS_LEADER_ELECTION_NAMESPACE": namespace, "MODELOPS_LEADER_ELECTION_ID": lease}
-    first, second = OperatorProcess(cluster, **env), OperatorProcess(cluster, **env)
+    lease = OPERATOR_RELEASE  # the one Lease the chart's Role lets the operator hold
+    env = {"MODELOPS_LEADER_ELECTION_NAMESPACE": OPERATOR_NAMESPACE, "MODELOPS_LEADER_ELECTION_ID": lease}
+    first, second = OperatorProcess(operator_kubeconfig, **env), OperatorProcess(operator_kubeconfig, **env)
     try:
         first.start()  # healthy once it leads (kopf's own /healthz)
-        leader = wait_until("a lease holder", lambda: holder(namespace, lease), timeout=30)
+        leader = wait_until("a lease holder", lambda: holder(OPERATOR_NAMESPACE, lease), timeout=30)
         second.start()  # healthy while waiting too: its standby /healthz answers
         with urllib.request.urlopen(f"http://127.0.0.1:{second.port}/healthz", timeout=5) as r:
             assert b"standby" in r.read()
@@ -33,10 +33,10 @@ def test_the_standby_takes_over_when_the_leader_is_killed(operator, cluster, cus
             "False",
             c.DATASET_NOT_FOUND,
         )
-        assert holder(namespace, lease) == leader
+        assert holder(OPERATOR_NAMESPACE, lease) == leader
 
         first.kill()  # SIGKILL: no release; the standby waits out the lease (15 s) and takes over
-        wait_until("a new lease holder", lambda: holder(namespace, lease) not in (None, leader), timeout=60)
+        wait_until("a new lease holder", lambda: holder(OPERATOR_NAMESPACE, lease) not in (None, leader), timeout=60)
         create(custom, namespace, training_run("after", "missing"))
         assert wait_until(
             "the new leader reconciles", lambda: ready_reason(custom, namespace, "trainingruns", "after"), timeout=60

@@ -42,6 +42,28 @@ ACTIVE_PHASES = ("Pending", "Running", "WaitingForDataset", "Progressing")
 ANNOTATION_PREFIX = GROUP
 
 
+WATCH_STARTS = prometheus_client.Counter(
+    "modelops_watch_restarts",
+    "Watch streams (re)started against the API server: one per watched kind at start, then one per "
+    "server-side timeout (MODELOPS_WATCH_SERVER_TIMEOUT_SECONDS) or broken connection.",
+)
+
+
+class _CountWatchStarts(logging.Filter):
+    """kopf announces each watch (re)start only in a DEBUG record: count it, and drop the DEBUG
+    records unless the operator logs at DEBUG (the logger must let them through to be counted)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Starting the watch-stream"):
+            WATCH_STARTS.inc()
+        return record.levelno > logging.DEBUG or SETTINGS.log_level == "DEBUG"
+
+
+_WATCH_LOGGER = logging.getLogger("kopf._cogs.clients.watching")
+_WATCH_LOGGER.addFilter(_CountWatchStarts())
+_WATCH_LOGGER.setLevel(logging.DEBUG)
+
+
 @kopf.on.startup()
 def configure(*, settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
     """Apply OperatorSettings to kopf and log in the API client."""
@@ -52,6 +74,9 @@ def configure(*, settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any)
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     # Our own Events announce state changes; kopf's per-handler chatter stays in the logs.
     settings.posting.level = logging.WARNING
+    # The operator watches its own three kinds, known in advance: no need to scan CRDs and
+    # namespaces (which the chart's least-privilege RBAC does not allow anyway).
+    settings.scanning.disabled = True
     settings.watching.server_timeout = SETTINGS.watch_server_timeout_seconds
     settings.watching.client_timeout = SETTINGS.watch_client_timeout_seconds
     settings.networking.request_timeout = 30
