@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import platform
@@ -265,9 +266,14 @@ class Agent:
                 raise
 
     def sync_network(self) -> None:
-        services = self.client.sanitize_for_serialization(self.core.list_service_for_all_namespaces().items)
+        # Raw JSON, not the client's models: an EndpointSlice of a Service that selects no pod has
+        # `endpoints: null`, which the generated model refuses (and one bad item would stop every
+        # Service from being seen).
+        raw = self.core.list_service_for_all_namespaces(_preload_content=False)
+        services = json.loads(raw.data)["items"]
         discovery = kubernetes.client.DiscoveryV1Api(self.client)
-        slices = self.client.sanitize_for_serialization(discovery.list_endpoint_slice_for_all_namespaces().items)
+        raw = discovery.list_endpoint_slice_for_all_namespaces(_preload_content=False)
+        slices = json.loads(raw.data)["items"]
         self.network.update(services, slices)
 
     # --- storage -----------------------------------------------------------------------------------

@@ -206,6 +206,12 @@ def test_a_deployment_serves_through_its_service_and_prometheus_scrapes_it(clust
             "metadata": {"name": "web"},
             "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
         },
+        {  # selects no pod: its EndpointSlice has no endpoints, which must not hide the others
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "nobody"},
+            "spec": {"selector": {"app": "nobody"}, "ports": [{"name": "http", "port": 80}]},
+        },
     )
     wait_until(
         "3 available replicas",
