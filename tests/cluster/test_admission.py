@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from kubernetes.client.exceptions import ApiException
 
 from modelops_operator.api.common import GROUP, VERSION
+from tests.cluster.conftest import REPO, kubectl
 from tests.objects import DIGEST, dataset, model_deployment, search, training_run
 
 BAD = [
@@ -136,3 +138,22 @@ def test_the_api_server_fills_in_defaults(crds, custom, namespace):
         "compareToStable": False,
     }
     assert stored["spec"]["autoscaling"]["minReplicas"] == 1
+
+
+EXAMPLES = REPO / "examples"
+
+
+def modelops_docs(path):
+    return [
+        d
+        for d in yaml.safe_load_all(path.read_text())
+        if d and str(d.get("apiVersion", "")).startswith("modelops.dev/")
+    ]
+
+
+@pytest.mark.parametrize("path", sorted(p for p in EXAMPLES.rglob("*.yaml") if modelops_docs(p)), ids=lambda p: p.name)
+def test_every_example_is_accepted_by_the_api_server(crds, namespace, path):
+    """Server-side dry run: the schema, defaults and CEL rules of the real API server accept it."""
+    stdin = yaml.safe_dump_all(modelops_docs(path))
+    out = kubectl("-n", namespace, "apply", "--dry-run=server", "-f", "-", stdin=stdin, check=False)
+    assert out.returncode == 0, out.stderr

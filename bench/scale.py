@@ -1,0 +1,334 @@
+"""Scale benchmark: N modelops objects on the local cluster's kwok nodes, measured.
+
+    .venv/bin/python bench/scale.py                 # N = 100 then 1000 (the README's figures)
+    .venv/bin/python bench/scale.py --sizes 300
+
+For each size: 20% Datasets, 30% TrainingRuns (each on its Dataset), 50% ModelDeployments (each a
+model URI, so it serves at once) spread over 20 namespaces, created as fast as the API server
+takes them. Pods run on simulated (kwok) nodes, which the benchmark adds for room: a server pod
+reports Running and Ready, a Job's pod Succeeded without having run anything. So the expected
+phases are: Dataset `Failed` (reason `ResultUnreadable`: its Job succeeded without a result — the
+operator does not believe a Job that says nothing), TrainingRun `WaitingForDataset`,
+ModelDeployment `Healthy` (stable Deployment, Services, PDB, HPA applied; its pod Ready).
+
+Measured, with a fresh operator process per size (started like the tests start it):
+- convergence: time from the first create until every object shows its expected phase, and until
+  the operator is quiet (a 10 s window without a write to modelops.dev objects);
+- operator RSS (peak and at the end) and CPU seconds used while converging;
+- API requests to the modelops.dev resources (from the API server's `apiserver_request_total`)
+  per object while converging, and writes (POST/PUT/PATCH/DELETE, any group) per object;
+- reconciles per second (the operator's `modelops_reconciles_total`);
+- at steady state (after convergence, for `--steady` seconds): writes per minute to modelops.dev
+  and to the children's groups — the target is zero: nothing rewritten when nothing changed.
+
+The baseline of the ratios is the smallest size: how each figure grows with the object count.
+The cluster must be started by hack/cluster.py (the benchmark starts it when it is not running).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+
+REPO = Path(__file__).resolve().parents[1]
+STATE = Path(os.environ.get("MODELOPS_CLUSTER_DIR", REPO / ".cluster"))
+KUBECONFIG = STATE / "kubeconfig"
+GROUP, VERSION = "modelops.dev", "v1alpha1"
+NAMESPACES = 20
+EXTRA_NODES = 12
+EXPECTED = {"datasets": "Failed", "trainingruns": "WaitingForDataset", "modeldeployments": "Healthy"}
+WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
+SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$", re.MULTILINE)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def api_counts(client: kubernetes.client.ApiClient) -> Counter[tuple[str, str]]:
+    """`apiserver_request_total` summed by (group, verb), plus by ("<group>/<resource>/<sub>", verb)."""
+    resp = client.call_api("/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False)[0]
+    text = resp.data.decode()
+    out: Counter[tuple[str, str]] = Counter()
+    for m in SAMPLE.finditer(text):
+        labels = dict(kv.split("=", 1) for kv in re.findall(r'(\w+="[^"]*")', m.group("labels")))
+        group = labels.get("group", '""').strip('"')
+        verb = labels.get("verb", '""').strip('"')
+        value = int(float(m.group("value")))
+        out[(group, verb)] += value
+        resource = f"{group}/{labels.get('resource', '').strip(chr(34))}/{labels.get('subresource', '').strip(chr(34))}"
+        out[(resource, verb)] += value
+    return out
+
+
+def proc_stats(pid: int) -> tuple[float, float]:
+    """(RSS in MiB, CPU seconds) of a process."""
+    rss = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) / 1024
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return rss, (int(fields[11]) + int(fields[12])) / ticks
+
+
+def reconciles(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(v) for v in re.findall(r"^modelops_reconciles_total\{[^}]*\} (\S+)$", text, re.MULTILINE))
+
+
+def add_nodes(core: kubernetes.client.CoreV1Api) -> None:
+    for i in range(EXTRA_NODES):
+        body = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": f"kwok-bench-{i}",
+                "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                "labels": {"type": "kwok", "modelops.dev/pool": "bench", "kubernetes.io/hostname": f"kwok-bench-{i}"},
+            },
+            "spec": {},
+            "status": {
+                "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "110"},
+                "capacity": {"cpu": "64", "memory": "256Gi", "pods": "110"},
+            },
+        }
+        try:
+            core.create_node(body)
+        except kubernetes.client.ApiException as e:
+            if e.status != 409:
+                raise
+
+
+def objects(n: int) -> list[tuple[str, str, dict[str, Any]]]:
+    """(namespace, plural, body) for n objects: 20% Datasets, 30% TrainingRuns, 50% ModelDeployments."""
+    out = []
+    n_ds, n_tr = n // 5, (3 * n) // 10
+    n_md = n - n_ds - n_tr
+    on_bench = {"nodeSelector": {"modelops.dev/pool": "bench"}}
+    for i in range(n_ds):
+        ns = f"scale-{i % NAMESPACES}"
+        spec = {
+            "sources": [{"uri": "s3://bench/images/", "format": "imageFolder"}],
+            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+            "placement": on_bench,
+        }
+        out.append(
+            (
+                ns,
+                "datasets",
+                {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Dataset", "metadata": {"name": f"d{i}"}, "spec": spec},
+            )
+        )
+    for i in range(n_tr):
+        ns = f"scale-{(i % n_ds) % NAMESPACES}" if n_ds else "scale-0"
+        spec = {"datasetRef": {"name": f"d{i % max(n_ds, 1)}"}, "workers": {"placement": on_bench}}
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingRun", "metadata": {"name": f"t{i}"}, "spec": spec}
+        out.append((ns, "trainingruns", body))
+    for i in range(n_md):
+        ns = f"scale-{i % NAMESPACES}"
+        spec = {
+            "model": {"uri": f"s3://bench/models/m{i}.onnx", "digest": "sha256:" + "ab" * 32},
+            "server": {"resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}, "placement": on_bench},
+            "alerts": {"enabled": False},
+        }
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ModelDeployment",
+            "metadata": {"name": f"m{i}"},
+            "spec": spec,
+        }
+        out.append((ns, "modeldeployments", body))
+    return out
+
+
+def phases(custom: kubernetes.client.CustomObjectsApi) -> Counter[str]:
+    """How many objects of each kind are in their expected phase."""
+    done: Counter[str] = Counter()
+    for plural, want in EXPECTED.items():
+        items = custom.list_cluster_custom_object(GROUP, VERSION, plural)["items"]
+        done[plural] = sum(1 for o in items if (o.get("status") or {}).get("phase") == want)
+    return done
+
+
+def delta(
+    a: Counter[tuple[str, str]], b: Counter[tuple[str, str]], group: str | None, verbs: tuple[str, ...] | None
+) -> int:
+    """Requests counted between two `api_counts`, for one group (None: all) and verbs (None: all)."""
+    return sum(
+        v - a.get(k, 0)
+        for k, v in b.items()
+        if "/" not in k[0] and (group is None or k[0] == group) and (verbs is None or k[1] in verbs)
+    )
+
+
+class Operator:
+    """A fresh operator process, as the tests start it."""
+
+    def __init__(self, n: int) -> None:
+        self.health, self.metrics = free_port(), free_port()
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(KUBECONFIG),
+            "MODELOPS_HEALTH_PORT": str(self.health),
+            "MODELOPS_METRICS_PORT": str(self.metrics),
+            "MODELOPS_LOG_LEVEL": "WARNING",
+        }
+        self.log = open(STATE / "logs" / f"bench-scale-{n}.log", "wb")  # noqa: SIM115 - closed in stop()
+        cmd = [sys.executable, "-m", "modelops_operator"]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.health}/healthz", timeout=1)
+                return
+            except OSError:
+                time.sleep(0.5)
+        raise SystemExit("the operator did not become healthy")
+
+    def stats(self) -> tuple[float, float, float]:
+        """(RSS MiB, CPU seconds, reconciles so far)."""
+        rss, cpu = proc_stats(self.proc.pid)
+        return rss, cpu, reconciles(self.metrics)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
+def cleanup(core: kubernetes.client.CoreV1Api) -> None:
+    for i in range(NAMESPACES):
+        with contextlib.suppress(kubernetes.client.ApiException):
+            core.delete_namespace(f"scale-{i}")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and core.list_namespace(label_selector="modelops.dev/bench=scale").items:
+        time.sleep(2)
+
+
+def run_size(n: int, client: kubernetes.client.ApiClient, steady_s: float, settle_s: float) -> dict[str, float]:
+    core = kubernetes.client.CoreV1Api(client)
+    custom = kubernetes.client.CustomObjectsApi(client)
+    operator = Operator(n)
+    try:
+        # What an interrupted run left behind (TrainingRuns hold the operator's finalizer: their
+        # namespaces go only while an operator runs).
+        cleanup(core)
+        for i in range(NAMESPACES):
+            with contextlib.suppress(kubernetes.client.ApiException):
+                core.create_namespace({"metadata": {"name": f"scale-{i}", "labels": {"modelops.dev/bench": "scale"}}})
+        wanted = objects(n)
+        totals = Counter(plural for _, plural, _ in wanted)
+        before = api_counts(client)
+        rss0, cpu0, rec0 = operator.stats()
+        start = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda o: custom.create_namespaced_custom_object(GROUP, VERSION, o[0], o[1], o[2]), wanted))
+        created = time.monotonic() - start
+        peak = rss0
+        while not all((done := phases(custom))[p] >= totals[p] for p in totals):
+            peak = max(peak, operator.stats()[0])
+            if time.monotonic() - start > 900:
+                raise SystemExit(f"not converged after 900 s: {dict(done)} of {dict(totals)}")
+            time.sleep(1)
+        converged = time.monotonic() - start
+        after = api_counts(client)
+        _, cpu1, rec1 = operator.stats()
+        # Converged phases are not the end of the work: the operator still finishes the create
+        # events it queued. Quiet = a 10 s window without a write to modelops.dev objects.
+        quiet_start, last = time.monotonic(), api_counts(client)
+        while time.monotonic() - quiet_start < settle_s:
+            time.sleep(10)
+            now = api_counts(client)
+            if delta(last, now, GROUP, WRITE_VERBS) == 0:
+                break
+            last = now
+        quiet = time.monotonic() - start
+        s_before, s_start = api_counts(client), time.monotonic()
+        _, cpu_s0, rec_s0 = operator.stats()
+        while time.monotonic() - s_start < steady_s:
+            peak = max(peak, operator.stats()[0])
+            time.sleep(2)
+        s_after, s_len = api_counts(client), time.monotonic() - s_start
+        rss2, cpu_s1, rec_s1 = operator.stats()
+    finally:
+        cleanup(core)
+        operator.stop()
+    steady_writes = {
+        k: v - s_before.get(k, 0)
+        for k, v in s_after.items()
+        if k[0].count("/") == 2 and k[1] in WRITE_VERBS and v - s_before.get(k, 0) > 0
+    }
+    print(f"N={n}: writes during the steady {s_len:.0f} s, by resource:", file=sys.stderr)
+    for key, count in sorted(steady_writes.items(), key=lambda kv: -kv[1])[:12]:
+        print(f"  {key[0]:50} {key[1]:7} {count}", file=sys.stderr)
+    return {
+        "objects": n,
+        "create_s": created,
+        "converge_s": converged,
+        "quiet_s": quiet,
+        "rss_start_mib": rss0,
+        "rss_peak_mib": max(peak, rss2),
+        "rss_end_mib": rss2,
+        "cpu_s_converging": cpu1 - cpu0,
+        "modelops_requests_per_object": delta(before, after, GROUP, None) / n,
+        "writes_per_object": delta(before, after, None, WRITE_VERBS) / n,
+        "reconciles_per_s_converging": (rec1 - rec0) / converged,
+        "steady_modelops_writes_per_min": delta(s_before, s_after, GROUP, WRITE_VERBS) * 60 / s_len,
+        "steady_all_writes_per_min": delta(s_before, s_after, None, WRITE_VERBS) * 60 / s_len,
+        "steady_reconciles_per_s": (rec_s1 - rec_s0) / s_len,
+        "steady_cpu_percent": 100 * (cpu_s1 - cpu_s0) / s_len,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="bench/scale.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000], help="object counts (default: 100 1000)")
+    parser.add_argument("--steady", type=float, default=60, help="seconds of steady state measured (default 60)")
+    parser.add_argument(
+        "--settle", type=float, default=300, help="most seconds waited after convergence for quiet (default 300)"
+    )
+    args = parser.parse_args(argv)
+    cli = [sys.executable, str(REPO / "hack" / "cluster.py")]
+    if subprocess.run([*cli, "status"], capture_output=True, check=False).returncode != 0:
+        subprocess.run([*cli, "up"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [str(Path.home() / ".cache/modelops/bin/kubectl"), f"--kubeconfig={KUBECONFIG}", "apply", "--server-side",
+         "--force-conflicts", "-f", str(REPO / "crds")], check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = kubernetes.config.new_client_from_config(config_file=str(KUBECONFIG))
+    add_nodes(kubernetes.client.CoreV1Api(client))
+    results = [run_size(n, client, args.steady, args.settle) for n in args.sizes]
+    base = results[0]
+    print(f"{'figure':34} " + " ".join(f"{'N=' + str(int(r['objects'])):>12}" for r in results) + "   ratio last/first")
+    for key in base:
+        if key == "objects":
+            continue
+        values = " ".join(f"{r[key]:12.2f}" for r in results)
+        ratio = results[-1][key] / base[key] if base[key] else float("nan")
+        print(f"{key:34} {values}   {ratio:8.2f}")
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
