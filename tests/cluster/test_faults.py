@@ -47,6 +47,17 @@ def test_the_operator_reconnects_after_the_api_server_is_gone_for_30_s(operator,
     finally:
         apiserver.start()
         wait_until("the API server back", lambda: api_ready(cluster), timeout=120, interval=1)
+        # The controller manager and the scheduler exit when they cannot renew their leader lease
+        # (as in any cluster, where the kubelet restarts them): restart what exited.
+        for comp in cluster.components():
+            comp.start()
+        kubectl("create", "namespace", "fault-probe", check=False)
+        wait_until(
+            "the controller manager back (a namespace gets its default ServiceAccount)",
+            lambda: kubectl("-n", "fault-probe", "get", "serviceaccount", "default", check=False).returncode == 0,
+            timeout=120,
+        )
+        kubectl("delete", "namespace", "fault-probe", "--wait=false", check=False)
     # A new object, and a change to the old one, are both seen: the watches were re-established.
     create(custom, namespace, training_run("after", "missing"))
     assert wait_until(
