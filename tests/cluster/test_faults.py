@@ -4,6 +4,7 @@ fail), and objects deleted while the operator is down."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import time
 import urllib.request
@@ -55,6 +56,18 @@ def test_the_operator_reconnects_after_the_api_server_is_gone_for_30_s(operator,
         wait_until(
             "the controller manager back (a namespace gets its default ServiceAccount)",
             lambda: kubectl("-n", "fault-probe", "get", "serviceaccount", "default", check=False).returncode == 0,
+            timeout=120,
+        )
+        probe = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "probe"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+        }
+        kubectl("-n", "fault-probe", "apply", "-f", "-", stdin=json.dumps(probe))
+        wait_until(
+            "the scheduler back (a pod gets a node)",
+            lambda: kubectl("-n", "fault-probe", "get", "pod", "probe", "-o", "jsonpath={.spec.nodeName}").stdout,
             timeout=120,
         )
         kubectl("delete", "namespace", "fault-probe", "--wait=false", check=False)
