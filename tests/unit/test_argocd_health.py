@@ -11,6 +11,7 @@ type/status/reason/message/observedGeneration/lastTransitionTime).
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, get_args
@@ -540,8 +541,8 @@ def test_the_sandbox_has_no_string_library():
 # --- the generated argocd-cm snippet and argo-cd values ----------------------------------------
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("argocd_generate", ARGOCD / "generate.py")
+def _generator(argocd: Path = ARGOCD):
+    spec = importlib.util.spec_from_file_location("argocd_generate", argocd / "generate.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -559,8 +560,31 @@ def test_generated_yaml_embeds_exactly_the_lua_files(file, path):
     assert doc == {f"resource.customizations.health.modelops.dev_{kind}": script(kind) for kind in KINDS}
 
 
-def test_generated_yaml_is_up_to_date():
+def test_generated_lua_and_yaml_are_up_to_date():
     assert _generator().main(["--check"]) == 0, "run python3 charts/argocd/generate.py"
+
+
+def test_check_fails_on_a_stale_or_edited_script(tmp_path, capsys):
+    """`generate.py --check` covers the generated Lua too: an edit there, or in a body, is caught."""
+    copy = tmp_path / "charts" / "argocd"
+    shutil.copytree(ARGOCD, copy)
+    generate = _generator(copy)
+    assert generate.main(["--check"]) == 0
+    target = copy / "health" / "modelops.dev_Dataset.lua"
+    target.write_text(target.read_text().replace('"Healthy"', '"Degraded"'))
+    assert generate.main(["--check"]) == 1
+    assert "charts/argocd/health/modelops.dev_Dataset.lua is out of date" in capsys.readouterr().out
+    assert generate.main([]) == 0 and generate.main(["--check"]) == 0
+    assert target.read_text() == script("Dataset")
+    capsys.readouterr()
+    body = copy / "health" / "TrainingRun.body.lua"
+    body.write_text(body.read_text().replace("training failed", "the training failed"))
+    assert generate.main(["--check"]) == 1
+    assert {line.split()[0] for line in capsys.readouterr().out.splitlines()} == {
+        "charts/argocd/health/modelops.dev_TrainingRun.lua",
+        "charts/argocd/argocd-cm-snippet.yaml",
+        "charts/argocd/argo-cd-values.yaml",
+    }
 
 
 def test_snippet_is_the_argocd_cm_configmap():
