@@ -3,9 +3,10 @@ tmp files, the trainer's command line and config, the server's request parser in
 live server (``tests/server/helpers.ServerProcess``). Everything is real: real files, a real ONNX
 model, a real server process on a loopback port.
 
-Tests marked ``xfail(strict=True)`` are known defects: they assert the answer the input should get,
-fail today (the reason says what it gets now), and will fail loudly as XPASS once fixed, so the
-marker is removed and the test then guards the fix.
+A known defect gets a test marked ``xfail(strict=True)``: it asserts the answer the input should get,
+fails until the defect is fixed (the reason says what the input gets meanwhile), and fails loudly
+as XPASS once it is, so the marker is removed and the test then guards the fix. The defects found
+so far (D1-D8 in docs/bad-input.md) are all fixed.
 """
 
 from __future__ import annotations
@@ -156,11 +157,6 @@ def test_prepare_without_any_config_exits_2(tmp_path, monkeypatch):
     assert "cannot read the config file" in json.loads(term.read_text())["message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: an empty source folder (or empty manifest) fails NoImagesLeft with "
-    "'cleaning dropped every image ({}); see the drop reasons', though cleaning dropped nothing",
-)
 def test_an_empty_source_says_it_listed_no_images(tmp_path):
     (tmp_path / "empty").mkdir()
     code, message = _prepare(tmp_path, [{"uri": f"file://{tmp_path / 'empty'}"}])
@@ -168,11 +164,6 @@ def test_an_empty_source_says_it_listed_no_images(tmp_path):
     assert "cleaning dropped every image" not in message["message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: a manifest that is not UTF-8 is reported as SourceUnreachable "
-    "('cannot be read: UnicodeDecodeError: ...') although it was read; it is an InvalidSource",
-)
 def test_a_manifest_that_is_not_utf8_is_an_invalid_source(tmp_path):
     path = tmp_path / "latin1.csv"
     path.write_bytes(b"uri,label\n/x/\xe9.png,a\n")
@@ -180,11 +171,6 @@ def test_a_manifest_that_is_not_utf8_is_an_invalid_source(tmp_path):
     assert code == 1 and message["reason"] == "InvalidSource"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: a JSONL manifest whose 2nd line is broken is reported at 'line 1 column 2' (the "
-    "position inside the line): the message does not say which row is wrong",
-)
 def test_a_broken_jsonl_row_is_named(tmp_path):
     path = tmp_path / "list.jsonl"
     path.write_text('{"uri": "a.png", "label": "a"}\n{not json\n')
@@ -229,19 +215,41 @@ def test_trainer_refuses_two_config_sources_with_exit_2(capsys):
     assert "not allowed with argument" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    strict=True, reason="DEFECT: a JSON boolean for an integer hyper-parameter is accepted (true -> 1 epoch)"
-)
 def test_trainer_refuses_a_boolean_epoch_count():
     with pytest.raises(ConfigError):
         parse_config(BASE % '"hyperparameters": {"epochs": true}')
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: a bad trial parameter's message ends with a truncated dump of the whole config: "
-    "\"(got {'apiVersion': 'modelops.dev/train-config/v1', 'dataset': {'uri': 'file:///d', ')\"",
+@pytest.mark.parametrize(
+    ("section", "fragment"),
+    [
+        ('"hyperparameters": {"batchSize": true}', "hyperparameters.batchSize: Input should be a valid integer, not a"),
+        ('"hyperparameters": {"seed": false}', "hyperparameters.seed: Input should be a valid integer, not a boolean"),
+        (
+            '"hyperparameters": {"learningRate": true}',
+            "hyperparameters.learningRate: Input should be a valid number, not",
+        ),
+        ('"dataLoader": {"workers": true}', "dataLoader.workers: Input should be a valid integer, not a boolean"),
+        ('"export": {"parityAtol": false}', "export.parityAtol: Input should be a valid number, not a boolean"),
+        ('"trial": {"name": "t", "parameters": {"epochs": "true"}}', "trial.parameters: epochs: Input should be a"),
+    ],
+    ids=["batch-size", "seed", "learning-rate", "workers", "parity-atol", "trial-epochs"],
 )
+def test_trainer_refuses_booleans_for_every_number(section, fragment):
+    with pytest.raises(ConfigError) as refused:
+        parse_config(BASE % section)
+    assert fragment in str(refused.value)
+
+
+def test_trainer_still_takes_booleans_and_numeric_trial_strings_where_they_belong():
+    config = parse_config(
+        BASE % '"hyperparameters": {"compile": true, "channelsLast": false}, '
+        '"trial": {"name": "t", "parameters": {"epochs": "3", "learningRate": "0.02"}}'
+    )
+    hyper = config.effective().hyperparameters
+    assert (hyper.compile, hyper.channels_last, hyper.epochs, hyper.learning_rate) == (True, False, 3, 0.02)
+
+
 def test_a_bad_trial_parameter_message_is_not_a_config_dump():
     with pytest.raises(ConfigError) as refused:
         parse_config(BASE % '"trial": {"name": "t", "parameters": {"learningRate": "fast"}}')

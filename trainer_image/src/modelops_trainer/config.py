@@ -19,7 +19,7 @@ import json
 from functools import cache
 from typing import Any, Literal, Self, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from modelops_trainer import storage
@@ -51,11 +51,24 @@ MIN_OPSET, MAX_OPSET = 18, 23
 
 
 class _Model(BaseModel):
-    """camelCase on the wire, unknown fields refused (a typo must not be ignored silently)."""
+    """camelCase on the wire, unknown fields refused (a typo must not be ignored silently), and
+    JSON `true`/`false` refused where a number is expected."""
 
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", use_attribute_docstrings=True
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic reads `true` as 1 for an int or float field (`"epochs": true` would train one
+        epoch); a boolean is refused there, while numeric strings (a trial's parameters) still parse."""
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            kinds = {annotation, *get_args(annotation)}
+            if bool not in kinds and kinds & {int, float}:
+                raise ValueError(f"Input should be a valid {'integer' if int in kinds else 'number'}, not a boolean")
+        return value
 
 
 @cache
@@ -269,15 +282,23 @@ class TrainConfig(_Model):
     def _apply_trial(self) -> tuple[ModelConfig, Hyperparameters]:
         params = dict(self.trial.parameters) if self.trial else {}
         architecture = params.pop("architecture", None)
+        problems = []
         model = self.model
         if architecture is not None:
-            model = ModelConfig.model_validate({**model.model_dump(by_alias=True), "architecture": architecture})
+            try:
+                model = ModelConfig.model_validate({**model.model_dump(by_alias=True), "architecture": architecture})
+            except ValidationError as exc:
+                problems.append(_problems(exc, fallback="architecture"))
         merged: dict[str, Any] = self.hyperparameters.model_dump(by_alias=True)
         merged.update({str(k): v for k, v in params.items()})
         try:
             hyper = Hyperparameters.model_validate(merged)
         except ValidationError as exc:
-            raise ValueError(f"trial.parameters: {_problems(exc)}") from None
+            problems.append(_problems(exc))
+        if problems:
+            # Raised in a model validator, where pydantic knows no path and the input is the whole
+            # document: the message names the parameters itself (see `_problems`).
+            raise ValueError(f"trial.parameters: {'; '.join(problems)}")
         return model, hyper
 
     def effective(self) -> TrainConfig:
@@ -307,12 +328,17 @@ class TrainConfig(_Model):
         return self.model_dump_json(by_alias=True, indent=2, exclude_none=True)
 
 
-def _problems(exc: ValidationError) -> str:
+def _problems(exc: ValidationError, *, fallback: str = "") -> str:
+    """Each error as `path: what is wrong (got …)`. An error of a whole model (no path) is its
+    message alone, prefixed by `fallback` when given: its input is the whole model, and its message
+    names what is wrong (the trial's parameters, or the architecture)."""
     out = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(config)"
+        loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] in {"missing", "extra_forbidden"}:
+        if not loc:
+            out.append(f"{fallback}: {msg}" if fallback else msg)
+        elif err["type"] in {"missing", "extra_forbidden"}:
             out.append(f"{loc}: {msg}")
         else:
             out.append(f"{loc}: {msg} (got {err.get('input')!r:.80})")

@@ -6,7 +6,7 @@ TrainerError (modelops_trainer.errors)
     ├── InvalidSource       it can be read but not understood
     ├── UnsafeArchive       an archive member escapes the archive's root
     ├── EmptyClass          a class has too few images after cleaning
-    └── NoImagesLeft        cleaning dropped every image
+    └── NoImagesLeft        the sources listed no image, or cleaning dropped every one
 """
 
 from __future__ import annotations

@@ -197,6 +197,13 @@ def run(config: PrepareConfig, *, progress: Callable[[Iterable[Any], int], Itera
     with ExitStack() as scratch, ProcessPoolExecutor(max_workers=workers) as pool:
         items = list_items(config.sources, scratch)
         log.info("listed %d images from %d sources", len(items), len(config.sources))
+        if not items:
+            uris = [s.uri for s in config.sources]
+            named = ", ".join(uris[:5]) + (f" and {len(uris) - 5} more" if len(uris) > 5 else "")
+            raise NoImagesLeft(
+                f"the sources listed no images ({named}): an imageFolder or archive needs "
+                "<class>/<image> files under its root, a manifest one row per image"
+            )
         chunks = list(enumerate(iter_batches(items, chunk_size(len(items)))))
         done = {i: found for i, chunk in chunks if (found := _load_batch(work, i, chunk)) is not None}
         todo = [(i, chunk) for i, chunk in chunks if i not in done]

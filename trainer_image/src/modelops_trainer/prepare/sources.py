@@ -109,23 +109,42 @@ def extract_archive(uri: str, into: Path) -> Path:
     return into
 
 
+def _rows(uri: str, text: str, fmt: str) -> list[dict[str, object]]:
+    """The rows of a CSV or JSONL manifest; InvalidSource names the line that cannot be parsed."""
+    if fmt == "csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            return list(reader)
+        except csv.Error as e:
+            raise InvalidSource(f"manifest {uri} cannot be parsed: line {reader.line_num}: {e}") from e
+    rows = []
+    for number, line in enumerate(io.StringIO(text, newline=None), start=1):  # \n, \r\n or \r ends a line
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise InvalidSource(f"manifest {uri} cannot be parsed: line {number} column {e.colno}: {e.msg}") from e
+    return rows
+
+
 def manifest(source: Source) -> list[Item]:
-    """The images listed by a CSV or JSONL manifest."""
+    """The images listed by a CSV or JSONL manifest (UTF-8, with or without a byte-order mark)."""
     uri = source.uri
     try:
-        with fsspec.open(uri, "rt", encoding="utf-8") as f:
-            text = f.read()
+        with fsspec.open(uri, "rb") as f:
+            data = f.read()
     except Exception as e:  # remote file systems raise their own types
         raise _unreachable(uri, e) from e
-    label_key = source.label_column or "label"
-    rows: list[dict[str, object]]
     try:
-        if source.format == "csv":
-            rows = list(csv.DictReader(io.StringIO(text)))
-        else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except (json.JSONDecodeError, csv.Error) as e:
-        raise InvalidSource(f"manifest {uri} cannot be parsed: {e}") from e
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise InvalidSource(
+            f"manifest {uri} is not UTF-8 text: line {line}: {e.reason} (byte {data[e.start]:#04x}); save it as UTF-8"
+        ) from e
+    label_key = source.label_column or "label"
+    rows = _rows(uri, text, source.format)
     base = uri.rsplit("/", 1)[0]
     items = []
     for number, row in enumerate(rows, start=1):
