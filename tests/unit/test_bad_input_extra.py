@@ -29,6 +29,7 @@ from modelops_trainer.config import parse_config
 from modelops_trainer.errors import ConfigError
 from modelops_trainer.prepare.__main__ import main as prepare_main
 from modelops_trainer.prepare.config import CONFIG_ENV
+from modelops_trainer.prepare.config import load_config as load_prepare_config
 from tests.server.helpers import CLASSES, MEAN, SIZE, STD, ServerProcess, export_model, image_bytes, metric_value
 
 # --- the preparation program ------------------------------------------------------------------------
@@ -141,6 +142,48 @@ def test_prepare_refuses_a_bad_config_file_with_exit_2(tmp_path, text, fragment)
     code, message = _prepare(tmp_path, text=text)
     assert code == 2 and message["reason"] == "InvalidConfig"
     assert fragment in message["message"]
+
+
+PREPARE_BASE = {"dataset": {"name": "t"}, "sources": [{"uri": "file:///x"}], "output": {"uri": "file:///o"}}
+
+
+@pytest.mark.parametrize(
+    ("section", "fragment"),
+    [
+        ({"workers": True}, "invalid config: workers: Input should be a valid integer, not a boolean"),
+        ({"preprocessing": {"imageSize": True}}, "preprocessing.imageSize: Input should be a valid integer, not a"),
+        ({"cleaning": {"minWidth": False}}, "cleaning.minWidth: Input should be a valid integer, not a boolean"),
+        ({"split": {"train": True}}, "split.train: Input should be a valid number, not a boolean"),
+        ({"split": {"seed": False}}, "split.seed: Input should be a valid integer, not a boolean"),
+        ({"augmentation": {"randAugmentOps": True}}, "augmentation.randAugmentOps: Input should be a valid integer"),
+        ({"augmentation": {"colorJitter": {"hue": False}}}, "augmentation.colorJitter.hue: Input should be a valid"),
+        (
+            {"augmentation": {"randomResizedCropScale": [0.5, True]}},
+            "augmentation.randomResizedCropScale: item 1: Input should be a valid number, not a boolean",
+        ),
+    ],
+    ids=["workers", "image-size", "min-width", "split-train", "split-seed", "rand-augment-ops", "hue", "crop-scale"],
+)
+def test_prepare_refuses_booleans_for_every_number(tmp_path, section, fragment):
+    code, message = _prepare(tmp_path, text=json.dumps({**PREPARE_BASE, **section}))
+    assert code == 2 and message["reason"] == "InvalidConfig"
+    assert fragment in message["message"]
+
+
+def test_prepare_still_takes_booleans_and_numeric_strings_where_they_belong(tmp_path):
+    path = tmp_path / "config.json"
+    doc = {
+        **PREPARE_BASE,
+        "workers": "3",
+        "cleaning": {"dropDuplicates": False},
+        "augmentation": {"horizontalFlip": False, "verticalFlip": True, "randomResizedCropScale": [0.5, 1]},
+    }
+    path.write_text(json.dumps(doc))
+    config = load_prepare_config(path)
+    assert (config.workers, config.cleaning.drop_duplicates) == (3, False)
+    augmentation = config.augmentation
+    assert (augmentation.horizontal_flip, augmentation.vertical_flip) == (False, True)
+    assert augmentation.random_resized_crop_scale == [0.5, 1.0]
 
 
 def test_prepare_without_any_config_exits_2(tmp_path, monkeypatch):

@@ -19,11 +19,11 @@ import json
 from functools import cache
 from typing import Any, Literal, Self, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, ValidationError, model_validator
 
 from modelops_trainer import storage
 from modelops_trainer.errors import ConfigError
+from modelops_trainer.wire import WireModel as _Model
 
 API_VERSION = "modelops.dev/train-config/v1"
 URI_PATTERN = r"^([a-z][a-z0-9+.-]*://.+|/.*)$"
@@ -48,27 +48,6 @@ SearchableName = Literal[
 SEARCHABLE: tuple[str, ...] = get_args(SearchableName)
 #: The ONNX opsets the exporter (torch.onnx with onnxscript) writes and the parity check runs.
 MIN_OPSET, MAX_OPSET = 18, 23
-
-
-class _Model(BaseModel):
-    """camelCase on the wire, unknown fields refused (a typo must not be ignored silently), and
-    JSON `true`/`false` refused where a number is expected."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", use_attribute_docstrings=True
-    )
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_booleans_as_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        """pydantic reads `true` as 1 for an int or float field (`"epochs": true` would train one
-        epoch); a boolean is refused there, while numeric strings (a trial's parameters) still parse."""
-        if isinstance(value, bool) and info.field_name is not None:
-            annotation = cls.model_fields[info.field_name].annotation
-            kinds = {annotation, *get_args(annotation)}
-            if bool not in kinds and kinds & {int, float}:
-                raise ValueError(f"Input should be a valid {'integer' if int in kinds else 'number'}, not a boolean")
-        return value
 
 
 @cache

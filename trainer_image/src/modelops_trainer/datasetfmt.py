@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import IO, Annotated, Any, Literal, Self, cast, get_args
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, ValidationError, model_validator
 
 from modelops_trainer import storage
 from modelops_trainer.errors import DatasetError, DigestMismatch
+from modelops_trainer.wire import WireModel as _Model
 
 FORMAT = "modelops.dataset/v1"
 MANIFEST_FILE = "manifest.json"
@@ -52,14 +52,6 @@ KEY_PATTERN = r"^[A-Za-z0-9_-]{1,80}$"
 _SHA256_HEX = r"^[0-9a-f]{64}$"
 _SHARD_NAME = r"^(train|val|test)-[0-9]{5}\.tar$"
 _KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
-
-
-class _Model(BaseModel):
-    """camelCase on the wire, unknown fields refused (a v1 reader must not skip what it does not know)."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", use_attribute_docstrings=True
-    )
 
 
 class ColorJitter(_Model):

@@ -61,7 +61,7 @@ UNSAFE_ARCHIVE = "UnsafeArchive"
 EMPTY_CLASS = "EmptyClass"
 """A class has fewer images than `spec.cleaning.minImagesPerClass` after cleaning (or a listed class has none)."""
 NO_IMAGES_LEFT = "NoImagesLeft"
-"""Cleaning dropped every image; `status.dropped` says why."""
+"""No image is left to publish: the sources listed none, or cleaning dropped every one (`status.dropped` says why)."""
 #: Reasons the preparation program may report; anything else becomes PreparationFailed.
 PREPARE_REASONS = frozenset(
     {SOURCE_UNREACHABLE, INVALID_SOURCE, UNSAFE_ARCHIVE, EMPTY_CLASS, NO_IMAGES_LEFT, DEADLINE_EXCEEDED}

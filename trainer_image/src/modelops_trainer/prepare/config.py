@@ -11,11 +11,11 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, ValidationError, model_validator
 
 from modelops_trainer.datasetfmt import AugmentationPolicy
 from modelops_trainer.errors import ConfigError
+from modelops_trainer.wire import WireModel as _Model
 
 CONFIG_ENV = "MODELOPS_PREPARE_CONFIG"
 PilMode = Literal["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr", "I", "I;16", "F"]
@@ -23,12 +23,6 @@ PilMode = Literal["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr", "I", "I;1
 
 def _default_modes() -> list[PilMode]:
     return ["L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr"]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", use_attribute_docstrings=True
-    )
 
 
 class Source(_Model):
