@@ -32,17 +32,17 @@ import contextlib
 import json
 import os
 import re
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import kubernetes
+from harness import cluster, start_operator
+
+from tests.cluster.conftest import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("MODELOPS_CLUSTER_DIR", REPO / ".cluster"))
@@ -53,12 +53,6 @@ EXTRA_NODES = 12
 EXPECTED = {"datasets": "Failed", "trainingruns": "WaitingForDataset", "modeldeployments": "Healthy"}
 WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
 SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$", re.MULTILINE)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def api_counts(client: kubernetes.client.ApiClient) -> Counter[tuple[str, str]]:
@@ -86,12 +80,6 @@ def proc_stats(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return rss, (int(fields[11]) + int(fields[12])) / ticks
-
-
-def reconciles(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return sum(float(v) for v in re.findall(r"^modelops_reconciles_total\{[^}]*\} (\S+)$", text, re.MULTILINE))
 
 
 def add_nodes(core: kubernetes.client.CoreV1Api) -> None:
@@ -179,39 +167,10 @@ def delta(
     )
 
 
-class Operator:
-    """A fresh operator process, as the tests start it."""
-
-    def __init__(self, n: int) -> None:
-        self.health, self.metrics = free_port(), free_port()
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(KUBECONFIG),
-            "MODELOPS_HEALTH_PORT": str(self.health),
-            "MODELOPS_METRICS_PORT": str(self.metrics),
-            "MODELOPS_LOG_LEVEL": "WARNING",
-        }
-        self.log = open(STATE / "logs" / f"bench-scale-{n}.log", "wb")  # noqa: SIM115 - closed in stop()
-        cmd = [sys.executable, "-m", "modelops_operator"]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.health}/healthz", timeout=1)
-                return
-            except OSError:
-                time.sleep(0.5)
-        raise SystemExit("the operator did not become healthy")
-
-    def stats(self) -> tuple[float, float, float]:
-        """(RSS MiB, CPU seconds, reconciles so far)."""
-        rss, cpu = proc_stats(self.proc.pid)
-        return rss, cpu, reconciles(self.metrics)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
-        self.log.close()
+def stats(operator: OperatorProcess) -> tuple[float, float, float]:
+    """(RSS MiB, CPU seconds, reconciles so far)."""
+    rss, cpu = proc_stats(operator.pid)
+    return rss, cpu, operator.metric("modelops_reconciles_total")
 
 
 def cleanup(core: kubernetes.client.CoreV1Api) -> None:
@@ -226,7 +185,7 @@ def cleanup(core: kubernetes.client.CoreV1Api) -> None:
 def run_size(n: int, client: kubernetes.client.ApiClient, steady_s: float, settle_s: float) -> dict[str, float]:
     core = kubernetes.client.CoreV1Api(client)
     custom = kubernetes.client.CustomObjectsApi(client)
-    operator = Operator(n)
+    operator = start_operator(f"bench-scale-{n}.log", MODELOPS_LOG_LEVEL="WARNING")
     try:
         # What an interrupted run left behind (TrainingRuns hold the operator's finalizer: their
         # namespaces go only while an operator runs).
@@ -237,20 +196,20 @@ def run_size(n: int, client: kubernetes.client.ApiClient, steady_s: float, settl
         wanted = objects(n)
         totals = Counter(plural for _, plural, _ in wanted)
         before = api_counts(client)
-        rss0, cpu0, rec0 = operator.stats()
+        rss0, cpu0, rec0 = stats(operator)
         start = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda o: custom.create_namespaced_custom_object(GROUP, VERSION, o[0], o[1], o[2]), wanted))
         created = time.monotonic() - start
         peak = rss0
         while not all((done := phases(custom))[p] >= totals[p] for p in totals):
-            peak = max(peak, operator.stats()[0])
+            peak = max(peak, stats(operator)[0])
             if time.monotonic() - start > 900:
                 raise SystemExit(f"not converged after 900 s: {dict(done)} of {dict(totals)}")
             time.sleep(1)
         converged = time.monotonic() - start
         after = api_counts(client)
-        _, cpu1, rec1 = operator.stats()
+        _, cpu1, rec1 = stats(operator)
         # Converged phases are not the end of the work: the operator still finishes the create
         # events it queued. Quiet = a 10 s window without a write to modelops.dev objects.
         quiet_start, last = time.monotonic(), api_counts(client)
@@ -262,12 +221,12 @@ def run_size(n: int, client: kubernetes.client.ApiClient, steady_s: float, settl
             last = now
         quiet = time.monotonic() - start
         s_before, s_start = api_counts(client), time.monotonic()
-        _, cpu_s0, rec_s0 = operator.stats()
+        _, cpu_s0, rec_s0 = stats(operator)
         while time.monotonic() - s_start < steady_s:
-            peak = max(peak, operator.stats()[0])
+            peak = max(peak, stats(operator)[0])
             time.sleep(2)
         s_after, s_len = api_counts(client), time.monotonic() - s_start
-        rss2, cpu_s1, rec_s1 = operator.stats()
+        rss2, cpu_s1, rec_s1 = stats(operator)
     finally:
         cleanup(core)
         operator.stop()
@@ -308,14 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         "--settle", type=float, default=300, help="most seconds waited after convergence for quiet (default 300)"
     )
     args = parser.parse_args(argv)
-    cli = [sys.executable, str(REPO / "hack" / "cluster.py")]
-    if subprocess.run([*cli, "status"], capture_output=True, check=False).returncode != 0:
-        subprocess.run([*cli, "up"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(
-        [str(Path.home() / ".cache/modelops/bin/kubectl"), f"--kubeconfig={KUBECONFIG}", "apply", "--server-side",
-         "--force-conflicts", "-f", str(REPO / "crds")], check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    client = kubernetes.config.new_client_from_config(config_file=str(KUBECONFIG))
+    client = cluster()
     add_nodes(kubernetes.client.CoreV1Api(client))
     results = [run_size(n, client, args.steady, args.settle) for n in args.sizes]
     base = results[0]

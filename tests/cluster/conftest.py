@@ -141,8 +141,10 @@ def _free_port() -> int:
 
 
 class OperatorProcess:
-    """The operator as its console script, with a short resync so tests see timers act; a test may
-    kill it (SIGKILL, as a node failure would) and start it again."""
+    """The operator as its console script; a test may kill it (SIGKILL, as a node failure would)
+    and start it again. The periodic resync is effectively off (an hour), so the tests show that
+    every change is acted on through watch events and the progress timer, never by waiting for a
+    resync; the progress timer is short so that tests do not wait on it."""
 
     def __init__(self, kubeconfig: Path, **extra_env: str) -> None:
         self.kubeconfig = kubeconfig
@@ -150,18 +152,18 @@ class OperatorProcess:
         self.log = STATE / "logs" / "operator-tests.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
+        self.port = self.metrics_port = 0
 
     def start(self) -> None:
-        self.port = _free_port()
+        self.port, self.metrics_port = _free_port(), _free_port()
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
-            "MODELOPS_RESYNC_SECONDS": "2",
+            "MODELOPS_RESYNC_SECONDS": "3600",
             "MODELOPS_PROGRESS_SECONDS": "1",
             "MODELOPS_ARTIFACT_PVC": ARTIFACT_PVC,
             "MODELOPS_HEALTH_PORT": str(self.port),
-            "MODELOPS_METRICS_PORT": str(_free_port()),
+            "MODELOPS_METRICS_PORT": str(self.metrics_port),
             "MODELOPS_PROMETHEUS_URL": PROMETHEUS,
             "MODELOPS_LOG_FORMAT": "json",
             **self.extra_env,
@@ -171,6 +173,17 @@ class OperatorProcess:
                 [sys.executable, "-m", "modelops_operator"], env=env, stdout=out, stderr=subprocess.STDOUT
             )
         wait_until("the operator's /healthz", self.healthy, timeout=60)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def metric(self, name: str) -> float:
+        """The sum of a metric's samples on the operator's /metrics (0 when absent)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
     def healthy(self) -> bool:
         assert self.proc is not None

@@ -1,5 +1,5 @@
 """Faults the operator must ride out: the API server gone for 30 s (its watches break, its calls
-fail), and objects deleted while the operator is down."""
+fail), a watch connection that silently stalls, and objects deleted while the operator is down."""
 
 from __future__ import annotations
 
@@ -7,13 +7,25 @@ import importlib.util
 import json
 import sys
 import time
+import urllib.parse
 import urllib.request
+from datetime import UTC, datetime, timedelta
 
 import pytest
+import yaml
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import GROUP, VERSION
-from tests.cluster.conftest import REPO, kubectl, wait_until
+from tests.cluster.conftest import (
+    OPERATOR_NAMESPACE,
+    OPERATOR_RELEASE,
+    REPO,
+    STATE,
+    OperatorProcess,
+    kubectl,
+    wait_until,
+)
+from tests.cluster.proxy import StallingProxy
 from tests.cluster.test_operator import create, ready_reason
 from tests.objects import training_run
 
@@ -25,6 +37,10 @@ def cluster_module():
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def lease(namespace: str, name: str) -> dict:
+    return json.loads(kubectl("-n", namespace, "get", "lease", name, "-o", "json").stdout)["spec"]
 
 
 def api_ready(cluster) -> bool:
@@ -107,3 +123,57 @@ def test_objects_deleted_while_the_operator_is_down_go_once_it_returns(operator,
         lambda: kubectl("-n", namespace, "get", "trainingrun", "doomed", check=False).returncode != 0,
         timeout=60,
     )
+
+
+@pytest.mark.slow
+def test_a_watch_that_silently_stalls_is_replaced(operator, operator_kubeconfig, custom, namespace):
+    """The connection under the operator's watches goes silent (no error, no close): the watch
+    client timeout ends it and kopf re-lists and re-watches on a new connection, so objects
+    created meanwhile are still seen. Without that timeout the operator would wait forever (the
+    resync is an hour in tests and cannot help a new object). The operator runs with leader
+    election: its Lease renewals, stalled too, time out and go on over new connections, so it keeps
+    the Lease rather than hanging while another replica could take it over."""
+    config = yaml.safe_load(operator_kubeconfig.read_text())
+    server = urllib.parse.urlsplit(config["clusters"][0]["cluster"]["server"])
+    proxy = StallingProxy(server.hostname or "127.0.0.1", server.port or 443).start()
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
+    proxied_config = STATE / "operator-proxied.kubeconfig"
+    proxied_config.write_text(yaml.safe_dump(config))
+    operator.stop()  # one operator at a time: the proxied one replaces the session's for this test
+    proxied = OperatorProcess(
+        proxied_config,
+        MODELOPS_WATCH_SERVER_TIMEOUT_SECONDS="3600",
+        MODELOPS_WATCH_CLIENT_TIMEOUT_SECONDS="15",
+        MODELOPS_LEADER_ELECTION_NAMESPACE=OPERATOR_NAMESPACE,
+        MODELOPS_LEADER_ELECTION_ID=OPERATOR_RELEASE,
+    )
+    try:
+        proxied.start()
+        create(custom, namespace, training_run("before", "missing"))
+        assert wait_until("the first status", lambda: ready_reason(custom, namespace, "trainingruns", "before")) == (
+            "False",
+            c.DATASET_NOT_FOUND,
+        )
+        watches = proxied.metric('modelops_watch_restarts_total{reason="inactive"}')
+        holder = lease(OPERATOR_NAMESPACE, OPERATOR_RELEASE)["holderIdentity"]
+        proxy.stall()
+        stalled_at = datetime.now(UTC)
+        create(custom, namespace, training_run("after", "missing"))
+        assert wait_until(
+            "the object created during the stall reconciled",
+            lambda: ready_reason(custom, namespace, "trainingruns", "after"),
+            timeout=120,
+        ) == ("False", c.DATASET_NOT_FOUND)
+        assert proxied.metric('modelops_watch_restarts_total{reason="inactive"}') > watches
+
+        def renewed_since_the_stall() -> bool:
+            spec = lease(OPERATOR_NAMESPACE, OPERATOR_RELEASE)
+            renewed = datetime.fromisoformat(spec["renewTime"].replace("Z", "+00:00"))
+            return spec["holderIdentity"] == holder and renewed > stalled_at + timedelta(seconds=5)
+
+        wait_until("the Lease renewed after the stall", renewed_since_the_stall, timeout=30)
+        assert proxied.proc is not None and proxied.proc.poll() is None
+    finally:
+        proxied.stop()
+        proxy.close()
+        operator.start()

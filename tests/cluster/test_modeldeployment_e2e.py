@@ -23,6 +23,18 @@ from tests.server.helpers import export_model, image_bytes, poison_model
 
 pytestmark = pytest.mark.localnode
 
+#: Two measurements 15 s apart of the error rate (at most 5%) and p99 latency (at most 5 s).
+ANALYSIS = {
+    "interval": "15s",
+    "count": 2,
+    "failureLimit": 0,
+    "inconclusiveLimit": 4,
+    "metrics": [
+        {"name": "errorRate", "template": "errorRate", "max": 0.05},
+        {"name": "latencyP99", "template": "latencyP99", "max": 5.0},
+    ],
+}
+
 
 def md_status(custom, namespace: str, name: str) -> dict[str, Any]:
     obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", name)
@@ -45,6 +57,7 @@ class Load:
         self.namespace, self.name = namespace, name
         self.stop = threading.Event()
         self.results: list[tuple[str, int, str]] = []  # (pod IP, status, model version or "")
+        self.latencies: list[float] = []  # seconds, of answered requests (any status)
         self.endpoints: list[str] = []
         self.threads = [threading.Thread(target=self.refresh, daemon=True)]
         self.threads += [threading.Thread(target=self.send, args=(i,), daemon=True) for i in range(3)]
@@ -84,11 +97,13 @@ class Load:
                 continue
             ip = rng.choice(self.endpoints)
             try:
+                sent = time.perf_counter()
                 r = requests.post(
                     f"http://{ip}:8080/v1/models/{self.name}:classify",
                     files={"file": ("x.png", image, "image/png")},
                     timeout=10,
                 )
+                self.latencies.append(time.perf_counter() - sent)
                 version = r.json().get("model_version", "") if r.status_code == 200 else ""
                 self.results.append((ip, r.status_code, version))
             except (requests.RequestException, ValueError):
@@ -125,16 +140,6 @@ def test_a_good_model_is_promoted_and_a_bad_one_rolled_back_by_analysis(operator
     def uri(path: Path) -> str:
         return f"file://{ARTIFACTS}/{path.relative_to(store)}"
 
-    analysis = {
-        "interval": "15s",
-        "count": 2,
-        "failureLimit": 0,
-        "inconclusiveLimit": 4,
-        "metrics": [
-            {"name": "errorRate", "template": "errorRate", "max": 0.05},
-            {"name": "latencyP99", "template": "latencyP99", "max": 5.0},
-        ],
-    }
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "ModelDeployment",
@@ -143,7 +148,7 @@ def test_a_good_model_is_promoted_and_a_bad_one_rolled_back_by_analysis(operator
             "model": {"uri": uri(good1.path), "digest": good1.digest},
             "server": {"placement": ON_LOCAL_NODE, "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}}},
             "autoscaling": {"minReplicas": 1, "maxReplicas": 2},
-            "rollout": {"steps": [{"setWeight": 50}, {"analysis": analysis}]},
+            "rollout": {"steps": [{"setWeight": 50}, {"analysis": ANALYSIS}]},
         },
     }
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", body)
@@ -249,3 +254,47 @@ def test_a_good_model_is_promoted_and_a_bad_one_rolled_back_by_analysis(operator
         ),
         timeout=120,
     )
+
+
+@pytest.mark.slow
+def test_a_manual_gate_waits_for_promote_and_the_command_is_acted_on_at_once(operator, custom, namespace):
+    """A pause without a duration holds the canary until `modelops.dev/promote=true`. The operator
+    acts on the annotation when it arrives (the resync is an hour in tests; a paused rollout is not
+    polled), then removes it."""
+    store = artifacts_on_host(namespace)
+    v1 = export_model(store / "models" / "v1", seed=1, name="digits")
+    v2 = export_model(store / "models" / "v2", seed=2, name="digits")
+
+    def model(exported) -> dict[str, str]:
+        return {"uri": f"file://{ARTIFACTS}/{exported.path.relative_to(store)}", "digest": exported.digest}
+
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "gated"},
+        "spec": {
+            "model": model(v1),
+            "server": {"placement": ON_LOCAL_NODE, "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}}},
+            "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
+            "rollout": {"steps": [{"setWeight": 50}, {"pause": {}}]},
+        },
+    }
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", body)
+    wait_until("Healthy", lambda: md_status(custom, namespace, "gated").get("phase") == "Healthy", timeout=180)
+    patch = {"spec": {"model": model(v2)}}
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "gated", patch)
+    wait_until("Paused at the gate", lambda: md_status(custom, namespace, "gated").get("phase") == "Paused", 180)
+    time.sleep(5)  # it stays there
+    st = md_status(custom, namespace, "gated")
+    assert st["phase"] == "Paused" and st["stable"]["digest"] == v1.digest and st["canary"]["digest"] == v2.digest
+
+    kubectl("-n", namespace, "annotate", "modeldeployment", "gated", "modelops.dev/promote=true")
+    wait_until(
+        "promoted", lambda: (md_status(custom, namespace, "gated").get("stable") or {}).get("digest") == v2.digest, 120
+    )
+
+    def annotations() -> dict[str, str]:
+        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "gated")
+        return dict(obj["metadata"].get("annotations") or {})
+
+    wait_until("the command consumed", lambda: "modelops.dev/promote" not in annotations(), timeout=60)

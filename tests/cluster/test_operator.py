@@ -72,7 +72,7 @@ def test_a_waiting_object_catches_up_when_its_dependency_appears(operator, custo
         c.DATASET_NOT_FOUND,
     )
     create(custom, namespace, dataset("later"))
-    # Nothing about the TrainingRun changed: the periodic resync notices the Dataset.
+    # Nothing about the TrainingRun changed, and the resync is off: the Dataset's creation wakes it.
     wait_until(
         "DatasetNotReady",
         lambda: ready_reason(custom, namespace, "trainingruns", "early") == ("False", c.DATASET_NOT_READY),

@@ -404,6 +404,7 @@ def test_operator_prometheus_rule(tmp_path):
     assert "_over_time(modelops_objects{" in exprs["ModelopsObjectsStuck"]
     assert "[1h]" in exprs["ModelopsObjectsStuck"]
     assert "rate(modelops_watch_restarts_total{" in exprs["ModelopsWatchRestarts"]
+    assert 'reason!="start"' in exprs["ModelopsWatchRestarts"]
     if not PROMTOOL.exists():
         pytest.skip(f"promtool not built ({PROMTOOL})")
     path = tmp_path / "rules.yaml"
@@ -604,9 +605,10 @@ def test_operator_alerts_fire_on_series(tmp_path):
         {"series": f'modelops_objects{{{job},kind="Dataset",phase="Failed"}}', "values": "1x90"},
         {"series": f'modelops_objects{{{job},kind="TrainingRun",phase="Pending"}}', "values": "1x90"},
         {"series": f'modelops_objects{{{job},kind="ModelDeployment",phase="Progressing"}}', "values": "1x20 0x70"},
-        # 120 watch restarts a minute (2/s) from minute 20 on.
-        {"series": f"modelops_watch_restarts_total{{{job}}}", "values": "0x20 0+120x70"},
-        {"series": f"modelops_watch_restarts_total{{{other}}}", "values": "0+1000x90"},
+        # 120 stalled watches replaced a minute (2/s) from minute 20 on; starts never count.
+        {"series": f'modelops_watch_restarts_total{{{job},reason="inactive"}}', "values": "0x20 0+120x70"},
+        {"series": f'modelops_watch_restarts_total{{{job},reason="start"}}', "values": "0+1000x90"},
+        {"series": f'modelops_watch_restarts_total{{{other},reason="inactive"}}', "values": "0+1000x90"},
     ]
     alert = {
         "ModelopsOperatorDown": [],

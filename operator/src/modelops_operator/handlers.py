@@ -12,6 +12,7 @@ and writes status only when it changed. An object whose spec cannot be acted on 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -28,6 +29,7 @@ from modelops_operator.api.trainingrun import TrainingRunSpec, TrainingRunStatus
 from modelops_operator.builders import alerts as ba
 from modelops_operator.builders import modeldeployment as bm
 from modelops_operator.reconcile import dataset as rd
+from modelops_operator.reconcile import dependencies as dep
 from modelops_operator.reconcile import modeldeployment as rm
 from modelops_operator.reconcile import rollout
 from modelops_operator.reconcile import trainingrun as rt
@@ -36,32 +38,51 @@ from modelops_operator.settings import OperatorSettings
 
 SETTINGS = OperatorSettings.from_env()
 T = TypeVar("T")
-#: Phases in which an object has work under way; it is reconciled every `progress_seconds` then.
-ACTIVE_PHASES = ("Pending", "Running", "WaitingForDataset", "Progressing")
 #: Prefix of the annotations kopf keeps its bookkeeping in (status stays ours alone).
 ANNOTATION_PREFIX = GROUP
 
 
 WATCH_STARTS = prometheus_client.Counter(
     "modelops_watch_restarts",
-    "Watch streams (re)started against the API server: one per watched kind at start, then one per "
-    "server-side timeout (MODELOPS_WATCH_SERVER_TIMEOUT_SECONDS) or broken connection.",
+    "Watch streams (re)started against the API server, by reason: start (one per watched kind when "
+    "the operator starts), inactive (no event, bookmarks included, for kopf's inactivity timeout or "
+    "MODELOPS_WATCH_CLIENT_TIMEOUT_SECONDS: a stalled or cut connection, replaced) and gone (the "
+    "resource version expired: re-listed). A watch the server ends on time is renewed silently.",
+    ["reason"],
 )
 
 
 class _CountWatchStarts(logging.Filter):
-    """kopf announces each watch (re)start only in a DEBUG record: count it, and drop the DEBUG
-    records unless the operator logs at DEBUG (the logger must let them through to be counted)."""
+    """kopf announces watch (re)starts only in DEBUG records: count them, and drop the DEBUG records
+    unless the operator logs at DEBUG (the logger must let them through to be counted)."""
+
+    REASONS = (("Starting the watch-stream", "start"), ("Watch-stream for", "inactive"), ("Restarting the", "gone"))
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.getMessage().startswith("Starting the watch-stream"):
-            WATCH_STARTS.inc()
+        message = record.getMessage()
+        for prefix, reason in self.REASONS:
+            if message.startswith(prefix) and (reason != "inactive" or message.endswith("reconnecting.")):
+                WATCH_STARTS.labels(reason).inc()
         return record.levelno > logging.DEBUG or SETTINGS.log_level == "DEBUG"
 
 
 _WATCH_LOGGER = logging.getLogger("kopf._cogs.clients.watching")
 _WATCH_LOGGER.addFilter(_CountWatchStarts())
 _WATCH_LOGGER.setLevel(logging.DEBUG)
+
+
+class _DropRoutineSuccess(logging.Filter):
+    """kopf logs every handler success at INFO: for the handlers that run on every event or tick
+    (waking, the timers) that is a line per object every few seconds. What changed is logged by
+    `reconcile` ("status updated: ..."); failures are still logged."""
+
+    ROUTINE = re.compile(r"^(Handler|Timer) '(wake[\w-]*|progress|resync)' succeeded\.$")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno != logging.INFO or not self.ROUTINE.match(record.getMessage())
+
+
+logging.getLogger("kopf.objects").addFilter(_DropRoutineSuccess())
 
 
 @kopf.on.startup()
@@ -271,7 +292,7 @@ def _model_deployment(spec: Any, generation: int, old: Any, body: kopf.Body) -> 
         weight = plan.status.desired_weight if plan.status.canary is not None and not plan.status.aborted else 0
         _kube(kube.patch_http_route, ns, route, bm.http_route_patch(spec, name, weight))
     if command is not None and plan.command_done:
-        _kube(kube.remove_annotation, MODEL_DEPLOYMENT, ns, name, f"{GROUP}/{command}")
+        _kube(kube.annotate, MODEL_DEPLOYMENT, ns, name, {f"{GROUP}/{command}": None})
     for event in plan.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     ROLLOUT_ABORTED.labels(ns, name).set(1 if plan.status.aborted and plan.status.canary else 0)
@@ -350,9 +371,24 @@ def _reconcile(kind: Kind, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logg
     return result
 
 
+def _commanded(kind: Kind, annotations: dict[str, str]) -> bool:
+    return kind is MODEL_DEPLOYMENT and any(f"{GROUP}/{cmd}" in annotations for cmd in COMMANDS)
+
+
 def _register(kind: Kind) -> None:
-    def handle(*, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+    def handle(*, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, memo: kopf.Memo, **_: Any) -> None:
         reconcile(kind, body, patch, logger)
+        memo["woken"] = (body.metadata.annotations or {}).get(dep.WAKE_ANNOTATION)
+
+    def on_event(*, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, memo: kopf.Memo, **_: Any) -> None:
+        """Reconcile at once when woken by a dependency's change or given a manual command.
+        kopf leaves our own annotations out of its diffs, so these are seen here, in the raw
+        events, rather than by an update handler."""
+        annotations = dict(body.metadata.annotations or {})
+        woken = annotations.get(dep.WAKE_ANNOTATION)
+        seen = memo.setdefault("woken", woken)  # first sight: the create or resume handler runs
+        if woken != seen or _commanded(kind, annotations):
+            handle(body=body, patch=patch, logger=logger, memo=memo)
 
     def forget(*, body: kopf.Body, **_: Any) -> None:
         _count_phase(kind.kind, body.metadata.namespace or "", body.metadata.name or "", None)
@@ -361,18 +397,76 @@ def _register(kind: Kind) -> None:
     kopf.on.resume(*resource, id="reconcile")(handle)
     kopf.on.create(*resource, id="reconcile")(handle)
     kopf.on.update(*resource, id="reconcile", field="spec")(handle)
+    kopf.on.event(*resource, id="wake")(on_event)
     kopf.on.delete(*resource, id="forget", optional=True)(forget)
     kopf.timer(*resource, id="resync", interval=SETTINGS.resync_seconds, initial_delay=SETTINGS.resync_seconds)(handle)
     kopf.timer(
         *resource,
         id="progress",
         interval=SETTINGS.progress_seconds,
-        when=lambda status, **_: status.get("phase") in ACTIVE_PHASES,
+        when=lambda status, **_: dep.needs_progress(kind.kind, dict(status)),
     )(handle)
 
 
 for _kind in KINDS:
     _register(_kind)
+
+
+@kopf.index(GROUP, VERSION, TRAINING_RUN.plural)  # type: ignore[arg-type]
+def runs_by_dataset(*, namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[Any, Any]:
+    """(namespace, Dataset name) -> (TrainingRun name, phase), for waking the runs of a Dataset."""
+    ref = (spec.get("datasetRef") or {}).get("name")
+    return {(namespace, ref): (name, status.get("phase"))} if ref else {}
+
+
+@kopf.index(GROUP, VERSION, MODEL_DEPLOYMENT.plural)  # type: ignore[arg-type]
+def deployments_by_run(*, namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
+    """(namespace, TrainingRun name) -> ModelDeployment name, for waking the deployments of a run."""
+    ref = ((spec.get("model") or {}).get("trainingRunRef") or {}).get("name")
+    return {(namespace, ref): name} if ref else {}
+
+
+def _wake_dependants(
+    kind: Kind,
+    fingerprint: Callable[[dict[str, Any] | None], str | None],
+    dependants: Callable[[str, str, kopf.Index[Any, Any]], list[str]],
+    dependant_kind: Kind,
+    index: str,
+) -> None:
+    """Watch `kind` and wake its dependants (of `dependant_kind`, found in the kopf index named
+    `index`) whenever what they read of it changes."""
+
+    def wake(*, type: str | None, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
+        ns, name = body.metadata.namespace or "", body.metadata.name or ""
+        after = fingerprint(None if type == "DELETED" else dict(body))
+        known, before = "fingerprint" in memo, memo.get("fingerprint")
+        memo["fingerprint"] = after
+        if not dep.should_wake(before, after, known=known, listed=type is None):
+            return
+        value = dep.wake_value(kind.kind, name, after)
+        for dependant in dependants(ns, name, kwargs[index]):
+            try:
+                kube.annotate(dependant_kind, ns, dependant, {dep.WAKE_ANNOTATION: value})
+            except (kube.Conflict, kube.Unavailable) as e:  # the resync timer catches up later
+                logger.warning("could not wake %s %s: %s", dependant_kind.kind, dependant, e)
+
+    kopf.on.event(GROUP, VERSION, kind.plural, id=f"wake-{dependant_kind.plural}")(wake)
+
+
+_wake_dependants(
+    DATASET,
+    dep.dataset_fingerprint,
+    lambda ns, name, idx: [run for run, phase in idx.get((ns, name), []) if dep.run_waits_for_dataset(phase)],
+    TRAINING_RUN,
+    "runs_by_dataset",
+)
+_wake_dependants(
+    TRAINING_RUN,
+    dep.run_fingerprint,
+    lambda ns, name, idx: list(idx.get((ns, name), [])),
+    MODEL_DEPLOYMENT,
+    "deployments_by_run",
+)
 
 
 @kopf.on.delete(GROUP, VERSION, TRAINING_RUN.plural, id="cleanup", retries=5, backoff=2)

@@ -24,11 +24,14 @@ class OperatorSettings(BaseModel):
     namespaces: list[str] = Field(default_factory=list)
     """Namespaces to watch; empty watches the whole cluster (the chart's cluster mode)."""
     resync_seconds: float = Field(default=60.0, gt=0)
-    """How often every object is reconciled even when nothing changed, so status catches up with
-    objects it depends on (a TrainingRun's Dataset becoming Ready, for example)."""
+    """How often every object is reconciled even when nothing changed: a safety net. Changes are
+    acted on through watch events (a Dataset's change wakes the TrainingRuns waiting for it, a
+    TrainingRun's new model the ModelDeployments following it); the resync catches what no event
+    announces, such as a child edited or deleted by hand."""
     progress_seconds: float = Field(default=3.0, gt=0)
-    """How often an object with work under way (a Job or trial running) is reconciled, so its
-    status follows its children closely."""
+    """How often an object with work under way (a Job or trial running, a rollout step) is
+    reconciled, so its status follows its children closely. Objects waiting for another of ours
+    are not polled: that object's change wakes them."""
     trainer_image: str = "ghcr.io/modelops/trainer:0.1.0"
     """Image of the data-preparation and training programs (`trainer_image/`)."""
     server_image: str = "ghcr.io/modelops/server:0.1.0"
@@ -61,7 +64,9 @@ class OperatorSettings(BaseModel):
     """Ask the API server to end each watch after this long; kopf then re-lists and re-watches, so a
     watch that silently stalled is replaced."""
     watch_client_timeout_seconds: int = Field(default=330, ge=10)
-    """Give up on a watch connection that has said nothing for this long (just above the server's)."""
+    """End each watch connection on the client side after this long at most, whatever it carried
+    (just above the server's timeout): a connection that went silent without closing, which no error
+    would reveal, is replaced then."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:

@@ -36,6 +36,21 @@ class Unavailable(KubeError):
     """The API server did not answer usefully (5xx, timeout, refused connection)."""
 
 
+#: (connect, read) seconds for every call that does not set its own. Without it a connection that
+#: went silent (a load balancer or NAT dropping the flow without a reset) hangs the call, and the
+#: handler thread making it, forever; with it the call fails as `Unavailable` and is retried.
+REQUEST_TIMEOUT = (5.0, 30.0)
+
+
+class _TimedApiClient(kubernetes.client.ApiClient):  # type: ignore[misc]
+    """The Kubernetes client, with `REQUEST_TIMEOUT` on every request (generated, dynamic, logs)."""
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("_request_timeout") is None:
+            kwargs["_request_timeout"] = REQUEST_TIMEOUT
+        return super().request(*args, **kwargs)
+
+
 @functools.cache
 def login() -> kubernetes.client.ApiClient:
     """The API client: in-cluster credentials in a pod, else the kubeconfig ($KUBECONFIG). Made once."""
@@ -43,7 +58,7 @@ def login() -> kubernetes.client.ApiClient:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()
-    return kubernetes.client.ApiClient()
+    return _TimedApiClient()
 
 
 def _api() -> kubernetes.client.CustomObjectsApi:
@@ -235,8 +250,9 @@ def crd_exists(name: str, ttl: float = 60.0) -> bool:
     return found
 
 
-def remove_annotation(kind: Kind, namespace: str, name: str, key: str) -> None:
-    """Delete one annotation of one of our objects (a consumed manual command)."""
+def annotate(kind: Kind, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
+    """Set (a value) or delete (None) annotations of one of our objects: a consumed manual command,
+    or the wake-up of a dependant. Setting a value it already has writes nothing."""
     _call(
         f"patch {kind.plural} {namespace}/{name}",
         _api().patch_namespaced_custom_object,
@@ -245,7 +261,7 @@ def remove_annotation(kind: Kind, namespace: str, name: str, key: str) -> None:
         namespace,
         kind.plural,
         name,
-        {"metadata": {"annotations": {key: None}}},
+        {"metadata": {"annotations": annotations}},
     )
 
 

@@ -1,11 +1,14 @@
 """Leader election with a `coordination.k8s.io/v1` Lease, so that two operator replicas never
 reconcile the same objects: the one holding the Lease runs kopf, the others wait.
 
-The protocol is client-go's: the holder renews `renewTime` every `renew_seconds`; a candidate
-takes the Lease over only when it has not been renewed for `lease_seconds`, with an update that
-carries the Lease's `resourceVersion` (so two candidates cannot both win). A holder that cannot
-renew for `lease_seconds` exits the process at once (status 1) — a replica that might have lost
-the Lease must not keep reconciling; Kubernetes restarts it as a candidate. On a normal shutdown
+The protocol is client-go's: the holder renews `renewTime` every `renew_seconds` (retrying every
+second after a failure); a candidate takes the Lease over only when it has not been renewed for
+`lease_seconds`, with an update that carries the Lease's `resourceVersion` (so two candidates
+cannot both win). A holder that cannot renew within its renew deadline (two thirds of
+`lease_seconds`, before any candidate may take over) exits the process at once (status 1) — a
+replica that might have lost the Lease must not keep reconciling; Kubernetes restarts it as a
+candidate. Each Lease call has a short timeout of its own, so a connection that went silent
+cannot hold the holder past its deadline. On a normal shutdown
 the Lease is released (`holderIdentity` cleared), so the standby takes over within a second or two.
 """
 
@@ -19,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kubernetes
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from modelops_operator.kube import login
@@ -45,6 +49,8 @@ class LeaderElection:
     ) -> None:
         self.namespace, self.name, self.identity = namespace, name, identity
         self.lease_seconds, self.renew_seconds = lease_seconds, renew_seconds
+        self.renew_deadline = lease_seconds * 2 / 3
+        self.call_timeout = (2.0, max(1.0, renew_seconds / 2))
         self.api = kubernetes.client.CoordinationV1Api(login())
         self.stopped = threading.Event()
 
@@ -62,7 +68,7 @@ class LeaderElection:
 
     def _read(self) -> dict[str, Any] | None:
         try:
-            lease = self.api.read_namespaced_lease(self.name, self.namespace)
+            lease = self.api.read_namespaced_lease(self.name, self.namespace, _request_timeout=self.call_timeout)
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -74,7 +80,8 @@ class LeaderElection:
         lease = self._read()
         if lease is None:
             try:
-                self.api.create_namespaced_lease(self.namespace, self._body(None, acquired=True))
+                body = self._body(None, acquired=True)
+                self.api.create_namespaced_lease(self.namespace, body, _request_timeout=self.call_timeout)
             except ApiException as e:
                 if e.status == 409:
                     return False
@@ -93,7 +100,10 @@ class LeaderElection:
             return False
         try:
             self.api.replace_namespaced_lease(
-                self.name, self.namespace, self._body(lease, acquired=holder != self.identity)
+                self.name,
+                self.namespace,
+                self._body(lease, acquired=holder != self.identity),
+                _request_timeout=self.call_timeout,
             )
         except ApiException as e:
             if e.status == 409:  # someone else updated it first
@@ -101,10 +111,17 @@ class LeaderElection:
             raise
         return True
 
+    def _attempt(self) -> bool:
+        try:
+            return self.try_acquire()
+        except (ApiException, OSError, ValueError, urllib3.exceptions.HTTPError) as e:
+            log.warning("cannot reach the leader lease (will retry): %s", e)
+            return False
+
     def acquire(self) -> None:
         """Block until this process holds the Lease, then keep renewing it in a thread."""
         logged = False
-        while not self.try_acquire():
+        while not self._attempt():
             if not logged:
                 log.info("waiting for the leader lease %s/%s", self.namespace, self.name)
                 logged = True
@@ -113,18 +130,19 @@ class LeaderElection:
         threading.Thread(target=self._renew, name="leader-lease", daemon=True).start()
 
     def _renew(self) -> None:
-        last = time.monotonic()
-        while not self.stopped.wait(self.renew_seconds):
+        last, wait = time.monotonic(), self.renew_seconds
+        while not self.stopped.wait(wait):
             try:
                 if self.try_acquire():
-                    last = time.monotonic()
+                    last, wait = time.monotonic(), self.renew_seconds
                     continue
                 log.error("lost the leader lease %s/%s to another replica; exiting", self.namespace, self.name)
-            except (ApiException, OSError, ValueError) as e:
-                if time.monotonic() - last < self.lease_seconds:
+            except (ApiException, OSError, ValueError, urllib3.exceptions.HTTPError) as e:
+                if time.monotonic() - last < self.renew_deadline:
                     log.warning("cannot renew the leader lease (will retry): %s", e)
+                    wait = 1.0
                     continue
-                log.error("could not renew the leader lease for %s s; exiting: %s", self.lease_seconds, e)
+                log.error("could not renew the leader lease for %.0f s; exiting: %s", self.renew_deadline, e)
             os._exit(1)
 
     def release(self) -> None:
@@ -136,5 +154,5 @@ class LeaderElection:
                 body = self._body(lease, acquired=False)
                 body["spec"]["holderIdentity"] = None
                 self.api.replace_namespaced_lease(self.name, self.namespace, body)
-        except (ApiException, OSError) as e:
+        except (ApiException, OSError, urllib3.exceptions.HTTPError) as e:
             log.warning("could not release the leader lease: %s", e)

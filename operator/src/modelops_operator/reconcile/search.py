@@ -133,13 +133,13 @@ def median_stop(
         best
         for name, other in curves.items()
         if name != trial and len(other) >= epoch
-        if (best := _best(other[:epoch], maximize)) is not None
+        if (best := best_of(other[:epoch], maximize)) is not None
     ]
     if not others:
         return None
     median = statistics.median(others)
     count = f"{len(others)} other trial{'s' if len(others) != 1 else ''}"
-    best = _best(curve, maximize)
+    best = best_of(curve, maximize)
     if best is None:
         return f"{metric} has only NaN values up to epoch {epoch}; the median of {count} is {median:.4g}"
     if not is_better(median, best, maximize):
@@ -147,9 +147,9 @@ def median_stop(
     return f"{metric} best {best:.4g} at epoch {epoch} is worse than the median {median:.4g} of {count}"
 
 
-def _best(values: Sequence[float], maximize: bool) -> float | None:
-    """The best of the values that are not NaN, or None when there is none."""
-    numbers = [v for v in values if not math.isnan(v)]
+def best_of(values: Sequence[float], maximize: bool) -> float | None:
+    """The best of the finite values (a diverged trial reports NaN or inf), or None when none is."""
+    numbers = [v for v in values if math.isfinite(v)]
     if not numbers:
         return None
     return max(numbers) if maximize else min(numbers)

@@ -153,11 +153,6 @@ def epoch_curve(log: str | None, metric: str, known: list[float] | None = None) 
     return curve
 
 
-def _best(values: list[float], maximize: bool) -> float | None:
-    finite = [v for v in values if math.isfinite(v)]
-    return (max(finite) if maximize else min(finite)) if finite else None
-
-
 def _index(trial: str) -> int:
     tail = trial.rsplit("-t", 1)[-1]
     return int(tail) if tail.isdigit() else 0
@@ -349,7 +344,7 @@ class _Run:
             objective = _finite(value)
             done = trial.model_copy(
                 update={
-                    "objective": objective if objective is not None else _best(trial.history, self.maximize),
+                    "objective": objective if objective is not None else search.best_of(trial.history, self.maximize),
                     "metrics": {k: v for k, v in summary.metrics.items() if _finite(v) is not None},
                     "model_uri": model["uri"],
                     "model_digest": model["digest"],
@@ -378,7 +373,7 @@ class _Run:
                         "state": running,
                         "history": curve,
                         "epoch": len(curve) or trial.epoch,
-                        "objective": _best(curve, self.maximize),
+                        "objective": search.best_of(curve, self.maximize),
                         "message": message,
                     }
                 )
@@ -438,7 +433,7 @@ class _Run:
                         self.stop(t, c.TRIALS_EXHAUSTED, "the failure budget is spent")
         elif not self.spec.suspend:
             self.launch(budget)
-        self.update_best()
+        self.updatebest_of()
         active = [t for t in self.status.trials if t.state in ("Pending", "Running")]
         if len(failed) > max_failed:
             self.fail(failed, max_failed)
@@ -477,7 +472,7 @@ class _Run:
             shown = ", ".join(f"{k}={v}" for k, v in sorted(params.items())) or "the spec's hyper-parameters"
             self.events.append(Event("Normal", "TrialStarted", f"trial {name} started with {shown}"))
 
-    def update_best(self) -> None:
+    def updatebest_of(self) -> None:
         best: TrialStatus | None = None
         for t in self.status.trials:
             if (

@@ -1,0 +1,34 @@
+"""What the cluster benchmarks (scale, faults, soak) share: the local cluster up with the CRDs
+installed, an API client, and an operator process started as the tests start it but with the
+production timers (resync 60 s, progress 3 s) and an admin kubeconfig."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import kubernetes  # noqa: E402
+
+from tests.cluster.conftest import KUBECONFIG, OperatorProcess, kubectl  # noqa: E402
+
+
+def cluster() -> kubernetes.client.ApiClient:
+    """The local cluster (started by hack/cluster.py when it is not running), CRDs applied."""
+    cli = [sys.executable, str(REPO / "hack" / "cluster.py")]
+    if subprocess.run([*cli, "status"], capture_output=True, check=False).returncode != 0:
+        subprocess.run([*cli, "up"], check=True, stdout=subprocess.DEVNULL)
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    return kubernetes.config.new_client_from_config(config_file=str(KUBECONFIG))
+
+
+def start_operator(log_name: str, **env: str) -> OperatorProcess:
+    """A fresh operator process logging to .cluster/logs/<log_name>, healthy when returned."""
+    operator = OperatorProcess(KUBECONFIG, MODELOPS_RESYNC_SECONDS="60", MODELOPS_PROGRESS_SECONDS="3", **env)
+    operator.log = operator.log.with_name(log_name)
+    operator.start()
+    return operator

@@ -1,0 +1,45 @@
+"""The full lifecycle with the operator SIGKILLed at random moments ends exactly as an undisturbed
+run does: same status of all three objects, same children, no child ever created twice, no orphan,
+nothing left behind or stuck Terminating after deletion. CI kills it `MODELOPS_FAULT_KILLS` times
+(default 6); bench/faults.py runs the same scenario with 50."""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+from collections.abc import Iterator
+
+import kubernetes
+import pytest
+
+from tests.cluster.lifecycle import run_lifecycle
+
+pytestmark = [pytest.mark.localnode, pytest.mark.slow]
+
+
+@pytest.fixture
+def two_namespaces(api) -> Iterator[tuple[str, str]]:
+    core = kubernetes.client.CoreV1Api(api)
+    names = (f"t-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}")
+    for name in names:
+        core.create_namespace({"metadata": {"name": name, "labels": {"modelops.dev/test": "true"}}})
+    yield names
+    for name in names:
+        core.delete_namespace(name)
+
+
+def test_the_lifecycle_ends_the_same_with_the_operator_killed_at_random_moments(custom, operator, two_namespaces):
+    calm_ns, rough_ns = two_namespaces
+    kills = int(os.environ.get("MODELOPS_FAULT_KILLS", "6"))
+    seed = int(os.environ.get("MODELOPS_FAULT_SEED", random.randrange(1 << 30)))
+    calm = run_lifecycle(custom, calm_ns, operator)
+    rough = run_lifecycle(custom, rough_ns, operator, kills=kills, seed=seed)
+    where = f"(seed {seed}, kills at {rough.kills_at})"
+
+    assert calm.state["ModelDeployment"]["phase"] == "Healthy" and calm.state["TrainingRun"]["models"] == [1, 2]
+    assert len(rough.kills_at) == kills, where
+    assert rough.state == calm.state, where
+    assert calm.duplicates == {} and rough.duplicates == {}, where
+    assert calm.orphans == [] and rough.orphans == [], where
+    assert calm.left_after_delete == [] and rough.left_after_delete == [], where
