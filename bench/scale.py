@@ -17,7 +17,8 @@ Measured, with a fresh operator process per size (started like the tests start i
 - operator RSS (peak and at the end) and CPU seconds used while converging;
 - API requests to the modelops.dev resources (from the API server's `apiserver_request_total`)
   per object while converging, and writes (POST/PUT/PATCH/DELETE, any group) per object;
-- reconciles per second (the operator's `modelops_reconciles_total`);
+- reconciles and watch events handled per second (the operator's `modelops_reconciles_total`,
+  `modelops_watch_events_total`);
 - at steady state (after convergence, for `--steady` seconds): writes per minute to modelops.dev
   and to the children's groups — the target is zero: nothing rewritten when nothing changed.
 
@@ -167,10 +168,10 @@ def delta(
     )
 
 
-def stats(operator: OperatorProcess) -> tuple[float, float, float]:
-    """(RSS MiB, CPU seconds, reconciles so far)."""
+def stats(operator: OperatorProcess) -> tuple[float, float, float, float]:
+    """(RSS MiB, CPU seconds, reconciles so far, watch events handled so far)."""
     rss, cpu = proc_stats(operator.pid)
-    return rss, cpu, operator.metric("modelops_reconciles_total")
+    return rss, cpu, operator.metric("modelops_reconciles_total"), operator.metric("modelops_watch_events_total")
 
 
 def cleanup(core: kubernetes.client.CoreV1Api) -> None:
@@ -196,7 +197,7 @@ def run_size(n: int, client: kubernetes.client.ApiClient, steady_s: float, settl
         wanted = objects(n)
         totals = Counter(plural for _, plural, _ in wanted)
         before = api_counts(client)
-        rss0, cpu0, rec0 = stats(operator)
+        rss0, cpu0, rec0, ev0 = stats(operator)
         start = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda o: custom.create_namespaced_custom_object(GROUP, VERSION, o[0], o[1], o[2]), wanted))
@@ -209,7 +210,7 @@ def run_size(n: int, client: kubernetes.client.ApiClient, steady_s: float, settl
             time.sleep(1)
         converged = time.monotonic() - start
         after = api_counts(client)
-        _, cpu1, rec1 = stats(operator)
+        _, cpu1, rec1, ev1 = stats(operator)
         # Converged phases are not the end of the work: the operator still finishes the create
         # events it queued. Quiet = a 10 s window without a write to modelops.dev objects.
         quiet_start, last = time.monotonic(), api_counts(client)
@@ -221,12 +222,12 @@ def run_size(n: int, client: kubernetes.client.ApiClient, steady_s: float, settl
             last = now
         quiet = time.monotonic() - start
         s_before, s_start = api_counts(client), time.monotonic()
-        _, cpu_s0, rec_s0 = stats(operator)
+        _, cpu_s0, rec_s0, ev_s0 = stats(operator)
         while time.monotonic() - s_start < steady_s:
             peak = max(peak, stats(operator)[0])
             time.sleep(2)
         s_after, s_len = api_counts(client), time.monotonic() - s_start
-        rss2, cpu_s1, rec_s1 = stats(operator)
+        rss2, cpu_s1, rec_s1, ev_s1 = stats(operator)
     finally:
         cleanup(core)
         operator.stop()
@@ -250,9 +251,11 @@ def run_size(n: int, client: kubernetes.client.ApiClient, steady_s: float, settl
         "modelops_requests_per_object": delta(before, after, GROUP, None) / n,
         "writes_per_object": delta(before, after, None, WRITE_VERBS) / n,
         "reconciles_per_s_converging": (rec1 - rec0) / converged,
+        "watch_events_per_s_converging": (ev1 - ev0) / converged,
         "steady_modelops_writes_per_min": delta(s_before, s_after, GROUP, WRITE_VERBS) * 60 / s_len,
         "steady_all_writes_per_min": delta(s_before, s_after, None, WRITE_VERBS) * 60 / s_len,
         "steady_reconciles_per_s": (rec_s1 - rec_s0) / s_len,
+        "steady_watch_events_per_s": (ev_s1 - ev_s0) / s_len,
         "steady_cpu_percent": 100 * (cpu_s1 - cpu_s0) / s_len,
     }
 

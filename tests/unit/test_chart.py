@@ -130,6 +130,7 @@ OPERATOR_METRICS = (
     "modelops_objects",
     "modelops_rollout_aborted",
     "modelops_watch_restarts_total",
+    "modelops_watch_events_total",
 )
 ROLE_KINDS = ("Role", "ClusterRole")
 

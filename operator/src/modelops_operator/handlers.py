@@ -52,6 +52,11 @@ WATCH_STARTS = prometheus_client.Counter(
 )
 
 
+WATCH_EVENTS = prometheus_client.Counter(
+    "modelops_watch_events", "Watch events handled, by kind (list results at a (re)start included).", ["kind"]
+)
+
+
 class _CountWatchStarts(logging.Filter):
     """kopf announces watch (re)starts only in DEBUG records: count them, and drop the DEBUG records
     unless the operator logs at DEBUG (the logger must let them through to be counted)."""
@@ -384,6 +389,7 @@ def _register(kind: Kind) -> None:
         """Reconcile at once when woken by a dependency's change or given a manual command.
         kopf leaves our own annotations out of its diffs, so these are seen here, in the raw
         events, rather than by an update handler."""
+        WATCH_EVENTS.labels(kind.kind).inc()
         annotations = dict(body.metadata.annotations or {})
         woken = annotations.get(dep.WAKE_ANNOTATION)
         seen = memo.setdefault("woken", woken)  # first sight: the create or resume handler runs
