@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name, kills in zip(names, (0, args.kills), strict=True):
             core.create_namespace({"metadata": {"name": name, "labels": {"modelops.dev/bench": "faults"}}})
-            outcomes[name] = run_lifecycle(custom, name, operator, kills=kills, seed=seed)
+            # The kills spread over the whole lifecycle (as tests/cluster/test_lifecycle_faults.py).
+            uptime = 0.6 * outcomes[names[0]].seconds / kills if kills else 0.0
+            outcomes[name] = run_lifecycle(custom, name, operator, kills=kills, seed=seed, mean_uptime=uptime)
             print(f"{name}: {kills} kills, {outcomes[name].seconds:.0f} s", flush=True)
     finally:
         for name in names:
@@ -54,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     calm, rough = (outcomes[n] for n in names)
     same = rough.state == calm.state
     print(f"\nseed {seed}; kills done: {len(rough.kills_at)} of {args.kills}")
-    print("kills by stage:", dict(Counter(rough.kills_at)))
+    print("kills by stage:")
+    for stage, count in sorted(Counter(rough.kills_at).items()):
+        print(f"  {count:3} {stage}")
     print(f"{'':28} {'undisturbed':>12} {'killed':>12} {'ratio':>7}")
     print(f"{'lifecycle seconds':28} {calm.seconds:12.0f} {rough.seconds:12.0f} {rough.seconds / calm.seconds:7.2f}")
     rows = (("children made twice", "duplicates"), ("orphans", "orphans"), ("left after delete", "left_after_delete"))
@@ -63,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"end state equal to the undisturbed run's: {same}")
     if not same:
         print(json.dumps({"undisturbed": calm.state, "killed": rough.state}, indent=1, default=str))
-    ok = same and not any((rough.duplicates, rough.orphans, rough.left_after_delete, calm.duplicates))
+    ok = same and len(rough.kills_at) == args.kills
+    ok = ok and not any((rough.duplicates, rough.orphans, rough.left_after_delete, calm.duplicates))
     return 0 if ok else 1
 
 

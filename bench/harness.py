@@ -4,6 +4,7 @@ production timers (resync 60 s, progress 3 s) and an admin kubeconfig."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,10 @@ from tests.cluster.conftest import KUBECONFIG, OperatorProcess, kubectl  # noqa:
 
 
 def cluster() -> kubernetes.client.ApiClient:
-    """The local cluster (started by hack/cluster.py when it is not running), CRDs applied."""
+    """The local cluster (started by hack/cluster.py when it is not running), CRDs applied. A
+    SIGTERM to the benchmark then unwinds it like Ctrl-C does, so its operator process and its
+    namespaces are cleaned up rather than left running."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cli = [sys.executable, str(REPO / "hack" / "cluster.py")]
     if subprocess.run([*cli, "status"], capture_output=True, check=False).returncode != 0:
         subprocess.run([*cli, "up"], check=True, stdout=subprocess.DEVNULL)
@@ -26,8 +30,9 @@ def cluster() -> kubernetes.client.ApiClient:
     return kubernetes.config.new_client_from_config(config_file=str(KUBECONFIG))
 
 
-def start_operator(log_name: str, **env: str) -> OperatorProcess:
-    """A fresh operator process logging to .cluster/logs/<log_name>, healthy when returned."""
+def start_operator(log_name: str, **env: str | None) -> OperatorProcess:
+    """A fresh operator process logging to .cluster/logs/<log_name>, healthy when returned; `env`
+    as `OperatorProcess` takes it (None unsets a variable)."""
     operator = OperatorProcess(KUBECONFIG, MODELOPS_RESYNC_SECONDS="60", MODELOPS_PROGRESS_SECONDS="3", **env)
     operator.log = operator.log.with_name(log_name)
     operator.start()

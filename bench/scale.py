@@ -149,11 +149,13 @@ def objects(n: int) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def phases(custom: kubernetes.client.CustomObjectsApi) -> Counter[str]:
-    """How many objects of each kind are in their expected phase."""
+    """How many objects of each kind are in their expected phase (key: the plural), and how many
+    have a status from the operator at all (key: "<plural> seen")."""
     done: Counter[str] = Counter()
     for plural, want in EXPECTED.items():
         items = custom.list_cluster_custom_object(GROUP, VERSION, plural)["items"]
         done[plural] = sum(1 for o in items if (o.get("status") or {}).get("phase") == want)
+        done[f"{plural} seen"] = sum(1 for o in items if (o.get("status") or {}).get("observedGeneration"))
     return done
 
 
@@ -183,10 +185,13 @@ def cleanup(core: kubernetes.client.CoreV1Api) -> None:
         time.sleep(2)
 
 
-def run_size(n: int, client: kubernetes.client.ApiClient, steady_s: float, settle_s: float) -> dict[str, float]:
+def run_size(
+    n: int, client: kubernetes.client.ApiClient, steady_s: float, settle_s: float, log_level: str = "WARNING"
+) -> dict[str, float]:
     core = kubernetes.client.CoreV1Api(client)
     custom = kubernetes.client.CustomObjectsApi(client)
-    operator = start_operator(f"bench-scale-{n}.log", MODELOPS_LOG_LEVEL="WARNING")
+    # No artifact PVC: the preparation pods run on kwok nodes, which need none (and have none).
+    operator = start_operator(f"bench-scale-{n}.log", MODELOPS_LOG_LEVEL=log_level, MODELOPS_ARTIFACT_PVC=None)
     try:
         # What an interrupted run left behind (TrainingRuns hold the operator's finalizer: their
         # namespaces go only while an operator runs).
@@ -203,7 +208,11 @@ def run_size(n: int, client: kubernetes.client.ApiClient, steady_s: float, settl
             list(pool.map(lambda o: custom.create_namespaced_custom_object(GROUP, VERSION, o[0], o[1], o[2]), wanted))
         created = time.monotonic() - start
         peak = rss0
+        reached: dict[str, float] = {}  # when each kind got there (and when each was first seen)
         while not all((done := phases(custom))[p] >= totals[p] for p in totals):
+            for what in (*totals, *(f"{p} seen" for p in totals)):
+                if done[what] >= totals[what.split()[0]] and what not in reached:
+                    reached[what] = time.monotonic() - start
             peak = max(peak, stats(operator)[0])
             if time.monotonic() - start > 900:
                 raise SystemExit(f"not converged after 900 s: {dict(done)} of {dict(totals)}")
@@ -243,6 +252,8 @@ def run_size(n: int, client: kubernetes.client.ApiClient, steady_s: float, settl
         "objects": n,
         "create_s": created,
         "converge_s": converged,
+        "all_seen_s": max(reached.get(f"{p} seen", converged) for p in totals),
+        **{f"converge_{p}_s": reached.get(p, converged) for p in totals},
         "quiet_s": quiet,
         "rss_start_mib": rss0,
         "rss_peak_mib": max(peak, rss2),
@@ -269,10 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--settle", type=float, default=300, help="most seconds waited after convergence for quiet (default 300)"
     )
+    parser.add_argument(
+        "--log-level", default="WARNING", help="operator log level (INFO logs each status change; default WARNING)"
+    )
     args = parser.parse_args(argv)
     client = cluster()
     add_nodes(kubernetes.client.CoreV1Api(client))
-    results = [run_size(n, client, args.steady, args.settle) for n in args.sizes]
+    results = [run_size(n, client, args.steady, args.settle, args.log_level) for n in args.sizes]
     base = results[0]
     print(f"{'figure':34} " + " ".join(f"{'N=' + str(int(r['objects'])):>12}" for r in results) + "   ratio last/first")
     for key in base:

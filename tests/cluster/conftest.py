@@ -146,7 +146,8 @@ class OperatorProcess:
     every change is acted on through watch events and the progress timer, never by waiting for a
     resync; the progress timer is short so that tests do not wait on it."""
 
-    def __init__(self, kubeconfig: Path, **extra_env: str) -> None:
+    def __init__(self, kubeconfig: Path, **extra_env: str | None) -> None:
+        """`extra_env` adds to or overrides the environment below; None removes a variable."""
         self.kubeconfig = kubeconfig
         self.extra_env = extra_env
         self.log = STATE / "logs" / "operator-tests.log"
@@ -168,6 +169,7 @@ class OperatorProcess:
             "MODELOPS_LOG_FORMAT": "json",
             **self.extra_env,
         }
+        env = {k: v for k, v in env.items() if v is not None}
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "modelops_operator"], env=env, stdout=out, stderr=subprocess.STDOUT

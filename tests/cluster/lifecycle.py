@@ -71,19 +71,22 @@ class Recorder(threading.Thread):
 
 
 class Killer(threading.Thread):
-    """SIGKILLs the operator at random moments and starts it again at once, `kills` times, each
-    after a random 1-6 s of running; records what stage the scenario was in at each kill."""
+    """SIGKILLs the operator `kills` times, each after it has run a random 0.2-1.8 x `mean_uptime`
+    seconds since it last became healthy, and starts it again at once; records what stage the
+    scenario was in at each kill. Choosing `mean_uptime` below the undisturbed run's length divided
+    by `kills` spreads the kills over the whole lifecycle."""
 
-    def __init__(self, operator: OperatorProcess, kills: int, seed: int, stage: Any) -> None:
+    def __init__(self, operator: OperatorProcess, kills: int, seed: int, mean_uptime: float, stage: Any) -> None:
         super().__init__(daemon=True)
         self.operator, self.kills, self.rng, self.stage = operator, kills, random.Random(seed), stage
+        self.mean_uptime = mean_uptime
         self.at: list[str] = []
         self.halt = threading.Event()
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            while len(self.at) < self.kills and not self.halt.wait(self.rng.uniform(1.0, 6.0)):
+            while len(self.at) < self.kills and not self.halt.wait(self.rng.uniform(0.2, 1.8) * self.mean_uptime):
                 self.operator.kill()
                 self.at.append(self.stage())
                 self.operator.start()
@@ -170,14 +173,22 @@ def orphans(namespace: str) -> list[str]:
     ]
 
 
-def run_lifecycle(custom: Any, namespace: str, operator: OperatorProcess, kills: int = 0, seed: int = 0) -> Outcome:
-    """The scenario in `namespace` (which must exist), with `kills` operator kills spread over it."""
+def run_lifecycle(
+    custom: Any, namespace: str, operator: OperatorProcess, kills: int = 0, seed: int = 0, mean_uptime: float = 5.0
+) -> Outcome:
+    """The scenario in `namespace` (which must exist), with `kills` operator kills spread over it
+    (see `Killer` for `mean_uptime`)."""
     stage = ["seeding"]
+
+    def where() -> str:
+        phases = [status(custom, namespace, plural).get("phase") or "-" for plural in PLURALS]
+        return f"{stage[0]}: Dataset {phases[0]}, TrainingRun {phases[1]}, ModelDeployment {phases[2]}"
+
     started = time.monotonic()
     seed_digits(namespace)
     recorder = Recorder(namespace)
     recorder.start()
-    killer = Killer(operator, kills, seed, lambda: stage[0])
+    killer = Killer(operator, kills, seed, mean_uptime, where)
     killer.start()
     try:
         stage[0] = "version 1"

@@ -106,6 +106,7 @@ def configure(*, settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any)
     settings.watching.server_timeout = SETTINGS.watch_server_timeout_seconds
     settings.watching.client_timeout = SETTINGS.watch_client_timeout_seconds
     settings.networking.request_timeout = 30
+    settings.execution.max_workers = SETTINGS.workers
     kube.login()
     logger.info("modelops operator configured: %s", SETTINGS.model_dump_json())
 

@@ -28,6 +28,9 @@ class OperatorSettings(BaseModel):
     acted on through watch events (a Dataset's change wakes the TrainingRuns waiting for it, a
     TrainingRun's new model the ModelDeployments following it); the resync catches what no event
     announces, such as a child edited or deleted by hand."""
+    workers: int = Field(default=16, ge=1, le=256)
+    """Reconciles run at the same time (threads). Each spends most of its time waiting for the API
+    server, so more threads than cores keep up with bursts (1,000 objects created at once)."""
     progress_seconds: float = Field(default=3.0, gt=0)
     """How often an object with work under way (a Job or trial running, a rollout step) is
     reconciled, so its status follows its children closely. Objects waiting for another of ours
