@@ -31,12 +31,14 @@ def _digest(value: Any) -> str:
 
 
 def dataset_fingerprint(body: dict[str, Any] | None) -> str | None:
-    """What a TrainingRun reads of its Dataset; None when the Dataset is gone."""
+    """What a TrainingRun reads of its Dataset: whether it is Ready, and its version, digest and
+    artifact URI; None when the Dataset is gone. Its phase alone (Pending, Running, Failed) is not
+    read: a run waits for a Ready version the same way whatever the Dataset is doing meanwhile."""
     if body is None:
         return None
     status = body.get("status") or {}
     ready = next((x.get("status") for x in status.get("conditions") or [] if x.get("type") == c.READY), None)
-    return _digest([status.get(k) for k in ("phase", "version", "digest", "artifactURI")] + [ready])
+    return _digest([status.get(k) for k in ("version", "digest", "artifactURI")] + [ready])
 
 
 def run_fingerprint(body: dict[str, Any] | None) -> str | None:
