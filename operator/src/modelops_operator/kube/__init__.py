@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from modelops_operator.api.common import GROUP, VERSION
 from modelops_operator.api.kinds import Kind
+from modelops_operator.settings import OperatorSettings
 
 
 class KubeError(Exception):
@@ -54,11 +55,17 @@ class _TimedApiClient(kubernetes.client.ApiClient):  # type: ignore[misc]
 @functools.cache
 def login() -> kubernetes.client.ApiClient:
     """The API client: in-cluster credentials in a pod, else the kubeconfig ($KUBECONFIG). Made once."""
+    config = kubernetes.client.Configuration()
     try:
-        kubernetes.config.load_incluster_config()
+        kubernetes.config.load_incluster_config(client_configuration=config)
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
-    return _TimedApiClient()
+        kubernetes.config.load_kube_config(client_configuration=config)
+    # A connection per reconcile thread, and some for the leader's Lease and the log reads: with
+    # fewer (the client's default is 5 per core) connections are dropped and opened again, a TLS
+    # handshake each time.
+    config.connection_pool_maxsize = OperatorSettings.from_env().workers + 8
+    kubernetes.client.Configuration.set_default(config)
+    return _TimedApiClient(config)
 
 
 def _api() -> kubernetes.client.CustomObjectsApi:
