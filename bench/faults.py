@@ -27,7 +27,7 @@ import kubernetes
 from harness import cluster, start_operator
 
 from tests.cluster.conftest import kubectl
-from tests.cluster.lifecycle import Outcome, run_lifecycle
+from tests.cluster.lifecycle import Outcome, run_lifecycle, spread
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name, kills in zip(names, (0, args.kills), strict=True):
             core.create_namespace({"metadata": {"name": name, "labels": {"modelops.dev/bench": "faults"}}})
-            # The kills spread over the whole lifecycle (as tests/cluster/test_lifecycle_faults.py).
-            uptime = 0.6 * outcomes[names[0]].seconds / kills if kills else 0.0
+            uptime = spread(outcomes[names[0]].seconds, kills) if kills else 0.0  # over the whole lifecycle
             outcomes[name] = run_lifecycle(custom, name, operator, kills=kills, seed=seed, mean_uptime=uptime)
             print(f"{name}: {kills} kills, {outcomes[name].seconds:.0f} s", flush=True)
     finally:

@@ -100,6 +100,12 @@ class Killer(threading.Thread):
             raise AssertionError(f"restarting the operator failed: {self.error}")
 
 
+def spread(undisturbed_seconds: float, kills: int) -> float:
+    """The mean uptime between kills that spreads `kills` over a lifecycle that took
+    `undisturbed_seconds` undisturbed: kills and restarts (1-2 s each) together stay within it."""
+    return max(0.3, 0.3 * undisturbed_seconds / kills) if kills else 0.0
+
+
 @dataclass
 class Outcome:
     """What a scenario left: the end state to compare, and what happened on the way."""

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import kubernetes
 import pytest
 
-from tests.cluster.lifecycle import run_lifecycle
+from tests.cluster.lifecycle import run_lifecycle, spread
 
 pytestmark = [pytest.mark.localnode, pytest.mark.slow]
 
@@ -34,9 +34,7 @@ def test_the_lifecycle_ends_the_same_with_the_operator_killed_at_random_moments(
     kills = int(os.environ.get("MODELOPS_FAULT_KILLS", "6"))
     seed = int(os.environ.get("MODELOPS_FAULT_SEED", random.randrange(1 << 30)))
     calm = run_lifecycle(custom, calm_ns, operator)
-    # Kills spread over the whole lifecycle: the operator runs 0.6 of the undisturbed run's
-    # length in all between them (restarts make the disturbed run longer still).
-    uptime = 0.6 * calm.seconds / kills
+    uptime = spread(calm.seconds, kills)  # kills over the whole lifecycle
     rough = run_lifecycle(custom, rough_ns, operator, kills=kills, seed=seed, mean_uptime=uptime)
     where = f"(seed {seed}, kills at {rough.kills_at})"
 
