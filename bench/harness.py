@@ -30,6 +30,14 @@ def cluster() -> kubernetes.client.ApiClient:
     return kubernetes.config.new_client_from_config(config_file=str(KUBECONFIG))
 
 
+def rss_mib(pid: int) -> float:
+    """A process's resident memory (VmRSS), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def start_operator(log_name: str, **env: str | None) -> OperatorProcess:
     """A fresh operator process logging to .cluster/logs/<log_name>, healthy when returned; `env`
     as `OperatorProcess` takes it (None unsets a variable)."""

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
-from harness import cluster, start_operator
+from harness import cluster, rss_mib, start_operator
 
 from tests.cluster.conftest import OperatorProcess
 
@@ -74,13 +74,9 @@ def api_counts(client: kubernetes.client.ApiClient) -> Counter[tuple[str, str]]:
 
 def proc_stats(pid: int) -> tuple[float, float]:
     """(RSS in MiB, CPU seconds) of a process."""
-    rss = 0.0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1]) / 1024
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return rss, (int(fields[11]) + int(fields[12])) / ticks
+    return rss_mib(pid), (int(fields[11]) + int(fields[12])) / ticks
 
 
 def add_nodes(core: kubernetes.client.CoreV1Api) -> None:

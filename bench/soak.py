@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
-from harness import REPO, cluster, start_operator
+from harness import REPO, cluster, rss_mib, start_operator
 
 from tests.cluster.conftest import ARTIFACTS, ON_LOCAL_NODE, OperatorProcess
 from tests.cluster.test_modeldeployment_e2e import ANALYSIS, Load, artifacts_on_host, md_status
@@ -44,7 +44,6 @@ from tests.server.helpers import ExportedModel, export_model
 GROUP, VERSION = "modelops.dev", "v1alpha1"
 NAMESPACE = "soak"
 RESULTS = REPO / "bench" / "results"
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass
@@ -61,11 +60,6 @@ class Sample:
     errors: int
     p99_ms: float
     promoted: int
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * PAGE / 2**20
 
 
 def fds(pid: int) -> int:

@@ -61,12 +61,17 @@ class _CountWatchStarts(logging.Filter):
     """kopf announces watch (re)starts only in DEBUG records: count them, and drop the DEBUG records
     unless the operator logs at DEBUG (the logger must let them through to be counted)."""
 
-    REASONS = (("Starting the watch-stream", "start"), ("Watch-stream for", "inactive"), ("Restarting the", "gone"))
+    #: (how kopf's message starts, how it ends, the reason counted)
+    REASONS = (
+        ("Starting the watch-stream", "", "start"),
+        ("Watch-stream for", "reconnecting.", "inactive"),
+        ("Restarting the watch-stream", "", "gone"),
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        for prefix, reason in self.REASONS:
-            if message.startswith(prefix) and (reason != "inactive" or message.endswith("reconnecting.")):
+        for prefix, suffix, reason in self.REASONS:
+            if message.startswith(prefix) and message.endswith(suffix):
                 WATCH_STARTS.labels(reason).inc()
         return record.levelno > logging.DEBUG or SETTINGS.log_level == "DEBUG"
 

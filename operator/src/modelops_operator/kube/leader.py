@@ -28,6 +28,8 @@ from kubernetes.client.exceptions import ApiException
 from modelops_operator.kube import login
 
 log = logging.getLogger("modelops_operator.leader")
+#: What a Lease call may fail with: the API server's answer, the connection, a timeout, a bad body.
+_LEASE_ERRORS = (ApiException, OSError, ValueError, urllib3.exceptions.HTTPError)
 
 
 def _now() -> datetime:
@@ -114,7 +116,7 @@ class LeaderElection:
     def _attempt(self) -> bool:
         try:
             return self.try_acquire()
-        except (ApiException, OSError, ValueError, urllib3.exceptions.HTTPError) as e:
+        except _LEASE_ERRORS as e:
             log.warning("cannot reach the leader lease (will retry): %s", e)
             return False
 
@@ -137,7 +139,7 @@ class LeaderElection:
                     last, wait = time.monotonic(), self.renew_seconds
                     continue
                 log.error("lost the leader lease %s/%s to another replica; exiting", self.namespace, self.name)
-            except (ApiException, OSError, ValueError, urllib3.exceptions.HTTPError) as e:
+            except _LEASE_ERRORS as e:
                 if time.monotonic() - last < self.renew_deadline:
                     log.warning("cannot renew the leader lease (will retry): %s", e)
                     wait = 1.0
@@ -154,5 +156,5 @@ class LeaderElection:
                 body = self._body(lease, acquired=False)
                 body["spec"]["holderIdentity"] = None
                 self.api.replace_namespaced_lease(self.name, self.namespace, body)
-        except (ApiException, OSError, urllib3.exceptions.HTTPError) as e:
+        except _LEASE_ERRORS as e:
             log.warning("could not release the leader lease: %s", e)
