@@ -1,5 +1,5 @@
 """The training strategy's parts and the input pipeline, each on real objects: weight-decay
-groups, LR schedules, precision rules, EMA, samplers, augmentation seeding, initial weights, and
+groups, LR schedules, EMA, samplers, augmentation seeding, initial weights, and
 the distributed environment."""
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from modelops_trainer.strategy import (
     build_optimizer,
     build_scheduler,
     parameter_groups,
-    resolve_precision,
 )
 
 # --- optimizer and schedule --------------------------------------------------------------------
@@ -108,16 +107,6 @@ def test_schedules_survive_a_state_dict_round_trip():
         a.step()
         b.step()
         assert a.get_last_lr() == b.get_last_lr()
-
-
-def test_precision_rules_on_this_cpu():
-    cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu).dtype is None  # auto is off on CPUs
-    assert resolve_precision("off", cpu).name == "fp32"
-    bf16 = resolve_precision("bf16", cpu)
-    assert bf16.dtype == torch.bfloat16 and not bf16.scaler
-    fp16 = resolve_precision("fp16", cpu)
-    assert fp16.dtype == torch.float16 and fp16.scaler  # fp16 always trains with loss scaling
 
 
 def test_ema_follows_the_weights_with_its_decay():

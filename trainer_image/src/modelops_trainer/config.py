@@ -119,8 +119,9 @@ class Hyperparameters(_Model):
     grad_accumulation_steps: int = Field(default=1, ge=1, le=1024)
     """Micro-batches accumulated per optimizer step."""
     mixed_precision: Literal["auto", "bf16", "fp16", "off"] = "auto"
-    """`auto`: bf16 on GPUs that support it, fp16 with loss scaling on others, off on CPU.
-    `bf16` on a CPU uses bf16 autocast (fast where the CPU has AVX-512 BF16 or AMX)."""
+    """`auto`: bf16 on GPUs that support it, fp16 with loss scaling on others; on CPUs fp32 or bf16,
+    whichever a few timed steps of the model at start-up find faster (fp32 without native bf16).
+    `bf16` on a CPU uses bf16 autocast (fast with AMX, not always with AVX-512 BF16 alone)."""
     channels_last: bool = True
     """Use the channels-last memory format (faster convolutions on tensor cores and oneDNN)."""
     compile: bool = False

@@ -9,7 +9,6 @@ read back once per evaluation (no per-batch synchronisation). The loss is plain 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +20,7 @@ from torch import nn
 from modelops_trainer import distributed
 from modelops_trainer.data import Preprocess
 from modelops_trainer.distributed import Runtime
-from modelops_trainer.strategy import Precision
+from modelops_trainer.precision import Precision, autocast
 
 
 @dataclass(frozen=True)
@@ -69,13 +68,6 @@ class Evaluation:
                 "counts": self.confusion,
             },
         }
-
-
-def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager[Any]:
-    """Autocast for `precision` on `device`, or nothing for fp32."""
-    if precision.dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=precision.dtype)
 
 
 @torch.no_grad()

@@ -170,6 +170,7 @@ def _export_and_write(
         "datasetVersion": session.reader.version,
         "datasetDigest": session.reader.digest,
         "parity": parity.to_json(),
+        "precision": session.precision_choice.to_json(),
     }
     if cfg.trial:
         summary["trial"] = cfg.trial.name

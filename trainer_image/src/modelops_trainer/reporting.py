@@ -120,7 +120,7 @@ def write_termination_message(path: str, summary: Mapping[str, Any]) -> None:
         return
     doc = dict(summary)
     data = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
-    for key in ("parity", "message", "metrics"):
+    for key in ("precision", "parity", "message", "metrics"):
         if len(data) < TERMINATION_LIMIT:
             break
         if key == "message" and isinstance(doc.get("message"), str):

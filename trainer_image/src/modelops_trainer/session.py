@@ -51,9 +51,10 @@ from modelops_trainer.data import (
 from modelops_trainer.datasetfmt import DatasetReader, SplitName
 from modelops_trainer.distributed import Runtime
 from modelops_trainer.errors import CheckpointError, ConfigError, TrainingDiverged
-from modelops_trainer.evaluate import Evaluation, autocast, evaluate
+from modelops_trainer.evaluate import Evaluation, evaluate
 from modelops_trainer.models import build_model, load_weights, parameter_count
-from modelops_trainer.strategy import build_ema, build_optimizer, build_scheduler, resolve_precision
+from modelops_trainer.precision import Precision, PrecisionChoice, autocast, choose_precision
+from modelops_trainer.strategy import build_ema, build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 STOP_POLL_STEPS = 10
@@ -178,7 +179,9 @@ class TrainingSession:
         self.memory_format = torch.channels_last if self.hp.channels_last else torch.contiguous_format
         self.preprocess = Preprocess(self.image.color_mode, self.device, channels_last=self.hp.channels_last)
         self.raw: nn.Module = raw.to(self.device).to(memory_format=self.memory_format)
-        self.precision = resolve_precision(self.hp.mixed_precision, self.device)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=self.hp.label_smoothing)
+        self.precision_choice = self._choose_precision()
+        self.precision = self.precision_choice.precision
         self.optimizer = build_optimizer(self.raw, self.hp)
         self.steps_per_epoch = self.batches // self.hp.grad_accumulation_steps
         self.scheduler = build_scheduler(self.optimizer, self.hp, self.steps_per_epoch)
@@ -191,7 +194,21 @@ class TrainingSession:
             self.model = self.ddp = DistributedDataParallel(self.raw, device_ids=ids)
         if self.hp.compile:
             self.model = torch.compile(self.model)  # type: ignore[assignment]
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=self.hp.label_smoothing)
+
+    def _choose_precision(self) -> PrecisionChoice:
+        """`mixedPrecision`, measured on this model at this batch shape where it is `auto` on a CPU;
+        when distributed every process measures (as they will train: side by side) and rank 0's
+        choice holds for all."""
+        size, hp = self.image.size, self.hp
+        gen = torch.Generator().manual_seed(hp.seed)
+        x = torch.randn(hp.batch_size, self.in_channels, size, size, generator=gen)
+        y = torch.randint(0, self.num_classes, (hp.batch_size,), generator=gen)
+        batch = (x.to(self.device).contiguous(memory_format=self.memory_format), y.to(self.device))
+        choice: PrecisionChoice = distributed.broadcast_object(
+            self.runtime, choose_precision(hp.mixed_precision, self.device, self.raw, self.criterion, batch)
+        )
+        log.info("precision chosen", extra={"precision": choice.to_json()})
+        return choice
 
     def _build_data(self) -> None:
         cfg, rt = self.cfg, self.runtime
@@ -256,6 +273,7 @@ class TrainingSession:
         p = self.state
         p.epoch, p.batch_in_epoch, p.step = state["epoch"], state["batch_in_epoch"], state["step"]
         p.history, p.best_epoch, p.best_value = state["history"], state["best_epoch"], state["best_value"]
+        self._keep_precision(state.get("precision"))
         p.bad_epochs, p.finished, p.stopped_early = state["bad_epochs"], state["finished"], state["stopped_early"]
         p.partial = dict(state["partial"])
         rngs = state["rng"]
@@ -269,6 +287,18 @@ class TrainingSession:
             p.batch_in_epoch = 0
             p.partial = {"loss_sum": 0.0, "correct": 0.0, "seen": 0.0}
         log.info("resumed", extra={"epoch": p.epoch, "step": p.step, "batchInEpoch": p.batch_in_epoch})
+
+    def _keep_precision(self, saved: dict[str, Any] | None) -> None:
+        """A measured choice gives way to the one the interrupted run measured: a run trains on in
+        the precision it started with (both CPU candidates have the same optimizer state)."""
+        choice = self.precision_choice
+        if saved is None or choice.reason != "measured" or saved.get("name") == choice.precision.name:
+            return
+        self.precision = Precision.named(saved["name"])
+        self.precision_choice = PrecisionChoice(
+            self.precision, choice.requested, "resumed", choice.cpu, choice.rates, choice.probe_seconds
+        )
+        log.info("precision of the checkpoint kept", extra={"precision": self.precision_choice.to_json()})
 
     def save_last(self, sums: dict[str, float] | None = None) -> None:
         """Write `last.pt` (a collective: every process takes part; rank 0 writes)."""
@@ -296,6 +326,7 @@ class TrainingSession:
                     "ema": self.ema.state_dict() if self.ema is not None else None,
                     "rng": rngs,
                     "world_size": self.runtime.world_size,
+                    "precision": self.precision_choice.to_json(),
                 },
             )
         distributed.barrier(self.runtime)

@@ -1,4 +1,4 @@
-"""The training strategy's parts: optimizer, learning-rate schedule, precision, EMA.
+"""The training strategy's parts: optimizer, learning-rate schedule, EMA.
 
 - Weight decay applies to weights of convolutions and linear layers only: never to biases, to
   the affine parameters of normalisation layers, or to position embeddings and class tokens
@@ -6,15 +6,13 @@
 - The learning rate rises linearly from 1% of its peak during the warm-up, then follows a
   cosine to zero, stays constant, or (oneCycle) follows torch's one-cycle policy whose rising
   phase is the warm-up. The schedule steps per optimizer step, not per epoch.
-- Mixed precision: `auto` is bf16 on GPUs that support it, fp16 with a gradient scaler on older
-  GPUs, and off on CPUs; `bf16` and `fp16` can be asked for explicitly on either.
+
+Mixed precision, which on a CPU is measured rather than decided, is `precision.py`.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -22,9 +20,6 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from modelops_trainer.config import Hyperparameters
-from modelops_trainer.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 _NO_DECAY_NAMES = ("pos_embedding", "class_token", "cls_token", "relative_position_bias_table")
@@ -101,48 +96,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, hp: Hyperparameters, steps
         )
     kind = "cosine" if hp.lr_schedule == "oneCycle" else hp.lr_schedule  # one-cycle of < 4 steps: cosine
     return LambdaLR(optimizer, lr_lambda=WarmupThen(total, warmup, kind))
-
-
-@dataclass(frozen=True)
-class Precision:
-    """The autocast dtype (None: full fp32) and whether a gradient scaler is needed."""
-
-    dtype: torch.dtype | None
-    scaler: bool
-
-    @property
-    def name(self) -> str:
-        """bf16, fp16 or fp32."""
-        return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[self.dtype]
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX)."""
-    try:
-        flags = open("/proc/cpuinfo").read()  # noqa: SIM115 - a one-shot read
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(requested: str, device: torch.device) -> Precision:
-    """The precision the run uses for `mixedPrecision: requested` on `device`."""
-    if requested == "off":
-        return Precision(None, scaler=False)
-    if device.type == "cuda":
-        bf16_ok = torch.cuda.is_bf16_supported()
-        if requested == "auto":
-            return Precision(torch.bfloat16, False) if bf16_ok else Precision(torch.float16, True)
-        if requested == "bf16" and not bf16_ok:
-            raise ConfigError(
-                f"mixedPrecision bf16: {torch.cuda.get_device_name(device)} has no bf16; use fp16 or auto"
-            )
-        return Precision(torch.bfloat16, False) if requested == "bf16" else Precision(torch.float16, True)
-    if requested == "auto":
-        return Precision(None, scaler=False)
-    if requested == "bf16" and not cpu_has_bf16():
-        log.warning("mixedPrecision bf16 on a CPU without native bf16: expect it to be slower than fp32")
-    return Precision(torch.bfloat16, False) if requested == "bf16" else Precision(torch.float16, True)
 
 
 def build_ema(model: nn.Module, decay: float) -> AveragedModel | None:

@@ -97,7 +97,8 @@ class Hyperparameters(ApiModel):
     grad_accumulation_steps: int = Field(default=1, ge=1, le=1024)
     """Micro-batches accumulated per optimizer step."""
     mixed_precision: Literal["auto", "bf16", "fp16", "off"] = "auto"
-    """`auto` uses bf16 on GPUs that support it, fp16 with loss scaling on others, off on CPU."""
+    """`auto` uses bf16 on GPUs that support it, fp16 with loss scaling on others; on CPUs fp32 or bf16,
+    whichever a few timed steps of the model at start-up find faster (fp32 where the CPU has no native bf16)."""
     channels_last: bool = True
     """Use the channels-last memory format (faster convolutions on tensor cores)."""
     compile: bool = False
