@@ -156,18 +156,22 @@ def test_a_real_probe_measures_both_candidates_and_leaves_the_run_untouched():
     assert choice.reason == "measured" and choice.precision.name in {"fp32", "bf16"}
     assert set(choice.rates) == {"fp32", "bf16"}
     assert all(rate > 0 for values in choice.rates.values() for rate in values)
-    assert 1 <= len(choice.rates["fp32"]) == len(choice.rates["bf16"]) <= 3
+    assert 2 <= len(choice.rates["fp32"]) == len(choice.rates["bf16"]) <= 3
     assert choice.probe_seconds > 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN statistics too
     assert all(p.grad is None for p in model.parameters())
     assert torch.equal(torch.get_rng_state(), rng)
 
 
-def test_rounds_stop_at_the_budget_after_the_first():
+def test_rounds_stop_at_the_budget_once_the_minimum_is_measured():
     model, criterion, batch = _tiny_model_and_batch(2)
-    ticks = iter(range(1000))
-    rates = measure_rates(model, criterion, batch, [FP32, BF16], rounds=5, budget_s=0.5, clock=lambda: next(ticks))
-    assert [len(v) for v in rates.values()] == [1, 1]  # every step "takes" a second
+    ticks = iter(range(1000))  # every step "takes" a second: the budget is spent in the first round
+    rates = measure_rates(
+        model, criterion, batch, [FP32, BF16], rounds=5, min_rounds=2, budget_s=0.5, clock=lambda: next(ticks)
+    )
+    assert [len(v) for v in rates.values()] == [2, 2]
+    rates = measure_rates(model, criterion, batch, [FP32, BF16], rounds=3, min_rounds=1, budget_s=1e9)
+    assert [len(v) for v in rates.values()] == [3, 3]
 
 
 # --- what a run records ------------------------------------------------------------------------

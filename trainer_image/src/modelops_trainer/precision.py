@@ -38,8 +38,10 @@ log = logging.getLogger(__name__)
 
 #: bf16's median must beat fp32's by this fraction to be chosen on a CPU.
 MARGIN = 0.05
-#: Measured rounds (one step of each candidate per round) at most, and the seconds after which
-#: no new round starts (at least one always runs). The warm-up steps come on top.
+#: Measured rounds (one step of each candidate per round): at least `PROBE_MIN_ROUNDS` (one sample
+#: each is too easily one unlucky moment on a shared machine), at most `PROBE_ROUNDS`, and no new
+#: one after `PROBE_BUDGET_S` seconds. The warm-up steps come on top.
+PROBE_MIN_ROUNDS = 2
 PROBE_ROUNDS = 3
 PROBE_BUDGET_S = 5.0
 #: /proc/cpuinfo flags that decide how fast bf16 is, in the order they are reported.
@@ -186,6 +188,7 @@ def measure_rates(
     candidates: Sequence[Precision],
     *,
     rounds: int = PROBE_ROUNDS,
+    min_rounds: int = PROBE_MIN_ROUNDS,
     budget_s: float = PROBE_BUDGET_S,
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
@@ -194,7 +197,7 @@ def measure_rates(
     A copy of the model is timed (the run's weights, normalisation statistics and gradients stay
     untouched) with the global random generators forked (dropout draws nothing of the run's).
     One warm-up step each (oneDNN creates its primitives), then rounds of one step each with the
-    order reversed every round, until `rounds` rounds or, after the first, `budget_s` seconds.
+    order reversed every round: `min_rounds` rounds, then more until `rounds` or `budget_s` seconds.
     """
     x, y = batch
     device = x.device
@@ -216,7 +219,7 @@ def measure_rates(
         for r in range(rounds):
             for precision in candidates if r % 2 == 0 else list(reversed(candidates)):
                 rates[precision.name].append(step(precision))
-            if clock() - started > budget_s:
+            if r + 1 >= min_rounds and clock() - started > budget_s:
                 break
     return rates
 
