@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -76,7 +77,6 @@ def export_resnet18() -> Path:
     path = WORK / "resnet18.onnx"
     if path.exists() and Path(f"{path}.card.json").exists():
         return path
-    import hashlib  # noqa: PLC0415
     import warnings  # noqa: PLC0415
 
     import torch  # noqa: PLC0415
@@ -97,12 +97,18 @@ def export_resnet18() -> Path:
             opset_version=17,
             dynamo=False,
         )
+    write_card(path, "resnet18", opset=17)
+    return path
+
+
+def write_card(path: Path, arch: str, *, opset: int, classes: int = 1000) -> None:
+    """`<path>.card.json` for an ImageNet-shaped model (224 px RGB, ImageNet statistics)."""
     digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
     card = {
         "format": "modelops.modelcard/v1",
-        "name": "resnet18",
-        "architecture": "resnet18",
-        "classes": [f"class-{i}" for i in range(1000)],
+        "name": arch,
+        "architecture": arch,
+        "classes": [f"class-{i}" for i in range(classes)],
         "input": {
             "name": "input",
             "layout": "NCHW",
@@ -114,10 +120,9 @@ def export_resnet18() -> Path:
             "std": STD,
         },
         "output": {"name": "logits", "kind": "logits"},
-        "onnx": {"file": path.name, "digest": digest, "opset": 17, "dynamicBatch": True},
+        "onnx": {"file": path.name, "digest": digest, "opset": opset, "dynamicBatch": True},
     }
     Path(f"{path}.card.json").write_text(json.dumps(card))
-    return path
 
 
 def photo(width: int, height: int, seed: int) -> bytes:
