@@ -16,9 +16,10 @@
 # project itself runs from this tree (PYTHONPATH), not installed. Where PyPI cannot be reached
 # the run goes on with what is there, and the JSON says which parts could not run.
 #
-# About 3 minutes on one H100/H200 once installed (8 at most with the downloads). Without CUDA
-# it runs a reduced version on the CPU and writes "device": "cpu" (bench/results/gpu-cpu-fallback.json
-# is that, from a 2-core machine).
+# About 3 minutes of measuring on one H100/H200 (estimated, not yet run on one); installs and all
+# are held to GPU_BENCH_MINUTES (8), after which the measuring stops and what was measured is
+# written. Without CUDA it runs a reduced version on the CPU and writes "device": "cpu"
+# (bench/results/gpu-cpu-fallback.json is that, from a 2-core machine).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -42,8 +43,19 @@ if [[ "${GPU_BENCH_INSTALL:-1}" == 1 ]]; then
   venv=${GPU_BENCH_VENV:-$repo/build/gpu-venv}
   if [[ ! -x $venv/bin/python ]]; then
     log "creating $venv (sees $("$python" -c 'import sys; print(sys.executable)')'s packages)"
-    "$python" -m venv --system-site-packages "$venv"
+    if "$python" -m venv --system-site-packages "$venv"; then
+      # --system-site-packages shows the base interpreter's packages; when $python is itself a
+      # virtualenv (as on machines whose PyTorch lives in one), a .pth file shows its packages
+      # too, after the new venv's own.
+      "$python" -c 'import site, sys; sys.prefix != sys.base_prefix and print("\n".join(site.getsitepackages()))' \
+        >"$("$venv/bin/python" -c 'import site; print(site.getsitepackages()[0])')/_gpu_bench_parent.pth"
+    else
+      log "no virtualenv could be made (python3-venv missing?): using $python as it is"
+      venv=
+    fi
   fi
+fi
+if [[ "${GPU_BENCH_INSTALL:-1}" == 1 && -n ${venv:-} ]]; then
   py=$venv/bin/python
   # Import name → PyPI name of what the trainer, the server and the benchmarks import.
   missing=$("$py" - "$gpu" <<'EOF'
@@ -75,12 +87,14 @@ EOF
   )
   if [[ -n $missing ]]; then
     log "installing from PyPI: $missing"
+    # Short network timeouts: a machine without an index must not spend the run's minutes on retries.
+    pip_opts="--disable-pip-version-check --timeout 20 --retries 1"
     # The project's pins first (constraints.txt: the versions CI and the images use); without
     # them if this Python has no wheel for a pinned version.
     # shellcheck disable=SC2086  # $missing is a list of requirement specifiers
-    if ! "$py" -m pip install -q --disable-pip-version-check --constraint constraints.txt $missing; then
+    if ! "$py" -m pip install -q $pip_opts --constraint constraints.txt $missing; then
       # shellcheck disable=SC2086
-      "$py" -m pip install -q --disable-pip-version-check $missing ||
+      "$py" -m pip install -q $pip_opts $missing ||
         log "could not install $missing (no index reachable?): going on with what is installed"
     fi
   else
@@ -99,5 +113,9 @@ print(":".join(dict.fromkeys(dirs)))')
 export LD_LIBRARY_PATH=${nvlibs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export PYTHONPATH=$repo/trainer_image/src:$repo/server_image/src:$repo${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
-log "running bench/gpu_bench.py with $("$py" -c 'import sys; print(sys.version.split()[0])') → $output"
-exec "$py" bench/gpu_bench.py --output "$output" "$@"
+# The whole run fits in GPU_BENCH_MINUTES (8): what the installs left, less a margin to stop the
+# servers. At the limit gpu_bench.py gets SIGTERM and writes what it measured so far.
+left=$(( ${GPU_BENCH_MINUTES:-8} * 60 - SECONDS - 20 ))
+(( left >= 60 )) || left=60
+log "running bench/gpu_bench.py with $("$py" -c 'import sys; print(sys.version.split()[0])') for at most ${left}s → $output"
+exec timeout --kill-after=15 "$left" "$py" bench/gpu_bench.py --output "$output" "$@"

@@ -38,6 +38,7 @@ import argparse
 import ctypes
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -461,6 +462,24 @@ def finite(value: Any) -> Any:
     return value
 
 
+class Interrupted(BaseException):
+    """SIGTERM (gpu.sh's time limit): stop, keep what was measured (servers are stopped on the way)."""
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise Interrupted
+
+
+def save(results: dict[str, Any], out: Path, started: float) -> list[str]:
+    """Write what is known so far (after every part: a time limit loses only the part it cut)."""
+    results["seconds"] = round(time.monotonic() - started, 1)
+    failed = [k for k, v in results.items() if isinstance(v, dict) and "error" in v]
+    results["failedParts"] = failed
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(finite(results), indent=1, allow_nan=False) + "\n")
+    return failed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=str(BENCH / "results" / "gpu.json"))
@@ -473,36 +492,46 @@ def main() -> int:
 
     import torch  # noqa: PLC0415
 
+    signal.signal(signal.SIGTERM, _interrupt)
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = "cuda" if cuda else "cpu"
     plan = GPU_PLAN if cuda else CPU_PLAN
+    out = Path(args.output)
     started = time.monotonic()
-    results: dict[str, Any] = {"benchmark": "gpu", "device": "cuda" if cuda else "cpu", "plan": asdict(plan)}
+    results: dict[str, Any] = {"benchmark": "gpu", "device": device, "plan": asdict(plan)}
     results["machine"] = machine(cuda)
     print(json.dumps(results["machine"]), flush=True)
-    with tempfile.TemporaryDirectory(prefix="modelops-gpu-bench-") as tmp:
-        work = Path(tmp)
-        device = "cuda" if cuda else "cpu"
-        timed(results, "trainer", lambda: trainer(plan, device, work))
-        model: list[Path] = []
+    model: list[Path] = []
 
-        def do_export() -> dict[str, Any]:
-            path, doc = export(plan, work)
-            model.append(path)
-            return doc
+    def do_export(work: Path) -> dict[str, Any]:
+        path, doc = export(plan, work)
+        model.append(path)
+        return doc
 
-        timed(results, "export", do_export)
-        if model:
-            timed(results, "parity", lambda: parity(plan, model[0], cuda))
-            timed(results, "libraries", lambda: libraries(model[0], cuda))
-            timed(results, "server", lambda: server(plan, model[0], cuda))
-    results["seconds"] = round(time.monotonic() - started, 1)
-    failed = [k for k, v in results.items() if isinstance(v, dict) and "error" in v]
-    results["failedParts"] = failed
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(finite(results), indent=1, allow_nan=False) + "\n")
+    try:
+        with tempfile.TemporaryDirectory(prefix="modelops-gpu-bench-") as tmp:
+            work = Path(tmp)
+            parts: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+                ("trainer", lambda: trainer(plan, device, work)),
+                ("export", lambda: do_export(work)),
+                ("parity", lambda: parity(plan, model[0], cuda)),
+                ("libraries", lambda: libraries(model[0], cuda)),
+                ("server", lambda: server(plan, model[0], cuda)),
+            ]
+            for name, part in parts:
+                if name not in {"trainer", "export"} and not model:
+                    results[name] = {"error": "skipped: the export failed"}
+                    continue
+                results["running"] = name
+                timed(results, name, part)
+                del results["running"]
+                save(results, out, started)
+    except Interrupted:
+        results["interrupted"] = f"SIGTERM during {results.pop('running', '?')}: the time limit?"
+        print(results["interrupted"], flush=True)
+    failed = save(results, out, started)
     print(f"written: {out} ({results['seconds']} s); failed parts: {failed or 'none'}", flush=True)
-    return 1 if failed else 0
+    return 1 if failed or "interrupted" in results else 0
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ hits both alike. Two measurements:
 
 Images/s count training images only, after one warm-up epoch each (evaluation excluded). The
 machine may be shared: each round measures both sides back to back (a short epoch of --batches
-batches each), and the ratio reported is the median of the per-round ratios, which background
-load that comes and goes disturbs far less than a ratio of two long runs.
+batches each; the order baseline, program, program, baseline keeps the program's end-to-end and
+loop-only epochs adjacent too), and the ratio reported is the median of the per-round ratios,
+which background load that comes and goes disturbs far less than a ratio of two long runs.
 
     .venv/bin/python bench/trainer_throughput.py                       # ResNet-18, 224×224, batch 32
     .venv/bin/python bench/trainer_throughput.py --image-size 112 --rounds 20
@@ -307,10 +308,18 @@ def main() -> None:
             profile(session, memory_uint8, real_loader, max(1, args.rounds // 2))
             return
         for round_ in range(args.rounds):
-            for kind in kinds:
-                b = baseline.epoch(loader if kind == "end-to-end" else memory_float, max_batches=batches)
-                session.train_loader = real_loader if kind == "end-to-end" else memory_uint8  # type: ignore[assignment]
-                p = program_epoch(session)
+            for i, kind in enumerate(kinds):
+                # baseline, program | program, baseline: each pair back to back, and the program's
+                # end-to-end and loop-only epochs too (their ratio is endToEndVsCompute).
+                rate = {}
+                for side in ("baseline", "program") if i % 2 == 0 else ("program", "baseline"):
+                    if side == "baseline":
+                        data = loader if kind == "end-to-end" else memory_float
+                        rate[side] = baseline.epoch(data, max_batches=batches)
+                    else:
+                        session.train_loader = real_loader if kind == "end-to-end" else memory_uint8  # type: ignore[assignment]
+                        rate[side] = program_epoch(session)
+                b, p = rate["baseline"], rate["program"]
                 results[kind]["baseline"].append(b)
                 results[kind]["program"].append(p)
                 print(
