@@ -86,7 +86,9 @@ class Plan:
     max_batch_size: int
 
 
-GPU_PLAN = Plan("resnet50", 224, 256, 30, 5, "bf16", 64, 8.0, 2.0, (1, 64), 64)
+#: On the GPU the servers warm up 5 s per point: ONNX Runtime's CUDA provider searches cuDNN
+#: algorithms for every new batch size the dynamic batcher forms.
+GPU_PLAN = Plan("resnet50", 224, 256, 30, 5, "bf16", 64, 8.0, 5.0, (1, 64), 64)
 CPU_PLAN = Plan("resnet18", 64, 16, 2, 2, "auto", 8, 5.0, 3.0, (1, 16), 16)
 
 
@@ -221,17 +223,22 @@ def parity(plan: Plan, model: Path, cuda: bool) -> dict[str, Any]:
         doc["cuda"] = {"skipped": "no CUDA device"}
         return doc
     for tf32 in (1, 0):
+        key = f"cudaTf32{'On' if tf32 else 'Off'}"
         options = {"device_id": "0", "use_tf32": str(tf32)}
-        session = ort.InferenceSession(
-            str(model), providers=[("CUDAExecutionProvider", options), "CPUExecutionProvider"]
-        )
-        got = session.run(["logits"], {"input": x})[0]
-        single = session.run(["logits"], {"input": x[:1]})[0]
+        try:
+            session = ort.InferenceSession(
+                str(model), providers=[("CUDAExecutionProvider", options), "CPUExecutionProvider"]
+            )
+            got = session.run(["logits"], {"input": x})[0]
+            single = session.run(["logits"], {"input": x[:1]})[0]
+        except Exception as exc:  # an option this ONNX Runtime does not know, say: the other setting still runs
+            doc[key] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
         entry = compare(np.concatenate([reference, reference[:1]]), np.concatenate([got, single]))
         entry["providers"] = session.get_providers()
-        doc[f"cudaTf32{'On' if tf32 else 'Off'}"] = entry
+        doc[key] = entry
     doc["passed"] = all(
-        doc[k]["top1Agreement"] == 1.0 and doc[k]["providers"][0] == "CUDAExecutionProvider"
+        "error" not in doc[k] and doc[k]["top1Agreement"] == 1.0 and doc[k]["providers"][0] == "CUDAExecutionProvider"
         for k in ("cudaTf32On", "cudaTf32Off")
     )
     return doc
