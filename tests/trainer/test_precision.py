@@ -118,9 +118,16 @@ def _injected(rates):
 def test_auto_on_a_cpu_measures_where_bf16_is_native(cpu, rates, name, reason, measured):
     model, criterion, batch = _tiny_model_and_batch()
     measure, calls = _injected(rates)
-    choice = choose_precision("auto", CPU, model, criterion, batch, cpu=cpu, measure=measure)
+    made = []
+
+    def make_batch():
+        made.append(batch)
+        return batch
+
+    choice = choose_precision("auto", CPU, model, criterion, make_batch, cpu=cpu, measure=measure)
     assert (choice.precision.name, choice.reason) == (name, reason)
     assert calls == ([["fp32", "bf16"]] if measured else [])
+    assert len(made) == (1 if measured else 0)  # no probe batch is allocated unless measured
     doc = choice.to_json()
     assert doc["cpu"] == cpu.model and doc["requested"] == "auto" and doc["name"] == name
     assert set(doc["cpuFlags"]) <= set(cpu.flags)
@@ -132,14 +139,14 @@ def test_asked_precisions_and_a_failed_probe():
     model, criterion, batch = _tiny_model_and_batch()
     measure, calls = _injected({})
     for requested, name in [("off", "fp32"), ("bf16", "bf16"), ("fp16", "fp16")]:
-        choice = choose_precision(requested, CPU, model, criterion, batch, cpu=SAPPHIRE_RAPIDS, measure=measure)
+        choice = choose_precision(requested, CPU, model, criterion, lambda: batch, cpu=SAPPHIRE_RAPIDS, measure=measure)
         assert (choice.precision.name, choice.reason) == (name, "asked")
     assert calls == []
 
     def broken(*_args):
         raise RuntimeError("no bf16 kernel for this operator")
 
-    choice = choose_precision("auto", CPU, model, criterion, batch, cpu=SAPPHIRE_RAPIDS, measure=broken)
+    choice = choose_precision("auto", CPU, model, criterion, lambda: batch, cpu=SAPPHIRE_RAPIDS, measure=broken)
     assert (choice.precision, choice.reason) == (FP32, "probe-failed")
 
 
@@ -152,7 +159,7 @@ def test_a_real_probe_measures_both_candidates_and_leaves_the_run_untouched():
     rng = torch.get_rng_state()
     # Flags with native bf16 whatever this CPU has, so that the probe runs here (emulated bf16
     # is merely slow); the rounds are bounded by count, the budget only cuts them short.
-    choice = choose_precision("auto", CPU, model, criterion, batch, cpu=SAPPHIRE_RAPIDS)
+    choice = choose_precision("auto", CPU, model, criterion, lambda: batch, cpu=SAPPHIRE_RAPIDS)
     assert choice.reason == "measured" and choice.precision.name in {"fp32", "bf16"}
     assert set(choice.rates) == {"fp32", "bf16"}
     assert all(rate > 0 for values in choice.rates.values() for rate in values)
@@ -178,7 +185,7 @@ def test_rounds_stop_at_the_budget_once_the_minimum_is_measured():
 
 
 def _forced(name: str):
-    def choose(requested, device, model, criterion, batch):
+    def choose(requested, device, model, criterion, make_batch):
         return PrecisionChoice(Precision.named(name), requested, "measured", SAPPHIRE_RAPIDS, {name: [1.0]}, 0.1)
 
     return choose

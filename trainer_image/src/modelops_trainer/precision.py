@@ -229,13 +229,14 @@ def choose_precision(
     device: torch.device,
     model: nn.Module,
     criterion: nn.Module,
-    batch: tuple[torch.Tensor, torch.Tensor],
+    make_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
     *,
     cpu: CpuFeatures | None = None,
     measure: Callable[..., dict[str, list[float]]] = measure_rates,
 ) -> PrecisionChoice:
-    """The precision for `mixedPrecision: requested`, measured on `model` and `batch` when it is
-    `auto` on a CPU with native bf16 (see the module docstring)."""
+    """The precision for `mixedPrecision: requested`, measured on `model` and a batch of
+    `make_batch()` (made only then) when it is `auto` on a CPU with native bf16 (see the module
+    docstring)."""
     if requested != "auto" or device.type != "cpu":
         reason = "gpu" if requested == "auto" else "asked"
         return PrecisionChoice(resolve_precision(requested, device), requested, reason)
@@ -244,7 +245,7 @@ def choose_precision(
         return PrecisionChoice(FP32, requested, "no-native-bf16", cpu)
     started = time.perf_counter()
     try:
-        rates = measure(model, criterion, batch, [FP32, BF16])
+        rates = measure(model, criterion, make_batch(), [FP32, BF16])
     except RuntimeError as exc:  # an operator without a bf16 kernel on this CPU, say
         log.warning("the precision probe failed: training in fp32", extra={"error": str(exc)})
         return PrecisionChoice(FP32, requested, "probe-failed", cpu, probe_seconds=time.perf_counter() - started)

@@ -200,10 +200,13 @@ class TrainingSession:
         when distributed every process measures (as they will train: side by side) and rank 0's
         choice holds for all."""
         size, hp = self.image.size, self.hp
-        gen = torch.Generator().manual_seed(hp.seed)
-        x = torch.randn(hp.batch_size, self.in_channels, size, size, generator=gen)
-        y = torch.randint(0, self.num_classes, (hp.batch_size,), generator=gen)
-        batch = (x.to(self.device).contiguous(memory_format=self.memory_format), y.to(self.device))
+
+        def batch() -> tuple[torch.Tensor, torch.Tensor]:
+            gen = torch.Generator().manual_seed(hp.seed)
+            x = torch.randn(hp.batch_size, self.in_channels, size, size, generator=gen)
+            y = torch.randint(0, self.num_classes, (hp.batch_size,), generator=gen)
+            return x.to(self.device).contiguous(memory_format=self.memory_format), y.to(self.device)
+
         choice: PrecisionChoice = distributed.broadcast_object(
             self.runtime, choose_precision(hp.mixed_precision, self.device, self.raw, self.criterion, batch)
         )
