@@ -131,6 +131,7 @@ def trainer(plan: Plan, device: str, work: Path) -> dict[str, Any]:
         "arch": plan.arch,
         "imageSize": plan.image_size,
         "batchSize": plan.batch_size,
+        "classes": len(session.classes),  # the digits' 10: the head is a rounding error of ResNet's compute
         "stepsPerMeasurement": plan.batches,
         "precision": session.precision_choice.to_json(),
         "channelsLast": True,
