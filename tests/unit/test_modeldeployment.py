@@ -37,6 +37,7 @@ from modelops_operator.builders.modeldeployment import (
 from modelops_operator.reconcile.modeldeployment import (
     Waiting,
     metric_query,
+    pods_blocked,
     resolve_model,
     resolved_condition,
     waiting_status,
@@ -640,3 +641,25 @@ def test_custom_query_placeholders(track, expected):
     q = query({"query": text}, track=track, interval="45s")
     assert q == expected
     assert "{{" not in q
+
+
+PULL_FAILED = 'pod digits-stable-7c9f-x: ImagePullBackOff: Back-off pulling image "r/modelops/server:nope"'
+
+
+@pytest.mark.parametrize(
+    ("ready", "expected_ready", "expected_reason"),
+    [
+        (None, ConditionStatus.FALSE, c.POD_PENDING),  # nothing serves yet: Ready says why
+        (ConditionStatus.FALSE, ConditionStatus.FALSE, c.POD_PENDING),
+        (ConditionStatus.TRUE, ConditionStatus.TRUE, "Serving"),  # the stable track serves; a canary is blocked
+    ],
+)
+def test_server_pods_that_cannot_start_are_reported_in_kubernetes_words(ready, expected_ready, expected_reason):
+    conditions = [] if ready is None else c.set_condition([], c.READY, ready, "Serving", "serving v1", 1)
+    status = ModelDeploymentStatus(conditions=conditions, message="step 0: waiting for 1 canary pod(s)")
+    out = pods_blocked(status, 2, PULL_FAILED)
+    assert out.message == PULL_FAILED
+    cond = c.get_condition(out.conditions, c.READY)
+    assert cond is not None and (cond.status, cond.reason) == (expected_ready, expected_reason)
+    if expected_reason == c.POD_PENDING:
+        assert cond.message == PULL_FAILED and cond.observed_generation == 2

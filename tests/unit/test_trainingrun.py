@@ -690,6 +690,14 @@ def test_a_pod_that_cannot_start_is_reported_on_its_trial():
     sim.step()
     assert sim.trial("digits-r1-t0").message == "pod digits-r1-t0-master-0: Unschedulable: 0/3 nodes"
     assert sim.status.phase == "Running"
+    ready = c.get_condition(sim.status.conditions, c.READY)
+    assert ready is not None and (ready.status, ready.reason) == ("False", c.POD_PENDING)
+    assert ready.message.endswith("; trial digits-r1-t0: pod digits-r1-t0-master-0: Unschedulable: 0/3 nodes")
+    sim.seen["digits-r1-t0"] = TrialObservation()  # it started
+    sim.set("digits-r1-t0", "Running")
+    sim.step()
+    ready = c.get_condition(sim.status.conditions, c.READY)
+    assert ready is not None and ready.reason == c.TRIALS_RUNNING
 
 
 def test_a_successful_trial_registers_model_version_1():

@@ -308,6 +308,10 @@ def _model_deployment(spec: Any, generation: int, old: Any, body: kopf.Body) -> 
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     ROLLOUT_ABORTED.labels(ns, name).set(1 if plan.status.aborted and plan.status.canary else 0)
     status = rm.resolved_condition(plan.status, generation, target)
+    if stable is None or stable.available < stable.replicas or plan.status.canary is not None:
+        problem = rd.pod_problem(_kube(kube.list_pods, ns, f"{bm.OWNER_LABEL}={name}"))
+        if problem:
+            status = rm.pods_blocked(status, generation, problem)
     return status.model_copy(update={"url": bm.service_url(md)})
 
 

@@ -67,6 +67,20 @@ def resolved_condition(status: ModelDeploymentStatus, generation: int, model: Se
     return status.model_copy(update={"conditions": conds})
 
 
+def pods_blocked(status: ModelDeploymentStatus, generation: int, problem: str) -> ModelDeploymentStatus:
+    """Server pods that cannot start (an image that cannot be pulled, a missing ConfigMap, no node
+    that fits): say so in Kubernetes' own words. Ready turns False with reason PodPending unless the
+    stable track already serves (a canary that cannot start leaves the old model serving, and only
+    the message tells)."""
+    ready = c.get_condition(status.conditions, c.READY)
+    update: dict[str, object] = {"message": problem}
+    if ready is None or ready.status != ConditionStatus.TRUE:
+        update["conditions"] = c.set_condition(
+            status.conditions, c.READY, ConditionStatus.FALSE, c.POD_PENDING, problem, generation
+        )
+    return status.model_copy(update=update)
+
+
 def _selector(namespace: str, name: str, track: str) -> str:
     return f'namespace="{namespace}",modelops_dev_modeldeployment="{name}",modelops_dev_track="{track}"'
 

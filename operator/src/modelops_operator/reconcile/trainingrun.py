@@ -183,6 +183,8 @@ class _Run:
         self.objective = spec.search.objective if spec.search else None
         self.metric = self.objective.metric if self.objective else "val_accuracy"
         self.maximize = (self.objective.direction if self.objective else "maximize") == "maximize"
+        self.blocked: list[str] = []
+        """Trials whose pods cannot start, each as `trial <name>: <Kubernetes' reason and message>`."""
 
     # --- status helpers ---------------------------------------------------------------------
 
@@ -367,6 +369,8 @@ class _Run:
             curve = epoch_curve(seen.log, self.metric, trial.history)
             running = "Running" if state == "Running" else "Pending"
             message = seen.pod_problem or ("suspended" if state == "Suspended" else None)
+            if seen.pod_problem:
+                self.blocked.append(f"trial {trial.name}: {seen.pod_problem}")
             self.set_trial(
                 trial.model_copy(
                     update={
@@ -449,9 +453,12 @@ class _Run:
         else:
             line = self.progress(budget)
             self.update(phase="Running", progress=line)
+            # A trial whose pods cannot start (an image that cannot be pulled, no node that fits)
+            # is named on Ready and Progressing, in Kubernetes' own words.
+            reason, why = (c.POD_PENDING, f"{line}; {self.blocked[0]}") if self.blocked else (c.TRIALS_RUNNING, line)
             self.cond(c.TRAINING_RUNNING, T, c.TRIALS_RUNNING, line)
-            self.cond(c.READY, F, c.TRIALS_RUNNING, line)
-            self.cond(c.PROGRESSING, T, c.TRIALS_RUNNING, line)
+            self.cond(c.READY, F, reason, why)
+            self.cond(c.PROGRESSING, T, reason, why)
             self.cond(c.DEGRADED, F, c.TRIALS_RUNNING, line)
 
     def launch(self, budget: int) -> None:
