@@ -20,5 +20,9 @@ step "import layers"
 $py/lint-imports
 step "CRDs in sync with the models"
 $py/python -m modelops_operator.crdgen --check
+step "docs"
+$py/mypy --strict hack/docgen.py hack/mkdocs_hooks.py
+$py/python hack/docgen.py --check
+site=$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $py/mkdocs build --strict --quiet --site-dir "$site" && rm -rf "$site"
 step "pytest"
 $py/pytest "$@"
