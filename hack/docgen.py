@@ -29,7 +29,7 @@ import prometheus_client
 from pydantic import BaseModel
 
 from modelops_operator import handlers
-from modelops_operator.api import conditions
+from modelops_operator.api import conditions, names
 from modelops_operator.settings import ENV_PREFIX, OperatorSettings
 from modelops_server import config as server_config
 from modelops_server import errors as server_errors
@@ -75,13 +75,14 @@ def documented_constants(module: ModuleType) -> list[tuple[str, str, str, str]]:
     for node, after in zip(tree.body, [*tree.body[1:], None], strict=True):
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
             continue
-        if not (isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+        value = getattr(module, node.targets[0].id)
+        if not isinstance(value, str):
             continue
         if not (isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)):
             continue
         above = [line for line in lines[: node.lineno - 1] if re.fullmatch(r"# [A-Z].*\.", line)]
         section = above[-1][2:-1] if above else ""
-        out.append((section, node.targets[0].id, node.value.value, str(after.value.value)))
+        out.append((section, node.targets[0].id, value, str(after.value.value)))
     return out
 
 
@@ -214,6 +215,30 @@ def metrics_page() -> str:
     return _page("Metrics", intro, body)
 
 
+def labels_page() -> str:
+    constants = documented_constants(names)
+    body = []
+    for section in dict.fromkeys(s for s, *_ in constants):
+        rows = [(f"`{value}`", _cell(doc)) for s, _, value, doc in constants if s == section]
+        body += [f"## {section}", "", *_table(["key", "meaning"], rows)]
+    body += [
+        "## Other projects' kinds the operator uses",
+        "",
+        *_table(
+            ["kind", "apiVersion", "resource"],
+            ((api.kind, f"`{api.api_version}`", f"`{api.plural}`") for api in names.EXTERNAL_APIS),
+        ),
+    ]
+    intro = """
+The label and annotation keys modelops reads or writes, each defined once in
+`operator/src/modelops_operator/api/names.py`. Children also carry the recommended
+`app.kubernetes.io/name`, `instance`, `component` and `managed-by` labels; trials request the
+`nvidia.com/gpu` resource and tolerate its taint. Prometheus sees a pod label such as
+`modelops.dev/track` as `modelops_dev_track`.
+"""
+    return _page("Labels and annotations", intro, body)
+
+
 def _annotation(annotation: Any) -> str:
     text = str(annotation).replace("typing.", "").removeprefix("<class '").removesuffix("'>")
     return _cell(f"`{text}`")
@@ -272,6 +297,7 @@ ModelDeployment's `spec.server`; `python -m modelops_server --help` prints the s
 PAGES: dict[str, Callable[[], str]] = {
     "reference/conditions.md": conditions_page,
     "reference/metrics.md": metrics_page,
+    "reference/labels.md": labels_page,
     "reference/operator-settings.md": operator_settings_page,
     "reference/server-settings.md": server_settings_page,
 }

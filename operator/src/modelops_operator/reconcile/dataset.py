@@ -18,6 +18,7 @@ from pydantic.alias_generators import to_camel
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import ConditionStatus
 from modelops_operator.api.dataset import DatasetSpec, DatasetStatus, SplitCounts
+from modelops_operator.api.names import SPEC_HASH_LABEL
 from modelops_operator.builders.dataset import build_prepare_job, data_hash
 from modelops_operator.settings import OperatorSettings
 
@@ -150,7 +151,7 @@ def reconcile_dataset(
     """The status the Dataset should have, and the Job calls that get it there."""
     generation = int(dataset["metadata"].get("generation") or 0)
     wanted = data_hash(spec)
-    current = next((j for j in observed.jobs if j["metadata"]["labels"].get("modelops.dev/spec-hash") == wanted), None)
+    current = next((j for j in observed.jobs if j["metadata"]["labels"].get(SPEC_HASH_LABEL) == wanted), None)
     actions = [Action("delete", "Job", j["metadata"]["name"]) for j in observed.jobs if j is not current]
     status = old.model_copy(update={"observed_generation": generation})
     if old.spec_hash == wanted and old.phase in ("Ready", "Failed"):

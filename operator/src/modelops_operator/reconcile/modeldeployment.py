@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelops_operator.api import conditions as c
+from modelops_operator.api import names
 from modelops_operator.api.common import ConditionStatus
 from modelops_operator.api.modeldeployment import (
     AnalysisMetric,
@@ -68,7 +69,8 @@ def resolved_condition(status: ModelDeploymentStatus, generation: int, model: Se
 
 
 def _selector(namespace: str, name: str, track: str) -> str:
-    return f'namespace="{namespace}",modelops_dev_modeldeployment="{name}",modelops_dev_track="{track}"'
+    owner, track_label = names.prometheus_label(names.MODEL_DEPLOYMENT_LABEL), names.prometheus_label(names.TRACK_LABEL)
+    return f'namespace="{namespace}",{owner}="{name}",{track_label}="{track}"'
 
 
 def metric_query(metric: AnalysisMetric, namespace: str, name: str, track: str, interval: str) -> str:

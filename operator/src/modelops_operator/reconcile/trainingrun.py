@@ -36,13 +36,9 @@ from pydantic.alias_generators import to_camel
 import modelops_operator
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import ConditionStatus
+from modelops_operator.api.names import PARAMETERS_ANNOTATION, ROUND_LABEL
 from modelops_operator.api.trainingrun import RegisteredModel, TrainingRunSpec, TrainingRunStatus, TrialStatus
-from modelops_operator.builders.trainingrun import (
-    PARAMETERS_ANNOTATION,
-    ROUND_LABEL,
-    build_pytorchjob,
-    model_hash,
-)
+from modelops_operator.builders.trainingrun import build_pytorchjob, model_hash
 from modelops_operator.reconcile import search
 from modelops_operator.reconcile.dataset import termination_message
 from modelops_operator.reconcile.status import Event
