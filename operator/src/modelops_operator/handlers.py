@@ -218,8 +218,6 @@ def _register_in_mlflow(spec: TrainingRunSpec, status: TrainingRunStatus, body: 
     return status.model_copy(update={"model": model, "models": models, "conditions": conds})
 
 
-#: Annotations that steer a rollout by hand, e.g. `kubectl annotate mdep NAME modelops.dev/promote=true`.
-COMMANDS: tuple[rollout.Command, ...] = ("promote", "abort", "retry")
 ROLLOUT_ABORTED = prometheus_client.Gauge(
     "modelops_rollout_aborted",
     "1 while the canary of a ModelDeployment is rolled back (analysis failed or aborted), else 0.",
@@ -271,8 +269,7 @@ def _model_deployment(spec: Any, generation: int, old: Any, body: kopf.Body) -> 
     md = dict(body)
     stable = _track(_kube(kube.get_deployment, ns, bm.deployment_name(name, "stable")))
     canary = _track(_kube(kube.get_deployment, ns, bm.deployment_name(name, "canary")))
-    annotations = body.metadata.annotations or {}
-    command = next((cmd for cmd in COMMANDS if annotations.get(f"{GROUP}/{cmd}") in ("true", "yes", "1")), None)
+    command = rollout.requested_command(body.metadata.annotations or {})
     now = datetime.now(UTC)
     analysis = rollout.due_analysis(spec, old, now)
     measurements = _measure(spec, analysis, ns, name) if analysis is not None else None
@@ -298,7 +295,7 @@ def _model_deployment(spec: Any, generation: int, old: Any, body: kopf.Body) -> 
         weight = plan.status.desired_weight if plan.status.canary is not None and not plan.status.aborted else 0
         _kube(kube.patch_http_route, ns, route, bm.http_route_patch(spec, name, weight))
     if command is not None and plan.command_done:
-        _kube(kube.annotate, MODEL_DEPLOYMENT, ns, name, {f"{GROUP}/{command}": None})
+        _kube(kube.annotate, MODEL_DEPLOYMENT, ns, name, {rollout.COMMANDS[command]: None})
     for event in plan.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     ROLLOUT_ABORTED.labels(ns, name).set(1 if plan.status.aborted and plan.status.canary else 0)
@@ -378,7 +375,7 @@ def _reconcile(kind: Kind, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logg
 
 
 def _commanded(kind: Kind, annotations: dict[str, str]) -> bool:
-    return kind is MODEL_DEPLOYMENT and any(f"{GROUP}/{cmd}" in annotations for cmd in COMMANDS)
+    return kind is MODEL_DEPLOYMENT and rollout.requested_command(annotations) is not None
 
 
 def _register(kind: Kind) -> None:

@@ -79,12 +79,13 @@ its change makes the object reconcile at once."""
 
 # Annotations a person writes: commands to a ModelDeployment's rollout.
 PROMOTE_ANNOTATION = f"{GROUP}/promote"
-"""On a ModelDeployment, set to `true`: leave the current pause or analysis step. Removed
-once acted on."""
+"""On a ModelDeployment, set to `true` (or `yes`, `1`; any other value is no command): leave the
+current pause or analysis step. Removed once acted on."""
 ABORT_ANNOTATION = f"{GROUP}/abort"
-"""On a ModelDeployment, set to `true`: roll the canary back now. Removed once acted on."""
+"""On a ModelDeployment, set to `true` (or `yes`, `1`): roll the canary back now. Removed once acted
+on."""
 RETRY_ANNOTATION = f"{GROUP}/retry"
-"""On a ModelDeployment, set to `true`: start an aborted rollout again from step 0.
+"""On a ModelDeployment, set to `true` (or `yes`, `1`): start an aborted rollout again from step 0.
 Removed once acted on."""
 
 # Keys kopf keeps its bookkeeping under.
@@ -105,9 +106,6 @@ MLFLOW_DATASET_TAG = f"{GROUP}/dataset"
 """`<dataset>@<version>` the model was trained on."""
 MLFLOW_TRIAL_TAG = f"{GROUP}/trial"
 """The trial whose model was registered."""
-
-#: Manual commands, by the word `rollout` knows them as.
-COMMANDS = {"promote": PROMOTE_ANNOTATION, "abort": ABORT_ANNOTATION, "retry": RETRY_ANNOTATION}
 
 # Keys of other projects.
 APP_NAME_LABEL = "app.kubernetes.io/name"
