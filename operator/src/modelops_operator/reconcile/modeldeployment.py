@@ -56,8 +56,7 @@ def waiting_status(old: ModelDeploymentStatus, generation: int, why: Waiting) ->
     """The status while the model cannot be resolved. A deployment already serving keeps serving
     (its children are left alone) and says why it cannot move on."""
     conds = c.set_condition(old.conditions, c.MODEL_RESOLVED, F, why.reason, why.message, generation)
-    conds = c.set_condition(conds, c.READY, F, why.reason, why.message, generation)
-    conds = c.set_condition(conds, c.PROGRESSING, F, why.reason, why.message, generation)
+    conds = c.waiting(conds, why.reason, why.message, generation)
     phase = old.phase if old.stable is not None else "Pending"
     return old.model_copy(update={"phase": phase, "observed_generation": generation, "conditions": conds})
 
