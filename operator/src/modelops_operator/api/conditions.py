@@ -31,10 +31,6 @@ MODEL_RESOLVED = "ModelResolved"
 # Reasons shared by every kind.
 INVALID_SPEC = "InvalidSpec"
 """The spec passed the API server's schema but the operator cannot act on it; the message says why."""
-RECONCILING = "Reconciling"
-"""The operator accepted the spec and is bringing the children into line with it."""
-NOT_IMPLEMENTED = "NotImplemented"
-"""This operator version accepts the kind but does not yet act on it; nothing has been created."""
 
 # Reasons of a Dataset.
 JOB_CREATED = "JobCreated"
@@ -127,8 +123,6 @@ every resync; the model stays registered in status."""
 #: Reasons that mean "waiting, nothing wrong": their Events are Normal, all others Warnings.
 WAITING_REASONS = frozenset(
     {
-        RECONCILING,
-        NOT_IMPLEMENTED,
         DATASET_NOT_READY,
         MODEL_NOT_REGISTERED,
         JOB_CREATED,
