@@ -21,6 +21,11 @@ step "import layers"
 $py/lint-imports
 step "CRDs in sync with the models"
 $py/python -m modelops_operator.crdgen --check
+step "docs"
+$py/mypy --strict hack/docgen.py hack/mkdocs_hooks.py
+$py/python hack/docgen.py --check
+site=$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $py/mkdocs build --strict --quiet --site-dir "$site" && rm -rf "$site"
+
 # The cluster tests need the local cluster, whose start builds the three images from their
 # Dockerfiles (minutes the first time on a machine, seconds after): started here, outside pytest's
 # per-test timeout, unless only other tests were asked for; stopped at the end if started here.

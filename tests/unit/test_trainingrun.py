@@ -17,14 +17,11 @@ import pytest
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import ConditionStatus
+from modelops_operator.api.names import GPU, PARAMETERS_ANNOTATION, ROUND_LABEL, TRIAL_LABEL
 from modelops_operator.api.trainingrun import TrainingRunSpec, TrainingRunStatus, TrialStatus
 from modelops_operator.builders.trainingrun import (
     CONFIG_ENV,
-    GPU,
     MAX_JOB_NAME,
-    PARAMETERS_ANNOTATION,
-    ROUND_LABEL,
-    TRIAL_LABEL,
     build_pytorchjob,
     model_hash,
     trial_name,

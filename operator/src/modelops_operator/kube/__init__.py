@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from modelops_operator.api.common import GROUP, VERSION
 from modelops_operator.api.kinds import Kind
+from modelops_operator.api.names import HTTPROUTE, PYTORCHJOB
 from modelops_operator.settings import OperatorSettings
 
 
@@ -136,17 +137,15 @@ def get_object(kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
     return dict(obj) if obj is not None else None
 
 
-PYTORCHJOBS = ("kubeflow.org", "v1", "pytorchjobs")
-
-
 def list_pytorchjobs(namespace: str, selector: str) -> list[dict[str, Any]]:
     """PyTorchJobs in `namespace` matching a label selector."""
     res = _call(
         f"list pytorchjobs {namespace} {selector}",
         _api().list_namespaced_custom_object,
-        *PYTORCHJOBS[:2],
+        PYTORCHJOB.group,
+        PYTORCHJOB.version,
         namespace,
-        PYTORCHJOBS[2],
+        PYTORCHJOB.plural,
         label_selector=selector,
     )
     return list(res["items"]) if res is not None else []
@@ -159,9 +158,10 @@ def create_pytorchjob(body: dict[str, Any]) -> None:
         _call(
             f"create pytorchjob {ns}/{body['metadata']['name']}",
             _api().create_namespaced_custom_object,
-            *PYTORCHJOBS[:2],
+            PYTORCHJOB.group,
+            PYTORCHJOB.version,
             ns,
-            PYTORCHJOBS[2],
+            PYTORCHJOB.plural,
             body,
         )
 
@@ -171,9 +171,10 @@ def delete_pytorchjob(namespace: str, name: str) -> None:
     _call(
         f"delete pytorchjob {namespace}/{name}",
         _api().delete_namespaced_custom_object,
-        *PYTORCHJOBS[:2],
+        PYTORCHJOB.group,
+        PYTORCHJOB.version,
         namespace,
-        PYTORCHJOBS[2],
+        PYTORCHJOB.plural,
         name,
         propagation_policy="Background",
     )
@@ -184,9 +185,10 @@ def suspend_pytorchjob(namespace: str, name: str, suspend: bool) -> None:
     _call(
         f"patch pytorchjob {namespace}/{name}",
         _api().patch_namespaced_custom_object,
-        *PYTORCHJOBS[:2],
+        PYTORCHJOB.group,
+        PYTORCHJOB.version,
         namespace,
-        PYTORCHJOBS[2],
+        PYTORCHJOB.plural,
         name,
         {"spec": {"runPolicy": {"suspend": suspend}}},
     )
@@ -277,10 +279,10 @@ def patch_http_route(namespace: str, name: str, patch: dict[str, Any]) -> None:
     _call(
         f"patch httproute {namespace}/{name}",
         _api().patch_namespaced_custom_object,
-        "gateway.networking.k8s.io",
-        "v1",
+        HTTPROUTE.group,
+        HTTPROUTE.version,
         namespace,
-        "httproutes",
+        HTTPROUTE.plural,
         name,
         patch,
     )

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelops_operator.api import conditions as c
+from modelops_operator.api import names
 from modelops_operator.api.common import ConditionStatus
 from modelops_operator.api.modeldeployment import (
     AnalysisMetric,
@@ -55,8 +56,7 @@ def waiting_status(old: ModelDeploymentStatus, generation: int, why: Waiting) ->
     """The status while the model cannot be resolved. A deployment already serving keeps serving
     (its children are left alone) and says why it cannot move on."""
     conds = c.set_condition(old.conditions, c.MODEL_RESOLVED, F, why.reason, why.message, generation)
-    conds = c.set_condition(conds, c.READY, F, why.reason, why.message, generation)
-    conds = c.set_condition(conds, c.PROGRESSING, F, why.reason, why.message, generation)
+    conds = c.waiting(conds, why.reason, why.message, generation)
     phase = old.phase if old.stable is not None else "Pending"
     return old.model_copy(update={"phase": phase, "observed_generation": generation, "conditions": conds})
 
@@ -82,7 +82,8 @@ def pods_blocked(status: ModelDeploymentStatus, generation: int, problem: str) -
 
 
 def _selector(namespace: str, name: str, track: str) -> str:
-    return f'namespace="{namespace}",modelops_dev_modeldeployment="{name}",modelops_dev_track="{track}"'
+    owner, track_label = names.prometheus_label(names.MODEL_DEPLOYMENT_LABEL), names.prometheus_label(names.TRACK_LABEL)
+    return f'namespace="{namespace}",{owner}="{name}",{track_label}="{track}"'
 
 
 def metric_query(metric: AnalysisMetric, namespace: str, name: str, track: str, interval: str) -> str:

@@ -44,8 +44,7 @@ def describe_error(error: ValidationError, limit: int = 5) -> str:
 
 def invalid_spec(status: S, generation: int, message: str) -> S:
     """The status of an object whose spec cannot be acted on: not Ready, not progressing, and why."""
-    conds = c.set_condition(status.conditions, c.READY, ConditionStatus.FALSE, c.INVALID_SPEC, message, generation)
-    conds = c.set_condition(conds, c.PROGRESSING, ConditionStatus.FALSE, c.INVALID_SPEC, message, generation)
+    conds = c.waiting(status.conditions, c.INVALID_SPEC, message, generation)
     return status.model_copy(update={"phase": "Failed", "observed_generation": generation, "conditions": conds})
 
 

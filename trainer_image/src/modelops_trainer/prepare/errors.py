@@ -15,24 +15,36 @@ from modelops_trainer.errors import TrainerError
 
 
 class PrepareError(TrainerError):
+    """The preparation failed without a more specific reason; the message holds what went wrong."""
+
     reason = "PreparationFailed"
 
 
 class SourceUnreachable(PrepareError):
+    """A source URI cannot be read (missing, no permission, host unreachable); the message names it."""
+
     reason = "SourceUnreachable"
 
 
 class InvalidSource(PrepareError):
+    """A source can be read but not understood (a manifest without the columns, a corrupt archive)."""
+
     reason = "InvalidSource"
 
 
 class UnsafeArchive(PrepareError):
+    """An archive member escapes the archive's root (`../`, absolute, links); nothing was extracted."""
+
     reason = "UnsafeArchive"
 
 
 class EmptyClass(PrepareError):
+    """A class has fewer images than `cleaning.minImagesPerClass` after cleaning."""
+
     reason = "EmptyClass"
 
 
 class NoImagesLeft(PrepareError):
+    """The sources listed no image, or cleaning dropped every one (the drop reasons say why)."""
+
     reason = "NoImagesLeft"

@@ -222,20 +222,19 @@ def run(config: PrepareConfig, *, progress: Callable[[Iterable[Any], int], Itera
                     report.append({"ref": o["ref"], "label": o["label"], "reason": o["dropped"], "detail": o["detail"]})
                 else:
                     kept.append(Kept(o["ref"], o["label"], o["sha256"], o["dhash"], index, o["member"]))
-        result = _finish(config, out, work, kept, dropped, report, pool)
+        final, classes = _clean_and_split(config, kept, dropped, report)
+        result = _publish(config, out, work, final, classes, dropped, report, pool)
     result.reused_chunks = reused
     return result
 
 
-def _finish(
-    config: PrepareConfig,
-    out: str,
-    work: str,
-    kept: list[Kept],
-    dropped: Counter[str],
-    report: list[dict[str, str]],
-    pool: ProcessPoolExecutor,
-) -> Result:
+def _clean_and_split(
+    config: PrepareConfig, kept: list[Kept], dropped: Counter[str], report: list[dict[str, str]]
+) -> tuple[list[tuple[Kept, SplitName]], list[str]]:
+    """The images to publish, each with its split, and the classes: unlisted classes, duplicates and
+    near-duplicates across splits are dropped (counted in `dropped`, listed in `report`); raises
+    when nothing is left or a class has too few images."""
+
     def drop(k: Kept, reason: str, detail: str) -> None:
         dropped[reason] += 1
         report.append({"ref": k.ref, "label": k.label, "reason": reason, "detail": detail})
@@ -267,6 +266,21 @@ def _finish(
             f"classes with fewer than {config.cleaning.min_images_per_class} images after cleaning: "
             + ", ".join(f"{c} ({n})" for c, n in sorted(short.items())[:20])
         )
+    return final, classes
+
+
+def _publish(
+    config: PrepareConfig,
+    out: str,
+    work: str,
+    final: list[tuple[Kept, SplitName]],
+    classes: list[str],
+    dropped: Counter[str],
+    report: list[dict[str, str]],
+    pool: ProcessPoolExecutor,
+) -> Result:
+    """Write the version: its shards (in worker processes, from the finished chunks in `work`), its
+    manifest and `report.json`; then remove the work folder."""
     label_of = {c: i for i, c in enumerate(classes)}
     pre = config.preprocessing
     image = ImageFormat(
