@@ -759,6 +759,19 @@ def corefile() -> None:
     )
 
 
+def pull_images() -> None:
+    """Pull the project's images into the node's containerd before any pod needs them, as a real
+    cluster's image pre-puller does: the trainer's gigabytes (a minute or two the first time) then
+    do not count against a test's or a user's first wait. Already pulled: a second each."""
+    started = time.monotonic()
+    for name, ref in sorted(image_refs().items()):
+        run(
+            "ctr", f"--address={CONTAINERD_SOCK}", "--namespace=k8s.io", "images", "pull", "--plain-http", ref,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        log(f"image {name} on the node ({time.monotonic() - started:.0f}s)")
+
+
 def unmount_under(root: Path) -> None:
     """Unmount everything mounted below `root` (containers' root filesystems, pods' volumes), the
     deepest first, so that the state directory can be removed."""
@@ -997,6 +1010,7 @@ def up(_: argparse.Namespace) -> int:
     corefile()
     comps["containerd"].start()
     wait_for("containerd's socket", CONTAINERD_SOCK.exists, 30, comps["containerd"])
+    pull_images()
     for name in ("kube-proxy", "coredns", "kubelet"):
         comps[name].start()
     wait_for("CoreDNS ready", lambda: _http_ok("http://127.0.0.1:18181/ready"), 60, comps["coredns"])

@@ -2,7 +2,7 @@
 
 A development add-on, not part of the product (a user's cluster has its own storage). It owns the
 default StorageClass `local-dir`: each pending PersistentVolumeClaim of that class gets a hostPath
-PersistentVolume at `<volumes>/<namespace>/<claim>` on the one real node (`local-0`), and a
+PersistentVolume at `<volumes>/<namespace>/<claim>` on this machine (the one real node), and a
 released volume's directory is removed with it. Directories are world-writable, since the pods run
 as an arbitrary non-root user and a hostPath volume has no fsGroup. The quickstart and the tests
 read artifacts from these directories.
@@ -26,7 +26,6 @@ from kubernetes.client.exceptions import ApiException
 
 STORAGE_CLASS = "local-dir"
 PROVISIONER = "modelops.dev/local-dir"
-NODE = "local-0"
 
 log = logging.getLogger("provisioner")
 
@@ -80,17 +79,9 @@ class Provisioner:
                     "storageClassName": STORAGE_CLASS,
                     "hostPath": {"path": str(path), "type": "Directory"},
                     "claimRef": {"namespace": ns, "name": name, "uid": pvc.metadata.uid},
-                    "nodeAffinity": {
-                        "required": {
-                            "nodeSelectorTerms": [
-                                {
-                                    "matchExpressions": [
-                                        {"key": "kubernetes.io/hostname", "operator": "In", "values": [NODE]}
-                                    ]
-                                }
-                            ]
-                        }
-                    },
+                    # No node affinity, although only local-0 has the directory: kwok's simulated
+                    # nodes mount nothing, and a GPU trial scheduled there with the artifact
+                    # claim must not be held back by it.
                 },
             }
             try:
