@@ -4,8 +4,11 @@ TrainerError (modelops_trainer.errors)
 └── PrepareError
     ├── SourceUnreachable   a source URI cannot be read
     ├── InvalidSource       it can be read but not understood
-    ├── UnsafeArchive       an archive member escapes the archive's root
+    ├── UnsafeArchive       an archive member escapes the archive's root, or clashes with another
+    ├── ArchiveTooLarge     an archive expands past spec.limits (bytes, members, ratio)
+    ├── SourceTooLarge      a manifest or an image it lists is larger than spec.limits allows
     ├── EmptyClass          a class has too few images after cleaning
+    ├── SplitMissesClass    a split has no image of a class (too few images for the ratios)
     └── NoImagesLeft        the sources listed no image, or cleaning dropped every one
 """
 
@@ -28,6 +31,18 @@ class InvalidSource(PrepareError):
 
 class UnsafeArchive(PrepareError):
     reason = "UnsafeArchive"
+
+
+class ArchiveTooLarge(PrepareError):
+    reason = "ArchiveTooLarge"
+
+
+class SourceTooLarge(PrepareError):
+    reason = "SourceTooLarge"
+
+
+class SplitMissesClass(PrepareError):
+    reason = "SplitMissesClass"
 
 
 class EmptyClass(PrepareError):
