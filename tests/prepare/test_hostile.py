@@ -202,3 +202,25 @@ def test_the_worker_pool_follows_the_containers_limits(tmp_path, cpu_max, memory
     cores = len(os.sched_getaffinity(0))
     expected = workers if workers is not None else cores
     assert pipeline.default_workers(cgroup.cpu_limit(tmp_path), cgroup.memory_limit(tmp_path)) == min(expected, cores)
+
+
+def test_a_class_that_cleaning_empties_fails_the_run_instead_of_vanishing(tmp_path, small_digits):
+    for p in (small_digits / "7").iterdir():
+        p.write_bytes(b"not an image")  # every 7 is dropped as Undecodable
+
+    code, message = run_cli(config(f"file://{small_digits}", tmp_path / "out"), tmp_path)
+
+    assert code == 1 and message["reason"] == "EmptyClass"
+    assert message["message"] == "classes with fewer than 1 images after cleaning: 7 (0)"
+
+
+def test_a_split_without_a_class_is_reported(tmp_path, small_digits):
+    """12 images a class and a 10% test split: some classes have no test image. The version is
+    published, and the summary names them (the operator turns them into a Degraded condition)."""
+    code, message = run_cli(config(f"file://{small_digits}", tmp_path / "out"), tmp_path)
+
+    assert code == 0
+    per_class = message["splits"]["test"]["perClass"]
+    lacking = sorted(c for c in map(str, range(10)) if per_class.get(c, 0) == 0)
+    assert lacking and message["missing"]["test"] == lacking
+    assert "train" not in message["missing"]

@@ -302,3 +302,19 @@ def test_limits_reach_the_program_and_only_a_set_limit_changes_the_hash():
     explicit_default = obj(dataset().set("spec.limits", {"archiveMaxRatio": 100}))
     raised = obj(dataset().set("spec.limits", {"archiveMaxRatio": 1000}))
     assert data_hash(spec_of(base)) == data_hash(spec_of(explicit_default)) != data_hash(spec_of(raised))
+
+
+def test_a_version_whose_split_lacks_a_class_is_ready_but_degraded():
+    body = obj()
+    lacking = json.dumps({**json.loads(RESULT), "missing": {"test": ["a", "b"], "val": ["b"]}})
+    done = run(body, Observed(jobs=[job_for(body, "Complete")], result_message=lacking)).status
+    assert done.phase == "Ready"
+    degraded = c.get_condition(done.conditions, c.DEGRADED)
+    assert (degraded.status, degraded.reason) == ("True", c.SPLIT_MISSES_CLASS)
+    assert degraded.message.startswith("splits without an image of some classes (test: a, b; val: b)")
+    whole = run(
+        body,
+        Observed(jobs=[job_for(body, "Complete")], result_message=RESULT),
+        old=done.model_copy(update={"spec_hash": None}),
+    ).status
+    assert c.get_condition(whole.conditions, c.DEGRADED).status == "False"

@@ -37,6 +37,8 @@ class PrepareResult(BaseModel):
     classes: int | None = None
     splits: dict[str, SplitCounts] = {}
     dropped: dict[str, int] = {}
+    missing: dict[str, list[str]] = {}
+    """Classes without an image in a split, by split (at most 20 each)."""
     reason: str | None = None
     message: str | None = None
 
@@ -166,6 +168,22 @@ def reconcile_dataset(
     return Outcome(_from_job(status, spec, current, observed, wanted), actions)
 
 
+def _split_coverage(status: DatasetStatus, missing: dict[str, list[str]]) -> DatasetStatus:
+    """Degraded when a split lacks a class: the version is usable, but not what the user expects
+    (a class the test split lacks is never evaluated), so it is said, never silently published."""
+    generation = status.observed_generation
+    if missing:
+        lacking = "; ".join(f"{split}: {', '.join(classes)}" for split, classes in sorted(missing.items()))
+        msg = f"splits without an image of some classes ({lacking}): add images, or set that split's ratio to 0"
+        conds = c.set_condition(status.conditions, c.DEGRADED, T, c.SPLIT_MISSES_CLASS, msg, generation)
+    elif c.get_condition(status.conditions, c.DEGRADED) is not None:
+        msg = "every split has images of every class"
+        conds = c.set_condition(status.conditions, c.DEGRADED, F, c.DATASET_PREPARED, msg, generation)
+    else:
+        return status
+    return status.model_copy(update={"conditions": conds})
+
+
 def _from_job(
     status: DatasetStatus, spec: DatasetSpec, job: dict[str, Any], observed: Observed, wanted: str
 ) -> DatasetStatus:
@@ -179,6 +197,7 @@ def _from_job(
         return _with(status, "Running", F, T, c.PREPARING, f"Job {name} is preparing the dataset", job_name=name)
     if state == "Complete" and result is not None and result.ok and result.version and result.digest:
         msg = f"version {result.version}: {result.images} images in {result.classes} classes at {result.uri}"
+        status = _split_coverage(status, result.missing)
         return _with(
             status,
             "Ready",

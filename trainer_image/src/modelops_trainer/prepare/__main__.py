@@ -53,6 +53,8 @@ def summary(result: pipeline.Result) -> dict[str, Any]:
         "dropped": dict(result.dropped),
         "report": result.report_uri,
     }
+    if result.missing:  # a split without a class: shown by the operator as a condition
+        doc["missing"] = {name: classes[:20] for name, classes in result.missing.items()}
     if len(json.dumps(doc)) >= TERMINATION_LIMIT:  # many classes: per-class counts stay in the manifest
         doc["splits"] = {name: {"total": s["total"]} for name, s in splits.items()}
     return doc

@@ -92,6 +92,10 @@ class Result:
     report_uri: str = ""
     reused_chunks: int = 0
     """Chunks of processed images taken over from an earlier, interrupted run."""
+    missing: dict[str, list[str]] = field(default_factory=dict)
+    """Classes with no image in a split whose ratio is above 0, by split: the dataset is published,
+    and the operator shows these in a condition (a model cannot be validated on a class that its
+    validation split lacks)."""
 
 
 def config_hash(config: PrepareConfig) -> str:
@@ -244,13 +248,30 @@ def run(config: PrepareConfig, *, progress: Callable[[Iterable[Any], int], Itera
                     report.append({"ref": o["ref"], "label": o["label"], "reason": o["dropped"], "detail": o["detail"]})
                 else:
                     kept.append(Kept(o["ref"], o["label"], o["sha256"], o["dhash"], index, o["member"]))
-        result = _finish(config, out, work, kept, dropped, report, pool)
+        named = sorted({label for _, label in items})
+        result = _finish(config, named, out, work, kept, dropped, report, pool)
     result.reused_chunks = reused
     return result
 
 
+def missing_in_splits(
+    final: list[tuple[Kept, SplitName]], classes: list[str], ratios: dict[str, float]
+) -> dict[str, list[str]]:
+    """Classes without an image in each split that should have some (ratio above 0)."""
+    present: dict[str, set[str]] = {}
+    for k, name in final:
+        present.setdefault(name, set()).add(k.label)
+    out = {}
+    for name in SPLITS:
+        lacking = [c for c in classes if c not in present.get(name, set())]
+        if ratios[name] > 0 and lacking:
+            out[name] = lacking
+    return out
+
+
 def _finish(
     config: PrepareConfig,
+    named: list[str],
     out: str,
     work: str,
     kept: list[Kept],
@@ -282,7 +303,8 @@ def _finish(
     if not final:
         raise NoImagesLeft(f"cleaning dropped every image ({dict(dropped)}); see the drop reasons")
     counts = Counter(k.label for k, _ in final)
-    classes = list(config.classes) or sorted(counts)
+    # Every class the sources named, so that one cleaning emptied is short, not silently gone.
+    classes = list(config.classes) or named
     short = {c: counts.get(c, 0) for c in classes if counts.get(c, 0) < config.cleaning.min_images_per_class}
     if short:
         raise EmptyClass(
@@ -322,4 +344,8 @@ def _finish(
     doc = {"version": version.version, "dropped": dict(dropped), "images": report}
     storage.write_bytes_atomic(report_uri, json.dumps(doc, indent=1).encode())
     storage.remove(work, recursive=True)
-    return Result(version=version, dropped=dropped, report_uri=report_uri)
+    ratios = {"train": split.train, "val": split.val, "test": split.test}
+    missing = missing_in_splits(final, classes, ratios)
+    for name, lacking in missing.items():
+        log.warning("split %s has no image of %d classes: %s", name, len(lacking), ", ".join(lacking[:20]))
+    return Result(version=version, dropped=dropped, report_uri=report_uri, missing=missing)
