@@ -31,7 +31,7 @@ from modelops_operator.builders import modeldeployment as bm
 from modelops_operator.reconcile import dataset as rd
 from modelops_operator.reconcile import dependencies as dep
 from modelops_operator.reconcile import modeldeployment as rm
-from modelops_operator.reconcile import rollout
+from modelops_operator.reconcile import ownership, rollout
 from modelops_operator.reconcile import trainingrun as rt
 from modelops_operator.reconcile.status import describe_error, invalid_spec, merge_patch, parse_status, ready_events
 from modelops_operator.settings import OperatorSettings
@@ -130,9 +130,15 @@ def _dependency(kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
     return _kube(kube.get_object, kind, namespace, name)
 
 
+def _owned(body: kopf.Body, children: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The children `body` controls: a Job that merely carries our labels (anyone who may create
+    Jobs can) is not read, so it can neither feed a result nor be deleted."""
+    return [child for child in children if ownership.controller_uid(child) == body.metadata.uid]
+
+
 def _dataset(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBase:
     ns, name = body.metadata.namespace or "", body.metadata.name or ""
-    jobs = _kube(kube.list_jobs, ns, f"modelops.dev/dataset={name}")
+    jobs = _owned(body, _kube(kube.list_jobs, ns, f"modelops.dev/dataset={name}"))
     observed = rd.Observed(jobs=jobs)
     current = next((j for j in jobs if j["metadata"]["name"] == old.job_name), None)
     if current is not None:
@@ -157,7 +163,7 @@ JOB_NAME_LABEL, REPLICA_TYPE_LABEL = "training.kubeflow.org/job-name", "training
 def _training_run(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBase:
     ns, name = body.metadata.namespace or "", body.metadata.name or ""
     dataset = _dependency(DATASET, ns, spec.dataset_ref.name)
-    jobs = _kube(kube.list_pytorchjobs, ns, f"modelops.dev/trainingrun={name}")
+    jobs = _owned(body, _kube(kube.list_pytorchjobs, ns, f"modelops.dev/trainingrun={name}"))
     observed = rt.Observed(dataset=dataset, jobs=jobs)
     by_name = {j["metadata"]["name"]: j for j in jobs}
     for job_name in rt.inspected(old, jobs):
@@ -296,9 +302,14 @@ def _model_deployment(spec: Any, generation: int, old: Any, body: kopf.Body) -> 
         children.append(bm.build_service_monitor(md))
     if spec.alerts.enabled and _kube(kube.crd_exists, "prometheusrules.monitoring.coreos.com"):
         children.append(ba.build_prometheus_rule(md, spec))
-    for child in children:
-        _kube(kube.apply, child)
+    claims = [ownership.claim(child, _kube(kube.get_like, child)) for child in children]
+    if refused := ownership.conflicts(claims):
+        return rm.refused_status(old, generation, c.NAME_CONFLICT, refused)
     route = spec.rollout.traffic_routing.http_route
+    if route and (why := ownership.route_delegated(_kube(kube.get_http_route, ns, route), ns, route, name)):
+        return rm.refused_status(old, generation, c.ROUTE_NOT_DELEGATED, [why])
+    for claim in claims:
+        _kube(kube.create if claim.verb == "create" else kube.apply, claim.body)
     if route:
         weight = plan.status.desired_weight if plan.status.canary is not None and not plan.status.aborted else 0
         _kube(kube.patch_http_route, ns, route, bm.http_route_patch(spec, name, weight))

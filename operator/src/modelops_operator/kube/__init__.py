@@ -214,18 +214,38 @@ def _dynamic() -> kubernetes.dynamic.DynamicClient:
     return kubernetes.dynamic.DynamicClient(login())
 
 
-def apply(body: dict[str, Any]) -> dict[str, Any]:
-    """Server-side apply `body` as the operator's field manager, taking over conflicting fields
-    (a manual edit of a field the operator sets is reverted). An unchanged object is not written."""
-    meta = body["metadata"]
-    what = f"apply {body['kind']} {meta.get('namespace')}/{meta['name']}"
+def _resource(body: dict[str, Any], what: str) -> Any:
     try:
-        resource = _dynamic().resources.get(api_version=body["apiVersion"], kind=body["kind"])
+        return _dynamic().resources.get(api_version=body["apiVersion"], kind=body["kind"])
     except kubernetes.dynamic.exceptions.ResourceNotFoundError as e:
         raise Unavailable(f"{what}: the API server does not serve {body['apiVersion']} {body['kind']}") from e
+
+
+def get_like(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The object of `body`'s kind, namespace and name as it is now, or None when there is none."""
+    meta = body["metadata"]
+    what = f"get {body['kind']} {meta.get('namespace')}/{meta['name']}"
+    res = _call(what, _resource(body, what).get, name=meta["name"], namespace=meta.get("namespace"))
+    return dict(res.to_dict()) if res is not None else None
+
+
+def create(body: dict[str, Any]) -> None:
+    """Create `body` as the operator's field manager. One created by someone else in between is a
+    `Conflict` (retried: the next reconcile sees whose it is); it is never taken over."""
+    meta = body["metadata"]
+    what = f"create {body['kind']} {meta.get('namespace')}/{meta['name']}"
+    _call(what, _resource(body, what).create, body=body, namespace=meta.get("namespace"), field_manager=FIELD_MANAGER)
+
+
+def apply(body: dict[str, Any]) -> dict[str, Any]:
+    """Server-side apply `body` as the operator's field manager, taking over conflicting fields
+    (a manual edit of a field the operator sets is reverted). Only for the operator's own objects:
+    `reconcile.ownership.claim` says which those are. An unchanged object is not written."""
+    meta = body["metadata"]
+    what = f"apply {body['kind']} {meta.get('namespace')}/{meta['name']}"
     res = _call(
         what,
-        resource.server_side_apply,
+        _resource(body, what).server_side_apply,
         body=body,
         name=meta["name"],
         namespace=meta.get("namespace"),
@@ -272,15 +292,30 @@ def annotate(kind: Kind, namespace: str, name: str, annotations: dict[str, str |
     )
 
 
+HTTP_ROUTES = ("gateway.networking.k8s.io", "v1", "httproutes")
+
+
+def get_http_route(namespace: str, name: str) -> dict[str, Any] | None:
+    """A Gateway API HTTPRoute, or None when it does not exist."""
+    res = _call(
+        f"get httproute {namespace}/{name}",
+        _api().get_namespaced_custom_object,
+        *HTTP_ROUTES[:2],
+        namespace,
+        HTTP_ROUTES[2],
+        name,
+    )
+    return dict(res) if res is not None else None
+
+
 def patch_http_route(namespace: str, name: str, patch: dict[str, Any]) -> None:
     """Merge-patch a Gateway API HTTPRoute (its rules' backend weights)."""
     _call(
         f"patch httproute {namespace}/{name}",
         _api().patch_namespaced_custom_object,
-        "gateway.networking.k8s.io",
-        "v1",
+        *HTTP_ROUTES[:2],
         namespace,
-        "httproutes",
+        HTTP_ROUTES[2],
         name,
         patch,
     )

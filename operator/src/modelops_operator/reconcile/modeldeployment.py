@@ -61,6 +61,19 @@ def waiting_status(old: ModelDeploymentStatus, generation: int, why: Waiting) ->
     return old.model_copy(update={"phase": phase, "observed_generation": generation, "conditions": conds})
 
 
+def refused_status(
+    old: ModelDeploymentStatus, generation: int, reason: str, messages: list[str]
+) -> ModelDeploymentStatus:
+    """The status when the operator will not write the children: another's object holds a child's
+    name (NameConflict), or the HTTPRoute is not handed over (RouteNotDelegated). Nothing was
+    written; what runs keeps running."""
+    msg = "; ".join(messages[:5]) + (f" (and {len(messages) - 5} more)" if len(messages) > 5 else "")
+    conds = c.set_condition(old.conditions, c.READY, F, reason, msg, generation)
+    conds = c.set_condition(conds, c.PROGRESSING, F, reason, msg, generation)
+    phase = old.phase if old.stable is not None else "Failed"
+    return old.model_copy(update={"phase": phase, "observed_generation": generation, "conditions": conds})
+
+
 def resolved_condition(status: ModelDeploymentStatus, generation: int, model: ServedModel) -> ModelDeploymentStatus:
     msg = f"model {model.version} ({model.digest}) at {model.uri}"
     conds = c.set_condition(status.conditions, c.MODEL_RESOLVED, ConditionStatus.TRUE, c.MODEL_FOUND, msg, generation)
