@@ -248,8 +248,8 @@ def run(config: PrepareConfig, *, progress: Callable[[Iterable[Any], int], Itera
                     report.append({"ref": o["ref"], "label": o["label"], "reason": o["dropped"], "detail": o["detail"]})
                 else:
                     kept.append(Kept(o["ref"], o["label"], o["sha256"], o["dhash"], index, o["member"]))
-        named = sorted({label for _, label in items})
-        result = _finish(config, named, out, work, kept, dropped, report, pool)
+        listed_classes = sorted({label for _, label in items})
+        result = _finish(config, listed_classes, out, work, kept, dropped, report, pool)
     result.reused_chunks = reused
     return result
 
@@ -261,7 +261,7 @@ def missing_in_splits(
     present: dict[str, set[str]] = {}
     for k, name in final:
         present.setdefault(name, set()).add(k.label)
-    out = {}
+    out: dict[str, list[str]] = {}
     for name in SPLITS:
         lacking = [c for c in classes if c not in present.get(name, set())]
         if ratios[name] > 0 and lacking:
@@ -346,6 +346,6 @@ def _finish(
     storage.remove(work, recursive=True)
     ratios = {"train": split.train, "val": split.val, "test": split.test}
     missing = missing_in_splits(final, classes, ratios)
-    for name, lacking in missing.items():
-        log.warning("split %s has no image of %d classes: %s", name, len(lacking), ", ".join(lacking[:20]))
+    for split_name, lacking in missing.items():
+        log.warning("split %s has no image of %d classes: %s", split_name, len(lacking), ", ".join(lacking[:20]))
     return Result(version=version, dropped=dropped, report_uri=report_uri, missing=missing)
