@@ -151,4 +151,10 @@ pod creation). Rendered into the ClusterRole (cluster mode) or each namespace's 
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
   verbs: ["get", "patch"]
+{{- if .Values.rbac.readSecrets }}
+# MLflow credentials a TrainingRun names (sent only where the Secret's annotation says).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+{{- end }}
 {{- end }}

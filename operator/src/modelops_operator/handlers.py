@@ -208,6 +208,7 @@ def _register_in_mlflow(spec: TrainingRunSpec, status: TrainingRunStatus, body: 
             digest=model.digest,
             description=f"modelops TrainingRun {body.metadata.namespace}/{body.metadata.name} v{model.version}",
             tags=tags,
+            authorization=_mlflow_authorization(body.metadata.namespace or "", reg),
         )
     except mlflow.RegistryError as e:
         conds = c.set_condition(
@@ -227,6 +228,27 @@ def _register_in_mlflow(spec: TrainingRunSpec, status: TrainingRunStatus, body: 
     )
     kopf.event(body, type="Normal", reason=c.MLFLOW_VERSION_CREATED, message=msg)
     return status.model_copy(update={"model": model, "models": models, "conditions": conds})
+
+
+def _mlflow_authorization(namespace: str, reg: Any) -> str | None:
+    """The Authorization header from `spec.registry.credentialsSecret`, if set; RegistryError
+    when the Secret is missing, not for this server, or not readable by the operator."""
+    if not reg.credentials_secret:
+        return None
+    try:
+        secret = kube.get_secret(namespace, reg.credentials_secret)
+    except kube.Forbidden as e:
+        raise mlflow.RegistryError(
+            f"the operator may not read Secret {namespace}/{reg.credentials_secret}: install the chart with "
+            "rbac.readSecrets=true to use spec.registry.credentialsSecret"
+        ) from e
+    except kube.Unavailable as e:
+        raise kopf.TemporaryError(str(e), delay=10) from e
+    if secret is None:
+        raise mlflow.RegistryError(
+            f"Secret {namespace}/{reg.credentials_secret} (spec.registry.credentialsSecret) does not exist"
+        )
+    return mlflow.credentials_from_secret(secret, reg.mlflow_tracking_uri)
 
 
 #: Annotations that steer a rollout by hand, e.g. `kubectl annotate mdep NAME modelops.dev/promote=true`.

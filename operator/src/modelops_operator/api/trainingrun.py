@@ -271,6 +271,11 @@ class Registry(ApiModel):
     """An MLflow tracking server to register model versions in; unset registers in status only."""
     model_name: str | None = Field(default=None, max_length=253)
     """The registered model's name in MLflow; default the TrainingRun's name."""
+    credentials_secret: str | None = Field(default=None, max_length=253, pattern=NAME_PATTERN)
+    """A Secret in this namespace with MLflow credentials: `token` (sent as a bearer token) or
+    `username` and `password` (basic authentication). It must carry the annotation
+    `modelops.dev/mlflow-tracking-uri` set to exactly `mlflowTrackingUri`, by which its owner allows
+    sending it there; the operator needs RBAC to read it (chart value `rbac.readSecrets`)."""
 
 
 class TrainingRunSpec(ApiModel):

@@ -6,6 +6,7 @@ errors into the operator's exception hierarchy:
     KubeError
     ├── Conflict        409: someone else changed the object; retry soon
     └── Unavailable     5xx, timeouts, connection errors: the API server is away; retry later
+        └── Forbidden   403: the operator's RBAC does not allow the call (a Secret, by default)
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class Conflict(KubeError):
 
 class Unavailable(KubeError):
     """The API server did not answer usefully (5xx, timeout, refused connection)."""
+
+
+class Forbidden(Unavailable):
+    """The operator may not make the call (HTTP 403): its RBAC leaves it out."""
 
 
 #: (connect, read) seconds for every call that does not set its own. Without it a connection that
@@ -81,6 +86,8 @@ def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
             return None
         if e.status == 409:
             raise Conflict(f"{what}: {e.reason}") from e
+        if e.status == 403:
+            raise Forbidden(f"{what}: forbidden by the operator's RBAC") from e
         raise Unavailable(f"{what}: {e.status} {e.reason}") from e
     except (urllib3.exceptions.HTTPError, OSError) as e:
         raise Unavailable(f"{what}: {e}") from e
@@ -253,6 +260,14 @@ def apply(body: dict[str, Any]) -> dict[str, Any]:
         force_conflicts=True,
     )
     return dict(res.to_dict()) if res is not None else {}
+
+
+def get_secret(namespace: str, name: str) -> dict[str, Any] | None:
+    """A Secret (`data` base64-encoded, as the API gives it), or None. `Forbidden` unless the chart
+    grants the operator `get` on Secrets (`rbac.readSecrets`)."""
+    core = kubernetes.client.CoreV1Api(login())
+    res = _call(f"get secret {namespace}/{name}", core.read_namespaced_secret, name, namespace)
+    return dict(_plain(res)) if res is not None else None
 
 
 def get_deployment(namespace: str, name: str) -> dict[str, Any] | None:
