@@ -64,6 +64,21 @@ class Settings(BaseModel):
         default=40_000_000, ge=1, description="Largest image (width x height) decoded; larger is a 413."
     )
     max_rows_per_request: int = Field(default=64, ge=1, description="Most images in one request.")
+    max_request_pixels: int = Field(
+        default=128_000_000,
+        ge=1,
+        description="Most pixels (width x height, all of a request's images together) decoded for one request; "
+        "more is a 413, answered from the images' headers before any is decoded.",
+    )
+    max_inflight_body_bytes: int = Field(
+        default=128 << 20,
+        ge=1024,
+        description="Bytes of request bodies being received at once, all connections together (a body counts "
+        "its Content-Length from the start); a request that would go past it is a 503 with Retry-After.",
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="Longest a client may take to send a request body; a 408 after that."
+    )
     request_timeout_s: float = Field(default=30.0, gt=0, description="Answer 504 when a request takes longer.")
     shutdown_delay_s: float = Field(
         default=0.0,

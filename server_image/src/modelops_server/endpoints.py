@@ -16,12 +16,17 @@ route                                                  what
 =====================================================  =============================================
 
 Every error is ``{"error": "<message>"}`` with the status from ``errors.HTTP_STATUS``; 503s carry
-``Retry-After``. Handlers read bodies (bounded by ``--max-body-bytes``) and pass them as bytes to
-the data plane; parsing and decoding happen in the worker processes.
+``Retry-After``. Handlers read bodies and pass them as bytes to the data plane; parsing and
+decoding happen in the worker processes. Reading a body is bounded three ways, since any client
+may open many connections: each body by ``--max-body-bytes`` (413), all bodies being received at
+once by ``--max-inflight-body-bytes`` (``BodyBudget``: a body holds its Content-Length from its
+first byte, so slow senders cannot pile up; 503 when full), and the time to send one by
+``--body-timeout-s`` (408). A refused body's connection is closed, not drained.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.resources
 import logging
 import time
@@ -44,6 +49,32 @@ METRICS = web.AppKey("metrics", Metrics)
 SETTINGS_RETRY = web.AppKey("retry_after", int)
 MODEL_CONTROL = web.AppKey("model_control", bool)
 _MODEL_LABEL = "modelops_model"
+_HELD = "modelops_body_bytes"
+
+
+class BodyBudget:
+    """The bytes of request bodies being received, all connections together, against a limit."""
+
+    def __init__(self, limit: int, timeout_s: float) -> None:
+        self.limit, self.timeout_s, self.used = limit, timeout_s, 0
+
+    def hold(self, request: web.Request, n: int) -> None:
+        """Count `n` more bytes for `request` (given back when it is answered); Overloaded when full."""
+        if n <= 0:
+            return
+        if self.used + n > self.limit:
+            request[_HELD + "_refused"] = True
+            raise errors.Overloaded(
+                f"the server is receiving {self.used} bytes of request bodies already (limit {self.limit}); retry"
+            )
+        self.used += n
+        request[_HELD] = request.get(_HELD, 0) + n
+
+    def release(self, request: web.Request) -> None:
+        self.used -= request.pop(_HELD, 0)
+
+
+BODIES = web.AppKey("bodies", BodyBudget)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 IMAGE_TYPES = ("image/", "application/octet-stream")
@@ -100,6 +131,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             request[_MODEL_LABEL + "_reason"] = "internal"
     finally:
         m.inflight.dec()
+        app[BODIES].release(request)
+    if request.get(_HELD + "_refused") or (request.body_exists and not request.content.at_eof()):
+        response.force_close()  # a body not read to its end is not drained from a slow or hostile client
     model: ServedModel | None = request.get(_MODEL_LABEL)
     name, version = (model.name, model.version) if model is not None else ("", "")
     if endpoint not in ("metrics", "live", "ready", "index"):
@@ -135,7 +169,30 @@ async def _read_body(request: web.Request) -> bytes:
     limit = request.app._client_max_size
     if request.content_length is not None and request.content_length > limit:
         raise errors.BodyTooLarge(f"the request body of {request.content_length} bytes is above the limit of {limit}")
-    return await request.read()
+    budget = request.app[BODIES]
+    budget.hold(request, request.content_length or 0)
+    chunks: list[bytes] = []
+    size = 0
+
+    async def receive() -> None:
+        nonlocal size
+        async for chunk in request.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise errors.BodyTooLarge(f"the request body is above the limit of {limit} bytes")
+            budget.hold(request, size - request.get(_HELD, 0))  # beyond what Content-Length announced
+            chunks.append(chunk)
+
+    await _within_body_timeout(request, receive())
+    return b"".join(chunks)
+
+
+async def _within_body_timeout(request: web.Request, receiving: Awaitable[None]) -> None:
+    timeout = request.app[BODIES].timeout_s
+    try:
+        await asyncio.wait_for(receiving, timeout)
+    except TimeoutError as exc:
+        raise errors.BodyTimeout(f"the request body did not arrive within {timeout:g} s") from exc
 
 
 def _to_response(answer: Answer, request: web.Request) -> web.Response:
@@ -231,21 +288,31 @@ async def classify(request: web.Request) -> web.Response:
 
 async def _multipart_file(request: web.Request) -> bytes:
     limit = request.app._client_max_size
-    try:
+    if request.content_length is not None and request.content_length > limit:
+        raise errors.BodyTooLarge(f"the request body of {request.content_length} bytes is above the limit of {limit}")
+    budget = request.app[BODIES]
+    budget.hold(request, request.content_length or 0)
+    found: list[bytes] = []
+
+    async def receive() -> None:
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
             if isinstance(part, BodyPartReader) and part.name == "file":
-                chunks: list[bytes] = []
                 size = 0
                 while chunk := await part.read_chunk(1 << 16):
                     size += len(chunk)
                     if size > limit:
                         raise errors.BodyTooLarge(f"the uploaded file is above the limit of {limit} bytes")
-                    chunks.append(chunk)
-                return b"".join(chunks)
-    except (ValueError, AssertionError, RuntimeError, BadHttpMessage) as exc:
-        raise errors.RequestError(f"malformed multipart body: {exc}") from exc
-    raise errors.RequestError("the multipart body has no field named 'file'")
+                    budget.hold(request, size - request.get(_HELD, 0))
+                    found.append(chunk)
+                return
+        raise errors.RequestError("the multipart body has no field named 'file'")
+
+    try:
+        await _within_body_timeout(request, receive())
+    except (ValueError, AssertionError, RuntimeError, BadHttpMessage, KeyError, TypeError) as exc:
+        raise errors.RequestError(f"malformed multipart body: {type(exc).__name__}: {exc}") from exc
+    return b"".join(found)
 
 
 # --- model control ----------------------------------------------------------------------------------
