@@ -12,7 +12,7 @@ import argparse
 import os
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ENV_PREFIX = "MODELOPS_"
 
@@ -92,7 +92,14 @@ class Settings(BaseModel):
     )
     enable_model_control: bool = Field(
         default=False,
-        description="Allow POST /v2/repository/models/{name}/load to hot-swap the model (keep it off on public ports).",
+        description="Allow POST /v2/repository/models/{name}/load to hot-swap the model; needs "
+        "--model-control-token, and every load needs the new model's digest.",
+    )
+    model_control_token: str | None = Field(
+        default=None,
+        min_length=16,
+        description="The bearer token a hot swap must carry (Authorization: Bearer <token>); set it from a Secret "
+        "through the environment, not on the command line.",
     )
     redis_url: str | None = Field(
         default=None, description="Redis for the asynchronous job API (redis://host:port/db); unset disables /v1/jobs."
@@ -108,6 +115,15 @@ class Settings(BaseModel):
         default="auto", description="json in a pod; auto picks text on a terminal, JSON otherwise."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+
+    @model_validator(mode="after")
+    def _control_needs_a_token(self) -> Settings:
+        if self.enable_model_control and not self.model_control_token:
+            raise ValueError(
+                "enable_model_control needs model_control_token (MODELOPS_MODEL_CONTROL_TOKEN): "
+                "anyone who reaches the port could otherwise replace the model"
+            )
+        return self
 
     @property
     def max_batch_delay_s(self) -> float:

@@ -27,6 +27,11 @@ first byte, so slow senders cannot pile up; 503 when full), and the time to send
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
+import hashlib
+import hmac
+import html
 import importlib.resources
 import logging
 import time
@@ -48,6 +53,7 @@ DATAPLANE = web.AppKey("dataplane", DataPlane)
 METRICS = web.AppKey("metrics", Metrics)
 SETTINGS_RETRY = web.AppKey("retry_after", int)
 MODEL_CONTROL = web.AppKey("model_control", bool)
+CONTROL_TOKEN = web.AppKey("model_control_token", str)
 _MODEL_LABEL = "modelops_model"
 _HELD = "modelops_body_bytes"
 
@@ -322,6 +328,14 @@ async def repository_load(request: web.Request) -> web.Response:
     """Hot swap: ``{"parameters": {"uri": ..., "digest": ..., "version": ...}}`` (OIP repository extension)."""
     if not request.app[MODEL_CONTROL]:
         raise errors.ModelControlDisabled("model control is disabled; start the server with --enable-model-control")
+    token = request.app[CONTROL_TOKEN]
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise errors.ModelControlDisabled("a hot swap needs the header Authorization: Bearer <model control token>")
+    if request.content_type != "application/json":
+        # An HTML form on any site can post urlencoded, multipart or text/plain bodies here without a
+        # CORS preflight; application/json cannot be sent cross-site without one.
+        raise errors.UnsupportedMediaType("a hot swap is a JSON body: send Content-Type application/json")
     plane = request.app[DATAPLANE]
     current = plane.current
     name = request.match_info["name"]
@@ -330,13 +344,15 @@ async def repository_load(request: web.Request) -> web.Response:
     try:
         doc = orjson.loads(await _read_body(request) or b"{}")
         params = doc.get("parameters") or {}
-        uri = params["uri"]
+        uri, digest = params["uri"], params["digest"]
+        if not isinstance(uri, str) or not isinstance(digest, str):
+            raise TypeError("uri and digest must be strings")
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError) as exc:
         raise errors.RequestError(
-            'send {"parameters": {"uri": "...", "digest": "sha256:...", "version": "..."}}'
+            'send {"parameters": {"uri": "...", "digest": "sha256:...", "version": "..."}}: uri and digest are required'
         ) from exc
     try:
-        served = await plane.load(uri, digest=params.get("digest"), version=params.get("version"), name=name)
+        served = await plane.load(uri, digest=digest, version=params.get("version"), name=name)
     except errors.ModelLoadError as exc:
         raise errors.RequestError(f"the new model was not loaded (the old one still serves): {exc}") from exc
     request[_MODEL_LABEL] = served
@@ -348,10 +364,28 @@ async def repository_load(request: web.Request) -> web.Response:
 
 async def index(request: web.Request) -> web.Response:
     """The web page: upload or drop an image, see the top-k labels and the version that answered."""
-    page = importlib.resources.files("modelops_server").joinpath("static/index.html").read_bytes()
+    page, headers = _page()
     current = request.app[DATAPLANE].current
-    name = current.name if current is not None else ""
-    return web.Response(body=page.replace(b"__MODEL_NAME__", name.encode()), content_type="text/html")
+    name = html.escape(current.name if current is not None else "")  # the card's name: another's text
+    return web.Response(body=page.replace(b"__MODEL_NAME__", name.encode()), content_type="text/html", headers=headers)
+
+
+@functools.cache
+def _page() -> tuple[bytes, dict[str, str]]:
+    """The page and its headers: a Content-Security-Policy that runs only the page's own script
+    (by its hash), loads nothing from elsewhere and talks only to this server."""
+    page = importlib.resources.files("modelops_server").joinpath("static/index.html").read_bytes()
+    script = page.split(b"<script>", 1)[1].split(b"</script>", 1)[0]
+    digest = base64.b64encode(hashlib.sha256(script).digest()).decode()
+    policy = (
+        f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'; img-src 'self' data: blob:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    )
+    return page, {
+        "Content-Security-Policy": policy,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    }
 
 
 async def metrics(request: web.Request) -> web.Response:
