@@ -107,6 +107,14 @@ class Settings(BaseModel):
     job_workers: int = Field(default=1, ge=0, le=64, description="Job consumer processes (with --redis-url).")
     job_stream: str = Field(default="modelops:jobs", description="Redis stream holding submitted jobs.")
     job_ttl_s: int = Field(default=86_400, ge=60, description="How long job results are kept in Redis.")
+    job_queue_capacity: int = Field(
+        default=10_000, ge=1, description="Jobs waiting in the stream at most; beyond it a submission is a 503."
+    )
+    job_callback_hosts: str = Field(
+        default="",
+        description="Comma-separated hosts (host or host:port) a job's callbackUrl may name; empty refuses every "
+        "callbackUrl. Callbacks follow no redirects: the server must not be made to POST to internal services.",
+    )
     job_claim_idle_s: float = Field(
         default=30.0, gt=0, description="A job held this long by a consumer that died is taken over by another."
     )
@@ -124,6 +132,11 @@ class Settings(BaseModel):
                 "anyone who reaches the port could otherwise replace the model"
             )
         return self
+
+    @property
+    def callback_hosts(self) -> frozenset[str]:
+        """``job_callback_hosts`` as a set of lower-case ``host`` or ``host:port`` entries."""
+        return frozenset(h.strip().lower() for h in self.job_callback_hosts.split(",") if h.strip())
 
     @property
     def max_batch_delay_s(self) -> float:

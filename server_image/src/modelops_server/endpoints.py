@@ -171,12 +171,9 @@ def _model(request: web.Request) -> ServedModel:
     return model
 
 
-async def _read_body(request: web.Request) -> bytes:
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, within the three bounds (see the module docstring)."""
     limit = request.app._client_max_size
-    if request.content_length is not None and request.content_length > limit:
-        raise errors.BodyTooLarge(f"the request body of {request.content_length} bytes is above the limit of {limit}")
-    budget = request.app[BODIES]
-    budget.hold(request, request.content_length or 0)
     chunks: list[bytes] = []
     size = 0
 
@@ -186,19 +183,25 @@ async def _read_body(request: web.Request) -> bytes:
             size += len(chunk)
             if size > limit:
                 raise errors.BodyTooLarge(f"the request body is above the limit of {limit} bytes")
-            budget.hold(request, size - request.get(_HELD, 0))  # beyond what Content-Length announced
+            request.app[BODIES].hold(request, size - request.get(_HELD, 0))  # beyond what Content-Length said
             chunks.append(chunk)
 
-    await _within_body_timeout(request, receive())
+    await receive_bounded(request, receive)
     return b"".join(chunks)
 
 
-async def _within_body_timeout(request: web.Request, receiving: Awaitable[None]) -> None:
-    timeout = request.app[BODIES].timeout_s
+async def receive_bounded(request: web.Request, receive: Callable[[], Awaitable[None]]) -> None:
+    """Run `receive` (which reads the body) once the body's Content-Length fits the size limit and
+    the budget, and within the body timeout."""
+    limit = request.app._client_max_size
+    if request.content_length is not None and request.content_length > limit:
+        raise errors.BodyTooLarge(f"the request body of {request.content_length} bytes is above the limit of {limit}")
+    budget = request.app[BODIES]
+    budget.hold(request, request.content_length or 0)
     try:
-        await asyncio.wait_for(receiving, timeout)
+        await asyncio.wait_for(receive(), budget.timeout_s)
     except TimeoutError as exc:
-        raise errors.BodyTimeout(f"the request body did not arrive within {timeout:g} s") from exc
+        raise errors.BodyTimeout(f"the request body did not arrive within {budget.timeout_s:g} s") from exc
 
 
 def _to_response(answer: Answer, request: web.Request) -> web.Response:
@@ -257,7 +260,7 @@ async def infer(request: web.Request) -> web.Response:
         header_length = int(header) if header is not None else None
     except ValueError as exc:
         raise errors.RequestError(f"Inference-Header-Content-Length {header!r} is not an integer") from exc
-    body = await _read_body(request)
+    body = await read_body(request)
     if not body:
         raise errors.RequestError("the request body is empty; send an inference request")
     meta = {"header_length": header_length, "content_type": request.content_type if request.body_exists else ""}
@@ -282,7 +285,7 @@ async def classify(request: web.Request) -> web.Response:
     if ctype.startswith("multipart/form-data"):
         data = await _multipart_file(request)
     elif ctype.startswith(IMAGE_TYPES) and request.headers.get("Content-Type"):
-        data = await _read_body(request)
+        data = await read_body(request)
     else:
         raise errors.UnsupportedMediaType(
             f"content type {request.headers.get('Content-Type', '(none)')!r} is not accepted: send the image as the "
@@ -294,31 +297,38 @@ async def classify(request: web.Request) -> web.Response:
 
 async def _multipart_file(request: web.Request) -> bytes:
     limit = request.app._client_max_size
-    if request.content_length is not None and request.content_length > limit:
-        raise errors.BodyTooLarge(f"the request body of {request.content_length} bytes is above the limit of {limit}")
-    budget = request.app[BODIES]
-    budget.hold(request, request.content_length or 0)
     found: list[bytes] = []
 
     async def receive() -> None:
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
             if isinstance(part, BodyPartReader) and part.name == "file":
-                size = 0
-                while chunk := await part.read_chunk(1 << 16):
-                    size += len(chunk)
-                    if size > limit:
-                        raise errors.BodyTooLarge(f"the uploaded file is above the limit of {limit} bytes")
-                    budget.hold(request, size - request.get(_HELD, 0))
-                    found.append(chunk)
+                found.extend(await read_part(request, part, limit))
                 return
         raise errors.RequestError("the multipart body has no field named 'file'")
 
     try:
-        await _within_body_timeout(request, receive())
-    except (ValueError, AssertionError, RuntimeError, BadHttpMessage, KeyError, TypeError) as exc:
+        await receive_bounded(request, receive)
+    except MULTIPART_ERRORS as exc:
         raise errors.RequestError(f"malformed multipart body: {type(exc).__name__}: {exc}") from exc
     return b"".join(found)
+
+
+#: What aiohttp's multipart reader raises on a malformed body.
+MULTIPART_ERRORS = (ValueError, AssertionError, RuntimeError, BadHttpMessage, KeyError, TypeError)
+
+
+async def read_part(request: web.Request, part: BodyPartReader, limit: int, already: int = 0) -> list[bytes]:
+    """The chunks of one multipart part; BodyTooLarge past `limit` bytes (counting `already`)."""
+    chunks: list[bytes] = []
+    size = already
+    while chunk := await part.read_chunk(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise errors.BodyTooLarge(f"the uploaded files are above the limit of {limit} bytes")
+        request.app[BODIES].hold(request, size - request.get(_HELD, 0))
+        chunks.append(chunk)
+    return chunks
 
 
 # --- model control ----------------------------------------------------------------------------------
@@ -342,7 +352,7 @@ async def repository_load(request: web.Request) -> web.Response:
     if current is not None and name != current.name:
         raise errors.NotFound(f"this server serves {current.name!r}, not {name!r}")
     try:
-        doc = orjson.loads(await _read_body(request) or b"{}")
+        doc = orjson.loads(await read_body(request) or b"{}")
         params = doc.get("parameters") or {}
         uri, digest = params["uri"], params["digest"]
         if not isinstance(uri, str) or not isinstance(digest, str):
