@@ -654,3 +654,20 @@ def test_operator_alerts_fire_on_series(tmp_path):
         [str(PROMTOOL), "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_secrets_are_readable_only_when_asked_for():
+    def secret_rules(*args: str) -> list[dict[str, Any]]:
+        roles = [d for d in render(*args) if d["kind"] in ("ClusterRole", "Role")]
+        return [r for role in roles for r in role.get("rules") or [] if "secrets" in r.get("resources", [])]
+
+    assert secret_rules() == []
+    assert secret_rules("--set", "rbac.readSecrets=true") == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}
+    ]
+
+
+def test_custom_analysis_queries_are_off_unless_the_chart_turns_them_on():
+    for args, expected in (((), False), (("--set", "settings.customAnalysisQueries=true"), True)):
+        env = {k: v for k, v in env_of(render(*args)).items() if isinstance(v, str)}
+        assert OperatorSettings.from_env(env).custom_analysis_queries is expected

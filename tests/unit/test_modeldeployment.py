@@ -640,3 +640,45 @@ def test_custom_query_placeholders(track, expected):
     q = query({"query": text}, track=track, interval="45s")
     assert q == expected
     assert "{{" not in q
+
+
+def custom_step(name: str = "queueDepth") -> dict[str, Any]:
+    metric = {"name": name, "template": "custom", "query": "sum(up)", "max": 1}
+    return {"analysis": {"metrics": [metric]}}
+
+
+@pytest.mark.parametrize(
+    ("steps", "allowed", "refused"),
+    [
+        (
+            [{"setWeight": 10}, custom_step(), custom_step("other")],
+            False,
+            "custom metrics (other, queueDepth) are turned off",
+        ),
+        ([{"setWeight": 10}, custom_step()], True, None),
+        ([{"setWeight": 10}, {"analysis": {}}], False, None),  # the built-in templates read only this object
+    ],
+)
+def test_custom_queries_need_the_operators_opt_in(steps, allowed, refused):
+    from modelops_operator.reconcile.modeldeployment import refused_queries  # noqa: PLC0415
+
+    spec = ModelDeploymentSpec.model_validate(md_obj({"rollout": {"steps": steps}})["spec"])
+    why = refused_queries(spec, allowed)
+    assert (why is None) if refused is None else (refused in why and "settings.customAnalysisQueries" in why)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://runbooks.example/{{ $labels.x }}",
+        'https://r.example/{{ printf "%s" }}',
+        "https://r.example/$x",
+        "https://r.example/a b",
+    ],
+)
+def test_a_runbook_url_cannot_carry_a_prometheus_template(url):
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    with pytest.raises(ValidationError, match="runbookUrl"):
+        ModelDeploymentSpec.model_validate(md_obj({"alerts": {"runbookUrl": url}})["spec"])
+    ModelDeploymentSpec.model_validate(md_obj({"alerts": {"runbookUrl": "https://runbooks.example/models"}})["spec"])

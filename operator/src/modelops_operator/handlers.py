@@ -296,6 +296,9 @@ def _measure(spec: Any, analysis: Any, ns: str, name: str) -> list[rollout.Measu
 
 def _model_deployment(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBase:
     ns, name = body.metadata.namespace or "", body.metadata.name or ""
+    if why_not := rm.refused_queries(spec, SETTINGS.custom_analysis_queries):
+        status: StatusBase = invalid_spec(old, generation, why_not)
+        return status
     ref = spec.model.training_run_ref
     run = _dependency(TRAINING_RUN, ns, ref.name) if ref else None
     target = rm.resolve_model(spec, run)

@@ -84,6 +84,27 @@ def _selector(namespace: str, name: str, track: str) -> str:
     return f'namespace="{namespace}",modelops_dev_modeldeployment="{name}",modelops_dev_track="{track}"'
 
 
+def refused_queries(spec: ModelDeploymentSpec, allowed: bool) -> str | None:
+    """Why the spec's analysis cannot run here, or None: a `custom` metric runs any PromQL against
+    the shared Prometheus (and its value lands in status), so it needs the operator's opt-in."""
+    custom = sorted(
+        {
+            m.name
+            for step in spec.rollout.steps
+            if step.analysis
+            for m in step.analysis.metrics
+            if m.template == "custom"
+        }
+    )
+    if custom and not allowed:
+        return (
+            f"spec.rollout.steps[].analysis.metrics: custom metrics ({', '.join(custom)}) are turned off on this "
+            "operator (they could read any tenant's series); use the errorRate and latencyP99 templates, or ask the "
+            "operator's admin for settings.customAnalysisQueries"
+        )
+    return None
+
+
 def metric_query(metric: AnalysisMetric, namespace: str, name: str, track: str, interval: str) -> str:
     """The PromQL of an analysis metric for one track. No traffic gives no data (Inconclusive),
     never a passing zero: the error rate's numerator defaults to 0 only when its denominator exists."""
