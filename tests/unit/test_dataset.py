@@ -318,3 +318,24 @@ def test_a_version_whose_split_lacks_a_class_is_ready_but_degraded():
         old=done.model_copy(update={"spec_hash": None}),
     ).status
     assert c.get_condition(whole.conditions, c.DEGRADED).status == "False"
+
+
+@pytest.mark.parametrize(
+    ("allowed", "phase", "reason"),
+    [
+        ([], "Failed", c.CREDENTIALS_NOT_ALLOWED),
+        (["team-b-bucket"], "Failed", c.CREDENTIALS_NOT_ALLOWED),
+        (["s3-creds"], "Pending", c.JOB_CREATED),
+    ],
+)
+def test_a_credentials_secret_must_be_one_the_admin_listed(allowed, phase, reason):
+    body = obj(dataset().set("spec.sources.0.credentialsSecret", "s3-creds"))
+    settings = SETTINGS.model_copy(update={"dataset_credentials_secrets": allowed})
+    out = reconcile_dataset(body, spec_of(body), DatasetStatus(), Observed(jobs=[]), settings)
+    assert (out.status.phase, ready(out.status).reason) == (phase, reason)
+    assert bool(out.actions) is (phase == "Pending")  # no Job for a refused Secret
+    if phase == "Failed":
+        assert ready(out.status).message.startswith(
+            "spec.sources[].credentialsSecret: s3-creds may not be used by Datasets"
+        )
+        assert out.status.spec_hash is None  # checked again at the next resync, once the admin lists it

@@ -67,6 +67,9 @@ SOURCE_TOO_LARGE = "SourceTooLarge"
 SPLIT_MISSES_CLASS = "SplitMissesClass"
 """A split (train, val or test) has no image of a class: too few images for the split's ratios.
 Add images, or set that ratio to 0."""
+CREDENTIALS_NOT_ALLOWED = "CredentialsNotAllowed"
+"""A source names a `credentialsSecret` the operator's admin has not listed for datasets
+(`settings.datasetCredentialsSecrets`); no Job was created."""
 EMPTY_CLASS = "EmptyClass"
 """A class has fewer images than `spec.cleaning.minImagesPerClass` after cleaning (or a listed class has none)."""
 NO_IMAGES_LEFT = "NoImagesLeft"

@@ -48,7 +48,8 @@ class DatasetSource(
     """For csv/jsonl manifests: the column (or key) holding each image's class; default `label`."""
     credentials_secret: str | None = Field(default=None, max_length=253)
     """A Secret in the same namespace whose keys are passed to the reader as environment variables
-    (for example `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`)."""
+    (for example `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`). Only Secrets the
+    operator's admin lists (chart `settings.datasetCredentialsSecrets`) may be named."""
 
 
 class Cleaning(ApiModel):

@@ -158,6 +158,15 @@ def reconcile_dataset(
     if old.spec_hash == wanted and old.phase in ("Ready", "Failed"):
         return Outcome(status, actions)  # settled for this spec: never re-run
     if current is None:
+        named = {s.credentials_secret for s in spec.sources if s.credentials_secret is not None}
+        refused = sorted(named - set(settings.dataset_credentials_secrets))
+        if refused:
+            msg = (
+                f"spec.sources[].credentialsSecret: {', '.join(refused)} may not be used by Datasets; "
+                "the operator's admin lists the Secrets meant for datasets in settings.datasetCredentialsSecrets"
+            )
+            status = _with(status, "Failed", F, F, c.CREDENTIALS_NOT_ALLOWED, msg)  # re-checked each resync
+            return Outcome(status, actions)
         job = build_prepare_job(dataset, spec, settings)
         name = job["metadata"]["name"]
         msg = f"created Job {name} to prepare the dataset"
