@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from modelops_operator.api.common import (
     DIGEST_PATTERN,
@@ -14,6 +14,8 @@ from modelops_operator.api.common import (
     Resources,
     StatusBase,
     cel,
+    check_mount,
+    mount_rule,
     validations,
 )
 
@@ -183,7 +185,7 @@ class SourceLimits(ApiModel):
     """Bytes of one image file; a larger one is dropped unread (reason `TooLarge`)."""
 
 
-class DatasetOutput(ApiModel):
+class DatasetOutput(ApiModel, json_schema_extra=validations(mount_rule())):
     """Where dataset versions are written."""
 
     uri: str | None = Field(default=None, pattern=URI_PATTERN, max_length=2048)
@@ -191,6 +193,11 @@ class DatasetOutput(ApiModel):
     operator's artifact store."""
     pvc: str | None = Field(default=None, max_length=253)
     """A PersistentVolumeClaim mounted into the preparation pod when `uri` is a `file://` path on it."""
+
+    @model_validator(mode="after")
+    def _not_over_a_system_folder(self) -> DatasetOutput:
+        check_mount(self.uri, self.pvc)
+        return self
 
 
 class DatasetSpec(ApiModel):

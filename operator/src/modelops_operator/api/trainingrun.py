@@ -16,6 +16,8 @@ from modelops_operator.api.common import (
     Resources,
     StatusBase,
     cel,
+    check_mount,
+    mount_rule,
     validations,
 )
 
@@ -253,7 +255,7 @@ class RunPolicy(ApiModel):
     """Which pods to delete when a trial finishes; `None` keeps their logs readable."""
 
 
-class Checkpointing(ApiModel):
+class Checkpointing(ApiModel, json_schema_extra=validations(mount_rule())):
     """Checkpoints written during training, for resumption after preemption."""
 
     every_epochs: int = Field(default=1, ge=1, le=10_000)
@@ -262,6 +264,11 @@ class Checkpointing(ApiModel):
     """Where checkpoints go; default: the operator's artifact store."""
     pvc: str | None = Field(default=None, max_length=253)
     """A PersistentVolumeClaim shared by the trial's pods, mounted where `uri` points."""
+
+    @model_validator(mode="after")
+    def _not_over_a_system_folder(self) -> Checkpointing:
+        check_mount(self.uri, self.pvc)
+        return self
 
 
 class Registry(ApiModel):
