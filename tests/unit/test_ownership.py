@@ -9,12 +9,15 @@ from typing import Any
 import pytest
 
 from modelops_operator.api import conditions as c
+from modelops_operator.api.dataset import DatasetSpec, DatasetStatus
 from modelops_operator.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus, ServedModel
+from modelops_operator.builders.dataset import build_prepare_job
 from modelops_operator.builders.modeldeployment import build_deployment, build_hpa, build_pdb, build_services
 from modelops_operator.reconcile.modeldeployment import refused_status
 from modelops_operator.reconcile.ownership import ROUTE_ANNOTATION, claim, conflicts, route_delegated
+from modelops_operator.reconcile.status import refused
 from modelops_operator.settings import OperatorSettings
-from tests.objects import DIGEST, model_deployment
+from tests.objects import DIGEST, dataset, model_deployment
 
 UID = "0b1c-our-uid"
 MODEL = ServedModel(version="v1", uri="s3://models/api.onnx", digest=DIGEST)
@@ -110,3 +113,19 @@ def test_an_http_route_is_touched_only_when_handed_over(route, words):
 
 def test_a_handed_over_route_is_patched():
     assert route_delegated({"metadata": {"annotations": {ROUTE_ANNOTATION: "api"}}}, "team-b", "shared", "api") is None
+
+
+def test_a_preparation_job_name_held_by_another_job_is_a_conflict():
+    body = dataset("digits").obj()
+    body["metadata"].update(namespace="team-b", uid=UID, generation=3)
+    job = build_prepare_job(body, DatasetSpec.model_validate(body["spec"]), OperatorSettings())
+    name = job["metadata"]["name"]
+    got = claim(job, existing(job, None))
+    assert got.verb == "conflict"
+    assert got.message == (
+        f"Job team-b/{name} already exists and is not created by the operator: rename this object, or delete that one"
+    )
+    status = refused(DatasetStatus(), 3, c.NAME_CONFLICT, [got.message] * 7, "Failed")
+    ready = c.get_condition(status.conditions, c.READY)
+    assert (status.phase, status.observed_generation, ready.reason) == ("Failed", 3, "NameConflict")
+    assert ready.message.endswith(" (and 2 more)") and ready.message.count("already exists") == 5

@@ -33,7 +33,14 @@ from modelops_operator.reconcile import dependencies as dep
 from modelops_operator.reconcile import modeldeployment as rm
 from modelops_operator.reconcile import ownership, rollout
 from modelops_operator.reconcile import trainingrun as rt
-from modelops_operator.reconcile.status import describe_error, invalid_spec, merge_patch, parse_status, ready_events
+from modelops_operator.reconcile.status import (
+    describe_error,
+    invalid_spec,
+    merge_patch,
+    parse_status,
+    ready_events,
+    refused,
+)
 from modelops_operator.settings import OperatorSettings
 
 SETTINGS = OperatorSettings.from_env()
@@ -148,12 +155,22 @@ def _dataset(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBas
         else:
             observed.result_message = rd.termination_message(pods)
     outcome = rd.reconcile_dataset(dict(body), spec, old, observed, SETTINGS)
+    if taken := _names_taken(outcome.actions):
+        blocked: StatusBase = refused(old, generation, c.NAME_CONFLICT, taken, old.phase if old.version else "Failed")
+        return blocked
     for action in outcome.actions:
         if action.verb == "create" and action.body is not None:
             _kube(kube.create_job, action.body)
         elif action.verb == "delete":
             _kube(kube.delete_job, ns, action.name)
     return outcome.status
+
+
+def _names_taken(actions: list[Any]) -> list[str]:
+    """Why a Job or PyTorchJob about to be created cannot be: its name is held by an object this
+    owner does not control (created by someone else; the listing by label did not show it)."""
+    creates = [a.body for a in actions if a.verb == "create" and a.body is not None]
+    return ownership.conflicts([ownership.claim(body, _kube(kube.get_like, body)) for body in creates])
 
 
 #: Labels the Kubeflow training operator puts on a PyTorchJob's pods.
@@ -174,6 +191,9 @@ def _training_run(spec: Any, generation: int, old: Any, body: kopf.Body) -> Stat
             seen.log = _kube(kube.pod_log, ns, running[0]["metadata"]["name"], "pytorch")
         observed.trials[job_name] = seen
     outcome = rt.reconcile_training_run(dict(body), spec, old, observed, SETTINGS)
+    if taken := _names_taken(outcome.actions):
+        blocked: StatusBase = refused(old, generation, c.NAME_CONFLICT, taken, old.phase)
+        return blocked
     for action in outcome.actions:
         if action.verb == "create" and action.body is not None:
             _kube(kube.create_pytorchjob, action.body)

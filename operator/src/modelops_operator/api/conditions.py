@@ -141,9 +141,10 @@ ROLLED_BACK = "RolledBack"
 """The canary was rolled back (analysis failed, or aborted by hand); stable serves all traffic."""
 
 NAME_CONFLICT = "NameConflict"
-"""A child the operator would create (a Deployment, Service, HPA, PDB, ServiceMonitor or
-PrometheusRule) already exists and was not created by this object: the operator touches none of
-the children until it is renamed or removed. The message names it."""
+"""A child the operator would create (a preparation Job, a trial's PyTorchJob, a Deployment,
+Service, HPA, PDB, ServiceMonitor or PrometheusRule) already exists and was not created by this
+object: the operator touches none of the children until it is renamed or removed. The message
+names it; checked again at every resync."""
 ROUTE_NOT_DELEGATED = "RouteNotDelegated"
 """The HTTPRoute named in `spec.rollout.trafficRouting.httpRoute` does not exist, or does not carry
 the annotation `modelops.dev/modeldeployment: <this object's name>` by which its owner hands its

@@ -18,6 +18,7 @@ from modelops_operator.api.modeldeployment import (
     ModelDeploymentStatus,
     ServedModel,
 )
+from modelops_operator.reconcile.status import refused
 
 F = ConditionStatus.FALSE
 
@@ -67,11 +68,7 @@ def refused_status(
     """The status when the operator will not write the children: another's object holds a child's
     name (NameConflict), or the HTTPRoute is not handed over (RouteNotDelegated). Nothing was
     written; what runs keeps running."""
-    msg = "; ".join(messages[:5]) + (f" (and {len(messages) - 5} more)" if len(messages) > 5 else "")
-    conds = c.set_condition(old.conditions, c.READY, F, reason, msg, generation)
-    conds = c.set_condition(conds, c.PROGRESSING, F, reason, msg, generation)
-    phase = old.phase if old.stable is not None else "Failed"
-    return old.model_copy(update={"phase": phase, "observed_generation": generation, "conditions": conds})
+    return refused(old, generation, reason, messages, old.phase if old.stable is not None else "Failed")
 
 
 def resolved_condition(status: ModelDeploymentStatus, generation: int, model: ServedModel) -> ModelDeploymentStatus:
