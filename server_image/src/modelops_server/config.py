@@ -45,10 +45,16 @@ class Settings(BaseModel):
     )
     retry_after_s: int = Field(default=1, ge=0, description="Seconds in the Retry-After header of a 503.")
     decode_threads: int = Field(
-        default=0, ge=0, description="Decode/preprocess threads per worker; 0: the cores divided by the workers."
+        default=0,
+        ge=0,
+        description="Decode/preprocess threads per worker; 0: the cores the container may use (its CPU quota) "
+        "divided by the workers.",
     )
     intra_op_threads: int = Field(
-        default=0, ge=0, description="ONNX Runtime threads per worker; 0: the cores divided by the workers."
+        default=0,
+        ge=0,
+        description="ONNX Runtime threads per worker; 0: the cores the container may use (its CPU quota) "
+        "divided by the workers.",
     )
     ort_spinning: bool = Field(
         default=False, description="Let idle ONNX Runtime threads spin (lower latency, but steals CPU from decoding)."
