@@ -224,3 +224,14 @@ def test_a_split_without_a_class_is_reported(tmp_path, small_digits):
     lacking = sorted(c for c in map(str, range(10)) if per_class.get(c, 0) == 0)
     assert lacking and message["missing"]["test"] == lacking
     assert "train" not in message["missing"]
+
+
+def test_an_unforeseen_failure_still_leaves_a_termination_message(tmp_path, small_digits, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(pipeline, "list_items", broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        run_cli(config(f"file://{small_digits}", tmp_path / "out"), tmp_path)
+    message = json.loads((tmp_path / "termination-log").read_text())
+    assert message == {"ok": False, "reason": "InternalError", "message": "RuntimeError: disk on fire"}

@@ -101,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s: %s", e.reason, e)
         write_message(args.termination_log, {"ok": False, "reason": e.reason, "message": str(e)})
         return e.exit_code
+    except Exception as e:  # a bug, or a failure no rule foresaw: still say so where the operator looks
+        write_message(
+            args.termination_log, {"ok": False, "reason": "InternalError", "message": f"{type(e).__name__}: {e}"}
+        )
+        raise
     doc = summary(result)
     write_message(args.termination_log, doc)
     log.info(
