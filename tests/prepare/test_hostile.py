@@ -4,12 +4,14 @@ environment, summary in the termination log) and its peak memory is measured by 
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import os
 import subprocess
 import sys
 import tarfile
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -235,3 +237,32 @@ def test_an_unforeseen_failure_still_leaves_a_termination_message(tmp_path, smal
         run_cli(config(f"file://{small_digits}", tmp_path / "out"), tmp_path)
     message = json.loads((tmp_path / "termination-log").read_text())
     assert message == {"ok": False, "reason": "InternalError", "message": "RuntimeError: disk on fire"}
+
+
+def test_a_redirect_is_not_followed_from_a_source(tmp_path):
+    """The manifest's server points the program at an internal address: refused, never fetched."""
+    hits: list[str] = []
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(302)
+            self.send_header("Location", "/internal/credentials")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        for source in ({"uri": f"{uri}/list.csv", "format": "csv"}, {"uri": f"{uri}/a.tar", "format": "archive"}):
+            code, message = run_cli(config([source], tmp_path / "out"), tmp_path)
+            assert code == 1 and message["reason"] == "SourceUnreachable", message
+            assert f"redirect to {uri}/internal/credentials not followed" in message["message"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert hits == ["/list.csv", "/a.tar"]

@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import fsspec  # type: ignore[import-untyped]
-
 from modelops_trainer.prepare.errors import (
     ArchiveTooLarge,
     InvalidSource,
@@ -36,6 +34,7 @@ from modelops_trainer.prepare.errors import (
     SourceUnreachable,
     UnsafeArchive,
 )
+from modelops_trainer.prepare.remote import open_source
 
 #: Bytes copied at a time; also what one member may have in memory.
 BLOCK = 1 << 20
@@ -182,7 +181,7 @@ def _extract(f: IO[bytes], budget: _Budget) -> None:
 def extract_archive(uri: str, into: Path, limits: ArchiveLimits) -> Path:
     """Extract the archive at `uri` into `into` within `limits`; the root of its class folders."""
     try:
-        f = fsspec.open(uri, "rb").open()
+        f = open_source(uri)
     except Exception as e:  # remote file systems raise their own types
         raise SourceUnreachable(f"source {uri} cannot be read: {type(e).__name__}: {e}") from e
     try:

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from modelops_trainer.prepare.config import Cleaning, Preprocessing
-from modelops_trainer.prepare.sources import read_capped
+from modelops_trainer.prepare.remote import read_capped
 
 # Drop reasons, as counted in status.dropped and listed in the report.
 UNREADABLE = "Unreadable"

@@ -21,7 +21,6 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path, PurePosixPath
-from typing import Any
 from urllib.parse import urlsplit
 
 import fsspec  # type: ignore[import-untyped]
@@ -29,25 +28,9 @@ import fsspec  # type: ignore[import-untyped]
 from modelops_trainer.prepare.archives import ArchiveLimits, extract_archive
 from modelops_trainer.prepare.config import Limits, Source
 from modelops_trainer.prepare.errors import InvalidSource, SourceTooLarge, SourceUnreachable
+from modelops_trainer.prepare.remote import read_capped
 
 Item = tuple[str, str]  # (reference: a local path or fsspec URI, class name)
-
-
-def open_options(uri: str) -> dict[str, Any]:
-    """fsspec options for reading `uri`: over HTTP, no redirects (a source names where its bytes
-    are; a redirect could send the program to an internal service)."""
-    return {"allow_redirects": False} if urlsplit(uri).scheme in ("http", "https") else {}
-
-
-def read_capped(uri: str, limit: int) -> bytes | None:
-    """The bytes at `uri`, or None when there are more than `limit`; read at most `limit + 1`."""
-    if uri.startswith("file://") or "://" not in uri:
-        with open(uri.removeprefix("file://"), "rb") as local:
-            data = local.read(limit + 1)
-    else:
-        with fsspec.open(uri, "rb", **open_options(uri)) as f:
-            data = bytes(f.read(limit + 1))
-    return data if len(data) <= limit else None
 
 
 def _fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
