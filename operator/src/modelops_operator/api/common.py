@@ -164,4 +164,4 @@ class StatusBase(ApiModel):
     operator has not caught up with the latest spec yet."""
     conditions: list[Condition] = conditions_field()
     """Ready, Progressing and kind-specific conditions, each with a reason a program can match on
-    and a message a person can act on (see the README's status reference)."""
+    and a message a person can act on (see docs/reference/conditions.md)."""

@@ -22,8 +22,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from modelops_operator.api.dataset import DatasetSpec, SourceLimits
+from modelops_operator.api.names import SPEC_HASH_LABEL, child_name
 from modelops_operator.builders.common import (
-    child_name,
     labels,
     owner_reference,
     place,
@@ -146,7 +146,7 @@ def build_prepare_job(dataset: dict[str, Any], spec: DatasetSpec, settings: Oper
     meta = dataset["metadata"]
     name, digest = meta["name"], data_hash(spec)
     config = prepare_config(dataset, spec, settings)
-    job_labels = {**labels("Dataset", name, COMPONENT), "modelops.dev/spec-hash": digest}
+    job_labels = {**labels("Dataset", name, COMPONENT), SPEC_HASH_LABEL: digest}
     volumes, mounts = artifact_mounts([config["output"]["uri"], *(s.uri for s in spec.sources)], settings)
     volumes.append({"name": "tmp", "emptyDir": {"sizeLimit": str(scratch_size(spec))}})
     mounts.append({"name": "tmp", "mountPath": "/tmp"})

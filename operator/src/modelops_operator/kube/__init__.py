@@ -23,6 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from modelops_operator.api.common import GROUP, VERSION
 from modelops_operator.api.kinds import Kind
+from modelops_operator.api.names import HTTPROUTE, PYTORCHJOB
 from modelops_operator.settings import OperatorSettings
 
 
@@ -143,17 +144,15 @@ def get_object(kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
     return dict(obj) if obj is not None else None
 
 
-PYTORCHJOBS = ("kubeflow.org", "v1", "pytorchjobs")
-
-
 def list_pytorchjobs(namespace: str, selector: str) -> list[dict[str, Any]]:
     """PyTorchJobs in `namespace` matching a label selector."""
     res = _call(
         f"list pytorchjobs {namespace} {selector}",
         _api().list_namespaced_custom_object,
-        *PYTORCHJOBS[:2],
+        PYTORCHJOB.group,
+        PYTORCHJOB.version,
         namespace,
-        PYTORCHJOBS[2],
+        PYTORCHJOB.plural,
         label_selector=selector,
     )
     return list(res["items"]) if res is not None else []
@@ -166,9 +165,10 @@ def create_pytorchjob(body: dict[str, Any]) -> None:
         _call(
             f"create pytorchjob {ns}/{body['metadata']['name']}",
             _api().create_namespaced_custom_object,
-            *PYTORCHJOBS[:2],
+            PYTORCHJOB.group,
+            PYTORCHJOB.version,
             ns,
-            PYTORCHJOBS[2],
+            PYTORCHJOB.plural,
             body,
         )
 
@@ -178,9 +178,10 @@ def delete_pytorchjob(namespace: str, name: str) -> None:
     _call(
         f"delete pytorchjob {namespace}/{name}",
         _api().delete_namespaced_custom_object,
-        *PYTORCHJOBS[:2],
+        PYTORCHJOB.group,
+        PYTORCHJOB.version,
         namespace,
-        PYTORCHJOBS[2],
+        PYTORCHJOB.plural,
         name,
         propagation_policy="Background",
     )
@@ -191,9 +192,10 @@ def suspend_pytorchjob(namespace: str, name: str, suspend: bool) -> None:
     _call(
         f"patch pytorchjob {namespace}/{name}",
         _api().patch_namespaced_custom_object,
-        *PYTORCHJOBS[:2],
+        PYTORCHJOB.group,
+        PYTORCHJOB.version,
         namespace,
-        PYTORCHJOBS[2],
+        PYTORCHJOB.plural,
         name,
         {"spec": {"runPolicy": {"suspend": suspend}}},
     )
@@ -307,17 +309,15 @@ def annotate(kind: Kind, namespace: str, name: str, annotations: dict[str, str |
     )
 
 
-HTTP_ROUTES = ("gateway.networking.k8s.io", "v1", "httproutes")
-
-
 def get_http_route(namespace: str, name: str) -> dict[str, Any] | None:
     """A Gateway API HTTPRoute, or None when it does not exist."""
     res = _call(
         f"get httproute {namespace}/{name}",
         _api().get_namespaced_custom_object,
-        *HTTP_ROUTES[:2],
+        HTTPROUTE.group,
+        HTTPROUTE.version,
         namespace,
-        HTTP_ROUTES[2],
+        HTTPROUTE.plural,
         name,
     )
     return dict(res) if res is not None else None
@@ -328,9 +328,10 @@ def patch_http_route(namespace: str, name: str, patch: dict[str, Any]) -> None:
     _call(
         f"patch httproute {namespace}/{name}",
         _api().patch_namespaced_custom_object,
-        *HTTP_ROUTES[:2],
+        HTTPROUTE.group,
+        HTTPROUTE.version,
         namespace,
-        HTTP_ROUTES[2],
+        HTTPROUTE.plural,
         name,
         patch,
     )

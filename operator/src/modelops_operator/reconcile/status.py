@@ -51,8 +51,7 @@ def refused(status: S, generation: int, reason: str, messages: list[str], phase:
     """Not Ready and not progressing for `reason`, with up to five `messages`: the operator will
     not act (an invalid spec, a child's name held by another's object, a Secret not allowed)."""
     msg = "; ".join(messages[:5]) + (f" (and {len(messages) - 5} more)" if len(messages) > 5 else "")
-    conds = c.set_condition(status.conditions, c.READY, ConditionStatus.FALSE, reason, msg, generation)
-    conds = c.set_condition(conds, c.PROGRESSING, ConditionStatus.FALSE, reason, msg, generation)
+    conds = c.waiting(status.conditions, reason, msg, generation)
     return status.model_copy(update={"phase": phase, "observed_generation": generation, "conditions": conds})
 
 

@@ -249,7 +249,8 @@ def run(config: PrepareConfig, *, progress: Callable[[Iterable[Any], int], Itera
                 else:
                     kept.append(Kept(o["ref"], o["label"], o["sha256"], o["dhash"], index, o["member"]))
         listed_classes = sorted({label for _, label in items})
-        result = _finish(config, listed_classes, out, work, kept, dropped, report, pool)
+        final, classes = _clean_and_split(config, listed_classes, kept, dropped, report)
+        result = _publish(config, out, work, final, classes, dropped, report, pool)
     result.reused_chunks = reused
     return result
 
@@ -269,16 +270,14 @@ def missing_in_splits(
     return out
 
 
-def _finish(
-    config: PrepareConfig,
-    named: list[str],
-    out: str,
-    work: str,
-    kept: list[Kept],
-    dropped: Counter[str],
-    report: list[dict[str, str]],
-    pool: ProcessPoolExecutor,
-) -> Result:
+def _clean_and_split(
+    config: PrepareConfig, named: list[str], kept: list[Kept], dropped: Counter[str], report: list[dict[str, str]]
+) -> tuple[list[tuple[Kept, SplitName]], list[str]]:
+    """The images to publish, each with its split, and the classes (`config.classes`, else every
+    class the sources `named`): unlisted classes, duplicates and near-duplicates across splits are
+    dropped (counted in `dropped`, listed in `report`); raises when nothing is left or a class has
+    too few images, one that cleaning emptied included."""
+
     def drop(k: Kept, reason: str, detail: str) -> None:
         dropped[reason] += 1
         report.append({"ref": k.ref, "label": k.label, "reason": reason, "detail": detail})
@@ -311,6 +310,21 @@ def _finish(
             f"classes with fewer than {config.cleaning.min_images_per_class} images after cleaning: "
             + ", ".join(f"{c} ({n})" for c, n in sorted(short.items())[:20])
         )
+    return final, classes
+
+
+def _publish(
+    config: PrepareConfig,
+    out: str,
+    work: str,
+    final: list[tuple[Kept, SplitName]],
+    classes: list[str],
+    dropped: Counter[str],
+    report: list[dict[str, str]],
+    pool: ProcessPoolExecutor,
+) -> Result:
+    """Write the version: its shards (in worker processes, from the finished chunks in `work`), its
+    manifest and `report.json`; then remove the work folder."""
     label_of = {c: i for i, c in enumerate(classes)}
     pre = config.preprocessing
     image = ImageFormat(
@@ -344,6 +358,7 @@ def _finish(
     doc = {"version": version.version, "dropped": dict(dropped), "images": report}
     storage.write_bytes_atomic(report_uri, json.dumps(doc, indent=1).encode())
     storage.remove(work, recursive=True)
+    split = config.split
     ratios = {"train": split.train, "val": split.val, "test": split.test}
     missing = missing_in_splits(final, classes, ratios)
     for split_name, lacking in missing.items():
