@@ -19,7 +19,6 @@ from modelops_operator.api.names import GPU, TRACK_LABEL, child_name
 from modelops_operator.api.names import MODEL_DEPLOYMENT_LABEL as OWNER_LABEL
 from modelops_operator.api.names import MODEL_DIGEST_ANNOTATION as DIGEST_ANNOTATION
 from modelops_operator.builders.alerts import NO_READY_REPLICAS, rule_groups
-from modelops_operator.builders.common import restricted_container_security, restricted_pod_security
 from modelops_operator.builders.modeldeployment import (
     DEFAULT_REQUESTS,
     DRAIN_SECONDS,
@@ -210,11 +209,28 @@ def test_pod_annotations_carry_the_digest_and_prometheus_scraping():
     }
 
 
+#: The `restricted` Pod Security Standard, written out (not taken from the builder's own helpers,
+#: so a change there that weakens it fails here).
+RESTRICTED_POD = {
+    "runAsNonRoot": True,
+    "runAsUser": 65532,
+    "runAsGroup": 65532,
+    "fsGroup": 65532,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
 def test_restricted_security():
     dep = deploy()
-    assert pod(dep)["securityContext"] == restricted_pod_security()
-    assert container(dep)["securityContext"] == restricted_container_security()
-    assert container(dep)["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod(dep)["securityContext"] == RESTRICTED_POD
+    assert container(dep)["securityContext"] == RESTRICTED_CONTAINER
     assert pod(dep)["automountServiceAccountToken"] is False
     # A read-only root needs a writable /tmp (the model cache).
     assert {"name": "tmp", "mountPath": "/tmp"} in container(dep)["volumeMounts"]
@@ -700,3 +716,45 @@ def test_server_pods_that_cannot_start_are_reported_in_kubernetes_words(ready, e
     assert cond is not None and (cond.status, cond.reason) == (expected_ready, expected_reason)
     if expected_reason == c.POD_PENDING:
         assert cond.message == PULL_FAILED and cond.observed_generation == 2
+
+
+def custom_step(name: str = "queueDepth") -> dict[str, Any]:
+    metric = {"name": name, "template": "custom", "query": "sum(up)", "max": 1}
+    return {"analysis": {"metrics": [metric]}}
+
+
+@pytest.mark.parametrize(
+    ("steps", "allowed", "refused"),
+    [
+        (
+            [{"setWeight": 10}, custom_step(), custom_step("other")],
+            False,
+            "custom metrics (other, queueDepth) are turned off",
+        ),
+        ([{"setWeight": 10}, custom_step()], True, None),
+        ([{"setWeight": 10}, {"analysis": {}}], False, None),  # the built-in templates read only this object
+    ],
+)
+def test_custom_queries_need_the_operators_opt_in(steps, allowed, refused):
+    from modelops_operator.reconcile.modeldeployment import refused_queries  # noqa: PLC0415
+
+    spec = ModelDeploymentSpec.model_validate(md_obj({"rollout": {"steps": steps}})["spec"])
+    why = refused_queries(spec, allowed)
+    assert (why is None) if refused is None else (refused in why and "settings.customAnalysisQueries" in why)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://runbooks.example/{{ $labels.x }}",
+        'https://r.example/{{ printf "%s" }}',
+        "https://r.example/$x",
+        "https://r.example/a b",
+    ],
+)
+def test_a_runbook_url_cannot_carry_a_prometheus_template(url):
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    with pytest.raises(ValidationError, match="runbookUrl"):
+        ModelDeploymentSpec.model_validate(md_obj({"alerts": {"runbookUrl": url}})["spec"])
+    ModelDeploymentSpec.model_validate(md_obj({"alerts": {"runbookUrl": "https://runbooks.example/models"}})["spec"])

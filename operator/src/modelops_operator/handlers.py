@@ -32,9 +32,16 @@ from modelops_operator.builders import modeldeployment as bm
 from modelops_operator.reconcile import dataset as rd
 from modelops_operator.reconcile import dependencies as dep
 from modelops_operator.reconcile import modeldeployment as rm
-from modelops_operator.reconcile import rollout
+from modelops_operator.reconcile import ownership, rollout
 from modelops_operator.reconcile import trainingrun as rt
-from modelops_operator.reconcile.status import describe_error, invalid_spec, merge_patch, parse_status, ready_events
+from modelops_operator.reconcile.status import (
+    describe_error,
+    invalid_spec,
+    merge_patch,
+    parse_status,
+    ready_events,
+    refused,
+)
 from modelops_operator.settings import OperatorSettings
 
 SETTINGS = OperatorSettings.from_env()
@@ -129,9 +136,15 @@ def _dependency(kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
     return _kube(kube.get_object, kind, namespace, name)
 
 
+def _owned(body: kopf.Body, children: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The children `body` controls: a Job that merely carries our labels (anyone who may create
+    Jobs can) is not read, so it can neither feed a result nor be deleted."""
+    return [child for child in children if ownership.controller_uid(child) == body.metadata.uid]
+
+
 def _dataset(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBase:
     ns, name = body.metadata.namespace or "", body.metadata.name or ""
-    jobs = _kube(kube.list_jobs, ns, f"{names.DATASET_LABEL}={name}")
+    jobs = _owned(body, _kube(kube.list_jobs, ns, f"{names.DATASET_LABEL}={name}"))
     observed = rd.Observed(jobs=jobs)
     current = next((j for j in jobs if j["metadata"]["name"] == old.job_name), None)
     if current is not None:
@@ -141,6 +154,9 @@ def _dataset(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBas
         else:
             observed.result_message = rd.termination_message(pods)
     outcome = rd.reconcile_dataset(dict(body), spec, old, observed, SETTINGS)
+    if taken := _names_taken(outcome.actions):
+        blocked: StatusBase = refused(old, generation, c.NAME_CONFLICT, taken, old.phase if old.version else "Failed")
+        return blocked
     for action in outcome.actions:
         if action.verb == "create" and action.body is not None:
             _kube(kube.create_job, action.body)
@@ -149,10 +165,17 @@ def _dataset(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBas
     return outcome.status
 
 
+def _names_taken(actions: list[Any]) -> list[str]:
+    """Why a Job or PyTorchJob about to be created cannot be: its name is held by an object this
+    owner does not control (created by someone else; the listing by label did not show it)."""
+    creates = [a.body for a in actions if a.verb == "create" and a.body is not None]
+    return ownership.conflicts([ownership.claim(body, _kube(kube.get_like, body)) for body in creates])
+
+
 def _training_run(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBase:
     ns, name = body.metadata.namespace or "", body.metadata.name or ""
     dataset = _dependency(DATASET, ns, spec.dataset_ref.name)
-    jobs = _kube(kube.list_pytorchjobs, ns, f"{names.TRAINING_RUN_LABEL}={name}")
+    jobs = _owned(body, _kube(kube.list_pytorchjobs, ns, f"{names.TRAINING_RUN_LABEL}={name}"))
     observed = rt.Observed(dataset=dataset, jobs=jobs)
     by_name = {j["metadata"]["name"]: j for j in jobs}
     for job_name in rt.inspected(old, jobs):
@@ -163,6 +186,9 @@ def _training_run(spec: Any, generation: int, old: Any, body: kopf.Body) -> Stat
             seen.log = _kube(kube.pod_log, ns, running[0]["metadata"]["name"], "pytorch")
         observed.trials[job_name] = seen
     outcome = rt.reconcile_training_run(dict(body), spec, old, observed, SETTINGS)
+    if taken := _names_taken(outcome.actions):
+        blocked: StatusBase = refused(old, generation, c.NAME_CONFLICT, taken, old.phase)
+        return blocked
     for action in outcome.actions:
         if action.verb == "create" and action.body is not None:
             _kube(kube.create_pytorchjob, action.body)
@@ -197,6 +223,7 @@ def _register_in_mlflow(spec: TrainingRunSpec, status: TrainingRunStatus, body: 
             digest=model.digest,
             description=f"modelops TrainingRun {body.metadata.namespace}/{body.metadata.name} v{model.version}",
             tags=tags,
+            authorization=_mlflow_authorization(body.metadata.namespace or "", reg),
         )
     except mlflow.RegistryError as e:
         conds = c.set_condition(
@@ -216,6 +243,27 @@ def _register_in_mlflow(spec: TrainingRunSpec, status: TrainingRunStatus, body: 
     )
     kopf.event(body, type="Normal", reason=c.MLFLOW_VERSION_CREATED, message=msg)
     return status.model_copy(update={"model": model, "models": models, "conditions": conds})
+
+
+def _mlflow_authorization(namespace: str, reg: Any) -> str | None:
+    """The Authorization header from `spec.registry.credentialsSecret`, if set; RegistryError
+    when the Secret is missing, not for this server, or not readable by the operator."""
+    if not reg.credentials_secret:
+        return None
+    try:
+        secret = kube.get_secret(namespace, reg.credentials_secret)
+    except kube.Forbidden as e:
+        raise mlflow.RegistryError(
+            f"the operator may not read Secret {namespace}/{reg.credentials_secret}: install the chart with "
+            "rbac.readSecrets=true to use spec.registry.credentialsSecret"
+        ) from e
+    except kube.Unavailable as e:
+        raise kopf.TemporaryError(str(e), delay=10) from e
+    if secret is None:
+        raise mlflow.RegistryError(
+            f"Secret {namespace}/{reg.credentials_secret} (spec.registry.credentialsSecret) does not exist"
+        )
+    return mlflow.credentials_from_secret(secret, reg.mlflow_tracking_uri)
 
 
 ROLLOUT_ABORTED = prometheus_client.Gauge(
@@ -261,6 +309,9 @@ def _measure(spec: Any, analysis: Any, ns: str, name: str) -> list[rollout.Measu
 
 def _model_deployment(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBase:
     ns, name = body.metadata.namespace or "", body.metadata.name or ""
+    if why_not := rm.refused_queries(spec, SETTINGS.custom_analysis_queries):
+        status: StatusBase = invalid_spec(old, generation, why_not)
+        return status
     ref = spec.model.training_run_ref
     run = _dependency(TRAINING_RUN, ns, ref.name) if ref else None
     target = rm.resolve_model(spec, run)
@@ -288,9 +339,14 @@ def _model_deployment(spec: Any, generation: int, old: Any, body: kopf.Body) -> 
         children.append(bm.build_service_monitor(md))
     if spec.alerts.enabled and _kube(kube.crd_exists, names.PROMETHEUSRULE.crd):
         children.append(ba.build_prometheus_rule(md, spec))
-    for child in children:
-        _kube(kube.apply, child)
+    claims = [ownership.claim(child, _kube(kube.get_like, child)) for child in children]
+    if refused := ownership.conflicts(claims):
+        return rm.refused_status(old, generation, c.NAME_CONFLICT, refused)
     route = spec.rollout.traffic_routing.http_route
+    if route and (why := ownership.route_delegated(_kube(kube.get_http_route, ns, route), ns, route, name)):
+        return rm.refused_status(old, generation, c.ROUTE_NOT_DELEGATED, [why])
+    for claim in claims:
+        _kube(kube.create if claim.verb == "create" else kube.apply, claim.body)
     if route:
         weight = plan.status.desired_weight if plan.status.canary is not None and not plan.status.aborted else 0
         _kube(kube.patch_http_route, ns, route, bm.http_route_patch(spec, name, weight))

@@ -53,14 +53,35 @@ SOURCE_UNREACHABLE = "SourceUnreachable"
 INVALID_SOURCE = "InvalidSource"
 """A source could be read but not understood (a manifest without the named columns, a corrupt archive)."""
 UNSAFE_ARCHIVE = "UnsafeArchive"
-"""An archive holds a path that escapes its root (`../`, absolute paths, links); nothing was extracted."""
+"""An archive holds a path that escapes its root (`../`, absolute paths, links), or two members
+that clash (the same name, a file where a folder is, the root itself); nothing was kept."""
+ARCHIVE_TOO_LARGE = "ArchiveTooLarge"
+"""An archive expands past `spec.limits` (bytes, members, or ratio to its compressed size: a
+compression bomb); the message names the limit to raise if the archive is genuine."""
+SOURCE_TOO_LARGE = "SourceTooLarge"
+"""A manifest is larger than `spec.limits.manifestMaxBytes`."""
+SPLIT_MISSES_CLASS = "SplitMissesClass"
+"""A split (train, val or test) has no image of a class: too few images for the split's ratios.
+Add images, or set that ratio to 0."""
+CREDENTIALS_NOT_ALLOWED = "CredentialsNotAllowed"
+"""A source names a `credentialsSecret` the operator's admin has not listed for datasets
+(`settings.datasetCredentialsSecrets`); no Job was created."""
 EMPTY_CLASS = "EmptyClass"
 """A class has fewer images than `spec.cleaning.minImagesPerClass` after cleaning (or a listed class has none)."""
 NO_IMAGES_LEFT = "NoImagesLeft"
 """No image is left to publish: the sources listed none, or cleaning dropped every one (`status.dropped` says why)."""
 #: Reasons the preparation program may report; anything else becomes PreparationFailed.
 PREPARE_REASONS = frozenset(
-    {SOURCE_UNREACHABLE, INVALID_SOURCE, UNSAFE_ARCHIVE, EMPTY_CLASS, NO_IMAGES_LEFT, DEADLINE_EXCEEDED}
+    {
+        SOURCE_UNREACHABLE,
+        INVALID_SOURCE,
+        UNSAFE_ARCHIVE,
+        ARCHIVE_TOO_LARGE,
+        SOURCE_TOO_LARGE,
+        EMPTY_CLASS,
+        NO_IMAGES_LEFT,
+        DEADLINE_EXCEEDED,
+    }
 )
 
 # Reasons of a TrainingRun.
@@ -113,6 +134,16 @@ ROLLOUT_PAUSED = "RolloutPaused"
 """The rollout waits for a human: a pause step without duration, or analysis without data."""
 ROLLED_BACK = "RolledBack"
 """The canary was rolled back (analysis failed, or aborted by hand); stable serves all traffic."""
+
+NAME_CONFLICT = "NameConflict"
+"""A child the operator would create (a preparation Job, a trial's PyTorchJob, a Deployment,
+Service, HPA, PDB, ServiceMonitor or PrometheusRule) already exists and was not created by this
+object: the operator touches none of the children until it is renamed or removed. The message
+names it; checked again at every resync."""
+ROUTE_NOT_DELEGATED = "RouteNotDelegated"
+"""The HTTPRoute named in `spec.rollout.trafficRouting.httpRoute` does not exist, or does not carry
+the annotation `modelops.dev/modeldeployment: <this object's name>` by which its owner hands its
+rules to this ModelDeployment; the operator leaves it untouched."""
 
 MLFLOW_VERSION_CREATED = "MLflowVersionCreated"
 """The model version was registered in MLflow (`status.model.mlflowVersion`)."""

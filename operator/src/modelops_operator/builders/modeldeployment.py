@@ -2,10 +2,12 @@
 Service over both (and one per track, for HTTPRoute backends), a PodDisruptionBudget, a
 HorizontalPodAutoscaler, and (when prometheus-operator is installed) a ServiceMonitor.
 
-Everything is applied with server-side apply by the field manager `modelops-operator`: what the
-operator sets it owns, so a manual edit of an owned field is reverted at the next reconcile, and
-an unchanged object is not written at all (no update loops). The stable Deployment's `replicas`
-is left out of what is applied: the HorizontalPodAutoscaler owns it.
+A child is created when absent, and applied with server-side apply by the field manager
+`modelops-operator` only while its controller owner reference is this ModelDeployment
+(`reconcile.ownership`): what the operator sets it owns, so a manual edit of an owned field is
+reverted at the next reconcile, and an unchanged object is not written at all (no update loops).
+An object of a child's name that someone else made is never touched (reason `NameConflict`).
+The stable Deployment's `replicas` is left out of what is applied: the HorizontalPodAutoscaler owns it.
 
 Traffic: the Service `<name>` selects the server pods of both tracks, so with replica-ratio
 routing the canary's share of traffic is its share of the ready pods; the canary Deployment's

@@ -6,6 +6,7 @@ errors into the operator's exception hierarchy:
     KubeError
     ├── Conflict        409: someone else changed the object; retry soon
     └── Unavailable     5xx, timeouts, connection errors: the API server is away; retry later
+        └── Forbidden   403: the operator's RBAC does not allow the call (a Secret, by default)
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class Conflict(KubeError):
 
 class Unavailable(KubeError):
     """The API server did not answer usefully (5xx, timeout, refused connection)."""
+
+
+class Forbidden(Unavailable):
+    """The operator may not make the call (HTTP 403): its RBAC leaves it out."""
 
 
 #: (connect, read) seconds for every call that does not set its own. Without it a connection that
@@ -82,6 +87,8 @@ def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
             return None
         if e.status == 409:
             raise Conflict(f"{what}: {e.reason}") from e
+        if e.status == 403:
+            raise Forbidden(f"{what}: forbidden by the operator's RBAC") from e
         raise Unavailable(f"{what}: {e.status} {e.reason}") from e
     except (urllib3.exceptions.HTTPError, OSError) as e:
         raise Unavailable(f"{what}: {e}") from e
@@ -216,18 +223,38 @@ def _dynamic() -> kubernetes.dynamic.DynamicClient:
     return kubernetes.dynamic.DynamicClient(login())
 
 
-def apply(body: dict[str, Any]) -> dict[str, Any]:
-    """Server-side apply `body` as the operator's field manager, taking over conflicting fields
-    (a manual edit of a field the operator sets is reverted). An unchanged object is not written."""
-    meta = body["metadata"]
-    what = f"apply {body['kind']} {meta.get('namespace')}/{meta['name']}"
+def _resource(body: dict[str, Any], what: str) -> Any:
     try:
-        resource = _dynamic().resources.get(api_version=body["apiVersion"], kind=body["kind"])
+        return _dynamic().resources.get(api_version=body["apiVersion"], kind=body["kind"])
     except kubernetes.dynamic.exceptions.ResourceNotFoundError as e:
         raise Unavailable(f"{what}: the API server does not serve {body['apiVersion']} {body['kind']}") from e
+
+
+def get_like(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The object of `body`'s kind, namespace and name as it is now, or None when there is none."""
+    meta = body["metadata"]
+    what = f"get {body['kind']} {meta.get('namespace')}/{meta['name']}"
+    res = _call(what, _resource(body, what).get, name=meta["name"], namespace=meta.get("namespace"))
+    return dict(res.to_dict()) if res is not None else None
+
+
+def create(body: dict[str, Any]) -> None:
+    """Create `body` as the operator's field manager. One created by someone else in between is a
+    `Conflict` (retried: the next reconcile sees whose it is); it is never taken over."""
+    meta = body["metadata"]
+    what = f"create {body['kind']} {meta.get('namespace')}/{meta['name']}"
+    _call(what, _resource(body, what).create, body=body, namespace=meta.get("namespace"), field_manager=FIELD_MANAGER)
+
+
+def apply(body: dict[str, Any]) -> dict[str, Any]:
+    """Server-side apply `body` as the operator's field manager, taking over conflicting fields
+    (a manual edit of a field the operator sets is reverted). Only for the operator's own objects:
+    `reconcile.ownership.claim` says which those are. An unchanged object is not written."""
+    meta = body["metadata"]
+    what = f"apply {body['kind']} {meta.get('namespace')}/{meta['name']}"
     res = _call(
         what,
-        resource.server_side_apply,
+        _resource(body, what).server_side_apply,
         body=body,
         name=meta["name"],
         namespace=meta.get("namespace"),
@@ -235,6 +262,14 @@ def apply(body: dict[str, Any]) -> dict[str, Any]:
         force_conflicts=True,
     )
     return dict(res.to_dict()) if res is not None else {}
+
+
+def get_secret(namespace: str, name: str) -> dict[str, Any] | None:
+    """A Secret (`data` base64-encoded, as the API gives it), or None. `Forbidden` unless the chart
+    grants the operator `get` on Secrets (`rbac.readSecrets`)."""
+    core = kubernetes.client.CoreV1Api(login())
+    res = _call(f"get secret {namespace}/{name}", core.read_namespaced_secret, name, namespace)
+    return dict(_plain(res)) if res is not None else None
 
 
 def get_deployment(namespace: str, name: str) -> dict[str, Any] | None:
@@ -272,6 +307,20 @@ def annotate(kind: Kind, namespace: str, name: str, annotations: dict[str, str |
         name,
         {"metadata": {"annotations": annotations}},
     )
+
+
+def get_http_route(namespace: str, name: str) -> dict[str, Any] | None:
+    """A Gateway API HTTPRoute, or None when it does not exist."""
+    res = _call(
+        f"get httproute {namespace}/{name}",
+        _api().get_namespaced_custom_object,
+        HTTPROUTE.group,
+        HTTPROUTE.version,
+        namespace,
+        HTTPROUTE.plural,
+        name,
+    )
+    return dict(res) if res is not None else None
 
 
 def patch_http_route(namespace: str, name: str, patch: dict[str, Any]) -> None:

@@ -38,6 +38,8 @@ class PrepareResult(BaseModel):
     classes: int | None = None
     splits: dict[str, SplitCounts] = {}
     dropped: dict[str, int] = {}
+    missing: dict[str, list[str]] = {}
+    """Classes without an image in a split, by split (at most 20 each)."""
     reason: str | None = None
     message: str | None = None
 
@@ -146,6 +148,15 @@ def reconcile_dataset(
     if old.spec_hash == wanted and old.phase in ("Ready", "Failed"):
         return Outcome(status, actions)  # settled for this spec: never re-run
     if current is None:
+        named = {s.credentials_secret for s in spec.sources if s.credentials_secret is not None}
+        refused = sorted(named - set(settings.dataset_credentials_secrets))
+        if refused:
+            msg = (
+                f"spec.sources[].credentialsSecret: {', '.join(refused)} may not be used by Datasets; "
+                "the operator's admin lists the Secrets meant for datasets in settings.datasetCredentialsSecrets"
+            )
+            conds = c.waiting(status.conditions, c.CREDENTIALS_NOT_ALLOWED, msg, generation)
+            return Outcome(_in_phase(status, "Failed", conds), actions)  # no spec_hash: checked at each resync
         job = build_prepare_job(dataset, spec, settings)
         name = job["metadata"]["name"]
         msg = f"created Job {name} to prepare the dataset"
@@ -155,6 +166,22 @@ def reconcile_dataset(
         status = _in_phase(status, "Pending", conds, job_name=name)
         return Outcome(status, [*actions, Action("create", "Job", "", job)])
     return Outcome(_from_job(status, spec, current, observed, wanted), actions)
+
+
+def _split_coverage(status: DatasetStatus, missing: dict[str, list[str]]) -> DatasetStatus:
+    """Degraded when a split lacks a class: the version is usable, but not what the user expects
+    (a class the test split lacks is never evaluated), so it is said, never silently published."""
+    generation = status.observed_generation
+    if missing:
+        lacking = "; ".join(f"{split}: {', '.join(classes)}" for split, classes in sorted(missing.items()))
+        msg = f"splits without an image of some classes ({lacking}): add images, or set that split's ratio to 0"
+        conds = c.set_condition(status.conditions, c.DEGRADED, T, c.SPLIT_MISSES_CLASS, msg, generation)
+    elif c.get_condition(status.conditions, c.DEGRADED) is not None:
+        msg = "every split has images of every class"
+        conds = c.set_condition(status.conditions, c.DEGRADED, F, c.DATASET_PREPARED, msg, generation)
+    else:
+        return status
+    return status.model_copy(update={"conditions": conds})
 
 
 def _from_job(
@@ -172,6 +199,7 @@ def _from_job(
         return _in_phase(status, "Running", conds, job_name=name)
     if state == "Complete" and result is not None and result.ok and result.version and result.digest:
         msg = f"version {result.version}: {result.images} images in {result.classes} classes at {result.uri}"
+        status = _split_coverage(status, result.missing)
         return _in_phase(
             status,
             "Ready",

@@ -19,6 +19,7 @@ from modelops_operator.api.modeldeployment import (
     ModelDeploymentStatus,
     ServedModel,
 )
+from modelops_operator.reconcile.status import refused
 
 F = ConditionStatus.FALSE
 
@@ -61,6 +62,15 @@ def waiting_status(old: ModelDeploymentStatus, generation: int, why: Waiting) ->
     return old.model_copy(update={"phase": phase, "observed_generation": generation, "conditions": conds})
 
 
+def refused_status(
+    old: ModelDeploymentStatus, generation: int, reason: str, messages: list[str]
+) -> ModelDeploymentStatus:
+    """The status when the operator will not write the children: another's object holds a child's
+    name (NameConflict), or the HTTPRoute is not handed over (RouteNotDelegated). Nothing was
+    written; what runs keeps running."""
+    return refused(old, generation, reason, messages, old.phase if old.stable is not None else "Failed")
+
+
 def resolved_condition(status: ModelDeploymentStatus, generation: int, model: ServedModel) -> ModelDeploymentStatus:
     msg = f"model {model.version} ({model.digest}) at {model.uri}"
     conds = c.set_condition(status.conditions, c.MODEL_RESOLVED, ConditionStatus.TRUE, c.MODEL_FOUND, msg, generation)
@@ -84,6 +94,27 @@ def pods_blocked(status: ModelDeploymentStatus, generation: int, problem: str) -
 def _selector(namespace: str, name: str, track: str) -> str:
     owner, track_label = names.prometheus_label(names.MODEL_DEPLOYMENT_LABEL), names.prometheus_label(names.TRACK_LABEL)
     return f'namespace="{namespace}",{owner}="{name}",{track_label}="{track}"'
+
+
+def refused_queries(spec: ModelDeploymentSpec, allowed: bool) -> str | None:
+    """Why the spec's analysis cannot run here, or None: a `custom` metric runs any PromQL against
+    the shared Prometheus (and its value lands in status), so it needs the operator's opt-in."""
+    custom = sorted(
+        {
+            m.name
+            for step in spec.rollout.steps
+            if step.analysis
+            for m in step.analysis.metrics
+            if m.template == "custom"
+        }
+    )
+    if custom and not allowed:
+        return (
+            f"spec.rollout.steps[].analysis.metrics: custom metrics ({', '.join(custom)}) are turned off on this "
+            "operator (they could read any tenant's series); use the errorRate and latencyP99 templates, or ask the "
+            "operator's admin for settings.customAnalysisQueries"
+        )
+    return None
 
 
 def metric_query(metric: AnalysisMetric, namespace: str, name: str, track: str, interval: str) -> str:
