@@ -15,7 +15,7 @@ import pytest
 from tests.cluster.conftest import REPO, images
 
 sys.path.insert(0, str(REPO / "hack"))
-import images as builder  # noqa: E402  (hack/images.py)
+import images as builder
 
 
 def tags(repository: str) -> list[str] | None:
