@@ -18,10 +18,10 @@ user builds with `docker build`, with two build arguments:
   then need no HTTPS at all; the trainer's `apt-get install g++` uses Debian's plain-HTTP mirror.
 
 Layers are cached (`--layers`), so a rebuild with no source change takes seconds. Images are
-pushed uncompressed to the local registry (Debian's docker-registry on 127.0.0.1, started by
-hack/cluster.py) and referenced by digest; a failed build or push leaves the previous tag and
-digest as they were (the registry moves a tag only once its manifest is written, and the digest
-file is replaced only after the push succeeded).
+pushed (gzip layers; a layer the registry has is not sent again) to the local registry (Debian's
+docker-registry on 127.0.0.1, started by hack/cluster.py) and referenced by digest; a failed
+build or push leaves the previous tag and digest as they were (the registry moves a tag only once
+its manifest is written, and the digest file is replaced only after the push succeeded).
 
 Only the standard library is used.
 """
@@ -205,12 +205,11 @@ def pause_image() -> str:
 
 
 def push(local: str, remote: str) -> str:
-    """Push to the local registry (uncompressed: loopback, and containerd unpacks it faster);
-    return the reference by digest."""
+    """Push to the local registry; return the reference by digest."""
     with tempfile.TemporaryDirectory() as tmp:
         digestfile = Path(tmp) / "digest"
         run(
-            "buildah", "push", "--quiet", "--tls-verify=false", "--disable-compression",
+            "buildah", "push", "--quiet", "--tls-verify=false",
             "--digestfile", digestfile, local, f"docker://{remote}",
             what=f"pushing {local} to {remote}",
         )  # fmt: skip
