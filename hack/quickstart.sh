@@ -30,7 +30,7 @@ say "installing the operator with Helm (charts/modelops), in namespace modelops-
 image() { python3 hack/images.py refs | python3 -c "import json, sys; print(json.load(sys.stdin)['$1'])"; }
 operator_image=$(image operator) trainer_image=$(image trainer) server_image=$(image server)
 for ns in modelops-system default; do
-  kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  kubectl get namespace "$ns" >/dev/null 2>&1 || kubectl create namespace "$ns" >/dev/null
   kubectl label namespace "$ns" --overwrite pod-security.kubernetes.io/enforce=restricted >/dev/null
 done
 helm upgrade --install modelops charts/modelops --namespace modelops-system --wait --timeout 5m \
@@ -64,12 +64,13 @@ kubectl get trainingrun digits-resnet -o jsonpath='  registered model version {.
 say "waiting for the ModelDeployment to serve model version 1"
 kubectl wait --for=condition=Ready --timeout=300s modeldeployment/digits || { show_conditions modeldeployment/digits; exit 1; }
 classify() {
+  # Through the Service, as a client in the cluster would: kube-proxy sends it to a ready server
+  # (this machine reaches Service addresses; a pod being replaced no longer gets requests).
   local ip image
-  ip=$(kubectl get pods -l modelops.dev/modeldeployment=digits,modelops.dev/track=stable \
-    --field-selector=status.phase=Running -o jsonpath='{.items[0].status.podIP}')
+  ip=$(kubectl get service digits -o jsonpath='{.spec.clusterIP}')
   image=$(find "$repo/.cluster/volumes/default/modelops-artifacts/sources/digits/$1" -name '*.png' -print -quit)
-  echo "\$ curl -F file=@${image#"$repo"/} http://$ip:8080/v1/models/digits:classify"
-  curl -sS -F "file=@$image" "http://$ip:8080/v1/models/digits:classify"
+  echo "\$ curl -F file=@${image#"$repo"/} http://$ip/v1/models/digits:classify"
+  curl -sS -F "file=@$image" "http://$ip/v1/models/digits:classify"
   echo
 }
 classify 7
