@@ -1,7 +1,7 @@
 """Operator-kill benchmark: the full lifecycle undisturbed, then again with the operator SIGKILLed
 at 50 random moments (restarted at once each time), side by side.
 
-    .venv/bin/python bench/faults.py                  # 50 kills (the README's figures)
+    .venv/bin/python bench/faults.py                  # 50 kills (the figures in docs/benchmarks.md)
     .venv/bin/python bench/faults.py --kills 10 --seed 3
 
 The scenario is tests/cluster/lifecycle.py's, the one CI runs with a few kills: a Dataset, a

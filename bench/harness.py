@@ -4,6 +4,8 @@ production timers (resync 60 s, progress 3 s) and an admin kubeconfig."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -45,3 +47,30 @@ def start_operator(log_name: str, **env: str | None) -> OperatorProcess:
     operator.log = operator.log.with_name(log_name)
     operator.start()
     return operator
+
+
+def machine() -> dict[str, object]:
+    """What a result was measured on: CPU model, cores, kernel, Python, and the commit."""
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO, check=False).stdout.strip()
+
+    commit, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain")
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "kernel": os.uname().release,
+        "python": sys.version.split()[0],
+        "commit": commit + ("-dirty" if dirty else ""),
+    }
+
+
+def write_result(name: str, result: dict[str, object]) -> Path:
+    """bench/results/<name>.json: the figures the docs quote come from these files."""
+    path = REPO / "bench" / "results" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path.relative_to(REPO)}")
+    return path

@@ -1,6 +1,6 @@
 """Scale benchmark: N modelops objects on the local cluster's kwok nodes, measured.
 
-    .venv/bin/python bench/scale.py                 # N = 100 then 1000 (the README's figures)
+    .venv/bin/python bench/scale.py                 # N = 100 then 1000 (the figures in docs/benchmarks.md)
     .venv/bin/python bench/scale.py --sizes 300
 
 For each size: 20% Datasets, 30% TrainingRuns (each on its Dataset), 50% ModelDeployments (each a

@@ -1,7 +1,7 @@
 """Soak benchmark: the operator and real inference servers for 30 minutes under steady traffic and
 churn, sampled every 10 s; the curves must stay flat.
 
-    .venv/bin/python bench/soak.py                    # 30 min (the README's figures)
+    .venv/bin/python bench/soak.py                    # 30 min (the figures in docs/benchmarks.md)
     .venv/bin/python bench/soak.py --minutes 5 --rollout-every 60
 
 On the local cluster (started when it is not running), in namespace `soak`:

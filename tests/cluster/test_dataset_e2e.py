@@ -42,6 +42,7 @@ def seed_digits(namespace: str) -> None:
         f"write_digits(Path('{ARTIFACTS}/sources/digits'))",
         volumes=ARTIFACT_VOLUME,
         volumeMounts=ARTIFACT_MOUNT,
+        image="trainer",
     )
     apply(namespace, seed)
     assert wait_until("the seed Job", lambda: job_condition(namespace, "seed"), timeout=120) == "Complete"

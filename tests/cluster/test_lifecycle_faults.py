@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import kubernetes
 import pytest
 
+from tests.cluster.conftest import RESTRICTED
 from tests.cluster.lifecycle import run_lifecycle, spread
 
 pytestmark = [pytest.mark.localnode, pytest.mark.slow]
@@ -23,7 +24,7 @@ def two_namespaces(api) -> Iterator[tuple[str, str]]:
     core = kubernetes.client.CoreV1Api(api)
     names = (f"t-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}")
     for name in names:
-        core.create_namespace({"metadata": {"name": name, "labels": {"modelops.dev/test": "true"}}})
+        core.create_namespace({"metadata": {"name": name, "labels": {"modelops.dev/test": "true", **RESTRICTED}}})
     yield names
     for name in names:
         core.delete_namespace(name)

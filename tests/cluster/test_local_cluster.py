@@ -1,15 +1,29 @@
 """The local control plane behaves like a cluster: controllers, scheduling onto simulated CPU and
-GPU nodes, EndpointSlices, and PodSecurity admission."""
+GPU nodes, EndpointSlices, and PodSecurity admission. The test namespaces enforce the restricted
+profile, so every pod here has its fields (kwok's nodes only pretend to run them)."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from tests.cluster.conftest import kubectl, wait_until
 
+SECURE_POD = {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}}
+SECURE_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def container(image: str, **fields: Any) -> dict[str, Any]:
+    return {"name": "c", "image": image, "securityContext": SECURE_CONTAINER, **fields}
+
+
+def apply(namespace: str, obj: dict[str, Any]) -> None:
+    kubectl("-n", namespace, "apply", "-f", "-", stdin=json.dumps(obj))
+
 
 def test_pod_security_restricted_is_enforced(cluster, namespace):
-    kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    labels = json.loads(kubectl("get", "namespace", namespace, "-o", "json").stdout)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
     res = kubectl("-n", namespace, "run", "privileged", "--image=busybox", "--privileged", check=False)
     assert res.returncode != 0
     assert 'violates PodSecurity "restricted:latest"' in res.stderr
@@ -36,7 +50,19 @@ def test_pod_security_restricted_is_enforced(cluster, namespace):
 
 
 def test_a_deployment_gets_replicas_scheduled_and_endpoints(cluster, namespace):
-    kubectl("-n", namespace, "create", "deployment", "web", "--image=web", "--replicas=3", "--port=8080")
+    template = {
+        "metadata": {"labels": {"app": "web"}},
+        "spec": {"securityContext": SECURE_POD, "containers": [container("web", ports=[{"containerPort": 8080}])]},
+    }
+    apply(
+        namespace,
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web"},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}}, "template": template},
+        },
+    )
     kubectl("-n", namespace, "expose", "deployment", "web", "--port=80", "--target-port=8080")
     wait_until(
         "3 available replicas",
@@ -68,8 +94,9 @@ def test_gpu_pods_land_on_gpu_nodes(cluster, namespace):
         "kind": "Pod",
         "metadata": {"name": "trainer"},
         "spec": {
+            "securityContext": SECURE_POD,
             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-            "containers": [{"name": "c", "image": "trainer", "resources": {"limits": {"nvidia.com/gpu": "4"}}}],
+            "containers": [container("trainer", resources={"limits": {"nvidia.com/gpu": "4"}})],
         },
     }
     kubectl("-n", namespace, "apply", "-f", "-", stdin=json.dumps(pod))
@@ -82,7 +109,7 @@ def test_gpu_pods_land_on_gpu_nodes(cluster, namespace):
     too_big = {**pod, "metadata": {"name": "too-big"}}
     too_big["spec"] = {
         **pod["spec"],
-        "containers": [{"name": "c", "image": "trainer", "resources": {"limits": {"nvidia.com/gpu": "9"}}}],
+        "containers": [container("trainer", resources={"limits": {"nvidia.com/gpu": "9"}})],
     }
     kubectl("-n", namespace, "apply", "-f", "-", stdin=json.dumps(too_big))
     wait_until(
@@ -97,7 +124,23 @@ def test_gpu_pods_land_on_gpu_nodes(cluster, namespace):
 
 
 def test_a_job_completes(cluster, namespace):
-    kubectl("-n", namespace, "create", "job", "once", "--image=busybox")
+    apply(
+        namespace,
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "once"},
+            "spec": {
+                "template": {
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "securityContext": SECURE_POD,
+                        "containers": [container("busybox")],
+                    }
+                }
+            },
+        },
+    )
     wait_until(
         "Complete",
         lambda: kubectl("-n", namespace, "get", "job", "once", "-o", "jsonpath={.status.succeeded}").stdout == "1",

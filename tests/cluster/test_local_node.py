@@ -1,11 +1,15 @@
-"""The executing node (hack/nodeagent): pods really run as processes, with the Kubernetes semantics
-the product relies on — Jobs, restarts, probes, endpoints, Service names, volumes, logs — plus
-Prometheus scraping them and the Kubeflow training operator running a real PyTorchJob."""
+"""The real node (`local-0`: kubelet, containerd, runc, CNI bridge, kube-proxy, CoreDNS): the
+project's images run as containers under Pod Security's restricted profile, with the Kubernetes
+semantics the product relies on — Jobs, restarts, probes, endpoints, Service names, volumes,
+limits, logs — plus Prometheus scraping them and the Kubeflow training operator running a real
+two-pod PyTorchJob. The images come from the local registry by digest, which containerd's own view
+(`ctr`) confirms."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -15,7 +19,17 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import ON_LOCAL_NODE, PROMETHEUS, REPO, STATE, kubectl, wait_until
+from tests.cluster.conftest import (
+    CONTAINERD_SOCK,
+    ON_LOCAL_NODE,
+    PROMETHEUS,
+    REPO,
+    STATE,
+    VOLUMES,
+    images,
+    kubectl,
+    wait_until,
+)
 
 pytestmark = pytest.mark.localnode
 
@@ -35,14 +49,37 @@ def get(namespace: str, kind: str, name: str) -> dict[str, Any]:
     return json.loads(kubectl("-n", namespace, "get", kind, name, "-o", "json").stdout)
 
 
-def pod_template(name: str, command: list[str], restart: str = "Never", **container: Any) -> dict[str, Any]:
+#: Pod Security's restricted profile, field by field, as the test namespaces enforce it.
+RESTRICTED_POD = {
+    "runAsNonRoot": True,
+    "runAsUser": 65532,
+    "runAsGroup": 65532,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def pod_template(
+    name: str, command: list[str], restart: str = "Never", image: str = "server", **container: Any
+) -> dict[str, Any]:
+    """A restricted pod on the real node running one of the project's images (`server`: Python
+    with prometheus-client; `trainer`: PyTorch)."""
     return {
         "metadata": {"labels": {"app": name}},
         "spec": {
             **ON_LOCAL_NODE,
             "restartPolicy": restart,
             "terminationGracePeriodSeconds": 5,
-            "containers": [{"name": "main", "image": "busybox", "command": command, **container}],
+            "securityContext": RESTRICTED_POD,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": images()[image],
+                    "command": command,
+                    "securityContext": RESTRICTED_CONTAINER,
+                    **container,
+                }
+            ],
         },
     }
 
@@ -332,7 +369,7 @@ def test_a_persistent_volume_claim_outlives_its_pods(cluster, namespace):
         assert wait_until(name, lambda n=name: job_condition(namespace, n), timeout=90) == "Complete"
     pod = job_pods(namespace, "read")[0]
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"] == "kept"
-    path = STATE / "nodeagent" / "volumes" / namespace / "data"
+    path = VOLUMES / namespace / "data"
     assert (path / "x").read_text() == "kept"
     kubectl("-n", namespace, "delete", "job", "write", "read", "--wait=true")
     kubectl("-n", namespace, "delete", "pvc", "data", "--wait=true")
@@ -351,7 +388,7 @@ def test_a_two_worker_pytorchjob_trains_with_gloo(cluster, namespace):
     )
 
     def replica() -> dict[str, Any]:
-        template = pod_template("ddp", ["python", "-c", program], restart="OnFailure")
+        template = pod_template("ddp", ["python", "-c", program], restart="OnFailure", image="trainer")
         template["spec"]["containers"][0]["name"] = "pytorch"
         return {"replicas": 1, "restartPolicy": "OnFailure", "template": template}
 
@@ -384,7 +421,7 @@ def test_the_node_is_registered_with_a_lease(cluster):
     assert int(node["status"]["capacity"]["cpu"]) == os.cpu_count()
     lease = json.loads(kubectl("-n", "kube-node-lease", "get", "lease", "local-0", "-o", "json").stdout)
     first = lease["spec"]["renewTime"]
-    time.sleep(11)  # the agent renews every 10 s
+    time.sleep(11)  # the kubelet renews every 10 s (a quarter of the lease's 40 s)
     again = json.loads(kubectl("-n", "kube-node-lease", "get", "lease", "local-0", "-o", "json").stdout)
     assert again["spec"]["renewTime"] != first
 
@@ -397,21 +434,44 @@ def test_a_memory_limit_is_enforced(cluster, namespace):
     assert terminated["reason"] == "OOMKilled" and terminated["exitCode"] == 137
 
 
-def test_a_volume_over_an_ancestor_of_the_checkout_keeps_the_programs_reachable(cluster, namespace):
-    """An emptyDir at /tmp (the usual scratch space of read-only pods) must work even when this
-    checkout lives under /tmp: the node agent puts the checkout back inside the volume."""
-    ancestor = str(REPO.parent)
-    script = f"open('{ancestor}/scratch.txt', 'w').write('ok'); open('/dev/termination-log', 'w').write('ran')"
-    apply(
-        namespace,
-        job(
-            "ancestor",
-            script,
-            volumes=[{"name": "scratch", "emptyDir": {}}],
-            volumeMounts=[{"name": "scratch", "mountPath": ancestor}],
-        ),
+def containers() -> list[dict[str, Any]]:
+    """Every container containerd runs for the kubelet, as containerd itself describes it."""
+    ctr = ["ctr", f"--address={CONTAINERD_SOCK}", "--namespace=k8s.io", "containers"]
+    ids = subprocess.run([*ctr, "list", "--quiet"], capture_output=True, text=True, check=True).stdout.split()
+    found = []
+    for cid in ids:
+        info = subprocess.run([*ctr, "info", cid], capture_output=True, text=True, check=False)
+        if info.returncode == 0:  # a container may go between the two calls
+            found.append(json.loads(info.stdout))
+    return found
+
+
+def test_pods_run_the_registrys_images_by_digest_not_the_checkout(cluster, namespace):
+    """containerd's own view: the pod's container runs the local registry's image by digest, its
+    program comes from the image's virtualenv as the image's user, and no container on the node
+    mounts anything of this checkout but the cluster's own state (volumes, kubelet files)."""
+    script = (
+        "import json, modelops_server, os\n"
+        "ran = {'module': modelops_server.__file__, 'uid': os.getuid()}\n"
+        "open('/dev/termination-log', 'w').write(json.dumps(ran))\n"
     )
-    assert wait_until("the Job", lambda: job_condition(namespace, "ancestor"), timeout=90) == "Complete"
-    pod = job_pods(namespace, "ancestor")[0]
-    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"] == "ran"
-    assert not (REPO.parent / "scratch.txt").exists()  # it went into the volume, not the host
+    apply(namespace, job("where", script))
+    assert wait_until("the Job", lambda: job_condition(namespace, "where"), timeout=90) == "Complete"
+    status = job_pods(namespace, "where")[0]["status"]["containerStatuses"][0]
+    ran = json.loads(status["state"]["terminated"]["message"])
+    assert ran == {"module": "/opt/venv/lib/python3.11/site-packages/modelops_server/__init__.py", "uid": 65532}
+    repository, digest = images()["server"].split("@")
+    assert status["imageID"] == f"{repository}@{digest}"
+
+    cid = status["containerID"].removeprefix("containerd://")
+    everything = containers()
+    mine = [c for c in everything if c["ID"] == cid]
+    assert mine and mine[0]["Image"] == images()["server"], mine
+    registry = repository.split("/")[0]
+    assert everything and all(c["Image"].startswith(f"{registry}/modelops/") for c in everything), {
+        c["Image"] for c in everything
+    }
+    for c in everything:
+        sources = [m.get("source", "") for m in c["Spec"].get("mounts", [])]
+        from_checkout = [s for s in sources if s.startswith(f"{REPO}/") and not s.startswith(f"{STATE}/")]
+        assert from_checkout == [], (c["ID"], from_checkout)

@@ -17,7 +17,7 @@ import requests
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import GROUP, VERSION
-from tests.cluster.conftest import ARTIFACT_PVC, ARTIFACTS, ON_LOCAL_NODE, STATE, kubectl, wait_until
+from tests.cluster.conftest import ARTIFACT_PVC, ARTIFACTS, ON_LOCAL_NODE, VOLUMES, kubectl, wait_until
 from tests.cluster.test_dataset_e2e import artifact_pvc
 from tests.server.helpers import export_model, image_bytes, poison_model
 
@@ -42,9 +42,9 @@ def md_status(custom, namespace: str, name: str) -> dict[str, Any]:
 
 
 def artifacts_on_host(namespace: str) -> Path:
-    """The artifact PVC, and where the node agent keeps its files on this machine."""
+    """The artifact PVC, and where the local provisioner keeps its files on this machine."""
     artifact_pvc(namespace)
-    path = STATE / "nodeagent" / "volumes" / namespace / ARTIFACT_PVC
+    path = VOLUMES / namespace / ARTIFACT_PVC
     wait_until("the artifact volume", path.is_dir, timeout=60)
     return path
 

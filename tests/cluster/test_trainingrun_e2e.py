@@ -16,7 +16,7 @@ import pytest
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import GROUP, VERSION
-from tests.cluster.conftest import ARTIFACTS, ON_LOCAL_NODE, STATE, kubectl, wait_until
+from tests.cluster.conftest import ARTIFACTS, ON_LOCAL_NODE, RESTRICTED, VOLUMES, kubectl, wait_until
 from tests.cluster.test_dataset_e2e import local_dataset, seed_digits
 from tests.objects import search, training_run
 
@@ -49,7 +49,7 @@ def digits(api, custom, operator) -> Iterator[str]:
     for this module's tests, which name their TrainingRuns apart)."""
     name = f"t-{uuid.uuid4().hex[:8]}"
     core = kubernetes.client.CoreV1Api(api)
-    core.create_namespace({"metadata": {"name": name, "labels": {"modelops.dev/test": "true"}}})
+    core.create_namespace({"metadata": {"name": name, "labels": {"modelops.dev/test": "true", **RESTRICTED}}})
     ready_digits(custom, name)
     yield name
     core.delete_namespace(name)
@@ -68,9 +68,9 @@ def ready_digits(custom, namespace: str) -> None:
 
 
 def host_path(namespace: str, uri: str) -> Path:
-    """Where a file:// URI under the artifact PVC lives on this machine (the node agent's volume)."""
+    """Where a file:// URI under the artifact PVC lives on this machine (the provisioner's volume)."""
     assert uri.startswith(f"file://{ARTIFACTS}/"), uri
-    return STATE / "nodeagent" / "volumes" / namespace / "modelops-artifacts" / uri[len(f"file://{ARTIFACTS}/") :]
+    return VOLUMES / namespace / "modelops-artifacts" / uri[len(f"file://{ARTIFACTS}/") :]
 
 
 def small_run(name: str, **search_fields: Any) -> dict[str, Any]:
@@ -152,6 +152,36 @@ def test_a_two_trial_search_trains_registers_onnx_and_survives_an_operator_kill(
     ).stdout
     reasons = [e["reason"] for e in json.loads(events)["items"]]
     assert reasons.count("TrialStarted") >= 2 and "TrialSucceeded" in reasons and c.MODEL_REGISTERED in reasons
+
+
+@pytest.mark.slow
+def test_a_trial_of_a_master_and_a_worker_trains_across_two_pods_and_registers_a_model(operator, custom, digits):
+    """The operator's own PyTorchJob with one master and one worker: two pods on the real node that
+    train together over the pod network (gloo), under the restricted profile (the worker's
+    init container included), and register the model."""
+    namespace = digits
+    body = small_run("pair")
+    body["spec"]["workers"] = {"nodes": 2, "placement": ON_LOCAL_NODE}
+    body["spec"]["hyperparameters"]["epochs"] = 1
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", body)
+    assert wait_until("the run", lambda: settled(custom, namespace, "pair"), timeout=900, interval=2) == "Succeeded", (
+        run_status(custom, namespace, "pair")
+    )
+    st = run_status(custom, namespace, "pair")
+    assert st["model"]["version"] == 1 and st["model"]["trial"] == "pair-r1-t0"
+    onnx = host_path(namespace, st["model"]["uri"])
+    assert "sha256:" + hashlib.sha256(onnx.read_bytes()).hexdigest() == st["model"]["digest"]
+    out = kubectl("-n", namespace, "get", "pods", "-l", "training.kubeflow.org/job-name=pair-r1-t0", "-o", "json")
+    pods = json.loads(out.stdout)["items"]
+    roles = sorted(p["metadata"]["labels"]["training.kubeflow.org/replica-type"] for p in pods)
+    assert roles == ["master", "worker"], roles
+    assert {p["spec"]["nodeName"] for p in pods} == {"local-0"}
+    assert len({p["status"]["podIP"] for p in pods}) == 2  # two network namespaces, two addresses
+    for p in pods:
+        assert p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    worker = next(p for p in pods if p["metadata"]["labels"]["training.kubeflow.org/replica-type"] == "worker")
+    (init,) = worker["status"]["initContainerStatuses"]  # the training operator's init-pytorch, admitted
+    assert init["name"] == "init-pytorch" and init["state"]["terminated"]["exitCode"] == 0
 
 
 def test_a_crashing_trial_spends_the_failure_budget(operator, custom, digits):

@@ -234,10 +234,10 @@ def test_an_interrupted_run_resumes_from_its_finished_chunks(tmp_path, monkeypat
     real = images.process
     doomed = sorted(str(p) for p in src.rglob("*.png"))[400]  # in a later chunk
 
-    def crash(ref, label, cleaning, pre):
+    def crash(ref, label, cleaning, pre, *rest):
         if ref.endswith(doomed):
             raise RuntimeError("the pod was killed")
-        return real(ref, label, cleaning, pre)
+        return real(ref, label, cleaning, pre, *rest)
 
     monkeypatch.setattr(images, "process", crash)  # worker processes are forked: they see it too
     with pytest.raises(RuntimeError, match="killed"):

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import os
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 
@@ -80,7 +83,18 @@ def job_server(
 ) -> Iterator[ServerProcess]:
     server = ServerProcess(
         model=model_v1.path,
-        args=["--model-version", "v1", "--redis-url", redis_url, "--job-workers", "1", "--max-batch-size", "1"],
+        args=[
+            "--model-version",
+            "v1",
+            "--redis-url",
+            redis_url,
+            "--job-workers",
+            "1",
+            "--max-batch-size",
+            "1",
+            "--job-callback-hosts",
+            "127.0.0.1",
+        ],
     ).start(tmp_path_factory.mktemp("job-server"))
     yield server
     assert server.stop() == 0, server.logs()
@@ -182,9 +196,38 @@ def test_job_multipart_and_callback(job_server: ServerProcess):
         ({"json": {"images": ["%%"]}}, 400, "base64"),
         ({"json": {"pictures": []}}, 400, "images"),
         ({"json": {"images": ["aGk="], "callbackUrl": "file:///etc/passwd"}}, 400, "http(s)"),
+        ({"json": {"images": ["aGk="], "callbackUrl": 123}}, 400, "callbackUrl must be a string"),
+        (
+            {"json": {"images": ["aGk="], "callbackUrl": "http://169.254.169.254/latest/meta-data"}},
+            400,
+            "callbackUrl host '169.254.169.254' is not allowed (--job-callback-hosts: 127.0.0.1)",
+        ),
+        ({"json": {"images": ["aGk="], "topK": "three"}}, 400, "topK must be an integer"),
+        ({"json": ["aGk="]}, 400, "send {"),
+        ({"files": [("file", ("a.png", b"x", "image/png"))], "params": {"top_k": "x"}}, 400, "topK must be an integer"),
+        (
+            {
+                "data": b"--zz\r\nContent-Disposition: form-data; name=file\r\n\r\nabc",
+                "headers": {"Content-Type": "multipart/form-data; boundary=zz"},
+            },
+            400,
+            "malformed multipart body",
+        ),
         ({"data": b"x", "headers": {"Content-Type": "text/plain"}}, 415, "multipart"),
     ],
-    ids=["empty", "bad-base64", "no-images", "bad-callback", "content-type"],
+    ids=[
+        "empty",
+        "bad-base64",
+        "no-images",
+        "bad-callback",
+        "callback-not-a-string",
+        "callback-host-not-allowed",
+        "topk-not-an-integer",
+        "json-not-an-object",
+        "multipart-topk-not-an-integer",
+        "malformed-multipart",
+        "content-type",
+    ],
 )
 def test_job_rejects_bad_submissions(job_server: ServerProcess, kwargs: dict, status: int, fragment: str):
     r = requests.post(f"{job_server.url}/v1/jobs", timeout=30, **kwargs)
@@ -225,3 +268,58 @@ def test_job_results_survive_a_consumer_killed_mid_job(job_server: ServerProcess
     for result, data in zip(final["results"], images, strict=True):
         best, _ = expected_top(model_v1, data)
         assert result["predictions"][0]["index"] == best
+
+
+def test_a_callback_that_never_answers_holds_up_no_other_job_and_redirects_are_not_followed(
+    job_server: ServerProcess, redis_url: str
+):
+    import redis  # noqa: PLC0415
+
+    held: list[socket.socket] = []
+    black_hole = socket.create_server(("127.0.0.1", 0))
+
+    def hold_connections() -> None:
+        with contextlib.suppress(OSError):  # closed at the end of the test
+            while True:
+                held.append(black_hole.accept()[0])
+
+    threading.Thread(target=hold_connections, daemon=True).start()
+    redirected: list[str] = []
+
+    async def scenario() -> dict:
+        async def elsewhere(request: web.Request) -> web.Response:
+            redirected.append(request.path)
+            return web.Response(text="ok")
+
+        async def hook(request: web.Request) -> web.Response:
+            return web.Response(status=307, headers={"Location": f"{target}/stolen"})
+
+        app = web.Application()
+        app.router.add_post("/hook", hook)
+        app.router.add_post("/stolen", elsewhere)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        target = f"http://127.0.0.1:{port}"
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        body = {"images": [base64.b64encode(image_bytes(900)).decode()]}
+        slow = {**body, "callbackUrl": f"http://127.0.0.1:{black_hole.getsockname()[1]}/hook"}
+        bounced = {**body, "callbackUrl": f"{target}/hook"}
+        ids = []
+        for doc in (slow, bounced, body):
+            r = await asyncio.to_thread(requests.post, f"{job_server.url}/v1/jobs", json=doc, timeout=30)
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["id"])
+        last = await asyncio.to_thread(wait_job, job_server, ids[2])
+        await asyncio.sleep(1)  # the redirect, had it been followed, would have arrived by now
+        await runner.cleanup()
+        return last
+
+    last = asyncio.run(scenario())
+    # The job after the black-holed callback completed while that callback still waits for an answer.
+    assert last["status"] == "completed" and held and all(s.fileno() != -1 for s in held)
+    assert redirected == []
+    assert redis.Redis.from_url(redis_url).xlen("modelops:jobs") == 0  # finished entries leave the stream
+    for s in held:
+        s.close()
+    black_hole.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -28,10 +29,14 @@ from tests.server.helpers import (
     normalise,
     pixels_of,
     softmax,
+    write_card,
 )
 
 MODEL = "tiny-cnn"
 PNG = image_bytes(77)
+CONTROL_TOKEN = "t0ken-for-the-hot-swap-tests"
+CONTROL_ENV = {"MODELOPS_MODEL_CONTROL_TOKEN": CONTROL_TOKEN}
+CONTROL_HEADERS = {"Authorization": f"Bearer {CONTROL_TOKEN}"}
 
 
 def classify_url(server: ServerProcess) -> str:
@@ -76,7 +81,9 @@ def test_refuses_a_model_whose_digest_does_not_match(tmp_path: Path, model_v1: E
 
 def test_hot_swap_under_load_fails_no_request(tmp_path: Path, model_v1: ExportedModel, model_v2: ExportedModel):
     server = ServerProcess(
-        model=model_v1.path, args=["--model-version", "v1", "--enable-model-control", "--workers", "2"]
+        model=model_v1.path,
+        args=["--model-version", "v1", "--enable-model-control", "--workers", "2"],
+        env=CONTROL_ENV,
     ).start(tmp_path)
     expected = {
         "v1": softmax(model_v1.logits(normalise(pixels_of(PNG))[None]))[0],
@@ -103,7 +110,8 @@ def test_hot_swap_under_load_fails_no_request(tmp_path: Path, model_v1: Exported
             clients = [asyncio.create_task(client()) for _ in range(4)]
             await asyncio.sleep(0.3)
             body = {"parameters": {"uri": str(model_v2.path), "digest": model_v2.digest, "version": "v2"}}
-            async with session.post(f"{server.url}/v2/repository/models/{MODEL}/load", json=body) as r:
+            load_url = f"{server.url}/v2/repository/models/{MODEL}/load"
+            async with session.post(load_url, json=body, headers=CONTROL_HEADERS) as r:
                 load_status, load_doc = r.status, await r.json()
             swap_done = time.monotonic()
             swapped.set()
@@ -129,12 +137,14 @@ def test_hot_swap_under_load_fails_no_request(tmp_path: Path, model_v1: Exported
 def test_hot_swap_refuses_a_bad_digest_and_keeps_serving(
     tmp_path: Path, model_v1: ExportedModel, model_v2: ExportedModel
 ):
-    server = ServerProcess(model=model_v1.path, args=["--model-version", "v1", "--enable-model-control"]).start(
-        tmp_path
-    )
+    server = ServerProcess(
+        model=model_v1.path, args=["--model-version", "v1", "--enable-model-control"], env=CONTROL_ENV
+    ).start(tmp_path)
     try:
         body = {"parameters": {"uri": str(model_v2.path), "digest": model_v1.digest, "version": "v2"}}
-        r = requests.post(f"{server.url}/v2/repository/models/{MODEL}/load", json=body, timeout=60)
+        r = requests.post(
+            f"{server.url}/v2/repository/models/{MODEL}/load", json=body, headers=CONTROL_HEADERS, timeout=60
+        )
         assert r.status_code == 400 and "refusing to load" in r.json()["error"]
         doc = requests.post(classify_url(server), data=PNG, headers={"Content-Type": "image/png"}, timeout=30).json()
         assert doc["model_version"] == "v1"
@@ -144,9 +154,56 @@ def test_hot_swap_refuses_a_bad_digest_and_keeps_serving(
         assert server.stop() == 0
 
 
+def test_model_control_needs_a_token_to_start(tmp_path: Path, model_v1: ExportedModel):
+    proc = ServerProcess(model=model_v1.path, args=["--enable-model-control"]).start(tmp_path, wait_ready=False)
+    assert proc.proc is not None and proc.proc.wait(LIVENESS_S) == 2
+    assert "enable_model_control needs model_control_token (MODELOPS_MODEL_CONTROL_TOKEN)" in proc.logs()
+
+
+def test_a_hot_swap_needs_the_token_a_json_body_and_a_digest(
+    tmp_path: Path, model_v1: ExportedModel, model_v2: ExportedModel
+):
+    server = ServerProcess(
+        model=model_v1.path, args=["--model-version", "v1", "--enable-model-control"], env=CONTROL_ENV
+    ).start(tmp_path)
+    (tmp_path / "internal.onnx.card.json").write_text('{"secret": "internal-token-123"}')
+    url = f"{server.url}/v2/repository/models/{MODEL}/load"
+    good = {"parameters": {"uri": str(model_v2.path), "digest": model_v2.digest}}
+    form = f"parameters={json.dumps(good['parameters'])}"
+    cases = [
+        ({"json": good}, 403, "a hot swap needs the header Authorization: Bearer <model control token>"),
+        ({"json": good, "headers": {"Authorization": "Bearer wrong-token-wrong-token"}}, 403, "Authorization: Bearer"),
+        # What an HTML form on another site can send without a CORS preflight:
+        ({"data": form, "headers": {**CONTROL_HEADERS, "Content-Type": "text/plain"}}, 415, "send Content-Type"),
+        ({"data": form, "headers": {**CONTROL_HEADERS, "Content-Type": "application/x-www-form-urlencoded"}}, 415, ""),
+        (
+            {"json": {"parameters": {"uri": str(model_v2.path)}}, "headers": CONTROL_HEADERS},
+            400,
+            "uri and digest are required",
+        ),
+        (
+            {
+                "json": {"parameters": {"uri": str(tmp_path / "internal.onnx"), "digest": model_v2.digest}},
+                "headers": CONTROL_HEADERS,
+            },
+            400,
+            "invalid model card",
+        ),
+    ]
+    try:
+        for kwargs, status, words in cases:
+            r = requests.post(url, timeout=60, **kwargs)
+            assert r.status_code == status and words in r.json()["error"], (kwargs, r.text)
+            assert "internal-token-123" not in r.text
+        doc = requests.post(classify_url(server), data=PNG, headers={"Content-Type": "image/png"}, timeout=30).json()
+        assert doc["model_version"] == "v1"  # nothing was swapped
+    finally:
+        assert server.stop() == 0
+
+
 def test_model_control_is_off_by_default(server: ServerProcess, model_v2: ExportedModel):
-    body = {"parameters": {"uri": str(model_v2.path)}}
-    r = requests.post(f"{server.url}/v2/repository/models/{MODEL}/load", json=body, timeout=30)
+    body = {"parameters": {"uri": str(model_v2.path), "digest": model_v2.digest}}
+    r = requests.post(f"{server.url}/v2/repository/models/{MODEL}/load", json=body, headers=CONTROL_HEADERS, timeout=30)
     assert r.status_code == 403 and "--enable-model-control" in r.json()["error"]
 
 
@@ -240,3 +297,18 @@ def test_a_dead_worker_fails_its_requests_fast_and_is_replaced(tmp_path: Path, m
         assert metric_value(text, "modelops_errors_total", reason="worker_crashed") == 3
     finally:
         assert server.stop() == 0
+
+
+def test_the_page_escapes_the_model_name_and_carries_a_content_security_policy(tmp_path: Path, model_v1: ExportedModel):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(model_v1.path.read_bytes())
+    write_card(model, model_v1.digest, name='<img src=x onerror="alert(1)">')
+    server = ServerProcess(model=model).start(tmp_path)
+    try:
+        page = requests.get(f"{server.url}/", timeout=30)
+    finally:
+        assert server.stop() == 0
+    assert "<img src=x" not in page.text
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in page.text
+    policy = page.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "script-src 'sha256-" in policy and "frame-ancestors 'none'" in policy

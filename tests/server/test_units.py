@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -293,3 +294,24 @@ def test_cuda_runner_matches_cpu(model_v1: ExportedModel):
     cpu = ModelRunner(str(model_v1.path), card, RuntimeOptions(device="cpu"))
     assert gpu.providers[0] == "CUDAExecutionProvider"
     np.testing.assert_allclose(gpu.run(batch), cpu.run(batch), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("files", "quota_cores"),
+    [
+        ({"cpu.max": "200000 100000\n"}, 2),
+        ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs: rounded up
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_thread_pools_follow_the_containers_cpu_quota(tmp_path, files, quota_cores):
+    from modelops_server.runtime import cpu_count  # noqa: PLC0415 - imports onnxruntime
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    cores = len(os.sched_getaffinity(0))
+    assert cpu_count(tmp_path) == (min(cores, quota_cores) if quota_cores else cores)

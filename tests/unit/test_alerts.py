@@ -34,6 +34,7 @@ from modelops_operator.builders.alerts import (
     rule_groups,
 )
 from tests.objects import model_deployment
+from tests.tools import missing
 
 #: Where hack/build-binaries.sh puts the binaries (as tests/cluster/conftest.py's BIN).
 BIN = Path(os.environ.get("MODELOPS_CACHE", Path.home() / ".cache" / "modelops")) / "bin"
@@ -61,9 +62,7 @@ ALERTS_CASES = {
 @pytest.fixture(scope="module")
 def promtool() -> Path:
     if not os.access(PROMTOOL, os.X_OK):
-        pytest.skip(
-            f"promtool not found at {PROMTOOL}: build it with `hack/build-binaries.sh prometheus` (hack/setup.sh does)"
-        )
+        missing(f"promtool ({PROMTOOL})", "build it with `hack/build-binaries.sh prometheus` (hack/setup.sh does)")
     return PROMTOOL
 
 

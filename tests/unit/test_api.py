@@ -81,3 +81,32 @@ def test_uri_model_source_round_trips():
     spec.set("spec.model.digest", DIGEST)
     md = ModelDeploymentSpec.model_validate(spec.spec)
     assert md.model.digest == DIGEST and md.model.training_run_ref is None
+
+
+@pytest.mark.parametrize(
+    ("uri", "refused"),
+    [
+        ("file:///", True),
+        ("file:///etc", True),
+        ("file:///usr/lib/python3", True),
+        ("file:///tmp/x", True),
+        ("file:////opt/venv", True),
+        ("file:///mnt/checkpoints", False),
+        ("file:///data/etc", False),
+        ("file:///var/lib/modelops/artifacts", False),
+        ("file:///etcetera", False),
+    ],
+)
+def test_a_pvc_is_never_mounted_over_a_system_folder(uri, refused):
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from modelops_operator.api.dataset import DatasetOutput  # noqa: PLC0415
+    from modelops_operator.api.trainingrun import Checkpointing  # noqa: PLC0415
+
+    for model in (DatasetOutput, Checkpointing):
+        if refused:
+            with pytest.raises(ValidationError, match="a PVC is never mounted over / or a system folder"):
+                model.model_validate({"uri": uri, "pvc": "claim"})
+        else:
+            model.model_validate({"uri": uri, "pvc": "claim"})
+        model.model_validate({"uri": uri})  # without a PVC nothing is mounted there

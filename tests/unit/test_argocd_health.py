@@ -25,8 +25,9 @@ from modelops_operator.api.dataset import DatasetPhase, DatasetStatus, SplitCoun
 from modelops_operator.api.modeldeployment import ModelDeploymentPhase, ModelDeploymentStatus, ServedModel
 from modelops_operator.api.trainingrun import RegisteredModel, TrainingRunPhase, TrainingRunStatus, TrialStatus
 from tests.objects import DIGEST
+from tests.tools import import_or_missing
 
-lupa = pytest.importorskip("lupa.lua51", reason="lupa (requirements-dev.txt) runs the Lua health checks")
+lupa = import_or_missing("lupa.lua51", "lupa (requirements-dev.txt) runs the Lua health checks")
 
 ARGOCD = Path(__file__).resolve().parents[2] / "charts" / "argocd"
 KINDS = ("Dataset", "TrainingRun", "ModelDeployment")
@@ -628,9 +629,8 @@ def test_quickstart_applications_split_the_directory():
 
 def test_operator_values_fit_the_chart():
     schema_path = REPO / "charts" / "modelops" / "values.schema.json"
-    if not schema_path.exists():
-        pytest.skip("charts/modelops is not there yet")
-    jsonschema = pytest.importorskip("jsonschema")
+    assert schema_path.exists(), "charts/modelops/values.schema.json is gone"
+    jsonschema = import_or_missing("jsonschema", "jsonschema (requirements-dev.txt) checks the values")
     values = applications()["modelops-operator"]["spec"]["source"]["helm"]["valuesObject"]
     jsonschema.validate(values, yaml.safe_load(schema_path.read_text()))
     assert values["rbac"]["scope"] == "cluster" and values["watchNamespaces"] == []

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from modelops_operator.settings import ENV_PREFIX, OperatorSettings
+from tests.tools import missing
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "modelops"
@@ -35,7 +36,12 @@ RELEASE, NAMESPACE = "prod", "modelops-system"
 FULLNAME = "prod-modelops"
 LEADER_ELECTION_ENV = {"MODELOPS_LEADER_ELECTION_NAMESPACE", "MODELOPS_LEADER_ELECTION_ID"}
 
-pytestmark = pytest.mark.skipif(not HELM.exists(), reason=f"helm not built ({HELM}); run hack/build-binaries.sh")
+
+@pytest.fixture(autouse=True)
+def _helm() -> None:
+    if not HELM.exists():
+        missing(f"helm ({HELM})", "run hack/build-binaries.sh")
+
 
 VALUE_SETS: dict[str, tuple[str, ...]] = {
     "defaults": (),
@@ -407,7 +413,7 @@ def test_operator_prometheus_rule(tmp_path):
     assert "rate(modelops_watch_restarts_total{" in exprs["ModelopsWatchRestarts"]
     assert 'reason!="start"' in exprs["ModelopsWatchRestarts"]
     if not PROMTOOL.exists():
-        pytest.skip(f"promtool not built ({PROMTOOL})")
+        missing(f"promtool ({PROMTOOL})", "run hack/build-binaries.sh prometheus")
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump(rule["spec"]))
     result = subprocess.run([str(PROMTOOL), "check", "rules", str(path)], capture_output=True, text=True, check=False)
@@ -585,7 +591,7 @@ def test_operator_alerts_fire_on_series(tmp_path):
     """`promtool test rules`: each alert fires on the series that should raise it, and stays quiet
     on a healthy operator (a second operator's series in another job must not matter)."""
     if not PROMTOOL.exists():
-        pytest.skip(f"promtool not built ({PROMTOOL})")
+        missing(f"promtool ({PROMTOOL})", "run hack/build-binaries.sh prometheus")
     rule = one(render(*VALUE_SETS["monitoring"]), "PrometheusRule", FULLNAME)
     # The expressions are under test here; promtool would also compare the rendered annotations.
     groups = [
@@ -654,3 +660,20 @@ def test_operator_alerts_fire_on_series(tmp_path):
         [str(PROMTOOL), "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_secrets_are_readable_only_when_asked_for():
+    def secret_rules(*args: str) -> list[dict[str, Any]]:
+        roles = [d for d in render(*args) if d["kind"] in ("ClusterRole", "Role")]
+        return [r for role in roles for r in role.get("rules") or [] if "secrets" in r.get("resources", [])]
+
+    assert secret_rules() == []
+    assert secret_rules("--set", "rbac.readSecrets=true") == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}
+    ]
+
+
+def test_custom_analysis_queries_are_off_unless_the_chart_turns_them_on():
+    for args, expected in (((), False), (("--set", "settings.customAnalysisQueries=true"), True)):
+        env = {k: v for k, v in env_of(render(*args)).items() if isinstance(v, str)}
+        assert OperatorSettings.from_env(env).custom_analysis_queries is expected

@@ -248,3 +248,94 @@ def test_termination_message_takes_the_last_finished_pod():
     assert termination_message([]) is None
     assert termination_message([pod("2026-01-01T00:00:01Z", "old"), pod("2026-01-01T00:00:09Z", "new")]) == "new"
     assert termination_message([{"status": {}}, pod("t", None)]) == ""
+
+
+def prepare_container(body):
+    return job_for(body)["spec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize(
+    ("resources", "expected"),
+    [
+        ({}, {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "4", "memory": "4Gi"}}),
+        (
+            {"requests": {"memory": "16Gi"}},
+            {"requests": {"cpu": "1", "memory": "16Gi"}, "limits": {"cpu": "4", "memory": "16Gi"}},
+        ),
+        (
+            {"limits": {"memory": "512Mi", "cpu": "500m"}},
+            {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}},
+        ),
+        (
+            {"requests": {"cpu": "2"}, "limits": {"cpu": "8", "memory": "32Gi"}},
+            {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"cpu": "8", "memory": "32Gi"}},
+        ),
+    ],
+)
+def test_the_prepare_pod_always_has_limits_and_a_valid_pair(resources, expected):
+    body = obj(dataset().set("spec.resources", resources))
+    assert prepare_container(body)["resources"] == expected
+
+
+def test_the_scratch_volume_has_room_for_each_archive_at_its_limit_and_no_more():
+    archive = {"uri": "s3://b/pets.tar.gz", "format": "archive"}
+    body = obj(
+        dataset().set("spec.sources", [archive, {**archive, "uri": "s3://b/more.zip"}, {"uri": "s3://b/folder"}])
+    )
+    volumes = {v["name"]: v for v in job_for(body)["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["tmp"]["emptyDir"] == {"sizeLimit": str(2 * (10 << 30) + (1 << 30))}
+    smaller = obj(dataset().set("spec.sources", [archive]).set("spec.limits", {"archiveMaxBytes": 1 << 30}))
+    volumes = {v["name"]: v for v in job_for(smaller)["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["tmp"]["emptyDir"] == {"sizeLimit": str(2 << 30)}
+
+
+def test_limits_reach_the_program_and_only_a_set_limit_changes_the_hash():
+    base = obj()
+    config = json.loads(next(e["value"] for e in prepare_container(base)["env"] if e["name"] == CONFIG_ENV))
+    assert config["limits"] == {
+        "archiveMaxBytes": 10 << 30,
+        "archiveMaxMembers": 1_000_000,
+        "archiveMaxRatio": 100,
+        "manifestMaxBytes": 256 << 20,
+        "imageMaxBytes": 64 << 20,
+    }
+    explicit_default = obj(dataset().set("spec.limits", {"archiveMaxRatio": 100}))
+    raised = obj(dataset().set("spec.limits", {"archiveMaxRatio": 1000}))
+    assert data_hash(spec_of(base)) == data_hash(spec_of(explicit_default)) != data_hash(spec_of(raised))
+
+
+def test_a_version_whose_split_lacks_a_class_is_ready_but_degraded():
+    body = obj()
+    lacking = json.dumps({**json.loads(RESULT), "missing": {"test": ["a", "b"], "val": ["b"]}})
+    done = run(body, Observed(jobs=[job_for(body, "Complete")], result_message=lacking)).status
+    assert done.phase == "Ready"
+    degraded = c.get_condition(done.conditions, c.DEGRADED)
+    assert (degraded.status, degraded.reason) == ("True", c.SPLIT_MISSES_CLASS)
+    assert degraded.message.startswith("splits without an image of some classes (test: a, b; val: b)")
+    whole = run(
+        body,
+        Observed(jobs=[job_for(body, "Complete")], result_message=RESULT),
+        old=done.model_copy(update={"spec_hash": None}),
+    ).status
+    assert c.get_condition(whole.conditions, c.DEGRADED).status == "False"
+
+
+@pytest.mark.parametrize(
+    ("allowed", "phase", "reason"),
+    [
+        ([], "Failed", c.CREDENTIALS_NOT_ALLOWED),
+        (["team-b-bucket"], "Failed", c.CREDENTIALS_NOT_ALLOWED),
+        (["s3-creds"], "Pending", c.JOB_CREATED),
+    ],
+)
+def test_a_credentials_secret_must_be_one_the_admin_listed(allowed, phase, reason):
+    body = obj(dataset().set("spec.sources.0.credentialsSecret", "s3-creds"))
+    settings = SETTINGS.model_copy(update={"dataset_credentials_secrets": allowed})
+    out = reconcile_dataset(body, spec_of(body), DatasetStatus(), Observed(jobs=[]), settings)
+    assert (out.status.phase, ready(out.status).reason) == (phase, reason)
+    assert bool(out.actions) is (phase == "Pending")  # no Job for a refused Secret
+    if phase == "Failed":
+        assert ready(out.status).message.startswith(
+            "spec.sources[].credentialsSecret: s3-creds may not be used by Datasets"
+        )
+        assert out.status.spec_hash is None  # checked again at the next resync, once the admin lists it

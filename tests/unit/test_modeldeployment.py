@@ -15,14 +15,13 @@ from modelops_operator.api.modeldeployment import (
     ModelDeploymentStatus,
     ServedModel,
 )
-from modelops_operator.builders.common import restricted_container_security, restricted_pod_security
+from modelops_operator.api.names import GPU, TRACK_LABEL, child_name
+from modelops_operator.api.names import MODEL_DEPLOYMENT_LABEL as OWNER_LABEL
+from modelops_operator.api.names import MODEL_DIGEST_ANNOTATION as DIGEST_ANNOTATION
+from modelops_operator.builders.alerts import NO_READY_REPLICAS, rule_groups
 from modelops_operator.builders.modeldeployment import (
     DEFAULT_REQUESTS,
-    DIGEST_ANNOTATION,
     DRAIN_SECONDS,
-    GPU,
-    OWNER_LABEL,
-    TRACK_LABEL,
     build_deployment,
     build_hpa,
     build_pdb,
@@ -37,6 +36,7 @@ from modelops_operator.builders.modeldeployment import (
 from modelops_operator.reconcile.modeldeployment import (
     Waiting,
     metric_query,
+    pods_blocked,
     resolve_model,
     resolved_condition,
     waiting_status,
@@ -106,6 +106,43 @@ def test_a_deployment_per_track(track):
     assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
 
 
+LONG_NAMES = [
+    "a" * 55 + "-" + "b" * 7,  # cut for `-<track>` right after a dash: the alert used to select `a…a--stable`
+    "a" * 54 + "--" + "b" * 7,  # two dashes at the cut
+    "m" * 63,
+    "d" * 30 + "-" * 33,
+]
+
+
+@pytest.mark.parametrize("name", ["digits", *LONG_NAMES])
+def test_every_reference_to_a_track_names_the_deployment_the_builder_names(name):
+    """The Deployment's name, the Services', the autoscaler's target, the HTTPRoute's backends and
+    the NoReadyReplicas alert's selector come from one naming rule, for long names too."""
+    body = md_obj(
+        {"rollout": {"trafficRouting": {"httpRoute": "r"}}, "autoscaling": {"minReplicas": 1, "maxReplicas": 3}},
+        name=name,
+    )
+    spec = spec_of(body)
+    built = {t: build_deployment(body, spec, MODEL, t, SETTINGS, 1)["metadata"]["name"] for t in ("stable", "canary")}
+    for track, dep_name in built.items():
+        assert dep_name == deployment_name(name, track) == child_name(name, track)
+        assert len(dep_name) <= 63 and not dep_name.removesuffix(f"-{track}").endswith("-")
+    services = {s["metadata"]["name"] for s in build_services(body)}
+    assert set(built.values()) <= services
+    assert build_hpa(body, spec)["spec"]["scaleTargetRef"]["name"] == built["stable"]
+    backends = http_route_patch(spec, name, 10)["spec"]["rules"][-1]["backendRefs"]
+    assert [b["name"] for b in backends] == [built["stable"], built["canary"]]
+    (group,) = rule_groups("ns", name, spec.alerts)
+    (alert,) = [r for r in group["rules"] if r["alert"] == NO_READY_REPLICAS]
+    assert f'deployment="{built["stable"]}"' in alert["expr"]
+
+
+def test_child_names_fit_and_do_not_end_the_owner_part_with_a_dash():
+    assert child_name("a" * 55 + "-" + "b" * 7, "stable") == "a" * 55 + "-stable"
+    assert child_name("digits", "prepare", "0123abcd") == "digits-prepare-0123abcd"
+    assert len(child_name("x" * 300, "alerts")) == 63
+
+
 def test_tracks_differ_only_in_names_and_labels():
     stable, canary = deploy(track="stable"), deploy(track="canary")
     assert container(stable) == container(canary)
@@ -172,11 +209,28 @@ def test_pod_annotations_carry_the_digest_and_prometheus_scraping():
     }
 
 
+#: The `restricted` Pod Security Standard, written out (not taken from the builder's own helpers,
+#: so a change there that weakens it fails here).
+RESTRICTED_POD = {
+    "runAsNonRoot": True,
+    "runAsUser": 65532,
+    "runAsGroup": 65532,
+    "fsGroup": 65532,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
 def test_restricted_security():
     dep = deploy()
-    assert pod(dep)["securityContext"] == restricted_pod_security()
-    assert container(dep)["securityContext"] == restricted_container_security()
-    assert container(dep)["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod(dep)["securityContext"] == RESTRICTED_POD
+    assert container(dep)["securityContext"] == RESTRICTED_CONTAINER
     assert pod(dep)["automountServiceAccountToken"] is False
     # A read-only root needs a writable /tmp (the model cache).
     assert {"name": "tmp", "mountPath": "/tmp"} in container(dep)["volumeMounts"]
@@ -640,3 +694,67 @@ def test_custom_query_placeholders(track, expected):
     q = query({"query": text}, track=track, interval="45s")
     assert q == expected
     assert "{{" not in q
+
+
+PULL_FAILED = 'pod digits-stable-7c9f-x: ImagePullBackOff: Back-off pulling image "r/modelops/server:nope"'
+
+
+@pytest.mark.parametrize(
+    ("ready", "expected_ready", "expected_reason"),
+    [
+        (None, ConditionStatus.FALSE, c.POD_PENDING),  # nothing serves yet: Ready says why
+        (ConditionStatus.FALSE, ConditionStatus.FALSE, c.POD_PENDING),
+        (ConditionStatus.TRUE, ConditionStatus.TRUE, "Serving"),  # the stable track serves; a canary is blocked
+    ],
+)
+def test_server_pods_that_cannot_start_are_reported_in_kubernetes_words(ready, expected_ready, expected_reason):
+    conditions = [] if ready is None else c.set_condition([], c.READY, ready, "Serving", "serving v1", 1)
+    status = ModelDeploymentStatus(conditions=conditions, message="step 0: waiting for 1 canary pod(s)")
+    out = pods_blocked(status, 2, PULL_FAILED)
+    assert out.message == PULL_FAILED
+    cond = c.get_condition(out.conditions, c.READY)
+    assert cond is not None and (cond.status, cond.reason) == (expected_ready, expected_reason)
+    if expected_reason == c.POD_PENDING:
+        assert cond.message == PULL_FAILED and cond.observed_generation == 2
+
+
+def custom_step(name: str = "queueDepth") -> dict[str, Any]:
+    metric = {"name": name, "template": "custom", "query": "sum(up)", "max": 1}
+    return {"analysis": {"metrics": [metric]}}
+
+
+@pytest.mark.parametrize(
+    ("steps", "allowed", "refused"),
+    [
+        (
+            [{"setWeight": 10}, custom_step(), custom_step("other")],
+            False,
+            "custom metrics (other, queueDepth) are turned off",
+        ),
+        ([{"setWeight": 10}, custom_step()], True, None),
+        ([{"setWeight": 10}, {"analysis": {}}], False, None),  # the built-in templates read only this object
+    ],
+)
+def test_custom_queries_need_the_operators_opt_in(steps, allowed, refused):
+    from modelops_operator.reconcile.modeldeployment import refused_queries  # noqa: PLC0415
+
+    spec = ModelDeploymentSpec.model_validate(md_obj({"rollout": {"steps": steps}})["spec"])
+    why = refused_queries(spec, allowed)
+    assert (why is None) if refused is None else (refused in why and "settings.customAnalysisQueries" in why)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://runbooks.example/{{ $labels.x }}",
+        'https://r.example/{{ printf "%s" }}',
+        "https://r.example/$x",
+        "https://r.example/a b",
+    ],
+)
+def test_a_runbook_url_cannot_carry_a_prometheus_template(url):
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    with pytest.raises(ValidationError, match="runbookUrl"):
+        ModelDeploymentSpec.model_validate(md_obj({"alerts": {"runbookUrl": url}})["spec"])
+    ModelDeploymentSpec.model_validate(md_obj({"alerts": {"runbookUrl": "https://runbooks.example/models"}})["spec"])

@@ -57,6 +57,40 @@ def test_set_condition_keeps_other_conditions_and_order():
     assert [x.type for x in conds] == [c.READY, c.PROGRESSING]
 
 
+Y, N = ConditionStatus.TRUE, ConditionStatus.FALSE
+
+
+@pytest.mark.parametrize(
+    ("transition", "expected"),
+    [
+        (lambda cs: c.waiting(cs, "R", "m", 3, at=T1), {c.READY: N, c.PROGRESSING: N}),
+        (lambda cs: c.waiting(cs, "R", "m", 3, degraded=False, at=T1), {c.READY: N, c.PROGRESSING: N, c.DEGRADED: N}),
+        (lambda cs: c.running(cs, "R", "m", 3, at=T1), {c.READY: N, c.PROGRESSING: Y}),
+        (lambda cs: c.finished(cs, True, "R", "m", 3, at=T1), {c.READY: Y, c.PROGRESSING: N}),
+        (
+            lambda cs: c.finished(cs, False, "R", "m", 3, degraded=True, at=T1),
+            {c.READY: N, c.PROGRESSING: N, c.DEGRADED: Y},
+        ),
+    ],
+    ids=["waiting", "suspended", "running", "succeeded", "failed"],
+)
+def test_transitions_set_ready_progressing_and_degraded_for_one_reason(transition, expected):
+    before = c.set_condition([], c.AVAILABLE, Y, "Other", "kept", 1, at=T0)
+    after = transition(before)
+    assert [x.type for x in after] == [c.AVAILABLE, *expected]  # Ready, Progressing, Degraded, in order
+    assert after[0] == before[0]
+    for x in after[1:]:
+        assert (x.status, x.reason, x.message, x.observed_generation) == (expected[x.type], "R", "m", 3)
+
+
+def test_one_message_length_rule_keeps_start_and_end():
+    long = "start " + "x" * 10_000 + " the last line says why"
+    cond_ = c.running([], "R", long, 1)[0]
+    assert len(cond_.message) == c.MAX_MESSAGE
+    assert cond_.message.startswith("start ") and cond_.message.endswith(" the last line says why")
+    assert c.shorten("short") == "short" and len(c.shorten("y" * 101, 100)) == 100
+
+
 # --- per kind ---------------------------------------------------------------------------------
 
 

@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
+from modelops_operator import handlers
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import ConditionStatus
+from modelops_operator.api.kinds import DATASET, MODEL_DEPLOYMENT
 from modelops_operator.api.modeldeployment import (
     AnalysisMetric,
     AnalysisResult,
@@ -35,6 +37,7 @@ from modelops_operator.reconcile.rollout import (
     due_analysis,
     judge,
     plan,
+    requested_command,
     seconds,
     stamp,
 )
@@ -812,3 +815,30 @@ def test_measurements_count_only_for_the_step_they_were_taken_for():
     assert out.status.current_step == 2  # through the analysis and the satisfied setWeight
     assert [r.step for r in out.status.analysis] == [0]
     assert "analysis 0/1" in (out.status.message or "")
+
+
+# --- manual commands: one definition for the event filter and the reconcile ---------------------
+
+
+@pytest.mark.parametrize(
+    ("annotations", "command"),
+    [
+        ({}, None),
+        ({"modelops.dev/promote": "true"}, "promote"),
+        ({"modelops.dev/promote": "yes"}, "promote"),
+        ({"modelops.dev/promote": "1"}, "promote"),
+        ({"modelops.dev/promote": "True "}, "promote"),
+        ({"modelops.dev/abort": "true"}, "abort"),
+        ({"modelops.dev/retry": "true"}, "retry"),
+        ({"modelops.dev/promote": "false"}, None),  # asks for nothing: no wake-up, nothing to remove
+        ({"modelops.dev/promote": ""}, None),
+        ({"modelops.dev/abort": "no"}, None),
+        ({"modelops.dev/promote": "false", "modelops.dev/abort": "true"}, "abort"),
+        ({"modelops.dev/promote": "true", "modelops.dev/abort": "true"}, "promote"),
+        ({"example.com/promote": "true", "modelops.dev/dependency-changed": "Dataset/d@1"}, None),
+    ],
+)
+def test_a_command_is_an_annotation_set_to_true_and_the_event_filter_agrees(annotations, command):
+    assert requested_command(annotations) == command
+    assert handlers._commanded(MODEL_DEPLOYMENT, annotations) is (command is not None)
+    assert handlers._commanded(DATASET, annotations) is False

@@ -17,14 +17,11 @@ import pytest
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import ConditionStatus
+from modelops_operator.api.names import GPU, PARAMETERS_ANNOTATION, ROUND_LABEL, TRIAL_LABEL
 from modelops_operator.api.trainingrun import TrainingRunSpec, TrainingRunStatus, TrialStatus
 from modelops_operator.builders.trainingrun import (
     CONFIG_ENV,
-    GPU,
     MAX_JOB_NAME,
-    PARAMETERS_ANNOTATION,
-    ROUND_LABEL,
-    TRIAL_LABEL,
     build_pytorchjob,
     model_hash,
     trial_name,
@@ -690,6 +687,14 @@ def test_a_pod_that_cannot_start_is_reported_on_its_trial():
     sim.step()
     assert sim.trial("digits-r1-t0").message == "pod digits-r1-t0-master-0: Unschedulable: 0/3 nodes"
     assert sim.status.phase == "Running"
+    ready = c.get_condition(sim.status.conditions, c.READY)
+    assert ready is not None and (ready.status, ready.reason) == ("False", c.POD_PENDING)
+    assert ready.message.endswith("; trial digits-r1-t0: pod digits-r1-t0-master-0: Unschedulable: 0/3 nodes")
+    sim.seen["digits-r1-t0"] = TrialObservation()  # it started
+    sim.set("digits-r1-t0", "Running")
+    sim.step()
+    ready = c.get_condition(sim.status.conditions, c.READY)
+    assert ready is not None and ready.reason == c.TRIALS_RUNNING
 
 
 def test_a_successful_trial_registers_model_version_1():

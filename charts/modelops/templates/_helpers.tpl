@@ -54,7 +54,11 @@ app.kubernetes.io/component: operator
 {{- end }}
 
 {{- define "modelops.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -130,7 +134,8 @@ pod creation). Rendered into the ClusterRole (cluster mode) or each namespace's 
 - apiGroups: ["kubeflow.org"]
   resources: ["pytorchjobs"]
   verbs: ["get", "list", "watch", "create", "delete", "patch"]
-# A ModelDeployment's children, applied server-side (an apply is a patch).
+# A ModelDeployment's children: read first (one it did not create is left alone), created,
+# then applied server-side (an apply is a patch).
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch"]
@@ -146,8 +151,14 @@ pod creation). Rendered into the ClusterRole (cluster mode) or each namespace's 
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors", "prometheusrules"]
   verbs: ["get", "list", "watch", "create", "patch"]
-# Canary weights on an HTTPRoute the user owns.
+# Canary weights on an HTTPRoute the user owns and hands over (annotation modelops.dev/modeldeployment).
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
   verbs: ["get", "patch"]
+{{- if .Values.rbac.readSecrets }}
+# MLflow credentials a TrainingRun names (sent only where the Secret's annotation says).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+{{- end }}
 {{- end }}

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from modelops_operator import kube, mlflow, prometheus
 from modelops_operator.api import conditions as c
+from modelops_operator.api import names
 from modelops_operator.api.common import GROUP, VERSION, ConditionStatus, StatusBase
 from modelops_operator.api.kinds import DATASET, KINDS, MODEL_DEPLOYMENT, TRAINING_RUN, Kind
 from modelops_operator.api.trainingrun import TrainingRunSpec, TrainingRunStatus
@@ -31,15 +32,20 @@ from modelops_operator.builders import modeldeployment as bm
 from modelops_operator.reconcile import dataset as rd
 from modelops_operator.reconcile import dependencies as dep
 from modelops_operator.reconcile import modeldeployment as rm
-from modelops_operator.reconcile import rollout
+from modelops_operator.reconcile import ownership, rollout
 from modelops_operator.reconcile import trainingrun as rt
-from modelops_operator.reconcile.status import describe_error, invalid_spec, merge_patch, parse_status, ready_events
+from modelops_operator.reconcile.status import (
+    describe_error,
+    invalid_spec,
+    merge_patch,
+    parse_status,
+    ready_events,
+    refused,
+)
 from modelops_operator.settings import OperatorSettings
 
 SETTINGS = OperatorSettings.from_env()
 T = TypeVar("T")
-#: Prefix of the annotations kopf keeps its bookkeeping in (status stays ours alone).
-ANNOTATION_PREFIX = GROUP
 
 
 WATCH_STARTS = prometheus_client.Counter(
@@ -98,11 +104,11 @@ logging.getLogger("kopf.objects").addFilter(_DropRoutineSuccess())
 @kopf.on.startup()
 def configure(*, settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
     """Apply OperatorSettings to kopf and log in the API client."""
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
-    )
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    # kopf keeps its bookkeeping in `modelops.dev/*` annotations (status stays ours alone).
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    prefix, key = names.LAST_HANDLED_ANNOTATION.split("/", 1)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=prefix, key=key)
+    settings.persistence.finalizer = names.FINALIZER
     # Our own Events announce state changes; kopf's per-handler chatter stays in the logs.
     settings.posting.level = logging.WARNING
     # The operator watches its own three kinds, known in advance: no need to scan CRDs and
@@ -130,9 +136,15 @@ def _dependency(kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
     return _kube(kube.get_object, kind, namespace, name)
 
 
+def _owned(body: kopf.Body, children: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The children `body` controls: a Job that merely carries our labels (anyone who may create
+    Jobs can) is not read, so it can neither feed a result nor be deleted."""
+    return [child for child in children if ownership.controller_uid(child) == body.metadata.uid]
+
+
 def _dataset(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBase:
     ns, name = body.metadata.namespace or "", body.metadata.name or ""
-    jobs = _kube(kube.list_jobs, ns, f"modelops.dev/dataset={name}")
+    jobs = _owned(body, _kube(kube.list_jobs, ns, f"{names.DATASET_LABEL}={name}"))
     observed = rd.Observed(jobs=jobs)
     current = next((j for j in jobs if j["metadata"]["name"] == old.job_name), None)
     if current is not None:
@@ -142,6 +154,9 @@ def _dataset(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBas
         else:
             observed.result_message = rd.termination_message(pods)
     outcome = rd.reconcile_dataset(dict(body), spec, old, observed, SETTINGS)
+    if taken := _names_taken(outcome.actions):
+        blocked: StatusBase = refused(old, generation, c.NAME_CONFLICT, taken, old.phase if old.version else "Failed")
+        return blocked
     for action in outcome.actions:
         if action.verb == "create" and action.body is not None:
             _kube(kube.create_job, action.body)
@@ -150,24 +165,30 @@ def _dataset(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBas
     return outcome.status
 
 
-#: Labels the Kubeflow training operator puts on a PyTorchJob's pods.
-JOB_NAME_LABEL, REPLICA_TYPE_LABEL = "training.kubeflow.org/job-name", "training.kubeflow.org/replica-type"
+def _names_taken(actions: list[Any]) -> list[str]:
+    """Why a Job or PyTorchJob about to be created cannot be: its name is held by an object this
+    owner does not control (created by someone else; the listing by label did not show it)."""
+    creates = [a.body for a in actions if a.verb == "create" and a.body is not None]
+    return ownership.conflicts([ownership.claim(body, _kube(kube.get_like, body)) for body in creates])
 
 
 def _training_run(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBase:
     ns, name = body.metadata.namespace or "", body.metadata.name or ""
     dataset = _dependency(DATASET, ns, spec.dataset_ref.name)
-    jobs = _kube(kube.list_pytorchjobs, ns, f"modelops.dev/trainingrun={name}")
+    jobs = _owned(body, _kube(kube.list_pytorchjobs, ns, f"{names.TRAINING_RUN_LABEL}={name}"))
     observed = rt.Observed(dataset=dataset, jobs=jobs)
     by_name = {j["metadata"]["name"]: j for j in jobs}
     for job_name in rt.inspected(old, jobs):
-        pods = _kube(kube.list_pods, ns, f"{JOB_NAME_LABEL}={job_name},{REPLICA_TYPE_LABEL}=master")
+        pods = _kube(kube.list_pods, ns, f"{names.JOB_NAME_LABEL}={job_name},{names.REPLICA_TYPE_LABEL}=master")
         seen = rt.TrialObservation(result_message=rt.master_result(pods), pod_problem=rd.pod_problem(pods))
         running = [p for p in pods if (p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")]
         if running and rt.job_state(by_name[job_name])[0] == "Running":
             seen.log = _kube(kube.pod_log, ns, running[0]["metadata"]["name"], "pytorch")
         observed.trials[job_name] = seen
     outcome = rt.reconcile_training_run(dict(body), spec, old, observed, SETTINGS)
+    if taken := _names_taken(outcome.actions):
+        blocked: StatusBase = refused(old, generation, c.NAME_CONFLICT, taken, old.phase)
+        return blocked
     for action in outcome.actions:
         if action.verb == "create" and action.body is not None:
             _kube(kube.create_pytorchjob, action.body)
@@ -188,10 +209,10 @@ def _register_in_mlflow(spec: TrainingRunSpec, status: TrainingRunStatus, body: 
         return status
     name = reg.model_name or (body.metadata.name or "")
     tags = {
-        "modelops.dev/trainingrun": f"{body.metadata.namespace}/{body.metadata.name}",
-        "modelops.dev/version": str(model.version),
-        "modelops.dev/dataset": f"{model.dataset}@{model.dataset_version}",
-        "modelops.dev/trial": model.trial or "",
+        names.MLFLOW_TRAINING_RUN_TAG: f"{body.metadata.namespace}/{body.metadata.name}",
+        names.MLFLOW_VERSION_TAG: str(model.version),
+        names.MLFLOW_DATASET_TAG: f"{model.dataset}@{model.dataset_version}",
+        names.MLFLOW_TRIAL_TAG: model.trial or "",
     }
     generation = status.observed_generation
     try:
@@ -202,6 +223,7 @@ def _register_in_mlflow(spec: TrainingRunSpec, status: TrainingRunStatus, body: 
             digest=model.digest,
             description=f"modelops TrainingRun {body.metadata.namespace}/{body.metadata.name} v{model.version}",
             tags=tags,
+            authorization=_mlflow_authorization(body.metadata.namespace or "", reg),
         )
     except mlflow.RegistryError as e:
         conds = c.set_condition(
@@ -223,8 +245,27 @@ def _register_in_mlflow(spec: TrainingRunSpec, status: TrainingRunStatus, body: 
     return status.model_copy(update={"model": model, "models": models, "conditions": conds})
 
 
-#: Annotations that steer a rollout by hand, e.g. `kubectl annotate mdep NAME modelops.dev/promote=true`.
-COMMANDS: tuple[rollout.Command, ...] = ("promote", "abort", "retry")
+def _mlflow_authorization(namespace: str, reg: Any) -> str | None:
+    """The Authorization header from `spec.registry.credentialsSecret`, if set; RegistryError
+    when the Secret is missing, not for this server, or not readable by the operator."""
+    if not reg.credentials_secret:
+        return None
+    try:
+        secret = kube.get_secret(namespace, reg.credentials_secret)
+    except kube.Forbidden as e:
+        raise mlflow.RegistryError(
+            f"the operator may not read Secret {namespace}/{reg.credentials_secret}: install the chart with "
+            "rbac.readSecrets=true to use spec.registry.credentialsSecret"
+        ) from e
+    except kube.Unavailable as e:
+        raise kopf.TemporaryError(str(e), delay=10) from e
+    if secret is None:
+        raise mlflow.RegistryError(
+            f"Secret {namespace}/{reg.credentials_secret} (spec.registry.credentialsSecret) does not exist"
+        )
+    return mlflow.credentials_from_secret(secret, reg.mlflow_tracking_uri)
+
+
 ROLLOUT_ABORTED = prometheus_client.Gauge(
     "modelops_rollout_aborted",
     "1 while the canary of a ModelDeployment is rolled back (analysis failed or aborted), else 0.",
@@ -243,7 +284,7 @@ def _track(deployment: dict[str, Any] | None) -> rollout.Track | None:
         updated=int(st.get("updatedReplicas") or 0),
         available=int(st.get("availableReplicas") or 0),
         total=int(st.get("replicas") or 0),
-        digest=annotations.get(bm.DIGEST_ANNOTATION),
+        digest=annotations.get(names.MODEL_DIGEST_ANNOTATION),
         settled=int(st.get("observedGeneration") or 0) >= int(deployment["metadata"].get("generation") or 0),
     )
 
@@ -268,6 +309,9 @@ def _measure(spec: Any, analysis: Any, ns: str, name: str) -> list[rollout.Measu
 
 def _model_deployment(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBase:
     ns, name = body.metadata.namespace or "", body.metadata.name or ""
+    if why_not := rm.refused_queries(spec, SETTINGS.custom_analysis_queries):
+        status: StatusBase = invalid_spec(old, generation, why_not)
+        return status
     ref = spec.model.training_run_ref
     run = _dependency(TRAINING_RUN, ns, ref.name) if ref else None
     target = rm.resolve_model(spec, run)
@@ -276,8 +320,7 @@ def _model_deployment(spec: Any, generation: int, old: Any, body: kopf.Body) -> 
     md = dict(body)
     stable = _track(_kube(kube.get_deployment, ns, bm.deployment_name(name, "stable")))
     canary = _track(_kube(kube.get_deployment, ns, bm.deployment_name(name, "canary")))
-    annotations = body.metadata.annotations or {}
-    command = next((cmd for cmd in COMMANDS if annotations.get(f"{GROUP}/{cmd}") in ("true", "yes", "1")), None)
+    command = rollout.requested_command(body.metadata.annotations or {})
     now = datetime.now(UTC)
     analysis = rollout.due_analysis(spec, old, now)
     measurements = _measure(spec, analysis, ns, name) if analysis is not None else None
@@ -292,22 +335,31 @@ def _model_deployment(spec: Any, generation: int, old: Any, body: kopf.Body) -> 
         bm.build_pdb(md),
         bm.build_hpa(md, spec),
     ]
-    if _kube(kube.crd_exists, "servicemonitors.monitoring.coreos.com"):
+    if _kube(kube.crd_exists, names.SERVICEMONITOR.crd):
         children.append(bm.build_service_monitor(md))
-    if spec.alerts.enabled and _kube(kube.crd_exists, "prometheusrules.monitoring.coreos.com"):
+    if spec.alerts.enabled and _kube(kube.crd_exists, names.PROMETHEUSRULE.crd):
         children.append(ba.build_prometheus_rule(md, spec))
-    for child in children:
-        _kube(kube.apply, child)
+    claims = [ownership.claim(child, _kube(kube.get_like, child)) for child in children]
+    if refused := ownership.conflicts(claims):
+        return rm.refused_status(old, generation, c.NAME_CONFLICT, refused)
     route = spec.rollout.traffic_routing.http_route
+    if route and (why := ownership.route_delegated(_kube(kube.get_http_route, ns, route), ns, route, name)):
+        return rm.refused_status(old, generation, c.ROUTE_NOT_DELEGATED, [why])
+    for claim in claims:
+        _kube(kube.create if claim.verb == "create" else kube.apply, claim.body)
     if route:
         weight = plan.status.desired_weight if plan.status.canary is not None and not plan.status.aborted else 0
         _kube(kube.patch_http_route, ns, route, bm.http_route_patch(spec, name, weight))
     if command is not None and plan.command_done:
-        _kube(kube.annotate, MODEL_DEPLOYMENT, ns, name, {f"{GROUP}/{command}": None})
+        _kube(kube.annotate, MODEL_DEPLOYMENT, ns, name, {rollout.COMMANDS[command]: None})
     for event in plan.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     ROLLOUT_ABORTED.labels(ns, name).set(1 if plan.status.aborted and plan.status.canary else 0)
     status = rm.resolved_condition(plan.status, generation, target)
+    if stable is None or stable.available < stable.replicas or plan.status.canary is not None:
+        problem = rd.pod_problem(_kube(kube.list_pods, ns, f"{names.MODEL_DEPLOYMENT_LABEL}={name}"))
+        if problem:
+            status = rm.pods_blocked(status, generation, problem)
     return status.model_copy(update={"url": bm.service_url(md)})
 
 
@@ -383,13 +435,13 @@ def _reconcile(kind: Kind, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logg
 
 
 def _commanded(kind: Kind, annotations: dict[str, str]) -> bool:
-    return kind is MODEL_DEPLOYMENT and any(f"{GROUP}/{cmd}" in annotations for cmd in COMMANDS)
+    return kind is MODEL_DEPLOYMENT and rollout.requested_command(annotations) is not None
 
 
 def _register(kind: Kind) -> None:
     def handle(*, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, memo: kopf.Memo, **_: Any) -> None:
         reconcile(kind, body, patch, logger)
-        memo["woken"] = (body.metadata.annotations or {}).get(dep.WAKE_ANNOTATION)
+        memo["woken"] = (body.metadata.annotations or {}).get(names.DEPENDENCY_CHANGED_ANNOTATION)
 
     def on_event(*, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, memo: kopf.Memo, **_: Any) -> None:
         """Reconcile at once when woken by a dependency's change or given a manual command.
@@ -397,7 +449,7 @@ def _register(kind: Kind) -> None:
         events, rather than by an update handler."""
         WATCH_EVENTS.labels(kind.kind).inc()
         annotations = dict(body.metadata.annotations or {})
-        woken = annotations.get(dep.WAKE_ANNOTATION)
+        woken = annotations.get(names.DEPENDENCY_CHANGED_ANNOTATION)
         seen = memo.setdefault("woken", woken)  # first sight: the create or resume handler runs
         if woken != seen or _commanded(kind, annotations):
             handle(body=body, patch=patch, logger=logger, memo=memo)
@@ -458,7 +510,7 @@ def _wake_dependants(
         value = dep.wake_value(kind.kind, name, after)
         for dependant in dependants(ns, name, kwargs[index]):
             try:
-                kube.annotate(dependant_kind, ns, dependant, {dep.WAKE_ANNOTATION: value})
+                kube.annotate(dependant_kind, ns, dependant, {names.DEPENDENCY_CHANGED_ANNOTATION: value})
             except (kube.Conflict, kube.Unavailable) as e:  # the resync timer catches up later
                 logger.warning("could not wake %s %s: %s", dependant_kind.kind, dependant, e)
 
@@ -487,6 +539,6 @@ def delete_trials(*, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     than when garbage collection gets to them. Never blocks: jobs already gone are fine, and after
     five failed attempts kopf releases the finalizer and owner references finish the work."""
     ns, name = body.metadata.namespace or "", body.metadata.name or ""
-    for job in _kube(kube.list_pytorchjobs, ns, f"modelops.dev/trainingrun={name}"):
+    for job in _kube(kube.list_pytorchjobs, ns, f"{names.TRAINING_RUN_LABEL}={name}"):
         _kube(kube.delete_pytorchjob, ns, job["metadata"]["name"])
         logger.info("deleted PyTorchJob %s", job["metadata"]["name"])

@@ -29,13 +29,27 @@ Which `source` URIs an MLflow server accepts (MLflow 3.x; checked against 3.17):
   `http,https`), or the URI points at the server's own artifact store.
 - `runs:/` and `mlflow-artifacts:/` URIs: refused without a `run_id` (which is not sent).
 
-Credentials: `user:password@` in the tracking URI is sent as HTTP basic authentication (what
-MLflow's `basic-auth` app expects) and never appears in error messages.
+Credentials come from a Secret (`spec.registry.credentialsSecret`: keys `username` and
+`password`, sent as HTTP basic authentication as MLflow's `basic-auth` app expects, or `token`,
+sent as a bearer token). The Secret must name the tracking server it is for in its annotation
+`modelops.dev/mlflow-tracking-uri` (`credentials_from_secret`): the TrainingRun's author chooses
+the URL, and without that check could have the operator send another team's credentials to a
+server of their own. `user:password@` in the tracking URI still works (plain text in the spec;
+discouraged). Credentials never appear in error messages.
+
+The tracking URI is chosen by a tenant, so the client treats the server as untrusted:
+
+- **No redirects to another host.** A redirect to another scheme, host or port is refused
+  (urllib would follow it with the `Authorization` header); one on the same server is followed.
+- **No echo of foreign answers.** Only an MLflow error (JSON with an `error_code` of capital
+  letters) is quoted in messages, shortened. Anything else is described by its HTTP status and
+  content type, never by its body, so status cannot be used to read an internal endpoint.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import http.client
 import json
 import re
@@ -52,6 +66,14 @@ _API_PREFIX = "/api/2.0/mlflow/"
 _PAGE_SIZE = 1000
 _MAX_MESSAGE = 1000
 _TRANSIENT_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "RESOURCE_EXHAUSTED", "REQUEST_LIMIT_EXCEEDED"})
+#: An MLflow error code (`RESOURCE_ALREADY_EXISTS`): only answers with one are quoted.
+_ERROR_CODE = re.compile(r"^[A-Z][A-Z_]{2,63}$")
+#: Characters of MLflow's own error message quoted in status.
+_MAX_QUOTE = 300
+#: Bytes of an answer read at most: MLflow's answers here are small (a page of versions is the largest).
+_MAX_ANSWER = 16 << 20
+#: The annotation by which a credentials Secret names the one tracking server it is for.
+SECRET_URI_ANNOTATION = "modelops.dev/mlflow-tracking-uri"
 
 
 class RegistryError(Exception):
@@ -77,6 +99,7 @@ def register_model_version(
     description: str = "",
     tags: dict[str, str] | None = None,
     timeout: float = 10.0,
+    authorization: str | None = None,
 ) -> str:
     """Register `source` (the ONNX file's URI) as a new version of registered model `name`; returns
     the MLflow version number as a string.
@@ -86,11 +109,14 @@ def register_model_version(
     and recording must not register twice). Creates the registered model when it does not exist
     (RESOURCE_ALREADY_EXISTS is fine). `tags` are added to the new version's tags; the digest tag
     always wins over one of the same key. `timeout` applies to each HTTP request (there are at
-    least three). See the module docstring for the `source` URIs MLflow accepts.
+    least three). `authorization` (from `credentials_from_secret`) replaces credentials in the URI.
+    See the module docstring for the `source` URIs MLflow accepts.
 
     Raises RegistryError when MLflow answers with an error or cannot be reached.
     """
     client = _Client.for_uri(tracking_uri, timeout)
+    if authorization is not None:
+        client = dataclasses.replace(client, authorization=authorization)
     try:
         client.call("POST", "registered-models/create", body={"name": name})
     except RegistryError as error:
@@ -121,7 +147,7 @@ def register_model_version(
     model_version = answer.get("model_version")
     version = model_version.get("version") if isinstance(model_version, dict) else None
     if version is None:
-        raise RegistryError(f"{client.display} answered model-versions/create without a version: {_snippet(answer)}")
+        raise RegistryError(f"{client.display} answered model-versions/create without a version")
     return str(version)
 
 
@@ -133,7 +159,7 @@ def _find_version(client: _Client, name: str, digest: str) -> str | None:
         answer = client.call("GET", "model-versions/search", params=params)
         versions = answer.get("model_versions", [])
         if not isinstance(versions, list):
-            raise RegistryError(f"{client.display} answered model-versions/search with {_snippet(answer)}")
+            raise RegistryError(f"{client.display} answered model-versions/search without a list of versions")
         for version in versions:
             if not isinstance(version, dict) or version.get("name") != name:
                 continue
@@ -205,8 +231,9 @@ class _Client:
             headers["Authorization"] = self.authorization
         request = urllib.request.Request(url, data=data, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = response.read()
+            with _OPENER.open(request, timeout=self.timeout) as response:
+                raw = response.read(_MAX_ANSWER + 1)
+                kind = response.headers.get_content_type()
         except urllib.error.HTTPError as error:
             raise self._refusal(endpoint, error) from None
         except urllib.error.URLError as error:
@@ -219,17 +246,20 @@ class _Client:
             answer = json.loads(raw) if raw.strip() else {}
         except ValueError:
             answer = None
-        if not isinstance(answer, dict):
+        if not isinstance(answer, dict) or len(raw) > _MAX_ANSWER:
             raise RegistryError(
-                f"{self.display} answered {endpoint} with something that is not a JSON object "
-                f"(is it an MLflow tracking server?): {_snippet(raw)}"
+                f"{self.display} answered {endpoint} with something that is not an MLflow answer ({kind}, "
+                f"{'over ' if len(raw) > _MAX_ANSWER else ''}{min(len(raw), _MAX_ANSWER)} bytes, not shown): "
+                "is it an MLflow tracking server?"
             )
         return answer
 
     def _refusal(self, endpoint: str, error: urllib.error.HTTPError) -> RegistryError:
         """The RegistryError for an HTTP error answer: MLflow's error_code and message when given."""
+        if isinstance(error, _Redirected):
+            return RegistryError(f"{self.display} {error.msg}")
         try:
-            raw = error.read()
+            raw = error.read(_MAX_ANSWER)
         except (OSError, http.client.HTTPException):
             raw = b""
         try:
@@ -237,31 +267,90 @@ class _Client:
         except ValueError:
             answer = None
         transient = error.code >= 500 or error.code == 429
-        if isinstance(answer, dict) and isinstance(answer.get("error_code"), str):
+        if (
+            isinstance(answer, dict)
+            and isinstance(answer.get("error_code"), str)
+            and _ERROR_CODE.match(answer["error_code"])
+        ):
             code = answer["error_code"]
-            message = str(answer.get("message") or "(no message)")
+            message = _one_line(str(answer.get("message") or "(no message)"))[:_MAX_QUOTE]
             return RegistryError(
                 f"{self.display} refused {endpoint}: {code}: {message}",
                 error_code=code,
                 transient=transient or code in _TRANSIENT_CODES,
             )
-        detail = f": {_snippet(raw)}" if raw.strip() else ""
         return RegistryError(
-            f"{self.display} answered {endpoint} with HTTP {error.code} {error.reason}{detail}", transient=transient
+            f"{self.display} answered {endpoint} with HTTP {error.code} {error.reason} (not an MLflow error; "
+            "its body is not shown)",
+            transient=transient,
         )
+
+
+class _Redirected(urllib.error.HTTPError):
+    """A redirect to another server, refused."""
+
+
+class _SameServerRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to the same scheme, host and port: urllib would otherwise send the
+    request, `Authorization` header included, wherever the tracking server points it."""
+
+    def redirect_request(
+        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> urllib.request.Request | None:
+        old, new = (
+            urllib.parse.urlsplit(req.full_url),
+            urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl)),
+        )
+        if (old.scheme, old.hostname, old.port) != (new.scheme, new.hostname, new.port):
+            where = f"{new.scheme}://{new.hostname}" + (f":{new.port}" if new.port else "")
+            raise _Redirected(
+                req.full_url, code, f"redirected to another server ({where}); not followed", headers, None
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_SameServerRedirects)
+
+
+def _secret_text(secret: dict[str, Any], key: str) -> str | None:
+    """A key of a Secret as the API returns it (`data`, base64) or as written (`stringData`)."""
+    if key in (secret.get("stringData") or {}):
+        return str(secret["stringData"][key])
+    raw = (secret.get("data") or {}).get(key)
+    if raw is None:
+        return None
+    try:
+        return base64.b64decode(raw, validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def credentials_from_secret(secret: dict[str, Any], tracking_uri: str) -> str:
+    """The `Authorization` header from a credentials Secret: `token` (bearer) or `username` and
+    `password` (basic). RegistryError when the Secret does not name `tracking_uri` in its
+    annotation `modelops.dev/mlflow-tracking-uri`, or holds neither."""
+    meta = secret.get("metadata") or {}
+    name = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+    public = _Client.for_uri(tracking_uri, 0).base.removesuffix(_API_PREFIX)
+    named = ((meta.get("annotations") or {}).get(SECRET_URI_ANNOTATION) or "").strip().rstrip("/")
+    if named != public:
+        raise RegistryError(
+            f"Secret {name} is not for {public}: its annotation {SECRET_URI_ANNOTATION} must be exactly that URL "
+            "(a Secret's owner says which server may receive it)"
+        )
+    token = _secret_text(secret, "token")
+    if token:
+        return f"Bearer {token.strip()}"
+    user, password = _secret_text(secret, "username"), _secret_text(secret, "password")
+    if user is None or password is None:
+        raise RegistryError(f"Secret {name} holds neither `token` nor `username` and `password`")
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 def _is_local(source: str) -> bool:
     """Whether `source` is a local path or `file:` URI, which MLflow registers only from a run."""
     scheme = urllib.parse.urlsplit(source).scheme
     return scheme in {"", "file"} or len(scheme) == 1  # a one-letter scheme is a Windows drive
-
-
-def _snippet(value: object) -> str:
-    """A short one-line rendering of an unexpected answer, for error messages."""
-    text = value.decode(errors="replace") if isinstance(value, bytes) else json.dumps(value) if value else ""
-    text = _one_line(text)
-    return text if len(text) <= 200 else text[:199] + "…"
 
 
 def _one_line(text: str) -> str:

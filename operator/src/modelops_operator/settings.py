@@ -49,6 +49,17 @@ class OperatorSettings(BaseModel):
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     """Prometheus that canary analysis queries (its HTTP API); the local cluster's is
     http://127.0.0.1:19090."""
+    dataset_credentials_secrets: list[str] = Field(default_factory=list)
+    """Names of the Secrets a Dataset source may name as `credentialsSecret` (in its own namespace).
+    The preparation pod gets that Secret's keys as its environment and reads the sources the
+    Dataset's author chose with them, so a Secret the author may not read would otherwise lend
+    them its access (to another team's bucket, say). Empty: `credentialsSecret` is refused
+    (reason CredentialsNotAllowed); list the Secrets meant for datasets, for example `s3-datasets`."""
+    custom_analysis_queries: bool = False
+    """Let ModelDeployments run `custom` analysis metrics: any PromQL, against the Prometheus every
+    tenant shares, whose result lands in the object's status. Off: a custom metric is refused
+    (InvalidSpec) and only the built-in `errorRate` and `latencyP99`, which read the object's own
+    series, run. Turn it on where every ModelDeployment author may read all of Prometheus."""
     log_format: Literal["json", "plain", "full"] = "json"
     """`json`: one JSON object per line, with the object's namespace and name (for log pipelines);
     `plain` or `full`: kopf's human-readable formats."""

@@ -12,7 +12,7 @@ import argparse
 import os
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ENV_PREFIX = "MODELOPS_"
 
@@ -45,10 +45,16 @@ class Settings(BaseModel):
     )
     retry_after_s: int = Field(default=1, ge=0, description="Seconds in the Retry-After header of a 503.")
     decode_threads: int = Field(
-        default=0, ge=0, description="Decode/preprocess threads per worker; 0: the cores divided by the workers."
+        default=0,
+        ge=0,
+        description="Decode/preprocess threads per worker; 0: the cores the container may use (its CPU quota) "
+        "divided by the workers.",
     )
     intra_op_threads: int = Field(
-        default=0, ge=0, description="ONNX Runtime threads per worker; 0: the cores divided by the workers."
+        default=0,
+        ge=0,
+        description="ONNX Runtime threads per worker; 0: the cores the container may use (its CPU quota) "
+        "divided by the workers.",
     )
     ort_spinning: bool = Field(
         default=False, description="Let idle ONNX Runtime threads spin (lower latency, but steals CPU from decoding)."
@@ -64,6 +70,21 @@ class Settings(BaseModel):
         default=40_000_000, ge=1, description="Largest image (width x height) decoded; larger is a 413."
     )
     max_rows_per_request: int = Field(default=64, ge=1, description="Most images in one request.")
+    max_request_pixels: int = Field(
+        default=128_000_000,
+        ge=1,
+        description="Most pixels (width x height, all of a request's images together) decoded for one request; "
+        "more is a 413, answered from the images' headers before any is decoded.",
+    )
+    max_inflight_body_bytes: int = Field(
+        default=128 << 20,
+        ge=1024,
+        description="Bytes of request bodies being received at once, all connections together (a body counts "
+        "its Content-Length from the start); a request that would go past it is a 503 with Retry-After.",
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="Longest a client may take to send a request body; a 408 after that."
+    )
     request_timeout_s: float = Field(default=30.0, gt=0, description="Answer 504 when a request takes longer.")
     shutdown_delay_s: float = Field(
         default=0.0,
@@ -77,7 +98,14 @@ class Settings(BaseModel):
     )
     enable_model_control: bool = Field(
         default=False,
-        description="Allow POST /v2/repository/models/{name}/load to hot-swap the model (keep it off on public ports).",
+        description="Allow POST /v2/repository/models/{name}/load to hot-swap the model; needs "
+        "--model-control-token, and every load needs the new model's digest.",
+    )
+    model_control_token: str | None = Field(
+        default=None,
+        min_length=16,
+        description="The bearer token a hot swap must carry (Authorization: Bearer <token>); set it from a Secret "
+        "through the environment, not on the command line.",
     )
     redis_url: str | None = Field(
         default=None, description="Redis for the asynchronous job API (redis://host:port/db); unset disables /v1/jobs."
@@ -85,6 +113,14 @@ class Settings(BaseModel):
     job_workers: int = Field(default=1, ge=0, le=64, description="Job consumer processes (with --redis-url).")
     job_stream: str = Field(default="modelops:jobs", description="Redis stream holding submitted jobs.")
     job_ttl_s: int = Field(default=86_400, ge=60, description="How long job results are kept in Redis.")
+    job_queue_capacity: int = Field(
+        default=10_000, ge=1, description="Jobs waiting in the stream at most; beyond it a submission is a 503."
+    )
+    job_callback_hosts: str = Field(
+        default="",
+        description="Comma-separated hosts (host or host:port) a job's callbackUrl may name; empty refuses every "
+        "callbackUrl. Callbacks follow no redirects: the server must not be made to POST to internal services.",
+    )
     job_claim_idle_s: float = Field(
         default=30.0, gt=0, description="A job held this long by a consumer that died is taken over by another."
     )
@@ -93,6 +129,20 @@ class Settings(BaseModel):
         default="auto", description="json in a pod; auto picks text on a terminal, JSON otherwise."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+
+    @model_validator(mode="after")
+    def _control_needs_a_token(self) -> Settings:
+        if self.enable_model_control and not self.model_control_token:
+            raise ValueError(
+                "enable_model_control needs model_control_token (MODELOPS_MODEL_CONTROL_TOKEN): "
+                "anyone who reaches the port could otherwise replace the model"
+            )
+        return self
+
+    @property
+    def callback_hosts(self) -> frozenset[str]:
+        """``job_callback_hosts`` as a set of lower-case ``host`` or ``host:port`` entries."""
+        return frozenset(h.strip().lower() for h in self.job_callback_hosts.split(",") if h.strip())
 
     @property
     def max_batch_delay_s(self) -> float:

@@ -110,6 +110,7 @@ class DataPlane:
             decode_threads=settings.decode_threads or per_worker,
             prefetch=max(4, 2 * settings.max_batch_size),
             max_rows_per_request=settings.max_rows_per_request,
+            max_request_pixels=settings.max_request_pixels,
         )
         self.current: ServedModel | None = None
         self.draining = False

@@ -16,12 +16,22 @@ route                                                  what
 =====================================================  =============================================
 
 Every error is ``{"error": "<message>"}`` with the status from ``errors.HTTP_STATUS``; 503s carry
-``Retry-After``. Handlers read bodies (bounded by ``--max-body-bytes``) and pass them as bytes to
-the data plane; parsing and decoding happen in the worker processes.
+``Retry-After``. Handlers read bodies and pass them as bytes to the data plane; parsing and
+decoding happen in the worker processes. Reading a body is bounded three ways, since any client
+may open many connections: each body by ``--max-body-bytes`` (413), all bodies being received at
+once by ``--max-inflight-body-bytes`` (``BodyBudget``: a body holds its Content-Length from its
+first byte, so slow senders cannot pile up; 503 when full), and the time to send one by
+``--body-timeout-s`` (408). A refused body's connection is closed, not drained.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import functools
+import hashlib
+import hmac
+import html
 import importlib.resources
 import logging
 import time
@@ -43,7 +53,34 @@ DATAPLANE = web.AppKey("dataplane", DataPlane)
 METRICS = web.AppKey("metrics", Metrics)
 SETTINGS_RETRY = web.AppKey("retry_after", int)
 MODEL_CONTROL = web.AppKey("model_control", bool)
+CONTROL_TOKEN = web.AppKey("model_control_token", str)
 _MODEL_LABEL = "modelops_model"
+_HELD = "modelops_body_bytes"
+
+
+class BodyBudget:
+    """The bytes of request bodies being received, all connections together, against a limit."""
+
+    def __init__(self, limit: int, timeout_s: float) -> None:
+        self.limit, self.timeout_s, self.used = limit, timeout_s, 0
+
+    def hold(self, request: web.Request, n: int) -> None:
+        """Count `n` more bytes for `request` (given back when it is answered); Overloaded when full."""
+        if n <= 0:
+            return
+        if self.used + n > self.limit:
+            request[_HELD + "_refused"] = True
+            raise errors.Overloaded(
+                f"the server is receiving {self.used} bytes of request bodies already (limit {self.limit}); retry"
+            )
+        self.used += n
+        request[_HELD] = request.get(_HELD, 0) + n
+
+    def release(self, request: web.Request) -> None:
+        self.used -= request.pop(_HELD, 0)
+
+
+BODIES = web.AppKey("bodies", BodyBudget)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 IMAGE_TYPES = ("image/", "application/octet-stream")
@@ -100,6 +137,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             request[_MODEL_LABEL + "_reason"] = "internal"
     finally:
         m.inflight.dec()
+        app[BODIES].release(request)
+    if request.get(_HELD + "_refused") or (request.body_exists and not request.content.at_eof()):
+        response.force_close()  # a body not read to its end is not drained from a slow or hostile client
     model: ServedModel | None = request.get(_MODEL_LABEL)
     name, version = (model.name, model.version) if model is not None else ("", "")
     if endpoint not in ("metrics", "live", "ready", "index"):
@@ -131,11 +171,37 @@ def _model(request: web.Request) -> ServedModel:
     return model
 
 
-async def _read_body(request: web.Request) -> bytes:
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, within the three bounds (see the module docstring)."""
+    limit = request.app._client_max_size
+    chunks: list[bytes] = []
+    size = 0
+
+    async def receive() -> None:
+        nonlocal size
+        async for chunk in request.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise errors.BodyTooLarge(f"the request body is above the limit of {limit} bytes")
+            request.app[BODIES].hold(request, size - request.get(_HELD, 0))  # beyond what Content-Length said
+            chunks.append(chunk)
+
+    await receive_bounded(request, receive)
+    return b"".join(chunks)
+
+
+async def receive_bounded(request: web.Request, receive: Callable[[], Awaitable[None]]) -> None:
+    """Run `receive` (which reads the body) once the body's Content-Length fits the size limit and
+    the budget, and within the body timeout."""
     limit = request.app._client_max_size
     if request.content_length is not None and request.content_length > limit:
         raise errors.BodyTooLarge(f"the request body of {request.content_length} bytes is above the limit of {limit}")
-    return await request.read()
+    budget = request.app[BODIES]
+    budget.hold(request, request.content_length or 0)
+    try:
+        await asyncio.wait_for(receive(), budget.timeout_s)
+    except TimeoutError as exc:
+        raise errors.BodyTimeout(f"the request body did not arrive within {budget.timeout_s:g} s") from exc
 
 
 def _to_response(answer: Answer, request: web.Request) -> web.Response:
@@ -194,7 +260,7 @@ async def infer(request: web.Request) -> web.Response:
         header_length = int(header) if header is not None else None
     except ValueError as exc:
         raise errors.RequestError(f"Inference-Header-Content-Length {header!r} is not an integer") from exc
-    body = await _read_body(request)
+    body = await read_body(request)
     if not body:
         raise errors.RequestError("the request body is empty; send an inference request")
     meta = {"header_length": header_length, "content_type": request.content_type if request.body_exists else ""}
@@ -219,7 +285,7 @@ async def classify(request: web.Request) -> web.Response:
     if ctype.startswith("multipart/form-data"):
         data = await _multipart_file(request)
     elif ctype.startswith(IMAGE_TYPES) and request.headers.get("Content-Type"):
-        data = await _read_body(request)
+        data = await read_body(request)
     else:
         raise errors.UnsupportedMediaType(
             f"content type {request.headers.get('Content-Type', '(none)')!r} is not accepted: send the image as the "
@@ -231,21 +297,38 @@ async def classify(request: web.Request) -> web.Response:
 
 async def _multipart_file(request: web.Request) -> bytes:
     limit = request.app._client_max_size
-    try:
+    found: list[bytes] = []
+
+    async def receive() -> None:
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
             if isinstance(part, BodyPartReader) and part.name == "file":
-                chunks: list[bytes] = []
-                size = 0
-                while chunk := await part.read_chunk(1 << 16):
-                    size += len(chunk)
-                    if size > limit:
-                        raise errors.BodyTooLarge(f"the uploaded file is above the limit of {limit} bytes")
-                    chunks.append(chunk)
-                return b"".join(chunks)
-    except (ValueError, AssertionError, RuntimeError, BadHttpMessage) as exc:
-        raise errors.RequestError(f"malformed multipart body: {exc}") from exc
-    raise errors.RequestError("the multipart body has no field named 'file'")
+                found.extend(await read_part(request, part, limit))
+                return
+        raise errors.RequestError("the multipart body has no field named 'file'")
+
+    try:
+        await receive_bounded(request, receive)
+    except MULTIPART_ERRORS as exc:
+        raise errors.RequestError(f"malformed multipart body: {type(exc).__name__}: {exc}") from exc
+    return b"".join(found)
+
+
+#: What aiohttp's multipart reader raises on a malformed body.
+MULTIPART_ERRORS = (ValueError, AssertionError, RuntimeError, BadHttpMessage, KeyError, TypeError)
+
+
+async def read_part(request: web.Request, part: BodyPartReader, limit: int, already: int = 0) -> list[bytes]:
+    """The chunks of one multipart part; BodyTooLarge past `limit` bytes (counting `already`)."""
+    chunks: list[bytes] = []
+    size = already
+    while chunk := await part.read_chunk(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise errors.BodyTooLarge(f"the uploaded files are above the limit of {limit} bytes")
+        request.app[BODIES].hold(request, size - request.get(_HELD, 0))
+        chunks.append(chunk)
+    return chunks
 
 
 # --- model control ----------------------------------------------------------------------------------
@@ -255,21 +338,31 @@ async def repository_load(request: web.Request) -> web.Response:
     """Hot swap: ``{"parameters": {"uri": ..., "digest": ..., "version": ...}}`` (OIP repository extension)."""
     if not request.app[MODEL_CONTROL]:
         raise errors.ModelControlDisabled("model control is disabled; start the server with --enable-model-control")
+    token = request.app[CONTROL_TOKEN]
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise errors.ModelControlDisabled("a hot swap needs the header Authorization: Bearer <model control token>")
+    if request.content_type != "application/json":
+        # An HTML form on any site can post urlencoded, multipart or text/plain bodies here without a
+        # CORS preflight; application/json cannot be sent cross-site without one.
+        raise errors.UnsupportedMediaType("a hot swap is a JSON body: send Content-Type application/json")
     plane = request.app[DATAPLANE]
     current = plane.current
     name = request.match_info["name"]
     if current is not None and name != current.name:
         raise errors.NotFound(f"this server serves {current.name!r}, not {name!r}")
     try:
-        doc = orjson.loads(await _read_body(request) or b"{}")
+        doc = orjson.loads(await read_body(request) or b"{}")
         params = doc.get("parameters") or {}
-        uri = params["uri"]
+        uri, digest = params["uri"], params["digest"]
+        if not isinstance(uri, str) or not isinstance(digest, str):
+            raise TypeError("uri and digest must be strings")
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError) as exc:
         raise errors.RequestError(
-            'send {"parameters": {"uri": "...", "digest": "sha256:...", "version": "..."}}'
+            'send {"parameters": {"uri": "...", "digest": "sha256:...", "version": "..."}}: uri and digest are required'
         ) from exc
     try:
-        served = await plane.load(uri, digest=params.get("digest"), version=params.get("version"), name=name)
+        served = await plane.load(uri, digest=digest, version=params.get("version"), name=name)
     except errors.ModelLoadError as exc:
         raise errors.RequestError(f"the new model was not loaded (the old one still serves): {exc}") from exc
     request[_MODEL_LABEL] = served
@@ -281,10 +374,28 @@ async def repository_load(request: web.Request) -> web.Response:
 
 async def index(request: web.Request) -> web.Response:
     """The web page: upload or drop an image, see the top-k labels and the version that answered."""
-    page = importlib.resources.files("modelops_server").joinpath("static/index.html").read_bytes()
+    page, headers = _page()
     current = request.app[DATAPLANE].current
-    name = current.name if current is not None else ""
-    return web.Response(body=page.replace(b"__MODEL_NAME__", name.encode()), content_type="text/html")
+    name = html.escape(current.name if current is not None else "")  # the card's name: another's text
+    return web.Response(body=page.replace(b"__MODEL_NAME__", name.encode()), content_type="text/html", headers=headers)
+
+
+@functools.cache
+def _page() -> tuple[bytes, dict[str, str]]:
+    """The page and its headers: a Content-Security-Policy that runs only the page's own script
+    (by its hash), loads nothing from elsewhere and talks only to this server."""
+    page = importlib.resources.files("modelops_server").joinpath("static/index.html").read_bytes()
+    script = page.split(b"<script>", 1)[1].split(b"</script>", 1)[0]
+    digest = base64.b64encode(hashlib.sha256(script).digest()).decode()
+    policy = (
+        f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'; img-src 'self' data: blob:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    )
+    return page, {
+        "Content-Security-Policy": policy,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    }
 
 
 async def metrics(request: web.Request) -> web.Response:

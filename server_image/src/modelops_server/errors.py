@@ -8,13 +8,14 @@ front end, a worker process, the job consumer) and carried across process bounda
     ServerError                      500  internal
     ├── RequestError                 400  bad_request        (malformed JSON, wrong tensor name/shape/dtype)
     │   ├── BodyTooLarge             413  body_too_large
-    │   ├── ImageTooLarge            413  image_too_large    (decompression bombs: huge dimensions)
+    │   ├── BodyTimeout              408  body_timeout       (the body did not arrive within --body-timeout-s)
+    │   ├── ImageTooLarge            413  image_too_large    (huge dimensions, or too many pixels in all)
     │   ├── UnsupportedMediaType     415  unsupported_media_type (content type or image format)
     │   └── CorruptImage             400  corrupt_image      (truncated or undecodable)
     ├── NotFound                     404  not_found          (unknown model, version, job)
     ├── ModelControlDisabled         403  model_control_disabled
     ├── Unavailable                  503  unavailable        (not ready yet, draining)
-    │   ├── Overloaded               503  overloaded         (queue full; answered with Retry-After)
+    │   ├── Overloaded               503  overloaded         (queue or body budget full; with Retry-After)
     │   └── WorkerCrashed            503  worker_crashed     (the worker holding the request died)
     ├── InferenceTimeout             504  timeout
     └── ModelLoadError                    model_load_failed  (startup or hot swap; never a request's fault)
@@ -40,6 +41,12 @@ class BodyTooLarge(RequestError):
     """The request body is larger than ``--max-body-bytes`` (HTTP 413)."""
 
     reason = "body_too_large"
+
+
+class BodyTimeout(RequestError):
+    """The client did not send its request body within ``--body-timeout-s``."""
+
+    reason = "body_timeout"
 
 
 class ImageTooLarge(RequestError):
@@ -119,6 +126,7 @@ HTTP_STATUS: dict[type[ServerError], int] = {
     ServerError: 500,
     RequestError: 400,
     BodyTooLarge: 413,
+    BodyTimeout: 408,
     ImageTooLarge: 413,
     UnsupportedMediaType: 415,
     CorruptImage: 400,

@@ -149,6 +149,25 @@ class Preprocessor:
         hwc += self._bias
         out[...] = hwc.transpose(2, 0, 1)
 
+    def check_request_pixels(self, images: list[bytes], limit: int) -> None:
+        """ImageTooLarge when the images of one request hold more than ``limit`` pixels together,
+        read from their headers before any is decoded (a 7 MB request can name 64 huge images). An
+        unreadable header counts as nothing here: decoding it gives the precise error."""
+        total = 0
+        for data in images:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    width, height = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS).size
+            except Exception:  # reported by decode(), with its reason
+                continue
+            total += max(0, width) * max(0, height)
+        if total > limit:
+            raise ImageTooLarge(
+                f"the request's {len(images)} images hold {total} pixels together, above the limit of {limit} per "
+                "request; send fewer or smaller images per request"
+            )
+
     def image_row(self, data: bytes) -> npt.NDArray[np.float32]:
         """Decode ``data`` and return one normalised row (C, H, W): the whole contract in one call."""
         row = np.empty(self.row_shape, dtype=np.float32)

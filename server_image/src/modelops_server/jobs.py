@@ -7,6 +7,13 @@ batches, write each image's result to Redis as soon as it exists, acknowledge th
 the job is complete and then POST the job to its ``callbackUrl``, if one was given. Callers poll
 ``GET /v1/jobs/{id}`` or wait for the callback.
 
+Callbacks are what a client makes the server do to a third party, so they are bounded: only hosts
+in ``--job-callback-hosts`` (none by default), no redirects, sent from a small pool beside the
+consumer (an unreachable callback never holds up the next job) with at most ``MAX_CALLBACKS``
+waiting; beyond that a callback is dropped and the job says so (``callback: dropped``). The stream
+does not grow: an entry is deleted once acknowledged, and a submission finds it full at
+``--job-queue-capacity`` entries (503).
+
 Why it survives a crash: a stream entry stays *pending* until it is acknowledged. A consumer that
 restarts under the same name (one name per slot) first re-reads its own pending entries; entries
 of a consumer that never comes back (another pod) are taken over with ``XAUTOCLAIM`` after
@@ -28,8 +35,11 @@ import multiprocessing
 import os
 import signal
 import socket
+import threading
 import time
+import urllib.parse
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
 from typing import Any
@@ -40,7 +50,7 @@ import redis
 import redis.asyncio as aioredis
 from aiohttp import BodyPartReader, ClientSession, ClientTimeout, web
 
-from modelops_server import errors, protocol
+from modelops_server import endpoints, errors, protocol
 from modelops_server.config import Settings
 from modelops_server.dataplane import DataPlane
 from modelops_server.metrics import Metrics
@@ -52,6 +62,26 @@ _CTX = multiprocessing.get_context("spawn")
 GROUP = "modelops-consumers"
 MAX_JOB_IMAGES = 10_000
 MAX_RUNS = 5
+#: Callbacks waiting to be sent by one consumer; more are dropped (and the job says so).
+MAX_CALLBACKS = 64
+CALLBACK_ATTEMPTS, CALLBACK_TIMEOUT_S = 3, 10.0
+
+
+def check_callback(url: object, hosts: frozenset[str]) -> str | None:
+    """`url` when it is an http(s) URL to one of `hosts`; RequestError otherwise (None: no callback)."""
+    if url is None:
+        return None
+    if not isinstance(url, str):
+        raise errors.RequestError("callbackUrl must be a string")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise errors.RequestError("callbackUrl must be an http(s) URL")
+    host = parts.hostname.lower()
+    where = f"{host}:{parts.port}" if parts.port else host
+    if host not in hosts and where not in hosts:
+        allowed = ", ".join(sorted(hosts)) or "none: this server sends no callbacks"
+        raise errors.RequestError(f"callbackUrl host {where!r} is not allowed (--job-callback-hosts: {allowed})")
+    return url
 
 
 def job_key(job_id: str) -> str:
@@ -167,15 +197,19 @@ class JobService:
         current = self.plane.current
         if current is None or self.plane.draining:
             raise errors.Unavailable("the server is not ready")
-        images, top_k, callback = await self._read_job(request)
+        images, raw_top_k, raw_callback = await self._read_job(request)
         if not images:
             raise errors.RequestError("a job needs at least one image")
         if len(images) > MAX_JOB_IMAGES:
             raise errors.RequestError(f"a job takes at most {MAX_JOB_IMAGES} images")
+        if isinstance(raw_top_k, bool) or not isinstance(raw_top_k, (int, str)) or not str(raw_top_k).isdigit():
+            raise errors.RequestError("topK must be an integer between 1 and 100")
+        top_k = int(raw_top_k)
         if not 1 <= top_k <= 100:
             raise errors.RequestError("topK must be between 1 and 100")
-        if callback is not None and not callback.startswith(("http://", "https://")):
-            raise errors.RequestError("callbackUrl must be an http(s) URL")
+        callback = check_callback(raw_callback, self.settings.callback_hosts)
+        if await self.redis.xlen(self.settings.job_stream) >= self.settings.job_queue_capacity:
+            raise errors.Overloaded(f"{self.settings.job_queue_capacity} jobs are waiting already; retry later")
         job_id = uuid.uuid4().hex
         key = job_key(job_id)
         ttl = self.settings.job_ttl_s
@@ -200,31 +234,32 @@ class JobService:
             {"id": job_id, "status": "queued", "total": len(images), "url": f"/v1/jobs/{job_id}"}, status=202
         )
 
-    async def _read_job(self, request: web.Request) -> tuple[list[bytes], int, str | None]:
-        limit = request.app._client_max_size
-        if request.content_length is not None and request.content_length > limit:
-            raise errors.BodyTooLarge(f"the request body is above the limit of {limit} bytes")
+    async def _read_job(self, request: web.Request) -> tuple[list[bytes], object, object]:
+        """(images, topK, callbackUrl) as sent; the body read within the server's body bounds."""
         if request.content_type.startswith("multipart/form-data"):
+            limit = request.app._client_max_size
             images: list[bytes] = []
-            size = 0
-            reader = await request.multipart()
-            while (part := await reader.next()) is not None:
-                if isinstance(part, BodyPartReader) and part.name == "file":
-                    chunks = []
-                    while chunk := await part.read_chunk(1 << 16):
-                        size += len(chunk)
-                        if size > limit:  # chunked uploads have no Content-Length to check up front
-                            raise errors.BodyTooLarge(f"the uploaded files are above the limit of {limit} bytes")
-                        chunks.append(chunk)
-                    images.append(b"".join(chunks))
-            return images, int(request.query.get("top_k", "5")), request.query.get("callback_url")
+
+            async def receive() -> None:
+                reader = await request.multipart()
+                while (part := await reader.next()) is not None:
+                    if isinstance(part, BodyPartReader) and part.name == "file":
+                        already = sum(map(len, images))
+                        images.append(b"".join(await endpoints.read_part(request, part, limit, already)))
+
+            try:
+                await endpoints.receive_bounded(request, receive)
+            except endpoints.MULTIPART_ERRORS as exc:
+                raise errors.RequestError(f"malformed multipart body: {type(exc).__name__}: {exc}") from exc
+            return images, request.query.get("top_k", "5"), request.query.get("callback_url")
         if request.content_type != "application/json":
             raise errors.UnsupportedMediaType("send application/json or multipart/form-data with 'file' fields")
+        body = await endpoints.read_body(request)
         try:
-            doc = orjson.loads(await request.read())
+            doc = orjson.loads(body)
             images = [base64.b64decode(s, validate=True) for s in doc["images"]]
-            return images, int(doc.get("topK", 5)), doc.get("callbackUrl")
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, binascii.Error) as exc:
+            return images, doc.get("topK", 5), doc.get("callbackUrl")
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
             raise errors.RequestError(
                 f'send {{"images": ["<base64>", ...], "topK": 5, "callbackUrl": "..."}}: {exc}'
             ) from exc
@@ -275,6 +310,8 @@ class _Consumer:
         self.runner = ModelRunner(path, ModelCard.model_validate_json(card_json), config.runtime)
         self.runner.warm_up()
         self.stop = False
+        self.callbacks = ThreadPoolExecutor(2, thread_name_prefix="callback")
+        self.callback_slots = threading.BoundedSemaphore(MAX_CALLBACKS)
 
     def run(self) -> None:
         c = self.config
@@ -294,6 +331,7 @@ class _Consumer:
                 if fields:  # an entry trimmed from the stream has no fields: just acknowledge it
                     self.process(fields[b"job"].decode())
                 self.redis.xack(c.stream, GROUP, entry_id)
+                self.redis.xdel(c.stream, entry_id)  # done: the stream holds only work to do
 
     def process(self, job_id: str) -> None:
         key = job_key(job_id)
@@ -316,7 +354,11 @@ class _Consumer:
         self.redis.delete(f"{key}:images")
         callback = meta.get(b"callback")
         if callback:
-            self._callback(job_id, callback.decode())
+            if self.callback_slots.acquire(blocking=False):
+                self.callbacks.submit(self._callback, job_id, callback.decode())
+            else:
+                log.warning("callback dropped: too many waiting", extra={"job": job_id})
+                self.redis.hset(key, "callback", "dropped")
 
     def _run_chunk(self, key: str, indices: list[int], top_k: int) -> None:
         images = self.redis.hmget(f"{key}:images", [str(i) for i in indices])
@@ -339,23 +381,30 @@ class _Consumer:
         self.redis.hset(f"{key}:results", mapping=results)
 
     def _callback(self, job_id: str, url: str) -> None:
+        """POST the job to `url` (in the callback pool): a few attempts, no redirects."""
+
         async def post() -> None:
             client: Any = aioredis.Redis.from_url(self.config.redis_url)
             try:
                 doc = await job_document(client, job_id)
             finally:
                 await client.aclose()
-            async with ClientSession(timeout=ClientTimeout(total=10)) as session:
-                for attempt in range(3):
+            async with ClientSession(timeout=ClientTimeout(total=CALLBACK_TIMEOUT_S)) as session:
+                for attempt in range(CALLBACK_ATTEMPTS):
                     try:
-                        async with session.post(url, json=doc) as r:
+                        async with session.post(url, json=doc, allow_redirects=False) as r:
                             if r.status < 500:
                                 return
                     except (OSError, TimeoutError) as exc:
                         log.warning("callback failed", extra={"job": job_id, "attempt": attempt, "error": str(exc)})
                     await asyncio.sleep(0.5 * (attempt + 1))
 
-        asyncio.run(post())
+        try:
+            asyncio.run(post())
+        except Exception:  # a callback never takes the consumer down
+            log.exception("callback failed", extra={"job": job_id})
+        finally:
+            self.callback_slots.release()
 
 
 JOB_SERVICE = web.AppKey("jobs", JobService)

@@ -146,8 +146,11 @@ def fetch_model(
         raise ModelLoadError(f"cannot read the model card {card_uri(uri)}: {exc}") from exc
     try:
         card = ModelCard.model_validate_json(card_bytes)
-    except ValidationError as exc:
-        raise ModelLoadError(f"invalid model card {card_uri(uri)}: {exc}") from exc
+    except ValidationError as exc:  # its fields and reasons, never the fetched text (it may be anyone's)
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '(card)'}: {e['msg']}" for e in exc.errors(include_input=False)[:5]
+        )
+        raise ModelLoadError(f"invalid model card {card_uri(uri)}: {problems}") from exc
     if len(card.input.mean) != card.input.channels or len(card.input.std) != card.input.channels:
         raise ModelLoadError(f"model card {card_uri(uri)}: mean and std need {card.input.channels} values")
 

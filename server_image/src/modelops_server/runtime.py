@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import ctypes.util
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,12 +73,25 @@ def choose_providers(device: str) -> list[str]:
     return providers
 
 
-def cpu_count() -> int:
-    """Cores this process may use (the cgroup/affinity view, not the machine's)."""
+def cpu_count(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """Cores this process may use: the affinity mask, within the container's CPU quota (cgroup v2
+    ``cpu.max``, else v1 ``cpu.cfs_quota_us``) rounded up. A pod limited to 2 CPUs on a 64-core
+    node must not start 64 decode and ONNX Runtime threads, which the quota would then throttle."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
+        try:
+            fields = (cgroup / quota_file).read_text().split()
+            if period_file is not None:
+                fields.append((cgroup / period_file).read_text().strip())
+        except OSError:
+            continue
+        if len(fields) == 2 and fields[0] not in ("max", "-1") and int(fields[1]) > 0:
+            cores = min(cores, math.ceil(int(fields[0]) / int(fields[1])))
+        break
+    return max(1, cores)
 
 
 class ModelRunner:

@@ -31,6 +31,8 @@ def build_app(settings: Settings, plane: DataPlane, metrics: Metrics) -> web.App
     app[endpoints.METRICS] = metrics
     app[endpoints.SETTINGS_RETRY] = settings.retry_after_s
     app[endpoints.MODEL_CONTROL] = settings.enable_model_control
+    app[endpoints.CONTROL_TOKEN] = settings.model_control_token or ""
+    app[endpoints.BODIES] = endpoints.BodyBudget(settings.max_inflight_body_bytes, settings.body_timeout_s)
     endpoints.add_routes(app)
     if settings.redis_url:
         from modelops_server.jobs import JobService  # noqa: PLC0415 - redis is needed only with --redis-url

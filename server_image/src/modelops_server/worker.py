@@ -57,6 +57,7 @@ class BatchingOptions:
     decode_threads: int = 2
     prefetch: int = 32
     max_rows_per_request: int = 64
+    max_request_pixels: int = 128_000_000
 
 
 @dataclass
@@ -164,6 +165,7 @@ class Worker:
                 elif parsed.kind == "pixels" and parsed.pixels is not None:
                     item.rows = np.stack([pre.pixels_row(p) for p in parsed.pixels])
                 else:
+                    pre.check_request_pixels(parsed.images, self.batching.max_request_pixels)
                     item.rows = np.stack([pre.image_row(b) for b in parsed.images])
         except BaseException as exc:
             item.error = exc

@@ -10,7 +10,6 @@ and gloo on CPU. Rank 0 alone writes checkpoints and results; the others compute
 from __future__ import annotations
 
 import datetime
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any, Literal
 import torch
 import torch.distributed as dist
 
+from modelops_trainer import cgroup
 from modelops_trainer.errors import ConfigError, DistributedError
 
 
@@ -84,19 +84,12 @@ def detect(env: Mapping[str, str], device: Literal["auto", "cpu", "cuda"]) -> Ru
 
 
 def available_cpus() -> int:
-    """CPUs this container may use: its CPU affinity, capped by a cgroup v2 CPU quota.
+    """CPUs this container may use: its CPU affinity, capped by its cgroup's CPU quota (v2 or v1).
 
     A pod limited to 4 CPUs on a 64-core node still sees 64 CPUs in its affinity mask; sizing
-    thread pools by that makes the kernel throttle it. `cpu.max` holds the quota (`max` = none).
+    thread pools by that makes the kernel throttle it.
     """
-    cpus = len(os.sched_getaffinity(0))
-    try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]  # noqa: SIM115 - a one-shot read
-    except (OSError, ValueError):
-        return cpus
-    if quota != "max" and int(period) > 0:
-        cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
-    return cpus
+    return cgroup.cpu_limit()
 
 
 def setup(runtime: Runtime, *, timeout_s: float = 1800) -> None:

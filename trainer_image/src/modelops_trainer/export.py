@@ -18,7 +18,6 @@ import contextlib
 import copy
 import io
 import logging
-import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import onnx
 import torch
 from torch import nn
 
+from modelops_trainer import cgroup
 from modelops_trainer.errors import ExportError, ParityCheckFailed
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def check_parity(path: Path, model: nn.Module, images: torch.Tensor, *, atol: fl
     with torch.no_grad():
         expected = cpu_model(x).numpy()
     options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, min(4, len(os.sched_getaffinity(0))))
+    options.intra_op_num_threads = max(1, min(4, cgroup.cpu_limit()))
     options.log_severity_level = 3
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -7,6 +7,7 @@ docstrings become the schema's descriptions, `Field` bounds become its bounds, a
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -30,6 +31,27 @@ URI_PATTERN = r"^(file|s3|gs|gcs|az|abfs|https?)://.+$"
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 #: A Go-style duration as the API server and Prometheus write them: "30s", "5m", "1h30m".
 DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
+
+
+#: A `file://` URI at the root or in a system folder: a PersistentVolumeClaim mounted there (the
+#: mount path is the URI's path) would hide the image's own programs and libraries.
+SYSTEM_FOLDER_URI = (
+    r"^file:///*((bin|boot|dev|etc|lib|lib32|lib64|libx32|opt|proc|root|run|sbin|sys|tmp|usr|var/run)(/.*)?)?/*$"
+)
+MOUNT_MESSAGE = (
+    "a PVC is never mounted over / or a system folder (/etc, /usr, /tmp, ...): choose a uri under /mnt or /data"
+)
+
+
+def check_mount(uri: str | None, pvc: str | None) -> None:
+    """The Python side of `mount_rule()`: ValueError when `pvc` would be mounted at a system folder."""
+    if pvc and uri and re.match(SYSTEM_FOLDER_URI, uri):
+        raise ValueError(MOUNT_MESSAGE)
+
+
+def mount_rule() -> dict[str, str]:
+    """The CEL rule for a model with `uri` and `pvc`: the PVC is mounted at the URI's path."""
+    return cel(f"!has(self.pvc) || !has(self.uri) || !self.uri.matches('{SYSTEM_FOLDER_URI}')", MOUNT_MESSAGE, ".uri")
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
@@ -142,4 +164,4 @@ class StatusBase(ApiModel):
     operator has not caught up with the latest spec yet."""
     conditions: list[Condition] = conditions_field()
     """Ready, Progressing and kind-specific conditions, each with a reason a program can match on
-    and a message a person can act on (see the README's status reference)."""
+    and a message a person can act on (see docs/reference/conditions.md)."""

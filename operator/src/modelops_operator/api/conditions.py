@@ -31,10 +31,6 @@ MODEL_RESOLVED = "ModelResolved"
 # Reasons shared by every kind.
 INVALID_SPEC = "InvalidSpec"
 """The spec passed the API server's schema but the operator cannot act on it; the message says why."""
-RECONCILING = "Reconciling"
-"""The operator accepted the spec and is bringing the children into line with it."""
-NOT_IMPLEMENTED = "NotImplemented"
-"""This operator version accepts the kind but does not yet act on it; nothing has been created."""
 
 # Reasons of a Dataset.
 JOB_CREATED = "JobCreated"
@@ -57,14 +53,35 @@ SOURCE_UNREACHABLE = "SourceUnreachable"
 INVALID_SOURCE = "InvalidSource"
 """A source could be read but not understood (a manifest without the named columns, a corrupt archive)."""
 UNSAFE_ARCHIVE = "UnsafeArchive"
-"""An archive holds a path that escapes its root (`../`, absolute paths, links); nothing was extracted."""
+"""An archive holds a path that escapes its root (`../`, absolute paths, links), or two members
+that clash (the same name, a file where a folder is, the root itself); nothing was kept."""
+ARCHIVE_TOO_LARGE = "ArchiveTooLarge"
+"""An archive expands past `spec.limits` (bytes, members, or ratio to its compressed size: a
+compression bomb); the message names the limit to raise if the archive is genuine."""
+SOURCE_TOO_LARGE = "SourceTooLarge"
+"""A manifest is larger than `spec.limits.manifestMaxBytes`."""
+SPLIT_MISSES_CLASS = "SplitMissesClass"
+"""A split (train, val or test) has no image of a class: too few images for the split's ratios.
+Add images, or set that ratio to 0."""
+CREDENTIALS_NOT_ALLOWED = "CredentialsNotAllowed"
+"""A source names a `credentialsSecret` the operator's admin has not listed for datasets
+(`settings.datasetCredentialsSecrets`); no Job was created."""
 EMPTY_CLASS = "EmptyClass"
 """A class has fewer images than `spec.cleaning.minImagesPerClass` after cleaning (or a listed class has none)."""
 NO_IMAGES_LEFT = "NoImagesLeft"
 """No image is left to publish: the sources listed none, or cleaning dropped every one (`status.dropped` says why)."""
 #: Reasons the preparation program may report; anything else becomes PreparationFailed.
 PREPARE_REASONS = frozenset(
-    {SOURCE_UNREACHABLE, INVALID_SOURCE, UNSAFE_ARCHIVE, EMPTY_CLASS, NO_IMAGES_LEFT, DEADLINE_EXCEEDED}
+    {
+        SOURCE_UNREACHABLE,
+        INVALID_SOURCE,
+        UNSAFE_ARCHIVE,
+        ARCHIVE_TOO_LARGE,
+        SOURCE_TOO_LARGE,
+        EMPTY_CLASS,
+        NO_IMAGES_LEFT,
+        DEADLINE_EXCEEDED,
+    }
 )
 
 # Reasons of a TrainingRun.
@@ -118,6 +135,16 @@ ROLLOUT_PAUSED = "RolloutPaused"
 ROLLED_BACK = "RolledBack"
 """The canary was rolled back (analysis failed, or aborted by hand); stable serves all traffic."""
 
+NAME_CONFLICT = "NameConflict"
+"""A child the operator would create (a preparation Job, a trial's PyTorchJob, a Deployment,
+Service, HPA, PDB, ServiceMonitor or PrometheusRule) already exists and was not created by this
+object: the operator touches none of the children until it is renamed or removed. The message
+names it; checked again at every resync."""
+ROUTE_NOT_DELEGATED = "RouteNotDelegated"
+"""The HTTPRoute named in `spec.rollout.trafficRouting.httpRoute` does not exist, or does not carry
+the annotation `modelops.dev/modeldeployment: <this object's name>` by which its owner hands its
+rules to this ModelDeployment; the operator leaves it untouched."""
+
 MLFLOW_VERSION_CREATED = "MLflowVersionCreated"
 """The model version was registered in MLflow (`status.model.mlflowVersion`)."""
 MLFLOW_REGISTRATION_FAILED = "MLflowRegistrationFailed"
@@ -127,8 +154,6 @@ every resync; the model stays registered in status."""
 #: Reasons that mean "waiting, nothing wrong": their Events are Normal, all others Warnings.
 WAITING_REASONS = frozenset(
     {
-        RECONCILING,
-        NOT_IMPLEMENTED,
         DATASET_NOT_READY,
         MODEL_NOT_REGISTERED,
         JOB_CREATED,
@@ -148,6 +173,20 @@ def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
+#: Longest condition message kept (Kubernetes allows 32768): a longer one keeps its start and its end,
+#: where programs put what went wrong.
+MAX_MESSAGE = 4096
+
+
+def shorten(message: str, limit: int = MAX_MESSAGE) -> str:
+    """`message` within `limit` characters: unchanged when it fits, else its start and its end
+    around ` … `."""
+    if len(message) <= limit:
+        return message
+    keep = limit - 3
+    return f"{message[: keep // 2]} … {message[len(message) - (keep - keep // 2) :]}"
+
+
 def set_condition(
     conditions: list[Condition],
     type_: str,
@@ -160,7 +199,8 @@ def set_condition(
     """Return `conditions` with `type_` set; `lastTransitionTime` moves only when `status` changes.
 
     The input is not modified. Keeping the old transition time when only the reason or message
-    changes is what makes "write status only when it changed" converge.
+    changes is what makes "write status only when it changed" converge. The message is shortened
+    to `MAX_MESSAGE` characters.
     """
     old = next((c for c in conditions if c.type == type_), None)
     transition = old.last_transition_time if old is not None and old.status == status else (at or now())
@@ -168,11 +208,79 @@ def set_condition(
         type=type_,
         status=status,
         reason=reason,
-        message=message,
+        message=shorten(message),
         last_transition_time=transition,
         observed_generation=generation,
     )
     return [new if c.type == type_ else c for c in conditions] if old else [*conditions, new]
+
+
+# Transitions, named after what happened. Each sets Ready and Progressing for one reason (and
+# Degraded too when `degraded` is given), in that order, through `set_condition`.
+
+
+def _transition(
+    conditions: list[Condition],
+    ready: ConditionStatus,
+    progressing: ConditionStatus,
+    reason: str,
+    message: str,
+    generation: int,
+    degraded: bool | None,
+    at: datetime | None,
+) -> list[Condition]:
+    conds = set_condition(conditions, READY, ready, reason, message, generation, at)
+    conds = set_condition(conds, PROGRESSING, progressing, reason, message, generation, at)
+    if degraded is not None:
+        status = ConditionStatus.TRUE if degraded else ConditionStatus.FALSE
+        conds = set_condition(conds, DEGRADED, status, reason, message, generation, at)
+    return conds
+
+
+def waiting(
+    conditions: list[Condition],
+    reason: str,
+    message: str,
+    generation: int,
+    *,
+    degraded: bool | None = None,
+    at: datetime | None = None,
+) -> list[Condition]:
+    """The object waits for something the operator does not do (a dependency, a person, a spec it
+    can act on) or was suspended: not Ready, not Progressing."""
+    return _transition(
+        conditions, ConditionStatus.FALSE, ConditionStatus.FALSE, reason, message, generation, degraded, at
+    )
+
+
+def running(
+    conditions: list[Condition],
+    reason: str,
+    message: str,
+    generation: int,
+    *,
+    degraded: bool | None = None,
+    at: datetime | None = None,
+) -> list[Condition]:
+    """Work toward the goal is under way (a Job, trials): not Ready yet, Progressing."""
+    return _transition(
+        conditions, ConditionStatus.FALSE, ConditionStatus.TRUE, reason, message, generation, degraded, at
+    )
+
+
+def finished(
+    conditions: list[Condition],
+    succeeded: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    *,
+    degraded: bool | None = None,
+    at: datetime | None = None,
+) -> list[Condition]:
+    """The work for the current spec is over: Ready when it succeeded, no longer Progressing."""
+    ready = ConditionStatus.TRUE if succeeded else ConditionStatus.FALSE
+    return _transition(conditions, ready, ConditionStatus.FALSE, reason, message, generation, degraded, at)
 
 
 def get_condition(conditions: list[Condition], type_: str) -> Condition | None:

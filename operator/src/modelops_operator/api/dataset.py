@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from modelops_operator.api.common import (
     DIGEST_PATTERN,
@@ -14,6 +14,8 @@ from modelops_operator.api.common import (
     Resources,
     StatusBase,
     cel,
+    check_mount,
+    mount_rule,
     validations,
 )
 
@@ -48,7 +50,8 @@ class DatasetSource(
     """For csv/jsonl manifests: the column (or key) holding each image's class; default `label`."""
     credentials_secret: str | None = Field(default=None, max_length=253)
     """A Secret in the same namespace whose keys are passed to the reader as environment variables
-    (for example `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`)."""
+    (for example `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`). Only Secrets the
+    operator's admin lists (chart `settings.datasetCredentialsSecrets`) may be named."""
 
 
 class Cleaning(ApiModel):
@@ -163,7 +166,26 @@ class Augmentation(
     """Probability of erasing a random rectangle (cutout); 0 turns it off."""
 
 
-class DatasetOutput(ApiModel):
+class SourceLimits(ApiModel):
+    """What the sources may make the preparation program read and write. Archives and manifests
+    come from outside; these bounds make a hostile one fail the Dataset (reasons `ArchiveTooLarge`,
+    `SourceTooLarge`) instead of the node. A change re-runs a preparation that failed on one."""
+
+    archive_max_bytes: int = Field(default=10 << 30, ge=1 << 20, le=1 << 40)
+    """Bytes one archive may expand to on the pod's scratch volume (default 10 GiB); the scratch
+    volume's `sizeLimit` grows with it."""
+    archive_max_members: int = Field(default=1_000_000, ge=1, le=100_000_000)
+    """Files and folders one archive may hold."""
+    archive_max_ratio: int = Field(default=100, ge=1, le=100_000)
+    """How many times its compressed size an archive may expand to (checked past its first 8 MiB):
+    images barely compress, a compression bomb expands a thousand times."""
+    manifest_max_bytes: int = Field(default=256 << 20, ge=1, le=1 << 34)
+    """Bytes of one CSV or JSONL manifest (default 256 MiB)."""
+    image_max_bytes: int = Field(default=64 << 20, ge=1, le=1 << 32)
+    """Bytes of one image file; a larger one is dropped unread (reason `TooLarge`)."""
+
+
+class DatasetOutput(ApiModel, json_schema_extra=validations(mount_rule())):
     """Where dataset versions are written."""
 
     uri: str | None = Field(default=None, pattern=URI_PATTERN, max_length=2048)
@@ -171,6 +193,11 @@ class DatasetOutput(ApiModel):
     operator's artifact store."""
     pvc: str | None = Field(default=None, max_length=253)
     """A PersistentVolumeClaim mounted into the preparation pod when `uri` is a `file://` path on it."""
+
+    @model_validator(mode="after")
+    def _not_over_a_system_folder(self) -> DatasetOutput:
+        check_mount(self.uri, self.pvc)
+        return self
 
 
 class DatasetSpec(ApiModel):
@@ -190,8 +217,11 @@ class DatasetSpec(ApiModel):
     """The augmentation policy the trainer applies."""
     output: DatasetOutput = Field(default_factory=DatasetOutput)
     """Where versions are written."""
+    limits: SourceLimits = Field(default_factory=SourceLimits)
+    """Bounds on what the sources may make the preparation program read and write."""
     resources: Resources = Field(default_factory=Resources)
-    """CPU and memory of the preparation pod."""
+    """CPU and memory of the preparation pod; unset ones default to requests `cpu: 1, memory: 1Gi`
+    and limits `cpu: 4, memory: 4Gi`. The program sizes its worker pool from the limits."""
     placement: Placement = Field(default_factory=Placement)
     """Where the preparation pod may run."""
     active_deadline_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)

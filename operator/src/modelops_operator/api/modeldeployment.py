@@ -123,7 +123,8 @@ class AnalysisMetric(
     """`errorRate` (share of 5xx answers) and `latencyP99` (seconds) are built in; `custom` runs `query`."""
     query: str | None = Field(default=None, max_length=4096)
     """A PromQL query for a `custom` metric. `{{selector}}` is replaced by the canary's label
-    matchers, `{{stableSelector}}` by the stable's, `{{interval}}` by the analysis interval."""
+    matchers, `{{stableSelector}}` by the stable's, `{{interval}}` by the analysis interval.
+    Refused unless the operator allows custom queries (chart `settings.customAnalysisQueries`)."""
     max: float | None = None
     """The check fails when the value is above this."""
     min: float | None = None
@@ -241,8 +242,9 @@ class Alerts(ApiModel):
     """How long a condition must hold before the alert fires."""
     severity: Literal["info", "warning", "critical"] = "warning"
     """The `severity` label of the alerts."""
-    runbook_url: str | None = Field(default=None, pattern=r"^https?://.+$", max_length=2048)
-    """Base URL of the runbooks; each alert's annotation appends its name."""
+    runbook_url: str | None = Field(default=None, pattern=r"^https?://[^\s{}$]+$", max_length=2048)
+    """Base URL of the runbooks; each alert's annotation appends its name. No `{`, `}` or `$`:
+    Prometheus runs annotations as templates, and this one is the author's text."""
 
 
 class ModelDeploymentSpec(ApiModel):

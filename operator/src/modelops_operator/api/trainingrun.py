@@ -16,6 +16,8 @@ from modelops_operator.api.common import (
     Resources,
     StatusBase,
     cel,
+    check_mount,
+    mount_rule,
     validations,
 )
 
@@ -254,7 +256,7 @@ class RunPolicy(ApiModel):
     """Which pods to delete when a trial finishes; `None` keeps their logs readable."""
 
 
-class Checkpointing(ApiModel):
+class Checkpointing(ApiModel, json_schema_extra=validations(mount_rule())):
     """Checkpoints written during training, for resumption after preemption."""
 
     every_epochs: int = Field(default=1, ge=1, le=10_000)
@@ -264,6 +266,11 @@ class Checkpointing(ApiModel):
     pvc: str | None = Field(default=None, max_length=253)
     """A PersistentVolumeClaim shared by the trial's pods, mounted where `uri` points."""
 
+    @model_validator(mode="after")
+    def _not_over_a_system_folder(self) -> Checkpointing:
+        check_mount(self.uri, self.pvc)
+        return self
+
 
 class Registry(ApiModel):
     """Where registered model versions are recorded besides status."""
@@ -272,6 +279,11 @@ class Registry(ApiModel):
     """An MLflow tracking server to register model versions in; unset registers in status only."""
     model_name: str | None = Field(default=None, max_length=253)
     """The registered model's name in MLflow; default the TrainingRun's name."""
+    credentials_secret: str | None = Field(default=None, max_length=253, pattern=NAME_PATTERN)
+    """A Secret in this namespace with MLflow credentials: `token` (sent as a bearer token) or
+    `username` and `password` (basic authentication). It must carry the annotation
+    `modelops.dev/mlflow-tracking-uri` set to exactly `mlflowTrackingUri`, by which its owner allows
+    sending it there; the operator needs RBAC to read it (chart value `rbac.readSecrets`)."""
 
 
 class TrainingRunSpec(ApiModel):

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from modelops_operator.api import names
 from modelops_operator.api.modeldeployment import Alerts, ModelDeploymentSpec
-from modelops_operator.builders.common import child_name, labels, owner_reference
+from modelops_operator.builders.common import labels, owner_reference
 
-GROUP, VERSION, KIND, PLURAL = "monitoring.coreos.com", "v1", "PrometheusRule", "prometheusrules"
-API_VERSION = f"{GROUP}/{VERSION}"
 COMPONENT = "alerts"
 
 HIGH_ERROR_RATE = "ModelDeploymentHighErrorRate"
@@ -38,8 +37,8 @@ RATE_WINDOW = "5m"
 #: How far back a model load failure keeps its alert active.
 LOAD_FAILURE_WINDOW = "10m"
 #: The Prometheus labels the server pods' `modelops.dev/*` labels become (labelmap).
-MD_LABEL = "modelops_dev_modeldeployment"
-TRACK_LABEL = "modelops_dev_track"
+MD_LABEL = names.prometheus_label(names.MODEL_DEPLOYMENT_LABEL)
+TRACK_LABEL = names.prometheus_label(names.TRACK_LABEL)
 
 
 def group_name(namespace: str, name: str) -> str:
@@ -80,7 +79,7 @@ def rule_groups(namespace: str, name: str, alerts: Alerts) -> list[dict[str, Any
     errors = f"modelops_requests_total{_selector(*server, ('code', '=~', '5..'))}"
     buckets = f"modelops_request_duration_seconds_bucket{_selector(*server)}"
     load_failures = f"modelops_model_loads_total{_selector(*server, ('result', '=', 'failure'))}"
-    stable = child_name(name, "stable")
+    stable = names.child_name(name, "stable")
     deployment = _selector(("namespace", "=", namespace), ("deployment", "=", stable))
     available = f"kube_deployment_status_replicas_available{deployment}"
     aborted = f"modelops_rollout_aborted{_selector(('namespace', '=', namespace), ('modeldeployment', '=', name))}"
@@ -166,10 +165,10 @@ def build_prometheus_rule(md: dict[str, Any], spec: ModelDeploymentSpec) -> dict
     name: str = md["metadata"]["name"]
     namespace: str = md["metadata"]["namespace"]
     return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
+        "apiVersion": names.PROMETHEUSRULE.api_version,
+        "kind": names.PROMETHEUSRULE.kind,
         "metadata": {
-            "name": child_name(name, COMPONENT),
+            "name": names.child_name(name, COMPONENT),
             "namespace": namespace,
             "labels": labels("ModelDeployment", name, COMPONENT),
             "ownerReferences": [owner_reference(md)],

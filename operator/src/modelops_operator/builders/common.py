@@ -1,9 +1,10 @@
 """What every child object shares: names, labels, owner references, the restricted security profile.
 
-Naming: a child is named `<owner>-<role>-<hash>` where the hash identifies the spec it was built
-from; the owner part is truncated so the whole fits Kubernetes' 63-character label-value limit
-(Job names become pod labels). Labels follow the `app.kubernetes.io/*` recommendations, plus
-`modelops.dev/<kind>: <owner>` so children are listed by their owner with one selector.
+Naming: a child is named `<owner>-<role>[-<hash>]` by `api.names.child_name`, where the hash
+identifies the spec it was built from; the owner part is truncated so the whole fits Kubernetes'
+63-character label-value limit (Job names become pod labels). Labels follow the
+`app.kubernetes.io/*` recommendations, plus `modelops.dev/<kind>: <owner>` so children are listed by
+their owner with one selector; every key is in `api.names`.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import hashlib
 import json
 from typing import Any
 
+from modelops_operator.api import names
 from modelops_operator.api.common import Placement
 
 MANAGED_BY = "modelops-operator"
-MAX_NAME = 63
 
 
 def spec_hash(value: Any, length: int = 16) -> str:
@@ -24,20 +25,14 @@ def spec_hash(value: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def child_name(owner: str, role: str, suffix: str = "") -> str:
-    """`<owner>-<role>[-<suffix>]`, the owner truncated to fit 63 characters."""
-    tail = f"-{role}" + (f"-{suffix}" if suffix else "")
-    return owner[: MAX_NAME - len(tail)].rstrip("-") + tail
-
-
 def labels(kind: str, owner: str, component: str) -> dict[str, str]:
     """The labels of every child of `owner` (a `kind` object)."""
     return {
-        "app.kubernetes.io/name": "modelops",
-        "app.kubernetes.io/instance": owner[:MAX_NAME],
-        "app.kubernetes.io/component": component,
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        f"modelops.dev/{kind.lower()}": owner[:MAX_NAME],
+        names.APP_NAME_LABEL: "modelops",
+        names.APP_INSTANCE_LABEL: names.label_value(owner),
+        names.APP_COMPONENT_LABEL: component,
+        names.APP_MANAGED_BY_LABEL: MANAGED_BY,
+        names.owner_label(kind): names.label_value(owner),
     }
 
 

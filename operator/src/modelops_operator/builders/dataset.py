@@ -8,6 +8,11 @@ after a restart. The pod runs `python -m modelops_trainer.prepare` with the conf
 environment variable `MODELOPS_PREPARE_CONFIG` (the contract `modelops.dev/prepare-config/v1`,
 validated by the program), under the restricted Pod Security profile with a read-only root
 filesystem (scratch space is an emptyDir at /tmp).
+
+The pod always has resource limits (`DEFAULT_RESOURCES` fills the ones the spec leaves out) and its
+scratch volume a `sizeLimit` (room for the archives at `spec.limits.archiveMaxBytes` each, plus
+`SCRATCH_SPARE`): the sources are untrusted, and a pod without limits that meets a bomb takes its
+node's memory or disk with it.
 """
 
 from __future__ import annotations
@@ -16,9 +21,9 @@ import json
 from typing import Any
 from urllib.parse import urlparse
 
-from modelops_operator.api.dataset import DatasetSpec
+from modelops_operator.api.dataset import DatasetSpec, SourceLimits
+from modelops_operator.api.names import SPEC_HASH_LABEL, child_name
 from modelops_operator.builders.common import (
-    child_name,
     labels,
     owner_reference,
     place,
@@ -32,12 +37,71 @@ CONFIG_ENV = "MODELOPS_PREPARE_CONFIG"
 CONFIG_VERSION = "modelops.dev/prepare-config/v1"
 DATA_FIELDS = ("sources", "classes", "cleaning", "preprocessing", "split", "augmentation", "output")
 COMPONENT = "dataset-prepare"
+#: Requests and limits of the preparation container where the spec sets none.
+DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
+    "requests": {"cpu": "1", "memory": "1Gi"},
+    "limits": {"cpu": "4", "memory": "4Gi"},
+}
+#: Scratch space beside extracted archives (temporary files of readers, Python's own).
+SCRATCH_SPARE = 1 << 30
 
 
 def data_hash(spec: DatasetSpec) -> str:
     """Hash of the spec fields that determine the dataset's content."""
     wire = spec.wire()
-    return spec_hash({k: wire.get(k) for k in DATA_FIELDS})
+    fields = {k: wire.get(k) for k in DATA_FIELDS}
+    if spec.limits != SourceLimits():  # only when set: the default must not change existing hashes
+        fields["limits"] = wire["limits"]
+    return spec_hash(fields)
+
+
+def scratch_size(spec: DatasetSpec) -> int:
+    """Bytes of the pod's scratch volume: every archive at its limit, and some spare."""
+    archives = sum(1 for s in spec.sources if s.format == "archive")
+    return archives * spec.limits.archive_max_bytes + SCRATCH_SPARE
+
+
+def prepare_resources(spec: DatasetSpec) -> dict[str, dict[str, Any]]:
+    """The container's resources: the spec's, with `DEFAULT_RESOURCES` for the CPU and memory it
+    leaves out, kept a valid pair (a request never above its limit)."""
+    wire = spec.resources.wire()
+    requests, limits = dict(wire.get("requests", {})), dict(wire.get("limits", {}))
+    for name, default_limit in DEFAULT_RESOURCES["limits"].items():
+        default_request = DEFAULT_RESOURCES["requests"][name]
+        request, limit = requests.get(name), limits.get(name)
+        if limit is None:
+            limits[name] = default_limit if request is None else max(request, default_limit, key=_amount)
+        if request is None:
+            requests[name] = min(default_request, limits[name], key=_amount)
+    return {"requests": requests, "limits": limits}
+
+
+_UNITS = {
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "m": 1e-3,
+}
+
+
+def _amount(quantity: Any) -> float:
+    """A Kubernetes quantity as a number, for comparing two of the same resource."""
+    text = str(quantity)
+    for suffix, factor in sorted(_UNITS.items(), key=lambda kv: -len(kv[0])):
+        if text.endswith(suffix):
+            try:
+                return float(text[: -len(suffix)]) * factor
+            except ValueError:
+                return 0.0
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0
 
 
 def output_uri(spec: DatasetSpec, namespace: str, name: str, settings: OperatorSettings) -> str:
@@ -59,6 +123,7 @@ def prepare_config(dataset: dict[str, Any], spec: DatasetSpec, settings: Operato
         "preprocessing": wire["preprocessing"],
         "split": wire["split"],
         "augmentation": wire["augmentation"],
+        "limits": wire["limits"],
         "output": {"uri": output_uri(spec, meta["namespace"], meta["name"], settings)},
         "specHash": data_hash(spec),
     }
@@ -81,9 +146,9 @@ def build_prepare_job(dataset: dict[str, Any], spec: DatasetSpec, settings: Oper
     meta = dataset["metadata"]
     name, digest = meta["name"], data_hash(spec)
     config = prepare_config(dataset, spec, settings)
-    job_labels = {**labels("Dataset", name, COMPONENT), "modelops.dev/spec-hash": digest}
+    job_labels = {**labels("Dataset", name, COMPONENT), SPEC_HASH_LABEL: digest}
     volumes, mounts = artifact_mounts([config["output"]["uri"], *(s.uri for s in spec.sources)], settings)
-    volumes.append({"name": "tmp", "emptyDir": {}})
+    volumes.append({"name": "tmp", "emptyDir": {"sizeLimit": str(scratch_size(spec))}})
     mounts.append({"name": "tmp", "mountPath": "/tmp"})
     if spec.output.pvc:
         path = urlparse(config["output"]["uri"]).path
@@ -104,9 +169,7 @@ def build_prepare_job(dataset: dict[str, Any], spec: DatasetSpec, settings: Oper
     secrets = sorted({s.credentials_secret for s in spec.sources if s.credentials_secret})
     if secrets:
         container["envFrom"] = [{"secretRef": {"name": secret}} for secret in secrets]
-    resources = spec.resources.wire()
-    if resources.get("requests") or resources.get("limits"):
-        container["resources"] = {k: v for k, v in resources.items() if v}
+    container["resources"] = prepare_resources(spec)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "securityContext": restricted_pod_security(),

@@ -2,10 +2,12 @@
 Service over both (and one per track, for HTTPRoute backends), a PodDisruptionBudget, a
 HorizontalPodAutoscaler, and (when prometheus-operator is installed) a ServiceMonitor.
 
-Everything is applied with server-side apply by the field manager `modelops-operator`: what the
-operator sets it owns, so a manual edit of an owned field is reverted at the next reconcile, and
-an unchanged object is not written at all (no update loops). The stable Deployment's `replicas`
-is left out of what is applied: the HorizontalPodAutoscaler owns it.
+A child is created when absent, and applied with server-side apply by the field manager
+`modelops-operator` only while its controller owner reference is this ModelDeployment
+(`reconcile.ownership`): what the operator sets it owns, so a manual edit of an owned field is
+reverted at the next reconcile, and an unchanged object is not written at all (no update loops).
+An object of a child's name that someone else made is never touched (reason `NameConflict`).
+The stable Deployment's `replicas` is left out of what is applied: the HorizontalPodAutoscaler owns it.
 
 Traffic: the Service `<name>` selects the server pods of both tracks, so with replica-ratio
 routing the canary's share of traffic is its share of the ready pods; the canary Deployment's
@@ -18,6 +20,16 @@ import math
 from typing import Any
 
 from modelops_operator.api.modeldeployment import ModelDeploymentSpec, ServedModel
+from modelops_operator.api.names import (
+    APP_COMPONENT_LABEL,
+    APP_NAME_LABEL,
+    GPU,
+    MODEL_DEPLOYMENT_LABEL,
+    MODEL_DIGEST_ANNOTATION,
+    SERVICEMONITOR,
+    TRACK_LABEL,
+    child_name,
+)
 from modelops_operator.builders.common import (
     labels,
     owner_reference,
@@ -29,27 +41,25 @@ from modelops_operator.builders.dataset import artifact_mounts
 from modelops_operator.settings import OperatorSettings
 
 KIND = "ModelDeployment"
-TRACK_LABEL = "modelops.dev/track"
-OWNER_LABEL = "modelops.dev/modeldeployment"
-DIGEST_ANNOTATION = "modelops.dev/model-digest"
 PORT = 8080
 DRAIN_SECONDS = 30
 #: Seconds a terminating server keeps serving while not ready, so endpoint lists drop it first.
 SHUTDOWN_DELAY_SECONDS = 5
 #: Longer than the server's delay and drain, so in-flight requests are answered before the kill.
 GRACE_SECONDS = SHUTDOWN_DELAY_SECONDS + DRAIN_SECONDS + 15
-GPU = "nvidia.com/gpu"
 #: Used when the spec asks for no resources: the autoscaler's CPU target needs a CPU request.
 DEFAULT_REQUESTS = {"cpu": "500m", "memory": "512Mi"}
 
 
 def deployment_name(name: str, track: str) -> str:
-    return f"{name[: 63 - len(track) - 1]}-{track}"
+    """`<name>-<track>`: the Deployment and the Service of one track, by the same rule as every child
+    (`child_name`), which the alert rules also use to select the stable Deployment."""
+    return child_name(name, track)
 
 
 def selector(name: str, track: str | None = None) -> dict[str, str]:
     """The labels that pick a ModelDeployment's server pods (of one track, or both)."""
-    sel = {OWNER_LABEL: name}
+    sel = {MODEL_DEPLOYMENT_LABEL: name}
     if track:
         sel[TRACK_LABEL] = track
     return sel
@@ -160,7 +170,7 @@ def pod_template(
         "metadata": {
             "labels": {**labels(KIND, name, "server"), **selector(name, track)},
             "annotations": {
-                DIGEST_ANNOTATION: model.digest,
+                MODEL_DIGEST_ANNOTATION: model.digest,
                 "prometheus.io/scrape": "true",
                 "prometheus.io/port": str(PORT),
                 "prometheus.io/path": "/metrics",
@@ -272,22 +282,22 @@ def build_service_monitor(md: dict[str, Any]) -> dict[str, Any]:
     analysis queries and alert rules select on (`modelops_dev_modeldeployment`, `modelops_dev_track`)."""
     name = md["metadata"]["name"]
     return {
-        "apiVersion": "monitoring.coreos.com/v1",
-        "kind": "ServiceMonitor",
+        "apiVersion": SERVICEMONITOR.api_version,
+        "kind": SERVICEMONITOR.kind,
         "metadata": _meta(md, name, "service-monitor"),
         "spec": {
             "selector": {
-                "matchLabels": {OWNER_LABEL: name, "app.kubernetes.io/name": "modelops"},
+                "matchLabels": {MODEL_DEPLOYMENT_LABEL: name, APP_NAME_LABEL: "modelops"},
                 "matchExpressions": [
                     {
-                        "key": "app.kubernetes.io/component",
+                        "key": APP_COMPONENT_LABEL,
                         "operator": "In",
                         "values": ["service-stable", "service-canary"],
                     }
                 ],
             },
             "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],
-            "podTargetLabels": [OWNER_LABEL, TRACK_LABEL],
+            "podTargetLabels": [MODEL_DEPLOYMENT_LABEL, TRACK_LABEL],
         },
     }
 

@@ -23,6 +23,14 @@ import json
 from typing import Any
 from urllib.parse import urlparse
 
+from modelops_operator.api.names import (
+    GPU,
+    KUEUE_QUEUE_LABEL,
+    PARAMETERS_ANNOTATION,
+    PYTORCHJOB,
+    ROUND_LABEL,
+    TRIAL_LABEL,
+)
 from modelops_operator.api.trainingrun import TrainingRunSpec
 from modelops_operator.builders.common import (
     labels,
@@ -35,7 +43,6 @@ from modelops_operator.builders.common import (
 from modelops_operator.builders.dataset import artifact_mounts
 from modelops_operator.settings import OperatorSettings
 
-PYTORCHJOB_GROUP, PYTORCHJOB_VERSION, PYTORCHJOB_PLURAL = "kubeflow.org", "v1", "pytorchjobs"
 CONFIG_ENV = "MODELOPS_TRAIN_CONFIG"
 CONFIG_VERSION = "modelops.dev/train-config/v1"
 COMPONENT = "training-trial"
@@ -43,12 +50,8 @@ COMPONENT = "training-trial"
 MODEL_FIELDS = ("datasetRef", "model", "hyperparameters", "search")
 #: Room left in a 63-character name for what the training operator appends (`-worker-NNN`).
 MAX_JOB_NAME = 52
-PARAMETERS_ANNOTATION = "modelops.dev/parameters"
-TRIAL_LABEL = "modelops.dev/trial"
-ROUND_LABEL = "modelops.dev/round"
 #: Seconds a pod has after SIGTERM: the trainer writes a checkpoint before it exits.
 GRACE_SECONDS = 120
-GPU = "nvidia.com/gpu"
 
 
 def model_hash(spec: TrainingRunSpec) -> str:
@@ -189,7 +192,7 @@ def build_pytorchjob(
     }
     w, policy = spec.workers, spec.run_policy
     if w.queue_name:
-        job_labels["kueue.x-k8s.io/queue-name"] = w.queue_name
+        job_labels[KUEUE_QUEUE_LABEL] = w.queue_name
     template = {"metadata": {"labels": dict(job_labels)}, "spec": _pod_template(spec, config, settings)}
     replica = {"restartPolicy": "ExitCode", "template": template}
     replicas: dict[str, Any] = {"Master": {"replicas": 1, **replica}}
@@ -215,8 +218,8 @@ def build_pytorchjob(
     if _nproc(spec) > 1:
         job_spec["nprocPerNode"] = str(_nproc(spec))
     return {
-        "apiVersion": f"{PYTORCHJOB_GROUP}/{PYTORCHJOB_VERSION}",
-        "kind": "PyTorchJob",
+        "apiVersion": PYTORCHJOB.api_version,
+        "kind": PYTORCHJOB.kind,
         "metadata": {
             "name": name,
             "namespace": meta["namespace"],

@@ -6,6 +6,7 @@ errors into the operator's exception hierarchy:
     KubeError
     ├── Conflict        409: someone else changed the object; retry soon
     └── Unavailable     5xx, timeouts, connection errors: the API server is away; retry later
+        └── Forbidden   403: the operator's RBAC does not allow the call (a Secret, by default)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from modelops_operator.api.common import GROUP, VERSION
 from modelops_operator.api.kinds import Kind
+from modelops_operator.api.names import HTTPROUTE, PYTORCHJOB
 from modelops_operator.settings import OperatorSettings
 
 
@@ -35,6 +37,10 @@ class Conflict(KubeError):
 
 class Unavailable(KubeError):
     """The API server did not answer usefully (5xx, timeout, refused connection)."""
+
+
+class Forbidden(Unavailable):
+    """The operator may not make the call (HTTP 403): its RBAC leaves it out."""
 
 
 #: (connect, read) seconds for every call that does not set its own. Without it a connection that
@@ -81,6 +87,8 @@ def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
             return None
         if e.status == 409:
             raise Conflict(f"{what}: {e.reason}") from e
+        if e.status == 403:
+            raise Forbidden(f"{what}: forbidden by the operator's RBAC") from e
         raise Unavailable(f"{what}: {e.status} {e.reason}") from e
     except (urllib3.exceptions.HTTPError, OSError) as e:
         raise Unavailable(f"{what}: {e}") from e
@@ -136,17 +144,15 @@ def get_object(kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
     return dict(obj) if obj is not None else None
 
 
-PYTORCHJOBS = ("kubeflow.org", "v1", "pytorchjobs")
-
-
 def list_pytorchjobs(namespace: str, selector: str) -> list[dict[str, Any]]:
     """PyTorchJobs in `namespace` matching a label selector."""
     res = _call(
         f"list pytorchjobs {namespace} {selector}",
         _api().list_namespaced_custom_object,
-        *PYTORCHJOBS[:2],
+        PYTORCHJOB.group,
+        PYTORCHJOB.version,
         namespace,
-        PYTORCHJOBS[2],
+        PYTORCHJOB.plural,
         label_selector=selector,
     )
     return list(res["items"]) if res is not None else []
@@ -159,9 +165,10 @@ def create_pytorchjob(body: dict[str, Any]) -> None:
         _call(
             f"create pytorchjob {ns}/{body['metadata']['name']}",
             _api().create_namespaced_custom_object,
-            *PYTORCHJOBS[:2],
+            PYTORCHJOB.group,
+            PYTORCHJOB.version,
             ns,
-            PYTORCHJOBS[2],
+            PYTORCHJOB.plural,
             body,
         )
 
@@ -171,9 +178,10 @@ def delete_pytorchjob(namespace: str, name: str) -> None:
     _call(
         f"delete pytorchjob {namespace}/{name}",
         _api().delete_namespaced_custom_object,
-        *PYTORCHJOBS[:2],
+        PYTORCHJOB.group,
+        PYTORCHJOB.version,
         namespace,
-        PYTORCHJOBS[2],
+        PYTORCHJOB.plural,
         name,
         propagation_policy="Background",
     )
@@ -184,9 +192,10 @@ def suspend_pytorchjob(namespace: str, name: str, suspend: bool) -> None:
     _call(
         f"patch pytorchjob {namespace}/{name}",
         _api().patch_namespaced_custom_object,
-        *PYTORCHJOBS[:2],
+        PYTORCHJOB.group,
+        PYTORCHJOB.version,
         namespace,
-        PYTORCHJOBS[2],
+        PYTORCHJOB.plural,
         name,
         {"spec": {"runPolicy": {"suspend": suspend}}},
     )
@@ -214,18 +223,38 @@ def _dynamic() -> kubernetes.dynamic.DynamicClient:
     return kubernetes.dynamic.DynamicClient(login())
 
 
-def apply(body: dict[str, Any]) -> dict[str, Any]:
-    """Server-side apply `body` as the operator's field manager, taking over conflicting fields
-    (a manual edit of a field the operator sets is reverted). An unchanged object is not written."""
-    meta = body["metadata"]
-    what = f"apply {body['kind']} {meta.get('namespace')}/{meta['name']}"
+def _resource(body: dict[str, Any], what: str) -> Any:
     try:
-        resource = _dynamic().resources.get(api_version=body["apiVersion"], kind=body["kind"])
+        return _dynamic().resources.get(api_version=body["apiVersion"], kind=body["kind"])
     except kubernetes.dynamic.exceptions.ResourceNotFoundError as e:
         raise Unavailable(f"{what}: the API server does not serve {body['apiVersion']} {body['kind']}") from e
+
+
+def get_like(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The object of `body`'s kind, namespace and name as it is now, or None when there is none."""
+    meta = body["metadata"]
+    what = f"get {body['kind']} {meta.get('namespace')}/{meta['name']}"
+    res = _call(what, _resource(body, what).get, name=meta["name"], namespace=meta.get("namespace"))
+    return dict(res.to_dict()) if res is not None else None
+
+
+def create(body: dict[str, Any]) -> None:
+    """Create `body` as the operator's field manager. One created by someone else in between is a
+    `Conflict` (retried: the next reconcile sees whose it is); it is never taken over."""
+    meta = body["metadata"]
+    what = f"create {body['kind']} {meta.get('namespace')}/{meta['name']}"
+    _call(what, _resource(body, what).create, body=body, namespace=meta.get("namespace"), field_manager=FIELD_MANAGER)
+
+
+def apply(body: dict[str, Any]) -> dict[str, Any]:
+    """Server-side apply `body` as the operator's field manager, taking over conflicting fields
+    (a manual edit of a field the operator sets is reverted). Only for the operator's own objects:
+    `reconcile.ownership.claim` says which those are. An unchanged object is not written."""
+    meta = body["metadata"]
+    what = f"apply {body['kind']} {meta.get('namespace')}/{meta['name']}"
     res = _call(
         what,
-        resource.server_side_apply,
+        _resource(body, what).server_side_apply,
         body=body,
         name=meta["name"],
         namespace=meta.get("namespace"),
@@ -233,6 +262,14 @@ def apply(body: dict[str, Any]) -> dict[str, Any]:
         force_conflicts=True,
     )
     return dict(res.to_dict()) if res is not None else {}
+
+
+def get_secret(namespace: str, name: str) -> dict[str, Any] | None:
+    """A Secret (`data` base64-encoded, as the API gives it), or None. `Forbidden` unless the chart
+    grants the operator `get` on Secrets (`rbac.readSecrets`)."""
+    core = kubernetes.client.CoreV1Api(login())
+    res = _call(f"get secret {namespace}/{name}", core.read_namespaced_secret, name, namespace)
+    return dict(_plain(res)) if res is not None else None
 
 
 def get_deployment(namespace: str, name: str) -> dict[str, Any] | None:
@@ -272,15 +309,29 @@ def annotate(kind: Kind, namespace: str, name: str, annotations: dict[str, str |
     )
 
 
+def get_http_route(namespace: str, name: str) -> dict[str, Any] | None:
+    """A Gateway API HTTPRoute, or None when it does not exist."""
+    res = _call(
+        f"get httproute {namespace}/{name}",
+        _api().get_namespaced_custom_object,
+        HTTPROUTE.group,
+        HTTPROUTE.version,
+        namespace,
+        HTTPROUTE.plural,
+        name,
+    )
+    return dict(res) if res is not None else None
+
+
 def patch_http_route(namespace: str, name: str, patch: dict[str, Any]) -> None:
     """Merge-patch a Gateway API HTTPRoute (its rules' backend weights)."""
     _call(
         f"patch httproute {namespace}/{name}",
         _api().patch_namespaced_custom_object,
-        "gateway.networking.k8s.io",
-        "v1",
+        HTTPROUTE.group,
+        HTTPROUTE.version,
         namespace,
-        "httproutes",
+        HTTPROUTE.plural,
         name,
         patch,
     )

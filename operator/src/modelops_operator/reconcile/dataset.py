@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
 from modelops_operator.api import conditions as c
-from modelops_operator.api.common import ConditionStatus
+from modelops_operator.api.common import Condition, ConditionStatus
 from modelops_operator.api.dataset import DatasetSpec, DatasetStatus, SplitCounts
+from modelops_operator.api.names import SPEC_HASH_LABEL
 from modelops_operator.builders.dataset import build_prepare_job, data_hash
 from modelops_operator.settings import OperatorSettings
 
@@ -37,6 +38,8 @@ class PrepareResult(BaseModel):
     classes: int | None = None
     splits: dict[str, SplitCounts] = {}
     dropped: dict[str, int] = {}
+    missing: dict[str, list[str]] = {}
+    """Classes without an image in a split, by split (at most 20 each)."""
     reason: str | None = None
     message: str | None = None
 
@@ -128,20 +131,9 @@ def parse_result(message: str | None) -> PrepareResult | None:
         return None
 
 
-def _with(
-    status: DatasetStatus,
-    phase: str,
-    ready: ConditionStatus,
-    progressing: ConditionStatus,
-    reason: str,
-    message: str,
-    **fields: Any,
-) -> DatasetStatus:
-    """`status` with a phase, Ready and Progressing set (for the same reason) and other fields updated."""
-    generation = status.observed_generation
-    conds = c.set_condition(status.conditions, c.READY, ready, reason, message, generation)
-    conds = c.set_condition(conds, c.PROGRESSING, progressing, reason, message, generation)
-    return status.model_copy(update={"phase": phase, "conditions": conds, **fields})
+def _in_phase(status: DatasetStatus, phase: str, conditions: list[Condition], **fields: Any) -> DatasetStatus:
+    """`status` in `phase`, with `conditions` and other fields updated."""
+    return status.model_copy(update={"phase": phase, "conditions": conditions, **fields})
 
 
 def reconcile_dataset(
@@ -150,42 +142,68 @@ def reconcile_dataset(
     """The status the Dataset should have, and the Job calls that get it there."""
     generation = int(dataset["metadata"].get("generation") or 0)
     wanted = data_hash(spec)
-    current = next((j for j in observed.jobs if j["metadata"]["labels"].get("modelops.dev/spec-hash") == wanted), None)
+    current = next((j for j in observed.jobs if j["metadata"]["labels"].get(SPEC_HASH_LABEL) == wanted), None)
     actions = [Action("delete", "Job", j["metadata"]["name"]) for j in observed.jobs if j is not current]
     status = old.model_copy(update={"observed_generation": generation})
     if old.spec_hash == wanted and old.phase in ("Ready", "Failed"):
         return Outcome(status, actions)  # settled for this spec: never re-run
     if current is None:
+        named = {s.credentials_secret for s in spec.sources if s.credentials_secret is not None}
+        refused = sorted(named - set(settings.dataset_credentials_secrets))
+        if refused:
+            msg = (
+                f"spec.sources[].credentialsSecret: {', '.join(refused)} may not be used by Datasets; "
+                "the operator's admin lists the Secrets meant for datasets in settings.datasetCredentialsSecrets"
+            )
+            conds = c.waiting(status.conditions, c.CREDENTIALS_NOT_ALLOWED, msg, generation)
+            return Outcome(_in_phase(status, "Failed", conds), actions)  # no spec_hash: checked at each resync
         job = build_prepare_job(dataset, spec, settings)
         name = job["metadata"]["name"]
         msg = f"created Job {name} to prepare the dataset"
         if old.version:
             msg += f"; version {old.version} stays available meanwhile"
-        status = _with(status, "Pending", F, T, c.JOB_CREATED, msg, job_name=name)
+        conds = c.running(status.conditions, c.JOB_CREATED, msg, generation)
+        status = _in_phase(status, "Pending", conds, job_name=name)
         return Outcome(status, [*actions, Action("create", "Job", "", job)])
     return Outcome(_from_job(status, spec, current, observed, wanted), actions)
+
+
+def _split_coverage(status: DatasetStatus, missing: dict[str, list[str]]) -> DatasetStatus:
+    """Degraded when a split lacks a class: the version is usable, but not what the user expects
+    (a class the test split lacks is never evaluated), so it is said, never silently published."""
+    generation = status.observed_generation
+    if missing:
+        lacking = "; ".join(f"{split}: {', '.join(classes)}" for split, classes in sorted(missing.items()))
+        msg = f"splits without an image of some classes ({lacking}): add images, or set that split's ratio to 0"
+        conds = c.set_condition(status.conditions, c.DEGRADED, T, c.SPLIT_MISSES_CLASS, msg, generation)
+    elif c.get_condition(status.conditions, c.DEGRADED) is not None:
+        msg = "every split has images of every class"
+        conds = c.set_condition(status.conditions, c.DEGRADED, F, c.DATASET_PREPARED, msg, generation)
+    else:
+        return status
+    return status.model_copy(update={"conditions": conds})
 
 
 def _from_job(
     status: DatasetStatus, spec: DatasetSpec, job: dict[str, Any], observed: Observed, wanted: str
 ) -> DatasetStatus:
     """The status that follows from the current spec's Job and what its pod reported."""
-    name = job["metadata"]["name"]
+    name, generation = job["metadata"]["name"], status.observed_generation
     state, job_reason, job_message = job_state(job)
     result = parse_result(observed.result_message)
     if state == "Active" and observed.pod_problem:
-        return _with(status, "Running", F, T, c.POD_PENDING, f"Job {name}: {observed.pod_problem}", job_name=name)
+        conds = c.running(status.conditions, c.POD_PENDING, f"Job {name}: {observed.pod_problem}", generation)
+        return _in_phase(status, "Running", conds, job_name=name)
     if state == "Active" or (state == "Complete" and observed.result_message is None):
-        return _with(status, "Running", F, T, c.PREPARING, f"Job {name} is preparing the dataset", job_name=name)
+        conds = c.running(status.conditions, c.PREPARING, f"Job {name} is preparing the dataset", generation)
+        return _in_phase(status, "Running", conds, job_name=name)
     if state == "Complete" and result is not None and result.ok and result.version and result.digest:
         msg = f"version {result.version}: {result.images} images in {result.classes} classes at {result.uri}"
-        return _with(
+        status = _split_coverage(status, result.missing)
+        return _in_phase(
             status,
             "Ready",
-            T,
-            F,
-            c.DATASET_PREPARED,
-            msg,
+            c.finished(status.conditions, True, c.DATASET_PREPARED, msg, generation),
             job_name=name,
             version=result.version,
             digest=result.digest,
@@ -207,6 +225,5 @@ def _from_job(
         said = result.message if result is not None and result.message else observed.result_message
         tail = (said or job_message or "no message").strip()[-1000:]
         reason, msg = c.PREPARATION_FAILED, f"Job {name} failed: {tail}"
-    return _with(
-        status, "Failed", F, F, reason, msg, job_name=name, spec_hash=wanted, dropped=result.dropped if result else {}
-    )
+    conds = c.finished(status.conditions, False, reason, msg, generation)
+    return _in_phase(status, "Failed", conds, job_name=name, spec_hash=wanted, dropped=result.dropped if result else {})

@@ -2,8 +2,9 @@
 
 A TrainingRun reads its Dataset's Ready version; a ModelDeployment reads its TrainingRun's
 registered models. Rather than polling the waiting objects, the operator watches the objects they
-depend on and, when what the dependants read changes, sets `WAKE_ANNOTATION` on each dependant to a
-fingerprint of the change. That annotation change is an event of the dependant, which reconciles
+depend on and, when what the dependants read changes, sets the annotation
+`modelops.dev/dependency-changed` (`api.names.DEPENDENCY_CHANGED_ANNOTATION`) on each dependant to
+a fingerprint of the change. That annotation change is an event of the dependant, which reconciles
 it at once (within the same watch, serialised with its other handlers). The fingerprint is a pure
 function of the dependency's status, so waking is idempotent: the same change twice writes nothing.
 """
@@ -15,11 +16,7 @@ import json
 from typing import Any
 
 from modelops_operator.api import conditions as c
-from modelops_operator.api.common import GROUP
 from modelops_operator.api.kinds import MODEL_DEPLOYMENT
-
-#: Set on a dependant when something it depends on changed: "<Kind>/<name>@<fingerprint>".
-WAKE_ANNOTATION = f"{GROUP}/dependency-changed"
 
 #: TrainingRun phases in which a Dataset change can matter. A run that has pinned its Dataset
 #: (Running, Succeeded, ...) keeps that version: a new Dataset version alone does not retrain.

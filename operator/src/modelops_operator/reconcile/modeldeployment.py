@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelops_operator.api import conditions as c
+from modelops_operator.api import names
 from modelops_operator.api.common import ConditionStatus
 from modelops_operator.api.modeldeployment import (
     AnalysisMetric,
@@ -18,6 +19,7 @@ from modelops_operator.api.modeldeployment import (
     ModelDeploymentStatus,
     ServedModel,
 )
+from modelops_operator.reconcile.status import refused
 
 F = ConditionStatus.FALSE
 
@@ -55,10 +57,18 @@ def waiting_status(old: ModelDeploymentStatus, generation: int, why: Waiting) ->
     """The status while the model cannot be resolved. A deployment already serving keeps serving
     (its children are left alone) and says why it cannot move on."""
     conds = c.set_condition(old.conditions, c.MODEL_RESOLVED, F, why.reason, why.message, generation)
-    conds = c.set_condition(conds, c.READY, F, why.reason, why.message, generation)
-    conds = c.set_condition(conds, c.PROGRESSING, F, why.reason, why.message, generation)
+    conds = c.waiting(conds, why.reason, why.message, generation)
     phase = old.phase if old.stable is not None else "Pending"
     return old.model_copy(update={"phase": phase, "observed_generation": generation, "conditions": conds})
+
+
+def refused_status(
+    old: ModelDeploymentStatus, generation: int, reason: str, messages: list[str]
+) -> ModelDeploymentStatus:
+    """The status when the operator will not write the children: another's object holds a child's
+    name (NameConflict), or the HTTPRoute is not handed over (RouteNotDelegated). Nothing was
+    written; what runs keeps running."""
+    return refused(old, generation, reason, messages, old.phase if old.stable is not None else "Failed")
 
 
 def resolved_condition(status: ModelDeploymentStatus, generation: int, model: ServedModel) -> ModelDeploymentStatus:
@@ -67,8 +77,44 @@ def resolved_condition(status: ModelDeploymentStatus, generation: int, model: Se
     return status.model_copy(update={"conditions": conds})
 
 
+def pods_blocked(status: ModelDeploymentStatus, generation: int, problem: str) -> ModelDeploymentStatus:
+    """Server pods that cannot start (an image that cannot be pulled, a missing ConfigMap, no node
+    that fits): say so in Kubernetes' own words. Ready turns False with reason PodPending unless the
+    stable track already serves (a canary that cannot start leaves the old model serving, and only
+    the message tells)."""
+    ready = c.get_condition(status.conditions, c.READY)
+    update: dict[str, object] = {"message": problem}
+    if ready is None or ready.status != ConditionStatus.TRUE:
+        update["conditions"] = c.set_condition(
+            status.conditions, c.READY, ConditionStatus.FALSE, c.POD_PENDING, problem, generation
+        )
+    return status.model_copy(update=update)
+
+
 def _selector(namespace: str, name: str, track: str) -> str:
-    return f'namespace="{namespace}",modelops_dev_modeldeployment="{name}",modelops_dev_track="{track}"'
+    owner, track_label = names.prometheus_label(names.MODEL_DEPLOYMENT_LABEL), names.prometheus_label(names.TRACK_LABEL)
+    return f'namespace="{namespace}",{owner}="{name}",{track_label}="{track}"'
+
+
+def refused_queries(spec: ModelDeploymentSpec, allowed: bool) -> str | None:
+    """Why the spec's analysis cannot run here, or None: a `custom` metric runs any PromQL against
+    the shared Prometheus (and its value lands in status), so it needs the operator's opt-in."""
+    custom = sorted(
+        {
+            m.name
+            for step in spec.rollout.steps
+            if step.analysis
+            for m in step.analysis.metrics
+            if m.template == "custom"
+        }
+    )
+    if custom and not allowed:
+        return (
+            f"spec.rollout.steps[].analysis.metrics: custom metrics ({', '.join(custom)}) are turned off on this "
+            "operator (they could read any tenant's series); use the errorRate and latencyP99 templates, or ask the "
+            "operator's admin for settings.customAnalysisQueries"
+        )
+    return None
 
 
 def metric_query(metric: AnalysisMetric, namespace: str, name: str, track: str, interval: str) -> str:

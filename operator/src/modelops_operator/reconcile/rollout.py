@@ -21,11 +21,13 @@ resumes a rollout at the step it was in.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from modelops_operator.api import conditions as c
+from modelops_operator.api import names
 from modelops_operator.api.common import ConditionStatus
 from modelops_operator.api.modeldeployment import (
     Analysis,
@@ -40,9 +42,32 @@ from modelops_operator.reconcile.status import Event
 
 T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
 Command = Literal["promote", "abort", "retry"]
+#: The annotation of each manual command, in the order they are looked for.
+COMMANDS: dict[Command, str] = {
+    "promote": names.PROMOTE_ANNOTATION,
+    "abort": names.ABORT_ANNOTATION,
+    "retry": names.RETRY_ANNOTATION,
+}
+#: Values of a command annotation that ask for the command (any case); any other value asks for
+#: nothing.
+COMMAND_VALUES = frozenset({"true", "yes", "1"})
 MAX_RESULTS = 256
 _DURATION = re.compile(r"(\d+)(ms|s|m|h)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def requested_command(annotations: Mapping[str, str]) -> Command | None:
+    """The manual command an object's annotations ask for (`modelops.dev/promote=true`, ...): the
+    first of promote, abort, retry whose annotation is `true`, `yes` or `1`; None when none is.
+
+    The one definition of a command: the handler reconciles at once on an event that carries one
+    and removes its annotation once acted on. An annotation with another value (`promote=false`)
+    is no command: it neither wakes the object nor waits to be removed.
+    """
+    for command, key in COMMANDS.items():
+        if (annotations.get(key) or "").strip().lower() in COMMAND_VALUES:
+            return command
+    return None
 
 
 def seconds(duration: str) -> float:

@@ -44,9 +44,15 @@ def describe_error(error: ValidationError, limit: int = 5) -> str:
 
 def invalid_spec(status: S, generation: int, message: str) -> S:
     """The status of an object whose spec cannot be acted on: not Ready, not progressing, and why."""
-    conds = c.set_condition(status.conditions, c.READY, ConditionStatus.FALSE, c.INVALID_SPEC, message, generation)
-    conds = c.set_condition(conds, c.PROGRESSING, ConditionStatus.FALSE, c.INVALID_SPEC, message, generation)
-    return status.model_copy(update={"phase": "Failed", "observed_generation": generation, "conditions": conds})
+    return refused(status, generation, c.INVALID_SPEC, [message], "Failed")
+
+
+def refused(status: S, generation: int, reason: str, messages: list[str], phase: str) -> S:
+    """Not Ready and not progressing for `reason`, with up to five `messages`: the operator will
+    not act (an invalid spec, a child's name held by another's object, a Secret not allowed)."""
+    msg = "; ".join(messages[:5]) + (f" (and {len(messages) - 5} more)" if len(messages) > 5 else "")
+    conds = c.waiting(status.conditions, reason, msg, generation)
+    return status.model_copy(update={"phase": phase, "observed_generation": generation, "conditions": conds})
 
 
 def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

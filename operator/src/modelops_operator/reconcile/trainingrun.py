@@ -35,14 +35,10 @@ from pydantic.alias_generators import to_camel
 
 import modelops_operator
 from modelops_operator.api import conditions as c
-from modelops_operator.api.common import ConditionStatus
+from modelops_operator.api.common import Condition, ConditionStatus
+from modelops_operator.api.names import PARAMETERS_ANNOTATION, ROUND_LABEL
 from modelops_operator.api.trainingrun import RegisteredModel, TrainingRunSpec, TrainingRunStatus, TrialStatus
-from modelops_operator.builders.trainingrun import (
-    PARAMETERS_ANNOTATION,
-    ROUND_LABEL,
-    build_pytorchjob,
-    model_hash,
-)
+from modelops_operator.builders.trainingrun import build_pytorchjob, model_hash
 from modelops_operator.reconcile import search
 from modelops_operator.reconcile.dataset import termination_message
 from modelops_operator.reconcile.status import Event
@@ -183,6 +179,8 @@ class _Run:
         self.objective = spec.search.objective if spec.search else None
         self.metric = self.objective.metric if self.objective else "val_accuracy"
         self.maximize = (self.objective.direction if self.objective else "maximize") == "maximize"
+        self.blocked: list[str] = []
+        """Trials whose pods cannot start, each as `trial <name>: <Kubernetes' reason and message>`."""
 
     # --- status helpers ---------------------------------------------------------------------
 
@@ -246,10 +244,12 @@ class _Run:
             ):
                 self.actions.append(Action("delete", job["metadata"]["name"]))
 
-    def waiting(self, reason: str, msg: str) -> bool:
+    def transition(self, conditions: list[Condition]) -> None:
+        self.update(conditions=conditions)
+
+    def wait_for_dataset(self, reason: str, msg: str) -> bool:
         self.cond(c.DATASET_READY, F, reason, msg)
-        self.cond(c.READY, F, reason, msg)
-        self.cond(c.PROGRESSING, F, reason, msg)
+        self.transition(c.waiting(self.status.conditions, reason, msg, self.generation))
         self.update(phase="WaitingForDataset")
         return False
 
@@ -261,17 +261,17 @@ class _Run:
         dataset = self.observed.dataset
         if dataset is None:
             msg = f'Dataset "{ref.name}" does not exist in this namespace; create it or fix spec.datasetRef.name'
-            return self.waiting(c.DATASET_NOT_FOUND, msg)
+            return self.wait_for_dataset(c.DATASET_NOT_FOUND, msg)
         ds = dataset.get("status") or {}
         if ref.version is not None and ds.get("version") != ref.version:
             msg = (
                 f'Dataset "{ref.name}" is at version {ds.get("version") or "(none yet)"}, not {ref.version}; '
                 "only a Dataset's current version can be trained on: fix spec.datasetRef.version or unset it"
             )
-            return self.waiting(c.DATASET_VERSION_UNAVAILABLE, msg)
+            return self.wait_for_dataset(c.DATASET_VERSION_UNAVAILABLE, msg)
         if not _is_ready(dataset) or not ds.get("digest") or not ds.get("artifactURI"):
             msg = f'Dataset "{ref.name}" has no Ready version yet; the run starts when it has one'
-            return self.waiting(c.DATASET_NOT_READY, msg)
+            return self.wait_for_dataset(c.DATASET_NOT_READY, msg)
         self.update(dataset_version=ds["version"], dataset_uri=ds["artifactURI"], dataset_digest=ds["digest"])
         msg = f'training on Dataset "{ref.name}" version {ds["version"]}'
         self.cond(c.DATASET_READY, T, c.DATASET_VERSION_PINNED, msg)
@@ -367,6 +367,8 @@ class _Run:
             curve = epoch_curve(seen.log, self.metric, trial.history)
             running = "Running" if state == "Running" else "Pending"
             message = seen.pod_problem or ("suspended" if state == "Suspended" else None)
+            if seen.pod_problem:
+                self.blocked.append(f"trial {trial.name}: {seen.pod_problem}")
             self.set_trial(
                 trial.model_copy(
                     update={
@@ -384,7 +386,7 @@ class _Run:
                 self.actions.append(Action("resume", trial.name))
 
     def end_trial(self, trial: TrialStatus, state: str, reason: str, message: str) -> None:
-        self.set_trial(trial.model_copy(update={"state": state, "reason": reason, "message": message[:4096]}))
+        self.set_trial(trial.model_copy(update={"state": state, "reason": reason, "message": c.shorten(message)}))
         kind = "Warning" if state == "Failed" else "Normal"
         shown = f" ({self.metric}={trial.objective:.4g})" if trial.objective is not None else ""
         self.events.append(Event(kind, f"Trial{state}", f"trial {trial.name} {state.lower()}{shown}: {message}"[:1024]))
@@ -433,7 +435,7 @@ class _Run:
                         self.stop(t, c.TRIALS_EXHAUSTED, "the failure budget is spent")
         elif not self.spec.suspend:
             self.launch(budget)
-        self.updatebest_of()
+        self.update_best_trial()
         active = [t for t in self.status.trials if t.state in ("Pending", "Running")]
         if len(failed) > max_failed:
             self.fail(failed, max_failed)
@@ -443,16 +445,15 @@ class _Run:
             msg = f"suspended: {len(active)} trial(s) stopped with a checkpoint; they resume from it when unsuspended"
             self.update(phase="Suspended", progress=self.progress(budget))
             self.cond(c.TRAINING_RUNNING, F, c.SUSPENDED, msg)
-            self.cond(c.READY, F, c.SUSPENDED, msg)
-            self.cond(c.PROGRESSING, F, c.SUSPENDED, msg)
-            self.cond(c.DEGRADED, F, c.SUSPENDED, msg)
+            self.transition(c.waiting(self.status.conditions, c.SUSPENDED, msg, self.generation, degraded=False))
         else:
             line = self.progress(budget)
             self.update(phase="Running", progress=line)
+            # A trial whose pods cannot start (an image that cannot be pulled, no node that fits)
+            # is named on Ready and Progressing, in Kubernetes' own words.
+            reason, why = (c.POD_PENDING, f"{line}; {self.blocked[0]}") if self.blocked else (c.TRIALS_RUNNING, line)
             self.cond(c.TRAINING_RUNNING, T, c.TRIALS_RUNNING, line)
-            self.cond(c.READY, F, c.TRIALS_RUNNING, line)
-            self.cond(c.PROGRESSING, T, c.TRIALS_RUNNING, line)
-            self.cond(c.DEGRADED, F, c.TRIALS_RUNNING, line)
+            self.transition(c.running(self.status.conditions, reason, why, self.generation, degraded=False))
 
     def launch(self, budget: int) -> None:
         s = self.spec.search
@@ -472,7 +473,8 @@ class _Run:
             shown = ", ".join(f"{k}={v}" for k, v in sorted(params.items())) or "the spec's hyper-parameters"
             self.events.append(Event("Normal", "TrialStarted", f"trial {name} started with {shown}"))
 
-    def updatebest_of(self) -> None:
+    def update_best_trial(self) -> None:
+        """`status.bestTrial` and `bestObjective`: the best objective so far among trials not failed."""
         best: TrialStatus | None = None
         for t in self.status.trials:
             if (
@@ -507,7 +509,7 @@ class _Run:
             msg = f"{len(failed)} trial(s) failed, more than spec.search.maxFailedTrials ({max_failed})"
             if last is not None:
                 msg += f"; the last, {last.name}: {last.reason}: {last.message}"
-        self.finish("Failed", reason, msg[:4096])
+        self.finish_round("Failed", reason, msg)
 
     def select(self, failed: list[TrialStatus]) -> None:
         done = [t for t in self.status.trials if t.state == "Succeeded" and t.model_uri and t.model_digest]
@@ -522,7 +524,7 @@ class _Run:
                 self.fail(failed, 0)
                 return
             msg = f"no trial of round {self.status.round} succeeded ({len(self.status.trials)} started)"
-            self.finish("Failed", c.TRIALS_EXHAUSTED, msg)
+            self.finish_round("Failed", c.TRIALS_EXHAUSTED, msg)
             return
         version = (self.status.model_version or 0) + 1
         model = RegisteredModel(
@@ -544,19 +546,14 @@ class _Run:
         )
         shown = f"{self.metric}={best.objective:.4g}" if best.objective is not None else "no objective value"
         msg = f"model version {version} registered from trial {best.name} ({shown}) at {best.model_uri}"
-        self.finish("Succeeded", c.MODEL_REGISTERED, msg)
+        self.finish_round("Succeeded", c.MODEL_REGISTERED, msg)
 
-    def finish(self, phase: str, reason: str, msg: str) -> None:
+    def finish_round(self, phase: str, reason: str, msg: str) -> None:
         budget = search.budget(self.spec.search) if self.spec.search else 1
         self.update(phase=phase, progress=self.progress(budget))
-        ok = T if phase == "Succeeded" else F
+        ok = phase == "Succeeded"
         self.cond(c.TRAINING_RUNNING, F, reason, msg)
-        self.cond(c.READY, ok, reason, msg)
-        self.cond(c.PROGRESSING, F, reason, msg)
-        if phase == "Failed":
-            self.cond(c.DEGRADED, T, reason, msg)
-        else:
-            self.cond(c.DEGRADED, F, reason, msg)
+        self.transition(c.finished(self.status.conditions, ok, reason, msg, self.generation, degraded=not ok))
 
 
 def reconcile_training_run(

@@ -53,6 +53,8 @@ def summary(result: pipeline.Result) -> dict[str, Any]:
         "dropped": dict(result.dropped),
         "report": result.report_uri,
     }
+    if result.missing:  # a split without a class: shown by the operator as a condition
+        doc["missing"] = {name: classes[:20] for name, classes in result.missing.items()}
     if len(json.dumps(doc)) >= TERMINATION_LIMIT:  # many classes: per-class counts stay in the manifest
         doc["splits"] = {name: {"total": s["total"]} for name, s in splits.items()}
     return doc
@@ -99,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s: %s", e.reason, e)
         write_message(args.termination_log, {"ok": False, "reason": e.reason, "message": str(e)})
         return e.exit_code
+    except Exception as e:  # a bug, or a failure no rule foresaw: still say so where the operator looks
+        write_message(
+            args.termination_log, {"ok": False, "reason": "InternalError", "message": f"{type(e).__name__}: {e}"}
+        )
+        raise
     doc = summary(result)
     write_message(args.termination_log, doc)
     log.info(

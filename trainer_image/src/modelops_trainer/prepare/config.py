@@ -69,6 +69,21 @@ class Split(_Model):
         return self
 
 
+class Limits(_Model):
+    """What the sources may make the program read and write; the Dataset spec's `limits`."""
+
+    archive_max_bytes: int = Field(default=10 << 30, ge=1)
+    """Bytes one archive may expand to on the scratch volume."""
+    archive_max_members: int = Field(default=1_000_000, ge=1)
+    """Members (files and folders) one archive may hold."""
+    archive_max_ratio: int = Field(default=100, ge=1)
+    """How many times its compressed size an archive may expand to (past the first 8 MiB)."""
+    manifest_max_bytes: int = Field(default=256 << 20, ge=1)
+    """Bytes of one CSV or JSONL manifest."""
+    image_max_bytes: int = Field(default=64 << 20, ge=1)
+    """Bytes of one image file; a larger one is dropped (reason `TooLarge`)."""
+
+
 class DatasetRef(_Model):
     name: str
     namespace: str = "default"
@@ -90,10 +105,12 @@ class PrepareConfig(_Model):
     preprocessing: Preprocessing = Field(default_factory=Preprocessing)
     split: Split = Field(default_factory=Split)
     augmentation: AugmentationPolicy = Field(default_factory=AugmentationPolicy)
+    limits: Limits = Field(default_factory=Limits)
     output: Output
     spec_hash: str | None = None
     workers: int = Field(default=0, ge=0)
-    """Worker processes for decoding and encoding; 0 uses every core."""
+    """Worker processes for decoding and encoding; 0 sizes the pool from the CPUs and memory the
+    process may use (its cgroup's limits, else the machine's)."""
 
 
 def load_config(path: Path | None) -> PrepareConfig:

@@ -13,11 +13,11 @@ import math
 import warnings
 from dataclasses import dataclass
 
-import fsspec  # type: ignore[import-untyped]
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from modelops_trainer.prepare.config import Cleaning, Preprocessing
+from modelops_trainer.prepare.remote import read_capped
 
 # Drop reasons, as counted in status.dropped and listed in the report.
 UNREADABLE = "Unreadable"
@@ -48,15 +48,6 @@ class Processed:
     detail: str = ""
     dhash: int = 0
     data: bytes = b""
-
-
-def read(ref: str) -> bytes:
-    """The bytes of a local path or fsspec URI (local files directly: fsspec costs more than the read)."""
-    if ref.startswith("file://") or "://" not in ref:
-        with open(ref.removeprefix("file://"), "rb") as local:
-            return local.read()
-    with fsspec.open(ref, "rb") as f:
-        return bytes(f.read())
 
 
 def dhash(img: Image.Image) -> int:
@@ -102,12 +93,16 @@ def encode(img: Image.Image, pre: Preprocessing) -> bytes:
     return out.getvalue()
 
 
-def process(ref: str, label: str, cleaning: Cleaning, pre: Preprocessing) -> Processed:
-    """Everything for one image; never raises for a bad image (it is dropped with a reason)."""
+def process(ref: str, label: str, cleaning: Cleaning, pre: Preprocessing, max_bytes: int = 64 << 20) -> Processed:
+    """Everything for one image; never raises for a bad image (it is dropped with a reason). A file
+    of more than `max_bytes` is dropped unread past that (reason `TooLarge`)."""
     try:
-        data = read(ref)
+        data = read_capped(ref, max_bytes)
     except (OSError, ValueError) as e:
         return Processed(ref, label, dropped=UNREADABLE, detail=str(e)[:200])
+    if data is None:
+        detail = f"more than {max_bytes} bytes (spec.limits.imageMaxBytes)"
+        return Processed(ref, label, dropped=TOO_LARGE, detail=detail)
     digest = hashlib.sha256(data).hexdigest()
     try:
         img = _decode(data, cleaning, pre)

@@ -25,7 +25,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -35,7 +34,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from modelops_trainer import storage
+from modelops_trainer import cgroup, storage
 from modelops_trainer.datasetfmt import (
     SPLITS,
     DatasetVersion,
@@ -54,6 +53,20 @@ log = logging.getLogger(__name__)
 #: Images per chunk: about 16 chunks, so every core has several, within [16, 256]. It depends on
 #: the number of images only, so a re-run chunks the same input the same way.
 MIN_CHUNK, MAX_CHUNK, CHUNKS = 16, 256, 16
+
+
+#: Memory one worker may need: an image at the pixel cap decodes to ~360 MB, plus its resize.
+WORKER_MEMORY = 512 << 20
+#: Memory kept for the main process (the listing, the kept images' records) and the page cache.
+MAIN_MEMORY = 512 << 20
+
+
+def default_workers(cpus: int, memory: int | None) -> int:
+    """Worker processes for `cpus` cores and `memory` bytes (None: unlimited): one per core, fewer
+    when the memory limit cannot hold that many at their worst."""
+    if memory is None:
+        return cpus
+    return max(1, min(cpus, (memory - MAIN_MEMORY) // WORKER_MEMORY))
 
 
 def chunk_size(images: int) -> int:
@@ -79,11 +92,15 @@ class Result:
     report_uri: str = ""
     reused_chunks: int = 0
     """Chunks of processed images taken over from an earlier, interrupted run."""
+    missing: dict[str, list[str]] = field(default_factory=dict)
+    """Classes with no image in a split whose ratio is above 0, by split: the dataset is published,
+    and the operator shows these in a condition (a model cannot be validated on a class that its
+    validation split lacks)."""
 
 
 def config_hash(config: PrepareConfig) -> str:
     """Identifies the work of a config (not where its output goes): names the work folder."""
-    doc = config.model_dump(mode="json", by_alias=True, exclude={"output", "workers", "dataset"})
+    doc = config.model_dump(mode="json", by_alias=True, exclude={"output", "workers", "dataset", "limits"})
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -94,7 +111,9 @@ def split_of(sha256: str, seed: int, train: float, val: float) -> SplitName:
     return "train" if u < train else "val" if u < train + val else "test"
 
 
-def _process_chunk(job: tuple[int, list[Item]], work: str, cleaning: Any, pre: Any, ext: str) -> list[dict[str, Any]]:
+def _process_chunk(
+    job: tuple[int, list[Item]], work: str, cleaning: Any, pre: Any, ext: str, max_bytes: int
+) -> list[dict[str, Any]]:
     """In a worker: process one chunk of images and save it to the work folder (a tar of the kept
     images' encoded bytes, then the outcomes' JSON: the commit point); returns the outcomes."""
     index, chunk = job
@@ -102,7 +121,7 @@ def _process_chunk(job: tuple[int, list[Item]], work: str, cleaning: Any, pre: A
     outcomes = []
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for i, (ref, label) in enumerate(chunk):
-            r = images.process(ref, label, cleaning, pre)
+            r = images.process(ref, label, cleaning, pre, max_bytes)
             member = ""
             if r.dropped is None:
                 member = f"{i:05d}.{ext}"
@@ -193,9 +212,9 @@ def run(config: PrepareConfig, *, progress: Callable[[Iterable[Any], int], Itera
     dropped: Counter[str] = Counter()
     report: list[dict[str, str]] = []
     kept: list[Kept] = []
-    workers = config.workers or os.cpu_count() or 1
+    workers = config.workers or default_workers(cgroup.cpu_limit(), cgroup.memory_limit())
     with ExitStack() as scratch, ProcessPoolExecutor(max_workers=workers) as pool:
-        items = list_items(config.sources, scratch)
+        items = list_items(config.sources, scratch, config.limits)
         log.info("listed %d images from %d sources", len(items), len(config.sources))
         if not items:
             uris = [s.uri for s in config.sources]
@@ -210,7 +229,14 @@ def run(config: PrepareConfig, *, progress: Callable[[Iterable[Any], int], Itera
         if done:
             log.info("reusing %d of %d finished chunks from an earlier run", len(done), len(chunks))
         reused = len(done)
-        work_fn = partial(_process_chunk, work=work, cleaning=config.cleaning, pre=config.preprocessing, ext=ext)
+        work_fn = partial(
+            _process_chunk,
+            work=work,
+            cleaning=config.cleaning,
+            pre=config.preprocessing,
+            ext=ext,
+            max_bytes=config.limits.image_max_bytes,
+        )
         fresh: Iterable[list[dict[str, Any]]] = pool.map(work_fn, todo)
         if progress is not None:
             fresh = progress(fresh, len(todo))
@@ -222,20 +248,36 @@ def run(config: PrepareConfig, *, progress: Callable[[Iterable[Any], int], Itera
                     report.append({"ref": o["ref"], "label": o["label"], "reason": o["dropped"], "detail": o["detail"]})
                 else:
                     kept.append(Kept(o["ref"], o["label"], o["sha256"], o["dhash"], index, o["member"]))
-        result = _finish(config, out, work, kept, dropped, report, pool)
+        listed_classes = sorted({label for _, label in items})
+        final, classes = _clean_and_split(config, listed_classes, kept, dropped, report)
+        result = _publish(config, out, work, final, classes, dropped, report, pool)
     result.reused_chunks = reused
     return result
 
 
-def _finish(
-    config: PrepareConfig,
-    out: str,
-    work: str,
-    kept: list[Kept],
-    dropped: Counter[str],
-    report: list[dict[str, str]],
-    pool: ProcessPoolExecutor,
-) -> Result:
+def missing_in_splits(
+    final: list[tuple[Kept, SplitName]], classes: list[str], ratios: dict[str, float]
+) -> dict[str, list[str]]:
+    """Classes without an image in each split that should have some (ratio above 0)."""
+    present: dict[str, set[str]] = {}
+    for k, name in final:
+        present.setdefault(name, set()).add(k.label)
+    out: dict[str, list[str]] = {}
+    for name in SPLITS:
+        lacking = [c for c in classes if c not in present.get(name, set())]
+        if ratios[name] > 0 and lacking:
+            out[name] = lacking
+    return out
+
+
+def _clean_and_split(
+    config: PrepareConfig, named: list[str], kept: list[Kept], dropped: Counter[str], report: list[dict[str, str]]
+) -> tuple[list[tuple[Kept, SplitName]], list[str]]:
+    """The images to publish, each with its split, and the classes (`config.classes`, else every
+    class the sources `named`): unlisted classes, duplicates and near-duplicates across splits are
+    dropped (counted in `dropped`, listed in `report`); raises when nothing is left or a class has
+    too few images, one that cleaning emptied included."""
+
     def drop(k: Kept, reason: str, detail: str) -> None:
         dropped[reason] += 1
         report.append({"ref": k.ref, "label": k.label, "reason": reason, "detail": detail})
@@ -260,13 +302,29 @@ def _finish(
     if not final:
         raise NoImagesLeft(f"cleaning dropped every image ({dict(dropped)}); see the drop reasons")
     counts = Counter(k.label for k, _ in final)
-    classes = list(config.classes) or sorted(counts)
+    # Every class the sources named, so that one cleaning emptied is short, not silently gone.
+    classes = list(config.classes) or named
     short = {c: counts.get(c, 0) for c in classes if counts.get(c, 0) < config.cleaning.min_images_per_class}
     if short:
         raise EmptyClass(
             f"classes with fewer than {config.cleaning.min_images_per_class} images after cleaning: "
             + ", ".join(f"{c} ({n})" for c, n in sorted(short.items())[:20])
         )
+    return final, classes
+
+
+def _publish(
+    config: PrepareConfig,
+    out: str,
+    work: str,
+    final: list[tuple[Kept, SplitName]],
+    classes: list[str],
+    dropped: Counter[str],
+    report: list[dict[str, str]],
+    pool: ProcessPoolExecutor,
+) -> Result:
+    """Write the version: its shards (in worker processes, from the finished chunks in `work`), its
+    manifest and `report.json`; then remove the work folder."""
     label_of = {c: i for i, c in enumerate(classes)}
     pre = config.preprocessing
     image = ImageFormat(
@@ -300,4 +358,9 @@ def _finish(
     doc = {"version": version.version, "dropped": dict(dropped), "images": report}
     storage.write_bytes_atomic(report_uri, json.dumps(doc, indent=1).encode())
     storage.remove(work, recursive=True)
-    return Result(version=version, dropped=dropped, report_uri=report_uri)
+    split = config.split
+    ratios = {"train": split.train, "val": split.val, "test": split.test}
+    missing = missing_in_splits(final, classes, ratios)
+    for split_name, lacking in missing.items():
+        log.warning("split %s has no image of %d classes: %s", split_name, len(lacking), ", ".join(lacking[:20]))
+    return Result(version=version, dropped=dropped, report_uri=report_uri, missing=missing)

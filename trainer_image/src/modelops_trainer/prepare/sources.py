@@ -1,12 +1,14 @@
 """Listing the images of each source as (reference, class) pairs, in a stable order.
 
 - `imageFolder`: `root/<class>/.../<image>` on any fsspec file system; hidden files are skipped.
-- `archive`: a tar (plain, gz, bz2, xz) or zip of such a tree. Every member is checked before
-  anything is extracted: absolute names, `..` components, links and device files make the whole
-  archive refused (`UnsafeArchive`), since the archive comes from outside. Regular files are
-  extracted to a private temporary folder; a single top-level folder is looked through.
+- `archive`: a tar (plain, gz, bz2, xz) or zip of such a tree, extracted to a private temporary
+  folder, streamed and within `spec.limits` (`archives`); a single top-level folder is looked
+  through.
 - `csv` / `jsonl`: one row per image with its URI (absolute, or relative to the manifest) and
-  class.
+  class. A manifest is read up to `limits.manifestMaxBytes`. Its rows may only point where the
+  Dataset's sources already do (`allowed`): the scheme and host of a source, and for local files a
+  path under a source's folder, so a manifest cannot make the program read `/etc` or an internal
+  service. HTTP redirects are not followed.
 """
 
 from __future__ import annotations
@@ -15,17 +17,18 @@ import csv
 import io
 import json
 import posixpath
-import tarfile
 import tempfile
-import zipfile
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 import fsspec  # type: ignore[import-untyped]
 
-from modelops_trainer.prepare.config import Source
-from modelops_trainer.prepare.errors import InvalidSource, SourceUnreachable, UnsafeArchive
+from modelops_trainer.prepare.archives import ArchiveLimits, extract_archive
+from modelops_trainer.prepare.config import Limits, Source
+from modelops_trainer.prepare.errors import InvalidSource, SourceTooLarge, SourceUnreachable
+from modelops_trainer.prepare.remote import read_capped
 
 Item = tuple[str, str]  # (reference: a local path or fsspec URI, class name)
 
@@ -63,52 +66,6 @@ def image_folder(uri: str) -> list[Item]:
     return items
 
 
-def _check_member(name: str, ok_type: bool) -> str:
-    clean = posixpath.normpath(name)
-    if not ok_type or name.startswith("/") or clean.startswith("../") or clean == ".." or "/../" in f"/{clean}/":
-        raise UnsafeArchive(
-            f"archive member {name!r} is a link, a device or escapes the archive's root; nothing was extracted"
-        )
-    return clean
-
-
-def extract_archive(uri: str, into: Path) -> Path:
-    """Extract the archive at `uri` into `into` after checking every member; the tree's root."""
-    try:
-        with fsspec.open(uri, "rb") as f:
-            data = f.read()
-    except Exception as e:  # remote file systems raise their own types
-        raise _unreachable(uri, e) from e
-    names: list[tuple[str, bytes]] = []
-    try:
-        if zipfile.is_zipfile(io.BytesIO(data)):
-            with zipfile.ZipFile(io.BytesIO(data)) as z:
-                for info in z.infolist():
-                    is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
-                    clean = _check_member(info.filename, not is_link)
-                    if not info.is_dir():
-                        names.append((clean, z.read(info)))
-        else:
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as t:
-                members = t.getmembers()
-                for m in members:
-                    _check_member(m.name, m.isfile() or m.isdir())
-                for m in members:
-                    if m.isfile():
-                        extracted = t.extractfile(m)
-                        names.append((posixpath.normpath(m.name), extracted.read() if extracted else b""))
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
-        raise InvalidSource(f"source {uri} is not a readable tar or zip archive: {e}") from e
-    for name, content in names:
-        target = into / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content)
-    entries = [p for p in into.iterdir() if not p.name.startswith(".")]
-    if len(entries) == 1 and entries[0].is_dir() and all(p.is_dir() for p in entries[0].iterdir()):
-        return entries[0]  # an archive of one folder that holds the class folders
-    return into
-
-
 def _rows(uri: str, text: str, fmt: str) -> list[dict[str, object]]:
     """The rows of a CSV or JSONL manifest; InvalidSource names the line that cannot be parsed."""
     if fmt == "csv":
@@ -128,14 +85,43 @@ def _rows(uri: str, text: str, fmt: str) -> list[dict[str, object]]:
     return rows
 
 
-def manifest(source: Source) -> list[Item]:
+def allowed(sources: list[Source]) -> list[str]:
+    """The prefixes a manifest row may start with: each source's `scheme://host/`, and for local
+    sources its folder (a manifest's own folder, an image folder, an archive's folder)."""
+    prefixes = []
+    for source in sources:
+        parts = urlsplit(source.uri)
+        if parts.scheme in ("", "file"):
+            folder = source.uri if source.format == "imageFolder" else source.uri.rsplit("/", 1)[0]
+            prefixes.append("file://" + posixpath.normpath(folder.removeprefix("file://")).rstrip("/") + "/")
+        else:
+            prefixes.append(f"{parts.scheme}://{parts.netloc}/")
+    return prefixes
+
+
+def _row_uri(ref: str, base: str, prefixes: list[str]) -> str | None:
+    """A manifest row's URI, absolute and normalised, or None when no source allows it."""
+    if "://" not in ref and not ref.startswith("/"):
+        ref = f"{base}/{ref}"
+    parts = urlsplit(ref if "://" in ref else f"file://{ref}")
+    if parts.scheme == "file":
+        ref = "file://" + posixpath.normpath(parts.path)
+    elif ".." in parts.path.split("/"):
+        return None
+    return ref if any(ref.startswith(p) for p in prefixes) else None
+
+
+def manifest(source: Source, limits: Limits, prefixes: list[str]) -> list[Item]:
     """The images listed by a CSV or JSONL manifest (UTF-8, with or without a byte-order mark)."""
     uri = source.uri
     try:
-        with fsspec.open(uri, "rb") as f:
-            data = f.read()
+        data = read_capped(uri, limits.manifest_max_bytes)
     except Exception as e:  # remote file systems raise their own types
         raise _unreachable(uri, e) from e
+    if data is None:
+        raise SourceTooLarge(
+            f"manifest {uri} is larger than {limits.manifest_max_bytes} bytes (spec.limits.manifestMaxBytes)"
+        )
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -150,25 +136,31 @@ def manifest(source: Source) -> list[Item]:
     for number, row in enumerate(rows, start=1):
         if not isinstance(row, dict) or not row.get(source.uri_column) or not row.get(label_key):
             raise InvalidSource(f"manifest {uri} row {number} lacks {source.uri_column!r} or {label_key!r}")
-        ref = str(row[source.uri_column])
-        if "://" not in ref and not ref.startswith("/"):
-            ref = f"{base}/{ref}"
+        ref = _row_uri(str(row[source.uri_column]), base, prefixes)
+        if ref is None:
+            raise InvalidSource(
+                f"manifest {uri} row {number} points outside the Dataset's sources "
+                f"({str(row[source.uri_column])[:200]!r}); rows may name only {', '.join(prefixes)}"
+            )
         items.append((ref, str(row[label_key])))
     return items
 
 
-def list_items(sources: list[Source], scratch: ExitStack) -> list[Item]:
+def list_items(sources: list[Source], scratch: ExitStack, limits: Limits | None = None) -> list[Item]:
     """Every (reference, class) of every source, in a stable order. Temporary folders of extracted
     archives live until `scratch` closes."""
+    limits = limits or Limits()
+    bounds = ArchiveLimits(limits.archive_max_bytes, limits.archive_max_members, limits.archive_max_ratio)
+    prefixes = allowed(sources)
     items: list[Item] = []
     for source in sources:
         if source.format == "imageFolder":
             items += image_folder(source.uri)
         elif source.format == "archive":
             into = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="modelops-archive-")))
-            items += image_folder(str(extract_archive(source.uri, into)))
+            items += image_folder(str(extract_archive(source.uri, into, bounds)))
         else:
-            items += manifest(source)
+            items += manifest(source, limits, prefixes)
     return items
 
 
