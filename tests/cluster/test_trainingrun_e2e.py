@@ -76,7 +76,10 @@ def host_path(namespace: str, uri: str) -> Path:
 def small_run(name: str, **search_fields: Any) -> dict[str, Any]:
     builder = (
         training_run(name, "digits")
-        .set("spec.hyperparameters", {"epochs": 2, "batchSize": 64, "learningRate": 0.002, "warmupEpochs": 0})
+        .set(
+            "spec.hyperparameters",
+            {"epochs": 2, "batchSize": 64, "learningRate": 0.002, "warmupEpochs": 0, "mixedPrecision": "off"},
+        )
         .set("spec.workers", {"nodes": 1, "placement": ON_LOCAL_NODE})
     )
     if search_fields:
