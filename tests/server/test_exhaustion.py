@@ -9,6 +9,7 @@ import io
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,3 +106,72 @@ def test_a_request_naming_many_huge_images_is_refused_before_decoding(lone_serve
     )
     growth = peak_rss(worker) - before
     assert growth < 64 * MIB, f"the worker grew by {growth / MIB:.0f} MiB (one such image decodes to 103 MiB)"
+
+
+@pytest.fixture
+def guarded_server(model_v1: ExportedModel, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server with a short header timeout and room for only a few connections."""
+    args = ["--workers", "1", "--header-timeout-s", "2", "--max-connections", str(CONNECTIONS)]
+    proc = ServerProcess(model=model_v1.path, args=args).start(tmp_path)
+    yield proc
+    assert proc.stop() == 0, proc.logs()
+
+
+CONNECTIONS = 3
+
+
+def dribble_head(port: int, lines: int, pause_s: float) -> tuple[int, bytes]:
+    """Send a request head one header line at a time; how many lines went out before the server
+    closed the connection, and what it answered."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(pause_s)
+        sent = 0
+        try:
+            sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n")
+            for sent in range(1, lines + 1):
+                try:
+                    answer = sock.recv(4096)
+                    return sent, answer  # answered or closed (b"") before the head was complete
+                except TimeoutError:
+                    pass
+                sock.sendall(f"X-Slow-{sent}: {'a' * 10}\r\n".encode())
+        except OSError as e:  # reset while sending: closed by the server
+            return sent, f"closed: {e}".encode()
+        return sent, b"never closed"
+
+
+def test_a_request_head_sent_slowly_is_cut_off_at_the_header_timeout(guarded_server):
+    lines, pause_s = 100, 0.25  # the whole head would take 25 s; the timeout is 2 s
+    sent, answer = dribble_head(guarded_server.port, lines, pause_s)
+
+    assert answer == b"" or answer.startswith(b"closed"), answer[:200]
+    # No line reset the timer: closed about 2 s (8 lines) after it opened, long before the 25 s head ended.
+    assert sent < lines, "the slow head was read to its end"
+    live = requests.get(f"{guarded_server.url}/v2/health/live", timeout=10)
+    assert live.status_code == 200, live.text
+
+
+def test_connections_past_the_limit_are_answered_503_and_closed(guarded_server):
+    held = [socket.create_connection(("127.0.0.1", guarded_server.port)) for _ in range(CONNECTIONS)]
+    try:
+        with socket.create_connection(("127.0.0.1", guarded_server.port)) as extra:
+            extra.settimeout(10)
+            answer = extra.recv(4096)
+            assert extra.recv(4096) == b"", "the refused connection was left open"
+        status, _, rest = answer.partition(b"\r\n")
+        assert status == b"HTTP/1.1 503 Service Unavailable", answer
+        assert b"Retry-After: 1" in rest and b"too many connections" in rest, answer
+    finally:
+        for sock in held:
+            sock.close()
+    # Once the server has seen the held connections close, there is room again; its counter says
+    # how many were refused (the one above, and any of these tries that came before it saw them).
+    refused = 1
+    for _ in range(50):
+        metrics = requests.get(f"{guarded_server.url}/metrics", timeout=10)
+        if metrics.status_code != 503:
+            break
+        refused += 1
+        time.sleep(0.1)
+    assert metrics.status_code == 200, metrics.text
+    assert f"modelops_connections_refused_total {refused:.1f}" in metrics.text, metrics.text[-2000:]

@@ -86,6 +86,21 @@ class Settings(BaseModel):
         default=30.0, gt=0, description="Longest a client may take to send a request body; a 408 after that."
     )
     request_timeout_s: float = Field(default=30.0, gt=0, description="Answer 504 when a request takes longer.")
+    header_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest a connection may take to send a whole request head (request line and headers), "
+        "counted from its opening and from each answer; it is closed after that. Also the idle time after "
+        "which a keep-alive connection is closed.",
+    )
+    max_header_fields: int = Field(
+        default=100, ge=8, le=10_000, description="Most header fields in one request (a 400 above)."
+    )
+    max_connections: int = Field(
+        default=4096,
+        ge=1,
+        description="Client connections open at once; one more is answered 503 with Retry-After and closed.",
+    )
     shutdown_delay_s: float = Field(
         default=0.0,
         ge=0,

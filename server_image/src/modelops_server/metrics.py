@@ -97,6 +97,11 @@ class Metrics:
             ["model", "result"],
             registry=r,
         )
+        self.connections_refused = Counter(
+            "modelops_connections_refused",
+            "Client connections closed at once because --max-connections were open.",
+            registry=r,
+        )
         self.worker_restarts = Counter(
             "modelops_worker_restarts",
             "Worker processes restarted after dying.",

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from modelops_server import endpoints, errors
 from modelops_server.config import Settings
+from modelops_server.connections import GuardedSite
 from modelops_server.dataplane import DataPlane
 from modelops_server.metrics import Metrics
 
@@ -46,9 +47,22 @@ async def serve(settings: Settings) -> int:
     metrics = Metrics()
     plane = DataPlane(settings, metrics)
     app = build_app(settings, plane, metrics)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=5.0,
+        keepalive_timeout=settings.header_timeout_s,
+        max_headers=settings.max_header_fields,
+    )
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_address=True)
+    site = GuardedSite(
+        runner,
+        settings.host,
+        settings.port,
+        max_connections=settings.max_connections,
+        on_refused=metrics.connections_refused.inc,
+    )
     await site.start()
     log.info("listening", extra={"addresses": [list(a) if isinstance(a, tuple) else a for a in runner.addresses]})
 
