@@ -38,7 +38,7 @@ from modelops_operator.api.modeldeployment import (
     ServedModel,
 )
 from modelops_operator.builders.modeldeployment import canary_replicas
-from modelops_operator.reconcile.status import Event
+from modelops_operator.reconcile.actions import Event
 
 T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
 Command = Literal["promote", "abort", "retry"]
@@ -130,12 +130,16 @@ class Measurement:
 
 
 @dataclass
-class Observed:
+class RolloutObserved:
+    """What the rollout is decided from: the model the spec resolves to, the two tracks' Deployments,
+    the time, a manual command, and the measurements `due_analysis` asked for."""
+
     target: ServedModel
-    """The model the spec asks for (resolved by the handler)."""
+    """The model the spec asks for (resolved by the controller)."""
     stable: Track | None = None
     canary: Track | None = None
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    """When it was seen: the time of steps, measurements and any condition that changes."""
     command: Command | None = None
     measurements: list[Measurement] | None = None
     """Taken for the current analysis step because `due_analysis` said so."""
@@ -184,7 +188,9 @@ def judge(metric: AnalysisMetric, m: Measurement) -> tuple[float | None, str]:
 
 
 class _Rollout:
-    def __init__(self, spec: ModelDeploymentSpec, old: ModelDeploymentStatus, seen: Observed, generation: int) -> None:
+    def __init__(
+        self, spec: ModelDeploymentSpec, old: ModelDeploymentStatus, seen: RolloutObserved, generation: int
+    ) -> None:
         self.spec, self.seen, self.generation = spec, seen, generation
         self.status = old.model_copy(update={"observed_generation": generation})
         self.events: list[Event] = []
@@ -267,7 +273,7 @@ class _Rollout:
         self.apply_command()
         if self.status.canary is not None and not self.status.aborted:
             self.walk_steps()
-        return self.finish()
+        return self.result()
 
     def apply_command(self) -> None:
         st = self.status
@@ -375,7 +381,7 @@ class _Rollout:
 
     # --- results ------------------------------------------------------------------------------
 
-    def finish(self) -> Plan:
+    def result(self) -> Plan:
         st = self.status
         stable_seen, canary_seen = self.seen.stable or Track(), self.seen.canary or Track()
         assert st.stable is not None
@@ -412,7 +418,7 @@ class _Rollout:
         msg = self.status.message or reason
         available = T if stable_seen.ready > 0 else F
         conds = self.status.conditions
-        g = self.generation
+        g, at = self.generation, self.now.replace(microsecond=0)
         conds = c.set_condition(
             conds,
             c.AVAILABLE,
@@ -420,14 +426,17 @@ class _Rollout:
             c.MINIMUM_REPLICAS_AVAILABLE if available == T else c.NO_READY_REPLICAS,
             f"{stable_seen.ready} stable server pod(s) ready",
             g,
+            at,
         )
-        conds = c.set_condition(conds, c.PROGRESSING, T if phase in ("Progressing", "Pending") else F, reason, msg, g)
-        conds = c.set_condition(conds, c.DEGRADED, T if phase == "Degraded" else F, reason, msg, g)
-        conds = c.set_condition(conds, c.READY, T if phase == "Healthy" else F, reason, msg, g)
+        conds = c.set_condition(
+            conds, c.PROGRESSING, T if phase in ("Progressing", "Pending") else F, reason, msg, g, at
+        )
+        conds = c.set_condition(conds, c.DEGRADED, T if phase == "Degraded" else F, reason, msg, g, at)
+        conds = c.set_condition(conds, c.READY, T if phase == "Healthy" else F, reason, msg, g, at)
         self.update(conditions=conds)
         return Plan(self.status, st.stable, canary_model, replicas, self.events, self.command_done)
 
 
-def plan(spec: ModelDeploymentSpec, old: ModelDeploymentStatus, seen: Observed, generation: int) -> Plan:
+def plan(spec: ModelDeploymentSpec, old: ModelDeploymentStatus, seen: RolloutObserved, generation: int) -> Plan:
     """The next state of a ModelDeployment's rollout; see the module docstring."""
     return _Rollout(spec, old, seen, generation).run()
