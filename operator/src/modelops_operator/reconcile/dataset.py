@@ -115,7 +115,7 @@ def reconcile_dataset(
         conds = c.running(status.conditions, c.JOB_CREATED, msg, generation, at=observed.now)
         status = _in_phase(status, "Pending", conds, job_name=name)
         return Outcome(status, [*actions, Action("create", "Job", name, job)])
-    return Outcome(_from_job(status, spec, current, observed, wanted), actions)
+    return Outcome(_status_from_job(status, spec, current, observed, wanted), actions)
 
 
 def _split_coverage(status: DatasetStatus, missing: dict[str, list[str]], now: datetime) -> DatasetStatus:
@@ -134,7 +134,7 @@ def _split_coverage(status: DatasetStatus, missing: dict[str, list[str]], now: d
     return status.model_copy(update={"conditions": conds})
 
 
-def _from_job(
+def _status_from_job(
     status: DatasetStatus, spec: DatasetSpec, job: dict[str, Any], observed: DatasetObserved, wanted: str
 ) -> DatasetStatus:
     """The status that follows from the current spec's Job and what its pod reported."""

@@ -1,6 +1,6 @@
 """The gray release of a ModelDeployment: a pure state machine over its status.
 
-Every reconcile calls `plan()` with what the handler observed (the model the spec resolves to, the
+Every reconcile calls `plan()` with what the controller observed (the model the spec resolves to, the
 two Deployments, the time, a manual command from an annotation, and analysis measurements when
 `due_analysis()` asked for them). It returns the new status, which model each track serves, the
 canary's replica count and the Events to post. All state lives in status, so an operator restart
@@ -60,7 +60,7 @@ def requested_command(annotations: Mapping[str, str]) -> Command | None:
     """The manual command an object's annotations ask for (`modelops.dev/promote=true`, ...): the
     first of promote, abort, retry whose annotation is `true`, `yes` or `1`; None when none is.
 
-    The one definition of a command: the handler reconciles at once on an event that carries one
+    The one definition of a command: the operator reconciles at once on an event that carries one
     and removes its annotation once acted on. An annotation with another value (`promote=false`)
     is no command: it neither wakes the object nor waits to be removed.
     """
@@ -90,7 +90,7 @@ def parse_stamp(text: str | None) -> datetime | None:
 
 @dataclass(frozen=True)
 class Track:
-    """What the handler saw of one track's Deployment."""
+    """What the controller saw of one track's Deployment."""
 
     replicas: int = 0
     """Pods the Deployment asks for (`spec.replicas`)."""
@@ -153,10 +153,10 @@ class Plan:
     canary_replicas: int
     events: list[Event]
     command_done: bool
-    """The command annotation was acted on (or is meaningless now): the handler removes it."""
+    """The command annotation was acted on (or is meaningless now): the controller removes it."""
 
 
-def _step_kind(spec: ModelDeploymentSpec, step: int | None) -> Analysis | None:
+def _step_analysis(spec: ModelDeploymentSpec, step: int | None) -> Analysis | None:
     steps = spec.rollout.steps
     return steps[step].analysis if step is not None and step < len(steps) else None
 
@@ -165,7 +165,7 @@ def due_analysis(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, now: 
     """The analysis to measure now, if the rollout is at an analysis step whose next measurement is due."""
     if status.canary is None or status.aborted:
         return None
-    analysis = _step_kind(spec, status.current_step)
+    analysis = _step_analysis(spec, status.current_step)
     if analysis is None:
         return None
     taken = [parse_stamp(r.measured_at) for r in status.analysis if r.step == status.current_step]

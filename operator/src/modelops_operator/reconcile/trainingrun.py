@@ -680,7 +680,7 @@ def _round_of(job: dict[str, Any]) -> int:
 
 
 def inspected(status: TrainingRunStatus, jobs: list[dict[str, Any]]) -> list[str]:
-    """Jobs whose pods the handler should read: those of the current round (or a later one, when
+    """Jobs whose pods the controller should read: those of the current round (or a later one, when
     the status write that started it was lost) whose trials are not final yet."""
     final = {t.name for t in status.trials if t.state in FINAL}
     return [j["metadata"]["name"] for j in jobs if _round_of(j) >= status.round and j["metadata"]["name"] not in final]
