@@ -24,7 +24,6 @@ from modelops_operator import controllers, kube
 from modelops_operator.api import names
 from modelops_operator.api.common import GROUP, VERSION
 from modelops_operator.api.kinds import DATASET, KINDS, MODEL_DEPLOYMENT, TRAINING_RUN, Kind
-from modelops_operator.controllers import trainingrun
 from modelops_operator.reconcile import dependencies as dep
 from modelops_operator.reconcile.actions import Event
 from modelops_operator.settings import OperatorSettings
@@ -126,8 +125,8 @@ def _register_dependencies() -> None:
     def delete_trials(*, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
         """Stop a deleted TrainingRun's trials now. Never blocks: after five failed attempts kopf
         releases the finalizer and owner references finish the work."""
-        with _retrying(), controllers.retry_later():
-            trainingrun.delete_trials(body.metadata.namespace or "", body.metadata.name or "", logger)
+        with _retrying():
+            controllers.delete_trials(body.metadata.namespace or "", body.metadata.name or "", logger)
 
 
 def _register_wake(

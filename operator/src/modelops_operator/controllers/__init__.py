@@ -31,11 +31,11 @@ __all__ = [
     "Reconciled",
     "RetryLater",
     "commanded",
+    "delete_trials",
     "deployments_following",
     "forget",
     "on_event",
     "reconcile",
-    "retry_later",
     "runs_waiting_for",
     "wake_dependants",
     "woken_by",
@@ -102,6 +102,12 @@ def forget(kind: Kind, body: Mapping[str, Any]) -> None:
     """A deleted object leaves the operator's metrics."""
     meta = body["metadata"]
     observability.count_phase(kind.kind, meta.get("namespace") or "", meta.get("name") or "", None)
+
+
+def delete_trials(namespace: str, name: str, log: Log) -> None:
+    """Stop a deleted TrainingRun's trials now (see `trainingrun.delete_trials`)."""
+    with retry_later():
+        trainingrun.delete_trials(namespace, name, log)
 
 
 def commanded(kind: Kind, annotations: Mapping[str, str]) -> bool:
