@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import prometheus_client
 from pydantic import BaseModel
 
-from modelops_operator import handlers
+from modelops_operator import observability
 from modelops_operator.api import conditions, names
 from modelops_operator.settings import ENV_PREFIX, OperatorSettings
 from modelops_server import config as server_config
@@ -193,7 +193,7 @@ def _metric_rows(metrics: Iterable[Any]) -> list[tuple[str, str, str, str]]:
 
 
 def metrics_page() -> str:
-    operator = [v for v in vars(handlers).values() if isinstance(v, prometheus_client.metrics.MetricWrapperBase)]
+    operator = [v for v in vars(observability).values() if isinstance(v, prometheus_client.metrics.MetricWrapperBase)]
     server = [v for v in vars(Metrics()).values() if isinstance(v, prometheus_client.metrics.MetricWrapperBase)]
     header = ["metric", "type", "labels", "meaning"]
     body = [

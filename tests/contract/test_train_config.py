@@ -16,7 +16,12 @@ from pydantic import ValidationError
 
 from modelops_operator.api.trainingrun import Architecture, TrainingRunSpec, TrainingRunStatus
 from modelops_operator.builders.trainingrun import CONFIG_ENV, build_pytorchjob
-from modelops_operator.reconcile.trainingrun import Observed, epoch_curve, parse_summary, reconcile_training_run
+from modelops_operator.reconcile.trainingrun import (
+    TrainingRunObserved,
+    epoch_curve,
+    parse_summary,
+    reconcile_training_run,
+)
 from modelops_operator.settings import OperatorSettings
 from modelops_trainer.config import TrainConfig, parse_config
 from modelops_trainer.reporting import MetricsWriter, write_termination_message
@@ -58,7 +63,11 @@ def configs(spec: dict[str, Any], name: str = "digits") -> list[tuple[dict[str, 
     """(parameters, config JSON) of every job the first reconcile of a run creates."""
     body = run_obj(spec, name)
     out = reconcile_training_run(
-        body, TrainingRunSpec.model_validate(body["spec"]), TrainingRunStatus(), Observed(dataset=DATASET), SETTINGS
+        body,
+        TrainingRunSpec.model_validate(body["spec"]),
+        TrainingRunStatus(),
+        TrainingRunObserved(dataset=DATASET),
+        SETTINGS,
     )
     found = []
     for action in out.actions:

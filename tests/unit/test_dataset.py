@@ -9,7 +9,8 @@ import pytest
 from modelops_operator.api import conditions as c
 from modelops_operator.api.dataset import DatasetSpec, DatasetStatus
 from modelops_operator.builders.dataset import CONFIG_ENV, build_prepare_job, data_hash
-from modelops_operator.reconcile.dataset import Observed, pod_problem, reconcile_dataset, termination_message
+from modelops_operator.reconcile.dataset import DatasetObserved, reconcile_dataset
+from modelops_operator.reconcile.pods import pod_problem, termination_message
 from modelops_operator.settings import OperatorSettings
 from tests.objects import DIGEST, dataset
 
@@ -126,7 +127,7 @@ def test_only_data_fields_change_the_hash():
 
 
 def test_no_job_yet_creates_one():
-    out = run(obj(), Observed())
+    out = run(obj(), DatasetObserved())
     assert [(a.verb, a.kind) for a in out.actions] == [("create", "Job")]
     assert out.status.phase == "Pending" and ready(out.status).reason == c.JOB_CREATED
     assert out.status.observed_generation == 2
@@ -160,7 +161,7 @@ def test_no_job_yet_creates_one():
 )
 def test_the_job_state_becomes_status(state, reason, message, phase, expected):
     body = obj()
-    out = run(body, Observed(jobs=[job_for(body, state, reason)], result_message=message))
+    out = run(body, DatasetObserved(jobs=[job_for(body, state, reason)], result_message=message))
     assert out.status.phase == phase
     assert ready(out.status).reason == expected
     assert ready(out.status).status == ("True" if phase == "Ready" else "False")
@@ -169,7 +170,7 @@ def test_the_job_state_becomes_status(state, reason, message, phase, expected):
 
 def test_a_ready_version_is_reported_in_full():
     body = obj()
-    out = run(body, Observed(jobs=[job_for(body, "Complete")], result_message=RESULT))
+    out = run(body, DatasetObserved(jobs=[job_for(body, "Complete")], result_message=RESULT))
     st = out.status
     assert (st.version, st.digest, st.images, st.classes) == ("0123456789ab", DIGEST, 90, 3)
     assert st.splits["train"].per_class == {"a": 24} and st.dropped == {"Duplicate": 2}
@@ -178,17 +179,17 @@ def test_a_ready_version_is_reported_in_full():
 
 def test_a_prepared_spec_never_runs_again():
     body = obj()
-    done = run(body, Observed(jobs=[job_for(body, "Complete")], result_message=RESULT)).status
-    again = run(body, Observed(jobs=[]), old=done)  # the Job was deleted (or the operator restarted)
+    done = run(body, DatasetObserved(jobs=[job_for(body, "Complete")], result_message=RESULT)).status
+    again = run(body, DatasetObserved(jobs=[]), old=done)  # the Job was deleted (or the operator restarted)
     assert again.actions == [] and again.status.phase == "Ready"
 
 
 def test_a_new_spec_replaces_the_old_job_and_keeps_the_old_version_meanwhile():
     body = obj()
-    done = run(body, Observed(jobs=[job_for(body, "Complete")], result_message=RESULT)).status
+    done = run(body, DatasetObserved(jobs=[job_for(body, "Complete")], result_message=RESULT)).status
     changed = obj(dataset().set("spec.split.seed", 9))
     old_job = job_for(body, "Complete")
-    out = run(changed, Observed(jobs=[old_job]), old=done)
+    out = run(changed, DatasetObserved(jobs=[old_job]), old=done)
     assert (out.actions[0].verb, out.actions[0].name) == ("delete", old_job["metadata"]["name"])
     assert out.actions[1].verb == "create"
     assert out.status.version == "0123456789ab" and ready(out.status).reason == c.JOB_CREATED
@@ -235,7 +236,7 @@ def test_a_pod_that_cannot_start_is_reported_not_waited_on_silently():
         is None
     )
     body = obj()
-    out = run(body, Observed(jobs=[job_for(body)], pod_problem=pod_problem(pods)))
+    out = run(body, DatasetObserved(jobs=[job_for(body)], pod_problem=pod_problem(pods)))
     assert ready(out.status).reason == c.POD_PENDING and out.status.phase == "Running"
 
 
@@ -307,14 +308,14 @@ def test_limits_reach_the_program_and_only_a_set_limit_changes_the_hash():
 def test_a_version_whose_split_lacks_a_class_is_ready_but_degraded():
     body = obj()
     lacking = json.dumps({**json.loads(RESULT), "missing": {"test": ["a", "b"], "val": ["b"]}})
-    done = run(body, Observed(jobs=[job_for(body, "Complete")], result_message=lacking)).status
+    done = run(body, DatasetObserved(jobs=[job_for(body, "Complete")], result_message=lacking)).status
     assert done.phase == "Ready"
     degraded = c.get_condition(done.conditions, c.DEGRADED)
     assert (degraded.status, degraded.reason) == ("True", c.SPLIT_MISSES_CLASS)
     assert degraded.message.startswith("splits without an image of some classes (test: a, b; val: b)")
     whole = run(
         body,
-        Observed(jobs=[job_for(body, "Complete")], result_message=RESULT),
+        DatasetObserved(jobs=[job_for(body, "Complete")], result_message=RESULT),
         old=done.model_copy(update={"spec_hash": None}),
     ).status
     assert c.get_condition(whole.conditions, c.DEGRADED).status == "False"
@@ -331,7 +332,7 @@ def test_a_version_whose_split_lacks_a_class_is_ready_but_degraded():
 def test_a_credentials_secret_must_be_one_the_admin_listed(allowed, phase, reason):
     body = obj(dataset().set("spec.sources.0.credentialsSecret", "s3-creds"))
     settings = SETTINGS.model_copy(update={"dataset_credentials_secrets": allowed})
-    out = reconcile_dataset(body, spec_of(body), DatasetStatus(), Observed(jobs=[]), settings)
+    out = reconcile_dataset(body, spec_of(body), DatasetStatus(), DatasetObserved(jobs=[]), settings)
     assert (out.status.phase, ready(out.status).reason) == (phase, reason)
     assert bool(out.actions) is (phase == "Pending")  # no Job for a refused Secret
     if phase == "Failed":

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from modelops_operator import handlers
+from modelops_operator import controllers
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import ConditionStatus
 from modelops_operator.api.kinds import DATASET, MODEL_DEPLOYMENT
@@ -31,8 +31,8 @@ from modelops_operator.api.modeldeployment import (
 from modelops_operator.builders.modeldeployment import canary_replicas
 from modelops_operator.reconcile.rollout import (
     Measurement,
-    Observed,
     Plan,
+    RolloutObserved,
     Track,
     due_analysis,
     judge,
@@ -148,7 +148,7 @@ class Sim:
                 value = self.metrics.get(metric.name)
                 canary, stable = value if isinstance(value, tuple) else (value, None)
                 measurements.append(Measurement(metric.name, canary, stable))
-        seen = Observed(
+        seen = RolloutObserved(
             target=self.target,
             stable=self.stable.track() if self.stable else None,
             canary=self.canary.track() if self.canary else None,
@@ -302,7 +302,7 @@ def test_set_weight_waits_for_enough_ready_canary_pods(
     spec = spec_of([weight(set_weight), pause()], canaryReplicas=override)
     stable = ready_track(stable_replicas, M1)
     canary = Track(replicas=need, ready=ready, updated=ready, available=ready, total=ready, digest=digest.digest)
-    out = plan(spec, at_step(0), Observed(M2, stable, canary, T0 + timedelta(seconds=5)), 1)
+    out = plan(spec, at_step(0), RolloutObserved(M2, stable, canary, T0 + timedelta(seconds=5)), 1)
     assert out.canary_replicas == need == canary_replicas(set_weight, max(stable_replicas, MIN_REPLICAS), override)
     assert out.status.desired_weight == set_weight
     if advances:
@@ -636,7 +636,7 @@ def test_after_the_last_step_the_canary_is_promoted():
 def test_the_canary_scales_down_once_the_stable_rolled_out(stable, rolled_out):
     promoted = roundtrip(ModelDeploymentStatus(stable=M2, previous=M1, phase="Progressing"))
     canary = ready_track(2, M2)
-    out = plan(spec_of([weight(50)]), promoted, Observed(M2, stable, canary, T0), 1)
+    out = plan(spec_of([weight(50)]), promoted, RolloutObserved(M2, stable, canary, T0), 1)
     assert stable.rolled_out(M2.digest) == rolled_out
     assert out.canary_replicas == (0 if rolled_out else 2)
     assert out.status.phase == ("Healthy" if rolled_out else "Progressing")
@@ -773,7 +773,7 @@ def test_going_back_to_the_stable_model_cancels_the_canary(aborted):
 def test_canary_weight_is_the_share_of_ready_pods(stable_ready, canary_ready, aborted, expected):
     stable = ready_track(stable_ready, M1)
     canary = Track(replicas=1, ready=canary_ready, updated=canary_ready, available=canary_ready, digest=M2.digest)
-    out = plan(spec_of([weight(10), pause()]), at_step(0, aborted=aborted), Observed(M2, stable, canary, T0), 1)
+    out = plan(spec_of([weight(10), pause()]), at_step(0, aborted=aborted), RolloutObserved(M2, stable, canary, T0), 1)
     assert out.status.canary_weight == expected
     assert out.status.ready_replicas == stable_ready + canary_ready
 
@@ -799,9 +799,9 @@ def test_a_clock_off_utc_keeps_pause_durations():
     spec = spec_of([weight(10), pause("1m"), weight(50)])
     canary, stable = ready_track(1, M2), ready_track(2, M1)
     start = datetime(2026, 3, 1, 14, 0, tzinfo=plus2)
-    first = plan(spec, at_step(0), Observed(M2, stable, canary, start), 1)
+    first = plan(spec, at_step(0), RolloutObserved(M2, stable, canary, start), 1)
     assert first.status.current_step == 1
-    later = plan(spec, roundtrip(first.status), Observed(M2, stable, canary, start + timedelta(seconds=61)), 1)
+    later = plan(spec, roundtrip(first.status), RolloutObserved(M2, stable, canary, start + timedelta(seconds=61)), 1)
     assert later.status.current_step == 2
 
 
@@ -810,7 +810,7 @@ def test_measurements_count_only_for_the_step_they_were_taken_for():
     between them already satisfied); the measurements just taken must not count for it too."""
     spec = spec_of([analysis(count=1), weight(50), analysis(count=1)])
     stable, canary = ready_track(1, M1), ready_track(8, M2)  # enough canary pods for 50%
-    seen = Observed(M2, stable, canary, T0 + timedelta(seconds=31), measurements=[Measurement("errorRate", 0.0)])
+    seen = RolloutObserved(M2, stable, canary, T0 + timedelta(seconds=31), measurements=[Measurement("errorRate", 0.0)])
     out = plan(spec, at_step(0), seen, 1)
     assert out.status.current_step == 2  # through the analysis and the satisfied setWeight
     assert [r.step for r in out.status.analysis] == [0]
@@ -840,5 +840,5 @@ def test_measurements_count_only_for_the_step_they_were_taken_for():
 )
 def test_a_command_is_an_annotation_set_to_true_and_the_event_filter_agrees(annotations, command):
     assert requested_command(annotations) == command
-    assert handlers._commanded(MODEL_DEPLOYMENT, annotations) is (command is not None)
-    assert handlers._commanded(DATASET, annotations) is False
+    assert controllers.commanded(MODEL_DEPLOYMENT, annotations) is (command is not None)
+    assert controllers.commanded(DATASET, annotations) is False

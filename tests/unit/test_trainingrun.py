@@ -26,15 +26,15 @@ from modelops_operator.builders.trainingrun import (
     model_hash,
     trial_name,
 )
+from modelops_operator.reconcile.actions import Outcome
+from modelops_operator.reconcile.pods import master_result
 from modelops_operator.reconcile.status import merge_patch
 from modelops_operator.reconcile.trainingrun import (
-    Observed,
-    Outcome,
+    TrainingRunObserved,
     TrialObservation,
     epoch_curve,
     inspected,
     job_state,
-    master_result,
     reconcile_training_run,
 )
 from modelops_operator.settings import OperatorSettings
@@ -134,7 +134,7 @@ class Sim:
         jobs = [copy.deepcopy(j) for j in self.jobs.values()]
         # As the handler: only the pods of jobs `inspected` names are read.
         trials = {n: self.seen[n] for n in inspected(self.status, jobs) if n in self.seen}
-        observed = Observed(dataset=copy.deepcopy(self.dataset), jobs=jobs, trials=trials)
+        observed = TrainingRunObserved(dataset=copy.deepcopy(self.dataset), jobs=jobs, trials=trials)
         out = reconcile_training_run(copy.deepcopy(self.run), spec_of(self.run), self.status, observed, SETTINGS)
         if apply:
             self.apply(out)

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import kopf
 import prometheus_client
 
-from modelops_operator import __version__
+from modelops_operator import __version__, handlers, kube, observability
 from modelops_operator.settings import OperatorSettings
 
 _FORMATS = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL}
@@ -70,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         log_format=_FORMATS[settings.log_format],
         log_refkey="object",
     )
-    # Imported here, after kopf.configure: importing registers the handlers with their settings.
-    import modelops_operator.handlers  # noqa: F401, PLC0415
+    # After kopf.configure: the log filters go on the loggers it set up.
+    observability.install_log_filters(settings)
+    kube.configure(settings)
+    handlers.register(settings)
 
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port)

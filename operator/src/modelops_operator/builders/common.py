@@ -12,9 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 from typing import Any
+from urllib.parse import urlparse
 
 from modelops_operator.api import names
 from modelops_operator.api.common import Placement
+from modelops_operator.settings import OperatorSettings
 
 MANAGED_BY = "modelops-operator"
 
@@ -76,3 +78,15 @@ def place(pod_spec: dict[str, Any], placement: Placement) -> None:
     for key in ("nodeSelector", "tolerations", "priorityClassName"):
         if wire.get(key):
             pod_spec[key] = wire[key]
+
+
+def artifact_mounts(uris: list[str], settings: OperatorSettings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The artifact PVC at the store's path, when any of `uris` is a `file://` path and the
+    operator is configured with one; (volumes, volumeMounts)."""
+    if not settings.artifact_pvc or not any(urlparse(u).scheme == "file" for u in uris):
+        return [], []
+    base = urlparse(settings.artifact_uri).path or "/"
+    return (
+        [{"name": "artifacts", "persistentVolumeClaim": {"claimName": settings.artifact_pvc}}],
+        [{"name": "artifacts", "mountPath": base}],
+    )

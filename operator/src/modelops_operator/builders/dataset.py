@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 from modelops_operator.api.dataset import DatasetSpec, SourceLimits
 from modelops_operator.api.names import SPEC_HASH_LABEL, child_name
 from modelops_operator.builders.common import (
+    artifact_mounts,
     labels,
     owner_reference,
     place,
@@ -127,18 +128,6 @@ def prepare_config(dataset: dict[str, Any], spec: DatasetSpec, settings: Operato
         "output": {"uri": output_uri(spec, meta["namespace"], meta["name"], settings)},
         "specHash": data_hash(spec),
     }
-
-
-def artifact_mounts(uris: list[str], settings: OperatorSettings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The artifact PVC at the store's path, when any of `uris` is a `file://` path and the
-    operator is configured with one; (volumes, volumeMounts)."""
-    if not settings.artifact_pvc or not any(urlparse(u).scheme == "file" for u in uris):
-        return [], []
-    base = urlparse(settings.artifact_uri).path or "/"
-    return (
-        [{"name": "artifacts", "persistentVolumeClaim": {"claimName": settings.artifact_pvc}}],
-        [{"name": "artifacts", "mountPath": base}],
-    )
 
 
 def build_prepare_job(dataset: dict[str, Any], spec: DatasetSpec, settings: OperatorSettings) -> dict[str, Any]:

@@ -31,13 +31,13 @@ from modelops_operator.api.names import (
     child_name,
 )
 from modelops_operator.builders.common import (
+    artifact_mounts,
     labels,
     owner_reference,
     place,
     restricted_container_security,
     restricted_pod_security,
 )
-from modelops_operator.builders.dataset import artifact_mounts
 from modelops_operator.settings import OperatorSettings
 
 KIND = "ModelDeployment"

@@ -33,6 +33,7 @@ from modelops_operator.api.names import (
 )
 from modelops_operator.api.trainingrun import TrainingRunSpec
 from modelops_operator.builders.common import (
+    artifact_mounts,
     labels,
     owner_reference,
     place,
@@ -40,7 +41,6 @@ from modelops_operator.builders.common import (
     restricted_pod_security,
     spec_hash,
 )
-from modelops_operator.builders.dataset import artifact_mounts
 from modelops_operator.settings import OperatorSettings
 
 CONFIG_ENV = "MODELOPS_TRAIN_CONFIG"

@@ -58,6 +58,16 @@ class _TimedApiClient(kubernetes.client.ApiClient):  # type: ignore[misc]
         return super().request(*args, **kwargs)
 
 
+#: Connections kept to the API server: one per reconcile thread, and some for the leader's Lease
+#: and the log reads (`configure` sets it from the settings before the first call).
+_POOL = {"connections": OperatorSettings.model_fields["workers"].get_default() + 8}
+
+
+def configure(settings: OperatorSettings) -> None:
+    """Size the client's connection pool for `settings.workers` (before the first `login`)."""
+    _POOL["connections"] = settings.workers + 8
+
+
 @functools.cache
 def login() -> kubernetes.client.ApiClient:
     """The API client: in-cluster credentials in a pod, else the kubeconfig ($KUBECONFIG). Made once."""
@@ -66,10 +76,9 @@ def login() -> kubernetes.client.ApiClient:
         kubernetes.config.load_incluster_config(client_configuration=config)
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config(client_configuration=config)
-    # A connection per reconcile thread, and some for the leader's Lease and the log reads: with
-    # fewer (the client's default is 5 per core) connections are dropped and opened again, a TLS
-    # handshake each time.
-    config.connection_pool_maxsize = OperatorSettings.from_env().workers + 8
+    # With fewer connections than threads (the client's default is 5 per core) connections are
+    # dropped and opened again, a TLS handshake each time.
+    config.connection_pool_maxsize = _POOL["connections"]
     kubernetes.client.Configuration.set_default(config)
     return _TimedApiClient(config)
 

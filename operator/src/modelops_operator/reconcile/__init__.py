@@ -1,5 +1,5 @@
-"""Pure reconciliation: spec + observed state -> the status (and, later, children) it should have.
+"""Pure reconciliation: spec + stored status + observed state -> `Outcome(status, actions, events)`.
 
-Nothing here talks to the API server or kopf; handlers feed it what they observed and carry out
+Nothing here talks to the API server or kopf; controllers feed it what they observed and carry out
 what it returns.
 """

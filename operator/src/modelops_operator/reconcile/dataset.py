@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
@@ -20,6 +21,7 @@ from modelops_operator.api.common import Condition, ConditionStatus
 from modelops_operator.api.dataset import DatasetSpec, DatasetStatus, SplitCounts
 from modelops_operator.api.names import SPEC_HASH_LABEL
 from modelops_operator.builders.dataset import build_prepare_job, data_hash
+from modelops_operator.reconcile.actions import Action, Outcome
 from modelops_operator.settings import OperatorSettings
 
 T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
@@ -44,31 +46,17 @@ class PrepareResult(BaseModel):
     message: str | None = None
 
 
-@dataclass(frozen=True)
-class Action:
-    """One call the handler makes: create an object, or delete one by kind and name."""
-
-    verb: Literal["create", "delete"]
-    kind: str
-    name: str
-    body: dict[str, Any] | None = None
-
-
 @dataclass
-class Observed:
-    """What the handler saw: the Dataset's Jobs, and the termination message of the current Job's
-    last finished pod (None while there is none)."""
+class DatasetObserved:
+    """What the controller saw: the Dataset's Jobs, the termination message of the current Job's
+    last finished pod (None while there is none), and the time."""
 
     jobs: list[dict[str, Any]] = field(default_factory=list)
     result_message: str | None = None
     pod_problem: str | None = None
-    """Why the current Job's pod cannot start, if it cannot (see `pod_problem`)."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    status: DatasetStatus
-    actions: list[Action]
+    """Why the current Job's pod cannot start, if it cannot (see `pods.pod_problem`)."""
+    now: datetime = field(default_factory=c.now)
+    """When it was seen: the time of any condition that changes."""
 
 
 def job_state(job: dict[str, Any]) -> tuple[str, str, str]:
@@ -77,48 +65,6 @@ def job_state(job: dict[str, Any]) -> tuple[str, str, str]:
         if cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True":
             return cond["type"], cond.get("reason") or "", cond.get("message") or ""
     return "Active", "", ""
-
-
-#: Container waiting reasons that mean "this will not start by itself soon".
-STUCK = frozenset(
-    {
-        "ErrImagePull",
-        "ImagePullBackOff",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-        "InvalidImageName",
-        "NoLocalProgram",
-        "SecretNotFound",
-        "ConfigMapNotFound",
-        "MountPathShadowsHost",
-    }
-)
-
-
-def pod_problem(pods: list[dict[str, Any]]) -> str | None:
-    """Why a child pod cannot start, from its conditions and container states; None when it can."""
-    for pod in pods:
-        status = pod.get("status") or {}
-        for cond in status.get("conditions") or []:
-            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-                return f"pod {pod['metadata']['name']} cannot be scheduled: {cond.get('message') or cond.get('reason')}"
-        for cs in status.get("containerStatuses") or []:
-            waiting = (cs.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in STUCK:
-                return f"pod {pod['metadata']['name']}: {waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
-    return None
-
-
-def termination_message(pods: list[dict[str, Any]]) -> str | None:
-    """The termination message of the most recently finished of `pods` ("" when it left none; None
-    while none has finished)."""
-    finished = []
-    for pod in pods:
-        for status in (pod.get("status") or {}).get("containerStatuses") or []:
-            terminated = (status.get("state") or {}).get("terminated")
-            if terminated:
-                finished.append((terminated.get("finishedAt") or "", terminated.get("message") or ""))
-    return max(finished)[1] if finished else None
 
 
 def parse_result(message: str | None) -> PrepareResult | None:
@@ -137,8 +83,12 @@ def _in_phase(status: DatasetStatus, phase: str, conditions: list[Condition], **
 
 
 def reconcile_dataset(
-    dataset: dict[str, Any], spec: DatasetSpec, old: DatasetStatus, observed: Observed, settings: OperatorSettings
-) -> Outcome:
+    dataset: dict[str, Any],
+    spec: DatasetSpec,
+    old: DatasetStatus,
+    observed: DatasetObserved,
+    settings: OperatorSettings,
+) -> Outcome[DatasetStatus]:
     """The status the Dataset should have, and the Job calls that get it there."""
     generation = int(dataset["metadata"].get("generation") or 0)
     wanted = data_hash(spec)
@@ -155,55 +105,59 @@ def reconcile_dataset(
                 f"spec.sources[].credentialsSecret: {', '.join(refused)} may not be used by Datasets; "
                 "the operator's admin lists the Secrets meant for datasets in settings.datasetCredentialsSecrets"
             )
-            conds = c.waiting(status.conditions, c.CREDENTIALS_NOT_ALLOWED, msg, generation)
+            conds = c.waiting(status.conditions, c.CREDENTIALS_NOT_ALLOWED, msg, generation, at=observed.now)
             return Outcome(_in_phase(status, "Failed", conds), actions)  # no spec_hash: checked at each resync
         job = build_prepare_job(dataset, spec, settings)
         name = job["metadata"]["name"]
         msg = f"created Job {name} to prepare the dataset"
         if old.version:
             msg += f"; version {old.version} stays available meanwhile"
-        conds = c.running(status.conditions, c.JOB_CREATED, msg, generation)
+        conds = c.running(status.conditions, c.JOB_CREATED, msg, generation, at=observed.now)
         status = _in_phase(status, "Pending", conds, job_name=name)
-        return Outcome(status, [*actions, Action("create", "Job", "", job)])
-    return Outcome(_from_job(status, spec, current, observed, wanted), actions)
+        return Outcome(status, [*actions, Action("create", "Job", name, job)])
+    return Outcome(_status_from_job(status, spec, current, observed, wanted), actions)
 
 
-def _split_coverage(status: DatasetStatus, missing: dict[str, list[str]]) -> DatasetStatus:
+def _split_coverage(status: DatasetStatus, missing: dict[str, list[str]], now: datetime) -> DatasetStatus:
     """Degraded when a split lacks a class: the version is usable, but not what the user expects
     (a class the test split lacks is never evaluated), so it is said, never silently published."""
     generation = status.observed_generation
     if missing:
         lacking = "; ".join(f"{split}: {', '.join(classes)}" for split, classes in sorted(missing.items()))
         msg = f"splits without an image of some classes ({lacking}): add images, or set that split's ratio to 0"
-        conds = c.set_condition(status.conditions, c.DEGRADED, T, c.SPLIT_MISSES_CLASS, msg, generation)
+        conds = c.set_condition(status.conditions, c.DEGRADED, T, c.SPLIT_MISSES_CLASS, msg, generation, now)
     elif c.get_condition(status.conditions, c.DEGRADED) is not None:
         msg = "every split has images of every class"
-        conds = c.set_condition(status.conditions, c.DEGRADED, F, c.DATASET_PREPARED, msg, generation)
+        conds = c.set_condition(status.conditions, c.DEGRADED, F, c.DATASET_PREPARED, msg, generation, now)
     else:
         return status
     return status.model_copy(update={"conditions": conds})
 
 
-def _from_job(
-    status: DatasetStatus, spec: DatasetSpec, job: dict[str, Any], observed: Observed, wanted: str
+def _status_from_job(
+    status: DatasetStatus, spec: DatasetSpec, job: dict[str, Any], observed: DatasetObserved, wanted: str
 ) -> DatasetStatus:
     """The status that follows from the current spec's Job and what its pod reported."""
     name, generation = job["metadata"]["name"], status.observed_generation
     state, job_reason, job_message = job_state(job)
     result = parse_result(observed.result_message)
     if state == "Active" and observed.pod_problem:
-        conds = c.running(status.conditions, c.POD_PENDING, f"Job {name}: {observed.pod_problem}", generation)
+        conds = c.running(
+            status.conditions, c.POD_PENDING, f"Job {name}: {observed.pod_problem}", generation, at=observed.now
+        )
         return _in_phase(status, "Running", conds, job_name=name)
     if state == "Active" or (state == "Complete" and observed.result_message is None):
-        conds = c.running(status.conditions, c.PREPARING, f"Job {name} is preparing the dataset", generation)
+        conds = c.running(
+            status.conditions, c.PREPARING, f"Job {name} is preparing the dataset", generation, at=observed.now
+        )
         return _in_phase(status, "Running", conds, job_name=name)
     if state == "Complete" and result is not None and result.ok and result.version and result.digest:
         msg = f"version {result.version}: {result.images} images in {result.classes} classes at {result.uri}"
-        status = _split_coverage(status, result.missing)
+        status = _split_coverage(status, result.missing, observed.now)
         return _in_phase(
             status,
             "Ready",
-            c.finished(status.conditions, True, c.DATASET_PREPARED, msg, generation),
+            c.finished(status.conditions, True, c.DATASET_PREPARED, msg, generation, at=observed.now),
             job_name=name,
             version=result.version,
             digest=result.digest,
@@ -225,5 +179,5 @@ def _from_job(
         said = result.message if result is not None and result.message else observed.result_message
         tail = (said or job_message or "no message").strip()[-1000:]
         reason, msg = c.PREPARATION_FAILED, f"Job {name} failed: {tail}"
-    conds = c.finished(status.conditions, False, reason, msg, generation)
+    conds = c.finished(status.conditions, False, reason, msg, generation, at=observed.now)
     return _in_phase(status, "Failed", conds, job_name=name, spec_hash=wanted, dropped=result.dropped if result else {})

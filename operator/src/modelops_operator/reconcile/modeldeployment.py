@@ -1,13 +1,22 @@
-"""A ModelDeployment's model, and the Prometheus queries of its canary analysis.
+"""A ModelDeployment's reconciliation: its model, its children, and the queries of its analysis.
 
 The model is a TrainingRun's registered version (the latest, or a pinned one from
 `status.models`), or a URI with its digest. Until it resolves, the deployment waits with a reason
-a user can act on and creates nothing; once it resolves, `rollout.plan` takes over.
+a user can act on and creates nothing; once it resolves, `rollout.plan` decides what each track
+serves, `desired` builds the children that follow, and `reconcile_model_deployment` turns the plan
+and the children found into the status and the actions: create or apply each child, set the
+HTTPRoute's weights, remove a consumed command's annotation, set the rolled-back gauge.
+
+The controller observes in the order the decisions need it, so that no call is made whose answer
+is not used: the TrainingRun (when the model follows one), the two Deployments, the analysis
+measurements (when one is due), the objects holding the children's names, the HTTPRoute (when no
+name is held by another), and the server pods (when `pods_matter`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from modelops_operator.api import conditions as c
@@ -19,7 +28,13 @@ from modelops_operator.api.modeldeployment import (
     ModelDeploymentStatus,
     ServedModel,
 )
+from modelops_operator.builders import alerts as ba
+from modelops_operator.builders import modeldeployment as bm
+from modelops_operator.reconcile import ownership, rollout
+from modelops_operator.reconcile.actions import Action, Outcome
+from modelops_operator.reconcile.pods import pod_problem
 from modelops_operator.reconcile.status import refused
+from modelops_operator.settings import OperatorSettings
 
 F = ConditionStatus.FALSE
 
@@ -53,31 +68,39 @@ def resolve_model(spec: ModelDeploymentSpec, training_run: dict[str, Any] | None
     return ServedModel(version=f"{ref.name}:v{chosen['version']}", uri=chosen["uri"], digest=chosen["digest"])
 
 
-def waiting_status(old: ModelDeploymentStatus, generation: int, why: Waiting) -> ModelDeploymentStatus:
+def waiting_status(
+    old: ModelDeploymentStatus, generation: int, why: Waiting, *, at: datetime | None = None
+) -> ModelDeploymentStatus:
     """The status while the model cannot be resolved. A deployment already serving keeps serving
     (its children are left alone) and says why it cannot move on."""
-    conds = c.set_condition(old.conditions, c.MODEL_RESOLVED, F, why.reason, why.message, generation)
-    conds = c.waiting(conds, why.reason, why.message, generation)
+    conds = c.set_condition(old.conditions, c.MODEL_RESOLVED, F, why.reason, why.message, generation, at)
+    conds = c.waiting(conds, why.reason, why.message, generation, at=at)
     phase = old.phase if old.stable is not None else "Pending"
     return old.model_copy(update={"phase": phase, "observed_generation": generation, "conditions": conds})
 
 
 def refused_status(
-    old: ModelDeploymentStatus, generation: int, reason: str, messages: list[str]
+    old: ModelDeploymentStatus, generation: int, reason: str, messages: list[str], *, at: datetime | None = None
 ) -> ModelDeploymentStatus:
     """The status when the operator will not write the children: another's object holds a child's
     name (NameConflict), or the HTTPRoute is not handed over (RouteNotDelegated). Nothing was
     written; what runs keeps running."""
-    return refused(old, generation, reason, messages, old.phase if old.stable is not None else "Failed")
+    return refused(old, generation, reason, messages, old.phase if old.stable is not None else "Failed", at=at)
 
 
-def resolved_condition(status: ModelDeploymentStatus, generation: int, model: ServedModel) -> ModelDeploymentStatus:
+def resolved_condition(
+    status: ModelDeploymentStatus, generation: int, model: ServedModel, *, at: datetime | None = None
+) -> ModelDeploymentStatus:
     msg = f"model {model.version} ({model.digest}) at {model.uri}"
-    conds = c.set_condition(status.conditions, c.MODEL_RESOLVED, ConditionStatus.TRUE, c.MODEL_FOUND, msg, generation)
+    conds = c.set_condition(
+        status.conditions, c.MODEL_RESOLVED, ConditionStatus.TRUE, c.MODEL_FOUND, msg, generation, at
+    )
     return status.model_copy(update={"conditions": conds})
 
 
-def pods_blocked(status: ModelDeploymentStatus, generation: int, problem: str) -> ModelDeploymentStatus:
+def pods_blocked(
+    status: ModelDeploymentStatus, generation: int, problem: str, *, at: datetime | None = None
+) -> ModelDeploymentStatus:
     """Server pods that cannot start (an image that cannot be pulled, a missing ConfigMap, no node
     that fits): say so in Kubernetes' own words. Ready turns False with reason PodPending unless the
     stable track already serves (a canary that cannot start leaves the old model serving, and only
@@ -86,9 +109,126 @@ def pods_blocked(status: ModelDeploymentStatus, generation: int, problem: str) -
     update: dict[str, object] = {"message": problem}
     if ready is None or ready.status != ConditionStatus.TRUE:
         update["conditions"] = c.set_condition(
-            status.conditions, c.READY, ConditionStatus.FALSE, c.POD_PENDING, problem, generation
+            status.conditions, c.READY, ConditionStatus.FALSE, c.POD_PENDING, problem, generation, at
         )
     return status.model_copy(update=update)
+
+
+def track(deployment: dict[str, Any] | None) -> rollout.Track | None:
+    """What the rollout reads of one track's Deployment (None when there is none)."""
+    if deployment is None:
+        return None
+    spec, st = deployment.get("spec") or {}, deployment.get("status") or {}
+    annotations = ((spec.get("template") or {}).get("metadata") or {}).get("annotations") or {}
+    return rollout.Track(
+        replicas=int(spec.get("replicas") or 0),
+        ready=int(st.get("readyReplicas") or 0),
+        updated=int(st.get("updatedReplicas") or 0),
+        available=int(st.get("availableReplicas") or 0),
+        total=int(st.get("replicas") or 0),
+        digest=annotations.get(names.MODEL_DIGEST_ANNOTATION),
+        settled=int(st.get("observedGeneration") or 0) >= int(deployment["metadata"].get("generation") or 0),
+    )
+
+
+@dataclass(frozen=True)
+class Desired:
+    """The rollout's next state, and the children that serve it (in the order they are written)."""
+
+    plan: rollout.Plan
+    children: list[dict[str, Any]]
+
+
+def desired(
+    md: dict[str, Any],
+    spec: ModelDeploymentSpec,
+    old: ModelDeploymentStatus,
+    seen: rollout.RolloutObserved,
+    settings: OperatorSettings,
+    *,
+    service_monitor: bool,
+    prometheus_rule: bool,
+) -> Desired:
+    """The rollout's plan and the children it implies: the two tracks' Deployments, the Services,
+    the PodDisruptionBudget, the HorizontalPodAutoscaler, and the ServiceMonitor and PrometheusRule
+    when their CRDs are installed (and, for the rule, the spec's alerts are on). A stable track
+    created now starts at the autoscaler's minimum; an existing one keeps what the autoscaler set."""
+    generation = int(md["metadata"].get("generation") or 0)
+    plan = rollout.plan(spec, old, seen, generation)
+    stable_replicas = None if seen.stable else spec.autoscaling.min_replicas
+    children = [
+        bm.build_deployment(md, spec, plan.stable_model, "stable", settings, stable_replicas),
+        bm.build_deployment(md, spec, plan.canary_model, "canary", settings, plan.canary_replicas),
+        *bm.build_services(md),
+        bm.build_pdb(md),
+        bm.build_hpa(md, spec),
+    ]
+    if service_monitor:
+        children.append(bm.build_service_monitor(md))
+    if prometheus_rule:
+        children.append(ba.build_prometheus_rule(md, spec))
+    return Desired(plan, children)
+
+
+def route_weight(status: ModelDeploymentStatus) -> int:
+    """The canary's share of the HTTPRoute's traffic: the step's weight while a canary rolls out,
+    else 0 (a rolled-back canary gets none)."""
+    return status.desired_weight if status.canary is not None and not status.aborted else 0
+
+
+def reconcile_model_deployment(
+    md: dict[str, Any],
+    spec: ModelDeploymentSpec,
+    old: ModelDeploymentStatus,
+    seen: rollout.RolloutObserved,
+    want: Desired,
+    claims: list[ownership.Claim],
+    route: dict[str, Any] | None,
+) -> Outcome[ModelDeploymentStatus]:
+    """The status and the actions once the model resolved and the children's names were looked up
+    (`claims`, one per child of `want`) along with the HTTPRoute the spec names (`route`). A name
+    held by another's object, or a route not handed over, writes nothing."""
+    meta = md["metadata"]
+    ns, name, generation = meta.get("namespace") or "", meta.get("name") or "", int(meta.get("generation") or 0)
+    at = seen.now.replace(microsecond=0)
+    if taken := ownership.conflicts(claims):
+        return Outcome(refused_status(old, generation, c.NAME_CONFLICT, taken, at=at))
+    route_name = spec.rollout.traffic_routing.http_route
+    if route_name and (why := ownership.route_delegated(route, ns, route_name, name)):
+        return Outcome(refused_status(old, generation, c.ROUTE_NOT_DELEGATED, [why], at=at))
+    plan = want.plan
+    actions = [
+        Action(
+            "create" if claim.verb == "create" else "apply",
+            claim.body["kind"],
+            claim.body["metadata"]["name"],
+            claim.body,
+        )
+        for claim in claims
+    ]
+    if route_name:
+        weight = route_weight(plan.status)
+        actions.append(Action("patch", names.HTTPROUTE.kind, route_name, bm.http_route_patch(spec, name, weight)))
+    if seen.command is not None and plan.command_done:
+        actions.append(Action("annotate", "ModelDeployment", name, {rollout.COMMANDS[seen.command]: None}))
+    aborted = plan.status.aborted and plan.status.canary is not None
+    actions.append(Action("gauge", "ModelDeployment", name, value=1.0 if aborted else 0.0))
+    status = resolved_condition(plan.status, generation, seen.target, at=at)
+    return Outcome(status.model_copy(update={"url": bm.service_url(md)}), actions, list(plan.events))
+
+
+def pods_matter(stable: rollout.Track | None, status: ModelDeploymentStatus) -> bool:
+    """Whether the server pods may explain a wait: the stable track is missing or short of
+    available pods, or a canary rolls out."""
+    return stable is None or stable.available < stable.replicas or status.canary is not None
+
+
+def with_pods(
+    status: ModelDeploymentStatus, pods: list[dict[str, Any]], *, at: datetime | None = None
+) -> ModelDeploymentStatus:
+    """`status` with the reason server pods cannot start, if one cannot (see `pods_blocked`)."""
+    problem = pod_problem(pods)
+    return pods_blocked(status, status.observed_generation, problem, at=at) if problem else status
 
 
 def _selector(namespace: str, name: str, track: str) -> str:

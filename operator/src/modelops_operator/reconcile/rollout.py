@@ -1,6 +1,6 @@
 """The gray release of a ModelDeployment: a pure state machine over its status.
 
-Every reconcile calls `plan()` with what the handler observed (the model the spec resolves to, the
+Every reconcile calls `plan()` with what the controller observed (the model the spec resolves to, the
 two Deployments, the time, a manual command from an annotation, and analysis measurements when
 `due_analysis()` asked for them). It returns the new status, which model each track serves, the
 canary's replica count and the Events to post. All state lives in status, so an operator restart
@@ -38,7 +38,7 @@ from modelops_operator.api.modeldeployment import (
     ServedModel,
 )
 from modelops_operator.builders.modeldeployment import canary_replicas
-from modelops_operator.reconcile.status import Event
+from modelops_operator.reconcile.actions import Event
 
 T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
 Command = Literal["promote", "abort", "retry"]
@@ -60,7 +60,7 @@ def requested_command(annotations: Mapping[str, str]) -> Command | None:
     """The manual command an object's annotations ask for (`modelops.dev/promote=true`, ...): the
     first of promote, abort, retry whose annotation is `true`, `yes` or `1`; None when none is.
 
-    The one definition of a command: the handler reconciles at once on an event that carries one
+    The one definition of a command: the operator reconciles at once on an event that carries one
     and removes its annotation once acted on. An annotation with another value (`promote=false`)
     is no command: it neither wakes the object nor waits to be removed.
     """
@@ -90,7 +90,7 @@ def parse_stamp(text: str | None) -> datetime | None:
 
 @dataclass(frozen=True)
 class Track:
-    """What the handler saw of one track's Deployment."""
+    """What the controller saw of one track's Deployment."""
 
     replicas: int = 0
     """Pods the Deployment asks for (`spec.replicas`)."""
@@ -130,12 +130,16 @@ class Measurement:
 
 
 @dataclass
-class Observed:
+class RolloutObserved:
+    """What the rollout is decided from: the model the spec resolves to, the two tracks' Deployments,
+    the time, a manual command, and the measurements `due_analysis` asked for."""
+
     target: ServedModel
-    """The model the spec asks for (resolved by the handler)."""
+    """The model the spec asks for (resolved by the controller)."""
     stable: Track | None = None
     canary: Track | None = None
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    """When it was seen: the time of steps, measurements and any condition that changes."""
     command: Command | None = None
     measurements: list[Measurement] | None = None
     """Taken for the current analysis step because `due_analysis` said so."""
@@ -149,10 +153,10 @@ class Plan:
     canary_replicas: int
     events: list[Event]
     command_done: bool
-    """The command annotation was acted on (or is meaningless now): the handler removes it."""
+    """The command annotation was acted on (or is meaningless now): the controller removes it."""
 
 
-def _step_kind(spec: ModelDeploymentSpec, step: int | None) -> Analysis | None:
+def _step_analysis(spec: ModelDeploymentSpec, step: int | None) -> Analysis | None:
     steps = spec.rollout.steps
     return steps[step].analysis if step is not None and step < len(steps) else None
 
@@ -161,7 +165,7 @@ def due_analysis(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, now: 
     """The analysis to measure now, if the rollout is at an analysis step whose next measurement is due."""
     if status.canary is None or status.aborted:
         return None
-    analysis = _step_kind(spec, status.current_step)
+    analysis = _step_analysis(spec, status.current_step)
     if analysis is None:
         return None
     taken = [parse_stamp(r.measured_at) for r in status.analysis if r.step == status.current_step]
@@ -184,7 +188,9 @@ def judge(metric: AnalysisMetric, m: Measurement) -> tuple[float | None, str]:
 
 
 class _Rollout:
-    def __init__(self, spec: ModelDeploymentSpec, old: ModelDeploymentStatus, seen: Observed, generation: int) -> None:
+    def __init__(
+        self, spec: ModelDeploymentSpec, old: ModelDeploymentStatus, seen: RolloutObserved, generation: int
+    ) -> None:
         self.spec, self.seen, self.generation = spec, seen, generation
         self.status = old.model_copy(update={"observed_generation": generation})
         self.events: list[Event] = []
@@ -267,7 +273,7 @@ class _Rollout:
         self.apply_command()
         if self.status.canary is not None and not self.status.aborted:
             self.walk_steps()
-        return self.finish()
+        return self.result()
 
     def apply_command(self) -> None:
         st = self.status
@@ -375,7 +381,7 @@ class _Rollout:
 
     # --- results ------------------------------------------------------------------------------
 
-    def finish(self) -> Plan:
+    def result(self) -> Plan:
         st = self.status
         stable_seen, canary_seen = self.seen.stable or Track(), self.seen.canary or Track()
         assert st.stable is not None
@@ -412,7 +418,7 @@ class _Rollout:
         msg = self.status.message or reason
         available = T if stable_seen.ready > 0 else F
         conds = self.status.conditions
-        g = self.generation
+        g, at = self.generation, self.now.replace(microsecond=0)
         conds = c.set_condition(
             conds,
             c.AVAILABLE,
@@ -420,14 +426,17 @@ class _Rollout:
             c.MINIMUM_REPLICAS_AVAILABLE if available == T else c.NO_READY_REPLICAS,
             f"{stable_seen.ready} stable server pod(s) ready",
             g,
+            at,
         )
-        conds = c.set_condition(conds, c.PROGRESSING, T if phase in ("Progressing", "Pending") else F, reason, msg, g)
-        conds = c.set_condition(conds, c.DEGRADED, T if phase == "Degraded" else F, reason, msg, g)
-        conds = c.set_condition(conds, c.READY, T if phase == "Healthy" else F, reason, msg, g)
+        conds = c.set_condition(
+            conds, c.PROGRESSING, T if phase in ("Progressing", "Pending") else F, reason, msg, g, at
+        )
+        conds = c.set_condition(conds, c.DEGRADED, T if phase == "Degraded" else F, reason, msg, g, at)
+        conds = c.set_condition(conds, c.READY, T if phase == "Healthy" else F, reason, msg, g, at)
         self.update(conditions=conds)
         return Plan(self.status, st.stable, canary_model, replicas, self.events, self.command_done)
 
 
-def plan(spec: ModelDeploymentSpec, old: ModelDeploymentStatus, seen: Observed, generation: int) -> Plan:
+def plan(spec: ModelDeploymentSpec, old: ModelDeploymentStatus, seen: RolloutObserved, generation: int) -> Plan:
     """The next state of a ModelDeployment's rollout; see the module docstring."""
     return _Rollout(spec, old, seen, generation).run()

@@ -3,24 +3,16 @@ and the Events that announce a changed Ready condition."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import ConditionStatus, StatusBase
+from modelops_operator.reconcile.actions import Event
 
 S = TypeVar("S", bound=StatusBase)
-
-
-@dataclass(frozen=True)
-class Event:
-    """A Kubernetes Event to post on the object."""
-
-    type: str  # "Normal" or "Warning"
-    reason: str
-    message: str
 
 
 def parse_status(model: type[S], raw: dict[str, Any] | None) -> S:
@@ -42,16 +34,18 @@ def describe_error(error: ValidationError, limit: int = 5) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
-def invalid_spec(status: S, generation: int, message: str) -> S:
+def invalid_spec(status: S, generation: int, message: str, *, at: datetime | None = None) -> S:
     """The status of an object whose spec cannot be acted on: not Ready, not progressing, and why."""
-    return refused(status, generation, c.INVALID_SPEC, [message], "Failed")
+    return refused(status, generation, c.INVALID_SPEC, [message], "Failed", at=at)
 
 
-def refused(status: S, generation: int, reason: str, messages: list[str], phase: str) -> S:
+def refused(
+    status: S, generation: int, reason: str, messages: list[str], phase: str, *, at: datetime | None = None
+) -> S:
     """Not Ready and not progressing for `reason`, with up to five `messages`: the operator will
     not act (an invalid spec, a child's name held by another's object, a Secret not allowed)."""
     msg = "; ".join(messages[:5]) + (f" (and {len(messages) - 5} more)" if len(messages) > 5 else "")
-    conds = c.waiting(status.conditions, reason, msg, generation)
+    conds = c.waiting(status.conditions, reason, msg, generation, at=at)
     return status.model_copy(update={"phase": phase, "observed_generation": generation, "conditions": conds})
 
 

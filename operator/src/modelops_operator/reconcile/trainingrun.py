@@ -27,21 +27,22 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
 import modelops_operator
 from modelops_operator.api import conditions as c
-from modelops_operator.api.common import Condition, ConditionStatus
+from modelops_operator.api import names
+from modelops_operator.api.common import ConditionStatus
 from modelops_operator.api.names import PARAMETERS_ANNOTATION, ROUND_LABEL
 from modelops_operator.api.trainingrun import RegisteredModel, TrainingRunSpec, TrainingRunStatus, TrialStatus
 from modelops_operator.builders.trainingrun import build_pytorchjob, model_hash
 from modelops_operator.reconcile import search
-from modelops_operator.reconcile.dataset import termination_message
-from modelops_operator.reconcile.status import Event
+from modelops_operator.reconcile.actions import Action, Event, Outcome, Registration
 from modelops_operator.settings import OperatorSettings
 
 T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
@@ -66,7 +67,7 @@ class TrainSummary(BaseModel):
 
 @dataclass
 class TrialObservation:
-    """What the handler saw of one trial's master pod."""
+    """What the controller saw of one trial's master pod."""
 
     result_message: str | None = None
     """The termination message of its last finished container (None while none finished)."""
@@ -77,28 +78,15 @@ class TrialObservation:
 
 
 @dataclass
-class Observed:
-    """The Dataset, the run's PyTorchJobs, and what the handler read from the current round's pods."""
+class TrainingRunObserved:
+    """The Dataset, the run's PyTorchJobs, what the controller read from the current round's pods,
+    and the time."""
 
     dataset: dict[str, Any] | None = None
     jobs: list[dict[str, Any]] = field(default_factory=list)
     trials: dict[str, TrialObservation] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Action:
-    """One call the handler makes on a PyTorchJob."""
-
-    verb: Literal["create", "delete", "suspend", "resume"]
-    name: str
-    body: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    status: TrainingRunStatus
-    actions: list[Action]
-    events: list[Event]
+    now: datetime = field(default_factory=c.now)
+    """When it was seen: the time of any condition that changes."""
 
 
 def job_state(job: dict[str, Any]) -> tuple[str, str, str]:
@@ -159,408 +147,531 @@ def _is_ready(obj: dict[str, Any]) -> bool:
     return any(x.get("type") == c.READY and x.get("status") == "True" for x in conds)
 
 
-class _Run:
-    """One reconciliation: the status being built, and the actions and events it implies."""
+@dataclass(frozen=True)
+class _Context:
+    """What one reconcile reads and never changes: the run, its spec, the settings, the time."""
 
-    def __init__(
-        self,
-        run: dict[str, Any],
-        spec: TrainingRunSpec,
-        old: TrainingRunStatus,
-        observed: Observed,
-        settings: OperatorSettings,
-    ) -> None:
-        self.run, self.spec, self.observed, self.settings = run, spec, observed, settings
-        self.name = run["metadata"]["name"]
-        self.generation = int(run["metadata"].get("generation") or 0)
-        self.status = old.model_copy(update={"observed_generation": self.generation})
-        self.actions: list[Action] = []
-        self.events: list[Event] = []
-        self.objective = spec.search.objective if spec.search else None
-        self.metric = self.objective.metric if self.objective else "val_accuracy"
-        self.maximize = (self.objective.direction if self.objective else "maximize") == "maximize"
-        self.blocked: list[str] = []
-        """Trials whose pods cannot start, each as `trial <name>: <Kubernetes' reason and message>`."""
+    run: dict[str, Any]
+    spec: TrainingRunSpec
+    settings: OperatorSettings
+    now: datetime
 
-    # --- status helpers ---------------------------------------------------------------------
+    @property
+    def generation(self) -> int:
+        return int(self.run["metadata"].get("generation") or 0)
 
-    def cond(self, type_: str, status: ConditionStatus, reason: str, message: str) -> None:
-        conds = c.set_condition(self.status.conditions, type_, status, reason, message, self.generation)
-        self.status = self.status.model_copy(update={"conditions": conds})
+    @property
+    def metric(self) -> str:
+        return self.spec.search.objective.metric if self.spec.search else "val_accuracy"
 
-    def update(self, **fields: Any) -> None:
-        self.status = self.status.model_copy(update=fields)
+    @property
+    def maximize(self) -> bool:
+        return (self.spec.search.objective.direction if self.spec.search else "maximize") == "maximize"
 
-    def set_trial(self, trial: TrialStatus) -> None:
-        trials = [trial if t.name == trial.name else t for t in self.status.trials]
-        if not any(t.name == trial.name for t in self.status.trials):
-            trials.append(trial)
-        self.update(trials=sorted(trials, key=lambda t: _index(t.name)))
+    @property
+    def goal(self) -> float | None:
+        return self.spec.search.objective.goal if self.spec.search else None
 
-    def outcome(self) -> Outcome:
-        return Outcome(self.status, self.actions, self.events)
-
-    # --- stages -----------------------------------------------------------------------------
-
-    def reconcile(self) -> Outcome:
-        wanted = model_hash(self.spec)
-        if self.status.spec_hash != wanted:
-            self.new_round(wanted)
-        self.delete_other_rounds()
-        if not self.pin_dataset():
-            return self.outcome()
-        if self.status.phase in ("Succeeded", "Failed"):
-            return self.outcome()  # settled for this spec: never re-run
-        self.observe_trials()
-        self.stop_weak_trials()
-        self.finish_or_launch()
-        return self.outcome()
-
-    def new_round(self, wanted: str) -> None:
-        old = self.status
-        self.update(
-            spec_hash=wanted,
-            round=old.round + 1,
-            trials=[],
-            best_trial=None,
-            best_objective=None,
-            progress=None,
-            dataset_version=None,
-            dataset_uri=None,
-            dataset_digest=None,
-            phase="Pending",
-        )
-        if old.spec_hash is not None:
-            msg = f"the spec changed: round {old.round + 1} starts; registered models stay"
-            self.events.append(Event("Normal", "NewRound", msg))
-
-    def delete_other_rounds(self) -> None:
-        for job in self.observed.jobs:
-            other = (job["metadata"].get("labels") or {}).get(ROUND_LABEL) != str(self.status.round)
-            if (
-                other
-                and job_state(job)[0] not in ("Succeeded", "Failed")
-                and not job["metadata"].get("deletionTimestamp")
-            ):
-                self.actions.append(Action("delete", job["metadata"]["name"]))
-
-    def transition(self, conditions: list[Condition]) -> None:
-        self.update(conditions=conditions)
-
-    def wait_for_dataset(self, reason: str, msg: str) -> bool:
-        self.cond(c.DATASET_READY, F, reason, msg)
-        self.transition(c.waiting(self.status.conditions, reason, msg, self.generation))
-        self.update(phase="WaitingForDataset")
-        return False
-
-    def pin_dataset(self) -> bool:
-        """Pin the Dataset's Ready version for this round; False while waiting for it."""
-        ref = self.spec.dataset_ref
-        if self.status.dataset_digest is not None:
-            return True
-        dataset = self.observed.dataset
-        if dataset is None:
-            msg = f'Dataset "{ref.name}" does not exist in this namespace; create it or fix spec.datasetRef.name'
-            return self.wait_for_dataset(c.DATASET_NOT_FOUND, msg)
-        ds = dataset.get("status") or {}
-        if ref.version is not None and ds.get("version") != ref.version:
-            msg = (
-                f'Dataset "{ref.name}" is at version {ds.get("version") or "(none yet)"}, not {ref.version}; '
-                "only a Dataset's current version can be trained on: fix spec.datasetRef.version or unset it"
-            )
-            return self.wait_for_dataset(c.DATASET_VERSION_UNAVAILABLE, msg)
-        if not _is_ready(dataset) or not ds.get("digest") or not ds.get("artifactURI"):
-            msg = f'Dataset "{ref.name}" has no Ready version yet; the run starts when it has one'
-            return self.wait_for_dataset(c.DATASET_NOT_READY, msg)
-        self.update(dataset_version=ds["version"], dataset_uri=ds["artifactURI"], dataset_digest=ds["digest"])
-        msg = f'training on Dataset "{ref.name}" version {ds["version"]}'
-        self.cond(c.DATASET_READY, T, c.DATASET_VERSION_PINNED, msg)
-        return True
-
-    # --- trials -----------------------------------------------------------------------------
-
-    def round_jobs(self) -> dict[str, dict[str, Any]]:
-        return {
-            j["metadata"]["name"]: j
-            for j in self.observed.jobs
-            if (j["metadata"].get("labels") or {}).get(ROUND_LABEL) == str(self.status.round)
-        }
+    @property
+    def budget(self) -> int:
+        return search.budget(self.spec.search) if self.spec.search else 1
 
     def epochs_of(self, parameters: dict[str, str]) -> int:
         raw = parameters.get("epochs")
         return int(float(raw)) if raw else self.spec.hyperparameters.epochs
 
-    def job_body(self, index: int, parameters: dict[str, str]) -> dict[str, Any]:
-        return build_pytorchjob(
-            self.run,
-            self.spec,
-            self.settings,
-            round_=self.status.round,
-            index=index,
-            parameters=parameters,
-            dataset_uri=self.status.dataset_uri or "",
-            dataset_digest=self.status.dataset_digest or "",
-            suspend=self.spec.suspend,
+
+@dataclass(frozen=True)
+class Draft:
+    """A reconcile so far: the status being built, the actions and events it implies, and the
+    trials whose pods cannot start (`trial <name>: <Kubernetes' reason and message>`). Every step
+    takes a Draft and returns a new one."""
+
+    status: TrainingRunStatus
+    actions: tuple[Action, ...] = ()
+    events: tuple[Event, ...] = ()
+    blocked: tuple[str, ...] = ()
+
+    def updated(self, **fields: Any) -> Draft:
+        return replace(self, status=self.status.model_copy(update=fields))
+
+    def with_condition(self, ctx: _Context, type_: str, status: ConditionStatus, reason: str, message: str) -> Draft:
+        conds = c.set_condition(self.status.conditions, type_, status, reason, message, ctx.generation, ctx.now)
+        return self.updated(conditions=conds)
+
+    def with_trial(self, trial: TrialStatus) -> Draft:
+        """The status with `trial` recorded (replacing the entry of that name), trials in order."""
+        trials = [trial if t.name == trial.name else t for t in self.status.trials]
+        if not any(t.name == trial.name for t in self.status.trials):
+            trials.append(trial)
+        return self.updated(trials=sorted(trials, key=lambda t: _index(t.name)))
+
+    def plus(self, action: Action | None = None, event: Event | None = None, blocked: str | None = None) -> Draft:
+        return replace(
+            self,
+            actions=self.actions + ((action,) if action else ()),
+            events=self.events + ((event,) if event else ()),
+            blocked=self.blocked + ((blocked,) if blocked else ()),
         )
 
-    def observe_trials(self) -> None:
-        jobs = self.round_jobs()
-        known = {t.name for t in self.status.trials}
-        for name, job in jobs.items():
-            if name not in known:  # created before a restart that lost the status write: adopt it
-                try:
-                    params = json.loads((job["metadata"].get("annotations") or {}).get(PARAMETERS_ANNOTATION, "{}"))
-                except ValueError:
-                    params = {}
-                params = {str(k): str(v) for k, v in params.items()}
-                self.set_trial(TrialStatus(name=name, parameters=params, epochs=self.epochs_of(params)))
-        for trial in list(self.status.trials):
-            if trial.state in FINAL:
-                continue
-            found = jobs.get(trial.name)
-            seen = self.observed.trials.get(trial.name, TrialObservation())
-            if found is None:
-                if trial.state == "Running":
-                    self.end_trial(
-                        trial, "Failed", c.JOB_DELETED, f"PyTorchJob {trial.name} was deleted before it finished"
-                    )
-                else:  # recorded, but the create was lost: create it again (same name, same parameters)
-                    self.actions.append(
-                        Action("create", trial.name, self.job_body(_index(trial.name), trial.parameters))
-                    )
-                continue
-            self.follow(trial, found, seen)
+    def outcome(self) -> Outcome[TrainingRunStatus]:
+        return Outcome(self.status, list(self.actions), list(self.events))
 
-    def follow(self, trial: TrialStatus, job: dict[str, Any], seen: TrialObservation) -> None:
-        state, job_reason, job_message = job_state(job)
-        summary = parse_summary(seen.result_message)
-        if state == "Succeeded":
-            value = (summary.objective or {}).get("value") if summary else None
-            model = summary.model if summary else {}
-            if summary is None or summary.status != "Succeeded" or not model.get("uri") or not model.get("digest"):
-                msg = f"PyTorchJob {trial.name} succeeded but its master pod left no readable result"
-                self.end_trial(trial, "Failed", c.RESULT_UNREADABLE, msg)
-                return
-            objective = _finite(value)
-            done = trial.model_copy(
-                update={
-                    "objective": objective if objective is not None else search.best_of(trial.history, self.maximize),
-                    "metrics": {k: v for k, v in summary.metrics.items() if _finite(v) is not None},
-                    "model_uri": model["uri"],
-                    "model_digest": model["digest"],
-                    "model_card_uri": model.get("modelCardUri"),
-                    "epoch": summary.epochs or trial.epoch,
-                }
-            )
-            self.end_trial(done, "Succeeded", "Succeeded", summary.message or "trained and exported")
-        elif state == "Failed":
-            if summary is not None and summary.status == "Failed" and summary.reason:
-                reason, msg = summary.reason, summary.message or summary.reason
-            elif "deadline" in f"{job_reason} {job_message}".lower():
-                reason = c.DEADLINE_EXCEEDED
-                msg = f"PyTorchJob {trial.name} ran past spec.runPolicy.activeDeadlineSeconds: {job_message}"
-            else:
-                said = (seen.result_message or job_message or "no message").strip()[-1000:]
-                reason, msg = c.TRAINING_FAILED, f"PyTorchJob {trial.name} failed: {said}"
-            self.end_trial(trial, "Failed", reason, msg)
-        else:
-            curve = epoch_curve(seen.log, self.metric, trial.history)
-            running = "Running" if state == "Running" else "Pending"
-            message = seen.pod_problem or ("suspended" if state == "Suspended" else None)
-            if seen.pod_problem:
-                self.blocked.append(f"trial {trial.name}: {seen.pod_problem}")
-            self.set_trial(
-                trial.model_copy(
-                    update={
-                        "state": running,
-                        "history": curve,
-                        "epoch": len(curve) or trial.epoch,
-                        "objective": search.best_of(curve, self.maximize),
-                        "message": message,
-                    }
-                )
-            )
-            if self.spec.suspend and state != "Suspended":
-                self.actions.append(Action("suspend", trial.name))
-            elif not self.spec.suspend and state == "Suspended":
-                self.actions.append(Action("resume", trial.name))
 
-    def end_trial(self, trial: TrialStatus, state: str, reason: str, message: str) -> None:
-        self.set_trial(trial.model_copy(update={"state": state, "reason": reason, "message": c.shorten(message)}))
-        kind = "Warning" if state == "Failed" else "Normal"
-        shown = f" ({self.metric}={trial.objective:.4g})" if trial.objective is not None else ""
-        self.events.append(Event(kind, f"Trial{state}", f"trial {trial.name} {state.lower()}{shown}: {message}"[:1024]))
+# --- the round and its dataset ------------------------------------------------------------------
 
-    def stop(self, trial: TrialStatus, reason: str, message: str) -> None:
-        self.actions.append(Action("delete", trial.name))
-        self.end_trial(trial, "Stopped", reason, message)
 
-    def stop_weak_trials(self) -> None:
-        s = self.spec.search
-        if s is None or s.early_stopping != "median":
-            return
-        curves = {t.name: t.history for t in self.status.trials if t.history}
-        for trial in self.status.trials:
-            if trial.state != "Running" or not trial.history:
-                continue
-            if trial.epochs is not None and len(trial.history) >= trial.epochs:
-                continue  # training is over; it is exporting: stopping it now saves nothing
-            why = search.median_stop(curves, trial.name, s.early_stopping_min_epochs, self.maximize, metric=self.metric)
-            if why:
-                self.stop(trial, c.MEDIAN_STOPPED, why)
+def start_round(ctx: _Context, draft: Draft, wanted: str) -> Draft:
+    """A new round for the spec hash `wanted`: trials, best trial, progress and dataset cleared."""
+    old = draft.status
+    draft = draft.updated(
+        spec_hash=wanted,
+        round=old.round + 1,
+        trials=[],
+        best_trial=None,
+        best_objective=None,
+        progress=None,
+        dataset_version=None,
+        dataset_uri=None,
+        dataset_digest=None,
+        phase="Pending",
+    )
+    if old.spec_hash is None:
+        return draft
+    msg = f"the spec changed: round {old.round + 1} starts; registered models stay"
+    return draft.plus(event=Event("Normal", "NewRound", msg))
 
-    # --- the run as a whole -------------------------------------------------------------------
 
-    def finish_or_launch(self) -> None:
-        s = self.spec.search
-        trials = self.status.trials
-        budget = search.budget(s) if s else 1
-        max_failed = s.max_failed_trials if s else 0
-        failed = [t for t in trials if t.state == "Failed"]
-        goal = self.objective.goal if self.objective else None
-        reached = [
-            t
-            for t in trials
-            if t.state == "Succeeded"
-            and t.objective is not None
-            and goal is not None
-            and (t.objective >= goal if self.maximize else t.objective <= goal)
-        ]
-        if len(failed) > max_failed or reached:
-            for t in self.status.trials:
-                if t.state in ("Pending", "Running"):
-                    if reached:
-                        self.stop(t, c.GOAL_REACHED, f"trial {reached[0].name} reached the goal {goal}")
-                    else:
-                        self.stop(t, c.TRIALS_EXHAUSTED, "the failure budget is spent")
-        elif not self.spec.suspend:
-            self.launch(budget)
-        self.update_best_trial()
-        active = [t for t in self.status.trials if t.state in ("Pending", "Running")]
-        if len(failed) > max_failed:
-            self.fail(failed, max_failed)
-        elif not active and (len(self.status.trials) >= budget or reached):
-            self.select(failed)
-        elif self.spec.suspend:
-            msg = f"suspended: {len(active)} trial(s) stopped with a checkpoint; they resume from it when unsuspended"
-            self.update(phase="Suspended", progress=self.progress(budget))
-            self.cond(c.TRAINING_RUNNING, F, c.SUSPENDED, msg)
-            self.transition(c.waiting(self.status.conditions, c.SUSPENDED, msg, self.generation, degraded=False))
-        else:
-            line = self.progress(budget)
-            self.update(phase="Running", progress=line)
-            # A trial whose pods cannot start (an image that cannot be pulled, no node that fits)
-            # is named on Ready and Progressing, in Kubernetes' own words.
-            reason, why = (c.POD_PENDING, f"{line}; {self.blocked[0]}") if self.blocked else (c.TRIALS_RUNNING, line)
-            self.cond(c.TRAINING_RUNNING, T, c.TRIALS_RUNNING, line)
-            self.transition(c.running(self.status.conditions, reason, why, self.generation, degraded=False))
+def delete_other_rounds(draft: Draft, jobs: list[dict[str, Any]]) -> Draft:
+    """Delete the unfinished jobs of other rounds."""
+    for job in jobs:
+        other = (job["metadata"].get("labels") or {}).get(ROUND_LABEL) != str(draft.status.round)
+        if other and job_state(job)[0] not in ("Succeeded", "Failed") and not job["metadata"].get("deletionTimestamp"):
+            draft = draft.plus(Action("delete", names.PYTORCHJOB.kind, job["metadata"]["name"]))
+    return draft
 
-    def launch(self, budget: int) -> None:
-        s = self.spec.search
-        parallelism = s.parallelism if s else 1
-        while True:
-            trials = self.status.trials
-            active = sum(t.state in ("Pending", "Running") for t in trials)
-            if active >= parallelism or len(trials) >= budget:
-                return
-            index = len(trials)
-            history = [search.Observation(t.parameters, t.state, t.objective) for t in trials]
-            params = search.propose(s, index, history) if s else {}
-            body = self.job_body(index, params)
-            name = body["metadata"]["name"]
-            self.actions.append(Action("create", name, body))
-            self.set_trial(TrialStatus(name=name, parameters=params, epochs=self.epochs_of(params)))
-            shown = ", ".join(f"{k}={v}" for k, v in sorted(params.items())) or "the spec's hyper-parameters"
-            self.events.append(Event("Normal", "TrialStarted", f"trial {name} started with {shown}"))
 
-    def update_best_trial(self) -> None:
-        """`status.bestTrial` and `bestObjective`: the best objective so far among trials not failed."""
-        best: TrialStatus | None = None
-        for t in self.status.trials:
-            if (
-                t.objective is not None
-                and t.state != "Failed"
-                and (best is None or search.is_better(t.objective, best.objective, self.maximize))
-            ):
-                best = t
-        self.update(best_trial=best.name if best else None, best_objective=best.objective if best else None)
+def _wait_for_dataset(ctx: _Context, draft: Draft, reason: str, msg: str) -> Draft:
+    draft = draft.with_condition(ctx, c.DATASET_READY, F, reason, msg)
+    conds = c.waiting(draft.status.conditions, reason, msg, ctx.generation, at=ctx.now)
+    return draft.updated(conditions=conds, phase="WaitingForDataset")
 
-    def progress(self, budget: int) -> str:
-        trials = self.status.trials
-        counts = {s: sum(t.state == s for t in trials) for s in ("Succeeded", "Failed", "Stopped")}
-        parts = [f"{n} {s.lower()}" for s, n in counts.items() if n]
-        head = f"round {self.status.round}: {len(trials)}/{budget} trials started" + (
-            f" ({', '.join(parts)})" if parts else ""
+
+def pin_dataset(ctx: _Context, draft: Draft, dataset: dict[str, Any] | None) -> tuple[Draft, bool]:
+    """The round's pinned Dataset version (pinned now if it is Ready), and whether there is one."""
+    ref = ctx.spec.dataset_ref
+    if draft.status.dataset_digest is not None:
+        return draft, True
+    if dataset is None:
+        msg = f'Dataset "{ref.name}" does not exist in this namespace; create it or fix spec.datasetRef.name'
+        return _wait_for_dataset(ctx, draft, c.DATASET_NOT_FOUND, msg), False
+    ds = dataset.get("status") or {}
+    if ref.version is not None and ds.get("version") != ref.version:
+        msg = (
+            f'Dataset "{ref.name}" is at version {ds.get("version") or "(none yet)"}, not {ref.version}; '
+            "only a Dataset's current version can be trained on: fix spec.datasetRef.version or unset it"
         )
-        running = []
-        for t in trials:
+        return _wait_for_dataset(ctx, draft, c.DATASET_VERSION_UNAVAILABLE, msg), False
+    if not _is_ready(dataset) or not ds.get("digest") or not ds.get("artifactURI"):
+        msg = f'Dataset "{ref.name}" has no Ready version yet; the run starts when it has one'
+        return _wait_for_dataset(ctx, draft, c.DATASET_NOT_READY, msg), False
+    draft = draft.updated(dataset_version=ds["version"], dataset_uri=ds["artifactURI"], dataset_digest=ds["digest"])
+    msg = f'training on Dataset "{ref.name}" version {ds["version"]}'
+    return draft.with_condition(ctx, c.DATASET_READY, T, c.DATASET_VERSION_PINNED, msg), True
+
+
+# --- observing the trials -----------------------------------------------------------------------
+
+
+def _job_body(ctx: _Context, status: TrainingRunStatus, index: int, parameters: dict[str, str]) -> dict[str, Any]:
+    return build_pytorchjob(
+        ctx.run,
+        ctx.spec,
+        ctx.settings,
+        round_=status.round,
+        index=index,
+        parameters=parameters,
+        dataset_uri=status.dataset_uri or "",
+        dataset_digest=status.dataset_digest or "",
+        suspend=ctx.spec.suspend,
+    )
+
+
+def _adopted_parameters(job: dict[str, Any]) -> dict[str, str]:
+    """The parameters recorded on a job's annotation ({} when unreadable)."""
+    try:
+        params = json.loads((job["metadata"].get("annotations") or {}).get(PARAMETERS_ANNOTATION, "{}"))
+    except ValueError:
+        params = {}
+    return {str(k): str(v) for k, v in params.items()}
+
+
+def observe_trials(ctx: _Context, draft: Draft, observed: TrainingRunObserved) -> Draft:
+    """Each unfinished trial of the round as its job and pods show it; jobs found without a status
+    entry are adopted, and a recorded trial whose job is missing is created again."""
+    jobs = {
+        j["metadata"]["name"]: j
+        for j in observed.jobs
+        if (j["metadata"].get("labels") or {}).get(ROUND_LABEL) == str(draft.status.round)
+    }
+    known = {t.name for t in draft.status.trials}
+    for name, job in jobs.items():
+        if name not in known:  # created before a restart that lost the status write: adopt it
+            params = _adopted_parameters(job)
+            draft = draft.with_trial(TrialStatus(name=name, parameters=params, epochs=ctx.epochs_of(params)))
+    for trial in list(draft.status.trials):
+        if trial.state in FINAL:
+            continue
+        found = jobs.get(trial.name)
+        if found is not None:
+            draft = follow_trial(ctx, draft, trial, found, observed.trials.get(trial.name, TrialObservation()))
+        elif trial.state == "Running":
+            msg = f"PyTorchJob {trial.name} was deleted before it finished"
+            draft = end_trial(ctx, draft, trial, "Failed", c.JOB_DELETED, msg)
+        else:  # recorded, but the create was lost: create it again (same name, same parameters)
+            body = _job_body(ctx, draft.status, _index(trial.name), trial.parameters)
+            draft = draft.plus(Action("create", names.PYTORCHJOB.kind, trial.name, body))
+    return draft
+
+
+def _succeeded_trial(ctx: _Context, draft: Draft, trial: TrialStatus, summary: TrainSummary | None) -> Draft:
+    value = (summary.objective or {}).get("value") if summary else None
+    model = summary.model if summary else {}
+    if summary is None or summary.status != "Succeeded" or not model.get("uri") or not model.get("digest"):
+        msg = f"PyTorchJob {trial.name} succeeded but its master pod left no readable result"
+        return end_trial(ctx, draft, trial, "Failed", c.RESULT_UNREADABLE, msg)
+    objective = _finite(value)
+    done = trial.model_copy(
+        update={
+            "objective": objective if objective is not None else search.best_of(trial.history, ctx.maximize),
+            "metrics": {k: v for k, v in summary.metrics.items() if _finite(v) is not None},
+            "model_uri": model["uri"],
+            "model_digest": model["digest"],
+            "model_card_uri": model.get("modelCardUri"),
+            "epoch": summary.epochs or trial.epoch,
+        }
+    )
+    return end_trial(ctx, draft, done, "Succeeded", "Succeeded", summary.message or "trained and exported")
+
+
+def _failed_trial(
+    ctx: _Context, draft: Draft, trial: TrialStatus, job: dict[str, Any], summary: TrainSummary | None, said: str | None
+) -> Draft:
+    _, job_reason, job_message = job_state(job)
+    if summary is not None and summary.status == "Failed" and summary.reason:
+        reason, msg = summary.reason, summary.message or summary.reason
+    elif "deadline" in f"{job_reason} {job_message}".lower():
+        reason = c.DEADLINE_EXCEEDED
+        msg = f"PyTorchJob {trial.name} ran past spec.runPolicy.activeDeadlineSeconds: {job_message}"
+    else:
+        tail = (said or job_message or "no message").strip()[-1000:]
+        reason, msg = c.TRAINING_FAILED, f"PyTorchJob {trial.name} failed: {tail}"
+    return end_trial(ctx, draft, trial, "Failed", reason, msg)
+
+
+def follow_trial(ctx: _Context, draft: Draft, trial: TrialStatus, job: dict[str, Any], seen: TrialObservation) -> Draft:
+    """One unfinished trial brought up to date with its job's state and its master pod."""
+    state = job_state(job)[0]
+    summary = parse_summary(seen.result_message)
+    if state == "Succeeded":
+        return _succeeded_trial(ctx, draft, trial, summary)
+    if state == "Failed":
+        return _failed_trial(ctx, draft, trial, job, summary, seen.result_message)
+    curve = epoch_curve(seen.log, ctx.metric, trial.history)
+    if seen.pod_problem:
+        draft = draft.plus(blocked=f"trial {trial.name}: {seen.pod_problem}")
+    draft = draft.with_trial(
+        trial.model_copy(
+            update={
+                "state": "Running" if state == "Running" else "Pending",
+                "history": curve,
+                "epoch": len(curve) or trial.epoch,
+                "objective": search.best_of(curve, ctx.maximize),
+                "message": seen.pod_problem or ("suspended" if state == "Suspended" else None),
+            }
+        )
+    )
+    if ctx.spec.suspend and state != "Suspended":
+        return draft.plus(Action("suspend", names.PYTORCHJOB.kind, trial.name))
+    if not ctx.spec.suspend and state == "Suspended":
+        return draft.plus(Action("resume", names.PYTORCHJOB.kind, trial.name))
+    return draft
+
+
+def end_trial(ctx: _Context, draft: Draft, trial: TrialStatus, state: str, reason: str, message: str) -> Draft:
+    """`trial` recorded as final in `state`, with an Event."""
+    draft = draft.with_trial(trial.model_copy(update={"state": state, "reason": reason, "message": c.shorten(message)}))
+    kind = "Warning" if state == "Failed" else "Normal"
+    shown = f" ({ctx.metric}={trial.objective:.4g})" if trial.objective is not None else ""
+    return draft.plus(
+        event=Event(kind, f"Trial{state}", f"trial {trial.name} {state.lower()}{shown}: {message}"[:1024])
+    )
+
+
+def stop_trial(ctx: _Context, draft: Draft, trial: TrialStatus, reason: str, message: str) -> Draft:
+    draft = draft.plus(Action("delete", names.PYTORCHJOB.kind, trial.name))
+    return end_trial(ctx, draft, trial, "Stopped", reason, message)
+
+
+# --- deciding -------------------------------------------------------------------------------------
+
+
+def stop_weak_trials(ctx: _Context, draft: Draft) -> Draft:
+    """The median stopping rule, when the search asks for it."""
+    s = ctx.spec.search
+    if s is None or s.early_stopping != "median":
+        return draft
+    curves = {t.name: t.history for t in draft.status.trials if t.history}
+    for trial in draft.status.trials:
+        if trial.state != "Running" or not trial.history:
+            continue
+        if trial.epochs is not None and len(trial.history) >= trial.epochs:
+            continue  # training is over; it is exporting: stopping it now saves nothing
+        why = search.median_stop(curves, trial.name, s.early_stopping_min_epochs, ctx.maximize, metric=ctx.metric)
+        if why:
+            draft = stop_trial(ctx, draft, trial, c.MEDIAN_STOPPED, why)
+    return draft
+
+
+def decide_round(ctx: _Context, draft: Draft) -> Draft:
+    """Stop what is left once the goal is reached or the failure budget spent, else launch trials;
+    then the round's phase: failed, a model selected, suspended, or running."""
+    s = ctx.spec.search
+    max_failed = s.max_failed_trials if s else 0
+    failed = [t for t in draft.status.trials if t.state == "Failed"]
+    goal = ctx.goal
+    reached = [
+        t
+        for t in draft.status.trials
+        if t.state == "Succeeded"
+        and t.objective is not None
+        and goal is not None
+        and (t.objective >= goal if ctx.maximize else t.objective <= goal)
+    ]
+    if len(failed) > max_failed or reached:
+        for t in draft.status.trials:
             if t.state in ("Pending", "Running"):
-                where = f"epoch {t.epoch or 0}/{t.epochs or '?'}"
-                value = f" {self.metric}={t.history[-1]:.4g}" if t.history else ""
-                running.append(f"{t.name} {t.state.lower()} {where}{value}")
-        return "; ".join([head, *running])[:1024]
+                if reached:
+                    draft = stop_trial(
+                        ctx, draft, t, c.GOAL_REACHED, f"trial {reached[0].name} reached the goal {goal}"
+                    )
+                else:
+                    draft = stop_trial(ctx, draft, t, c.TRIALS_EXHAUSTED, "the failure budget is spent")
+    elif not ctx.spec.suspend:
+        draft = launch_trials(ctx, draft)
+    draft = with_best_trial(ctx, draft)
+    active = [t for t in draft.status.trials if t.state in ("Pending", "Running")]
+    if len(failed) > max_failed:
+        return fail_round(ctx, draft, failed, max_failed)
+    if not active and (len(draft.status.trials) >= ctx.budget or reached):
+        return select_model(ctx, draft, failed)
+    line = progress_line(ctx, draft.status)
+    if ctx.spec.suspend:
+        msg = f"suspended: {len(active)} trial(s) stopped with a checkpoint; they resume from it when unsuspended"
+        draft = draft.updated(phase="Suspended", progress=line)
+        draft = draft.with_condition(ctx, c.TRAINING_RUNNING, F, c.SUSPENDED, msg)
+        conds = c.waiting(draft.status.conditions, c.SUSPENDED, msg, ctx.generation, degraded=False, at=ctx.now)
+        return draft.updated(conditions=conds)
+    draft = draft.updated(phase="Running", progress=line)
+    # A trial whose pods cannot start (an image that cannot be pulled, no node that fits) is named
+    # on Ready and Progressing, in Kubernetes' own words.
+    reason, why = (c.POD_PENDING, f"{line}; {draft.blocked[0]}") if draft.blocked else (c.TRIALS_RUNNING, line)
+    draft = draft.with_condition(ctx, c.TRAINING_RUNNING, T, c.TRIALS_RUNNING, line)
+    conds = c.running(draft.status.conditions, reason, why, ctx.generation, degraded=False, at=ctx.now)
+    return draft.updated(conditions=conds)
 
-    def fail(self, failed: list[TrialStatus], max_failed: int) -> None:
-        if self.spec.search is None and failed:
-            reason, msg = failed[0].reason or c.TRAINING_FAILED, failed[0].message or "the trial failed"
-        else:
-            reason = c.TRIALS_EXHAUSTED
-            last = failed[-1] if failed else None
-            msg = f"{len(failed)} trial(s) failed, more than spec.search.maxFailedTrials ({max_failed})"
-            if last is not None:
-                msg += f"; the last, {last.name}: {last.reason}: {last.message}"
-        self.finish_round("Failed", reason, msg)
 
-    def select(self, failed: list[TrialStatus]) -> None:
-        done = [t for t in self.status.trials if t.state == "Succeeded" and t.model_uri and t.model_digest]
-        best: TrialStatus | None = done[0] if done else None
-        for t in done:
-            if t.objective is not None and search.is_better(
-                t.objective, best.objective if best else None, self.maximize
-            ):
-                best = t
-        if best is None:
-            if self.spec.search is None and failed:
-                self.fail(failed, 0)
-                return
-            msg = f"no trial of round {self.status.round} succeeded ({len(self.status.trials)} started)"
-            self.finish_round("Failed", c.TRIALS_EXHAUSTED, msg)
-            return
-        version = (self.status.model_version or 0) + 1
-        model = RegisteredModel(
-            version=version,
-            uri=best.model_uri or "",
-            digest=best.model_digest or "",
-            model_card_uri=best.model_card_uri,
-            metrics=best.metrics,
-            dataset=self.spec.dataset_ref.name,
-            dataset_version=self.status.dataset_version,
-            trial=best.name,
-            objective=best.objective,
-            parameters=best.parameters,
-            code_version=modelops_operator.__version__,
+def launch_trials(ctx: _Context, draft: Draft) -> Draft:
+    """New trials, up to the search's parallelism and budget."""
+    s = ctx.spec.search
+    parallelism = s.parallelism if s else 1
+    while True:
+        trials = draft.status.trials
+        active = sum(t.state in ("Pending", "Running") for t in trials)
+        if active >= parallelism or len(trials) >= ctx.budget:
+            return draft
+        index = len(trials)
+        history = [search.Observation(t.parameters, t.state, t.objective) for t in trials]
+        params = search.propose(s, index, history) if s else {}
+        body = _job_body(ctx, draft.status, index, params)
+        name = body["metadata"]["name"]
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(params.items())) or "the spec's hyper-parameters"
+        draft = draft.plus(
+            Action("create", names.PYTORCHJOB.kind, name, body),
+            Event("Normal", "TrialStarted", f"trial {name} started with {shown}"),
         )
-        models = [*[m for m in self.status.models if m.version != version][-(MAX_MODELS - 1) :], model]
-        self.update(
-            model=model, model_version=version, models=models, best_trial=best.name, best_objective=best.objective
-        )
-        shown = f"{self.metric}={best.objective:.4g}" if best.objective is not None else "no objective value"
-        msg = f"model version {version} registered from trial {best.name} ({shown}) at {best.model_uri}"
-        self.finish_round("Succeeded", c.MODEL_REGISTERED, msg)
+        draft = draft.with_trial(TrialStatus(name=name, parameters=params, epochs=ctx.epochs_of(params)))
 
-    def finish_round(self, phase: str, reason: str, msg: str) -> None:
-        budget = search.budget(self.spec.search) if self.spec.search else 1
-        self.update(phase=phase, progress=self.progress(budget))
-        ok = phase == "Succeeded"
-        self.cond(c.TRAINING_RUNNING, F, reason, msg)
-        self.transition(c.finished(self.status.conditions, ok, reason, msg, self.generation, degraded=not ok))
+
+def with_best_trial(ctx: _Context, draft: Draft) -> Draft:
+    """`status.bestTrial` and `bestObjective`: the best objective so far among trials not failed."""
+    best: TrialStatus | None = None
+    for t in draft.status.trials:
+        if (
+            t.objective is not None
+            and t.state != "Failed"
+            and (best is None or search.is_better(t.objective, best.objective, ctx.maximize))
+        ):
+            best = t
+    return draft.updated(best_trial=best.name if best else None, best_objective=best.objective if best else None)
+
+
+def progress_line(ctx: _Context, status: TrainingRunStatus) -> str:
+    """`status.progress`: trials started and finished, and where each running one is."""
+    trials = status.trials
+    counts = {s: sum(t.state == s for t in trials) for s in ("Succeeded", "Failed", "Stopped")}
+    parts = [f"{n} {s.lower()}" for s, n in counts.items() if n]
+    head = f"round {status.round}: {len(trials)}/{ctx.budget} trials started" + (
+        f" ({', '.join(parts)})" if parts else ""
+    )
+    running = []
+    for t in trials:
+        if t.state in ("Pending", "Running"):
+            where = f"epoch {t.epoch or 0}/{t.epochs or '?'}"
+            value = f" {ctx.metric}={t.history[-1]:.4g}" if t.history else ""
+            running.append(f"{t.name} {t.state.lower()} {where}{value}")
+    return "; ".join([head, *running])[:1024]
+
+
+def fail_round(ctx: _Context, draft: Draft, failed: list[TrialStatus], max_failed: int) -> Draft:
+    if ctx.spec.search is None and failed:
+        reason, msg = failed[0].reason or c.TRAINING_FAILED, failed[0].message or "the trial failed"
+    else:
+        reason = c.TRIALS_EXHAUSTED
+        last = failed[-1] if failed else None
+        msg = f"{len(failed)} trial(s) failed, more than spec.search.maxFailedTrials ({max_failed})"
+        if last is not None:
+            msg += f"; the last, {last.name}: {last.reason}: {last.message}"
+    return end_round(ctx, draft, "Failed", reason, msg)
+
+
+def select_model(ctx: _Context, draft: Draft, failed: list[TrialStatus]) -> Draft:
+    """Register the best succeeded trial's model as the next version (or fail the round)."""
+    status = draft.status
+    done = [t for t in status.trials if t.state == "Succeeded" and t.model_uri and t.model_digest]
+    best: TrialStatus | None = done[0] if done else None
+    for t in done:
+        if t.objective is not None and search.is_better(t.objective, best.objective if best else None, ctx.maximize):
+            best = t
+    if best is None:
+        if ctx.spec.search is None and failed:
+            return fail_round(ctx, draft, failed, 0)
+        msg = f"no trial of round {status.round} succeeded ({len(status.trials)} started)"
+        return end_round(ctx, draft, "Failed", c.TRIALS_EXHAUSTED, msg)
+    version = (status.model_version or 0) + 1
+    model = RegisteredModel(
+        version=version,
+        uri=best.model_uri or "",
+        digest=best.model_digest or "",
+        model_card_uri=best.model_card_uri,
+        metrics=best.metrics,
+        dataset=ctx.spec.dataset_ref.name,
+        dataset_version=status.dataset_version,
+        trial=best.name,
+        objective=best.objective,
+        parameters=best.parameters,
+        code_version=modelops_operator.__version__,
+    )
+    models = [*[m for m in status.models if m.version != version][-(MAX_MODELS - 1) :], model]
+    draft = draft.updated(
+        model=model, model_version=version, models=models, best_trial=best.name, best_objective=best.objective
+    )
+    shown = f"{ctx.metric}={best.objective:.4g}" if best.objective is not None else "no objective value"
+    msg = f"model version {version} registered from trial {best.name} ({shown}) at {best.model_uri}"
+    return end_round(ctx, draft, "Succeeded", c.MODEL_REGISTERED, msg)
+
+
+def end_round(ctx: _Context, draft: Draft, phase: str, reason: str, msg: str) -> Draft:
+    """The round is over, in `phase` ("Succeeded" or "Failed")."""
+    draft = draft.updated(phase=phase, progress=progress_line(ctx, draft.status))
+    ok = phase == "Succeeded"
+    draft = draft.with_condition(ctx, c.TRAINING_RUNNING, F, reason, msg)
+    conds = c.finished(draft.status.conditions, ok, reason, msg, ctx.generation, degraded=not ok, at=ctx.now)
+    return draft.updated(conditions=conds)
+
+
+# --- the reconcile --------------------------------------------------------------------------------
 
 
 def reconcile_training_run(
-    run: dict[str, Any], spec: TrainingRunSpec, old: TrainingRunStatus, observed: Observed, settings: OperatorSettings
-) -> Outcome:
-    """The status the TrainingRun should have, the PyTorchJob calls that get it there, and Events."""
-    return _Run(run, spec, old, observed, settings).reconcile()
+    run: dict[str, Any],
+    spec: TrainingRunSpec,
+    old: TrainingRunStatus,
+    observed: TrainingRunObserved,
+    settings: OperatorSettings,
+) -> Outcome[TrainingRunStatus]:
+    """The status the TrainingRun should have, the PyTorchJob calls (and MLflow registration) that
+    get it there, and Events: observe the trials, decide, act."""
+    ctx = _Context(run, spec, settings, observed.now)
+    draft = Draft(old.model_copy(update={"observed_generation": ctx.generation}))
+    wanted = model_hash(spec)
+    if draft.status.spec_hash != wanted:
+        draft = start_round(ctx, draft, wanted)
+    draft = delete_other_rounds(draft, observed.jobs)
+    draft, pinned = pin_dataset(ctx, draft, observed.dataset)
+    if pinned and draft.status.phase not in ("Succeeded", "Failed"):  # settled for this spec: never re-run
+        draft = observe_trials(ctx, draft, observed)
+        draft = stop_weak_trials(ctx, draft)
+        draft = decide_round(ctx, draft)
+    if registration := registration_of(run, spec, draft.status):
+        draft = draft.plus(Action("register", "TrainingRun", run["metadata"]["name"], registration=registration))
+    return draft.outcome()
+
+
+# --- MLflow -----------------------------------------------------------------------------------------
+
+
+def registration_of(run: dict[str, Any], spec: TrainingRunSpec, status: TrainingRunStatus) -> Registration | None:
+    """The MLflow registration of the latest model version, when the spec names a tracking server
+    and the version is not recorded there yet (once per version: the version lands in status)."""
+    reg, model = spec.registry, status.model
+    if not reg.mlflow_tracking_uri or model is None or model.mlflow_version is not None:
+        return None
+    ns, name = run["metadata"].get("namespace"), run["metadata"].get("name")
+    return Registration(
+        tracking_uri=reg.mlflow_tracking_uri,
+        model_name=reg.model_name or (name or ""),
+        uri=model.uri,
+        digest=model.digest,
+        description=f"modelops TrainingRun {ns}/{name} v{model.version}",
+        tags={
+            names.MLFLOW_TRAINING_RUN_TAG: f"{ns}/{name}",
+            names.MLFLOW_VERSION_TAG: str(model.version),
+            names.MLFLOW_DATASET_TAG: f"{model.dataset}@{model.dataset_version}",
+            names.MLFLOW_TRIAL_TAG: model.trial or "",
+        },
+        credentials_secret=reg.credentials_secret,
+        model_version=model.version,
+    )
+
+
+def registered(
+    status: TrainingRunStatus, registration: Registration, mlflow_version: str, now: datetime
+) -> Outcome[TrainingRunStatus]:
+    """The status once MLflow holds the model as `mlflow_version`, and the Event saying so."""
+    assert status.model is not None
+    model = status.model.model_copy(update={"mlflow_version": mlflow_version})
+    models = [model if m.version == model.version else m for m in status.models]
+    msg = f'model version {model.version} is version {mlflow_version} of "{registration.model_name}" in MLflow'
+    conds = c.set_condition(
+        status.conditions, c.MLFLOW_REGISTERED, T, c.MLFLOW_VERSION_CREATED, msg, status.observed_generation, now
+    )
+    new = status.model_copy(update={"model": model, "models": models, "conditions": conds})
+    return Outcome(new, events=[Event("Normal", c.MLFLOW_VERSION_CREATED, msg)])
+
+
+def registration_failed(status: TrainingRunStatus, message: str, now: datetime) -> TrainingRunStatus:
+    """The status when MLflow refused or could not be reached (tried again at the next reconcile)."""
+    conds = c.set_condition(
+        status.conditions,
+        c.MLFLOW_REGISTERED,
+        F,
+        c.MLFLOW_REGISTRATION_FAILED,
+        message,
+        status.observed_generation,
+        now,
+    )
+    return status.model_copy(update={"conditions": conds})
 
 
 def _round_of(job: dict[str, Any]) -> int:
@@ -569,21 +680,7 @@ def _round_of(job: dict[str, Any]) -> int:
 
 
 def inspected(status: TrainingRunStatus, jobs: list[dict[str, Any]]) -> list[str]:
-    """Jobs whose pods the handler should read: those of the current round (or a later one, when
+    """Jobs whose pods the controller should read: those of the current round (or a later one, when
     the status write that started it was lost) whose trials are not final yet."""
     final = {t.name for t in status.trials if t.state in FINAL}
     return [j["metadata"]["name"] for j in jobs if _round_of(j) >= status.round and j["metadata"]["name"] not in final]
-
-
-def master_result(pods: list[dict[str, Any]]) -> str | None:
-    """The master pod's last termination message (also from a container's last state)."""
-    found = termination_message(pods)
-    if found is not None:
-        return found
-    finished = []
-    for pod in pods:
-        for st in (pod.get("status") or {}).get("containerStatuses") or []:
-            last = (st.get("lastState") or {}).get("terminated")
-            if last:
-                finished.append((last.get("finishedAt") or "", last.get("message") or ""))
-    return max(finished)[1] if finished else None

@@ -1,0 +1,84 @@
+"""What every controller shares: carrying out actions, the ownership checks around them, and the
+mapping of the API server's and Prometheus' errors onto one retry-later error.
+
+    RetryLater      the call failed in a way that passes: the handler retries after `delay` s
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from modelops_operator import kube, observability, prometheus
+from modelops_operator.api.kinds import KINDS
+from modelops_operator.api.names import HTTPROUTE, PYTORCHJOB
+from modelops_operator.reconcile import ownership
+from modelops_operator.reconcile.actions import Action, creates
+
+#: kopf's per-object logger, or any standard logger.
+Log = logging.Logger | logging.LoggerAdapter[Any]
+
+
+class RetryLater(Exception):
+    """Reconcile again after `delay` seconds: someone else changed the object (409), or the API
+    server or Prometheus did not answer."""
+
+    def __init__(self, message: str, delay: float) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+@contextlib.contextmanager
+def retry_later() -> Iterator[None]:
+    """Turn the errors that pass into `RetryLater`: a conflict soon, an unavailable server later."""
+    try:
+        yield
+    except kube.Conflict as e:
+        raise RetryLater(str(e), delay=1) from e
+    except (kube.Unavailable, prometheus.PrometheusError) as e:
+        raise RetryLater(str(e), delay=10) from e
+
+
+def owned(uid: str | None, children: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The children the object of `uid` controls: a Job that merely carries our labels (anyone who
+    may create Jobs can) is not read, so it can neither feed a result nor be deleted."""
+    return [child for child in children if ownership.controller_uid(child) == uid]
+
+
+def names_taken(actions: list[Action]) -> list[str]:
+    """Why a Job or PyTorchJob about to be created cannot be: its name is held by an object this
+    owner does not control (created by someone else; the listing by label did not show it)."""
+    return ownership.conflicts([ownership.claim(body, kube.get_like(body)) for body in creates(actions)])
+
+
+_KINDS = {kind.kind: kind for kind in KINDS}
+
+
+def execute(namespace: str, action: Action) -> None:
+    """Carry out one action in `namespace` (`register` is the TrainingRun controller's)."""
+    body = action.body or {}
+    match action.verb, action.kind:
+        case "create", "Job":
+            kube.create_job(body)
+        case "create", PYTORCHJOB.kind:
+            kube.create_pytorchjob(body)
+        case "create", _:
+            kube.create(body)
+        case "apply", _:
+            kube.apply(body)
+        case "delete", "Job":
+            kube.delete_job(namespace, action.name)
+        case "delete", PYTORCHJOB.kind:
+            kube.delete_pytorchjob(namespace, action.name)
+        case (("suspend" | "resume"), PYTORCHJOB.kind):
+            kube.suspend_pytorchjob(namespace, action.name, action.verb == "suspend")
+        case "patch", HTTPROUTE.kind:
+            kube.patch_http_route(namespace, action.name, body)
+        case "annotate", kind if kind in _KINDS:
+            kube.annotate(_KINDS[kind], namespace, action.name, body)
+        case "gauge", "ModelDeployment":
+            observability.ROLLOUT_ABORTED.labels(namespace, action.name).set(action.value or 0.0)
+        case _:
+            raise ValueError(f"no way to {action.verb} a {action.kind}")

@@ -1,0 +1,94 @@
+"""The ModelDeployment controller: resolve the model, observe the two tracks, measure when an
+analysis is due, decide (`reconcile.rollout` and `reconcile.modeldeployment`), write the children,
+and say why server pods cannot start."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from modelops_operator import kube, prometheus
+from modelops_operator.api import names
+from modelops_operator.api.kinds import TRAINING_RUN
+from modelops_operator.api.modeldeployment import Analysis, ModelDeploymentSpec, ModelDeploymentStatus, ServedModel
+from modelops_operator.builders import modeldeployment as bm
+from modelops_operator.controllers.common import execute
+from modelops_operator.reconcile import modeldeployment as rm
+from modelops_operator.reconcile import ownership, rollout
+from modelops_operator.reconcile.actions import Event
+from modelops_operator.reconcile.status import invalid_spec
+from modelops_operator.settings import OperatorSettings
+
+
+def measure(settings: OperatorSettings, analysis: Analysis, namespace: str, name: str) -> list[rollout.Measurement]:
+    """Run each analysis metric's query for the canary (and the stable, for comparisons)."""
+    out = []
+    for metric in analysis.metrics:
+        value = prometheus.query(
+            settings.prometheus_url, rm.metric_query(metric, namespace, name, "canary", analysis.interval)
+        )
+        stable = None
+        if metric.compare_to_stable:
+            stable_query = rm.metric_query(metric, namespace, name, "stable", analysis.interval)
+            stable = prometheus.query(settings.prometheus_url, stable_query)
+        out.append(rollout.Measurement(metric.name, value, stable))
+    return out
+
+
+def observe_rollout(
+    body: dict[str, Any],
+    spec: ModelDeploymentSpec,
+    old: ModelDeploymentStatus,
+    target: ServedModel,
+    settings: OperatorSettings,
+    now: datetime,
+) -> rollout.RolloutObserved:
+    """The two tracks' Deployments, a manual command, and the analysis measurements when due."""
+    meta = body["metadata"]
+    ns, name = meta.get("namespace") or "", meta.get("name") or ""
+    stable = rm.track(kube.get_deployment(ns, bm.deployment_name(name, "stable")))
+    canary = rm.track(kube.get_deployment(ns, bm.deployment_name(name, "canary")))
+    command = rollout.requested_command(meta.get("annotations") or {})
+    analysis = rollout.due_analysis(spec, old, now)
+    measurements = measure(settings, analysis, ns, name) if analysis is not None else None
+    return rollout.RolloutObserved(target, stable, canary, now, command, measurements)
+
+
+def reconcile(
+    body: dict[str, Any],
+    spec: ModelDeploymentSpec,
+    old: ModelDeploymentStatus,
+    settings: OperatorSettings,
+    now: datetime,
+) -> tuple[ModelDeploymentStatus, list[Event]]:
+    """Observe, decide, act; the new status and the Events to post."""
+    meta = body["metadata"]
+    ns, name, generation = meta.get("namespace") or "", meta.get("name") or "", int(meta.get("generation") or 0)
+    at = now.replace(microsecond=0)  # conditions keep the second, as Kubernetes stores them
+    if why_not := rm.refused_queries(spec, settings.custom_analysis_queries):
+        return invalid_spec(old, generation, why_not, at=at), []
+    ref = spec.model.training_run_ref
+    target = rm.resolve_model(spec, kube.get_object(TRAINING_RUN, ns, ref.name) if ref else None)
+    if isinstance(target, rm.Waiting):
+        return rm.waiting_status(old, generation, target, at=at), []
+    seen = observe_rollout(body, spec, old, target, settings, now)
+    want = rm.desired(
+        body,
+        spec,
+        old,
+        seen,
+        settings,
+        service_monitor=kube.crd_exists(names.SERVICEMONITOR.crd),
+        prometheus_rule=spec.alerts.enabled and kube.crd_exists(names.PROMETHEUSRULE.crd),
+    )
+    claims = [ownership.claim(child, kube.get_like(child)) for child in want.children]
+    route_name = spec.rollout.traffic_routing.http_route
+    route = kube.get_http_route(ns, route_name) if route_name and not ownership.conflicts(claims) else None
+    outcome = rm.reconcile_model_deployment(body, spec, old, seen, want, claims, route)
+    for action in outcome.actions:
+        execute(ns, action)
+    status = outcome.status
+    if outcome.actions and rm.pods_matter(seen.stable, status):  # a refusal has none: nothing was written
+        pods = kube.list_pods(ns, f"{names.MODEL_DEPLOYMENT_LABEL}={name}")
+        status = rm.with_pods(status, pods, at=at)
+    return status, outcome.events

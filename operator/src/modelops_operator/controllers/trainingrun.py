@@ -1,0 +1,111 @@
+"""The TrainingRun controller: observe the Dataset, the PyTorchJobs and the current trials' master
+pods, decide (`reconcile.trainingrun`), carry out the PyTorchJob calls and the MLflow registration."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from modelops_operator import kube, mlflow
+from modelops_operator.api import conditions as c
+from modelops_operator.api import names
+from modelops_operator.api.kinds import DATASET
+from modelops_operator.api.trainingrun import TrainingRunSpec, TrainingRunStatus
+from modelops_operator.controllers.common import Log, execute, names_taken, owned
+from modelops_operator.reconcile import trainingrun as rt
+from modelops_operator.reconcile.actions import Event, Registration
+from modelops_operator.reconcile.pods import master_result, pod_problem
+from modelops_operator.reconcile.status import refused
+from modelops_operator.settings import OperatorSettings
+
+
+def observe_trial(namespace: str, job: dict[str, Any]) -> rt.TrialObservation:
+    """A trial's master pod: its result, why it cannot start, and its log while the job runs."""
+    job_name = job["metadata"]["name"]
+    pods = kube.list_pods(namespace, f"{names.JOB_NAME_LABEL}={job_name},{names.REPLICA_TYPE_LABEL}=master")
+    seen = rt.TrialObservation(result_message=master_result(pods), pod_problem=pod_problem(pods))
+    running = [p for p in pods if (p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")]
+    if running and rt.job_state(job)[0] == "Running":
+        seen.log = kube.pod_log(namespace, running[0]["metadata"]["name"], "pytorch")
+    return seen
+
+
+def observe(
+    body: dict[str, Any], spec: TrainingRunSpec, old: TrainingRunStatus, now: datetime
+) -> rt.TrainingRunObserved:
+    """The Dataset, the run's PyTorchJobs, and the master pods of the trials not final yet."""
+    meta = body["metadata"]
+    ns, name = meta.get("namespace") or "", meta.get("name") or ""
+    dataset = kube.get_object(DATASET, ns, spec.dataset_ref.name)
+    jobs = owned(meta.get("uid"), kube.list_pytorchjobs(ns, f"{names.TRAINING_RUN_LABEL}={name}"))
+    observed = rt.TrainingRunObserved(dataset=dataset, jobs=jobs, now=now)
+    by_name = {j["metadata"]["name"]: j for j in jobs}
+    for job_name in rt.inspected(old, jobs):
+        observed.trials[job_name] = observe_trial(ns, by_name[job_name])
+    return observed
+
+
+def reconcile(
+    body: dict[str, Any], spec: TrainingRunSpec, old: TrainingRunStatus, settings: OperatorSettings, now: datetime
+) -> tuple[TrainingRunStatus, list[Event]]:
+    """Observe, decide, act; the new status and the Events to post."""
+    at = now.replace(microsecond=0)  # conditions keep the second, as Kubernetes stores them
+    ns = body["metadata"].get("namespace") or ""
+    outcome = rt.reconcile_training_run(body, spec, old, observe(body, spec, old, at), settings)
+    if taken := names_taken(outcome.actions):
+        return refused(old, outcome.status.observed_generation, c.NAME_CONFLICT, taken, old.phase, at=at), []
+    status, events = outcome.status, list(outcome.events)
+    for action in outcome.actions:
+        if action.verb == "register" and action.registration is not None:
+            status, registered = register(ns, status, action.registration, at)
+            events += registered
+        else:
+            execute(ns, action)
+    return status, events
+
+
+def register(
+    namespace: str, status: TrainingRunStatus, registration: Registration, now: datetime
+) -> tuple[TrainingRunStatus, list[Event]]:
+    """Record the model version in MLflow; the status says how it went (a failure is tried again
+    at the next reconcile)."""
+    try:
+        version = mlflow.register_model_version(
+            registration.tracking_uri,
+            registration.model_name,
+            registration.uri,
+            digest=registration.digest,
+            description=registration.description,
+            tags=registration.tags,
+            authorization=_authorization(namespace, registration),
+        )
+    except mlflow.RegistryError as e:
+        return rt.registration_failed(status, str(e), now), []
+    done = rt.registered(status, registration, version, now)
+    return done.status, done.events
+
+
+def _authorization(namespace: str, registration: Registration) -> str | None:
+    """The Authorization header from `spec.registry.credentialsSecret`, if set; RegistryError
+    when the Secret is missing, not for this server, or not readable by the operator."""
+    secret_name = registration.credentials_secret
+    if not secret_name:
+        return None
+    try:
+        secret = kube.get_secret(namespace, secret_name)
+    except kube.Forbidden as e:
+        raise mlflow.RegistryError(
+            f"the operator may not read Secret {namespace}/{secret_name}: install the chart with "
+            "rbac.readSecrets=true to use spec.registry.credentialsSecret"
+        ) from e
+    if secret is None:
+        raise mlflow.RegistryError(f"Secret {namespace}/{secret_name} (spec.registry.credentialsSecret) does not exist")
+    return mlflow.credentials_from_secret(secret, registration.tracking_uri)
+
+
+def delete_trials(namespace: str, name: str, log: Log) -> None:
+    """Stop a deleted TrainingRun's trials now (their checkpoints are written on SIGTERM) rather
+    than when garbage collection gets to them; jobs already gone are fine."""
+    for job in kube.list_pytorchjobs(namespace, f"{names.TRAINING_RUN_LABEL}={name}"):
+        kube.delete_pytorchjob(namespace, job["metadata"]["name"])
+        log.info("deleted PyTorchJob %s", job["metadata"]["name"])
