@@ -104,7 +104,7 @@ OPERATOR_RULES: dict[tuple[str, str], set[str]] = {
         ("modelops.dev", f"{r}/status"): {"get", "patch", "update"}
         for r in ("datasets", "trainingruns", "modeldeployments")
     },
-    ("", "events"): {"create", "patch"},
+    ("", "events"): {"create", "patch", "list"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
     ("", "pods"): {"get", "list", "watch"},

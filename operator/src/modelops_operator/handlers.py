@@ -33,6 +33,7 @@ from modelops_operator.reconcile import dataset as rd
 from modelops_operator.reconcile import dependencies as dep
 from modelops_operator.reconcile import modeldeployment as rm
 from modelops_operator.reconcile import ownership, rollout
+from modelops_operator.reconcile import pods as rp
 from modelops_operator.reconcile import trainingrun as rt
 from modelops_operator.reconcile.status import (
     describe_error,
@@ -150,7 +151,7 @@ def _dataset(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBas
     if current is not None:
         pods = _kube(kube.list_pods, ns, f"job-name={current['metadata']['name']}")
         if rd.job_state(current)[0] == "Active":
-            observed.pod_problem = rd.pod_problem(pods)
+            observed.pod_problem = rd.pod_problem(pods) or _not_created(pods, current)
         else:
             observed.result_message = rd.termination_message(pods)
     outcome = rd.reconcile_dataset(dict(body), spec, old, observed, SETTINGS)
@@ -163,6 +164,13 @@ def _dataset(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBas
         elif action.verb == "delete":
             _kube(kube.delete_job, ns, action.name)
     return outcome.status
+
+
+def _not_created(pods: list[dict[str, Any]], owner: dict[str, Any]) -> str | None:
+    """While `owner` (a Job, a PyTorchJob) has no pod: why its controller could not create one."""
+    if pods:
+        return None
+    return rp.creation_problem(_kube(kube.list_events, owner["metadata"]["namespace"], owner["metadata"]["uid"]))
 
 
 def _names_taken(actions: list[Any]) -> list[str]:
@@ -180,7 +188,10 @@ def _training_run(spec: Any, generation: int, old: Any, body: kopf.Body) -> Stat
     by_name = {j["metadata"]["name"]: j for j in jobs}
     for job_name in rt.inspected(old, jobs):
         pods = _kube(kube.list_pods, ns, f"{names.JOB_NAME_LABEL}={job_name},{names.REPLICA_TYPE_LABEL}=master")
-        seen = rt.TrialObservation(result_message=rt.master_result(pods), pod_problem=rd.pod_problem(pods))
+        problem = rd.pod_problem(pods)
+        if rt.job_state(by_name[job_name])[0] in ("Pending", "Running"):
+            problem = problem or _not_created(pods, by_name[job_name])
+        seen = rt.TrialObservation(result_message=rt.master_result(pods), pod_problem=problem)
         running = [p for p in pods if (p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")]
         if running and rt.job_state(by_name[job_name])[0] == "Running":
             seen.log = _kube(kube.pod_log, ns, running[0]["metadata"]["name"], "pytorch")
@@ -318,8 +329,8 @@ def _model_deployment(spec: Any, generation: int, old: Any, body: kopf.Body) -> 
     if isinstance(target, rm.Waiting):
         return rm.waiting_status(old, generation, target)
     md = dict(body)
-    stable = _track(_kube(kube.get_deployment, ns, bm.deployment_name(name, "stable")))
-    canary = _track(_kube(kube.get_deployment, ns, bm.deployment_name(name, "canary")))
+    deployments = [_kube(kube.get_deployment, ns, bm.deployment_name(name, track)) for track in ("stable", "canary")]
+    stable, canary = _track(deployments[0]), _track(deployments[1])
     command = rollout.requested_command(body.metadata.annotations or {})
     now = datetime.now(UTC)
     analysis = rollout.due_analysis(spec, old, now)
@@ -358,6 +369,7 @@ def _model_deployment(spec: Any, generation: int, old: Any, body: kopf.Body) -> 
     status = rm.resolved_condition(plan.status, generation, target)
     if stable is None or stable.available < stable.replicas or plan.status.canary is not None:
         problem = rd.pod_problem(_kube(kube.list_pods, ns, f"{names.MODEL_DEPLOYMENT_LABEL}={name}"))
+        problem = problem or rp.replica_failure(deployments)
         if problem:
             status = rm.pods_blocked(status, generation, problem)
     return status.model_copy(update={"url": bm.service_url(md)})
@@ -422,7 +434,12 @@ def _reconcile(kind: Kind, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logg
         new = invalid_spec(old, generation, message)
         result = "invalid"
     else:
-        new = STATUS[kind.kind](spec, generation, old, body)
+        if why_not := rp.refused_pod_settings(spec, SETTINGS):
+            new = refused(
+                old, generation, c.POD_SETTINGS_NOT_ALLOWED, [why_not], getattr(old, "phase", None) or "Failed"
+            )
+        else:
+            new = STATUS[kind.kind](spec, generation, old, body)
     _count_phase(kind.kind, body.metadata.namespace or "", body.metadata.name or "", str(getattr(new, "phase", "")))
     changes = merge_patch(old_raw, new.wire())
     if not changes:

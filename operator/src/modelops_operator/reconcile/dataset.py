@@ -20,6 +20,7 @@ from modelops_operator.api.common import Condition, ConditionStatus
 from modelops_operator.api.dataset import DatasetSpec, DatasetStatus, SplitCounts
 from modelops_operator.api.names import SPEC_HASH_LABEL
 from modelops_operator.builders.dataset import build_prepare_job, data_hash
+from modelops_operator.reconcile.pods import hint
 from modelops_operator.settings import OperatorSettings
 
 T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
@@ -105,7 +106,8 @@ def pod_problem(pods: list[dict[str, Any]]) -> str | None:
         for cs in status.get("containerStatuses") or []:
             waiting = (cs.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in STUCK:
-                return f"pod {pod['metadata']['name']}: {waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+                said = f"pod {pod['metadata']['name']}: {waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+                return hint(said)
     return None
 
 
