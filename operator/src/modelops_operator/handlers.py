@@ -167,10 +167,18 @@ def _dataset(spec: Any, generation: int, old: Any, body: kopf.Body) -> StatusBas
 
 
 def _not_created(pods: list[dict[str, Any]], owner: dict[str, Any]) -> str | None:
-    """While `owner` (a Job, a PyTorchJob) has no pod: why its controller could not create one."""
+    """While `owner` (a Job, a PyTorchJob) has no pod: why its controller could not create one.
+    Events are a hint, not a need: without the RBAC to list them (an older chart) this says nothing."""
     if pods:
         return None
-    return rp.creation_problem(_kube(kube.list_events, owner["metadata"]["namespace"], owner["metadata"]["uid"]))
+    return rp.creation_problem(_kube(_events_of, owner["metadata"]["namespace"], owner["metadata"]["uid"]))
+
+
+def _events_of(namespace: str, uid: str) -> list[dict[str, Any]]:
+    try:
+        return kube.list_events(namespace, uid)
+    except kube.Forbidden:
+        return []
 
 
 def _names_taken(actions: list[Any]) -> list[str]:
