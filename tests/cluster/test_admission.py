@@ -28,6 +28,14 @@ BAD = [
         "randomResizedCropScale must be [min, max] with min < max",
     ),
     (dataset().set("spec.preprocessing.quality", 101), "should be less than or equal to 100"),
+    (
+        dataset().set("spec.podSettings.labels", {"modelops.dev/track": "stable"}),
+        "podSettings.labels may not use the keys the operator",
+    ),
+    (
+        dataset().set("spec.podSettings.envFrom", [{"configMapRef": {"name": "a"}, "secretRef": {"name": "b"}}]),
+        "an envFrom entry names one configMapRef or one secretRef",
+    ),
     # TrainingRun
     (training_run().drop("spec.datasetRef"), "spec.datasetRef: Required value"),
     (training_run().set("spec.hyperparameters.learningRate", 0), "should be greater than 0"),
@@ -61,6 +69,14 @@ BAD = [
         'Unsupported value: "dropout"',
     ),
     (training_run().set("spec.model.architecture", "alexnet"), 'Unsupported value: "alexnet"'),
+    (
+        training_run().set("spec.podSettings.env", [{"name": "MODELOPS_TRAIN_CONFIG", "value": "{}"}]),
+        "podSettings.env may not set MODELOPS_* variables",
+    ),
+    (
+        training_run().set("spec.podSettings.env", [{"name": "A", "valueFrom": {}}]),
+        "valueFrom names exactly one of secretKeyRef",
+    ),
     # ModelDeployment
     (
         model_deployment().set("spec.autoscaling", {"minReplicas": 5, "maxReplicas": 2}),
@@ -93,6 +109,10 @@ BAD = [
     (
         model_deployment().set("spec.rollout.trafficRouting", {"headerRoute": {"name": "x-canary", "value": "1"}}),
         "header routing needs trafficRouting.httpRoute",
+    ),
+    (
+        model_deployment().set("spec.podSettings.annotations", {"modelops.dev/model-digest": DIGEST}),
+        "podSettings.annotations may not use modelops.dev/* keys",
     ),
 ]
 

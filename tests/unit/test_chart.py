@@ -104,7 +104,7 @@ OPERATOR_RULES: dict[tuple[str, str], set[str]] = {
         ("modelops.dev", f"{r}/status"): {"get", "patch", "update"}
         for r in ("datasets", "trainingruns", "modeldeployments")
     },
-    ("", "events"): {"create", "patch"},
+    ("", "events"): {"create", "patch", "list"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
     ("", "pods"): {"get", "list", "watch"},
@@ -493,6 +493,8 @@ def test_helm_test_pod():
         (("--set", "replicas=two"), "/replicas"),
         (("--set", "rbac.scope=namespaced"), "rbac.scope=namespaced needs watchNamespaces"),
         (("--set", "watchNamespaces={team-a}"), "watchNamespaces is only used with rbac.scope=namespaced"),
+        (("--set", "workloadDefaults.env[0].name=MODELOPS_DEVICE"), "/workloadDefaults/env/0/name"),
+        (("--set", "workloadDefaults.serviceAccount=ml"), "additional properties 'serviceAccount' not allowed"),
     ],
     ids=[
         "unknown-key",
@@ -503,6 +505,8 @@ def test_helm_test_pod():
         "type",
         "no-ns",
         "ns-in-cluster",
+        "operator-variable",
+        "workload-typo",
     ],
 )
 def test_bad_values_are_refused(args, message):
@@ -677,3 +681,20 @@ def test_custom_analysis_queries_are_off_unless_the_chart_turns_them_on():
     for args, expected in (((), False), (("--set", "settings.customAnalysisQueries=true"), True)):
         env = {k: v for k, v in env_of(render(*args)).items() if isinstance(v, str)}
         assert OperatorSettings.from_env(env).custom_analysis_queries is expected
+
+
+def test_workload_defaults_reach_the_operator_as_json_it_accepts():
+    docs = render(
+        "--set", "workloadDefaults.serviceAccountName=modelops-workloads",
+        "--set", "workloadDefaults.imagePullSecrets[0].name=corp-registry",
+        "--set", "workloadDefaults.labels.team=ml",
+        "--set", "workloadDefaults.env[0].name=AWS_REGION", "--set", "workloadDefaults.env[0].value=eu-west-1",
+        "--set", "settings.workloadServiceAccounts={ml-training,ml-data}",
+    )  # fmt: skip
+    env = env_of(docs)
+    settings = OperatorSettings.from_env({k: v for k, v in env.items() if isinstance(v, str)})
+    assert settings.workload_defaults.service_account_name == "modelops-workloads"
+    assert [r.name for r in settings.workload_defaults.image_pull_secrets] == ["corp-registry"]
+    assert settings.workload_defaults.labels == {"team": "ml"}
+    assert settings.workload_defaults.env[0].value == "eu-west-1"
+    assert settings.workload_service_accounts == ["ml-training", "ml-data"]

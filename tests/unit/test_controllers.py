@@ -285,14 +285,18 @@ UNPULLABLE = {
     "metadata": {"name": "p"},
     "status": {"containerStatuses": [{"state": {"waiting": {"reason": "ErrImagePull"}}}]},
 }
+PULL_SAYS = (
+    "pod p: ErrImagePull; check the image name and that the registry's credentials are in a Secret of this "
+    "namespace listed in spec.podSettings.imagePullSecrets (or the chart's workloadDefaults.imagePullSecrets)"
+)
 
 
 @pytest.mark.parametrize(
     ("pods", "serving", "expected_reason", "message"),
     [
         pytest.param([], False, c.ROLLING_STABLE, None, id="no pod problem: unchanged"),
-        pytest.param([UNPULLABLE], False, c.POD_PENDING, "pod p: ErrImagePull", id="unpullable: Ready says why"),
-        pytest.param([UNPULLABLE], True, c.SERVING, "pod p: ErrImagePull", id="stable serves: only the message tells"),
+        pytest.param([UNPULLABLE], False, c.POD_PENDING, PULL_SAYS, id="unpullable: Ready says why"),
+        pytest.param([UNPULLABLE], True, c.SERVING, PULL_SAYS, id="stable serves: only the message tells"),
     ],
 )
 def test_server_pods_that_cannot_start(pods, serving, expected_reason, message):

@@ -223,7 +223,7 @@ def test_a_pod_that_cannot_start_is_reported_not_waited_on_silently():
             },
         }
     ]
-    assert pod_problem(waiting) == "pod p: ImagePullBackOff: no such image"
+    assert pod_problem(waiting).startswith("pod p: ImagePullBackOff: no such image; check the image name")
     assert (
         pod_problem(
             [

@@ -45,3 +45,47 @@ def test_from_env():
 def test_bad_values_are_refused(var, value):
     with pytest.raises(ValidationError):
         OperatorSettings.from_env({var: value})
+
+
+def test_workload_defaults_are_empty_and_nothing_else_is_allowed_by_default():
+    s = OperatorSettings()
+    assert s.workload_defaults.service_account_name is None
+    assert s.workload_defaults.wire() == {
+        "imagePullSecrets": [],
+        "labels": {},
+        "annotations": {},
+        "env": [],
+        "envFrom": [],
+    }
+    assert s.workload_service_accounts == [] and s.workload_secrets == []
+
+
+def test_workload_defaults_are_read_as_json_the_way_the_chart_writes_them():
+    chart = (
+        '{"annotations":{},"env":[{"name":"AWS_REGION","value":"eu-west-1"}],"envFrom":[],'
+        '"imagePullSecrets":[{"name":"corp-registry"}],"labels":{"team":"ml"},"serviceAccountName":""}'
+    )
+    s = OperatorSettings.from_env(
+        {
+            "MODELOPS_WORKLOAD_DEFAULTS": chart,
+            "MODELOPS_WORKLOAD_SERVICE_ACCOUNTS": "ml-data, ml-train",
+            "MODELOPS_WORKLOAD_SECRETS": "",
+        }
+    )
+    assert s.workload_defaults.service_account_name is None  # "" is the chart's unset
+    assert [r.name for r in s.workload_defaults.image_pull_secrets] == ["corp-registry"]
+    assert s.workload_defaults.env[0].value == "eu-west-1"
+    assert s.workload_defaults.labels == {"team": "ml"}
+    assert s.workload_service_accounts == ["ml-data", "ml-train"] and s.workload_secrets == []
+    assert OperatorSettings.from_env({"MODELOPS_WORKLOAD_DEFAULTS": ""}).workload_defaults.env == []
+    with_account = OperatorSettings.from_env({"MODELOPS_WORKLOAD_DEFAULTS": '{"serviceAccountName": "wl"}'})
+    assert with_account.workload_defaults.service_account_name == "wl"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["{not json", '{"labels": {"app.kubernetes.io/name": "x"}}', '{"serviceAccount": "typo"}'],
+)
+def test_bad_workload_defaults_stop_the_operator_at_start(value):
+    with pytest.raises(ValueError, match=r"workload_defaults"):
+        OperatorSettings.from_env({"MODELOPS_WORKLOAD_DEFAULTS": value})

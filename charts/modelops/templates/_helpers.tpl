@@ -112,10 +112,11 @@ pod creation). Rendered into the ClusterRole (cluster mode) or each namespace's 
 - apiGroups: ["modelops.dev"]
   resources: ["datasets/status", "trainingruns/status", "modeldeployments/status"]
   verbs: ["get", "patch", "update"]
-# Events announcing state changes.
+# Events announcing state changes; list: a Job's or PyTorchJob's FailedCreate Events say why no pod
+# could be created (a missing ServiceAccount, a quota), which no pod can.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create", "patch", "list"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

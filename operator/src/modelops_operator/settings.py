@@ -6,12 +6,15 @@ sets them from its values; `modelops-operator --help` lists them with their defa
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from modelops_operator.api.common import PodSettings
 
 ENV_PREFIX = "MODELOPS_"
 
@@ -55,6 +58,23 @@ class OperatorSettings(BaseModel):
     Dataset's author chose with them, so a Secret the author may not read would otherwise lend
     them its access (to another team's bucket, say). Empty: `credentialsSecret` is refused
     (reason CredentialsNotAllowed); list the Secrets meant for datasets, for example `s3-datasets`."""
+    workload_defaults: PodSettings = Field(default_factory=PodSettings)
+    """ServiceAccount, image pull Secrets, labels, annotations and environment of every pod the
+    operator creates (preparation, trial and server pods), as JSON in the shape of a spec's
+    `podSettings` (the chart writes its `workloadDefaults` here). A spec's `podSettings` adds to it
+    and overrides it field by field. The ServiceAccount and Secrets named here are allowed whatever
+    `workload_service_accounts` and `workload_secrets` say."""
+    workload_service_accounts: list[str] = Field(default_factory=list)
+    """ServiceAccounts (in each object's namespace) a spec's `podSettings.serviceAccountName` may
+    name; `*` allows any. The pods run the admin's programs with that account's cloud identity
+    (IRSA, GKE Workload Identity) on sources and outputs the spec's author chooses, so an account
+    the author could not use otherwise would lend them its access. Empty: only the
+    `workload_defaults` account (reason PodSettingsNotAllowed for another)."""
+    workload_secrets: list[str] = Field(default_factory=list)
+    """Secrets a spec's `podSettings.env[].valueFrom.secretKeyRef` and `envFrom[].secretRef` may
+    name (in the object's namespace); `*` allows any. Same reason as `workload_service_accounts`:
+    the programs would read the author's sources with them. Empty: only those named in
+    `workload_defaults` (reason PodSettingsNotAllowed for another)."""
     custom_analysis_queries: bool = False
     """Let ModelDeployments run `custom` analysis metrics: any PromQL, against the Prometheus every
     tenant shares, whose result lands in the object's status. Off: a custom metric is refused
@@ -82,6 +102,17 @@ class OperatorSettings(BaseModel):
     (just above the server's timeout): a connection that went silent without closing, which no error
     would reveal, is replaced then."""
 
+    @field_validator("workload_defaults", mode="before")
+    @classmethod
+    def _json(cls, value: object) -> object:
+        """`MODELOPS_WORKLOAD_DEFAULTS` is JSON (an empty string: no defaults); an empty
+        `serviceAccountName`, as the chart writes an unset one, means none."""
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip() else {}
+        if isinstance(value, dict) and value.get("serviceAccountName") == "":
+            value = {k: v for k, v in value.items() if k != "serviceAccountName"}
+        return value
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
         """Settings from `MODELOPS_*` variables; unset ones keep their defaults."""
@@ -103,7 +134,12 @@ class OperatorSettings(BaseModel):
         lines = []
         for name, field in cls.model_fields.items():
             default = field.get_default(call_default_factory=True)
-            shown = ",".join(default) if isinstance(default, list) else default
+            if isinstance(default, list):
+                shown = ",".join(default)
+            elif isinstance(default, BaseModel):
+                shown = json.dumps(default.model_dump(by_alias=True, exclude_defaults=True))
+            else:
+                shown = default
             text = textwrap.fill(
                 " ".join((field.description or "").split()), width=92, initial_indent=" " * 6, subsequent_indent=" " * 6
             )

@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "modelops.dev"
@@ -25,6 +25,8 @@ Quantity = int | str
 
 #: Label keys and values follow Kubernetes' rules; the API server checks them where they are used.
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+#: A DNS subdomain, the rule for most object names (ServiceAccounts, Secrets): labels joined by dots.
+SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 #: An fsspec URI with an explicit scheme: file://, s3://, gs://, http(s)://.
 URI_PATTERN = r"^(file|s3|gs|gcs|az|abfs|https?)://.+$"
 #: A SHA-256 digest as written by the programs: "sha256:" and 64 lowercase hex digits.
@@ -165,3 +167,261 @@ class StatusBase(ApiModel):
     conditions: list[Condition] = conditions_field()
     """Ready, Progressing and kind-specific conditions, each with a reason a program can match on
     and a message a person can act on (see docs/reference/conditions.md)."""
+
+
+#: Label key prefixes the operator and the controllers under it select pods by. A pod label under
+#: one of them could move a pod into another object's Service, PodDisruptionBudget or analysis
+#: queries, so `podSettings.labels` may not use them (the operator's own labels win anyway).
+RESERVED_LABEL_PREFIXES = (
+    f"{GROUP}/",
+    "app.kubernetes.io/",
+    "batch.kubernetes.io/",
+    "training.kubeflow.org/",
+    "kueue.x-k8s.io/",
+)
+#: Label keys without a prefix that Kubernetes' own controllers set on the pods they create.
+RESERVED_LABEL_KEYS = ("job-name", "controller-uid", "pod-template-hash")
+RESERVED_LABELS = (RESERVED_LABEL_PREFIXES, RESERVED_LABEL_KEYS)
+#: Annotation key prefixes the operator writes and reads back (the served model's digest).
+RESERVED_ANNOTATION_PREFIXES = (f"{GROUP}/",)
+#: Environment variables the operator sets for its programs: every one starts with this.
+RESERVED_ENV_PREFIX = "MODELOPS_"
+
+#: A label or annotation key: an optional DNS-subdomain prefix and `/`, then a name of at most 63
+#: characters that starts and ends with a letter or digit.
+KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+#: A label value: empty, or at most 63 letters, digits, `-`, `_`, `.`, starting and ending alphanumeric.
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+#: An environment variable name as Kubernetes accepts it (a C identifier, or with `-` and `.`).
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+
+LABELS_MESSAGE = (
+    "podSettings.labels may not use the keys the operator and Kubernetes' controllers select pods by: "
+    "modelops.dev/*, app.kubernetes.io/*, batch.kubernetes.io/*, training.kubeflow.org/*, kueue.x-k8s.io/*, "
+    "job-name, controller-uid, pod-template-hash"
+)
+ANNOTATIONS_MESSAGE = "podSettings.annotations may not use modelops.dev/* keys: the operator writes and reads them"
+ENV_MESSAGE = "podSettings.env may not set MODELOPS_* variables: the operator sets them for its programs"
+
+
+def _prefix_rule(var: str, prefixes: tuple[str, ...], keys: tuple[str, ...] = ()) -> str:
+    tests = [f"!{var}.startsWith('{p}')" for p in prefixes] + [f"{var} != '{k}'" for k in keys]
+    return " && ".join(tests)
+
+
+def reserved_label(key: str) -> bool:
+    """Whether a pod label key is one the operator or Kubernetes' controllers select pods by."""
+    return key.startswith(RESERVED_LABEL_PREFIXES) or key in RESERVED_LABEL_KEYS
+
+
+class LocalObjectReference(ApiModel):
+    """A reference to an object by name, in the same namespace (`core/v1.LocalObjectReference`)."""
+
+    name: str = Field(min_length=1, max_length=253)
+    """The object's name."""
+
+
+class KeySelector(ApiModel):
+    """One key of a Secret or ConfigMap in the pod's namespace."""
+
+    name: str = Field(min_length=1, max_length=253)
+    """The Secret's or ConfigMap's name."""
+    key: str = Field(min_length=1, max_length=253)
+    """The key whose value becomes the variable's."""
+    optional: bool | None = None
+    """Start the pod even when the object or key is missing (the variable is then unset)."""
+
+
+class FieldSelector(ApiModel):
+    """A field of the pod itself (`core/v1.ObjectFieldSelector`)."""
+
+    field_path: str = Field(min_length=1, max_length=256)
+    """The field, for example `metadata.name`, `spec.nodeName`, `status.podIP`."""
+    api_version: str | None = Field(default=None, max_length=64)
+    """Version of the schema `fieldPath` is written in; `v1` when unset."""
+
+
+class ResourceFieldSelector(ApiModel):
+    """A resource of the container itself (`core/v1.ResourceFieldSelector`)."""
+
+    resource: str = Field(min_length=1, max_length=64)
+    """The resource, for example `limits.memory` or `requests.cpu`."""
+    container_name: str | None = Field(default=None, max_length=63)
+    """The container; the program's own when unset."""
+    divisor: Quantity | None = None
+    """The unit the value is given in (`1Mi`, `1m`); 1 when unset."""
+
+
+VALUE_FROM_MESSAGE = "valueFrom names exactly one of secretKeyRef, configMapKeyRef, fieldRef, resourceFieldRef"
+
+
+class EnvVarSource(
+    ApiModel,
+    json_schema_extra=validations(
+        cel(
+            "[has(self.secretKeyRef), has(self.configMapKeyRef), has(self.fieldRef), has(self.resourceFieldRef)]"
+            ".filter(x, x).size() == 1",
+            VALUE_FROM_MESSAGE,
+        )
+    ),
+):
+    """Where a variable's value comes from: exactly one of the four."""
+
+    secret_key_ref: KeySelector | None = None
+    """A key of a Secret in the pod's namespace."""
+    config_map_key_ref: KeySelector | None = None
+    """A key of a ConfigMap in the pod's namespace."""
+    field_ref: FieldSelector | None = None
+    """A field of the pod (its name, node, IP, labels)."""
+    resource_field_ref: ResourceFieldSelector | None = None
+    """A resource request or limit of the container."""
+
+    @model_validator(mode="after")
+    def _one(self) -> EnvVarSource:
+        sources = (self.secret_key_ref, self.config_map_key_ref, self.field_ref, self.resource_field_ref)
+        if sum(s is not None for s in sources) != 1:
+            raise ValueError(VALUE_FROM_MESSAGE)
+        return self
+
+
+class EnvVar(
+    ApiModel,
+    json_schema_extra=validations(
+        cel("!(has(self.value) && has(self.valueFrom))", "an env entry has either value or valueFrom, not both")
+    ),
+):
+    """One environment variable (the shape of `core/v1.EnvVar`)."""
+
+    name: str = Field(min_length=1, max_length=256, pattern=ENV_NAME_PATTERN)
+    """The variable's name. `MODELOPS_*` names are the operator's and refused."""
+    value: str | None = Field(default=None, max_length=32768)
+    """A literal value; `$(OTHER)` expands a variable defined earlier."""
+    value_from: EnvVarSource | None = None
+    """A value read when the pod starts, from a Secret, a ConfigMap, the pod or its resources."""
+
+
+class KeyedObjectReference(ApiModel):
+    """A ConfigMap or Secret whose keys become variables."""
+
+    name: str = Field(min_length=1, max_length=253)
+    """Its name."""
+    optional: bool | None = None
+    """Start the pod even when it is missing."""
+
+
+class EnvFromSource(
+    ApiModel,
+    json_schema_extra=validations(
+        cel(
+            "has(self.configMapRef) != has(self.secretRef)", "an envFrom entry names one configMapRef or one secretRef"
+        ),
+        cel(f"!has(self.prefix) || !self.prefix.startsWith('{RESERVED_ENV_PREFIX}')", ENV_MESSAGE, ".prefix"),
+    ),
+):
+    """Every key of a ConfigMap or Secret as a variable (the shape of `core/v1.EnvFromSource`)."""
+
+    config_map_ref: KeyedObjectReference | None = None
+    """A ConfigMap in the pod's namespace."""
+    secret_ref: KeyedObjectReference | None = None
+    """A Secret in the pod's namespace."""
+    prefix: str | None = Field(default=None, max_length=128, pattern=ENV_NAME_PATTERN)
+    """Put in front of every key; `MODELOPS_` is refused. A key that names a variable the operator
+    sets is ignored (the operator's wins)."""
+
+    @model_validator(mode="after")
+    def _one(self) -> EnvFromSource:
+        if (self.config_map_ref is None) == (self.secret_ref is None):
+            raise ValueError("an envFrom entry names one configMapRef or one secretRef")
+        return self
+
+
+PodLabels = dict[str, Annotated[str, Field(max_length=63)]]
+PodAnnotations = dict[str, Annotated[str, Field(max_length=65536)]]
+
+
+class PodSettings(
+    ApiModel,
+    json_schema_extra=validations(
+        cel(
+            f"!has(self.labels) || self.labels.all(k, {_prefix_rule('k', *RESERVED_LABELS)})",
+            LABELS_MESSAGE,
+            ".labels",
+        ),
+        cel(
+            f"!has(self.annotations) || self.annotations.all(k, {_prefix_rule('k', RESERVED_ANNOTATION_PREFIXES)})",
+            ANNOTATIONS_MESSAGE,
+            ".annotations",
+        ),
+        cel(f"!has(self.env) || self.env.all(e, !e.name.startsWith('{RESERVED_ENV_PREFIX}'))", ENV_MESSAGE, ".env"),
+    ),
+):
+    """Identity and environment of the pods the operator creates for an object: the preparation
+    Job's pod, every trial pod, the inference server pods. Each field adds to, or overrides, the
+    operator-wide defaults the cluster admin sets in the chart (`workloadDefaults`): a name set
+    here wins, maps merge key by key with this object's values winning, `env` merges by name, and
+    `imagePullSecrets` and `envFrom` add to the defaults' (a later `envFrom` source wins a shared
+    key). The operator's own labels, annotations and variables always win, and the keys they use
+    are refused here."""
+
+    service_account_name: str | None = Field(default=None, max_length=253, pattern=SUBDOMAIN_PATTERN)
+    """The ServiceAccount the pods run as, in the object's namespace, for example one bound to a
+    cloud identity (IRSA, GKE Workload Identity). Unset: the default's, else the namespace's
+    `default`. It must be one the admin allows (`settings.workloadServiceAccounts`), and exist:
+    a missing one leaves the object `PodPending` with Kubernetes' refusal in the message. The
+    Kubernetes API token is still not mounted."""
+    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16)
+    """Secrets of type `kubernetes.io/dockerconfigjson` for pulling the operator's images from a
+    private registry, in the object's namespace."""
+    labels: PodLabels = Field(default_factory=dict, max_length=64)
+    """Extra labels on the pods (cost centre, team, a policy's selector)."""
+    annotations: PodAnnotations = Field(default_factory=dict, max_length=64)
+    """Extra annotations on the pods (a mesh sidecar's switch, a log collector's hints)."""
+    env: list[EnvVar] = Field(default_factory=list, max_length=64)
+    """Extra environment variables of the program's container (a proxy, a cloud region, NCCL
+    settings). A Secret named in `valueFrom` must be one the admin allows
+    (`settings.workloadSecrets`)."""
+    env_from: list[EnvFromSource] = Field(default_factory=list, max_length=16)
+    """ConfigMaps and Secrets whose every key becomes a variable of the program's container; a
+    variable in `env` or set by the operator wins over these. A Secret must be one the admin allows
+    (`settings.workloadSecrets`)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> PodSettings:
+        check_pod_settings(self)
+        return self
+
+    def secrets(self) -> set[str]:
+        """The Secrets whose values the pods would read (not the pull secrets: the kubelet uses
+        those for the operator's own images only)."""
+        named = {e.value_from.secret_key_ref.name for e in self.env if e.value_from and e.value_from.secret_key_ref}
+        return named | {s.secret_ref.name for s in self.env_from if s.secret_ref}
+
+
+def check_pod_settings(pod: PodSettings) -> None:
+    """The Python side of PodSettings' CEL rules, and the key syntax the API server would refuse
+    only when the operator creates the child: ValueError with the message to act on."""
+    for key, value in pod.labels.items():
+        if reserved_label(key):
+            raise ValueError(f"{LABELS_MESSAGE} (got {key})")
+        if not re.match(KEY_PATTERN, key):
+            raise ValueError(f"podSettings.labels: {key!r} is not a label key (an optional DNS prefix and /, a name)")
+        if not re.match(LABEL_VALUE_PATTERN, value):
+            raise ValueError(
+                f"podSettings.labels[{key}]: {value!r} is not a label value (at most 63 letters, digits, -, _, .)"
+            )
+    for key in pod.annotations:
+        if key.startswith(RESERVED_ANNOTATION_PREFIXES):
+            raise ValueError(f"{ANNOTATIONS_MESSAGE} (got {key})")
+        if not re.match(KEY_PATTERN, key):
+            raise ValueError(f"podSettings.annotations: {key!r} is not an annotation key")
+    for var in pod.env:
+        if var.name.startswith(RESERVED_ENV_PREFIX):
+            raise ValueError(f"{ENV_MESSAGE} (got {var.name})")
+        if var.value is not None and var.value_from is not None:
+            raise ValueError(f"podSettings.env[{var.name}]: either value or valueFrom, not both")
+    for source in pod.env_from:
+        if (source.prefix or "").startswith(RESERVED_ENV_PREFIX):
+            raise ValueError(f"{ENV_MESSAGE} (got envFrom prefix {source.prefix})")

@@ -43,7 +43,9 @@ DEADLINE_EXCEEDED = "DeadlineExceeded"
 """The child Job ran longer than its deadline and was stopped."""
 POD_PENDING = "PodPending"
 """A child pod cannot start (unschedulable, a missing volume or Secret, an image that cannot be
-pulled); the message quotes Kubernetes' reason. It may resolve by itself once the cause is fixed."""
+pulled), or cannot even be created (the API server refused it: a ServiceAccount that does not exist,
+a ResourceQuota, Pod Security); the message quotes Kubernetes' reason and says what to check. It
+resolves by itself once the cause is fixed (the controllers keep retrying)."""
 PREPARATION_FAILED = "PreparationFailed"
 """The preparation Job failed without a more specific reason; the message holds its last output."""
 RESULT_UNREADABLE = "ResultUnreadable"
@@ -140,6 +142,10 @@ NAME_CONFLICT = "NameConflict"
 Service, HPA, PDB, ServiceMonitor or PrometheusRule) already exists and was not created by this
 object: the operator touches none of the children until it is renamed or removed. The message
 names it; checked again at every resync."""
+POD_SETTINGS_NOT_ALLOWED = "PodSettingsNotAllowed"
+"""`spec.podSettings` names a ServiceAccount or Secret the operator's admin has not allowed
+(`settings.workloadServiceAccounts`, `settings.workloadSecrets`): the pods would lend the object's
+author its access. Nothing was created or changed; checked again at every resync."""
 ROUTE_NOT_DELEGATED = "RouteNotDelegated"
 """The HTTPRoute named in `spec.rollout.trafficRouting.httpRoute` does not exist, or does not carry
 the annotation `modelops.dev/modeldeployment: <this object's name>` by which its owner hands its

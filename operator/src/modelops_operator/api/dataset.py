@@ -11,6 +11,7 @@ from modelops_operator.api.common import (
     URI_PATTERN,
     ApiModel,
     Placement,
+    PodSettings,
     Resources,
     StatusBase,
     cel,
@@ -224,6 +225,9 @@ class DatasetSpec(ApiModel):
     and limits `cpu: 4, memory: 4Gi`. The program sizes its worker pool from the limits."""
     placement: Placement = Field(default_factory=Placement)
     """Where the preparation pod may run."""
+    pod_settings: PodSettings = Field(default_factory=PodSettings)
+    """ServiceAccount, image pull Secrets, labels, annotations and environment of the preparation
+    pod, over the operator-wide defaults. A change does not make a new dataset version."""
     active_deadline_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
     """The preparation Job fails (reason `DeadlineExceeded`) when it runs longer than this."""
     backoff_limit: int = Field(default=2, ge=0, le=20)

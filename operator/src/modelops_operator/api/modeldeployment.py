@@ -14,6 +14,7 @@ from modelops_operator.api.common import (
     URI_PATTERN,
     ApiModel,
     Placement,
+    PodSettings,
     Quantity,
     Resources,
     StatusBase,
@@ -254,6 +255,9 @@ class ModelDeploymentSpec(ApiModel):
     """The model to serve."""
     server: ServerSpec = Field(default_factory=ServerSpec)
     """Inference server settings."""
+    pod_settings: PodSettings = Field(default_factory=PodSettings)
+    """ServiceAccount, image pull Secrets, labels, annotations and environment of the server pods,
+    over the operator-wide defaults. A change rolls both tracks' pods."""
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
     """Replica bounds and scaling targets."""
     rollout: Rollout = Field(default_factory=Rollout)

@@ -13,6 +13,7 @@ from modelops_operator.api.common import (
     URI_PATTERN,
     ApiModel,
     Placement,
+    PodSettings,
     Resources,
     StatusBase,
     cel,
@@ -302,6 +303,9 @@ class TrainingRunSpec(ApiModel):
     """Pods, GPUs and placement of each trial."""
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
     """Failure and time limits of each trial."""
+    pod_settings: PodSettings = Field(default_factory=PodSettings)
+    """ServiceAccount, image pull Secrets, labels, annotations and environment of every trial pod,
+    over the operator-wide defaults. A change applies to trials started afterwards."""
     checkpointing: Checkpointing = Field(default_factory=Checkpointing)
     """Checkpoint frequency and storage."""
     registry: Registry = Field(default_factory=Registry)

@@ -5,6 +5,11 @@ identifies the spec it was built from; the owner part is truncated so the whole 
 63-character label-value limit (Job names become pod labels). Labels follow the
 `app.kubernetes.io/*` recommendations, plus `modelops.dev/<kind>: <owner>` so children are listed by
 their owner with one selector; every key is in `api.names`.
+
+Pod settings (ServiceAccount, pull Secrets, extra labels, annotations and environment) are the
+operator-wide `workload_defaults` with the spec's `podSettings` over them (`pod_settings`), laid on a
+built pod template by `apply_pod_settings`: the operator's own labels, annotations and variables are
+written last, so they win over anything a user could add.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from modelops_operator.api import names
-from modelops_operator.api.common import Placement
+from modelops_operator.api.common import Placement, PodSettings
 from modelops_operator.settings import OperatorSettings
 
 MANAGED_BY = "modelops-operator"
@@ -90,3 +95,49 @@ def artifact_mounts(uris: list[str], settings: OperatorSettings) -> tuple[list[d
         [{"name": "artifacts", "persistentVolumeClaim": {"claimName": settings.artifact_pvc}}],
         [{"name": "artifacts", "mountPath": base}],
     )
+
+
+def pod_settings(defaults: PodSettings, own: PodSettings) -> PodSettings:
+    """The spec's `podSettings` over the operator-wide defaults: a ServiceAccount set in the spec
+    wins; labels and annotations merge key by key and `env` by name, the spec's winning; pull
+    Secrets and `envFrom` sources are the defaults' followed by the spec's (a later `envFrom`
+    source wins a shared key), without repeats."""
+    env = {var.name: var for var in defaults.env}
+    env.update({var.name: var for var in own.env})
+    pulls = {ref.name: ref for ref in [*defaults.image_pull_secrets, *own.image_pull_secrets]}
+    env_from = []
+    for source in [*defaults.env_from, *own.env_from]:
+        if source not in env_from:
+            env_from.append(source)
+    return PodSettings(
+        service_account_name=own.service_account_name or defaults.service_account_name,
+        image_pull_secrets=list(pulls.values()),
+        labels={**defaults.labels, **own.labels},
+        annotations={**defaults.annotations, **own.annotations},
+        env=list(env.values()),
+        env_from=env_from,
+    )
+
+
+def apply_pod_settings(template: dict[str, Any], settings: PodSettings, container: str) -> None:
+    """Lay `settings` on a pod template (`{"metadata": ..., "spec": ...}`) in place. The template's
+    own labels, annotations and the named container's variables are kept over the settings' (they
+    are the operator's: selectors, the served model's digest, the programs' config)."""
+    meta, spec = template.setdefault("metadata", {}), template["spec"]
+    if settings.labels:
+        meta["labels"] = {**settings.labels, **meta.get("labels", {})}
+    if settings.annotations:
+        meta["annotations"] = {**settings.annotations, **meta.get("annotations", {})}
+    if settings.service_account_name:
+        spec["serviceAccountName"] = settings.service_account_name
+    if settings.image_pull_secrets:
+        spec["imagePullSecrets"] = [ref.wire() for ref in settings.image_pull_secrets]
+    target = next(c for c in spec["containers"] if c["name"] == container)
+    ours = {var["name"] for var in target.get("env", [])}
+    extra = [var.wire() for var in settings.env if var.name not in ours]
+    if extra:
+        target["env"] = [*target.get("env", []), *extra]
+    if settings.env_from:
+        # Before the container's own sources (a Dataset's credentials Secret), which then win a
+        # shared key; `env` wins over every source.
+        target["envFrom"] = [*(s.wire() for s in settings.env_from), *target.get("envFrom", [])]

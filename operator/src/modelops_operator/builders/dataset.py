@@ -24,10 +24,12 @@ from urllib.parse import urlparse
 from modelops_operator.api.dataset import DatasetSpec, SourceLimits
 from modelops_operator.api.names import SPEC_HASH_LABEL, child_name
 from modelops_operator.builders.common import (
+    apply_pod_settings,
     artifact_mounts,
     labels,
     owner_reference,
     place,
+    pod_settings,
     restricted_container_security,
     restricted_pod_security,
     spec_hash,
@@ -167,6 +169,8 @@ def build_prepare_job(dataset: dict[str, Any], spec: DatasetSpec, settings: Oper
         "automountServiceAccountToken": False,
     }
     place(pod_spec, spec.placement)
+    template = {"metadata": {"labels": job_labels}, "spec": pod_spec}
+    apply_pod_settings(template, pod_settings(settings.workload_defaults, spec.pod_settings), "prepare")
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -179,6 +183,6 @@ def build_prepare_job(dataset: dict[str, Any], spec: DatasetSpec, settings: Oper
         "spec": {
             "backoffLimit": spec.backoff_limit,
             "activeDeadlineSeconds": spec.active_deadline_seconds,
-            "template": {"metadata": {"labels": job_labels}, "spec": pod_spec},
+            "template": template,
         },
     }

@@ -31,10 +31,12 @@ from modelops_operator.api.names import (
     child_name,
 )
 from modelops_operator.builders.common import (
+    apply_pod_settings,
     artifact_mounts,
     labels,
     owner_reference,
     place,
+    pod_settings,
     restricted_container_security,
     restricted_pod_security,
 )
@@ -166,7 +168,7 @@ def pod_template(
     place(pod, server.placement)
     if server.gpus and not any(t.get("key") == GPU for t in pod.get("tolerations", [])):
         pod.setdefault("tolerations", []).append({"key": GPU, "operator": "Exists", "effect": "NoSchedule"})
-    return {
+    template = {
         "metadata": {
             "labels": {**labels(KIND, name, "server"), **selector(name, track)},
             "annotations": {
@@ -178,6 +180,8 @@ def pod_template(
         },
         "spec": pod,
     }
+    apply_pod_settings(template, pod_settings(settings.workload_defaults, spec.pod_settings), "server")
+    return template
 
 
 def build_deployment(

@@ -33,10 +33,12 @@ from modelops_operator.api.names import (
 )
 from modelops_operator.api.trainingrun import TrainingRunSpec
 from modelops_operator.builders.common import (
+    apply_pod_settings,
     artifact_mounts,
     labels,
     owner_reference,
     place,
+    pod_settings,
     restricted_container_security,
     restricted_pod_security,
     spec_hash,
@@ -194,6 +196,7 @@ def build_pytorchjob(
     if w.queue_name:
         job_labels[KUEUE_QUEUE_LABEL] = w.queue_name
     template = {"metadata": {"labels": dict(job_labels)}, "spec": _pod_template(spec, config, settings)}
+    apply_pod_settings(template, pod_settings(settings.workload_defaults, spec.pod_settings), "pytorch")
     replica = {"restartPolicy": "ExitCode", "template": template}
     replicas: dict[str, Any] = {"Master": {"replicas": 1, **replica}}
     if w.nodes > 1:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from modelops_operator import kube, observability
+from modelops_operator.api import conditions as c
 from modelops_operator.api import names
 from modelops_operator.api.common import StatusBase
 from modelops_operator.api.kinds import DATASET, MODEL_DEPLOYMENT, TRAINING_RUN, Kind
@@ -24,7 +25,15 @@ from modelops_operator.controllers.common import Log, RetryLater, retry_later
 from modelops_operator.reconcile import dependencies as dep
 from modelops_operator.reconcile import rollout
 from modelops_operator.reconcile.actions import Event
-from modelops_operator.reconcile.status import describe_error, invalid_spec, merge_patch, parse_status, ready_events
+from modelops_operator.reconcile.pods import refused_pod_settings
+from modelops_operator.reconcile.status import (
+    describe_error,
+    invalid_spec,
+    merge_patch,
+    parse_status,
+    ready_events,
+    refused,
+)
 from modelops_operator.settings import OperatorSettings
 
 __all__ = [
@@ -87,8 +96,12 @@ def _reconcile(kind: Kind, body: dict[str, Any], settings: OperatorSettings, log
         new: StatusBase = invalid_spec(old, generation, message, at=now.replace(microsecond=0))
         result = "invalid"
     else:
-        with retry_later():
-            new, events = _CONTROLLERS[kind.kind](body, spec, old, settings, now)
+        if why_not := refused_pod_settings(spec, settings):
+            phase = getattr(old, "phase", None) or "Failed"
+            new = refused(old, generation, c.POD_SETTINGS_NOT_ALLOWED, [why_not], phase, at=now.replace(microsecond=0))
+        else:
+            with retry_later():
+                new, events = _CONTROLLERS[kind.kind](body, spec, old, settings, now)
     observability.count_phase(
         kind.kind, meta.get("namespace") or "", meta.get("name") or "", str(getattr(new, "phase", ""))
     )

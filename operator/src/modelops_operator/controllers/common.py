@@ -16,6 +16,7 @@ from modelops_operator.api.kinds import KINDS
 from modelops_operator.api.names import HTTPROUTE, PYTORCHJOB
 from modelops_operator.reconcile import ownership
 from modelops_operator.reconcile.actions import Action, creates
+from modelops_operator.reconcile.pods import creation_problem
 
 #: kopf's per-object logger, or any standard logger.
 Log = logging.Logger | logging.LoggerAdapter[Any]
@@ -82,3 +83,15 @@ def execute(namespace: str, action: Action) -> None:
             observability.ROLLOUT_ABORTED.labels(namespace, action.name).set(action.value or 0.0)
         case _:
             raise ValueError(f"no way to {action.verb} a {action.kind}")
+
+
+def not_created(pods: list[dict[str, Any]], owner: dict[str, Any]) -> str | None:
+    """While `owner` (a Job, a PyTorchJob) has no pod: why its controller could not create one.
+    Events are a hint, not a need: without the RBAC to list them (an older chart) this says nothing."""
+    if pods:
+        return None
+    try:
+        events = kube.list_events(owner["metadata"]["namespace"], owner["metadata"]["uid"])
+    except kube.Forbidden:
+        return None
+    return creation_problem(events)

@@ -10,7 +10,7 @@ from modelops_operator import kube
 from modelops_operator.api import conditions as c
 from modelops_operator.api import names
 from modelops_operator.api.dataset import DatasetSpec, DatasetStatus
-from modelops_operator.controllers.common import execute, names_taken, owned
+from modelops_operator.controllers.common import execute, names_taken, not_created, owned
 from modelops_operator.reconcile import dataset as rd
 from modelops_operator.reconcile.actions import Event
 from modelops_operator.reconcile.pods import pod_problem, termination_message
@@ -29,7 +29,7 @@ def observe(body: dict[str, Any], old: DatasetStatus, now: datetime) -> rd.Datas
     if current is not None:
         pods = kube.list_pods(ns, f"job-name={current['metadata']['name']}")
         if rd.job_state(current)[0] == "Active":
-            observed.pod_problem = pod_problem(pods)
+            observed.pod_problem = pod_problem(pods) or not_created(pods, current)
         else:
             observed.result_message = termination_message(pods)
     return observed

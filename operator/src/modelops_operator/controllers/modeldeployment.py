@@ -42,16 +42,17 @@ def observe_rollout(
     target: ServedModel,
     settings: OperatorSettings,
     now: datetime,
-) -> rollout.RolloutObserved:
-    """The two tracks' Deployments, a manual command, and the analysis measurements when due."""
+) -> tuple[rollout.RolloutObserved, list[dict[str, Any] | None]]:
+    """The two tracks' Deployments (as tracks, and as read), a manual command, and the analysis
+    measurements when due."""
     meta = body["metadata"]
     ns, name = meta.get("namespace") or "", meta.get("name") or ""
-    stable = rm.track(kube.get_deployment(ns, bm.deployment_name(name, "stable")))
-    canary = rm.track(kube.get_deployment(ns, bm.deployment_name(name, "canary")))
+    deployments = [kube.get_deployment(ns, bm.deployment_name(name, track)) for track in ("stable", "canary")]
+    stable, canary = rm.track(deployments[0]), rm.track(deployments[1])
     command = rollout.requested_command(meta.get("annotations") or {})
     analysis = rollout.due_analysis(spec, old, now)
     measurements = measure(settings, analysis, ns, name) if analysis is not None else None
-    return rollout.RolloutObserved(target, stable, canary, now, command, measurements)
+    return rollout.RolloutObserved(target, stable, canary, now, command, measurements), deployments
 
 
 def reconcile(
@@ -71,7 +72,7 @@ def reconcile(
     target = rm.resolve_model(spec, kube.get_object(TRAINING_RUN, ns, ref.name) if ref else None)
     if isinstance(target, rm.Waiting):
         return rm.waiting_status(old, generation, target, at=at), []
-    seen = observe_rollout(body, spec, old, target, settings, now)
+    seen, deployments = observe_rollout(body, spec, old, target, settings, now)
     want = rm.desired(
         body,
         spec,
@@ -90,5 +91,5 @@ def reconcile(
     status = outcome.status
     if outcome.actions and rm.pods_matter(seen.stable, status):  # a refusal has none: nothing was written
         pods = kube.list_pods(ns, f"{names.MODEL_DEPLOYMENT_LABEL}={name}")
-        status = rm.with_pods(status, pods, at=at)
+        status = rm.with_pods(status, pods, deployments, at=at)
     return status, outcome.events

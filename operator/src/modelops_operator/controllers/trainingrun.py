@@ -11,7 +11,7 @@ from modelops_operator.api import conditions as c
 from modelops_operator.api import names
 from modelops_operator.api.kinds import DATASET
 from modelops_operator.api.trainingrun import TrainingRunSpec, TrainingRunStatus
-from modelops_operator.controllers.common import Log, execute, names_taken, owned
+from modelops_operator.controllers.common import Log, execute, names_taken, not_created, owned
 from modelops_operator.reconcile import trainingrun as rt
 from modelops_operator.reconcile.actions import Event, Registration
 from modelops_operator.reconcile.pods import master_result, pod_problem
@@ -23,7 +23,10 @@ def observe_trial(namespace: str, job: dict[str, Any]) -> rt.TrialObservation:
     """A trial's master pod: its result, why it cannot start, and its log while the job runs."""
     job_name = job["metadata"]["name"]
     pods = kube.list_pods(namespace, f"{names.JOB_NAME_LABEL}={job_name},{names.REPLICA_TYPE_LABEL}=master")
-    seen = rt.TrialObservation(result_message=master_result(pods), pod_problem=pod_problem(pods))
+    problem = pod_problem(pods)
+    if rt.job_state(job)[0] in ("Pending", "Running"):
+        problem = problem or not_created(pods, job)
+    seen = rt.TrialObservation(result_message=master_result(pods), pod_problem=problem)
     running = [p for p in pods if (p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")]
     if running and rt.job_state(job)[0] == "Running":
         seen.log = kube.pod_log(namespace, running[0]["metadata"]["name"], "pytorch")

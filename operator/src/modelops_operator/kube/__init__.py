@@ -121,6 +121,15 @@ def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
     return list(_plain(res.items)) if res is not None else []
 
 
+def list_events(namespace: str, uid: str) -> list[dict[str, Any]]:
+    """The Events recorded about the object with `uid` (core/v1, which also lists events.k8s.io
+    ones), as plain dicts: how a controller says it could not create a pod."""
+    core = kubernetes.client.CoreV1Api(login())
+    selector = f"involvedObject.uid={uid}"
+    res = _call(f"list events {namespace} {selector}", core.list_namespaced_event, namespace, field_selector=selector)
+    return list(_plain(res.items)) if res is not None else []
+
+
 def create_job(body: dict[str, Any]) -> None:
     """Create a Job; one that exists already (a retried create) is fine."""
     batch = kubernetes.client.BatchV1Api(login())

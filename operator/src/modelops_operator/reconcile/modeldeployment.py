@@ -15,6 +15,7 @@ name is held by another), and the server pods (when `pods_matter`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,7 +33,7 @@ from modelops_operator.builders import alerts as ba
 from modelops_operator.builders import modeldeployment as bm
 from modelops_operator.reconcile import ownership, rollout
 from modelops_operator.reconcile.actions import Action, Outcome
-from modelops_operator.reconcile.pods import pod_problem
+from modelops_operator.reconcile.pods import pod_problem, replica_failure
 from modelops_operator.reconcile.status import refused
 from modelops_operator.settings import OperatorSettings
 
@@ -224,10 +225,15 @@ def pods_matter(stable: rollout.Track | None, status: ModelDeploymentStatus) -> 
 
 
 def with_pods(
-    status: ModelDeploymentStatus, pods: list[dict[str, Any]], *, at: datetime | None = None
+    status: ModelDeploymentStatus,
+    pods: list[dict[str, Any]],
+    deployments: Sequence[dict[str, Any] | None] = (),
+    *,
+    at: datetime | None = None,
 ) -> ModelDeploymentStatus:
-    """`status` with the reason server pods cannot start, if one cannot (see `pods_blocked`)."""
-    problem = pod_problem(pods)
+    """`status` with the reason server pods cannot start, if one cannot (see `pods_blocked`): from
+    the pods, or, when the API server refused them, from the Deployments' `ReplicaFailure`."""
+    problem = pod_problem(pods) or replica_failure(deployments)
     return pods_blocked(status, status.observed_generation, problem, at=at) if problem else status
 
 
