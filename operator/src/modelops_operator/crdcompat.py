@@ -13,8 +13,8 @@ each such change:
 - `x-kubernetes-preserve-unknown-fields` dropped (the subtree's contents would be pruned);
 - a field made required that has no default (stored objects without it could not be updated).
 
-Tighter bounds, patterns and CEL rules are not listed: the API server ratchets them (an unchanged
-value keeps passing on update). Removing a field or changing its type takes a new version
+Tighter bounds, patterns and CEL rules are not listed: from Kubernetes 1.30 the API server ratchets
+them (an unchanged value keeps passing on update). Removing a field or changing its type takes a new version
 (docs/upgrade.md, "API versions").
 
     python -m modelops_operator.crdcompat             # exit 1 and list the breaking changes
