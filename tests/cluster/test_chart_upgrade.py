@@ -6,7 +6,8 @@ The previous chart comes from git history: by default the last one that shipped 
 tag). The next chart is this tree's, with one field added to the Dataset CRD, as the next version
 of an additive change would: before the upgrade the API server refuses the field, after it the
 field is stored, and the objects created under the previous chart are the same objects (uid) with
-the same spec. The upgrade follows docs/upgrade.md: `--reset-then-reuse-values` (the user's values
+the same spec, and the new chart's aggregated roles give Kubernetes' `edit` and `view` their
+access. The upgrade follows docs/upgrade.md: `--reset-then-reuse-values` (the user's values
 kept, the new chart's defaults in) and, once, `--take-ownership` (the CRDs were not the release's).
 
 The operator is not run here (`replicas: 0`): test_chart_install.py runs it from the chart.
@@ -31,7 +32,7 @@ import yaml
 from modelops_operator import __version__, crdgen
 from modelops_operator.api.kinds import KINDS
 from modelops_operator.api.names import BUNDLE_VERSION_LABEL
-from tests.cluster.conftest import REPO, helm, kubectl
+from tests.cluster.conftest import REPO, helm, kubectl, wait_until
 from tests.cluster.test_operator import create, get
 from tests.objects import dataset, model_deployment, training_run
 
@@ -121,8 +122,25 @@ def test_helm_upgrade_from_the_previous_chart_upgrades_the_crds_and_keeps_every_
             assert meta["annotations"]["meta.helm.sh/release-name"] == release, meta
         kubectl("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in CRD_NAMES))
 
-        # The new field is accepted and stored.
-        kubectl("create", "--validate=strict", "-n", namespace, "-f", "-", stdin=with_new_field("later"))
+        # The new field is accepted (once the API server serves the new schema: it reloads a
+        # changed CRD shortly after the update) and stored.
+        wait_until(
+            "the upgraded schema accepting the new field",
+            lambda: (
+                kubectl(
+                    "create",
+                    "--validate=strict",
+                    "-n",
+                    namespace,
+                    "-f",
+                    "-",
+                    stdin=with_new_field("later"),
+                    check=False,
+                ).returncode
+                == 0
+            ),
+            timeout=30,
+        )
         assert get(custom, namespace, "datasets", "later")["spec"][NEW_FIELD] == "added by the next version"
         # The objects of the previous version are intact: the same objects, the same spec.
         for plural, name in plurals.items():
@@ -134,6 +152,20 @@ def test_helm_upgrade_from_the_previous_chart_upgrades_the_crds_and_keeps_every_
         assert values["settings"]["logLevel"] == "DEBUG"
         merged = json.loads(helm("get", "values", release, "-n", ns, "--all", "-o", "json").stdout)
         assert merged["crds"] == {"enabled": True, "keep": True}
+
+        # The new chart's user roles reach Kubernetes' edit and view through aggregation.
+        kubectl("create", "rolebinding", "alice-edit", "-n", namespace, "--clusterrole=edit", "--user=alice")
+        kubectl("create", "rolebinding", "bob-view", "-n", namespace, "--clusterrole=view", "--user=bob")
+
+        def can(user: str, verb: str, resource: str) -> bool:
+            out = kubectl("auth", "can-i", verb, resource, "-n", namespace, f"--as={user}", check=False)
+            return out.stdout.strip() == "yes"
+
+        wait_until("edit aggregating modelops-edit", lambda: can("alice", "create", "trainingruns.modelops.dev"))
+        wait_until("view aggregating modelops-view", lambda: can("bob", "list", "modeldeployments.modelops.dev"))
+        assert can("alice", "delete", "datasets.modelops.dev")
+        assert not can("alice", "patch", "datasets.modelops.dev/status")
+        assert not can("bob", "create", "datasets.modelops.dev")
 
         # Uninstalling leaves the CRDs, and with them every object.
         helm("uninstall", release, "-n", ns, "--wait")
