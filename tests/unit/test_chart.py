@@ -40,9 +40,11 @@ RELEASE, NAMESPACE = "prod", "modelops-system"
 FULLNAME = "prod-modelops"
 #: The Kubernetes version `helm template` renders for (the local cluster's; a helm built without
 #: helm's ldflags would assume 1.20, which the chart's kubeVersion refuses).
-KUBE_VERSION = re.search(
-    r"^KUBERNETES_VERSION=(\S+)$", (REPO / "hack" / "versions.env").read_text(), re.MULTILINE
-).group(1)  # type: ignore[union-attr]
+KUBE_VERSION = next(
+    line.split("=", 1)[1]
+    for line in (REPO / "hack" / "versions.env").read_text().splitlines()
+    if line.startswith("KUBERNETES_VERSION=")
+)
 CRD_NAMES = {"datasets.modelops.dev", "trainingruns.modelops.dev", "modeldeployments.modelops.dev"}
 #: Schema keys that are not values of this chart but of a parent that depends on it.
 PARENT_KEYS = {"enabled"}
@@ -612,13 +614,12 @@ def test_chart_metadata():
     # One bundle: the operator's version is the chart's appVersion and the CRDs' label.
     assert chart["appVersion"] == __version__
     assert chart["kubeVersion"] == ">=1.28.0-0"
-    for key in ("home", "icon"):
-        assert chart[key].startswith("https://github.com/modelops/") or chart[key].startswith(
-            "https://raw.githubusercontent.com/modelops/modelops/main/"
-        ), chart[key]
+    assert chart["home"] == "https://github.com/modelops/modelops"
     assert chart["sources"] == ["https://github.com/modelops/modelops"]
-    # The icon is a file of this repository, at the path the URL names.
-    assert (REPO / chart["icon"].split("/main/", 1)[1]).is_file()
+    # The icon is a file of this repository, served raw from main.
+    raw = "https://raw.githubusercontent.com/modelops/modelops/main/"
+    assert chart["icon"].startswith(raw)
+    assert (REPO / chart["icon"].removeprefix(raw)).is_file()
 
 
 @pytest.mark.parametrize(("version", "ok"), [("1.27.9", False), ("1.28.0", True), ("v1.30.2-eks-1552ad0", True)])
