@@ -45,7 +45,18 @@ def previous_commit() -> str:
     """MODELOPS_PREVIOUS_CHART, or the parent of the commit that moved the CRDs out of `crds/`."""
     if ref := os.environ.get("MODELOPS_PREVIOUS_CHART"):
         return ref
-    git = ["git", "-C", str(REPO), "log", "-1", "--format=%H", "--diff-filter=D", "--", "charts/modelops/crds"]
+    git = [
+        "git",
+        "-C",
+        str(REPO),
+        "log",
+        "-1",
+        "--format=%H",
+        "--no-renames",
+        "--diff-filter=D",
+        "--",
+        "charts/modelops/crds",
+    ]
     removed = subprocess.run(git, capture_output=True, text=True, check=True).stdout.strip()
     if not removed:
         pytest.fail(
