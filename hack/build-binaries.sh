@@ -99,7 +99,9 @@ for w in "${want[@]}"; do
         build prometheus "$PROMETHEUS_VERSION" prometheus "-X github.com/prometheus/common/version.Version=$v" \
           github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool
       fi ;;
-    helm) build helm "$HELM_VERSION" helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
+    # The Kubernetes version `helm template` and `helm lint` assume without --kube-version: that of
+    # helm v3.19.0's client-go (v0.34), as helm's own Makefile sets it (unset, it is 1.20).
+    helm) build helm "$HELM_VERSION" helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=34 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=34" helm.sh/helm/v3/cmd/helm ;;
     *) log "unknown binary set: $w"; exit 2 ;;
   esac
 done

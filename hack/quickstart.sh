@@ -33,7 +33,9 @@ for ns in modelops-system default; do
   kubectl get namespace "$ns" >/dev/null 2>&1 || kubectl create namespace "$ns" >/dev/null
   kubectl label namespace "$ns" --overwrite pod-security.kubernetes.io/enforce=restricted >/dev/null
 done
-helm upgrade --install modelops charts/modelops --namespace modelops-system --wait --timeout 5m \
+# --take-ownership: the CRDs may already be on this cluster (the tests apply crds/); the release
+# takes them over instead of refusing to install.
+helm upgrade --install modelops charts/modelops --namespace modelops-system --wait --timeout 5m --take-ownership \
   --set image.repository="${operator_image%@*}" --set image.digest="${operator_image#*@}" \
   --set settings.trainerImage="$trainer_image" --set settings.serverImage="$server_image" \
   --set settings.artifactPvc=modelops-artifacts \

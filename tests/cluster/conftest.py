@@ -110,6 +110,13 @@ def crds(cluster: Path) -> None:
 #: grants what the operator needs; a forbidden call fails the test that makes it.
 OPERATOR_NAMESPACE = "modelops-test"
 OPERATOR_RELEASE = "modelops-test"
+#: The cluster's Kubernetes version, for `helm template` (the chart's kubeVersion is checked
+#: against it; a helm built without helm's ldflags would assume 1.20).
+KUBE_VERSION = next(
+    line.split("=", 1)[1]
+    for line in (REPO / "hack" / "versions.env").read_text().splitlines()
+    if line.startswith("KUBERNETES_VERSION=")
+)
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -123,6 +130,7 @@ def operator_kubeconfig(crds: None) -> Path:
     """A kubeconfig holding a token of the chart's ServiceAccount (cluster mode RBAC)."""
     rendered = helm(
         "template", OPERATOR_RELEASE, str(REPO / "charts" / "modelops"), "--namespace", OPERATOR_NAMESPACE,
+        "--kube-version", KUBE_VERSION,
         "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml",
     ).stdout  # fmt: skip
     kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)

@@ -74,7 +74,7 @@ def test_helm_install_runs_the_operator_in_the_cluster_and_helm_test_passes(oper
         repository, digest = images()["operator"].split("@")
         args = [
             "upgrade", "--install", release, str(REPO / "charts" / "modelops"), "--namespace", ns,
-            "--wait", "--timeout", "180s", "--skip-crds",
+            "--wait", "--timeout", "180s", "--set", "crds.enabled=false",  # the session's CRDs serve
             "--set", f"image.repository={repository}", "--set", f"image.digest={digest}",
             "--set", f"settings.trainerImage={images()['trainer']}",
             "--set", f"settings.serverImage={images()['server']}",

@@ -5,7 +5,8 @@ creation, no escalate/bind/impersonate) in cluster and namespaced mode; the oper
 (every env var is an OperatorSettings field and the values parse, restricted security context,
 probes, ports); metrics Service, ServiceMonitor, the operator's PrometheusRule (`promtool check
 rules` when promtool is built) and the Grafana dashboard; the values schema refusing unknown keys
-and bad enums; every value documented; the chart's CRDs equal to `crds/`.
+and bad enums; every value documented; the chart's CRD templates rendering `crds/` with the
+release's labels and the keep policy; the chart as a dependency of an umbrella chart.
 
 helm (and promtool) come from hack/build-binaries.sh and are looked up where the cluster tests look
 up their binaries; the tests skip only when helm has not been built. No cluster is needed.
@@ -17,6 +18,7 @@ import functools
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
+from modelops_operator import __version__
+from modelops_operator.api.names import BUNDLE_VERSION_LABEL
 from modelops_operator.settings import ENV_PREFIX, OperatorSettings
 from tests.tools import missing
 
@@ -34,6 +38,16 @@ HELM = BIN / "helm"
 PROMTOOL = BIN / "promtool"
 RELEASE, NAMESPACE = "prod", "modelops-system"
 FULLNAME = "prod-modelops"
+#: The Kubernetes version `helm template` renders for (the local cluster's; a helm built without
+#: helm's ldflags would assume 1.20, which the chart's kubeVersion refuses).
+KUBE_VERSION = next(
+    line.split("=", 1)[1]
+    for line in (REPO / "hack" / "versions.env").read_text().splitlines()
+    if line.startswith("KUBERNETES_VERSION=")
+)
+CRD_NAMES = {"datasets.modelops.dev", "trainingruns.modelops.dev", "modeldeployments.modelops.dev"}
+#: Schema keys that are not values of this chart but of a parent that depends on it.
+PARENT_KEYS = {"enabled"}
 LEADER_ELECTION_ENV = {"MODELOPS_LEADER_ELECTION_NAMESPACE", "MODELOPS_LEADER_ELECTION_ID"}
 
 
@@ -139,6 +153,8 @@ OPERATOR_METRICS = (
     "modelops_watch_events_total",
 )
 ROLE_KINDS = ("Role", "ClusterRole")
+#: The ClusterRoles for users, aggregated into Kubernetes' view, edit and admin.
+USER_ROLES = {f"{FULLNAME}-{role}": role for role in ("view", "edit", "admin")}
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -150,7 +166,7 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 @functools.cache
 def render(*args: str) -> tuple[dict[str, Any], ...]:
-    out = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args).stdout
+    out = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION, *args).stdout
     return tuple(doc for doc in yaml.safe_load_all(out) if doc)
 
 
@@ -182,6 +198,11 @@ def granted(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
     return rules
 
 
+def operator_cluster_roles(docs: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
+    """The ClusterRoles bound to the operator (not the users' aggregated ones)."""
+    return [d for d in of_kind(docs, "ClusterRole") if d["metadata"]["name"] not in USER_ROLES]
+
+
 def operator_roles(docs: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
     """The (Cluster)Roles with the operator's working rules (not leader election, not CRD reading)."""
     return [d for d in docs if d["kind"] in ROLE_KINDS and d["metadata"]["name"] == FULLNAME]
@@ -193,7 +214,7 @@ def operator_roles(docs: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("strict", [False, True], ids=["lint", "lint-strict"])
 @pytest.mark.parametrize("values", VALUE_SETS, ids=list(VALUE_SETS))
 def test_lint(values, strict):
-    helm("lint", str(CHART), *(["--strict"] if strict else []), *VALUE_SETS[values])
+    helm("lint", str(CHART), "--kube-version", KUBE_VERSION, *(["--strict"] if strict else []), *VALUE_SETS[values])
 
 
 # --- RBAC -----------------------------------------------------------------------------------------
@@ -242,8 +263,8 @@ def test_namespaced_mode_has_roles_in_exactly_the_watched_namespaces():
     for b in bindings:
         assert b["roleRef"]["kind"] == "Role" and b["roleRef"]["name"] == FULLNAME
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
-    # The only cluster-wide grant: reading two named CRDs.
-    (crd_reader,) = of_kind(docs, "ClusterRole")
+    # The operator's only cluster-wide grant: reading two named CRDs.
+    (crd_reader,) = operator_cluster_roles(docs)
     assert granted(crd_reader) == {("apiextensions.k8s.io", "customresourcedefinitions"): {"get"}}
     assert set(crd_reader["rules"][0]["resourceNames"]) == {
         "servicemonitors.monitoring.coreos.com",
@@ -255,9 +276,9 @@ def test_namespaced_mode_has_roles_in_exactly_the_watched_namespaces():
 
 def test_reading_crds_is_optional():
     docs = render(*VALUE_SETS["namespaced"], "--set", "rbac.readCRDs=false")
-    assert not of_kind(docs, "ClusterRole") and not of_kind(docs, "ClusterRoleBinding")
+    assert not operator_cluster_roles(docs) and not of_kind(docs, "ClusterRoleBinding")
     docs = render("--set", "rbac.readCRDs=false")
-    assert [r["metadata"]["name"] for r in of_kind(docs, "ClusterRole")] == [FULLNAME]
+    assert [r["metadata"]["name"] for r in operator_cluster_roles(docs)] == [FULLNAME]
 
 
 def test_rbac_and_service_account_can_be_left_out():
@@ -313,6 +334,10 @@ def test_deployment_defaults():
     assert c["command"] == ["modelops-operator"]
     assert c["resources"] == {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    # Ready when the health endpoint answers: kopf's, or a standby's (a standby is ready, so a
+    # rolling update of two replicas never waits on a Lease the old pod holds).
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["readinessProbe"]["periodSeconds"] < c["livenessProbe"]["periodSeconds"]
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"health": 8080, "metrics": 8081}
     assert pod["terminationGracePeriodSeconds"] == 30
     assert pod["serviceAccountName"] == FULLNAME
@@ -495,6 +520,15 @@ def test_helm_test_pod():
         (("--set", "watchNamespaces={team-a}"), "watchNamespaces is only used with rbac.scope=namespaced"),
         (("--set", "workloadDefaults.env[0].name=MODELOPS_DEVICE"), "/workloadDefaults/env/0/name"),
         (("--set", "workloadDefaults.serviceAccount=ml"), "additional properties 'serviceAccount' not allowed"),
+        (
+            ("--set", "extraEnv[0].name=MODELOPS_WORKERS", "--set", "extraEnv[0].value=4"),
+            "extraEnv sets MODELOPS_WORKERS: the operator's MODELOPS_* settings are chart values under settings",
+        ),
+        (("--set", "extraEnv[0].value=x"), "/extraEnv/0"),
+        (("--set", "extraVolumeMounts[0].name=ca"), "/extraVolumeMounts/0"),
+        (("--set", "crds.enable=true"), "additional properties 'enable' not allowed"),
+        # What `helm upgrade --reuse-values` from a chart without a crds section renders with.
+        (("--set", "crds=null"), "values have no crds section: `helm upgrade --reuse-values` keeps the previous"),
     ],
     ids=[
         "unknown-key",
@@ -507,10 +541,15 @@ def test_helm_test_pod():
         "ns-in-cluster",
         "operator-variable",
         "workload-typo",
+        "extra-env-setting",
+        "extra-env-without-name",
+        "mount-without-path",
+        "crds-typo",
+        "reuse-values",
     ],
 )
 def test_bad_values_are_refused(args, message):
-    result = helm("template", RELEASE, str(CHART), *args, check=False)
+    result = helm("template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION, *args, check=False)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
 
@@ -526,7 +565,7 @@ def test_schema_closes_every_object():
                 walk(sub, f"{path}.{name}")
 
     walk(schema, "")
-    assert set(schema["properties"]) == set(yaml.safe_load((CHART / "values.yaml").read_text()))
+    assert set(schema["properties"]) - PARENT_KEYS == set(yaml.safe_load((CHART / "values.yaml").read_text()))
 
 
 def documented_keys(node: dict[str, Any], prefix: str = "") -> list[str]:
@@ -559,7 +598,9 @@ def test_every_value_is_commented_and_documented():
     lines = (CHART / "values.yaml").read_text().splitlines()
     where = values_lines()
     readme = (CHART / "README.md").read_text()
-    for key in keys:
+    for key in PARENT_KEYS:
+        assert f"| `{key}` |" in readme, f"{key} is not in charts/modelops/README.md's values table"
+    for key in (k for k in keys if k not in PARENT_KEYS):
         assert key in where, f"{key} is in the schema but not in values.yaml"
         above = lines[where[key] - 1].strip()
         assert above.startswith("#"), f"values.yaml: {key} has no comment above it"
@@ -574,21 +615,67 @@ def test_chart_metadata():
         "0.1.0",
         "0.1.0",
     )
+    # One bundle: the operator's version is the chart's appVersion and the CRDs' label.
+    assert chart["appVersion"] == __version__
+    assert chart["kubeVersion"] == ">=1.28.0-0"
+    assert chart["home"] == "https://github.com/modelops/modelops"
+    assert chart["sources"] == ["https://github.com/modelops/modelops"]
+    # The icon is a file of this repository, served raw from main.
+    raw = "https://raw.githubusercontent.com/modelops/modelops/main/"
+    assert chart["icon"].startswith(raw)
+    assert (REPO / chart["icon"].removeprefix(raw)).is_file()
+
+
+@pytest.mark.parametrize(("version", "ok"), [("1.27.9", False), ("1.28.0", True), ("v1.30.2-eks-1552ad0", True)])
+def test_kubernetes_older_than_1_28_is_refused(version, ok):
+    result = helm("template", RELEASE, str(CHART), "--kube-version", version, check=False)
+    assert (result.returncode == 0) is ok, result.stderr
+    if not ok:
+        assert "chart requires kubeVersion: >=1.28.0-0 which is incompatible with Kubernetes v1.27.9" in result.stderr
 
 
 # --- CRDs -----------------------------------------------------------------------------------------
 
 
-def test_chart_crds_equal_the_generated_ones():
-    theirs, ours = REPO / "crds", CHART / "crds"
-    names = sorted(p.name for p in theirs.glob("*.yaml"))
-    assert names, "crds/ is empty"
-    stale = [n for n in names if not (ours / n).exists() or (ours / n).read_bytes() != (theirs / n).read_bytes()]
-    extra = sorted({p.name for p in ours.iterdir()} - set(names))
-    assert not stale and not extra, (
-        f"charts/modelops/crds/ differs from crds/ (stale or missing: {stale}, extra: {extra}); "
-        "run: rm -f charts/modelops/crds/*.yaml && cp crds/*.yaml charts/modelops/crds/"
-    )
+def crds_of(docs: tuple[dict[str, Any], ...]) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in of_kind(docs, "CustomResourceDefinition")}
+
+
+def test_chart_crds_are_the_generated_ones_with_the_keep_policy_and_bundle_version():
+    """`helm template` renders each CRD of crds/ unchanged, plus the release's labels and
+    `helm.sh/resource-policy: keep`, so `helm upgrade` upgrades the CRDs and uninstall keeps them."""
+    generated = {
+        d["metadata"]["name"]: d
+        for d in (yaml.safe_load(p.read_text()) for p in sorted((REPO / "crds").glob("*.yaml")))
+    }
+    assert set(generated) == CRD_NAMES
+    assert not (CHART / "crds").exists(), "charts/modelops/crds/ is never upgraded by Helm: the CRDs are templates"
+    rendered = crds_of(render())
+    assert set(rendered) == CRD_NAMES
+    for name, crd in rendered.items():
+        meta = crd["metadata"]
+        assert meta["annotations"] == {"helm.sh/resource-policy": "keep"}, name
+        labels = meta["labels"]
+        assert labels[BUNDLE_VERSION_LABEL] == __version__ == "0.1.0", name
+        assert generated[name]["metadata"]["labels"][BUNDLE_VERSION_LABEL] == __version__
+        assert labels["helm.sh/chart"] == "modelops-0.1.0" and labels["app.kubernetes.io/managed-by"] == "Helm"
+        # Apart from Helm's labels and annotation, exactly the generated file.
+        helm_labels = {"helm.sh/chart", "app.kubernetes.io/managed-by", "app.kubernetes.io/instance"}
+        bare = {
+            **crd,
+            "metadata": {"name": name, "labels": {k: v for k, v in labels.items() if k not in helm_labels}},
+        }
+        assert bare == generated[name], f"{name}: the chart's template differs from crds/ (run crdgen)"
+    # The PromQL placeholders of a description survive the template ({{selector}}).
+    assert "`{{selector}}`" in json.dumps(rendered["modeldeployments.modelops.dev"])
+
+
+def test_crds_can_be_left_out_or_left_unprotected():
+    assert crds_of(render("--set", "crds.enabled=false")) == {}
+    for crd in crds_of(render("--set", "crds.keep=false")).values():
+        assert "annotations" not in crd["metadata"]
+    # A second release (one per tenant) renders no CRD at all, so it never fights the first over them.
+    assert crds_of(render(*VALUE_SETS["namespaced"], "--set", "crds.enabled=false")) == {}
 
 
 def test_operator_alerts_fire_on_series(tmp_path):
@@ -698,3 +785,152 @@ def test_workload_defaults_reach_the_operator_as_json_it_accepts():
     assert settings.workload_defaults.labels == {"team": "ml"}
     assert settings.workload_defaults.env[0].value == "eu-west-1"
     assert settings.workload_service_accounts == ["ml-training", "ml-data"]
+
+
+# --- installation: security contexts, extra env and volumes, availability, user roles ---------------
+
+
+def test_security_contexts_can_be_overridden_for_openshift():
+    """OpenShift's restricted-v2 assigns the uid: the fixed one can be removed (null) in both contexts."""
+    ids = ("runAsUser", "runAsGroup")
+    args = [
+        arg for key in ids for where in ("pod", "container") for arg in ("--set", f"{where}SecurityContext.{key}=null")
+    ]
+    docs = render(*args)
+    pods = [one(docs, "Deployment")["spec"]["template"]["spec"], one(docs, "Pod")["spec"]]
+    for pod in pods:
+        for sc in (pod["securityContext"], *(c["securityContext"] for c in pod["containers"])):
+            assert not set(ids) & set(sc), sc
+            assert sc["runAsNonRoot"] is True and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+        (c,) = pod["containers"]
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    docs = render("--set", "podSecurityContext.fsGroup=2000", "--set", "containerSecurityContext.runAsUser=1001")
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["fsGroup"] == 2000 and pod["securityContext"]["runAsUser"] == 65532
+    assert pod["containers"][0]["securityContext"]["runAsUser"] == 1001
+
+
+def test_extra_env_and_volumes_for_a_proxy_and_a_corporate_ca():
+    values = {
+        "extraEnv": [
+            {"name": "HTTPS_PROXY", "value": "http://proxy.corp:3128"},
+            {"name": "NO_PROXY", "value": ".svc,.cluster.local,10.0.0.0/8"},
+            {"name": "SSL_CERT_FILE", "value": "/etc/modelops/ca/ca-bundle.crt"},
+            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "t", "key": "k"}}},
+        ],
+        "extraVolumes": [{"name": "corporate-ca", "configMap": {"name": "corporate-ca-bundle"}}],
+        "extraVolumeMounts": [{"name": "corporate-ca", "mountPath": "/etc/modelops/ca", "readOnly": True}],
+    }
+    docs = render(*(arg for key, value in values.items() for arg in ("--set-json", f"{key}={json.dumps(value)}")))
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    c = container(docs)
+    env = c["env"]
+    default = container(render())
+    # The operator's settings first and unchanged, then the extra variables.
+    assert env == [*default["env"], *values["extraEnv"]]
+    assert pod["volumes"][-1] == values["extraVolumes"][0]
+    assert any(v["name"] == "tmp" for v in pod["volumes"])
+    assert c["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}, *values["extraVolumeMounts"]]
+
+
+def test_standbys_get_a_disruption_budget_and_are_spread():
+    one_replica = render()
+    assert not of_kind(one_replica, "PodDisruptionBudget")
+    assert "topologySpreadConstraints" not in one(one_replica, "Deployment")["spec"]["template"]["spec"]
+
+    docs = render("--set", "replicas=2")
+    pdb = one(docs, "PodDisruptionBudget", FULLNAME)
+    deployment = one(docs, "Deployment")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert pdb["metadata"]["namespace"] == NAMESPACE
+    assert pdb["spec"] == {
+        "maxUnavailable": 1,
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        "selector": {"matchLabels": selector},
+    }
+    spread = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert [t["topologyKey"] for t in spread] == ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+    for t in spread:
+        # Soft: a one-node cluster still runs every replica.
+        assert t["whenUnsatisfiable"] == "ScheduleAnyway" and t["maxSkew"] == 1
+        assert t["labelSelector"] == {"matchLabels": selector}
+
+    own = [{"topologyKey": "kubernetes.io/hostname", "maxSkew": 1, "whenUnsatisfiable": "DoNotSchedule"}]
+    docs = render("--set", "replicas=3", "--set-json", f"topologySpreadConstraints={json.dumps(own)}")
+    assert one(docs, "Deployment")["spec"]["template"]["spec"]["topologySpreadConstraints"] == own
+    assert not of_kind(
+        render("--set", "replicas=2", "--set", "podDisruptionBudget.enabled=false"), "PodDisruptionBudget"
+    )
+
+
+def test_users_get_view_edit_and_admin_through_kubernetes_aggregated_roles():
+    docs = render()
+    roles = {r["metadata"]["name"]: r for r in of_kind(docs, "ClusterRole") if r["metadata"]["name"] in USER_ROLES}
+    assert set(roles) == set(USER_ROLES)
+    read = {"get", "list", "watch"}
+    write = {"create", "update", "patch", "delete", "deletecollection"}
+    for name, aggregate_to in USER_ROLES.items():
+        role = roles[name]
+        labels = role["metadata"]["labels"]
+        assert {k for k in labels if k.startswith("rbac.authorization.k8s.io/aggregate-to-")} == {
+            f"rbac.authorization.k8s.io/aggregate-to-{aggregate_to}"
+        }
+        assert labels[f"rbac.authorization.k8s.io/aggregate-to-{aggregate_to}"] == "true"
+        verbs = read if aggregate_to == "view" else read | write
+        expected = {("modelops.dev", kind): verbs for kind in ("datasets", "trainingruns", "modeldeployments")}
+        # Status is the operator's to write; users only read it.
+        expected |= {
+            ("modelops.dev", f"{kind}/status"): read for kind in ("datasets", "trainingruns", "modeldeployments")
+        }
+        assert granted(role) == expected, name
+    # No binding: Kubernetes' own view/edit/admin bindings carry them.
+    bindings = of_kind(docs, "ClusterRoleBinding") + of_kind(docs, "RoleBinding")
+    assert not [b for b in bindings if b["roleRef"]["name"] in USER_ROLES]
+    names = {r["metadata"]["name"] for r in of_kind(render("--set", "rbac.userRoles=false"), "ClusterRole")}
+    assert not names & set(USER_ROLES)
+    assert not of_kind(render("--set", "rbac.create=false"), "ClusterRole")
+
+
+# --- the chart as a dependency of an umbrella chart ------------------------------------------------
+
+
+def umbrella(tmp_path: Path, values: dict[str, Any]) -> Path:
+    """A parent chart `platform` that depends on modelops under `condition: modelops.enabled`."""
+    parent = tmp_path / "platform"
+    shutil.copytree(CHART, parent / "charts" / "modelops")
+    chart = {
+        "apiVersion": "v2",
+        "name": "platform",
+        "version": "1.0.0",
+        "dependencies": [
+            {"name": "modelops", "version": "0.1.0", "repository": f"file://{CHART}", "condition": "modelops.enabled"}
+        ],
+    }
+    (parent / "Chart.yaml").write_text(yaml.safe_dump(chart))
+    (parent / "values.yaml").write_text(yaml.safe_dump(values))
+    return parent
+
+
+UMBRELLA_VALUES = {
+    "global": {"imageRegistry": "registry.corp.example", "imagePullSecrets": ["corp-pull"], "clusterDomain": "c"},
+    "modelops": {"enabled": True, "replicas": 2, "settings": {"logLevel": "DEBUG"}},
+}
+
+
+def test_the_chart_works_as_a_dependency_with_global_values_and_a_condition(tmp_path):
+    parent = umbrella(tmp_path, UMBRELLA_VALUES)
+    helm("lint", str(parent), "--kube-version", KUBE_VERSION)
+    args = ("template", "platform", str(parent), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION)
+    docs = tuple(d for d in yaml.safe_load_all(helm(*args).stdout) if d)
+    deployment = one(docs, "Deployment", "platform-modelops")
+    assert deployment["spec"]["replicas"] == 2
+    assert crds_of(docs).keys() == CRD_NAMES
+    assert env_of(docs)["MODELOPS_LOG_LEVEL"] == "DEBUG"
+    assert one(docs, "PodDisruptionBudget", "platform-modelops")
+    # The parent turns modelops off: nothing of it is rendered.
+    off = helm(*args, "--set", "modelops.enabled=false").stdout
+    assert not [d for d in yaml.safe_load_all(off) if d]
+    # The subchart's own schema still guards its values under the parent.
+    bad = helm(*args, "--set", "modelops.replicas=two", check=False)
+    assert bad.returncode != 0 and "replicas" in bad.stderr, bad.stderr

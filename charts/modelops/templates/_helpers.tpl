@@ -77,26 +77,45 @@ The namespaces the operator watches: checks the mode's requirements and returns 
 {{- end }}
 
 {{/*
-The restricted Pod Security profile, for every container the chart runs.
+The pod and container security contexts (values podSecurityContext and containerSecurityContext),
+for every pod the chart runs. The defaults meet the restricted Pod Security profile.
 */}}
 {{- define "modelops.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 65532
-runAsGroup: 65532
-seccompProfile:
-  type: RuntimeDefault
+{{- toYaml .Values.podSecurityContext }}
 {{- end }}
 
 {{- define "modelops.containerSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 65532
-runAsGroup: 65532
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-capabilities:
-  drop: ["ALL"]
-seccompProfile:
-  type: RuntimeDefault
+{{- toYaml .Values.containerSecurityContext }}
+{{- end }}
+
+{{/*
+Whether to render the CRDs ("true" or empty). Fails when the values have no `crds` section at all:
+that is `helm upgrade --reuse-values` from a chart that had none, which drops new defaults.
+*/}}
+{{- define "modelops.installCRDs" -}}
+{{- if not (kindIs "map" .Values.crds) }}
+{{- fail "values have no crds section: `helm upgrade --reuse-values` keeps the previous chart's values and drops this chart's new defaults; upgrade with your values file (-f values.yaml) or --reset-then-reuse-values instead (docs/upgrade.md)" }}
+{{- end }}
+{{- if .Values.crds.enabled }}true{{ end }}
+{{- end }}
+
+{{/* Labels a release adds to the CRDs (the generated ones, part-of and bundle-version, come first). */}}
+{{- define "modelops.crdLabels" -}}
+helm.sh/chart: {{ include "modelops.chart" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* extraEnv, refusing the operator's own settings (they are chart values, under settings). */}}
+{{- define "modelops.extraEnv" -}}
+{{- range .Values.extraEnv }}
+{{- if hasPrefix "MODELOPS_" (.name | default "") }}
+{{- fail (printf "extraEnv sets %s: the operator's MODELOPS_* settings are chart values under settings (values.yaml), which the chart sets itself; set settings.<name> instead" .name) }}
+{{- end }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{- toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/*

@@ -107,6 +107,12 @@ MLFLOW_DATASET_TAG = f"{GROUP}/dataset"
 MLFLOW_TRIAL_TAG = f"{GROUP}/trial"
 """The trial whose model was registered."""
 
+# Labels on the CustomResourceDefinitions.
+BUNDLE_VERSION_LABEL = f"{GROUP}/bundle-version"
+"""On each of the three CRDs: the modelops release (operator, CRDs and images, released together)
+whose models generated it. `kubectl get crd -l app.kubernetes.io/part-of=modelops -L
+modelops.dev/bundle-version` shows which version's API the cluster serves."""
+
 # Keys of other projects.
 APP_NAME_LABEL = "app.kubernetes.io/name"
 APP_INSTANCE_LABEL = "app.kubernetes.io/instance"
