@@ -101,7 +101,8 @@ for w in "${want[@]}"; do
       fi ;;
     # The Kubernetes version `helm template` and `helm lint` assume without --kube-version: that of
     # helm v3.19.0's client-go (v0.34), as helm's own Makefile sets it (unset, it is 1.20).
-    helm) build helm "$HELM_VERSION" helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=34 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=34" helm.sh/helm/v3/cmd/helm ;;
+    # The file's name says so (-k8s1.34), so that a helm built before with 1.20 is rebuilt.
+    helm) build helm "$HELM_VERSION-k8s1.34" helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=34 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=34" helm.sh/helm/v3/cmd/helm ;;
     *) log "unknown binary set: $w"; exit 2 ;;
   esac
 done
