@@ -78,6 +78,9 @@ BAD = [
         "valueFrom names exactly one of secretKeyRef",
     ),
     # ModelDeployment
+    (model_deployment("m" * 64), "a ModelDeployment's name is also its Service's name"),
+    (model_deployment("digits.v2"), "a ModelDeployment's name is also its Service's name"),
+    (model_deployment("2digits"), "a ModelDeployment's name is also its Service's name"),
     (
         model_deployment().set("spec.autoscaling", {"minReplicas": 5, "maxReplicas": 2}),
         "minReplicas must not exceed maxReplicas",

@@ -167,6 +167,7 @@ def crd(kind: Kind) -> Schema:
             "spec": spec,
             "status": status,
         },
+        **({"x-kubernetes-validations": list(kind.metadata_rules)} if kind.metadata_rules else {}),
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from modelops_operator.api.common import ApiModel, StatusBase
+from modelops_operator.api.common import ApiModel, StatusBase, cel
 from modelops_operator.api.dataset import DatasetSpec, DatasetStatus
 from modelops_operator.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
 from modelops_operator.api.trainingrun import TrainingRunSpec, TrainingRunStatus
@@ -38,6 +38,8 @@ class Kind:
     spec: type[ApiModel]
     status: type[StatusBase]
     columns: tuple[PrinterColumn, ...]
+    metadata_rules: tuple[dict[str, str], ...] = ()
+    """CEL rules on the object's name (`self.metadata.name`), at the schema's root."""
 
 
 def _ready() -> PrinterColumn:
@@ -108,6 +110,13 @@ MODEL_DEPLOYMENT = Kind(
         PrinterColumn("Canary", ".status.canaryWeight", "integer", "Percent of traffic on the canary."),
         PrinterColumn("Replicas", ".status.readyReplicas", "integer", "Ready server pods."),
         _age(),
+    ),
+    metadata_rules=(
+        cel(
+            "size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+            "a ModelDeployment's name is also its Service's name: a DNS label of at most 63 characters "
+            "(lowercase letters, digits and '-', starting with a letter, no '.')",
+        ),
     ),
 )
 
