@@ -4,7 +4,7 @@ at 50 random moments (restarted at once each time), side by side.
     .venv/bin/python bench/faults.py                  # 50 kills (the figures in docs/benchmarks.md)
     .venv/bin/python bench/faults.py --kills 10 --seed 3
 
-The scenario is tests/cluster/lifecycle.py's, the one CI runs with a few kills: a Dataset, a
+The scenario is tests/support/lifecycle.py's, the one CI runs with a few kills: a Dataset, a
 2-trial TrainingRun and a ModelDeployment created together, version 1 served, the run's spec
 changed, version 2 rolled out as a canary and promoted, everything deleted. Reported: whether the
 disturbed run's end state equals the undisturbed one's (status of all three objects, children),
@@ -26,8 +26,8 @@ from collections import Counter
 import kubernetes
 from harness import cluster, start_operator
 
-from tests.cluster.conftest import kubectl
-from tests.cluster.lifecycle import Outcome, run_lifecycle, spread
+from tests.support.cluster import kubectl
+from tests.support.lifecycle import Outcome, run_lifecycle, spread
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,8 +10,8 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from modelops_operator.api.common import GROUP, VERSION
-from tests.cluster.conftest import REPO, kubectl
-from tests.objects import DIGEST, dataset, model_deployment, search, training_run
+from tests.support.cluster import REPO, kubectl
+from tests.support.objects import DIGEST, dataset, model_deployment, search, training_run
 
 BAD = [
     # Dataset

@@ -11,19 +11,20 @@ import uuid
 import pytest
 
 from modelops_operator.api import conditions as c
-from tests.cluster.conftest import (
+from tests.support.cluster import (
     ON_LOCAL_NODE,
     OPERATOR_NAMESPACE,
     OPERATOR_RELEASE,
     REPO,
     RESTRICTED,
+    create,
     helm,
     images,
     kubectl,
+    ready_reason,
     wait_until,
 )
-from tests.cluster.test_operator import create, ready_reason
-from tests.objects import training_run
+from tests.support.objects import training_run
 
 pytestmark = pytest.mark.localnode
 SA = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_RELEASE}"

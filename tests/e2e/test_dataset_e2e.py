@@ -11,62 +11,16 @@ import pytest
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import GROUP, VERSION
-from tests.cluster.conftest import ARTIFACT_PVC, ARTIFACTS, ON_LOCAL_NODE, kubectl, wait_until
-from tests.cluster.test_local_node import apply, job, job_condition
-from tests.objects import dataset
+from tests.support.cluster import ARTIFACTS, kubectl, status, wait_until
+from tests.support.workloads import local_dataset, seed_digits
 
 pytestmark = pytest.mark.localnode
-ARTIFACT_VOLUME = [{"name": "artifacts", "persistentVolumeClaim": {"claimName": ARTIFACT_PVC}}]
-ARTIFACT_MOUNT = [{"name": "artifacts", "mountPath": ARTIFACTS}]
-
-
-def artifact_pvc(namespace: str) -> None:
-    """The artifact PVC the operator mounts (its `MODELOPS_ARTIFACT_PVC`), as a user creates it."""
-    apply(
-        namespace,
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": ARTIFACT_PVC},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
-        },
-    )
-
-
-def seed_digits(namespace: str) -> None:
-    """The artifact PVC with scikit-learn's digits on it, written by a Job as a user would."""
-    artifact_pvc(namespace)
-    seed = job(
-        "seed",
-        "from modelops_trainer.prepare.samples import write_digits; from pathlib import Path; "
-        f"write_digits(Path('{ARTIFACTS}/sources/digits'))",
-        volumes=ARTIFACT_VOLUME,
-        volumeMounts=ARTIFACT_MOUNT,
-        image="trainer",
-    )
-    apply(namespace, seed)
-    assert wait_until("the seed Job", lambda: job_condition(namespace, "seed"), timeout=120) == "Complete"
-
-
-def local_dataset(name: str, source: str = f"file://{ARTIFACTS}/sources/digits") -> dict[str, Any]:
-    return (
-        dataset(name)
-        .set("spec.sources.0.uri", source)
-        .set("spec.placement", ON_LOCAL_NODE)
-        .set("spec.cleaning", {"minWidth": 8, "minHeight": 8, "nearDuplicateDistance": 0})
-        .set("spec.preprocessing", {"imageSize": 16, "format": "png"})
-        .obj()
-    )
-
-
-def status(custom, namespace: str, name: str) -> dict[str, Any]:
-    return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "datasets", name).get("status") or {}
 
 
 def ready_reason(custom, namespace, name):
     """The Ready condition's reason once the Dataset is settled (Ready or Failed), else None; from
     one read of the status, so phase and condition belong together."""
-    st = status(custom, namespace, name)
+    st = status(custom, namespace, "datasets", name)
     cond = next((x for x in st.get("conditions", []) if x["type"] == c.READY), None)
     return cond["reason"] if cond and st.get("phase") in ("Ready", "Failed") else None
 
@@ -81,7 +35,7 @@ def test_a_dataset_is_prepared_by_a_real_job_and_reports_its_counts(operator, cu
     seed_digits(namespace)
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "datasets", local_dataset("digits"))
     assert wait_until("Ready", lambda: ready_reason(custom, namespace, "digits"), timeout=180) == c.DATASET_PREPARED
-    st = status(custom, namespace, "digits")
+    st = status(custom, namespace, "datasets", "digits")
     assert st["phase"] == "Ready" and st["images"] == 1797 and st["classes"] == 10
     assert st["digest"].startswith("sha256:") and st["version"] == st["digest"][7:19]
     assert st["artifactURI"] == f"file://{ARTIFACTS}/datasets/{namespace}/digits/{st['version']}"
@@ -109,12 +63,12 @@ def test_a_dataset_is_prepared_by_a_real_job_and_reports_its_counts(operator, cu
     wait_until(
         "a new version",
         lambda: (
-            status(custom, namespace, "digits").get("observedGeneration") == 2
-            and status(custom, namespace, "digits").get("phase") == "Ready"
+            status(custom, namespace, "datasets", "digits").get("observedGeneration") == 2
+            and status(custom, namespace, "datasets", "digits").get("phase") == "Ready"
         ),
         timeout=180,
     )
-    new = status(custom, namespace, "digits")
+    new = status(custom, namespace, "datasets", "digits")
     assert new["version"] != st["version"] and new["images"] == 1797
     wait_until(
         "one Job left",
@@ -128,7 +82,7 @@ def test_an_unreachable_source_fails_with_a_reason_a_user_can_act_on(operator, c
     body = local_dataset("lost", source=f"file://{ARTIFACTS}/sources/no-such-folder")
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "datasets", body)
     assert wait_until("Failed", lambda: ready_reason(custom, namespace, "lost"), timeout=180) == c.SOURCE_UNREACHABLE
-    st = status(custom, namespace, "lost")
+    st = status(custom, namespace, "datasets", "lost")
     assert st["phase"] == "Failed" and "no-such-folder" in next(
         x["message"] for x in st["conditions"] if x["type"] == c.READY
     )

@@ -16,18 +16,19 @@ import yaml
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import GROUP, VERSION
-from tests.cluster.conftest import (
+from tests.support.cluster import (
     OPERATOR_NAMESPACE,
     OPERATOR_RELEASE,
     REPO,
     STATE,
     OperatorProcess,
+    create,
     kubectl,
+    ready_reason,
     wait_until,
 )
-from tests.cluster.proxy import StallingProxy
-from tests.cluster.test_operator import create, ready_reason
-from tests.objects import training_run
+from tests.support.objects import training_run
+from tests.support.proxy import StallingProxy
 
 
 def cluster_module():

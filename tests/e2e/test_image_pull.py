@@ -11,11 +11,9 @@ import pytest
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import GROUP, VERSION
-from tests.cluster.conftest import ARTIFACTS, ON_LOCAL_NODE, OperatorProcess, images, wait_until
-from tests.cluster.test_dataset_e2e import local_dataset
-from tests.cluster.test_modeldeployment_e2e import artifacts_on_host
-from tests.cluster.test_trainingrun_e2e import ready_digits, small_run
-from tests.server.helpers import export_model
+from tests.support.cluster import ARTIFACTS, ON_LOCAL_NODE, OperatorProcess, images, wait_until
+from tests.support.serving import export_model
+from tests.support.workloads import artifacts_on_host, local_dataset, ready_digits, small_run
 
 pytestmark = pytest.mark.localnode
 PULL_FAILURES = ("ErrImagePull", "ImagePullBackOff")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.conftest import REPO, images
+from tests.support.cluster import REPO, images
 
 sys.path.insert(0, str(REPO / "hack"))
 import images as builder

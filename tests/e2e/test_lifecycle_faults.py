@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import kubernetes
 import pytest
 
-from tests.cluster.conftest import RESTRICTED
-from tests.cluster.lifecycle import run_lifecycle, spread
+from tests.support.cluster import RESTRICTED
+from tests.support.lifecycle import run_lifecycle, spread
 
 pytestmark = [pytest.mark.localnode, pytest.mark.slow]
 

@@ -19,69 +19,22 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import (
+from tests.support.cluster import (
     CONTAINERD_SOCK,
-    ON_LOCAL_NODE,
     PROMETHEUS,
     REPO,
     STATE,
     VOLUMES,
+    apply,
+    endpoint_addresses,
+    get,
     images,
     kubectl,
     wait_until,
 )
+from tests.support.workloads import job, job_condition, pod_template
 
 pytestmark = pytest.mark.localnode
-
-
-def apply(namespace: str, *objects: dict[str, Any]) -> None:
-    kubectl(
-        "-n",
-        namespace,
-        "apply",
-        "-f",
-        "-",
-        stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}),
-    )
-
-
-def get(namespace: str, kind: str, name: str) -> dict[str, Any]:
-    return json.loads(kubectl("-n", namespace, "get", kind, name, "-o", "json").stdout)
-
-
-#: Pod Security's restricted profile, field by field, as the test namespaces enforce it.
-RESTRICTED_POD = {
-    "runAsNonRoot": True,
-    "runAsUser": 65532,
-    "runAsGroup": 65532,
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
-
-
-def pod_template(
-    name: str, command: list[str], restart: str = "Never", image: str = "server", **container: Any
-) -> dict[str, Any]:
-    """A restricted pod on the real node running one of the project's images (`server`: Python
-    with prometheus-client; `trainer`: PyTorch)."""
-    return {
-        "metadata": {"labels": {"app": name}},
-        "spec": {
-            **ON_LOCAL_NODE,
-            "restartPolicy": restart,
-            "terminationGracePeriodSeconds": 5,
-            "securityContext": RESTRICTED_POD,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": images()[image],
-                    "command": command,
-                    "securityContext": RESTRICTED_CONTAINER,
-                    **container,
-                }
-            ],
-        },
-    }
 
 
 def pod(name: str, command: list[str], restart: str, **container: Any) -> dict[str, Any]:
@@ -94,30 +47,9 @@ def pod(name: str, command: list[str], restart: str, **container: Any) -> dict[s
     }
 
 
-def job(
-    name: str, script: str, backoff: int = 0, volumes: list[dict[str, Any]] | None = None, **container: Any
-) -> dict[str, Any]:
-    template = pod_template(name, ["python", "-c", script], **container)
-    if volumes:
-        template["spec"]["volumes"] = volumes
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": name},
-        "spec": {"backoffLimit": backoff, "template": template},
-    }
-
-
 def job_pods(namespace: str, name: str) -> list[dict[str, Any]]:
     out = kubectl("-n", namespace, "get", "pods", "-l", f"job-name={name}", "-o", "json").stdout
     return list(json.loads(out)["items"])
-
-
-def job_condition(namespace: str, name: str) -> str | None:
-    for cond in get(namespace, "job", name).get("status", {}).get("conditions", []):
-        if cond["type"] in ("Complete", "Failed") and cond["status"] == "True":
-            return str(cond["type"])
-    return None
 
 
 def processes_with(token: str) -> list[int]:
@@ -256,21 +188,9 @@ def test_a_deployment_serves_through_its_service_and_prometheus_scrapes_it(clust
         timeout=90,
     )
 
-    def endpoints() -> list[str]:
-        slices = json.loads(
-            kubectl(
-                "-n", namespace, "get", "endpointslices", "-l", "kubernetes.io/service-name=web", "-o", "json"
-            ).stdout
-        )["items"]
-        return [
-            a
-            for s in slices
-            for e in s.get("endpoints") or []
-            for a in e["addresses"]
-            if e.get("conditions", {}).get("ready")
-        ]
-
-    addresses = wait_until("3 ready endpoints", lambda: len(endpoints()) == 3 and endpoints())
+    addresses = wait_until(
+        "3 ready endpoints", lambda: len(found := endpoint_addresses(namespace, "web")) == 3 and found
+    )
     for address in addresses:  # every pod answers on its own IP, from the host too
         with urllib.request.urlopen(f"http://{address}:8080/", timeout=5) as r:
             assert r.read().decode().startswith("web-")

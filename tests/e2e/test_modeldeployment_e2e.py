@@ -5,120 +5,19 @@ good model promoted through every step and a bad one rolled back by analysis."""
 from __future__ import annotations
 
 import json
-import random
-import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
-import requests
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import GROUP, VERSION
-from tests.cluster.conftest import ARTIFACT_PVC, ARTIFACTS, ON_LOCAL_NODE, VOLUMES, kubectl, wait_until
-from tests.cluster.test_dataset_e2e import artifact_pvc
-from tests.server.helpers import export_model, image_bytes, poison_model
+from tests.support.cluster import ARTIFACTS, ON_LOCAL_NODE, kubectl, status, wait_until
+from tests.support.serving import export_model, poison_model
+from tests.support.workloads import ANALYSIS, Load, artifacts_on_host
 
 pytestmark = pytest.mark.localnode
-
-#: Two measurements 15 s apart of the error rate (at most 5%) and p99 latency (at most 5 s).
-ANALYSIS = {
-    "interval": "15s",
-    "count": 2,
-    "failureLimit": 0,
-    "inconclusiveLimit": 4,
-    "metrics": [
-        {"name": "errorRate", "template": "errorRate", "max": 0.05},
-        {"name": "latencyP99", "template": "latencyP99", "max": 5.0},
-    ],
-}
-
-
-def md_status(custom, namespace: str, name: str) -> dict[str, Any]:
-    obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", name)
-    return obj.get("status") or {}
-
-
-def artifacts_on_host(namespace: str) -> Path:
-    """The artifact PVC, and where the local provisioner keeps its files on this machine."""
-    artifact_pvc(namespace)
-    path = VOLUMES / namespace / ARTIFACT_PVC
-    wait_until("the artifact volume", path.is_dir, timeout=60)
-    return path
-
-
-class Load:
-    """Requests to the ready endpoints of the Service, one at a time from a few threads; each
-    answer is attributed to the model version that gave it (or to the endpoint's track on errors)."""
-
-    def __init__(self, namespace: str, name: str) -> None:
-        self.namespace, self.name = namespace, name
-        self.stop = threading.Event()
-        self.results: list[tuple[str, int, str]] = []  # (pod IP, status, model version or "")
-        self.latencies: list[float] = []  # seconds, of answered requests (any status)
-        self.endpoints: list[str] = []
-        self.threads = [threading.Thread(target=self.refresh, daemon=True)]
-        self.threads += [threading.Thread(target=self.send, args=(i,), daemon=True) for i in range(3)]
-
-    def refresh(self) -> None:
-        while not self.stop.is_set():
-            out = kubectl(
-                "-n",
-                self.namespace,
-                "get",
-                "endpointslices",
-                "-l",
-                f"kubernetes.io/service-name={self.name}",
-                "-o",
-                "json",
-                check=False,
-            ).stdout
-            try:
-                slices = json.loads(out)["items"]
-            except ValueError:
-                slices = []
-            self.endpoints = [
-                a
-                for s in slices
-                for e in s.get("endpoints") or []
-                if (e.get("conditions") or {}).get("ready")
-                for a in e["addresses"]
-            ]
-            time.sleep(1)
-
-    def send(self, seed: int) -> None:
-        rng = random.Random(seed)
-        image = image_bytes(seed)
-        while not self.stop.is_set():
-            if not self.endpoints:
-                time.sleep(0.2)
-                continue
-            ip = rng.choice(self.endpoints)
-            try:
-                sent = time.perf_counter()
-                r = requests.post(
-                    f"http://{ip}:8080/v1/models/{self.name}:classify",
-                    files={"file": ("x.png", image, "image/png")},
-                    timeout=10,
-                )
-                self.latencies.append(time.perf_counter() - sent)
-                version = r.json().get("model_version", "") if r.status_code == 200 else ""
-                self.results.append((ip, r.status_code, version))
-            except (requests.RequestException, ValueError):
-                self.results.append((ip, 0, ""))
-            time.sleep(0.05)
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=15)
 
 
 def pod_ips_by_track(namespace: str, name: str) -> dict[str, str]:
@@ -152,8 +51,12 @@ def test_a_good_model_is_promoted_and_a_bad_one_rolled_back_by_analysis(operator
         },
     }
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", body)
-    wait_until("Healthy", lambda: md_status(custom, namespace, "digits").get("phase") == "Healthy", timeout=180)
-    st = md_status(custom, namespace, "digits")
+    wait_until(
+        "Healthy",
+        lambda: status(custom, namespace, "modeldeployments", "digits").get("phase") == "Healthy",
+        timeout=180,
+    )
+    st = status(custom, namespace, "modeldeployments", "digits")
     assert st["stable"]["digest"] == good1.digest and st["readyReplicas"] >= 1
     assert st["url"] == f"http://digits.{namespace}.svc.cluster.local"
     for kind in ("deployment/digits-stable", "deployment/digits-canary", "service/digits", "pdb/digits", "hpa/digits"):
@@ -176,16 +79,20 @@ def test_a_good_model_is_promoted_and_a_bad_one_rolled_back_by_analysis(operator
         patch_model(good2.path, good2.digest)
         wait_until(
             "the canary promoted",
-            lambda: md_status(custom, namespace, "digits").get("stable", {}).get("digest") == good2.digest,
+            lambda: (
+                status(custom, namespace, "modeldeployments", "digits").get("stable", {}).get("digest") == good2.digest
+            ),
             timeout=300,
         )
-        st = md_status(custom, namespace, "digits")
+        st = status(custom, namespace, "modeldeployments", "digits")
         assert st["previous"]["digest"] == good1.digest
         passed = [r for r in st["analysis"] if r["result"] == "Successful"]
         assert {r["metric"] for r in passed} == {"errorRate", "latencyP99"} and len(passed) >= 4
         assert all(r["value"] is not None for r in passed)
         wait_until(
-            "Healthy again", lambda: md_status(custom, namespace, "digits").get("phase") == "Healthy", timeout=180
+            "Healthy again",
+            lambda: status(custom, namespace, "modeldeployments", "digits").get("phase") == "Healthy",
+            timeout=180,
         )
         tracks_before_bad = pod_ips_by_track(namespace, "digits")
 
@@ -196,10 +103,10 @@ def test_a_good_model_is_promoted_and_a_bad_one_rolled_back_by_analysis(operator
 
         def rolled_back() -> bool:
             tracks.update(pod_ips_by_track(namespace, "digits"))  # the bad canary's pod, while it lives
-            return md_status(custom, namespace, "digits").get("phase") == "Degraded"
+            return status(custom, namespace, "modeldeployments", "digits").get("phase") == "Degraded"
 
         wait_until("the rollback", rolled_back, timeout=300)
-        st = md_status(custom, namespace, "digits")
+        st = status(custom, namespace, "modeldeployments", "digits")
         assert st["stable"]["digest"] == good2.digest and st["canary"]["digest"] == bad_digest and st["aborted"]
         degraded = next(x for x in st["conditions"] if x["type"] == c.DEGRADED)
         assert (
@@ -280,17 +187,25 @@ def test_a_manual_gate_waits_for_promote_and_the_command_is_acted_on_at_once(ope
         },
     }
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", body)
-    wait_until("Healthy", lambda: md_status(custom, namespace, "gated").get("phase") == "Healthy", timeout=180)
+    wait_until(
+        "Healthy", lambda: status(custom, namespace, "modeldeployments", "gated").get("phase") == "Healthy", timeout=180
+    )
     patch = {"spec": {"model": model(v2)}}
     custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "gated", patch)
-    wait_until("Paused at the gate", lambda: md_status(custom, namespace, "gated").get("phase") == "Paused", 180)
+    wait_until(
+        "Paused at the gate",
+        lambda: status(custom, namespace, "modeldeployments", "gated").get("phase") == "Paused",
+        180,
+    )
     time.sleep(5)  # it stays there
-    st = md_status(custom, namespace, "gated")
+    st = status(custom, namespace, "modeldeployments", "gated")
     assert st["phase"] == "Paused" and st["stable"]["digest"] == v1.digest and st["canary"]["digest"] == v2.digest
 
     kubectl("-n", namespace, "annotate", "modeldeployment", "gated", "modelops.dev/promote=true")
     wait_until(
-        "promoted", lambda: (md_status(custom, namespace, "gated").get("stable") or {}).get("digest") == v2.digest, 120
+        "promoted",
+        lambda: (status(custom, namespace, "modeldeployments", "gated").get("stable") or {}).get("digest") == v2.digest,
+        120,
     )
 
     def annotations() -> dict[str, str]:

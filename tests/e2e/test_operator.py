@@ -8,28 +8,12 @@ import kubernetes
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import GROUP, VERSION
-from tests.cluster.conftest import kubectl, wait_until
-from tests.objects import dataset, model_deployment, training_run
-
-
-def create(custom, namespace, builder):
-    obj = builder.obj()
-    plural = obj["kind"].lower() + "s"
-    return custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, obj)
+from tests.support.cluster import create, kubectl, ready_reason, wait_until
+from tests.support.objects import dataset, model_deployment, training_run
 
 
 def get(custom, namespace, plural, name):
     return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
-
-
-def ready_reason(custom, namespace, plural, name, generation=1):
-    """The Ready condition's reason once the operator has seen `generation`, else None."""
-    obj = get(custom, namespace, plural, name)
-    status = obj.get("status") or {}
-    if status.get("observedGeneration") != generation:
-        return None
-    cond = next((x for x in status.get("conditions", []) if x["type"] == c.READY), None)
-    return cond and (cond["status"], cond["reason"])
 
 
 def test_each_kind_gets_conditions_from_the_operator(operator, custom, namespace):

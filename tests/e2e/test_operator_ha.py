@@ -13,19 +13,21 @@ import pytest
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import GROUP, VERSION
-from tests.cluster.conftest import (
+from tests.support.cluster import (
     ARTIFACTS,
     ON_LOCAL_NODE,
     OPERATOR_NAMESPACE,
     OPERATOR_RELEASE,
     OperatorProcess,
+    create,
     kubectl,
+    ready_reason,
+    status,
     wait_until,
 )
-from tests.cluster.test_modeldeployment_e2e import artifacts_on_host, md_status
-from tests.cluster.test_operator import create, ready_reason
-from tests.objects import model_deployment, training_run
-from tests.server.helpers import export_model
+from tests.support.objects import model_deployment, training_run
+from tests.support.serving import export_model
+from tests.support.workloads import artifacts_on_host
 
 LEASE = OPERATOR_RELEASE  # the one Lease the chart's Role lets the operator hold
 
@@ -91,13 +93,17 @@ def test_a_rollout_completes_when_the_leader_is_killed_mid_rollout(operator, ope
     )
     with elected_pair(operator, operator_kubeconfig) as (first, leader):
         create(custom, namespace, body)
-        wait_until("version 1 Healthy", lambda: md_status(custom, namespace, "digits").get("phase") == "Healthy", 180)
+        wait_until(
+            "version 1 Healthy",
+            lambda: status(custom, namespace, "modeldeployments", "digits").get("phase") == "Healthy",
+            180,
+        )
         custom.patch_namespaced_custom_object(
             GROUP, VERSION, namespace, "modeldeployments", "digits", {"spec": {"model": model(v2)}}
         )
 
         def paused_at_50() -> bool:
-            st = md_status(custom, namespace, "digits")
+            st = status(custom, namespace, "modeldeployments", "digits")
             return (st.get("canary") or {}).get("digest") == v2.digest and st.get("currentStep") == 1
 
         wait_until("the canary paused at 50%", paused_at_50, timeout=180)
@@ -105,9 +111,9 @@ def test_a_rollout_completes_when_the_leader_is_killed_mid_rollout(operator, ope
         wait_until("a new lease holder", lambda: holder(OPERATOR_NAMESPACE, LEASE) not in (None, leader), timeout=60)
 
         def promoted() -> bool:
-            st = md_status(custom, namespace, "digits")
+            st = status(custom, namespace, "modeldeployments", "digits")
             return st.get("phase") == "Healthy" and (st.get("stable") or {}).get("digest") == v2.digest
 
         wait_until("the new leader completes the rollout", promoted, timeout=180)
-        st = md_status(custom, namespace, "digits")
+        st = status(custom, namespace, "modeldeployments", "digits")
         assert st["previous"]["digest"] == v1.digest and not st.get("aborted") and st.get("canary") is None

@@ -9,7 +9,7 @@ from typing import Any
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import GROUP, VERSION
-from tests.cluster.conftest import ON_LOCAL_NODE, kubectl, wait_until
+from tests.support.cluster import ON_LOCAL_NODE, kubectl, wait_until
 
 FOREIGN = {
     "apiVersion": "v1",

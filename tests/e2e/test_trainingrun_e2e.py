@@ -16,20 +16,14 @@ import pytest
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import GROUP, VERSION
-from tests.cluster.conftest import ARTIFACTS, ON_LOCAL_NODE, RESTRICTED, VOLUMES, kubectl, wait_until
-from tests.cluster.test_dataset_e2e import local_dataset, seed_digits
-from tests.objects import search, training_run
+from tests.support.cluster import ARTIFACTS, ON_LOCAL_NODE, RESTRICTED, VOLUMES, kubectl, status, wait_until
+from tests.support.workloads import ready_digits, small_run
 
 pytestmark = pytest.mark.localnode
 
 
-def run_status(custom, namespace: str, name: str) -> dict[str, Any]:
-    obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", name)
-    return obj.get("status") or {}
-
-
 def settled(custom, namespace: str, name: str) -> str | None:
-    phase = run_status(custom, namespace, name).get("phase")
+    phase = status(custom, namespace, "trainingruns", name).get("phase")
     return phase if phase in ("Succeeded", "Failed") else None
 
 
@@ -55,33 +49,10 @@ def digits(api, custom, operator) -> Iterator[str]:
     core.delete_namespace(name)
 
 
-def ready_digits(custom, namespace: str) -> None:
-    seed_digits(namespace)
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "datasets", local_dataset("digits"))
-
-    def ready() -> bool:
-        st = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "datasets", "digits").get("status") or {}
-        assert st.get("phase") != "Failed", st
-        return st.get("phase") == "Ready"
-
-    wait_until("the Dataset to be Ready", ready, timeout=240)
-
-
 def host_path(namespace: str, uri: str) -> Path:
     """Where a file:// URI under the artifact PVC lives on this machine (the provisioner's volume)."""
     assert uri.startswith(f"file://{ARTIFACTS}/"), uri
     return VOLUMES / namespace / "modelops-artifacts" / uri[len(f"file://{ARTIFACTS}/") :]
-
-
-def small_run(name: str, **search_fields: Any) -> dict[str, Any]:
-    builder = (
-        training_run(name, "digits")
-        .set("spec.hyperparameters", {"epochs": 2, "batchSize": 64, "learningRate": 0.002, "warmupEpochs": 0})
-        .set("spec.workers", {"nodes": 1, "placement": ON_LOCAL_NODE})
-    )
-    if search_fields:
-        builder = builder.set("spec.search", search(**search_fields))
-    return builder.obj()
 
 
 @pytest.mark.slow
@@ -95,7 +66,7 @@ def test_a_two_trial_search_trains_registers_onnx_and_survives_an_operator_kill(
 
     def first_trial_running() -> bool:
         seen.update({j["metadata"]["uid"]: j["metadata"]["name"] for j in run_jobs(namespace, "digits-resnet")})
-        trials = run_status(custom, namespace, "digits-resnet").get("trials") or []
+        trials = status(custom, namespace, "trainingruns", "digits-resnet").get("trials") or []
         return bool(trials) and trials[0]["state"] == "Running"
 
     wait_until("the first trial to run", first_trial_running, timeout=180)
@@ -106,10 +77,10 @@ def test_a_two_trial_search_trains_registers_onnx_and_survives_an_operator_kill(
         seen.update({j["metadata"]["uid"]: j["metadata"]["name"] for j in run_jobs(namespace, "digits-resnet")})
         return settled(custom, namespace, "digits-resnet")
 
-    assert wait_until("the run to finish", done, timeout=900, interval=2) == "Succeeded", run_status(
-        custom, namespace, "digits-resnet"
+    assert wait_until("the run to finish", done, timeout=900, interval=2) == "Succeeded", status(
+        custom, namespace, "trainingruns", "digits-resnet"
     )
-    st = run_status(custom, namespace, "digits-resnet")
+    st = status(custom, namespace, "trainingruns", "digits-resnet")
 
     # Exactly two PyTorchJobs were ever made, one per trial, despite the restart.
     names = sorted(seen.values())
@@ -165,9 +136,9 @@ def test_a_trial_of_a_master_and_a_worker_trains_across_two_pods_and_registers_a
     body["spec"]["hyperparameters"]["epochs"] = 1
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", body)
     assert wait_until("the run", lambda: settled(custom, namespace, "pair"), timeout=900, interval=2) == "Succeeded", (
-        run_status(custom, namespace, "pair")
+        status(custom, namespace, "trainingruns", "pair")
     )
-    st = run_status(custom, namespace, "pair")
+    st = status(custom, namespace, "trainingruns", "pair")
     assert st["model"]["version"] == 1 and st["model"]["trial"] == "pair-r1-t0"
     onnx = host_path(namespace, st["model"]["uri"])
     assert "sha256:" + hashlib.sha256(onnx.read_bytes()).hexdigest() == st["model"]["digest"]
@@ -195,7 +166,7 @@ def test_a_crashing_trial_spends_the_failure_budget(operator, custom, digits):
     }
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", body)
     assert wait_until("the run to fail", lambda: settled(custom, namespace, "broken"), timeout=300) == "Failed"
-    st = run_status(custom, namespace, "broken")
+    st = status(custom, namespace, "trainingruns", "broken")
     ready = next(x for x in st["conditions"] if x["type"] == c.READY)
     assert ready["reason"] == c.TRIALS_EXHAUSTED and "broken-r1-t0" in ready["message"]
     (trial,) = st["trials"]  # the budget was spent: no second trial
@@ -233,10 +204,10 @@ def test_gpu_trials_request_gpus_and_run_on_gpu_nodes_and_deletion_cleans_up(ope
         assert limits["nvidia.com/gpu"] == "4"
     wait_until(
         "the trial Running in status",
-        lambda: (run_status(custom, namespace, "gpus").get("trials") or [{}])[0].get("state") == "Running",
+        lambda: (status(custom, namespace, "trainingruns", "gpus").get("trials") or [{}])[0].get("state") == "Running",
         timeout=60,
     )
-    assert run_status(custom, namespace, "gpus")["phase"] == "Running"
+    assert status(custom, namespace, "trainingruns", "gpus")["phase"] == "Running"
 
     # Deleting the run deletes its PyTorchJob (finalizer, then owner references) and goes away.
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", "gpus")

@@ -33,10 +33,10 @@ from modelops_operator.builders.alerts import (
     build_prometheus_rule,
     rule_groups,
 )
-from tests.objects import model_deployment
-from tests.tools import missing
+from tests.support.objects import model_deployment
+from tests.support.tools import missing
 
-#: Where hack/build-binaries.sh puts the binaries (as tests/cluster/conftest.py's BIN).
+#: Where hack/build-binaries.sh puts the binaries (as tests/support/cluster.py's BIN).
 BIN = Path(os.environ.get("MODELOPS_CACHE", Path.home() / ".cache" / "modelops")) / "bin"
 PROMTOOL = BIN / "promtool"
 NS, NAME = "ml", "digits"

@@ -13,7 +13,7 @@ from modelops_operator.api.dataset import DatasetSpec
 from modelops_operator.api.kinds import KINDS
 from modelops_operator.api.modeldeployment import ModelDeploymentSpec
 from modelops_operator.api.trainingrun import SEARCHABLE, Hyperparameters, TrainingRunSpec
-from tests.objects import DIGEST, dataset, model_deployment, training_run
+from tests.support.objects import DIGEST, dataset, model_deployment, training_run
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 BY_KIND = {k.kind: k for k in KINDS}

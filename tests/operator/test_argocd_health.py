@@ -24,8 +24,8 @@ from modelops_operator.api.common import API_VERSION, ConditionStatus, StatusBas
 from modelops_operator.api.dataset import DatasetPhase, DatasetStatus, SplitCounts
 from modelops_operator.api.modeldeployment import ModelDeploymentPhase, ModelDeploymentStatus, ServedModel
 from modelops_operator.api.trainingrun import RegisteredModel, TrainingRunPhase, TrainingRunStatus, TrialStatus
-from tests.objects import DIGEST
-from tests.tools import import_or_missing
+from tests.support.objects import DIGEST
+from tests.support.tools import import_or_missing
 
 lupa = import_or_missing("lupa.lua51", "lupa (requirements-dev.txt) runs the Lua health checks")
 

@@ -1,6 +1,6 @@
 """Bad inputs that had no test of their own (see docs/bad-input.md): the preparation program on
 tmp files, the trainer's command line and config, the server's request parser in process and a
-live server (``tests/server/helpers.ServerProcess``). Everything is real: real files, a real ONNX
+live server (``tests/support/serving.ServerProcess``). Everything is real: real files, a real ONNX
 model, a real server process on a loopback port.
 
 A known defect gets a test marked ``xfail(strict=True)``: it asserts the answer the input should get,
@@ -30,7 +30,7 @@ from modelops_trainer.errors import ConfigError
 from modelops_trainer.prepare.__main__ import main as prepare_main
 from modelops_trainer.prepare.config import CONFIG_ENV
 from modelops_trainer.prepare.config import load_config as load_prepare_config
-from tests.server.helpers import CLASSES, MEAN, SIZE, STD, ServerProcess, export_model, image_bytes, metric_value
+from tests.support.serving import CLASSES, MEAN, SIZE, STD, ServerProcess, export_model, image_bytes, metric_value
 
 # --- the preparation program ------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from modelops_operator.settings import ENV_PREFIX, OperatorSettings
-from tests.tools import missing
+from tests.support.tools import missing
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "modelops"

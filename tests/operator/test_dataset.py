@@ -11,7 +11,7 @@ from modelops_operator.api.dataset import DatasetSpec, DatasetStatus
 from modelops_operator.builders.dataset import CONFIG_ENV, build_prepare_job, data_hash
 from modelops_operator.reconcile.dataset import Observed, pod_problem, reconcile_dataset, termination_message
 from modelops_operator.settings import OperatorSettings
-from tests.objects import DIGEST, dataset
+from tests.support.objects import DIGEST, dataset
 
 SETTINGS = OperatorSettings(artifact_uri="file:///var/lib/modelops/artifacts", artifact_pvc="artifacts")
 

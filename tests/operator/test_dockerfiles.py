@@ -416,7 +416,7 @@ def test_build_context_holds_only_what_the_builder_copies(image: str) -> None:
     for left_out in (
         ".venv/bin/python",
         ".git/HEAD",
-        "tests/unit/test_dockerfiles.py",
+        "tests/operator/test_dockerfiles.py",
         "bench/README.md",
         "docs/images.md",
         "charts/modelops/values.yaml",

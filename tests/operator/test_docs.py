@@ -37,10 +37,13 @@ def test_reference_pages_are_in_sync_and_quotes_exist():
         ("reason `overloaded`", None),  # the server's
         ("reason `Undecodable`", None),  # a cleaning rule's
         ("reason `PodIsPending`", "reason `PodIsPending` is defined nowhere in the code"),
-        ("`tests/unit/test_docs.py::test_reference_pages_are_in_sync_and_quotes_exist`", None),
-        ("`tests/cluster/test_admission.py::BAD`", None),  # a table of cases
-        ("`tests/unit/test_docs.py::test_nothing`", "tests/unit/test_docs.py has no test (or table) test_nothing"),
-        ("`tests/unit/test_nowhere.py::test_x`", "tests/unit/test_nowhere.py does not exist"),
+        ("`tests/operator/test_docs.py::test_reference_pages_are_in_sync_and_quotes_exist`", None),
+        ("`tests/e2e/test_admission.py::BAD`", None),  # a table of cases
+        (
+            "`tests/operator/test_docs.py::test_nothing`",
+            "tests/operator/test_docs.py has no test (or table) test_nothing",
+        ),
+        ("`tests/operator/test_nowhere.py::test_x`", "tests/operator/test_nowhere.py does not exist"),
     ],
 )
 def test_quoted_reasons_and_tests_must_exist(text, problem):

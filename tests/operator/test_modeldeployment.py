@@ -42,7 +42,7 @@ from modelops_operator.reconcile.modeldeployment import (
     waiting_status,
 )
 from modelops_operator.settings import OperatorSettings
-from tests.objects import DIGEST, model_deployment
+from tests.support.objects import DIGEST, model_deployment
 
 T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
 SETTINGS = OperatorSettings(artifact_pvc="modelops-artifacts")

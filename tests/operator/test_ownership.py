@@ -17,7 +17,7 @@ from modelops_operator.reconcile.modeldeployment import refused_status
 from modelops_operator.reconcile.ownership import ROUTE_ANNOTATION, claim, conflicts, route_delegated
 from modelops_operator.reconcile.status import refused
 from modelops_operator.settings import OperatorSettings
-from tests.objects import DIGEST, dataset, model_deployment
+from tests.support.objects import DIGEST, dataset, model_deployment
 
 UID = "0b1c-our-uid"
 MODEL = ServedModel(version="v1", uri="s3://models/api.onnx", digest=DIGEST)

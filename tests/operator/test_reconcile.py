@@ -20,7 +20,7 @@ from modelops_operator.reconcile.status import (
     parse_status,
     ready_events,
 )
-from tests.objects import DIGEST, dataset, model_deployment
+from tests.support.objects import DIGEST, dataset, model_deployment
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T1 = datetime(2026, 1, 2, tzinfo=UTC)

@@ -38,7 +38,7 @@ from modelops_operator.reconcile.trainingrun import (
     reconcile_training_run,
 )
 from modelops_operator.settings import OperatorSettings
-from tests.objects import search, training_run
+from tests.support.objects import search, training_run
 
 T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
 SETTINGS = OperatorSettings(artifact_pvc="modelops-artifacts")

@@ -20,7 +20,7 @@ import requests
 from aiohttp import web
 from PIL import Image
 
-from tests.server.helpers import (
+from tests.support.serving import (
     CLASSES,
     LIVENESS_S,
     SIZE,

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from tests.server.helpers import ExportedModel, ServerProcess, image_bytes
+from tests.support.serving import ExportedModel, ServerProcess, image_bytes
 
 
 def tree_rss_bytes(pid: int) -> int:

@@ -15,7 +15,7 @@ from modelops_server import errors
 from modelops_server.config import Settings, build_parser, load_settings
 from modelops_server.imaging import Preprocessor
 from modelops_server.modelcard import InputSpec, fetch_model
-from tests.server.helpers import MEAN, STD, ExportedModel, write_card
+from tests.support.serving import MEAN, STD, ExportedModel, write_card
 
 
 def spec(mode: str = "shorterSideCrop", color: str = "RGB", size: int = 32) -> InputSpec:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.server.helpers import CLASSES, ExportedModel, ServerProcess, image_bytes, normalise, pixels_of, softmax
+from tests.support.serving import CLASSES, ExportedModel, ServerProcess, image_bytes, normalise, pixels_of, softmax
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [

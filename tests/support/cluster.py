@@ -1,9 +1,7 @@
-"""Fixtures for tests against the real local control plane (hack/cluster.py).
-
-The session starts the cluster when it is not running (and stops it afterwards unless
-MODELOPS_KEEP_CLUSTER=1), installs the CRDs, and runs the operator as a separate process, as a
-user would, authenticated as the Helm chart's ServiceAccount with the chart's RBAC. Each test
-gets its own namespace.
+"""The harness for tests and benchmarks against the real local control plane (hack/cluster.py):
+where its state is, kubectl and helm bound to its kubeconfig, polling, and the operator as its own
+process. The pytest fixtures built on these are in tests/e2e/conftest.py; bench/ imports this
+module directly.
 """
 
 from __future__ import annotations
@@ -15,14 +13,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import kubernetes
-import pytest
-import yaml
+from modelops_operator.api import conditions as c
+from modelops_operator.api.common import GROUP, VERSION
 
 REPO = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("MODELOPS_CLUSTER_DIR", REPO / ".cluster"))
@@ -51,19 +47,11 @@ RESTRICTED = {
     "pod-security.kubernetes.io/enforce-version": "latest",
 }
 
-pytestmark = pytest.mark.cluster
-
 
 def images() -> dict[str, str]:
     """The project's images in the local registry, by digest (hack/images.py, run by `cluster.py up`)."""
     cache = Path(os.environ.get("MODELOPS_CACHE", Path.home() / ".cache" / "modelops"))
     return dict(json.loads((cache / "images" / "refs.json").read_text()))
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/cluster/" in str(item.fspath):
-            item.add_marker(pytest.mark.cluster)
 
 
 def wait_until(what: str, check: Callable[[], Any], timeout: float = 60, interval: float = 0.3) -> Any:
@@ -88,24 +76,7 @@ def kubectl(*args: str, check: bool = True, stdin: str | None = None) -> subproc
     )
 
 
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[Path]:
-    cli = [sys.executable, str(REPO / "hack" / "cluster.py")]
-    running = subprocess.run([*cli, "status"], capture_output=True, check=False).returncode == 0
-    if not running:
-        subprocess.run([*cli, "up"], check=True, stdout=subprocess.DEVNULL)
-    yield KUBECONFIG
-    if not running and os.environ.get("MODELOPS_KEEP_CLUSTER") != "1":
-        subprocess.run([*cli, "down"], check=False)
-
-
-@pytest.fixture(scope="session")
-def crds(cluster: Path) -> None:
-    kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=modelops-tests", "-f", str(REPO / "crds"))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds"))
-
-
-#: The operator in these tests runs as the Helm chart's ServiceAccount, with exactly the chart's
+#: The operator in the cluster tests runs as the Helm chart's ServiceAccount, with exactly the chart's
 #: RBAC (rendered by `helm template`): every cluster test is then also a proof that the chart
 #: grants what the operator needs; a forbidden call fails the test that makes it.
 OPERATOR_NAMESPACE = "modelops-test"
@@ -116,42 +87,6 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / "helm"), f"--kubeconfig={KUBECONFIG}", *args], capture_output=True, text=True, check=check
     )
-
-
-@pytest.fixture(scope="session")
-def operator_kubeconfig(crds: None) -> Path:
-    """A kubeconfig holding a token of the chart's ServiceAccount (cluster mode RBAC)."""
-    rendered = helm(
-        "template", OPERATOR_RELEASE, str(REPO / "charts" / "modelops"), "--namespace", OPERATOR_NAMESPACE,
-        "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml",
-    ).stdout  # fmt: skip
-    kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
-    kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=modelops-tests", "-f", "-", stdin=rendered)
-    token = kubectl("-n", OPERATOR_NAMESPACE, "create", "token", OPERATOR_RELEASE, "--duration=24h").stdout.strip()
-    admin = yaml.safe_load(KUBECONFIG.read_text())
-    cluster = admin["clusters"][0]
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [cluster],
-        "users": [{"name": "operator", "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": cluster["name"], "user": "operator"}}],
-        "current-context": "operator",
-    }
-    path = STATE / "operator-sa.kubeconfig"
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    return path
-
-
-@pytest.fixture(scope="session")
-def api(cluster: Path) -> kubernetes.client.ApiClient:
-    return kubernetes.config.new_client_from_config(config_file=str(cluster))
-
-
-@pytest.fixture(scope="session")
-def custom(api: kubernetes.client.ApiClient) -> kubernetes.client.CustomObjectsApi:
-    return kubernetes.client.CustomObjectsApi(api)
 
 
 def _free_port() -> int:
@@ -235,20 +170,60 @@ class OperatorProcess:
         return self.proc.returncode
 
 
-@pytest.fixture(scope="session")
-def operator(crds: None, operator_kubeconfig: Path) -> Iterator[OperatorProcess]:
-    """The operator, running for the whole session as the chart's ServiceAccount."""
-    proc = OperatorProcess(operator_kubeconfig)
-    proc.start()
-    yield proc
-    code = proc.stop()
-    assert code in (0, -15), f"operator ended with {code}; see {proc.log}"
+def apply(namespace: str, *objects: dict[str, Any]) -> None:
+    """`kubectl apply` of plain Kubernetes objects into `namespace`."""
+    kubectl(
+        "-n",
+        namespace,
+        "apply",
+        "-f",
+        "-",
+        stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}),
+    )
 
 
-@pytest.fixture
-def namespace(api: kubernetes.client.ApiClient) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    core = kubernetes.client.CoreV1Api(api)
-    core.create_namespace({"metadata": {"name": name, "labels": {"modelops.dev/test": "true", **RESTRICTED}}})
-    yield name
-    core.delete_namespace(name)
+def get(namespace: str, kind: str, name: str) -> dict[str, Any]:
+    """One object, as `kubectl get -o json` returns it; raises when kubectl fails (not found included)."""
+    return dict(json.loads(kubectl("-n", namespace, "get", kind, name, "-o", "json").stdout))
+
+
+def status(custom: Any, namespace: str, plural: str, name: str, *, absent_ok: bool = False) -> dict[str, Any]:
+    """The status of one of our objects (`plural`: datasets, trainingruns, modeldeployments); {} while
+    it has none. An object that cannot be read raises, unless `absent_ok`: then gone (404) or an API
+    server too busy to answer reads as {} too (for observers that poll while objects come and go)."""
+    try:
+        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+    except Exception:
+        if absent_ok:
+            return {}
+        raise
+    return dict(obj.get("status") or {})
+
+
+def create(custom: Any, namespace: str, builder: Any) -> dict[str, Any]:
+    """Create the object a tests.support.objects builder holds."""
+    obj = builder.obj()
+    plural = obj["kind"].lower() + "s"
+    return dict(custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, obj))
+
+
+def ready_reason(custom: Any, namespace: str, plural: str, name: str, generation: int = 1) -> tuple[str, str] | None:
+    """The Ready condition's (status, reason) once the operator has seen `generation`, else None."""
+    st = status(custom, namespace, plural, name)
+    if st.get("observedGeneration") != generation:
+        return None
+    cond = next((x for x in st.get("conditions", []) if x["type"] == c.READY), None)
+    return (cond["status"], cond["reason"]) if cond else None
+
+
+def endpoint_addresses(namespace: str, service: str, *, ready_only: bool = True) -> list[str]:
+    """The addresses in every EndpointSlice of `service` (only ready endpoints unless told
+    otherwise). A Service may have several slices, some empty; kubectl failing raises."""
+    out = kubectl("-n", namespace, "get", "endpointslices", "-l", f"kubernetes.io/service-name={service}", "-o", "json")
+    return [
+        address
+        for piece in json.loads(out.stdout)["items"]
+        for endpoint in piece.get("endpoints") or []
+        if not ready_only or (endpoint.get("conditions") or {}).get("ready")
+        for address in endpoint["addresses"]
+    ]

@@ -1,5 +1,5 @@
 """The full lifecycle on the local cluster, optionally with the operator SIGKILLed at random
-moments, and what its end state must be. Shared by tests/cluster/test_lifecycle_faults.py (a few
+moments, and what its end state must be. Shared by tests/e2e/test_lifecycle_faults.py (a few
 kills, in CI) and bench/faults.py (50 kills).
 
 The scenario, all for real: scikit-learn's digits seeded onto the artifact volume; a Dataset, a
@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelops_operator.api.common import GROUP, VERSION
-from tests.cluster.conftest import ON_LOCAL_NODE, OperatorProcess, kubectl, wait_until
-from tests.cluster.test_dataset_e2e import local_dataset, seed_digits
-from tests.objects import model_deployment, search, training_run
+from tests.support.cluster import ON_LOCAL_NODE, OperatorProcess, kubectl, status, wait_until
+from tests.support.objects import model_deployment, search, training_run
+from tests.support.workloads import local_dataset, seed_digits
 
 PLURALS = ("datasets", "trainingruns", "modeldeployments")
 #: Every kind of child the operator (or the training operator, for pods) creates in the namespace.
@@ -55,14 +55,6 @@ def still_there(namespace: str, kind: str, name: str, uids: set[str]) -> bool:
             return False
         raise ObservationFailed(f"kubectl get {kind} {name} -n {namespace}: {out.stderr.strip()}")
     return out.stdout.strip() in uids
-
-
-def status(custom: Any, namespace: str, plural: str) -> dict[str, Any]:
-    try:
-        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, NAME)
-    except Exception:  # gone (404) or the API server busy: nothing to report
-        return {}
-    return dict(obj.get("status") or {})
 
 
 class Recorder(threading.Thread):
@@ -162,7 +154,7 @@ def bodies() -> list[tuple[str, dict[str, Any]]]:
 
 def end_state(custom: Any, namespace: str) -> dict[str, Any]:
     """What an undisturbed run and a disturbed one must agree on (no times, no measured numbers)."""
-    ds, tr, md = (status(custom, namespace, p) for p in PLURALS)
+    ds, tr, md = (status(custom, namespace, p, NAME, absent_ok=True) for p in PLURALS)
 
     def conds(st: dict[str, Any]) -> list[tuple[str, str, str]]:
         return sorted((x["type"], x["status"], x["reason"]) for x in st.get("conditions") or [])
@@ -213,7 +205,7 @@ def run_lifecycle(
     stage = ["seeding"]
 
     def where() -> str:
-        phases = [status(custom, namespace, plural).get("phase") or "-" for plural in PLURALS]
+        phases = [status(custom, namespace, plural, NAME, absent_ok=True).get("phase") or "-" for plural in PLURALS]
         return f"{stage[0]}: Dataset {phases[0]}, TrainingRun {phases[1]}, ModelDeployment {phases[2]}"
 
     started = time.monotonic()
@@ -228,7 +220,7 @@ def run_lifecycle(
             custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
 
         def serving(version: str, previous: str | None) -> bool:
-            md = status(custom, namespace, "modeldeployments")
+            md = status(custom, namespace, "modeldeployments", NAME, absent_ok=True)
             return (
                 md.get("phase") == "Healthy"
                 and (md.get("stable") or {}).get("version") == version
