@@ -16,6 +16,7 @@ import yaml
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import GROUP, VERSION
+from modelops_operator.api.names import FINALIZER
 from tests.support.cluster import (
     OPERATOR_NAMESPACE,
     OPERATOR_RELEASE,
@@ -25,10 +26,26 @@ from tests.support.cluster import (
     create,
     kubectl,
     ready_reason,
+    status,
     wait_until,
 )
 from tests.support.objects import training_run
 from tests.support.proxy import StallingProxy
+
+
+def ready_message(custom, namespace: str, name: str) -> str:
+    """The message of a TrainingRun's Ready condition ("" when it has none)."""
+    conditions = status(custom, namespace, "trainingruns", name).get("conditions") or []
+    return next((x["message"] for x in conditions if x["type"] == c.READY), "")
+
+
+def not_found(kind: str, namespace: str, name: str) -> bool:
+    """Gone, as the API server says it (NotFound), not merely unreadable (any other failure raises)."""
+    out = kubectl("-n", namespace, "get", kind, name, check=False)
+    if out.returncode == 0:
+        return False
+    assert "NotFound" in out.stderr, out.stderr
+    return True
 
 
 def cluster_module():
@@ -96,11 +113,13 @@ def test_the_operator_reconnects_after_the_api_server_is_gone_for_30_s(operator,
     custom.patch_namespaced_custom_object(
         GROUP, VERSION, namespace, "trainingruns", "before", {"spec": {"datasetRef": {"name": "elsewhere"}}}
     )
-    wait_until(
+    assert wait_until(
         "the change observed",
         lambda: ready_reason(custom, namespace, "trainingruns", "before", generation=2),
         timeout=120,
-    )
+    ) == ("False", c.DATASET_NOT_FOUND)
+    assert 'Dataset "elsewhere" does not exist in this namespace' in ready_message(custom, namespace, "before")
+    assert 'Dataset "missing" does not exist in this namespace' in ready_message(custom, namespace, "after")
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.port}/healthz", timeout=5) as r:
         assert r.status == 200
 
@@ -116,14 +135,12 @@ def test_objects_deleted_while_the_operator_is_down_go_once_it_returns(operator,
         custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", "doomed")
         time.sleep(3)
         obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", "doomed")
-        assert obj["metadata"].get("deletionTimestamp")  # held by the finalizer meanwhile
+        # Held meanwhile, and by the operator's finalizer (nothing else holds it).
+        assert obj["metadata"].get("deletionTimestamp")
+        assert obj["metadata"]["finalizers"] == [FINALIZER]
     finally:
         operator.start()
-    wait_until(
-        "the object gone",
-        lambda: kubectl("-n", namespace, "get", "trainingrun", "doomed", check=False).returncode != 0,
-        timeout=60,
-    )
+    wait_until("the object gone", lambda: not_found("trainingrun", namespace, "doomed"), timeout=60)
 
 
 @pytest.mark.slow
@@ -165,6 +182,7 @@ def test_a_watch_that_silently_stalls_is_replaced(operator, operator_kubeconfig,
             lambda: ready_reason(custom, namespace, "trainingruns", "after"),
             timeout=120,
         ) == ("False", c.DATASET_NOT_FOUND)
+        assert 'Dataset "missing" does not exist in this namespace' in ready_message(custom, namespace, "after")
         assert proxied.metric('modelops_watch_restarts_total{reason="inactive"}') > watches
 
         def renewed_since_the_stall() -> bool:

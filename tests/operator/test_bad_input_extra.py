@@ -265,7 +265,10 @@ def test_trainer_refuses_two_config_sources_with_exit_2(capsys):
 def test_trainer_refuses_a_boolean_epoch_count():
     with pytest.raises(ConfigError) as refused:
         parse_config(BASE % '"hyperparameters": {"epochs": true}')
-    assert "hyperparameters.epochs: Input should be a valid integer, not a boolean" in str(refused.value)
+    assert str(refused.value) == (
+        "config is invalid: hyperparameters.epochs: Input should be a valid integer, not a boolean (got True)"
+    )
+    assert refused.value.reason == "InvalidConfig" and refused.value.exit_code == 2
 
 
 @pytest.mark.parametrize(
@@ -287,6 +290,7 @@ def test_trainer_refuses_booleans_for_every_number(section, fragment):
     with pytest.raises(ConfigError) as refused:
         parse_config(BASE % section)
     assert fragment in str(refused.value)
+    assert refused.value.reason == "InvalidConfig" and refused.value.exit_code == 2
 
 
 def test_trainer_still_takes_booleans_and_numeric_trial_strings_where_they_belong():
@@ -301,8 +305,12 @@ def test_trainer_still_takes_booleans_and_numeric_trial_strings_where_they_belon
 def test_a_bad_trial_parameter_message_is_not_a_config_dump():
     with pytest.raises(ConfigError) as refused:
         parse_config(BASE % '"trial": {"name": "t", "parameters": {"learningRate": "fast"}}')
-    assert "trial.parameters: learningRate: Input should be a valid number" in str(refused.value)
-    assert "'apiVersion'" not in str(refused.value)  # and the whole config is not dumped into the message
+    # The whole message: the field, the rule and the value given, and nothing else (no config dump).
+    assert str(refused.value) == (
+        "config is invalid: trial.parameters: learningRate: Input should be a valid number, "
+        "unable to parse string as a number (got 'fast')"
+    )
+    assert refused.value.reason == "InvalidConfig" and refused.value.exit_code == 2
 
 
 # --- the server's request parser, in process ----------------------------------------------------------------
