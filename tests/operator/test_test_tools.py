@@ -1,5 +1,6 @@
-"""The tests' own rule for missing tools: a skip on a developer machine, a failure in CI, and no
-test that skips for a missing tool on its own (it would pass silently in CI)."""
+"""The tests' own tools (tests/support): the rule for missing tools (a skip on a developer machine,
+a failure in CI, no test that skips for a missing tool on its own), and the fault test's reading of
+the lifecycle's stage from the cluster's state."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import tools
+from tests.support.lifecycle import STAGES, stage_of
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,3 +62,54 @@ def test_no_test_skips_for_a_missing_tool_on_its_own():
             if re.search(r"importorskip\(|pytest\.skip\(", line) and not HARDWARE.search(line):
                 offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
     assert offenders == [], "use tests.support.tools.missing() or import_or_missing():\n" + "\n".join(offenders)
+
+
+def obj(kind: str, name: str = "digits", deleting: bool = False, **status) -> dict:
+    meta = {"name": name, **({"deletionTimestamp": "2026-01-01T00:00:00Z"} if deleting else {})}
+    return {"kind": kind, "metadata": meta, "status": status}
+
+
+def scene(ds: dict | None, tr: dict | None, md: dict | None, *children: dict) -> list[dict]:
+    return [o for o in (ds, tr, md) if o is not None] + [obj("Pod", "seed-x7k2p"), obj("Job", "seed"), *children]
+
+
+READY = obj("Dataset", phase="Ready")
+RUN1 = obj("TrainingRun", phase="Succeeded", round=1)
+RUN2 = obj("TrainingRun", phase="Succeeded", round=2)
+V1 = {"version": "digits:v1"}
+V2 = {"version": "digits:v2"}
+SERVING_V1 = obj("ModelDeployment", phase="Healthy", stable=V1)
+
+STAGE_CASES = {
+    "preparing": scene(
+        obj("Dataset", phase="Running"), obj("TrainingRun", phase="WaitingForDataset"), obj("ModelDeployment")
+    ),
+    "training v1": scene(READY, obj("TrainingRun", phase="Running", round=1), obj("ModelDeployment", phase="Pending")),
+    "deploying v1": scene(READY, RUN1, obj("ModelDeployment", phase="Progressing", stable=V1)),
+    "serving v1": scene(READY, RUN1, SERVING_V1),
+    "training v2": scene(READY, obj("TrainingRun", phase="Running", round=2), SERVING_V1),
+    "rollout starting": scene(READY, RUN2, SERVING_V1),
+    "canary setWeight 50": scene(
+        READY, RUN2, obj("ModelDeployment", phase="Progressing", stable=V1, canary=V2, currentStep=0)
+    ),
+    "canary pause": scene(
+        READY, RUN2, obj("ModelDeployment", phase="Progressing", stable=V1, canary=V2, currentStep=1)
+    ),
+    "promotion": scene(READY, RUN2, obj("ModelDeployment", phase="Progressing", stable=V2, previous=V1)),
+    "serving v2": scene(READY, RUN2, obj("ModelDeployment", phase="Healthy", stable=V2, previous=V1)),
+    "deleting": scene(
+        READY, obj("TrainingRun", deleting=True, phase="Succeeded", round=2), None, obj("Pod", "digits-stable-1")
+    ),
+    "deleted": scene(None, None, None),
+}
+
+
+def test_every_stage_of_the_lifecycle_is_told_apart_from_the_cluster_state():
+    assert list(STAGE_CASES) == list(STAGES)
+    assert {name: stage_of(items) for name, items in STAGE_CASES.items()} == {name: name for name in STAGE_CASES}
+
+
+def test_the_deletion_is_seen_while_anything_of_it_is_left():
+    """The objects gone and only a server pod still terminating: still deleting, not deleted."""
+    assert stage_of(scene(None, None, None, obj("Pod", "digits-canary-1"))) == "deleting"
+    assert stage_of(scene(READY, RUN2, obj("ModelDeployment", deleting=True, phase="Healthy", stable=V2))) == "deleting"

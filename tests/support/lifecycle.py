@@ -1,6 +1,6 @@
-"""The full lifecycle on the local cluster, optionally with the operator SIGKILLed at random
-moments, and what its end state must be. Shared by tests/e2e/test_lifecycle_faults.py (a few
-kills, in CI) and bench/faults.py (50 kills).
+"""The full lifecycle on the local cluster, optionally with the operator SIGKILLed in every stage
+of it, and what its end state must be. Shared by tests/e2e/test_lifecycle_faults.py (a few kills,
+in CI) and bench/faults.py (50 kills).
 
 The scenario, all for real: scikit-learn's digits seeded onto the artifact volume; a Dataset, a
 2-trial TrainingRun and a ModelDeployment following that run, created together (the run waits for
@@ -9,6 +9,15 @@ the Dataset, the deployment for the run's model); version 1 served; then the run
 then all three are deleted. A recorder lists the namespace every half second throughout and keeps
 every UID each child ever had, so a child created twice (a duplicate PyTorchJob, Job or
 Deployment) is caught even if the first copy was deleted again.
+
+Kills are scheduled by stage, not by the clock: kills at random times land where the lifecycle
+spends its time (preparation and training, the first third), and the short stages — a canary step,
+the promotion, the deletion — were rarely hit. The killer watches the namespace, names the stage
+from what the objects show (`stage_of`) and kills once in each stage it targets, as soon as it
+sees it (the operator must have been up a moment, so that it works between kills); while the
+operator is down no status moves, so a stage cannot slip by unseen. Kills beyond one per target
+stage (bench/faults.py's 50) fall at random times in between, as before. Each kill is recorded
+with the stage the cluster showed at that moment.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from tests.support.objects import model_deployment, search, training_run
 from tests.support.workloads import local_dataset, seed_digits
 
 PLURALS = ("datasets", "trainingruns", "modeldeployments")
+KINDS = ("Dataset", "TrainingRun", "ModelDeployment")
 #: Every kind of child the operator (or the training operator, for pods) creates in the namespace.
 CHILDREN = "pytorchjobs,jobs,deployments,services,poddisruptionbudgets,horizontalpodautoscalers"
 NAME = "digits"
@@ -88,28 +98,118 @@ class Recorder(threading.Thread):
         self.join(timeout=10)
 
 
-class Killer(threading.Thread):
-    """SIGKILLs the operator `kills` times, each after it has run a random 0.2-1.8 x `mean_uptime`
-    seconds since it last became healthy, and starts it again at once; records what stage the
-    scenario was in at each kill. Choosing `mean_uptime` below the undisturbed run's length divided
-    by `kills` spreads the kills over the whole lifecycle."""
+#: The lifecycle's stages in order, as `stage_of` names them from the cluster's state.
+STAGES = (
+    "preparing",  # the Dataset's Job runs
+    "training v1",  # round 1's trials
+    "deploying v1",  # the first model's Deployment coming up
+    "serving v1",
+    "training v2",  # the run's spec changed: round 2's trials
+    "rollout starting",  # version 2 registered, not yet a canary
+    "canary setWeight 50",  # rollout step 0
+    "canary pause",  # rollout step 1
+    "promotion",  # stable switched to version 2, its Deployment rolling while the canary serves
+    "serving v2",
+    "deleting",  # an object deleted (the TrainingRun held by its finalizer) and children left
+    "deleted",
+)
+#: Which stages get a kill first, when there are fewer kills than stages (CI's 6: the first six).
+PRIORITY = (
+    "canary setWeight 50",
+    "deleting",
+    "promotion",
+    "training v1",
+    "canary pause",
+    "preparing",
+    "deploying v1",
+    "training v2",
+    "rollout starting",
+    "serving v1",
+    "serving v2",
+    "deleted",
+)
+#: Both canary steps: a kill in either is a kill "in the canary rollout".
+CANARY = frozenset({"canary setWeight 50", "canary pause"})
 
-    def __init__(self, operator: OperatorProcess, kills: int, seed: int, mean_uptime: float, stage: Any) -> None:
+
+def stage_of(items: list[dict[str, Any]]) -> str:  # noqa: PLR0911 - one return per stage reads best
+    """The stage of the scenario, from one listing of the namespace (our objects, their children and
+    pods); only for after the three objects were created."""
+    ours = {o["kind"]: o for o in items if o["kind"] in KINDS and o["metadata"]["name"] == NAME}
+    rest = [o for o in items if o["kind"] not in KINDS and not o["metadata"]["name"].startswith("seed")]
+    if len(ours) < len(KINDS) or any(o["metadata"].get("deletionTimestamp") for o in ours.values()):
+        return "deleting" if ours or rest else "deleted"
+    ds, tr, md = (ours[k].get("status") or {} for k in KINDS)
+    if ds.get("phase") != "Ready":
+        return "preparing"
+    stable = (md.get("stable") or {}).get("version")
+    if md.get("canary"):
+        return {0: "canary setWeight 50", 1: "canary pause"}.get(md.get("currentStep") or 0, "promotion")
+    if stable == f"{NAME}:v2":
+        return "serving v2" if md.get("phase") == "Healthy" else "promotion"
+    if (tr.get("round") or 0) >= 2:
+        return "training v2" if tr.get("phase") != "Succeeded" else "rollout starting"
+    if stable is None or md.get("phase") != "Healthy":
+        return "deploying v1" if tr.get("phase") == "Succeeded" else "training v1"
+    return "serving v1"
+
+
+class Killer(threading.Thread):
+    """SIGKILLs the operator `kills` times and starts it again at once each time: first once in each
+    stage of `PRIORITY[:kills]`, as soon as the cluster shows it (see the module's docstring); kills
+    left over (more kills than stages, or a target stage passed while the operator was needed up)
+    after a random 0.2-1.8 x `mean_uptime` seconds of uptime. `at` records the stage each kill hit."""
+
+    #: Seconds the operator runs after a restart before the next kill: it must get some work done.
+    MIN_UPTIME = 1.0
+
+    def __init__(self, namespace: str, operator: OperatorProcess, kills: int, seed: int, mean_uptime: float) -> None:
         super().__init__(daemon=True)
-        self.operator, self.kills, self.rng, self.stage = operator, kills, random.Random(seed), stage
+        self.namespace, self.operator, self.kills, self.rng = namespace, operator, kills, random.Random(seed)
         self.mean_uptime = mean_uptime
+        self.targets = set(PRIORITY[:kills])
         self.at: list[str] = []
         self.halt = threading.Event()
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            while len(self.at) < self.kills and not self.halt.wait(self.rng.uniform(0.2, 1.8) * self.mean_uptime):
-                self.operator.kill()
-                self.at.append(self.stage())
-                self.operator.start()
+            furthest, started = 0, time.monotonic()
+            extra_at = started + self.gap()
+            while len(self.at) < self.kills and not self.halt.wait(0.25):
+                now = time.monotonic()
+                if now - started < self.MIN_UPTIME:
+                    continue
+                try:
+                    stage = stage_of(objects(f"{self.namespace}/{CHILDREN},pods,{','.join(PLURALS)}"))
+                except ObservationFailed:
+                    continue  # the API server busy: look again
+                furthest = max(furthest, STAGES.index(stage))
+                ahead = {t for t in self.targets - set(self.at) if STAGES.index(t) >= furthest}
+                planned = stage in self.targets and stage not in self.at
+                spare = self.kills - len(self.at) > len(ahead) and now >= extra_at
+                if planned or spare:
+                    self.operator.kill()
+                    self.at.append(stage)
+                    self.operator.start()
+                    started = time.monotonic()
+                    extra_at = started + self.gap()
         except BaseException as e:  # reported by the scenario
             self.error = e
+
+    def gap(self) -> float:
+        return self.rng.uniform(0.2, 1.8) * self.mean_uptime
+
+    def wait_for(self, stage: str, timeout: float) -> None:
+        """Until a kill in `stage` is done, when it is one of the targets (else at once)."""
+        deadline = time.monotonic() + timeout
+        while stage in self.targets and stage not in self.at and self.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def finish(self, timeout: float) -> None:
+        """Until every kill is done (or `timeout`); then stop."""
+        self.join(timeout=timeout)
+        self.stop()
 
     def stop(self) -> None:
         self.halt.set()
@@ -133,6 +233,7 @@ class Outcome:
     orphans: list[str]
     left_after_delete: list[str]
     kills_at: list[str] = field(default_factory=list)
+    """The stage the cluster showed at each kill (`STAGES`)."""
     seconds: float = 0.0
 
 
@@ -200,24 +301,17 @@ def orphans(namespace: str) -> list[str]:
 def run_lifecycle(
     custom: Any, namespace: str, operator: OperatorProcess, kills: int = 0, seed: int = 0, mean_uptime: float = 5.0
 ) -> Outcome:
-    """The scenario in `namespace` (which must exist), with `kills` operator kills spread over it
-    (see `Killer` for `mean_uptime`)."""
-    stage = ["seeding"]
-
-    def where() -> str:
-        phases = [status(custom, namespace, plural, NAME, absent_ok=True).get("phase") or "-" for plural in PLURALS]
-        return f"{stage[0]}: Dataset {phases[0]}, TrainingRun {phases[1]}, ModelDeployment {phases[2]}"
-
+    """The scenario in `namespace` (which must exist), with `kills` operator kills over its stages
+    (see `Killer`; `mean_uptime` spaces the kills beyond one per stage)."""
     started = time.monotonic()
     seed_digits(namespace)
     recorder = Recorder(namespace)
     recorder.start()
-    killer = Killer(operator, kills, seed, mean_uptime, where)
-    killer.start()
+    killer = Killer(namespace, operator, kills, seed, mean_uptime)
     try:
-        stage[0] = "version 1"
         for plural, body in bodies():
             custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
+        killer.start()  # after the creations: from here on, an object missing means it was deleted
 
         def serving(version: str, previous: str | None) -> bool:
             md = status(custom, namespace, "modeldeployments", NAME, absent_ok=True)
@@ -228,7 +322,6 @@ def run_lifecycle(
             )
 
         wait_until("version 1 served", lambda: serving(f"{NAME}:v1", None), timeout=900, interval=1)
-        stage[0] = "version 2"
         patch = {"spec": {"hyperparameters": {"epochs": 2}}}
         custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", NAME, patch)
         wait_until("version 2 promoted", lambda: serving(f"{NAME}:v2", f"{NAME}:v1"), timeout=900, interval=1)
@@ -236,9 +329,9 @@ def run_lifecycle(
         time.sleep(5)
         state = end_state(custom, namespace)
         lost = orphans(namespace)
-        stage[0] = "deleting"
         for plural in reversed(PLURALS):
             custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, plural, NAME)
+        killer.wait_for("deleting", timeout=60)
 
         def gone() -> list[str]:
             left = [f"{o['kind']}/{o['metadata']['name']}" for o in objects(f"{namespace}/{','.join(PLURALS)}")]
@@ -250,6 +343,7 @@ def run_lifecycle(
 
         with contextlib.suppress(AssertionError):  # what is left is judged below, by other means
             wait_until("everything deleted", lambda: not gone(), timeout=300, interval=1)
+        killer.finish(timeout=120)  # kills left over (if any) fall now, in what is left of the deletion
         # Every object ever seen, asked for again by name: one that still exists (same UID) is left.
         left = sorted(
             f"{kind}/{name}"
@@ -257,7 +351,10 @@ def run_lifecycle(
             if name != "seed" and still_there(namespace, kind, name, uids)
         )
     finally:
-        killer.stop()
+        if killer.is_alive():
+            killer.stop()
         recorder.stop()
+    if killer.error is not None:
+        raise AssertionError(f"restarting the operator failed: {killer.error}")
     assert recorder.failures == [], f"listings failed while recording: {recorder.failures[:3]}"
     return Outcome(state, recorder.duplicates(), lost, left, killer.at, time.monotonic() - started)
