@@ -1,10 +1,11 @@
 """Operator-kill benchmark: the full lifecycle undisturbed, then again with the operator SIGKILLed
-at 50 random moments (restarted at once each time), side by side.
+50 times (restarted at once each time), side by side: once in each stage of the lifecycle as soon
+as the cluster shows it (tests/support/lifecycle.py's STAGES), the other kills at random moments.
 
     .venv/bin/python bench/faults.py                  # 50 kills (the figures in docs/benchmarks.md)
     .venv/bin/python bench/faults.py --kills 10 --seed 3
 
-The scenario is tests/cluster/lifecycle.py's, the one CI runs with a few kills: a Dataset, a
+The scenario is tests/support/lifecycle.py's, the one CI runs with a few kills: a Dataset, a
 2-trial TrainingRun and a ModelDeployment created together, version 1 served, the run's spec
 changed, version 2 rolled out as a canary and promoted, everything deleted. Reported: whether the
 disturbed run's end state equals the undisturbed one's (status of all three objects, children),
@@ -26,8 +27,8 @@ from collections import Counter
 import kubernetes
 from harness import cluster, start_operator
 
-from tests.cluster.conftest import kubectl
-from tests.cluster.lifecycle import Outcome, run_lifecycle, spread
+from tests.support.cluster import kubectl
+from tests.support.lifecycle import STAGES, Outcome, run_lifecycle, spread
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     same = rough.state == calm.state
     print(f"\nseed {seed}; kills done: {len(rough.kills_at)} of {args.kills}")
     print("kills by stage:")
-    for stage, count in sorted(Counter(rough.kills_at).items()):
-        print(f"  {count:3} {stage}")
+    counts = Counter(rough.kills_at)
+    for stage in STAGES:
+        print(f"  {counts[stage]:3} {stage}")
     print(f"{'':28} {'undisturbed':>12} {'killed':>12} {'ratio':>7}")
     print(f"{'lifecycle seconds':28} {calm.seconds:12.0f} {rough.seconds:12.0f} {rough.seconds / calm.seconds:7.2f}")
     rows = (("children made twice", "duplicates"), ("orphans", "orphans"), ("left after delete", "left_after_delete"))

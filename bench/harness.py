@@ -17,7 +17,7 @@ if str(REPO) not in sys.path:
 
 import kubernetes  # noqa: E402
 
-from tests.cluster.conftest import KUBECONFIG, OperatorProcess, kubectl  # noqa: E402
+from tests.support.cluster import KUBECONFIG, OperatorProcess, kubectl  # noqa: E402
 
 
 def cluster() -> kubernetes.client.ApiClient:

@@ -43,7 +43,7 @@ from typing import Any
 import kubernetes
 from harness import cluster, rss_mib, start_operator
 
-from tests.cluster.conftest import OperatorProcess
+from tests.support.cluster import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("MODELOPS_CLUSTER_DIR", REPO / ".cluster"))

@@ -36,10 +36,10 @@ from typing import Any
 import kubernetes
 from harness import REPO, cluster, rss_mib, start_operator
 
-from tests.cluster.conftest import ARTIFACTS, ON_LOCAL_NODE, OperatorProcess
-from tests.cluster.test_modeldeployment_e2e import ANALYSIS, Load, artifacts_on_host, md_status
-from tests.objects import model_deployment, training_run
-from tests.server.helpers import ExportedModel, export_model
+from tests.support.cluster import ARTIFACTS, ON_LOCAL_NODE, OperatorProcess, status
+from tests.support.objects import model_deployment, training_run
+from tests.support.serving import ExportedModel, export_model
+from tests.support.workloads import ANALYSIS, Load, artifacts_on_host
 
 GROUP, VERSION = "modelops.dev", "v1alpha1"
 NAMESPACE = "soak"
@@ -159,7 +159,7 @@ class Churn:
         self.custom, self.models, self.every = custom, models, every
         self.last_rollout = self.last_run = time.monotonic()
         self.next_model, self.runs, self.promoted = 1, 0, 0
-        self.stable = md_status(custom, NAMESPACE, "soak")["stable"]["digest"]
+        self.stable = status(custom, NAMESPACE, "modeldeployments", "soak")["stable"]["digest"]
 
     def step(self, now: float) -> None:
         custom = self.custom
@@ -175,7 +175,7 @@ class Churn:
                 before = f"churn-{self.runs - 1}"
                 custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "trainingruns", before)
             self.last_run = now
-        stable = (md_status(custom, NAMESPACE, "soak").get("stable") or {}).get("digest")
+        stable = (status(custom, NAMESPACE, "modeldeployments", "soak").get("stable") or {}).get("digest")
         if stable not in (None, self.stable):
             self.promoted, self.stable = self.promoted + 1, stable
 
@@ -211,7 +211,7 @@ class Sampler:
 def soak(custom: Any, operator: OperatorProcess, models: list[ExportedModel], args: argparse.Namespace) -> list[Sample]:
     custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "modeldeployments", deployment(models[0]))
     deadline = time.monotonic() + 300
-    while md_status(custom, NAMESPACE, "soak").get("phase") != "Healthy":
+    while status(custom, NAMESPACE, "modeldeployments", "soak").get("phase") != "Healthy":
         if time.monotonic() > deadline:
             raise SystemExit("the ModelDeployment did not become Healthy in 300 s")
         time.sleep(2)

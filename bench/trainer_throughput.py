@@ -60,7 +60,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # tests.trainer.digits writes the dataset with the real writer
+sys.path.insert(0, str(REPO))  # tests.support.digits writes the dataset with the real writer
 
 from modelops_trainer import distributed  # noqa: E402
 from modelops_trainer.config import TrainConfig  # noqa: E402
@@ -68,7 +68,7 @@ from modelops_trainer.data import ImageSamples, Preprocess, normalization, train
 from modelops_trainer.datasetfmt import AugmentationPolicy, DatasetReader, DatasetVersion, ImageFormat  # noqa: E402
 from modelops_trainer.precision import CpuFeatures  # noqa: E402
 from modelops_trainer.session import TrainingSession  # noqa: E402
-from tests.trainer.digits import write_digits  # noqa: E402
+from tests.support.digits import write_digits  # noqa: E402
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 POLICY = AugmentationPolicy(horizontal_flip=False, random_resized_crop_scale=[0.6, 1.0], rotation_degrees=10)

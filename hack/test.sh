@@ -4,7 +4,7 @@
 # unit tests, and the cluster tests against the local cluster (started when not running, and
 # stopped again afterwards unless MODELOPS_KEEP_CLUSTER=1; MODELOPS_NO_CLUSTER=1 or
 # `-m "not cluster"` leaves it alone). Extra arguments go to pytest,
-# e.g. `hack/test.sh tests/unit` or `hack/test.sh -m "not cluster"`.
+# e.g. `hack/test.sh tests/operator` or `hack/test.sh -m "not cluster"`.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"

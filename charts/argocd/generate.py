@@ -8,7 +8,7 @@ Argo CD runs each kind's check as one standalone script, so the part every kind 
 into each: health/modelops.dev_<Kind>.lua is a header, health/_common.lua (the helpers and the
 generation check), then health/<Kind>.body.lua (the kind's own part). Those two are the source;
 the per-kind scripts and both YAML files, which embed the scripts byte for byte, are generated and
-committed. tests/unit/test_argocd_health.py runs the scripts and fails when anything is stale.
+committed. tests/operator/test_argocd_health.py runs the scripts and fails when anything is stale.
 Standard library only.
 """
 

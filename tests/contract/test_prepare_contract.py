@@ -15,8 +15,8 @@ from modelops_operator.settings import OperatorSettings
 from modelops_trainer.datasetfmt import AugmentationPolicy
 from modelops_trainer.prepare import config as program
 from modelops_trainer.prepare.__main__ import summary
-from tests.objects import dataset
 from tests.prepare.conftest import config, pipeline, write_digits
+from tests.support.objects import dataset
 
 
 def test_the_operators_config_is_the_programs_config():

@@ -25,7 +25,7 @@ from modelops_operator.reconcile.trainingrun import (
 from modelops_operator.settings import OperatorSettings
 from modelops_trainer.config import TrainConfig, parse_config
 from modelops_trainer.reporting import MetricsWriter, write_termination_message
-from tests.objects import search, training_run
+from tests.support.objects import search, training_run
 
 SETTINGS = OperatorSettings(artifact_pvc="modelops-artifacts")
 DIGEST = "sha256:" + "a" * 64

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.helpers import ExportedModel, ServerProcess, export_model
+from tests.support.serving import ExportedModel, ServerProcess, export_model
 
 
 @pytest.fixture(scope="session")

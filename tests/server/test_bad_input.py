@@ -10,7 +10,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.server.helpers import SIZE, ServerProcess, image_bytes
+from tests.support.serving import SIZE, ServerProcess, image_bytes
 
 MODEL = "tiny-cnn"
 

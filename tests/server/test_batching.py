@@ -9,7 +9,7 @@ import aiohttp
 import numpy as np
 import requests
 
-from tests.server.helpers import ExportedModel, ServerProcess, image_bytes, metric_value, normalise, pixels_of
+from tests.support.serving import ExportedModel, ServerProcess, image_bytes, metric_value, normalise, pixels_of
 
 MODEL = "tiny-cnn"
 

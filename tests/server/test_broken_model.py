@@ -7,7 +7,7 @@ from pathlib import Path
 
 import requests
 
-from tests.server.helpers import ExportedModel, ServerProcess, image_bytes, metric_value, poison_model
+from tests.support.serving import ExportedModel, ServerProcess, image_bytes, metric_value, poison_model
 
 
 def test_non_finite_scores_are_a_500_and_counted(model_v1: ExportedModel, logs_dir: Path, tmp_path: Path):

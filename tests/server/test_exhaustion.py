@@ -17,7 +17,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.server.helpers import ExportedModel, ServerProcess, image_bytes
+from tests.support.serving import ExportedModel, ServerProcess, image_bytes
 
 MIB = 1 << 20
 DECLARED = 33_000_000  # each slow body announces just under the default 32 MiB limit

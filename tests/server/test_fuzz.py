@@ -22,7 +22,7 @@ from PIL import Image
 from modelops_server import errors, protocol
 from modelops_server.imaging import Preprocessor
 from modelops_server.modelcard import ModelCard
-from tests.server.helpers import CLASSES, MEAN, STD, ServerProcess, image_bytes
+from tests.support.serving import CLASSES, MEAN, STD, ServerProcess, image_bytes
 
 CARD = ModelCard.model_validate(
     {

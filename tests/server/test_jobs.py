@@ -20,7 +20,7 @@ import requests
 from aiohttp import web
 from PIL import Image
 
-from tests.server.helpers import (
+from tests.support.serving import (
     CLASSES,
     LIVENESS_S,
     SIZE,
@@ -32,10 +32,12 @@ from tests.server.helpers import (
     redis_server_binary,
     softmax,
 )
+from tests.support.tools import in_ci
 
-# Skipped on a developer machine without Redis; in CI (CI=true) a missing redis-server fails instead.
+# Skipped on a developer machine without Redis; in CI (tests.support.tools.in_ci) a missing
+# redis-server fails instead.
 pytestmark = pytest.mark.skipif(
-    redis_server_binary() is None and not os.environ.get("CI"), reason="needs Debian's redis-server (hack/setup.sh)"
+    redis_server_binary() is None and not in_ci(), reason="needs Debian's redis-server (hack/setup.sh)"
 )
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.server.helpers import (
+from tests.support.serving import (
     LIVENESS_S,
     ExportedModel,
     ServerProcess,

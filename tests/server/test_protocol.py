@@ -14,7 +14,16 @@ import pytest
 import requests
 import tritonclient.http as triton
 
-from tests.server.helpers import CLASSES, SIZE, ExportedModel, ServerProcess, image_bytes, normalise, pixels_of, softmax
+from tests.support.serving import (
+    CLASSES,
+    SIZE,
+    ExportedModel,
+    ServerProcess,
+    image_bytes,
+    normalise,
+    pixels_of,
+    softmax,
+)
 
 MODEL = "tiny-cnn"
 
@@ -174,7 +183,7 @@ def test_classify_raw_body_and_multipart(server: ServerProcess, model_v1: Export
 
 
 def test_metrics_count_requests_by_model_version_and_code(server: ServerProcess):
-    from tests.server.helpers import metric_value  # noqa: PLC0415
+    from tests.support.serving import metric_value  # noqa: PLC0415
 
     before = requests.get(f"{server.url}/metrics", timeout=10).text
     requests.post(

@@ -15,7 +15,8 @@ from modelops_server import errors
 from modelops_server.config import Settings, build_parser, load_settings
 from modelops_server.imaging import Preprocessor
 from modelops_server.modelcard import InputSpec, fetch_model
-from tests.server.helpers import MEAN, STD, ExportedModel, write_card
+from tests.support.serving import MEAN, STD, ExportedModel, write_card
+from tests.support.tools import import_or_missing
 
 
 def spec(mode: str = "shorterSideCrop", color: str = "RGB", size: int = 32) -> InputSpec:
@@ -260,7 +261,7 @@ def test_contract_example_card_is_read():
 
 def test_card_written_by_the_trainer_is_read_by_the_server():
     """Contract test: the trainer's own card model, serialised as it writes it, parses here."""
-    trainer_card = pytest.importorskip("modelops_trainer.modelcard")
+    trainer_card = import_or_missing("modelops_trainer.modelcard", "pip install -e trainer_image (hack/setup.sh does)")
     written = trainer_card.ModelCard.model_validate(CONTRACT_CARD).model_dump_json(by_alias=True)
     from modelops_server.modelcard import ModelCard  # noqa: PLC0415
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -10,15 +9,15 @@ import numpy as np
 import pytest
 import requests
 
-from tests.server.helpers import CLASSES, ExportedModel, ServerProcess, image_bytes, normalise, pixels_of, softmax
+from tests.support.serving import CLASSES, ExportedModel, ServerProcess, image_bytes, normalise, pixels_of, softmax
+from tests.support.tools import in_ci
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.browser,
-    # Skipped on a developer machine without Chromium; in CI (CI=true) a missing browser fails instead.
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists() and not os.environ.get("CI"), reason="needs Debian's chromium (hack/setup.sh)"
-    ),
+    # Skipped on a developer machine without Chromium; in CI (tests.support.tools.in_ci) a missing
+    # browser fails instead.
+    pytest.mark.skipif(not Path(CHROMIUM).exists() and not in_ci(), reason="needs Debian's chromium (hack/setup.sh)"),
 ]
 FLAGS = [
     "--headless",

@@ -14,7 +14,7 @@ import pytest
 
 from modelops_trainer.config import API_VERSION, TrainConfig
 from modelops_trainer.datasetfmt import DatasetVersion
-from tests.trainer.digits import write_digits
+from tests.support.digits import write_digits
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -28,7 +28,7 @@ from modelops_trainer.datasetfmt import (
     write_manifest,
 )
 from modelops_trainer.errors import DatasetError, DigestMismatch
-from tests.trainer.digits import CLASSES, digit_samples, write_digits
+from tests.support.digits import CLASSES, digit_samples, write_digits
 
 # --- round trip --------------------------------------------------------------------------------
 

@@ -88,8 +88,8 @@ class ServerSpec(ApiModel):
 
     workers: int = Field(default=1, ge=1, le=64)
     """Worker processes per pod, each running the model."""
-    max_batch_size: int = Field(default=16, ge=1, le=4096)
-    """Largest batch a worker runs; requests are grouped up to this size."""
+    max_batch_size: int = Field(default=16, ge=1, le=1024)
+    """Largest batch a worker runs; requests are grouped up to this size (at most the server's 1024)."""
     max_batch_delay_ms: float = Field(default=5.0, ge=0, le=10_000)
     """Longest a request waits for its batch to fill."""
     queue_capacity: int = Field(default=256, ge=1, le=1_000_000)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,10 @@ from modelops_trainer.prepare.config import CONFIG_ENV, load_config
 from modelops_trainer.reporting import TERMINATION_LIMIT, progress, setup_logging
 
 log = logging.getLogger("modelops_trainer.prepare")
+
+#: The variable the operator sets on the Job (`json`); `--log-format` wins over it.
+LOG_FORMAT_ENV = "MODELOPS_LOG_FORMAT"
+LOG_FORMATS = ("auto", "json", "text")
 
 EPILOG = f"""
 The config (JSON, contract modelops.dev/prepare-config/v1) comes from --config or ${CONFIG_ENV}:
@@ -69,7 +74,9 @@ def write_message(path: str, doc: dict[str, Any]) -> None:
         log.debug("no termination message written to %s", path)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None, environ: Mapping[str, str] | None = None) -> argparse.Namespace:
+    """The command line; `--log-format` defaults to `$MODELOPS_LOG_FORMAT`, then `auto`."""
+    env = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(
         prog="python -m modelops_trainer.prepare",
         description=__doc__,
@@ -79,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help=f"the config file (default: ${CONFIG_ENV})")
     parser.add_argument(
         "--log-format",
-        choices=("auto", "json", "text"),
-        default="auto",
-        help="text with a progress bar on a terminal, JSON lines otherwise (default: auto)",
+        choices=LOG_FORMATS,
+        default=None,
+        help=f"text with a progress bar on a terminal, JSON lines otherwise (default: ${LOG_FORMAT_ENV}, else auto)",
     )
     parser.add_argument(
         "--termination-log",
@@ -89,6 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         help="where the JSON summary goes (default: %(default)s; skipped when not writable)",
     )
     args = parser.parse_args(argv)
+    if args.log_format is None:
+        args.log_format = env.get(LOG_FORMAT_ENV) or "auto"
+        if args.log_format not in LOG_FORMATS:
+            parser.error(f"${LOG_FORMAT_ENV}={args.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     bars = setup_logging(args.log_format, rank=0)
 
     def bar(items: Iterable[Any], total: int) -> Iterable[Any]:

@@ -1,0 +1,115 @@
+"""Fixtures for tests against the real local control plane (hack/cluster.py); the harness they use
+(kubectl, the operator process, waiting) is in tests/support/cluster.py, shared with bench/.
+
+The session starts the cluster when it is not running (and stops it afterwards unless
+MODELOPS_KEEP_CLUSTER=1), installs the CRDs, and runs the operator as a separate process, as a
+user would, authenticated as the Helm chart's ServiceAccount with the chart's RBAC. Each test
+gets its own namespace. Every test under tests/e2e/ carries the `cluster` marker.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import kubernetes
+import pytest
+import yaml
+
+from tests.support.cluster import (
+    KUBE_VERSION,
+    KUBECONFIG,
+    OPERATOR_NAMESPACE,
+    OPERATOR_RELEASE,
+    REPO,
+    RESTRICTED,
+    STATE,
+    OperatorProcess,
+    helm,
+    kubectl,
+)
+
+E2E = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if E2E in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Path]:
+    cli = [sys.executable, str(REPO / "hack" / "cluster.py")]
+    running = subprocess.run([*cli, "status"], capture_output=True, check=False).returncode == 0
+    if not running:
+        subprocess.run([*cli, "up"], check=True, stdout=subprocess.DEVNULL)
+    yield KUBECONFIG
+    if not running and os.environ.get("MODELOPS_KEEP_CLUSTER") != "1":
+        subprocess.run([*cli, "down"], check=False)
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: Path) -> None:
+    kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=modelops-tests", "-f", str(REPO / "crds"))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds"))
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(crds: None) -> Path:
+    """A kubeconfig holding a token of the chart's ServiceAccount (cluster mode RBAC)."""
+    rendered = helm(
+        "template", OPERATOR_RELEASE, str(REPO / "charts" / "modelops"), "--namespace", OPERATOR_NAMESPACE,
+        "--kube-version", KUBE_VERSION,
+        "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml",
+    ).stdout  # fmt: skip
+    kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
+    kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=modelops-tests", "-f", "-", stdin=rendered)
+    token = kubectl("-n", OPERATOR_NAMESPACE, "create", "token", OPERATOR_RELEASE, "--duration=24h").stdout.strip()
+    admin = yaml.safe_load(KUBECONFIG.read_text())
+    cluster = admin["clusters"][0]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": cluster["name"], "user": "operator"}}],
+        "current-context": "operator",
+    }
+    path = STATE / "operator-sa.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture(scope="session")
+def api(cluster: Path) -> kubernetes.client.ApiClient:
+    return kubernetes.config.new_client_from_config(config_file=str(cluster))
+
+
+@pytest.fixture(scope="session")
+def custom(api: kubernetes.client.ApiClient) -> kubernetes.client.CustomObjectsApi:
+    return kubernetes.client.CustomObjectsApi(api)
+
+
+@pytest.fixture(scope="session")
+def operator(crds: None, operator_kubeconfig: Path) -> Iterator[OperatorProcess]:
+    """The operator, running for the whole session as the chart's ServiceAccount."""
+    proc = OperatorProcess(operator_kubeconfig)
+    proc.start()
+    yield proc
+    code = proc.stop()
+    assert code in (0, -15), f"operator ended with {code}; see {proc.log}"
+
+
+@pytest.fixture
+def namespace(api: kubernetes.client.ApiClient) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    core = kubernetes.client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": name, "labels": {"modelops.dev/test": "true", **RESTRICTED}}})
+    yield name
+    core.delete_namespace(name)

@@ -1,0 +1,131 @@
+"""Whose object is it: a ModelDeployment never writes an object of a child's name that it did not
+create, nor an HTTPRoute its owner did not hand over (the children are the builders' real output)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from modelops_operator.api import conditions as c
+from modelops_operator.api.dataset import DatasetSpec, DatasetStatus
+from modelops_operator.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus, ServedModel
+from modelops_operator.builders.dataset import build_prepare_job
+from modelops_operator.builders.modeldeployment import build_deployment, build_hpa, build_pdb, build_services
+from modelops_operator.reconcile.modeldeployment import refused_status
+from modelops_operator.reconcile.ownership import ROUTE_ANNOTATION, claim, conflicts, route_delegated
+from modelops_operator.reconcile.status import refused
+from modelops_operator.settings import OperatorSettings
+from tests.support.objects import DIGEST, dataset, model_deployment
+
+UID = "0b1c-our-uid"
+MODEL = ServedModel(version="v1", uri="s3://models/api.onnx", digest=DIGEST)
+
+
+def md(name: str = "api") -> dict[str, Any]:
+    body = model_deployment(name).obj()
+    body["metadata"].update(namespace="team-b", uid=UID, generation=1)
+    return body
+
+
+def children(name: str = "api") -> list[dict[str, Any]]:
+    body = md(name)
+    spec = ModelDeploymentSpec.model_validate(body["spec"])
+    return [
+        build_deployment(body, spec, MODEL, "stable", OperatorSettings(), 1),
+        *build_services(body),
+        build_pdb(body),
+        build_hpa(body, spec),
+    ]
+
+
+def existing(desired: dict[str, Any], owner_refs: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The object of the same kind and name as another team or tool would have it."""
+    other = copy.deepcopy(desired)
+    other["metadata"] = {"name": desired["metadata"]["name"], "namespace": "team-b", "uid": "theirs"}
+    if owner_refs is not None:
+        other["metadata"]["ownerReferences"] = owner_refs
+    return other
+
+
+def controller(uid: str) -> list[dict[str, Any]]:
+    return [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "x", "uid": uid, "controller": True}]
+
+
+def test_every_child_carries_our_controller_reference():
+    for child in children():
+        refs = child["metadata"]["ownerReferences"]
+        assert [(r["uid"], r["controller"]) for r in refs] == [(UID, True)], child["kind"]
+
+
+@pytest.mark.parametrize(
+    ("owner_refs", "verb"),
+    [
+        (None, "conflict"),  # another team's Service "api", Deployment "api-stable", HPA and PDB "api"
+        ([], "conflict"),
+        (controller("another-uid"), "conflict"),  # a child of another object (a Helm-less tool, another MD)
+        ([{**controller(UID)[0], "controller": False}], "conflict"),  # our uid, but not as its controller
+        (controller(UID), "apply"),
+    ],
+)
+def test_an_existing_object_is_applied_only_when_we_control_it(owner_refs, verb):
+    for desired in children():
+        got = claim(desired, existing(desired, owner_refs))
+        assert got.verb == verb, desired["kind"]
+        if verb == "conflict":
+            kind, name = desired["kind"], desired["metadata"]["name"]
+            assert got.message.startswith(f"{kind} team-b/{name} already exists and is ")
+            assert got.message.endswith(": rename this object, or delete that one")
+
+
+def test_an_absent_child_is_created_not_applied():
+    assert {claim(child, None).verb for child in children()} == {"create"}
+
+
+def test_one_conflict_names_the_object_and_holds_back_all_writes():
+    desired = children()
+    observed = [None] * len(desired)
+    taken = next(i for i, d in enumerate(desired) if (d["kind"], d["metadata"]["name"]) == ("Service", "api"))
+    observed[taken] = existing(desired[taken], None)  # only the Service "api" is taken
+    claims = [claim(d, o) for d, o in zip(desired, observed, strict=True)]
+    assert conflicts(claims) == [
+        "Service team-b/api already exists and is not created by the operator: rename this object, or delete that one"
+    ]
+    status = refused_status(ModelDeploymentStatus(), 1, c.NAME_CONFLICT, conflicts(claims))
+    ready = c.get_condition(status.conditions, c.READY)
+    assert (status.phase, ready.status, ready.reason) == ("Failed", "False", "NameConflict")
+    assert ready.message == conflicts(claims)[0]
+
+
+@pytest.mark.parametrize(
+    ("route", "words"),
+    [
+        (None, "HTTPRoute team-b/shared does not exist; create it, annotated modelops.dev/modeldeployment: api"),
+        ({"metadata": {"name": "shared"}}, "is not handed to this ModelDeployment"),
+        ({"metadata": {"annotations": {ROUTE_ANNOTATION: "someone-else"}}}, "is not handed to this ModelDeployment"),
+    ],
+)
+def test_an_http_route_is_touched_only_when_handed_over(route, words):
+    why = route_delegated(route, "team-b", "shared", "api")
+    assert why is not None and words in why
+
+
+def test_a_handed_over_route_is_patched():
+    assert route_delegated({"metadata": {"annotations": {ROUTE_ANNOTATION: "api"}}}, "team-b", "shared", "api") is None
+
+
+def test_a_preparation_job_name_held_by_another_job_is_a_conflict():
+    body = dataset("digits").obj()
+    body["metadata"].update(namespace="team-b", uid=UID, generation=3)
+    job = build_prepare_job(body, DatasetSpec.model_validate(body["spec"]), OperatorSettings())
+    name = job["metadata"]["name"]
+    got = claim(job, existing(job, None))
+    assert got.verb == "conflict"
+    assert got.message == (
+        f"Job team-b/{name} already exists and is not created by the operator: rename this object, or delete that one"
+    )
+    status = refused(DatasetStatus(), 3, c.NAME_CONFLICT, [got.message] * 7, "Failed")
+    ready = c.get_condition(status.conditions, c.READY)
+    assert (status.phase, status.observed_generation, ready.reason) == ("Failed", 3, "NameConflict")
+    assert ready.message.endswith(" (and 2 more)") and ready.message.count("already exists") == 5

@@ -1,0 +1,236 @@
+"""The harness for tests and benchmarks against the real local control plane (hack/cluster.py):
+where its state is, kubectl and helm bound to its kubeconfig, polling, and the operator as its own
+process. The pytest fixtures built on these are in tests/e2e/conftest.py; bench/ imports this
+module directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from modelops_operator.api import conditions as c
+from modelops_operator.api.common import GROUP, VERSION
+
+REPO = Path(__file__).resolve().parents[2]
+STATE = Path(os.environ.get("MODELOPS_CLUSTER_DIR", REPO / ".cluster"))
+BIN = Path(os.environ.get("MODELOPS_CACHE", Path.home() / ".cache" / "modelops")) / "bin"
+KUBECONFIG = STATE / "kubeconfig"
+#: The node's address: the pod bridge's gateway, where Prometheus listens for the host and the pods.
+NODE_IP = "10.250.0.1"
+PROMETHEUS = f"http://{NODE_IP}:{os.environ.get('MODELOPS_PROMETHEUS_PORT', '19090')}"
+#: containerd's socket on the real node (hack/cluster.py's RUN_DIR).
+CONTAINERD_SOCK = Path(os.environ.get("MODELOPS_RUN_DIR", "/run/modelops")) / "containerd" / "containerd.sock"
+#: Where the local volume provisioner (hack/provisioner.py) keeps each claim's files.
+VOLUMES = STATE / "volumes"
+#: The PVC every test namespace that runs data preparation or training gets (the operator's setting).
+ARTIFACT_PVC = "modelops-artifacts"
+ARTIFACTS = "/var/lib/modelops/artifacts"
+#: What a pod needs to run on the real node (local-0: kubelet, containerd) instead of a kwok node.
+ON_LOCAL_NODE = {
+    "nodeSelector": {"modelops.dev/pool": "local"},
+    "tolerations": [{"key": "modelops.dev/local", "operator": "Exists", "effect": "NoSchedule"}],
+}
+
+#: The namespaces the tests make enforce Pod Security's restricted profile, as the API server's
+#: admission checks it: every pod the operator creates must be admissible there.
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+
+
+def images() -> dict[str, str]:
+    """The project's images in the local registry, by digest (hack/images.py, run by `cluster.py up`)."""
+    cache = Path(os.environ.get("MODELOPS_CACHE", Path.home() / ".cache" / "modelops"))
+    return dict(json.loads((cache / "images" / "refs.json").read_text()))
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float = 60, interval: float = 0.3) -> Any:
+    """Poll `check` until it returns something truthy; a liveness bound, not a speed assertion."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
+
+
+def kubectl(*args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "kubectl"), f"--kubeconfig={KUBECONFIG}", *args],
+        capture_output=True,
+        text=True,
+        check=check,
+        input=stdin,
+    )
+
+
+#: The operator in the cluster tests runs as the Helm chart's ServiceAccount, with exactly the chart's
+#: RBAC (rendered by `helm template`): every cluster test is then also a proof that the chart
+#: grants what the operator needs; a forbidden call fails the test that makes it.
+OPERATOR_NAMESPACE = "modelops-test"
+OPERATOR_RELEASE = "modelops-test"
+#: The cluster's Kubernetes version, for `helm template` (the chart's kubeVersion is checked
+#: against it; a helm built without helm's ldflags would assume 1.20).
+KUBE_VERSION = next(
+    line.split("=", 1)[1]
+    for line in (REPO / "hack" / "versions.env").read_text().splitlines()
+    if line.startswith("KUBERNETES_VERSION=")
+)
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "helm"), f"--kubeconfig={KUBECONFIG}", *args], capture_output=True, text=True, check=check
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OperatorProcess:
+    """The operator as its console script; a test may kill it (SIGKILL, as a node failure would)
+    and start it again. The periodic resync is effectively off (an hour), so the tests show that
+    every change is acted on through watch events and the progress timer, never by waiting for a
+    resync; the progress timer is short so that tests do not wait on it."""
+
+    def __init__(self, kubeconfig: Path, **extra_env: str | None) -> None:
+        """`extra_env` adds to or overrides the environment below; None removes a variable."""
+        self.kubeconfig = kubeconfig
+        self.extra_env = extra_env
+        self.log = STATE / "logs" / "operator-tests.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = self.metrics_port = 0
+
+    def start(self) -> None:
+        self.port, self.metrics_port = _free_port(), _free_port()
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "MODELOPS_RESYNC_SECONDS": "3600",
+            "MODELOPS_PROGRESS_SECONDS": "1",
+            "MODELOPS_ARTIFACT_PVC": ARTIFACT_PVC,
+            "MODELOPS_HEALTH_PORT": str(self.port),
+            "MODELOPS_METRICS_PORT": str(self.metrics_port),
+            "MODELOPS_PROMETHEUS_URL": PROMETHEUS,
+            "MODELOPS_LOG_FORMAT": "json",
+            "MODELOPS_TRAINER_IMAGE": images()["trainer"],
+            "MODELOPS_SERVER_IMAGE": images()["server"],
+            **self.extra_env,
+        }
+        env = {k: v for k, v in env.items() if v is not None}
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "modelops_operator"], env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        wait_until("the operator's /healthz", self.healthy, timeout=60)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def metric(self, name: str) -> float:
+        """The sum of a metric's samples on the operator's /metrics (0 when absent)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+    def healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"operator exited with {self.proc.returncode}; see {self.log}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=15)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        return self.proc.returncode
+
+
+def apply(namespace: str, *objects: dict[str, Any]) -> None:
+    """`kubectl apply` of plain Kubernetes objects into `namespace`."""
+    kubectl(
+        "-n",
+        namespace,
+        "apply",
+        "-f",
+        "-",
+        stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}),
+    )
+
+
+def get(namespace: str, kind: str, name: str) -> dict[str, Any]:
+    """One object, as `kubectl get -o json` returns it; raises when kubectl fails (not found included)."""
+    return dict(json.loads(kubectl("-n", namespace, "get", kind, name, "-o", "json").stdout))
+
+
+def status(custom: Any, namespace: str, plural: str, name: str, *, absent_ok: bool = False) -> dict[str, Any]:
+    """The status of one of our objects (`plural`: datasets, trainingruns, modeldeployments); {} while
+    it has none. An object that cannot be read raises, unless `absent_ok`: then gone (404) or an API
+    server too busy to answer reads as {} too (for observers that poll while objects come and go)."""
+    try:
+        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+    except Exception:
+        if absent_ok:
+            return {}
+        raise
+    return dict(obj.get("status") or {})
+
+
+def create(custom: Any, namespace: str, builder: Any) -> dict[str, Any]:
+    """Create the object a tests.support.objects builder holds."""
+    obj = builder.obj()
+    plural = obj["kind"].lower() + "s"
+    return dict(custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, obj))
+
+
+def ready_reason(custom: Any, namespace: str, plural: str, name: str, generation: int = 1) -> tuple[str, str] | None:
+    """The Ready condition's (status, reason) once the operator has seen `generation`, else None."""
+    st = status(custom, namespace, plural, name)
+    if st.get("observedGeneration") != generation:
+        return None
+    cond = next((x for x in st.get("conditions", []) if x["type"] == c.READY), None)
+    return (cond["status"], cond["reason"]) if cond else None
+
+
+def endpoint_addresses(namespace: str, service: str, *, ready_only: bool = True) -> list[str]:
+    """The addresses in every EndpointSlice of `service` (only ready endpoints unless told
+    otherwise). A Service may have several slices, some empty; kubectl failing raises."""
+    out = kubectl("-n", namespace, "get", "endpointslices", "-l", f"kubernetes.io/service-name={service}", "-o", "json")
+    return [
+        address
+        for piece in json.loads(out.stdout)["items"]
+        for endpoint in piece.get("endpoints") or []
+        if not ready_only or (endpoint.get("conditions") or {}).get("ready")
+        for address in endpoint["addresses"]
+    ]
