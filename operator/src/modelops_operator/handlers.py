@@ -31,8 +31,8 @@ from modelops_operator.builders import alerts as ba
 from modelops_operator.builders import modeldeployment as bm
 from modelops_operator.reconcile import dataset as rd
 from modelops_operator.reconcile import dependencies as dep
+from modelops_operator.reconcile import health, ownership, rollout
 from modelops_operator.reconcile import modeldeployment as rm
-from modelops_operator.reconcile import ownership, rollout
 from modelops_operator.reconcile import trainingrun as rt
 from modelops_operator.reconcile.status import (
     describe_error,
@@ -423,6 +423,7 @@ def _reconcile(kind: Kind, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logg
         result = "invalid"
     else:
         new = STATUS[kind.kind](spec, generation, old, body)
+    new = health.summarise(old, new)
     _count_phase(kind.kind, body.metadata.namespace or "", body.metadata.name or "", str(getattr(new, "phase", "")))
     changes = merge_patch(old_raw, new.wire())
     if not changes:
