@@ -21,7 +21,7 @@ import kopf
 import prometheus_client
 from pydantic import ValidationError
 
-from modelops_operator import kube, mlflow, prometheus
+from modelops_operator import buildinfo, kube, mlflow, prometheus
 from modelops_operator.api import conditions as c
 from modelops_operator.api import names
 from modelops_operator.api.common import GROUP, VERSION, ConditionStatus, StatusBase
@@ -119,6 +119,7 @@ def configure(*, settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any)
     settings.networking.request_timeout = 30
     settings.execution.max_workers = SETTINGS.workers
     kube.login()
+    buildinfo.publish()
     logger.info("modelops operator configured: %s", SETTINGS.model_dump_json())
 
 
@@ -268,7 +269,8 @@ def _mlflow_authorization(namespace: str, reg: Any) -> str | None:
 
 ROLLOUT_ABORTED = prometheus_client.Gauge(
     "modelops_rollout_aborted",
-    "1 while the canary of a ModelDeployment is rolled back (analysis failed or aborted), else 0.",
+    "1 while the canary of a ModelDeployment is rolled back (analysis failed or aborted), else 0; the "
+    "series goes with the ModelDeployment.",
     ["namespace", "modeldeployment"],
 )
 
@@ -435,6 +437,13 @@ def _reconcile(kind: Kind, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logg
     return result
 
 
+def _forget(kind: Kind, namespace: str, name: str) -> None:
+    """Drop a deleted object's series: its phase count and, for a ModelDeployment, its rollout gauge."""
+    _count_phase(kind.kind, namespace, name, None)
+    if kind is MODEL_DEPLOYMENT:
+        ROLLOUT_ABORTED.remove(namespace, name)
+
+
 def _commanded(kind: Kind, annotations: dict[str, str]) -> bool:
     return kind is MODEL_DEPLOYMENT and rollout.requested_command(annotations) is not None
 
@@ -444,11 +453,17 @@ def _register(kind: Kind) -> None:
         reconcile(kind, body, patch, logger)
         memo["woken"] = (body.metadata.annotations or {}).get(names.DEPENDENCY_CHANGED_ANNOTATION)
 
-    def on_event(*, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, memo: kopf.Memo, **_: Any) -> None:
+    def on_event(
+        *, type: str | None, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, memo: kopf.Memo, **_: Any
+    ) -> None:
         """Reconcile at once when woken by a dependency's change or given a manual command.
         kopf leaves our own annotations out of its diffs, so these are seen here, in the raw
-        events, rather than by an update handler."""
+        events, rather than by an update handler. The deletion is seen here too (kopf runs no
+        delete handler for an object without our finalizer)."""
         WATCH_EVENTS.labels(kind.kind).inc()
+        if type == "DELETED":
+            _forget(kind, body.metadata.namespace or "", body.metadata.name or "")
+            return
         annotations = dict(body.metadata.annotations or {})
         woken = annotations.get(names.DEPENDENCY_CHANGED_ANNOTATION)
         seen = memo.setdefault("woken", woken)  # first sight: the create or resume handler runs
@@ -456,7 +471,7 @@ def _register(kind: Kind) -> None:
             handle(body=body, patch=patch, logger=logger, memo=memo)
 
     def forget(*, body: kopf.Body, **_: Any) -> None:
-        _count_phase(kind.kind, body.metadata.namespace or "", body.metadata.name or "", None)
+        _forget(kind, body.metadata.namespace or "", body.metadata.name or "")
 
     resource = (GROUP, VERSION, kind.plural)
     kopf.on.resume(*resource, id="reconcile")(handle)
