@@ -29,7 +29,7 @@ MODEL_RESOLVED = "ModelResolved"
 """For a ModelDeployment: the model to serve is known (a registered version, or a URI with digest)."""
 
 # Summary conditions: derived from the ones above by `reconcile.health.summarise` at every write of
-# status, for tools that know no modelops kind. Their reason is the Ready condition's.
+# status, for tools that know no modelops kind. Their reason and message are the Ready condition's.
 FAILED = "Failed"
 """The object reached a failure the operator will not get out of by itself; the reason says which.
 A Dataset or TrainingRun whose work failed (phase Failed: a new spec starts over), a ModelDeployment

@@ -83,10 +83,7 @@ def _conditions(status: StatusBase, at: datetime) -> StatusBase:
         wanted.insert(1, (c.SUCCEEDED, succeeded))
     conds = status.conditions
     for type_, holds in wanted:
-        # The message only where the condition holds: Ready's already says it once.
-        conds = c.set_condition(
-            conds, type_, T if holds else F, reason, message if holds else "", status.observed_generation, at
-        )
+        conds = c.set_condition(conds, type_, T if holds else F, reason, message, status.observed_generation, at)
     return status.model_copy(update={"conditions": conds})
 
 
