@@ -8,6 +8,8 @@
 #   helm                                                             (helm.sh/helm/v3)
 #   training-operator                                                (github.com/kubeflow/training-operator)
 #   prometheus, promtool                                             (github.com/prometheus/prometheus)
+#   modelops-health: kstatus's and Argo CD's verdicts on objects      (sigs.k8s.io/cli-utils, github.com/argoproj/argo-cd/v3)
+#     for the unit tests of our status (tests/unit/test_health.py); keyed by a hash of its module
 # A binary already in the cache is not rebuilt. Usage: hack/build-binaries.sh [NAME ...]
 # Prints the bin directory on its last line.
 set -euo pipefail
@@ -56,7 +58,7 @@ k8s_ldflags() {
 }
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(kubernetes node etcd kwok helm training-operator prometheus coredns)
+[ ${#want[@]} -gt 0 ] || want=(kubernetes node etcd kwok helm training-operator prometheus coredns health)
 for w in "${want[@]}"; do
   case $w in
     kubernetes)
@@ -99,6 +101,9 @@ for w in "${want[@]}"; do
         build prometheus "$PROMETHEUS_VERSION" prometheus "-X github.com/prometheus/common/version.Version=$v" \
           github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool
       fi ;;
+    health)
+      v=$(cat "$here/gomod/health/go.mod" "$here/gomod/health/go.sum" "$here/gomod/health/main.go" | sha256sum | cut -c1-12)
+      build modelops-health "$v" health "" modelops.dev/hack/health:modelops-health ;;
     # The Kubernetes version `helm template` and `helm lint` assume without --kube-version: that of
     # helm v3.19.0's client-go (v0.34), as helm's own Makefile sets it (unset, it is 1.20).
     # The file's name says so (-k8s1.34), so that a helm built before with 1.20 is rebuilt.

@@ -186,14 +186,19 @@ def _metric_rows(metrics: Iterable[Any]) -> list[tuple[str, str, str, str]]:
     rows = []
     for metric in metrics:
         kind = metric._type
-        name = metric._name + ("_total" if kind == "counter" else "")
+        name = metric._name + {"counter": "_total", "info": "_info"}.get(kind, "")
         labels = ", ".join(f"`{label}`" for label in metric._labelnames)
         rows.append((f"`{name}`", kind, labels, _cell(metric._documentation)))
     return sorted(rows)
 
 
 def metrics_page() -> str:
-    operator = [v for v in vars(observability).values() if isinstance(v, prometheus_client.metrics.MetricWrapperBase)]
+    operator = [
+        v
+        for module in (observability,)
+        for v in vars(module).values()
+        if isinstance(v, prometheus_client.metrics.MetricWrapperBase)
+    ]
     server = [v for v in vars(Metrics()).values() if isinstance(v, prometheus_client.metrics.MetricWrapperBase)]
     header = ["metric", "type", "labels", "meaning"]
     body = [

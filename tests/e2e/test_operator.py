@@ -44,7 +44,14 @@ def test_each_kind_gets_conditions_from_the_operator(operator, custom, namespace
     run = get(custom, namespace, "trainingruns", "digits-resnet")
     assert run["status"]["phase"] == "WaitingForDataset"
     types = {x["type"] for x in run["status"]["conditions"]}
-    assert types == {c.READY, c.PROGRESSING, c.DATASET_READY}
+    assert types == {c.READY, c.PROGRESSING, c.DATASET_READY, c.FAILED, c.SUCCEEDED, c.RECONCILING, c.STALLED}
+    summary = {x["type"]: x["status"] for x in run["status"]["conditions"]}
+    assert [summary[t] for t in (c.FAILED, c.SUCCEEDED, c.RECONCILING, c.STALLED)] == [
+        "False",
+        "False",
+        "True",
+        "False",
+    ]
     for cond in run["status"]["conditions"]:
         assert cond["observedGeneration"] == 1 and cond["lastTransitionTime"] and cond["message"]
 

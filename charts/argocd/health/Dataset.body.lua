@@ -1,4 +1,7 @@
-if phase == "Ready" then
+if stuck ~= nil or phase == "Failed" then
+  hs.status = "Degraded"
+  hs.message = explain(stuck or ready, "the dataset could not be prepared")
+elseif phase == "Ready" and readyHolds then
   hs.status = "Healthy"
   if ready ~= nil and text(ready.message) then
     hs.message = ready.message
@@ -7,9 +10,6 @@ if phase == "Ready" then
   else
     hs.message = "Ready"
   end
-elseif phase == "Failed" then
-  hs.status = "Degraded"
-  hs.message = explain(ready, "the dataset could not be prepared")
 else
   hs.status = "Progressing"
   hs.message = explain(ready, "phase " .. tostring(phase or "Pending"))

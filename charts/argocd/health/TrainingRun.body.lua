@@ -1,4 +1,7 @@
-if phase == "Succeeded" then
+if stuck ~= nil or phase == "Failed" then
+  hs.status = "Degraded"
+  hs.message = explain(stuck or ready, "training failed")
+elseif phase == "Succeeded" and readyHolds then
   hs.status = "Healthy"
   if ready ~= nil and text(ready.message) then
     hs.message = ready.message
@@ -7,9 +10,6 @@ if phase == "Succeeded" then
   else
     hs.message = "Succeeded"
   end
-elseif phase == "Failed" then
-  hs.status = "Degraded"
-  hs.message = explain(ready, "training failed")
 elseif phase == "Suspended" then
   hs.status = "Suspended"
   if ready ~= nil and text(ready.message) then
@@ -23,7 +23,8 @@ elseif phase == "Running" and text(obj.status.progress) then
   hs.status = "Progressing"
   hs.message = obj.status.progress
 else
-  -- Pending, WaitingForDataset (DatasetNotFound, DatasetNotReady, ...), or Running before any progress.
+  -- Pending, WaitingForDataset (DatasetNotFound, DatasetNotReady, ...), Running before any progress,
+  -- or a phase or reason this check does not know.
   hs.status = "Progressing"
   if ready ~= nil and (text(ready.message) or text(ready.reason)) then
     hs.message = explain(ready, "")

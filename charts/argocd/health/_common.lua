@@ -1,6 +1,7 @@
 -- Argo CD runs custom checks without Lua's string and math libraries: only base functions here.
 -- Shared by every kind: the helpers, then Progressing until the operator has observed the current
--- generation. The kind's own part follows and sets hs from phase and the Ready condition.
+-- generation, then what the operator's summary conditions say. The kind's own part follows and sets
+-- hs from them, the phase and the Ready condition.
 local hs = {}
 
 local function condition(conditionType)
@@ -55,3 +56,15 @@ end
 
 local phase = obj.status.phase
 local ready = condition("Ready")
+-- Failed and Stalled (True when nothing moves until a person acts) read Degraded whatever the kind.
+-- A Ready condition that is not True never reads Healthy, whatever the phase or the reason; a status
+-- without conditions (written before they existed) goes by its phase.
+local failed = condition("Failed")
+local stalled = condition("Stalled")
+local stuck = nil
+if failed ~= nil and failed.status == "True" then
+  stuck = failed
+elseif stalled ~= nil and stalled.status == "True" then
+  stuck = stalled
+end
+local readyHolds = ready == nil or ready.status == "True"

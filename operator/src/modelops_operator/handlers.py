@@ -20,7 +20,7 @@ from typing import Any
 
 import kopf
 
-from modelops_operator import controllers, kube
+from modelops_operator import controllers, kube, observability
 from modelops_operator.api import names
 from modelops_operator.api.common import GROUP, VERSION
 from modelops_operator.api.kinds import DATASET, KINDS, MODEL_DEPLOYMENT, TRAINING_RUN, Kind
@@ -65,6 +65,7 @@ def register(settings: OperatorSettings) -> None:
         settings.networking.request_timeout = 30
         settings.execution.max_workers = ours.workers
         kube.login()
+        observability.publish_build_info()
         logger.info("modelops operator configured: %s", ours.model_dump_json())
 
     for kind in KINDS:
@@ -82,8 +83,14 @@ def _register_kind(kind: Kind, settings: OperatorSettings) -> None:
             logger.info("status updated: %s", ", ".join(sorted(done.status_patch)))
         _post(body, done.events)
 
-    def on_event(*, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, memo: kopf.Memo, **_: Any) -> None:
-        """Reconcile at once when woken by a dependency's change or given a manual command."""
+    def on_event(
+        *, type: str | None, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, memo: kopf.Memo, **_: Any
+    ) -> None:
+        """Reconcile at once when woken by a dependency's change or given a manual command. The
+        deletion is seen here too: kopf runs no delete handler for an object without our finalizer."""
+        if type == "DELETED":
+            controllers.forget(kind, body)
+            return
         if controllers.on_event(kind, body, memo):
             handle(body=body, patch=patch, logger=logger, memo=memo)
 

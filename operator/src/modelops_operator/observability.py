@@ -7,11 +7,18 @@ the metrics reference). The log filters are installed once, at start, by `instal
 from __future__ import annotations
 
 import logging
+import os
+import platform
 import re
+from collections.abc import Mapping
 
 import prometheus_client
 
+from modelops_operator import __version__
 from modelops_operator.settings import OperatorSettings
+
+#: Where the operator image puts its `GIT_COMMIT` build argument.
+COMMIT_ENV = "MODELOPS_GIT_COMMIT"
 
 WATCH_STARTS = prometheus_client.Counter(
     "modelops_watch_restarts",
@@ -26,7 +33,8 @@ WATCH_EVENTS = prometheus_client.Counter(
 )
 ROLLOUT_ABORTED = prometheus_client.Gauge(
     "modelops_rollout_aborted",
-    "1 while the canary of a ModelDeployment is rolled back (analysis failed or aborted), else 0.",
+    "1 while the canary of a ModelDeployment is rolled back (analysis failed or aborted), else 0; the "
+    "series goes with the ModelDeployment.",
     ["namespace", "modeldeployment"],
 )
 RECONCILES = prometheus_client.Counter(
@@ -44,6 +52,35 @@ OBJECTS = prometheus_client.Gauge(
     "modelops_objects", "Objects the operator reconciles, by kind and phase.", ["kind", "phase"]
 )
 _PHASES: dict[tuple[str, str, str], str] = {}
+
+
+BUILD_INFO = prometheus_client.Info(
+    "modelops_build",
+    "The running operator's build in its labels: version, git_commit (unknown when the image build "
+    "did not pass GIT_COMMIT) and python_version; always 1.",
+)
+
+
+def build_labels(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The build's labels, the commit read from `environ` (the process environment by default)."""
+    env = os.environ if environ is None else environ
+    return {
+        "version": __version__,
+        "git_commit": env.get(COMMIT_ENV, "").strip() or "unknown",
+        "python_version": platform.python_version(),
+    }
+
+
+def publish_build_info(environ: Mapping[str, str] | None = None) -> None:
+    """Set `modelops_build_info` (once at startup; setting it again replaces the labels)."""
+    BUILD_INFO.info(build_labels(environ))
+
+
+def forget(kind: str, namespace: str, name: str) -> None:
+    """Drop a deleted object's series: its phase count and, for a ModelDeployment, its rollout gauge."""
+    count_phase(kind, namespace, name, None)
+    if kind == "ModelDeployment":
+        ROLLOUT_ABORTED.remove(namespace, name)
 
 
 def count_phase(kind: str, namespace: str, name: str, phase: str | None) -> None:

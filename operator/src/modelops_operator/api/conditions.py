@@ -28,6 +28,24 @@ MLFLOW_REGISTERED = "MLflowRegistered"
 MODEL_RESOLVED = "ModelResolved"
 """For a ModelDeployment: the model to serve is known (a registered version, or a URI with digest)."""
 
+# Summary conditions: derived from the ones above by `reconcile.health.summarise` at every write of
+# status, for tools that know no modelops kind. Their reason and message are the Ready condition's.
+FAILED = "Failed"
+"""The object reached a failure the operator will not get out of by itself; the reason says which.
+A Dataset or TrainingRun whose work failed (phase Failed: a new spec starts over), a ModelDeployment
+rolled back (phase Degraded: `modelops.dev/retry` or a new model version moves on) or refused
+(phase Failed). `kubectl wait --for=condition=Failed` ends on it."""
+SUCCEEDED = "Succeeded"
+"""For a Dataset or TrainingRun: the work for the current spec succeeded (a dataset version, a
+registered model); True exactly when Ready is. With Failed, the pair a script waits for."""
+RECONCILING = "Reconciling"
+"""Abnormal-true, as kstatus reads it (Flux, Helm 4's `--wait`): the operator is working toward the
+goal or waiting for something that comes by itself; kstatus says InProgress."""
+STALLED = "Stalled"
+"""Abnormal-true, as kstatus reads it: nothing moves until a person acts (Failed, or a refusal: an
+invalid spec, a child's name held by another object, a Secret or HTTPRoute not handed over);
+kstatus says Failed."""
+
 # Reasons shared by every kind.
 INVALID_SPEC = "InvalidSpec"
 """The spec passed the API server's schema but the operator cannot act on it; the message says why."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -248,6 +249,10 @@ class DatasetStatus(StatusBase):
 
     phase: DatasetPhase = "Pending"
     """Pending, Running (the preparation Job is under way), Ready (a version exists) or Failed."""
+    start_time: datetime | None = None
+    """When the operator created the preparation Job of the current spec."""
+    completion_time: datetime | None = None
+    """When that Job's work ended (phase Ready or Failed); unset while it runs."""
     version: str | None = Field(default=None, max_length=64)
     """The current dataset version: a short content address of the manifest."""
     digest: str | None = Field(default=None, pattern=DIGEST_PATTERN)

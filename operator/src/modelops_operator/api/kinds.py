@@ -46,6 +46,19 @@ def _ready() -> PrinterColumn:
     return PrinterColumn("Ready", _READY, "string", "Whether the object has reached its goal.")
 
 
+def _reason() -> PrinterColumn:
+    return PrinterColumn(
+        "Reason", '.status.conditions[?(@.type=="Ready")].reason', "string", "Why Ready is what it is.", priority=1
+    )
+
+
+def _times() -> tuple[PrinterColumn, PrinterColumn]:
+    return (
+        PrinterColumn("Started", ".status.startTime", "date", "When the current work started.", priority=1),
+        PrinterColumn("Completed", ".status.completionTime", "date", "When it ended.", priority=1),
+    )
+
+
 def _age() -> PrinterColumn:
     return PrinterColumn("Age", ".metadata.creationTimestamp", "date", "Time since creation.")
 
@@ -67,6 +80,8 @@ DATASET = Kind(
         PrinterColumn("Version", ".status.version", "string", "The current dataset version."),
         PrinterColumn("Images", ".status.images", "integer", "Images in the current version."),
         PrinterColumn("Classes", ".status.classes", "integer", "Classes in the current version."),
+        _reason(),
+        *_times(),
         _age(),
     ),
 )
@@ -88,6 +103,9 @@ TRAINING_RUN = Kind(
         PrinterColumn("Dataset", ".spec.datasetRef.name", "string", "The Dataset trained on."),
         PrinterColumn("Best", ".status.bestObjective", "number", "The best objective value so far."),
         PrinterColumn("Model", ".status.modelVersion", "integer", "The latest registered model version."),
+        PrinterColumn("Progress", ".status.progress", "string", "Trials done, the running ones' epoch.", priority=1),
+        _reason(),
+        *_times(),
         _age(),
     ),
 )
@@ -109,6 +127,9 @@ MODEL_DEPLOYMENT = Kind(
         PrinterColumn("Stable", ".status.stableVersion", "string", "The model version serving stable traffic."),
         PrinterColumn("Canary", ".status.canaryWeight", "integer", "Percent of traffic on the canary."),
         PrinterColumn("Replicas", ".status.readyReplicas", "integer", "Ready server pods."),
+        PrinterColumn("Canary-Model", ".status.canary.version", "string", "The model being rolled out.", priority=1),
+        PrinterColumn("URL", ".status.url", "string", "The in-cluster URL of the Service.", priority=1),
+        _reason(),
         _age(),
     ),
     metadata_rules=(

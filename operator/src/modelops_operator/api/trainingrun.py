@@ -3,6 +3,7 @@ hyper-parameters, and register the best result as an ONNX model version."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal, get_args
 
 from pydantic import Field, model_validator
@@ -323,6 +324,10 @@ class TrialStatus(ApiModel):
     """The hyper-parameters this trial varies, written as strings."""
     state: Literal["Pending", "Running", "Succeeded", "Failed", "Stopped"] = "Pending"
     """Pending, Running, Succeeded, Failed, or Stopped (early-stopped or suspended)."""
+    start_time: datetime | None = None
+    """When the operator created the trial's PyTorchJob."""
+    completion_time: datetime | None = None
+    """When the trial ended (Succeeded, Failed or Stopped); unset while it runs or after it resumed."""
     objective: float | None = None
     """The trial's best value of the objective metric."""
     epoch: int | None = Field(default=None, ge=0)
@@ -379,6 +384,10 @@ class TrainingRunStatus(StatusBase):
 
     phase: TrainingRunPhase = "Pending"
     """Pending, WaitingForDataset, Running, Suspended, Succeeded or Failed."""
+    start_time: datetime | None = None
+    """When the current round's first trial was created."""
+    completion_time: datetime | None = None
+    """When the current round ended (phase Succeeded or Failed); unset while it runs."""
     dataset_version: str | None = Field(default=None, max_length=64)
     """The pinned dataset version this run trains on."""
     dataset_uri: str | None = Field(default=None, max_length=2048)

@@ -23,7 +23,7 @@ from modelops_operator.api.kinds import DATASET, MODEL_DEPLOYMENT, TRAINING_RUN,
 from modelops_operator.controllers import dataset, modeldeployment, trainingrun
 from modelops_operator.controllers.common import Log, RetryLater, retry_later
 from modelops_operator.reconcile import dependencies as dep
-from modelops_operator.reconcile import rollout
+from modelops_operator.reconcile import health, rollout
 from modelops_operator.reconcile.actions import Event
 from modelops_operator.reconcile.pods import refused_pod_settings
 from modelops_operator.reconcile.status import (
@@ -102,6 +102,7 @@ def _reconcile(kind: Kind, body: dict[str, Any], settings: OperatorSettings, log
         else:
             with retry_later():
                 new, events = _CONTROLLERS[kind.kind](body, spec, old, settings, now)
+    new = health.summarise(old, new)
     observability.count_phase(
         kind.kind, meta.get("namespace") or "", meta.get("name") or "", str(getattr(new, "phase", ""))
     )
@@ -112,9 +113,9 @@ def _reconcile(kind: Kind, body: dict[str, Any], settings: OperatorSettings, log
 
 
 def forget(kind: Kind, body: Mapping[str, Any]) -> None:
-    """A deleted object leaves the operator's metrics."""
+    """A deleted object leaves the operator's metrics (its phase count, its rollout gauge)."""
     meta = body["metadata"]
-    observability.count_phase(kind.kind, meta.get("namespace") or "", meta.get("name") or "", None)
+    observability.forget(kind.kind, meta.get("namespace") or "", meta.get("name") or "")
 
 
 def delete_trials(namespace: str, name: str, log: Log) -> None:
