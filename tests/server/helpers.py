@@ -148,6 +148,7 @@ class ServerProcess:
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -155,10 +156,14 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
     def start(self, log_dir: Path, *, wait_ready: bool = True) -> ServerProcess:
         self.log_path = log_dir / f"server-{self.port}.log"
         cmd = [sys.executable, "-m", "modelops_server", "--model-uri", str(self.model), "--host", "127.0.0.1"]
-        cmd += ["--port", str(self.port), "--log-format", "json", *self.args]
+        cmd += ["--port", str(self.port), "--grpc-port", str(self.grpc_port), "--log-format", "json", *self.args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
