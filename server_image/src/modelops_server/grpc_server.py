@@ -85,6 +85,12 @@ def route(payload: bytes) -> tuple[str, str]:
         raise errors.RequestError("malformed ModelInferRequest: model_name is not UTF-8") from exc
 
 
+class _Labels:
+    """The model a call was for, known once its name resolved (for the metrics' labels)."""
+
+    model: ServedModel | None = None
+
+
 class InferenceService:
     """The handlers; each maps :class:`ServerError` to a status and counts the call."""
 
@@ -96,14 +102,15 @@ class InferenceService:
         method: str,
         context: Context,
         body: Callable[[], Awaitable[tuple[Any, ServedModel | None]]],
+        labels: _Labels | None = None,
     ) -> Any:
         m = self.metrics
         started = time.monotonic()
         m.inflight.inc()
-        model: ServedModel | None = None
+        labels = labels or _Labels()
         status, reason = 200, ""
         try:
-            response, model = await body()
+            response, labels.model = await body()
             return response
         except errors.ServerError as exc:
             status, reason = errors.http_status(exc), exc.reason
@@ -115,6 +122,7 @@ class InferenceService:
         finally:
             m.inflight.dec()
             if method not in ("ServerLive", "ServerReady"):
+                model = labels.model
                 name, version = (model.name, model.version) if model is not None else ("", "")
                 endpoint = "grpc_" + method
                 m.requests.labels(name, version, endpoint, str(status)).inc()
@@ -185,19 +193,21 @@ class InferenceService:
     async def model_infer(self, payload: bytes, context: Context) -> bytes:
         """``ModelInfer``: `payload` is the serialized request; the result the serialized response."""
 
+        labels = _Labels()
+
         async def body() -> tuple[bytes, ServedModel | None]:
             limit = self.settings.max_body_bytes
             if len(payload) > limit:
                 raise errors.BodyTooLarge(f"the request body of {len(payload)} bytes is above the limit of {limit}")
             name, version = route(payload)
-            model = self._model(name, version)
+            model = labels.model = self._model(name, version)
             self.plane.admit()
             answer = await self.plane.submit(model, "grpc", payload, {})
             if answer.status != 200:
                 raise errors.from_wire(answer.reason, answer.message)
             return answer.body, model
 
-        result: bytes = await self._call("ModelInfer", context, body)
+        result: bytes = await self._call("ModelInfer", context, body, labels)
         return result
 
     # --- model repository ------------------------------------------------------------------------
