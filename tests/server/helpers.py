@@ -206,6 +206,17 @@ class ServerProcess:
         raise AssertionError("no 'ready' log line with worker pids")
 
 
+def wait_for_depth(server: ServerProcess, depth: int) -> None:
+    """Wait until the server has admitted `depth` requests that are not answered yet."""
+    deadline = time.monotonic() + LIVENESS_S
+    while time.monotonic() < deadline:
+        text = requests.get(f"{server.url}/metrics", timeout=10).text
+        if metric_value(text, "modelops_queue_depth") >= depth:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"queue depth never reached {depth}")
+
+
 def metric_value(text: str, name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels`` (Prometheus text format)."""
     from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415

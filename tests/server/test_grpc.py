@@ -17,7 +17,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from modelops_server.grpc_server import SERVICE, route
 from modelops_server.proto import grpc_predict_v2_pb2 as pb
 from modelops_server.proto import grpc_predict_v2_pb2_grpc as pb_grpc
-from tests.server.helpers import LIVENESS_S, SIZE, ExportedModel, ServerProcess, image_bytes, metric_value
+from tests.server.helpers import (
+    LIVENESS_S,
+    SIZE,
+    ExportedModel,
+    ServerProcess,
+    image_bytes,
+    metric_value,
+    wait_for_depth,
+)
 
 MODEL = "tiny-cnn"
 TOKEN = "t0ken-for-the-grpc-health-tests"
@@ -244,3 +252,27 @@ def test_unload_turns_grpc_readiness_off_and_load_on(tmp_path: Path, model_v1: E
         assert client.ModelReady(pb.ModelReadyRequest(name=MODEL), timeout=10).ready is True
     finally:
         assert server.stop() == 0, server.logs()
+
+
+def test_sigterm_finishes_admitted_grpc_calls_and_refuses_new_ones(tmp_path: Path, model_v1: ExportedModel):
+    import signal  # noqa: PLC0415
+
+    server = ServerProcess(model=model_v1.path, args=["--max-batch-size", "64", "--max-batch-delay-ms", "1500"]).start(
+        tmp_path
+    )
+    batch = np.random.default_rng(9).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
+    try:
+        calls = [stub(server).ModelInfer.future(fp32_request(batch), timeout=LIVENESS_S) for _ in range(3)]
+        wait_for_depth(server, 3)  # all three admitted, waiting for their batch
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        answers = [call.result() for call in calls]
+        with pytest.raises(grpc.RpcError) as err:
+            stub(server).ModelInfer(fp32_request(batch), timeout=30)
+        assert server.proc.wait(LIVENESS_S) == 0, server.logs()
+    finally:
+        server.stop()
+    for answer in answers:
+        got = np.frombuffer(answer.raw_output_contents[0], dtype="<f4").reshape(1, -1)
+        np.testing.assert_allclose(got, model_v1.logits(batch), rtol=1e-4, atol=1e-4)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE

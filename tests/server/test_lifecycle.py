@@ -29,6 +29,7 @@ from tests.server.helpers import (
     normalise,
     pixels_of,
     softmax,
+    wait_for_depth,
     write_card,
 )
 
@@ -51,16 +52,6 @@ async def _classify_many(url: str, n: int) -> list[tuple[int, dict, dict[str, st
                 return r.status, await r.json(), dict(r.headers)
 
         return await asyncio.gather(*(one() for _ in range(n)))
-
-
-def _wait_for_depth(server: ServerProcess, depth: int) -> None:
-    deadline = time.monotonic() + LIVENESS_S
-    while time.monotonic() < deadline:
-        text = requests.get(f"{server.url}/metrics", timeout=10).text
-        if metric_value(text, "modelops_queue_depth") >= depth:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"queue depth never reached {depth}")
 
 
 @pytest.mark.parametrize("which", ["deployment-digest", "card-digest"])
@@ -245,7 +236,7 @@ def test_sigterm_drains_in_flight_requests_then_exits(tmp_path: Path, model_v1: 
 
     async def scenario() -> tuple[list[tuple[int, dict, dict[str, str]]], bool]:
         requests_task = asyncio.create_task(_classify_many(classify_url(server), 6))
-        await asyncio.to_thread(_wait_for_depth, server, 6)
+        await asyncio.to_thread(wait_for_depth, server, 6)
         server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         refused = False
         for _ in range(500):  # the listening socket closes while the 6 requests are still held
@@ -275,7 +266,7 @@ def test_a_dead_worker_fails_its_requests_fast_and_is_replaced(tmp_path: Path, m
 
         async def scenario() -> list[tuple[int, dict, dict[str, str]]]:
             task = asyncio.create_task(_classify_many(classify_url(server), 3))
-            await asyncio.to_thread(_wait_for_depth, server, 3)
+            await asyncio.to_thread(wait_for_depth, server, 3)
             (pid,) = server.worker_pids()
             os.kill(pid, signal.SIGKILL)
             return await task
