@@ -303,3 +303,31 @@ def test_the_page_escapes_the_model_name_and_carries_a_content_security_policy(t
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in page.text
     policy = page.headers["Content-Security-Policy"]
     assert "default-src 'none'" in policy and "script-src 'sha256-" in policy and "frame-ancestors 'none'" in policy
+
+
+def test_a_reload_during_an_unload_keeps_the_model_its_old_requests_finish_on(tmp_path: Path, model_v1: ExportedModel):
+    """Unload while requests wait for their batch, load the same file again before they finish:
+    when the last old request is answered, the version serving again must not be dropped."""
+    server = ServerProcess(
+        model=model_v1.path,
+        args=["--model-digest", model_v1.digest, "--max-batch-size", "64", "--max-batch-delay-ms", "4000"],
+        env={**CONTROL_ENV, "MODELOPS_ENABLE_MODEL_CONTROL": "true"},
+    ).start(tmp_path)
+    repo = f"{server.url}/v2/repository/models/{MODEL}"
+
+    async def scenario() -> list[tuple[int, dict, dict[str, str]]]:
+        waiting = asyncio.create_task(_classify_many(classify_url(server), 2))
+        await asyncio.to_thread(wait_for_depth, server, 2)
+        unload = await asyncio.to_thread(requests.post, f"{repo}/unload", headers=CONTROL_HEADERS, timeout=30)
+        assert unload.status_code == 200, unload.text
+        load = await asyncio.to_thread(requests.post, f"{repo}/load", headers=CONTROL_HEADERS, timeout=120)
+        assert load.status_code == 200, load.text
+        return await waiting
+
+    try:
+        old = asyncio.run(scenario())
+        after = requests.post(classify_url(server), data=PNG, headers={"Content-Type": "image/png"}, timeout=60)
+    finally:
+        assert server.stop() == 0, server.logs()
+    assert [status for status, _, _ in old] == [200, 200]
+    assert after.status_code == 200, after.text

@@ -307,6 +307,8 @@ class DataPlane:
     def _maybe_unload(self, model: ServedModel) -> None:
         if model.retired and model.inflight == 0:
             key = model.artifact.key
+            if self.current is not None and self.current.artifact.key == key:
+                return  # the same file was loaded again (after an unload, or a swap back) and serves
             for w in self._workers:
                 w.inbox.put(Unload(key))
             self._served.pop(key, None)

@@ -321,7 +321,7 @@ class GrpcServer:
         self.settings, self.plane = settings, plane
         self.server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", 2 * settings.max_body_bytes),
+                ("grpc.max_receive_message_length", min(2 * settings.max_body_bytes, 2**31 - 1)),
                 ("grpc.max_send_message_length", -1),
                 ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
             ]
