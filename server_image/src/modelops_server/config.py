@@ -169,9 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "modelops' inference server: serves one ONNX image classifier (with its model card beside it)\n"
             "over HTTP: the Open Inference Protocol (KServe v2) under /v2 (and over gRPC on --grpc-port),\n"
-            "POST /v1/models/<name>:classify "
-            "for an image file, a web page on /, optional Redis-backed jobs under /v1/jobs, and Prometheus\n"
-            "metrics on /metrics. Worker processes decode images and run ONNX Runtime, batching requests."
+            "POST /v1/models/<name>:classify for an image file, a web page on /, optional Redis-backed\n"
+            "jobs under /v1/jobs, and Prometheus metrics on /metrics. Worker processes decode images and\n"
+            "run ONNX Runtime, batching requests."
         ),
         epilog=(
             "example:\n"
