@@ -9,7 +9,7 @@
 #   training-operator                                                (github.com/kubeflow/training-operator)
 #   prometheus, promtool                                             (github.com/prometheus/prometheus)
 #   modelops-health: kstatus's and Argo CD's verdicts on objects      (sigs.k8s.io/cli-utils, github.com/argoproj/argo-cd/v3)
-#     for the unit tests of our status (tests/unit/test_health.py); keyed by a hash of its module
+#     for the unit tests of our status (tests/operator/test_health.py); keyed by a hash of its module
 # A binary already in the cache is not rebuilt. Usage: hack/build-binaries.sh [NAME ...]
 # Prints the bin directory on its last line.
 set -euo pipefail

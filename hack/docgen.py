@@ -124,13 +124,19 @@ def conditions_page() -> str:
         "",
         "## Inference server errors",
         "",
-        'The server answers `{"error": "<message>"}` with the HTTP status below and counts the',
-        "failure in `modelops_errors_total{reason}`.",
+        'The server answers `{"error": "<message>"}` with the HTTP status below (over gRPC: the status',
+        "code below with the same message) and counts the failure in `modelops_errors_total{reason}`.",
         "",
         *_table(
-            ["reason", "HTTP status", "raised as", "meaning"],
+            ["reason", "HTTP status", "gRPC status", "raised as", "meaning"],
             (
-                (f"`{cls.reason}`", str(status) if status else "", f"`{cls.__name__}`", _cell(cls.__doc__))
+                (
+                    f"`{cls.reason}`",
+                    str(status) if status else "",
+                    f"`{server_errors.grpc_status(cls(''))}`",
+                    f"`{cls.__name__}`",
+                    _cell(cls.__doc__),
+                )
                 for cls, status in _server_errors()
             ),
         ),

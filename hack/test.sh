@@ -16,11 +16,14 @@ step "ruff"
 $py/ruff check .
 $py/ruff format --check .
 step "mypy --strict"
-$py/mypy --strict operator/src trainer_image/src server_image/src hack/cluster.py hack/images.py hack/provisioner.py
+$py/mypy --strict operator/src trainer_image/src server_image/src hack/cluster.py hack/images.py hack/provisioner.py \
+  hack/protogen.py
 step "import layers"
 $py/lint-imports
 step "CRDs in sync with the models"
 $py/python -m modelops_operator.crdgen --check
+step "gRPC code in sync with its .proto"
+$py/python hack/protogen.py --check
 step "docs"
 $py/mypy --strict hack/docgen.py hack/mkdocs_hooks.py
 $py/python hack/docgen.py --check

@@ -213,3 +213,58 @@ def test_a_manual_gate_waits_for_promote_and_the_command_is_acted_on_at_once(ope
         return dict(obj["metadata"].get("annotations") or {})
 
     wait_until("the command consumed", lambda: "modelops.dev/promote" not in annotations(), timeout=60)
+
+
+def test_the_service_serves_the_model_over_grpc(operator, custom, namespace):
+    """The Service's `grpc` port (appProtocol grpc) reaches the server's gRPC endpoint: its
+    EndpointSlice lists the port, and a pod behind it answers grpc.health.v1 readiness and a
+    ModelInfer whose logits are the torch model's."""
+    import grpc  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+    from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
+
+    from modelops_server.proto import grpc_predict_v2_pb2 as pb  # noqa: PLC0415
+    from modelops_server.proto import grpc_predict_v2_pb2_grpc as pb_grpc  # noqa: PLC0415
+
+    store = artifacts_on_host(namespace)
+    model = export_model(store / "models" / "v1", seed=1, name="digits")
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "grpc"},
+        "spec": {
+            "model": {"uri": f"file://{ARTIFACTS}/{model.path.relative_to(store)}", "digest": model.digest},
+            "server": {"placement": ON_LOCAL_NODE, "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}}},
+            "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
+        },
+    }
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", body)
+    wait_until(
+        "Healthy", lambda: status(custom, namespace, "modeldeployments", "grpc").get("phase") == "Healthy", timeout=180
+    )
+    service = json.loads(kubectl("-n", namespace, "get", "service", "grpc", "-o", "json").stdout)
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert ports["grpc"]["port"] == 8081 and ports["grpc"].get("appProtocol") == "grpc"
+    slices = json.loads(
+        kubectl("-n", namespace, "get", "endpointslices", "-l", "kubernetes.io/service-name=grpc", "-o", "json").stdout
+    )["items"]
+    slice_ports = {p["name"]: p for s in slices for p in s.get("ports") or []}
+    assert slice_ports["grpc"]["port"] == 8081 and slice_ports["grpc"].get("appProtocol") == "grpc"
+    ready = [
+        a for s in slices for e in s.get("endpoints") or [] if e["conditions"].get("ready") for a in e["addresses"]
+    ]
+    assert ready
+    batch = np.random.default_rng(8).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with grpc.insecure_channel(f"{ready[0]}:8081") as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService"), timeout=10
+        )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        request = pb.ModelInferRequest(
+            model_name="grpc",
+            inputs=[pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=list(batch.shape))],
+            raw_input_contents=[batch.tobytes()],
+        )
+        response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
+    got = np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(2, -1)
+    np.testing.assert_allclose(got, model.logits(batch), rtol=1e-4, atol=1e-4)

@@ -171,7 +171,11 @@ def test_probes(probe, path, period, failures):
 
 
 def test_the_server_port():
-    assert container(deploy())["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container(deploy())["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 8081, "protocol": "TCP"},
+    ]
+    assert env(deploy())["MODELOPS_GRPC_PORT"] == "8081"  # the server listens where the port says
 
 
 @pytest.mark.parametrize(
@@ -384,7 +388,10 @@ def test_three_services():
         {OWNER_LABEL: "digits", TRACK_LABEL: "canary"},
     ]
     for s in services:
-        assert s["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+        assert s["spec"]["ports"] == [
+            {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+            {"name": "grpc", "port": 8081, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
+        ]
         assert s["metadata"]["namespace"] == "ns" and s["metadata"]["ownerReferences"][0]["uid"] == "u-1"
     assert service_url(md_obj()) == "http://digits.ns.svc.cluster.local"
 

@@ -203,3 +203,147 @@ def test_truncated_bodies_over_http(server: ServerProcess, chunk: bytes):
         f"{server.url}/v2/models/tiny-cnn/infer", data=chunk, headers={"Content-Type": "application/json"}, timeout=30
     )
     assert r.status_code == 400 and "malformed JSON" in r.json()["error"]
+
+
+def _grpc_only_request_errors(payload: bytes) -> None:
+    """The gRPC format: parse (and encode an answer, as a worker would) or raise RequestError."""
+    import numpy as np  # noqa: PLC0415
+
+    from modelops_server import grpc_protocol  # noqa: PLC0415
+    from modelops_server.grpc_server import route  # noqa: PLC0415
+
+    with contextlib.suppress(errors.RequestError):
+        route(payload)
+    try:
+        parsed = grpc_protocol.parse_request(payload, CARD, max_rows=16)
+        grpc_protocol.encode_response(parsed, np.zeros((parsed.rows, len(CLASSES)), np.float32), CARD, "fuzz", "v1")
+    except errors.RequestError:
+        return
+    assert parsed.rows > 0
+
+
+@FUZZ
+@given(st.binary(max_size=2000))
+def test_grpc_parse_arbitrary_bytes(payload: bytes):
+    _grpc_only_request_errors(payload)
+
+
+grpc_values = st.one_of(
+    st.fixed_dictionaries({"bool_param": st.booleans()}),
+    st.fixed_dictionaries({"int64_param": st.integers(-(2**40), 2**40)}),
+    st.fixed_dictionaries({"string_param": st.text(max_size=8)}),
+    st.fixed_dictionaries({"double_param": st.floats(allow_nan=True)}),
+)
+grpc_contents = st.one_of(
+    st.just({}),
+    st.fixed_dictionaries({"fp32_contents": st.lists(st.floats(width=32), max_size=200)}),
+    st.fixed_dictionaries({"uint_contents": st.lists(st.integers(0, 2**32 - 1), max_size=200)}),
+    st.fixed_dictionaries({"int_contents": st.lists(st.integers(-(2**31), 2**31 - 1), max_size=50)}),
+    st.fixed_dictionaries({"bytes_contents": st.lists(st.sampled_from([*SEEDS, b"", b"xx"]), max_size=3)}),
+    st.fixed_dictionaries({"bool_contents": st.lists(st.booleans(), max_size=5)}),
+)
+grpc_tensor = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["input", "image", "pixels", "other", ""]),
+        "shape": st.lists(st.integers(-2, 9), max_size=5),
+        "datatype": st.sampled_from(["FP32", "UINT8", "BYTES", "INT64", "fp32"]),
+        "contents": grpc_contents,
+        "parameters": st.dictionaries(st.sampled_from(["binary_data_size", "x"]), grpc_values, max_size=2),
+    }
+)
+
+
+@FUZZ
+@given(
+    st.lists(grpc_tensor, max_size=3),
+    st.one_of(st.none(), st.lists(st.binary(max_size=300), max_size=3)),
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "name": st.sampled_from(["logits", "probabilities", "x"]),
+                "parameters": st.dictionaries(st.sampled_from(["classification", "binary_data"]), grpc_values),
+            }
+        ),
+        max_size=2,
+    ),
+    st.dictionaries(st.sampled_from(["binary_data_output", "x"]), grpc_values, max_size=2),
+)
+def test_grpc_parse_structured_requests(inputs: list[dict], raw: list[bytes] | None, outputs: list[dict], params: dict):
+    from modelops_server.proto import grpc_predict_v2_pb2 as pb  # noqa: PLC0415
+
+    def parameters(values: dict) -> dict:
+        return {k: pb.InferParameter(**v) for k, v in values.items()}
+
+    message = pb.ModelInferRequest(
+        model_name="fuzz",
+        id="f",
+        parameters=parameters(params),
+        inputs=[
+            pb.ModelInferRequest.InferInputTensor(
+                name=t["name"],
+                datatype=t["datatype"],
+                shape=t["shape"],
+                contents=pb.InferTensorContents(**t["contents"]),
+                parameters=parameters(t["parameters"]),
+            )
+            for t in inputs
+        ],
+        outputs=[
+            pb.ModelInferRequest.InferRequestedOutputTensor(name=o["name"], parameters=parameters(o["parameters"]))
+            for o in outputs
+        ],
+        raw_input_contents=raw or [],
+    )
+    _grpc_only_request_errors(message.SerializeToString())
+
+
+@st.composite
+def near_valid_grpc(draw: st.DrawFn) -> bytes:
+    """One input of the right name, most often of the right size: the paths past the first checks
+    (conversion, raw and typed contents, outputs, classification, encoding)."""
+    import numpy as np  # noqa: PLC0415
+
+    from modelops_server.proto import grpc_predict_v2_pb2 as pb  # noqa: PLC0415
+
+    name = draw(st.sampled_from(["input", "pixels", "image"]))
+    rows = draw(st.integers(0, 3))
+    raw = draw(st.booleans())
+    cut = draw(st.sampled_from([0, 0, 0, 1, 4]))
+    tensor = pb.ModelInferRequest.InferInputTensor(name=name)
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    if name == "input":
+        tensor.datatype, tensor.shape[:] = draw(st.sampled_from(["FP32", "FP32", "UINT8"])), [rows, 3, 8, 8]
+        values = rng.standard_normal(rows * 192).astype(np.float32)
+        if draw(st.booleans()) and values.size:
+            values[0] = draw(st.sampled_from([np.nan, np.inf, 1e30]))
+        data = values.tobytes()
+        typed = pb.InferTensorContents(fp32_contents=values.tolist())
+    elif name == "pixels":
+        h, w = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+        tensor.datatype, tensor.shape[:] = "UINT8", [rows, h, w, 3]
+        values = rng.integers(0, 256, rows * h * w * 3).astype(np.uint8)
+        data = values.tobytes()
+        typed = pb.InferTensorContents(uint_contents=values.tolist())
+    else:
+        images = [draw(st.sampled_from([*SEEDS, b"junk"])) for _ in range(rows)]
+        tensor.datatype, tensor.shape[:] = "BYTES", [rows]
+        data = b"".join(struct.pack("<I", len(i)) + i for i in images)
+        typed = pb.InferTensorContents(bytes_contents=images)
+    message = pb.ModelInferRequest(model_name="fuzz", inputs=[tensor])
+    if raw:
+        message.raw_input_contents.append(data[: len(data) - cut])
+    else:
+        tensor.contents.CopyFrom(typed)
+    for out in draw(st.lists(st.sampled_from(["logits", "probabilities"]), max_size=2)):
+        requested = message.outputs.add(name=out)
+        if draw(st.booleans()):
+            requested.parameters["classification"].int64_param = draw(st.integers(-1, 7))
+        if draw(st.booleans()):
+            requested.parameters["binary_data"].bool_param = draw(st.booleans())
+    return message.SerializeToString()
+
+
+@FUZZ
+@given(near_valid_grpc())
+def test_grpc_parse_near_valid_requests(payload: bytes):
+    _grpc_only_request_errors(payload)

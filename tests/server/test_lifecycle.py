@@ -29,6 +29,7 @@ from tests.support.serving import (
     normalise,
     pixels_of,
     softmax,
+    wait_for_depth,
     write_card,
 )
 
@@ -51,16 +52,6 @@ async def _classify_many(url: str, n: int) -> list[tuple[int, dict, dict[str, st
                 return r.status, await r.json(), dict(r.headers)
 
         return await asyncio.gather(*(one() for _ in range(n)))
-
-
-def _wait_for_depth(server: ServerProcess, depth: int) -> None:
-    deadline = time.monotonic() + LIVENESS_S
-    while time.monotonic() < deadline:
-        text = requests.get(f"{server.url}/metrics", timeout=10).text
-        if metric_value(text, "modelops_queue_depth") >= depth:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"queue depth never reached {depth}")
 
 
 @pytest.mark.parametrize("which", ["deployment-digest", "card-digest"])
@@ -245,7 +236,7 @@ def test_sigterm_drains_in_flight_requests_then_exits(tmp_path: Path, model_v1: 
 
     async def scenario() -> tuple[list[tuple[int, dict, dict[str, str]]], bool]:
         requests_task = asyncio.create_task(_classify_many(classify_url(server), 6))
-        await asyncio.to_thread(_wait_for_depth, server, 6)
+        await asyncio.to_thread(wait_for_depth, server, 6)
         server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         refused = False
         for _ in range(500):  # the listening socket closes while the 6 requests are still held
@@ -275,7 +266,7 @@ def test_a_dead_worker_fails_its_requests_fast_and_is_replaced(tmp_path: Path, m
 
         async def scenario() -> list[tuple[int, dict, dict[str, str]]]:
             task = asyncio.create_task(_classify_many(classify_url(server), 3))
-            await asyncio.to_thread(_wait_for_depth, server, 3)
+            await asyncio.to_thread(wait_for_depth, server, 3)
             (pid,) = server.worker_pids()
             os.kill(pid, signal.SIGKILL)
             return await task
@@ -312,3 +303,31 @@ def test_the_page_escapes_the_model_name_and_carries_a_content_security_policy(t
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in page.text
     policy = page.headers["Content-Security-Policy"]
     assert "default-src 'none'" in policy and "script-src 'sha256-" in policy and "frame-ancestors 'none'" in policy
+
+
+def test_a_reload_during_an_unload_keeps_the_model_its_old_requests_finish_on(tmp_path: Path, model_v1: ExportedModel):
+    """Unload while requests wait for their batch, load the same file again before they finish:
+    when the last old request is answered, the version serving again must not be dropped."""
+    server = ServerProcess(
+        model=model_v1.path,
+        args=["--model-digest", model_v1.digest, "--max-batch-size", "64", "--max-batch-delay-ms", "4000"],
+        env={**CONTROL_ENV, "MODELOPS_ENABLE_MODEL_CONTROL": "true"},
+    ).start(tmp_path)
+    repo = f"{server.url}/v2/repository/models/{MODEL}"
+
+    async def scenario() -> list[tuple[int, dict, dict[str, str]]]:
+        waiting = asyncio.create_task(_classify_many(classify_url(server), 2))
+        await asyncio.to_thread(wait_for_depth, server, 2)
+        unload = await asyncio.to_thread(requests.post, f"{repo}/unload", headers=CONTROL_HEADERS, timeout=30)
+        assert unload.status_code == 200, unload.text
+        load = await asyncio.to_thread(requests.post, f"{repo}/load", headers=CONTROL_HEADERS, timeout=120)
+        assert load.status_code == 200, load.text
+        return await waiting
+
+    try:
+        old = asyncio.run(scenario())
+        after = requests.post(classify_url(server), data=PNG, headers={"Content-Type": "image/png"}, timeout=60)
+    finally:
+        assert server.stop() == 0, server.logs()
+    assert [status for status, _, _ in old] == [200, 200]
+    assert after.status_code == 200, after.text

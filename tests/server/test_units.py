@@ -221,6 +221,29 @@ def test_every_error_has_a_status_and_survives_the_wire():
     assert json.dumps({"e": str(errors.CorruptImage("bad"))})
 
 
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (errors.RequestError, "INVALID_ARGUMENT"),
+        (errors.BodyTooLarge, "INVALID_ARGUMENT"),
+        (errors.CorruptImage, "INVALID_ARGUMENT"),
+        (errors.NotFound, "NOT_FOUND"),
+        (errors.ModelControlDisabled, "PERMISSION_DENIED"),
+        (errors.Unavailable, "UNAVAILABLE"),
+        (errors.WorkerCrashed, "UNAVAILABLE"),
+        (errors.Overloaded, "RESOURCE_EXHAUSTED"),
+        (errors.InferenceTimeout, "DEADLINE_EXCEEDED"),
+        (errors.InvalidModelOutput, "INTERNAL"),
+        (errors.DigestMismatch, "INTERNAL"),
+    ],
+)
+def test_grpc_status_of_each_error(error, code):
+    import grpc  # noqa: PLC0415
+
+    assert errors.grpc_status(error("m")) == code
+    assert grpc.StatusCode[code]  # a real gRPC status code name
+
+
 CONTRACT_CARD = {  # the example in docs/contracts.md
     "format": "modelops.modelcard/v1",
     "name": "digits-resnet",

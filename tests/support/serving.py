@@ -148,6 +148,7 @@ class ServerProcess:
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -155,10 +156,14 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
     def start(self, log_dir: Path, *, wait_ready: bool = True) -> ServerProcess:
         self.log_path = log_dir / f"server-{self.port}.log"
         cmd = [sys.executable, "-m", "modelops_server", "--model-uri", str(self.model), "--host", "127.0.0.1"]
-        cmd += ["--port", str(self.port), "--log-format", "json", *self.args]
+        cmd += ["--port", str(self.port), "--grpc-port", str(self.grpc_port), "--log-format", "json", *self.args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -199,6 +204,17 @@ class ServerProcess:
                 if rec.get("message") == "ready":
                     return [int(p) for p in rec["pids"]]
         raise AssertionError("no 'ready' log line with worker pids")
+
+
+def wait_for_depth(server: ServerProcess, depth: int) -> None:
+    """Wait until the server has admitted `depth` requests that are not answered yet."""
+    deadline = time.monotonic() + LIVENESS_S
+    while time.monotonic() < deadline:
+        text = requests.get(f"{server.url}/metrics", timeout=10).text
+        if metric_value(text, "modelops_queue_depth") >= depth:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"queue depth never reached {depth}")
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

@@ -35,6 +35,13 @@ class Settings(BaseModel):
     )
     host: str = Field(default="0.0.0.0", description="Address to listen on.")
     port: int = Field(default=8080, ge=0, le=65535, description="TCP port (0 picks a free one and logs it).")
+    grpc_port: int = Field(
+        default=8081,
+        ge=-1,
+        le=65535,
+        description="TCP port of the gRPC endpoint (the Open Inference Protocol's GRPCInferenceService and "
+        "grpc.health.v1); 0 picks a free one and logs it, -1 turns gRPC off.",
+    )
     workers: int = Field(default=1, ge=1, le=64, description="Worker processes, each running the model.")
     max_batch_size: int = Field(default=16, ge=1, le=1024, description="Most images ONNX Runtime runs at once.")
     max_batch_delay_ms: float = Field(
@@ -113,8 +120,9 @@ class Settings(BaseModel):
     )
     enable_model_control: bool = Field(
         default=False,
-        description="Allow POST /v2/repository/models/{name}/load to hot-swap the model; needs "
-        "--model-control-token, and every load needs the new model's digest.",
+        description="Allow the model repository's load and unload (REST POST /v2/repository/models/{name}/load|unload, "
+        "gRPC RepositoryModelLoad/Unload) to hot-swap or unload the model; needs --model-control-token, and "
+        "loading a new file needs its digest.",
     )
     model_control_token: str | None = Field(
         default=None,
@@ -175,9 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m modelops_server",
         description=(
             "modelops' inference server: serves one ONNX image classifier (with its model card beside it)\n"
-            "over HTTP: the Open Inference Protocol (KServe v2) under /v2, POST /v1/models/<name>:classify\n"
-            "for an image file, a web page on /, optional Redis-backed jobs under /v1/jobs, and Prometheus\n"
-            "metrics on /metrics. Worker processes decode images and run ONNX Runtime, batching requests."
+            "over HTTP: the Open Inference Protocol (KServe v2) under /v2 (and over gRPC on --grpc-port),\n"
+            "POST /v1/models/<name>:classify for an image file, a web page on /, optional Redis-backed\n"
+            "jobs under /v1/jobs, and Prometheus metrics on /metrics. Worker processes decode images and\n"
+            "run ONNX Runtime, batching requests."
         ),
         epilog=(
             "example:\n"

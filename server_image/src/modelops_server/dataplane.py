@@ -11,7 +11,9 @@ parses or decodes a payload itself, so the event loop stays free for I/O. It own
 - **Lifecycle.** ``load()`` fetches and verifies a model, has every worker open and warm it up
   *beside* the serving one, then switches ``current`` in one assignment: requests admitted before
   the switch finish on the old version, later ones use the new one, none fails. The old version
-  is unloaded when its last request is answered. ``ready`` drives /v2/health/ready.
+  is unloaded when its last request is answered. ``unload()`` retires the served version the same
+  way and leaves none (readiness false) until the next ``load()``; ``index()`` lists the served and
+  the unloaded versions (the repository extension). ``ready`` drives /v2/health/ready.
 - **Failure.** A worker that dies is restarted; the requests it held are answered 503
   (:class:`WorkerCrashed`) rather than left to time out.
 """
@@ -33,6 +35,18 @@ import orjson
 
 from modelops_server import errors
 from modelops_server.config import Settings
+from modelops_server.messages import (
+    BatchRan,
+    FromWorker,
+    Infer,
+    Load,
+    Loaded,
+    ReaderExit,
+    Result,
+    Stop,
+    ToWorker,
+    Unload,
+)
 from modelops_server.metrics import Metrics
 from modelops_server.modelcard import ModelArtifact, fetch_model
 from modelops_server.protocol import ModelMetadata, model_metadata
@@ -45,11 +59,32 @@ _CTX = multiprocessing.get_context("spawn")
 
 @dataclass(frozen=True)
 class Answer:
-    """A finished answer: status, body and headers, ready to send; ``reason`` names an error."""
+    """A finished answer: status, body and headers, ready to send; ``reason`` names an error's class
+    (``errors.to_wire``) and ``message`` is its text (the gRPC front end's status details)."""
 
     status: int
     body: bytes
     headers: dict[str, str]
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a served version came from: what a load without parameters loads again."""
+
+    uri: str
+    digest: str
+    version: str
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """A model version in the repository index: ``READY`` or ``UNAVAILABLE`` with a reason."""
+
+    name: str
+    version: str
+    state: str
     reason: str = ""
 
 
@@ -83,7 +118,7 @@ class _Pending:
 class _WorkerHandle:
     worker_id: int
     process: SpawnProcess
-    inbox: MPQueue[tuple[Any, ...]]
+    inbox: MPQueue[ToWorker]
     ready: bool = False
     outstanding: dict[int, _Pending] = field(default_factory=dict)
 
@@ -115,12 +150,14 @@ class DataPlane:
         self.current: ServedModel | None = None
         self.draining = False
         self.leaving = False  # SIGTERM seen: readiness false, requests still served (--shutdown-delay-s)
-        self._outbox: MPQueue[tuple[Any, ...]] = _CTX.Queue()
+        self._outbox: MPQueue[FromWorker] = _CTX.Queue()
         self._workers: list[_WorkerHandle] = []
         self._pending: dict[int, _WorkerHandle] = {}
         self._ids = itertools.count(1)
-        self._loads: dict[tuple[int, str], asyncio.Future[tuple[Any, ...]]] = {}
+        self._loads: dict[tuple[int, str], asyncio.Future[Loaded]] = {}
         self._served: dict[str, ServedModel] = {}
+        self.sources: dict[str, ModelSource] = {}  # model name -> the last version loaded under it
+        self.unloaded: IndexEntry | None = None  # the version unload() retired, until the next load
         self._swap_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader: threading.Thread | None = None
@@ -158,7 +195,7 @@ class DataPlane:
         return len(self._pending)
 
     def _spawn(self, worker_id: int) -> _WorkerHandle:
-        inbox: MPQueue[tuple[Any, ...]] = _CTX.Queue()
+        inbox: MPQueue[ToWorker] = _CTX.Queue()
         process = _CTX.Process(
             target=worker_main,
             args=(
@@ -203,6 +240,8 @@ class DataPlane:
             )
             previous, self.current = self.current, served  # the switch: one assignment
             self._served[artifact.key] = served
+            self.sources[served.name] = ModelSource(uri, artifact.digest, served.version)
+            self.unloaded = None
             m = self.metrics
             m.model_loads.labels(served.name, "success").inc()
             m.model_load_duration.labels(served.name, served.version).set(served.load_seconds)
@@ -221,14 +260,34 @@ class DataPlane:
                 self._maybe_unload(previous)
             return served
 
+    async def unload(self, name: str) -> ServedModel:
+        """Stop serving `name`: later requests get :class:`Unavailable` and readiness turns false;
+        admitted ones finish on it, then the workers drop it. ``load()`` serves a model again."""
+        async with self._swap_lock:
+            current = self.current
+            if current is None or current.name != name:
+                raise errors.NotFound(f"model {name!r} is not loaded")
+            self.current = None
+            self.unloaded = IndexEntry(current.name, current.version, "UNAVAILABLE", "unloaded")
+            current.retired = True
+            self._maybe_unload(current)
+            log.info("model unloaded on request", extra={"model": current.name, "version": current.version})
+            return current
+
+    def index(self) -> list[IndexEntry]:
+        """The repository index: the served version, or the one last unloaded."""
+        if self.current is not None:
+            return [IndexEntry(self.current.name, self.current.version, "READY" if self.ready else "UNAVAILABLE")]
+        return [self.unloaded] if self.unloaded is not None else []
+
     async def _load_everywhere(self, artifact: ModelArtifact) -> None:
         key = artifact.key
         card_json = artifact.card.model_dump_json(by_alias=True)
         waits = []
         for w in self._workers:
-            fut: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
+            fut: asyncio.Future[Loaded] = asyncio.get_running_loop().create_future()
             self._loads[(w.worker_id, key)] = fut
-            w.inbox.put(("load", key, artifact.local_path, card_json, artifact.name, artifact.version))
+            w.inbox.put(Load(key, artifact.local_path, card_json, artifact.name, artifact.version))
             waits.append(fut)
         try:
             acks = await asyncio.wait_for(asyncio.gather(*waits), timeout=600)
@@ -237,19 +296,21 @@ class DataPlane:
         finally:
             for w in self._workers:
                 self._loads.pop((w.worker_id, key), None)
-        failures = [ack for ack in acks if ack[3] is not None]
+        failures = [ack.error for ack in acks if ack.error is not None]
         if failures:
             for w in self._workers:
-                w.inbox.put(("unload", key))
-            raise errors.from_wire(*failures[0][3])
+                w.inbox.put(Unload(key))
+            raise errors.from_wire(*failures[0])
         for w in self._workers:
             w.ready = True
 
     def _maybe_unload(self, model: ServedModel) -> None:
         if model.retired and model.inflight == 0:
             key = model.artifact.key
+            if self.current is not None and self.current.artifact.key == key:
+                return  # the same file was loaded again (after an unload, or a swap back) and serves
             for w in self._workers:
-                w.inbox.put(("unload", key))
+                w.inbox.put(Unload(key))
             self._served.pop(key, None)
             self.metrics.model_info.remove(
                 model.name, model.version, model.artifact.digest, model.artifact.card.architecture
@@ -261,6 +322,10 @@ class DataPlane:
     def resolve(self, name: str, version: str | None = None) -> ServedModel:
         """The served model for a URL's name (and version), or :class:`NotFound`/:class:`Unavailable`."""
         current = self.current
+        if current is None and self.unloaded is not None and name == self.unloaded.name:
+            raise errors.Unavailable(
+                f"model {name!r} is unloaded; POST /v2/repository/models/{name}/load serves it again"
+            )
         if current is None:
             raise errors.Unavailable("no model is loaded yet")
         if name != current.name:
@@ -270,6 +335,14 @@ class DataPlane:
                 f"version {version!r} of {name!r} is not served; the served version is {current.version!r}"
             )
         return current
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        """Whether `name` (and `version`) can be served now: False for a model that is unloaded or
+        still loading; :class:`NotFound` for a name or version this server does not serve."""
+        if self.current is None and name in self.sources:
+            return False
+        self.resolve(name, version)
+        return self.ready
 
     def admit(self) -> None:
         """Raise at once when a new request cannot be admitted (before its body is even read)."""
@@ -292,7 +365,7 @@ class DataPlane:
         self._pending[req_id] = worker
         model.inflight += 1
         self.metrics.queue_depth.set(len(self._pending))
-        worker.inbox.put(("infer", req_id, model.artifact.key, kind, payload, meta, pending.enqueued_at))
+        worker.inbox.put(Infer(req_id, model.artifact.key, kind, payload, meta, pending.enqueued_at))
         try:
             return await asyncio.wait_for(asyncio.shield(pending.future), timeout=self.settings.request_timeout_s)
         except TimeoutError as exc:
@@ -306,44 +379,44 @@ class DataPlane:
                 msg = self._outbox.get()
             except (EOFError, OSError):
                 return
-            if msg[0] == "exit":
+            if isinstance(msg, ReaderExit):
                 return
             self._loop.call_soon_threadsafe(self._on_message, msg)
 
-    def _on_message(self, msg: tuple[Any, ...]) -> None:
-        if msg[0] == "loaded":
-            _, worker_id, key, _error, _seconds, facts = msg
-            fut = self._loads.get((worker_id, key))
+    def _on_message(self, msg: FromWorker) -> None:
+        if isinstance(msg, Loaded):
+            fut = self._loads.get((msg.worker_id, msg.model_key))
             if fut is not None and not fut.done():
                 fut.set_result(msg)
-            elif fut is None and _error is None:
+            elif fut is None and msg.error is None:
                 # A restarted worker finished loading the current model: it can take requests again.
                 for w in self._workers:
-                    if w.worker_id == worker_id:
+                    if w.worker_id == msg.worker_id:
                         w.ready = True
-            log.debug("worker loaded model", extra={"worker": worker_id, "model_key": key, **facts})
+            log.debug("worker loaded model", extra={"worker": msg.worker_id, "model_key": msg.model_key, **msg.facts})
             return
-        if msg[0] == "batch":
-            _, key, rows, seconds = msg
-            served = self._served.get(key)
+        if isinstance(msg, BatchRan):
+            served = self._served.get(msg.model_key)
             if served is not None:
-                self.metrics.inference_duration.labels(served.name, served.version).observe(seconds)
-                self.metrics.batch_size.labels(served.name, served.version).observe(rows)
+                self.metrics.inference_duration.labels(served.name, served.version).observe(msg.seconds)
+                self.metrics.batch_size.labels(served.name, served.version).observe(msg.rows)
             return
-        _, req_id, status, body, headers, timing, reason = msg
-        worker = self._pending.pop(req_id, None)
+        if not isinstance(msg, Result):
+            return
+        worker = self._pending.pop(msg.req_id, None)
         if worker is None:
             return
-        pending = worker.outstanding.pop(req_id)
-        self._finish(pending, Answer(status, body, headers, reason), timing)
+        pending = worker.outstanding.pop(msg.req_id)
+        answer = Answer(msg.status, msg.body, msg.headers, msg.error_kind, msg.error_message)
+        self._finish(pending, answer, msg.batch_started_at)
 
-    def _finish(self, pending: _Pending, answer: Answer, timing: tuple[float] | None) -> None:
+    def _finish(self, pending: _Pending, answer: Answer, batch_started_at: float | None) -> None:
         model = pending.model
         model.inflight -= 1
         m = self.metrics
         m.queue_depth.set(len(self._pending))
-        if timing is not None:
-            m.queue_wait.labels(model.name, model.version).observe(max(0.0, timing[0] - pending.enqueued_at))
+        if batch_started_at is not None:
+            m.queue_wait.labels(model.name, model.version).observe(max(0.0, batch_started_at - pending.enqueued_at))
         if not pending.future.done():
             pending.future.set_result(answer)
         self._maybe_unload(model)
@@ -367,7 +440,7 @@ class DataPlane:
                 if self.current is not None:
                     a = self.current.artifact
                     card_json = a.card.model_dump_json(by_alias=True)
-                    replacement.inbox.put(("load", a.key, a.local_path, card_json, a.name, a.version))
+                    replacement.inbox.put(Load(a.key, a.local_path, card_json, a.name, a.version))
 
     async def drain(self, timeout: float) -> bool:
         """Refuse new requests and wait for admitted ones; True when all were answered in time."""
@@ -383,13 +456,13 @@ class DataPlane:
         if self._monitor is not None:
             self._monitor.cancel()
         for w in self._workers:
-            w.inbox.put(("stop",))
+            w.inbox.put(Stop())
         for w in self._workers:
             await asyncio.to_thread(w.process.join, 10)
             if w.process.is_alive():
                 w.process.kill()
                 await asyncio.to_thread(w.process.join, 5)
-        self._outbox.put(("exit",))
+        self._outbox.put(ReaderExit())
         if self._reader is not None:
             await asyncio.to_thread(self._reader.join, 5)
 
@@ -404,4 +477,5 @@ def _error_answer(error: errors.ServerError) -> Answer:
         orjson.dumps({"error": str(error)}),
         {"Content-Type": "application/json"},
         type(error).__name__,
+        str(error),
     )

@@ -8,7 +8,8 @@ route                                                  what
 ``GET  /v2/models/{name}[/versions/{v}]``              model metadata (inputs, outputs, classes, digest)
 ``GET  /v2/models/{name}[/versions/{v}]/ready``        model readiness
 ``POST /v2/models/{name}[/versions/{v}]/infer``        Open Inference Protocol inference (JSON or binary extension)
-``POST /v2/repository/models/{name}/load``             hot swap (only with ``--enable-model-control``)
+``POST /v2/repository/index``                          the model repository's index (OIP repository extension)
+``POST /v2/repository/models/{name}/load|unload``      hot swap, unload, reload (only with ``--enable-model-control``)
 ``POST /v1/models/{name}:classify``                    an image (raw body or multipart ``file``) → top-k labels
 ``POST /v1/jobs``, ``GET /v1/jobs/{id}``               asynchronous jobs (with ``--redis-url``; see ``jobs``)
 ``GET  /``                                             the web page
@@ -28,9 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import functools
 import hashlib
-import hmac
 import html
 import importlib.resources
 import logging
@@ -43,7 +44,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import BadHttpMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from modelops_server import __version__, errors
+from modelops_server import __version__, errors, repository
 from modelops_server.dataplane import Answer, DataPlane, ServedModel
 from modelops_server.metrics import Metrics
 
@@ -227,11 +228,14 @@ async def ready(request: web.Request) -> web.Response:
     return json_response({"ready": ok}, status=200 if ok else 503)
 
 
+#: The protocol extensions this server implements (``model_repository``: the index always; load and
+#: unload with ``--enable-model-control``).
+EXTENSIONS = ("binary_tensor_data", "classification", "model_repository")
+
+
 async def server_metadata(request: web.Request) -> web.Response:
     """Server metadata (OIP)."""
-    extensions = ["binary_tensor_data", "classification"]
-    if request.app[MODEL_CONTROL]:
-        extensions.append("model_repository")
+    extensions = list(EXTENSIONS)
     return json_response({"name": "modelops-server", "version": __version__, "extensions": extensions})
 
 
@@ -242,9 +246,13 @@ async def model_metadata(request: web.Request) -> web.Response:
 
 async def model_ready(request: web.Request) -> web.Response:
     """Model readiness (OIP)."""
-    model = _model(request)
-    ok = request.app[DATAPLANE].ready
-    return json_response({"name": model.name, "version": model.version, "ready": ok}, status=200 if ok else 503)
+    plane = request.app[DATAPLANE]
+    name, version = request.match_info["name"], request.match_info.get("version")
+    ok = plane.model_ready(name, version)
+    if plane.current is not None:
+        request[_MODEL_LABEL] = plane.current
+        version = plane.current.version
+    return json_response({"name": name, "version": version, "ready": ok}, status=200 if ok else 503)
 
 
 # --- inference --------------------------------------------------------------------------------------
@@ -334,39 +342,57 @@ async def read_part(request: web.Request, part: BodyPartReader, limit: int, alre
 # --- model control ----------------------------------------------------------------------------------
 
 
-async def repository_load(request: web.Request) -> web.Response:
-    """Hot swap: ``{"parameters": {"uri": ..., "digest": ..., "version": ...}}`` (OIP repository extension)."""
-    if not request.app[MODEL_CONTROL]:
-        raise errors.ModelControlDisabled("model control is disabled; start the server with --enable-model-control")
-    token = request.app[CONTROL_TOKEN]
-    given = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        raise errors.ModelControlDisabled("a hot swap needs the header Authorization: Bearer <model control token>")
-    if request.content_type != "application/json":
+def _control(request: web.Request) -> None:
+    """Model control is on, the token is right, and the body (if any) is JSON."""
+    repository.authorize(
+        request.app[MODEL_CONTROL], request.app[CONTROL_TOKEN], request.headers.get("Authorization", "")
+    )
+    if request.headers.get("Content-Type") is not None and request.content_type != "application/json":
         # An HTML form on any site can post urlencoded, multipart or text/plain bodies here without a
-        # CORS preflight; application/json cannot be sent cross-site without one.
+        # CORS preflight; application/json cannot be sent cross-site without one. (A form always
+        # sends a content type; tritonclient sends none.)
         raise errors.UnsupportedMediaType("a hot swap is a JSON body: send Content-Type application/json")
-    plane = request.app[DATAPLANE]
-    current = plane.current
-    name = request.match_info["name"]
-    if current is not None and name != current.name:
-        raise errors.NotFound(f"this server serves {current.name!r}, not {name!r}")
+
+
+async def _parameters(request: web.Request) -> dict[str, Any]:
+    """The body's ``parameters`` object ({} for an empty body)."""
     try:
         doc = orjson.loads(await read_body(request) or b"{}")
         params = doc.get("parameters") or {}
-        uri, digest = params["uri"], params["digest"]
-        if not isinstance(uri, str) or not isinstance(digest, str):
-            raise TypeError("uri and digest must be strings")
-    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError) as exc:
-        raise errors.RequestError(
-            'send {"parameters": {"uri": "...", "digest": "sha256:...", "version": "..."}}: uri and digest are required'
-        ) from exc
+        if not isinstance(params, dict):
+            raise TypeError("parameters must be an object")
+    except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
+        raise errors.RequestError(repository.LOAD_HELP) from exc
+    return params
+
+
+async def repository_index(request: web.Request) -> web.Response:
+    """The repository index (OIP repository extension): ``[{name, version, state, reason}]``."""
     try:
-        served = await plane.load(uri, digest=digest, version=params.get("version"), name=name)
-    except errors.ModelLoadError as exc:
-        raise errors.RequestError(f"the new model was not loaded (the old one still serves): {exc}") from exc
+        doc = orjson.loads(await read_body(request) or b"{}")
+        ready_only = bool(doc.get("ready", False))
+    except (orjson.JSONDecodeError, AttributeError) as exc:
+        raise errors.RequestError('the index request is a JSON object such as {"ready": true}, or empty') from exc
+    entries = repository.index(request.app[DATAPLANE], ready_only=ready_only)
+    return json_response([dataclasses.asdict(e) for e in entries])
+
+
+async def repository_load(request: web.Request) -> web.Response:
+    """Load or hot-swap the model (``repository``: parameters uri, digest, version; or none to reload)."""
+    _control(request)
+    plane = request.app[DATAPLANE]
+    served = await repository.load(plane, request.match_info["name"], await _parameters(request))
     request[_MODEL_LABEL] = served
     return json_response({"name": served.name, "version": served.version, "digest": served.artifact.digest})
+
+
+async def repository_unload(request: web.Request) -> web.Response:
+    """Unload the model: readiness false, requests refused, until the next load."""
+    _control(request)
+    await _parameters(request)  # tritonclient sends unload_dependents; nothing depends on a model here
+    served = await repository.unload(request.app[DATAPLANE], request.match_info["name"])
+    request[_MODEL_LABEL] = served
+    return json_response({"name": served.name, "version": served.version, "state": "UNAVAILABLE"})
 
 
 # --- page and metrics -------------------------------------------------------------------------------
@@ -414,7 +440,9 @@ def add_routes(app: web.Application) -> None:
         r.add_get(prefix, model_metadata, name="metadata" + suffix)
         r.add_get(prefix + "/ready", model_ready, name="model_ready" + suffix)
         r.add_post(prefix + "/infer", infer, name="infer" + suffix)
+    r.add_post("/v2/repository/index", repository_index, name="repository_index")
     r.add_post("/v2/repository/models/{name}/load", repository_load, name="repository_load")
+    r.add_post("/v2/repository/models/{name}/unload", repository_unload, name="repository_unload")
     r.add_post("/v1/models/{name:[^/:]+}:classify", classify, name="classify")
     r.add_get("/", index, name="index")
     r.add_get("/metrics", metrics, name="metrics")

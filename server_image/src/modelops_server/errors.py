@@ -1,25 +1,26 @@
-"""The server's exceptions, and the one table that maps them to HTTP.
+"""The server's exceptions, and the tables that map them to HTTP and to gRPC status codes.
 
 Every failure a caller can cause or observe is one of these, raised wherever it is detected (the
 front end, a worker process, the job consumer) and carried across process boundaries as
 ``(kind, message)``; the endpoints turn it into ``{"error": message}`` with the status from
-``HTTP_STATUS``, and the metrics count it by ``reason``::
+``HTTP_STATUS``; the gRPC front end aborts with the code from ``GRPC_STATUS`` and the same
+message; the metrics count it by ``reason``::
 
-    ServerError                      500  internal
-    ├── RequestError                 400  bad_request        (malformed JSON, wrong tensor name/shape/dtype)
-    │   ├── BodyTooLarge             413  body_too_large
-    │   ├── BodyTimeout              408  body_timeout       (the body did not arrive within --body-timeout-s)
-    │   ├── ImageTooLarge            413  image_too_large    (huge dimensions, or too many pixels in all)
-    │   ├── UnsupportedMediaType     415  unsupported_media_type (content type or image format)
-    │   └── CorruptImage             400  corrupt_image      (truncated or undecodable)
-    ├── NotFound                     404  not_found          (unknown model, version, job)
-    ├── ModelControlDisabled         403  model_control_disabled
-    ├── Unavailable                  503  unavailable        (not ready yet, draining)
-    │   ├── Overloaded               503  overloaded         (queue or body budget full; with Retry-After)
-    │   └── WorkerCrashed            503  worker_crashed     (the worker holding the request died)
-    ├── InferenceTimeout             504  timeout
-    └── ModelLoadError                    model_load_failed  (startup or hot swap; never a request's fault)
-        └── DigestMismatch                digest_mismatch
+    ServerError                  500  INTERNAL            internal
+    ├── RequestError             400  INVALID_ARGUMENT    bad_request (malformed body, wrong tensor name/shape/dtype)
+    │   ├── BodyTooLarge         413  INVALID_ARGUMENT    body_too_large
+    │   ├── BodyTimeout          408  DEADLINE_EXCEEDED   body_timeout (no body within --body-timeout-s)
+    │   ├── ImageTooLarge        413  INVALID_ARGUMENT    image_too_large (huge dimensions, too many pixels)
+    │   ├── UnsupportedMediaType 415  INVALID_ARGUMENT    unsupported_media_type (content type, image format)
+    │   └── CorruptImage         400  INVALID_ARGUMENT    corrupt_image (truncated or undecodable)
+    ├── NotFound                 404  NOT_FOUND           not_found (unknown model, version, job)
+    ├── ModelControlDisabled     403  PERMISSION_DENIED   model_control_disabled
+    ├── Unavailable              503  UNAVAILABLE         unavailable (not ready yet, draining, unloaded)
+    │   ├── Overloaded           503  RESOURCE_EXHAUSTED  overloaded (queue or body budget full; Retry-After)
+    │   └── WorkerCrashed        503  UNAVAILABLE         worker_crashed (its worker died)
+    ├── InferenceTimeout         504  DEADLINE_EXCEEDED   timeout
+    └── ModelLoadError                INTERNAL            model_load_failed (startup or hot swap)
+        └── DigestMismatch            INTERNAL            digest_mismatch
 """
 
 from __future__ import annotations
@@ -142,6 +143,19 @@ HTTP_STATUS: dict[type[ServerError], int] = {
 }
 """HTTP status per exception class: the single place where errors become status codes."""
 
+GRPC_STATUS: dict[type[ServerError], str] = {
+    ServerError: "INTERNAL",
+    RequestError: "INVALID_ARGUMENT",
+    BodyTimeout: "DEADLINE_EXCEEDED",
+    NotFound: "NOT_FOUND",
+    ModelControlDisabled: "PERMISSION_DENIED",
+    Unavailable: "UNAVAILABLE",
+    Overloaded: "RESOURCE_EXHAUSTED",
+    InferenceTimeout: "DEADLINE_EXCEEDED",
+}
+"""gRPC status code name (``grpc.StatusCode[name]``) per exception class; a class not listed takes its
+nearest base class's. Names, not ``grpc`` objects, so that the worker processes need no grpc."""
+
 _BY_NAME: dict[str, type[ServerError]] = {cls.__name__: cls for cls in HTTP_STATUS}
 
 
@@ -151,6 +165,14 @@ def http_status(exc: ServerError) -> int:
         if cls in HTTP_STATUS:
             return HTTP_STATUS[cls]
     return 500
+
+
+def grpc_status(exc: ServerError) -> str:
+    """The gRPC status code name for `exc`: its own class's entry, else the nearest base class's."""
+    for cls in type(exc).__mro__:
+        if cls in GRPC_STATUS:
+            return GRPC_STATUS[cls]
+    return "INTERNAL"
 
 
 def to_wire(exc: BaseException) -> tuple[str, str]:

@@ -1,5 +1,9 @@
 """The Open Inference Protocol (KServe v2) REST format: request parsing and response encoding.
 
+The checks of a request against the model (``check_request``) and the choice of outputs
+(``select_outputs``) are shared with the gRPC format (``grpc_protocol``), so that both answer the
+same request the same way and refuse a bad one with the same words.
+
 Runs in the worker processes, never on the front end's event loop: JSON with a hundred thousand
 floats, base64 and the binary-data extension are the heavy part of a request.
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,8 +70,13 @@ class RequestOutput(_Wire):
 
 
 class InferenceRequest(_Wire):
-    """``POST /v2/models/{name}/infer`` body (the JSON part, with the binary extension)."""
+    """``POST /v2/models/{name}/infer`` body (the JSON part, with the binary extension).
 
+    ``model_name`` and ``model_version`` are optional (KServe's client sends the name); when given
+    they must name the model the URL names."""
+
+    model_name: str | None = None
+    model_version: str | None = None
     id: str | None = None
     parameters: dict[str, Any] | None = None
     inputs: list[RequestInput] = Field(min_length=1)
@@ -148,6 +158,7 @@ class ParsedRequest:
 
     request_id: str | None
     kind: str  # "tensor" | "image" | "pixels"
+    model_name: str | None = None  # as the request's body named it, if it did
     tensor: npt.NDArray[np.float32] | None = None  # kind == "tensor": [N, C, S, S]
     images: list[bytes] = field(default_factory=list)  # kind == "image"
     pixels: npt.NDArray[np.uint8] | None = None  # kind == "pixels": [N, H, W, C]
@@ -169,6 +180,19 @@ def parse_request(
 ) -> ParsedRequest:
     """Parse and check an infer request against the model; raise :class:`RequestError` on any fault."""
     request, binary = _decode(body, header_length, content_type)
+    return check_request(request, card, max_rows=max_rows, chunk=lambda t: _binary_chunk(t, binary, header_length))
+
+
+def check_request(
+    request: InferenceRequest,
+    card: ModelCard,
+    *,
+    max_rows: int,
+    chunk: Callable[[RequestInput], memoryview | None],
+    binary_output: bool = False,
+) -> ParsedRequest:
+    """Check a request, in either format, against the model: `chunk` gives an input's raw bytes
+    (None when its elements are in ``data``); `binary_output` is the format's default for outputs."""
     if len(request.inputs) != 1:
         names = [i.name for i in request.inputs]
         raise RequestError(f"exactly one input is expected ({_input_names(card)}); got {names}")
@@ -180,11 +204,15 @@ def parse_request(
             raise RequestError(f"unknown output {out.name!r}; this model has {sorted(allowed)}")
     params = request.parameters or {}
     parsed = ParsedRequest(
-        request_id=request.id, kind="", outputs=wanted, binary_output=bool(params.get("binary_data_output", False))
+        request_id=request.id,
+        kind="",
+        model_name=request.model_name,
+        outputs=wanted,
+        binary_output=bool(params.get("binary_data_output", binary_output)),
     )
-    chunk = _binary_chunk(tensor_input, binary, header_length)
+    raw = chunk(tensor_input)
     _check_shape(tensor_input.shape, max_rows)
-    _fill(parsed, tensor_input, chunk, card)
+    _fill(parsed, tensor_input, raw, card)
     if parsed.rows == 0:
         raise RequestError("the request has no rows (batch dimension 0)")
     return parsed
@@ -209,7 +237,7 @@ def _decode(body: bytes, header_length: int | None, content_type: str) -> tuple[
     try:
         return InferenceRequest.model_validate(raw), memoryview(body)[len(json_part) :]
     except ValidationError as exc:
-        raise RequestError(f"invalid inference request: {_first_errors(exc)}") from exc
+        raise RequestError(f"invalid inference request: {first_errors(exc)}") from exc
 
 
 def _binary_chunk(tensor: RequestInput, binary: memoryview, header_length: int | None) -> memoryview | None:
@@ -259,7 +287,7 @@ def _input_names(card: ModelCard) -> str:
     return f"{card.input.name!r} (FP32), {IMAGE_INPUT!r} (BYTES) or {PIXELS_INPUT!r} (UINT8)"
 
 
-def _first_errors(exc: ValidationError) -> str:
+def first_errors(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3])
 
 
@@ -291,7 +319,7 @@ def _numeric(tensor: RequestInput, chunk: memoryview | None, dtype: type[np.gene
             raise RequestError(f"input {tensor.name!r}: FP32 data must be finite numbers")
         return raw
     data = tensor.data
-    if not isinstance(data, list):
+    if not isinstance(data, list | np.ndarray):
         raise RequestError(f"input {tensor.name!r}: 'data' must be a list")
     if count == 0:
         raise RequestError(f"input {tensor.name!r}: shape {tensor.shape} has a zero dimension")
@@ -327,6 +355,8 @@ def _bytes_elements(tensor: RequestInput, chunk: memoryview | None) -> list[byte
             pos += length
         return out
     data = tensor.data
+    if isinstance(data, list) and all(isinstance(x, bytes) for x in data):
+        return list(data)  # gRPC's bytes_contents: raw bytes already (JSON has no bytes)
     if not isinstance(data, list):
         raise RequestError(f"input {tensor.name!r}: 'data' must be a list of base64 strings")
     flat = [x[0] if isinstance(x, list) and len(x) == 1 else x for x in data]
@@ -346,39 +376,72 @@ def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return result
 
 
+def check_model_name(parsed: ParsedRequest, served: str) -> None:
+    """A model name in the request's body must be the one the request was sent to."""
+    if parsed.model_name and parsed.model_name != served:
+        raise RequestError(
+            f"model_name {parsed.model_name!r} in the request is not the model it was sent to ({served!r})"
+        )
+
+
+@dataclass
+class OutputTensor:
+    """An output to send: FP32 ``values`` or BYTES ``labels`` (the classification extension)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    binary: bool
+    values: npt.NDArray[np.float32] | None = None
+    labels: list[bytes] = field(default_factory=list)
+
+    def raw(self) -> bytes:
+        """The elements as the binary extension and gRPC's raw contents lay them out."""
+        if self.values is not None:
+            return np.ascontiguousarray(self.values, dtype="<f4").tobytes()
+        return b"".join(struct.pack("<I", len(s)) + s for s in self.labels)
+
+
+def select_outputs(parsed: ParsedRequest, logits: npt.NDArray[np.float32], card: ModelCard) -> list[OutputTensor]:
+    """The outputs the request asked for (the logits when it named none), computed from `logits`."""
+    selected: list[OutputTensor] = []
+    for out in parsed.outputs or [RequestOutput(name=card.output.name)]:
+        params = out.parameters or {}
+        binary = bool(params.get("binary_data", parsed.binary_output))
+        values = logits if out.name == card.output.name else softmax(logits)
+        classification = params.get("classification")
+        if classification is None:
+            selected.append(OutputTensor(out.name, "FP32", list(values.shape), binary, values=values))
+            continue
+        if (
+            isinstance(classification, bool)
+            or not isinstance(classification, int)
+            or not 0 < classification <= MAX_CLASSIFICATION
+        ):
+            raise RequestError(f"output {out.name!r}: classification must be an integer in 1..{MAX_CLASSIFICATION}")
+        k = min(classification, values.shape[1])
+        top = np.argsort(-values, axis=1)[:, :k]
+        labels = [f"{values[r, i]:f}:{i}:{card.classes[i]}".encode() for r, row in enumerate(top) for i in row]
+        selected.append(OutputTensor(out.name, "BYTES", [len(top), k], binary, labels=labels))
+    return selected
+
+
 def encode_response(
     parsed: ParsedRequest, logits: npt.NDArray[np.float32], card: ModelCard, name: str, version: str
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and extra headers (the binary extension's header length, when used)."""
     outputs: list[dict[str, Any]] = []
     binary_parts: list[bytes] = []
-    wanted = parsed.outputs or [RequestOutput(name=card.output.name)]
-    for out in wanted:
-        params = out.parameters or {}
-        binary = bool(params.get("binary_data", parsed.binary_output))
-        values = logits if out.name == card.output.name else softmax(logits)
-        classification = params.get("classification")
-        if classification is not None:
-            if not isinstance(classification, int) or not 0 < classification <= MAX_CLASSIFICATION:
-                raise RequestError(f"output {out.name!r}: classification must be an integer in 1..{MAX_CLASSIFICATION}")
-            k = min(classification, values.shape[1])
-            top = np.argsort(-values, axis=1)[:, :k]
-            labels = [[f"{values[r, i]:f}:{i}:{card.classes[i]}".encode() for i in row] for r, row in enumerate(top)]
-            entry: dict[str, Any] = {"name": out.name, "shape": [len(labels), k], "datatype": "BYTES"}
-            if binary:
-                raw = b"".join(struct.pack("<I", len(s)) + s for row in labels for s in row)
-                entry["parameters"] = {"binary_data_size": len(raw)}
-                binary_parts.append(raw)
-            else:
-                entry["data"] = [s.decode() for row in labels for s in row]
+    for out in select_outputs(parsed, logits, card):
+        entry: dict[str, Any] = {"name": out.name, "shape": out.shape, "datatype": out.datatype}
+        if out.binary:
+            raw = out.raw()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            binary_parts.append(raw)
+        elif out.values is not None:
+            entry["data"] = out.values.ravel()
         else:
-            entry = {"name": out.name, "shape": list(values.shape), "datatype": "FP32"}
-            if binary:
-                raw = np.ascontiguousarray(values, dtype="<f4").tobytes()
-                entry["parameters"] = {"binary_data_size": len(raw)}
-                binary_parts.append(raw)
-            else:
-                entry["data"] = values.ravel()
+            entry["data"] = [s.decode() for s in out.labels]
         outputs.append(entry)
     doc: dict[str, Any] = {"model_name": name, "model_version": version, "outputs": outputs}
     if parsed.request_id is not None:

@@ -1,11 +1,12 @@
 """The server's life: listen, load the model, serve, and on SIGTERM drain and exit.
 
-Order matters for Kubernetes. The port opens first, so the liveness probe passes while the model
-loads; readiness turns true only when every worker has loaded and warmed it up. On SIGTERM (or
-Ctrl-C): readiness turns false; requests are still served for ``--shutdown-delay-s`` (time for
-endpoint lists and load balancers to drop the pod); then new requests get 503 with ``Connection: close``, the listening
-socket closes (new connections are refused), admitted requests finish (up to
-``--drain-timeout-s``), then the workers stop and the process exits 0.
+Order matters for Kubernetes. The ports (HTTP, and gRPC unless ``--grpc-port -1``) open first, so
+the liveness probe passes while the model loads; readiness turns true only when every worker has
+loaded and warmed it up. On SIGTERM (or Ctrl-C): readiness turns false; requests are still served
+for ``--shutdown-delay-s`` (time for endpoint lists and load balancers to drop the pod); then new
+requests get 503 with ``Connection: close`` (gRPC: ``UNAVAILABLE``), the listening sockets close
+(new connections are refused), admitted requests finish (up to ``--drain-timeout-s``), then the
+workers stop and the process exits 0.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from modelops_server import endpoints, errors
 from modelops_server.config import Settings
 from modelops_server.connections import GuardedSite
 from modelops_server.dataplane import DataPlane
+from modelops_server.grpc_server import GrpcServer
 from modelops_server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,16 @@ async def serve(settings: Settings) -> int:
     )
     await site.start()
     log.info("listening", extra={"addresses": [list(a) if isinstance(a, tuple) else a for a in runner.addresses]})
+    grpc_server: GrpcServer | None = None
+    if settings.grpc_port >= 0:
+        grpc_server = GrpcServer(settings, plane, metrics)
+        try:
+            grpc_port = await grpc_server.start()
+        except errors.ServerError as failure:
+            log.error("%s", failure, extra={"reason": failure.reason})
+            await runner.cleanup()
+            return 1
+        log.info("listening for gRPC", extra={"host": settings.host, "grpc_port": grpc_port})
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -92,10 +104,13 @@ async def serve(settings: Settings) -> int:
     log.info("shutting down: draining in-flight requests", extra={"in_flight": plane.depth})
     plane.draining = True
     await site.stop()
+    grpc_stopped = asyncio.create_task(grpc_server.stop(settings.drain_timeout_s)) if grpc_server else None
     drained = await plane.drain(settings.drain_timeout_s)
     if not drained:
         log.warning("drain timeout: some requests were not answered", extra={"in_flight": plane.depth})
     await runner.cleanup()
+    if grpc_stopped is not None:
+        await grpc_stopped
     await plane.stop()
     log.info("stopped")
     return code

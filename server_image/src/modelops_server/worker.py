@@ -13,15 +13,10 @@ Pillow, numpy and ONNX Runtime all release the GIL, so decoding the next request
 inference on the current batch. A control thread loads and unloads models beside the serving ones
 (hot swap) and acknowledges each load only after warm-up.
 
-Messages in (tuples, pickled by ``multiprocessing``):
-    ("infer", req_id, model_key, kind, payload, meta, enqueued_at)  kind: "v2" | "classify"
-    ("load", model_key, local_path, card_json, name, version)
-    ("unload", model_key)
-    ("stop",)
-Messages out:
-    ("result", req_id, status, body, headers, (batch_started_at,) or None, error_kind)
-    ("batch", model_key, rows, inference_seconds)                     one per ONNX Runtime run
-    ("loaded", worker_id, model_key, error_or_None, seconds, runner_facts)
+Messages in and out are the typed tuples of ``messages``: ``Infer``, ``Load``, ``Unload``, ``Stop``
+in; ``Result`` (one per request), ``BatchRan`` (one per ONNX Runtime run), ``Loaded`` out. An
+``Infer`` payload is an OIP REST body (``v2``), an image (``classify``) or a serialized gRPC
+``ModelInferRequest`` (``grpc``); its answer is encoded in the same form.
 """
 
 from __future__ import annotations
@@ -40,8 +35,9 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from modelops_server import protocol
+from modelops_server import grpc_protocol, protocol
 from modelops_server.errors import InvalidModelOutput, ServerError, Unavailable, http_status, to_wire
+from modelops_server.messages import BatchRan, FromWorker, Infer, Load, Loaded, Result, Stop, ToWorker, Unload
 from modelops_server.modelcard import ModelCard
 from modelops_server.runtime import ModelRunner, RuntimeOptions
 
@@ -85,8 +81,8 @@ class Worker:
     def __init__(
         self,
         worker_id: int,
-        inbox: MPQueue[tuple[Any, ...]],
-        outbox: MPQueue[tuple[Any, ...]],
+        inbox: MPQueue[ToWorker],
+        outbox: MPQueue[FromWorker],
         runtime: RuntimeOptions,
         batching: BatchingOptions,
     ) -> None:
@@ -97,7 +93,7 @@ class Worker:
         self.batching = batching
         self.models: dict[str, tuple[ModelRunner, str, str]] = {}  # key -> (runner, name, version)
         self.ready: queue.Queue[_Prepared | None] = queue.Queue()
-        self.control: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
+        self.control: queue.Queue[Load | Unload | None] = queue.Queue()
         self.slots = threading.Semaphore(batching.prefetch)
         self.pool = ThreadPoolExecutor(batching.decode_threads, thread_name_prefix=f"decode-{worker_id}")
         self.stopping = threading.Event()
@@ -109,12 +105,11 @@ class Worker:
         while True:
             self.slots.acquire()
             msg = self.inbox.get()
-            if msg[0] == "infer":
-                _, req_id, key, kind, payload, meta, enqueued_at = msg
-                self.pool.submit(self._prepare, req_id, key, kind, payload, meta, enqueued_at)
+            if isinstance(msg, Infer):
+                self.pool.submit(self._prepare, msg)
                 continue
             self.slots.release()
-            if msg[0] == "stop":
+            if isinstance(msg, Stop):
                 self.control.put(None)
                 self.ready.put(None)
                 return
@@ -123,25 +118,24 @@ class Worker:
     def control_loop(self) -> None:
         """Load and unload models, beside the ones serving, and acknowledge each load."""
         while (msg := self.control.get()) is not None:
-            if msg[0] == "load":
-                _, key, path, card_json, name, version = msg
+            if isinstance(msg, Load):
+                key = msg.model_key
                 started = time.monotonic()
                 try:
-                    runner = ModelRunner(path, ModelCard.model_validate_json(card_json), self.runtime)
+                    runner = ModelRunner(msg.local_path, ModelCard.model_validate_json(msg.card_json), self.runtime)
                     runner.warm_up(tuple(sorted({1, self.batching.max_batch_size})))
-                    self.models[key] = (runner, name, version)
-                    self.outbox.put(
-                        ("loaded", self.worker_id, key, None, time.monotonic() - started, runner.describe())
-                    )
+                    self.models[key] = (runner, msg.name, msg.version)
+                    self.outbox.put(Loaded(self.worker_id, key, None, time.monotonic() - started, runner.describe()))
                 except BaseException as exc:
-                    self.outbox.put(("loaded", self.worker_id, key, to_wire(exc), time.monotonic() - started, {}))
-            elif msg[0] == "unload":
-                self.models.pop(msg[1], None)
+                    self.outbox.put(Loaded(self.worker_id, key, to_wire(exc), time.monotonic() - started, {}))
+            else:
+                self.models.pop(msg.model_key, None)
 
     # --- decode pool ----------------------------------------------------------------------------
 
-    def _prepare(self, req_id: int, key: str, kind: str, payload: bytes, meta: dict[str, Any], at: float) -> None:
-        item = _Prepared(req_id=req_id, model_key=key, kind=kind, enqueued_at=at)
+    def _prepare(self, msg: Infer) -> None:
+        key, kind, payload, meta = msg.model_key, msg.kind, msg.payload, msg.meta
+        item = _Prepared(req_id=msg.req_id, model_key=key, kind=kind, enqueued_at=msg.enqueued_at)
         try:
             loaded = self.models.get(key)
             if loaded is None:
@@ -152,13 +146,19 @@ class Worker:
                 item.top_k = int(meta.get("top_k", 5))
                 item.rows = pre.image_row(payload)[None]
             else:
-                parsed = protocol.parse_request(
-                    payload,
-                    meta.get("header_length"),
-                    runner.card,
-                    max_rows=self.batching.max_rows_per_request,
-                    content_type=meta.get("content_type", ""),
-                )
+                if kind == "grpc":
+                    parsed = grpc_protocol.parse_request(
+                        payload, runner.card, max_rows=self.batching.max_rows_per_request
+                    )
+                else:
+                    parsed = protocol.parse_request(
+                        payload,
+                        meta.get("header_length"),
+                        runner.card,
+                        max_rows=self.batching.max_rows_per_request,
+                        content_type=meta.get("content_type", ""),
+                    )
+                protocol.check_model_name(parsed, loaded[1])
                 item.parsed = parsed
                 if parsed.kind == "tensor" and parsed.tensor is not None:
                     item.rows = np.ascontiguousarray(parsed.tensor, dtype=np.float32)
@@ -227,7 +227,7 @@ class Worker:
                 chunk_started = time.monotonic()
                 chunks.append(runner.run(inputs[i : i + limit]))
                 rows = min(limit, inputs.shape[0] - i)
-                self.outbox.put(("batch", key, rows, time.monotonic() - chunk_started))
+                self.outbox.put(BatchRan(key, rows, time.monotonic() - chunk_started))
             logits = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
         except BaseException as exc:
             log.exception("inference failed", extra={"model": key, "rows": int(inputs.shape[0])})
@@ -236,7 +236,6 @@ class Worker:
                 self._answer_error(item)
             return
         offset = 0
-        timing = (started,)
         for item in batch:
             part = logits[offset : offset + item.count]
             offset += item.count
@@ -250,34 +249,36 @@ class Worker:
                         **protocol.encode_classification(part, runner.card, name, version, item.top_k)[0],
                     }
                     body, headers = orjson.dumps(doc), {"Content-Type": "application/json"}
+                elif item.kind == "grpc":
+                    assert item.parsed is not None
+                    body, headers = grpc_protocol.encode_response(item.parsed, part, runner.card, name, version), {}
                 else:
                     assert item.parsed is not None
                     body, headers = protocol.encode_response(item.parsed, part, runner.card, name, version)
             except BaseException as exc:
                 item.error = exc
-                self._answer_error(item, timing)
+                self._answer_error(item, started)
                 continue
-            self.outbox.put(("result", item.req_id, 200, body, headers, timing, ""))
+            self.outbox.put(Result(item.req_id, 200, body, headers, started))
             self.slots.release()
 
-    def _answer_error(self, item: _Prepared, timing: tuple[float] | None = None) -> None:
+    def _answer_error(self, item: _Prepared, batch_started_at: float | None = None) -> None:
         exc = item.error
         assert exc is not None
         error = exc if isinstance(exc, ServerError) else ServerError(f"{type(exc).__name__}: {exc}")
         if not isinstance(exc, ServerError):
             log.error("unexpected error", exc_info=exc)
         body = orjson.dumps({"error": str(error)})
-        kind, _ = to_wire(error)
-        self.outbox.put(
-            ("result", item.req_id, http_status(error), body, {"Content-Type": "application/json"}, timing, kind)
-        )
+        kind, message = to_wire(error)
+        headers = {"Content-Type": "application/json"}
+        self.outbox.put(Result(item.req_id, http_status(error), body, headers, batch_started_at, kind, message))
         self.slots.release()
 
 
 def worker_main(
     worker_id: int,
-    inbox: MPQueue[tuple[Any, ...]],
-    outbox: MPQueue[tuple[Any, ...]],
+    inbox: MPQueue[ToWorker],
+    outbox: MPQueue[FromWorker],
     runtime: RuntimeOptions,
     batching: BatchingOptions,
     log_format: str,

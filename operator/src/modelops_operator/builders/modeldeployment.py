@@ -44,6 +44,9 @@ from modelops_operator.settings import OperatorSettings
 
 KIND = "ModelDeployment"
 PORT = 8080
+#: The server's gRPC port (the Open Inference Protocol's GRPCInferenceService and grpc.health.v1),
+#: on the pods and, under the same number, on the Services (KServe's convention: 8080 and 8081).
+GRPC_PORT = 8081
 DRAIN_SECONDS = 30
 #: Seconds a terminating server keeps serving while not ready, so endpoint lists drop it first.
 SHUTDOWN_DELAY_SECONDS = 5
@@ -102,6 +105,7 @@ def pod_template(
         "MODELOPS_MODEL_NAME": name,
         "MODELOPS_MODEL_VERSION": model.version or model.digest[7:19],
         "MODELOPS_PORT": str(PORT),
+        "MODELOPS_GRPC_PORT": str(GRPC_PORT),
         "MODELOPS_WORKERS": str(server.workers),
         "MODELOPS_MAX_BATCH_SIZE": str(server.max_batch_size),
         "MODELOPS_MAX_BATCH_DELAY_MS": str(server.max_batch_delay_ms),
@@ -142,7 +146,10 @@ def pod_template(
         "image": settings.server_image,
         "command": ["python", "-m", "modelops_server"],
         "env": [{"name": k, "value": v} for k, v in env.items()],
-        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+        ],
         "startupProbe": probe("/v2/health/live", 2, 90),  # fetching and checking a large model takes time
         "readinessProbe": probe("/v2/health/ready", 2, 2),
         "livenessProbe": probe("/v2/health/live", 10, 3),
@@ -211,7 +218,10 @@ def build_deployment(
 
 
 def build_services(md: dict[str, Any]) -> list[dict[str, Any]]:
-    """The Service over both tracks (what clients use), and one per track (HTTPRoute backends)."""
+    """The Service over both tracks (what clients use), and one per track (HTTPRoute backends).
+
+    Each has the REST port (80) and the gRPC port (8081, ``appProtocol: grpc``, so that meshes and
+    Gateway implementations speak HTTP/2 to it)."""
     name = md["metadata"]["name"]
     out = []
     for track in (None, "stable", "canary"):
@@ -223,7 +233,16 @@ def build_services(md: dict[str, Any]) -> list[dict[str, Any]]:
                 "metadata": _meta(md, svc_name, f"service-{track}" if track else "service"),
                 "spec": {
                     "selector": selector(name, track),
-                    "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+                    "ports": [
+                        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+                        {
+                            "name": "grpc",
+                            "port": GRPC_PORT,
+                            "targetPort": "grpc",
+                            "protocol": "TCP",
+                            "appProtocol": "grpc",
+                        },
+                    ],
                 },
             }
         )
