@@ -109,8 +109,9 @@ def test_the_server_reads_every_variable_the_operator_sets(spec, track):
     assert settings.model_uri == MODEL.uri and settings.model_digest == MODEL.digest
     assert settings.model_version == MODEL.version and settings.model_name == "digits"
     assert settings.device == ("cuda" if spec.get("server", {}).get("gpus") else "cpu")
-    # The port the server listens on is the one the probes and the Service use.
-    assert [p["containerPort"] for p in container["ports"]] == [settings.port]
+    # The ports the server listens on are the ones the probes and the Services use.
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": settings.port, "grpc": settings.grpc_port}
 
 
 # --- the trainer (TrainingRun's PyTorchJobs) ----------------------------------------------------
