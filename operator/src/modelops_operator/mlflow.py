@@ -1,11 +1,17 @@
 """Model versions in an MLflow Model Registry, through MLflow's REST API (the 2.0 endpoints).
 
 The operator does not depend on the `mlflow` package (hundreds of megabytes with its
-dependencies): three endpoints are enough, spoken with the standard library.
+dependencies): four endpoints are enough, spoken with the standard library.
 
     registered-models/create   the registered model, once (RESOURCE_ALREADY_EXISTS is fine)
     model-versions/search      the versions of that model, to find one already registered
-    model-versions/create      a new version: the ONNX file's URI, description and tags
+    model-versions/create      a new version: the ONNX file's URI, description, tags, and the
+                               MLflow run of the trial that trained it (`run_id`)
+    registered-models/alias    an alias (`production`) moved to the version a ModelDeployment promoted
+
+Lineage: the trainer logs each trial as an MLflow run (trainer_image's `tracking.py`) and reports
+its id; the version registered from the best trial carries that `run_id` (MLflow's UI links the
+two) and the tag `modelops.dev/mlflow-run` = `runs:/<run id>`.
 
 Registering is idempotent: every version carries the tag `modelops.dev/digest` (the ONNX file's
 SHA-256), and a version of the model that already carries the digest is returned instead of
@@ -29,6 +35,11 @@ Which `source` URIs an MLflow server accepts (MLflow 3.x; checked against 3.17):
   `http,https`), or the URI points at the server's own artifact store.
 - `runs:/` and `mlflow-artifacts:/` URIs: refused without a `run_id` (which is not sent).
 
+A private CA: `ssl_context_from_secret` makes the TLS context from a Secret's `ca.crt` (PEM), which
+then replaces the system's trust store for that server (as MLflow's
+`MLFLOW_TRACKING_SERVER_CERT_PATH` does); a key that is not a certificate is refused without
+quoting it.
+
 Credentials come from a Secret (`spec.registry.credentialsSecret`: keys `username` and
 `password`, sent as HTTP basic authentication as MLflow's `basic-auth` app expects, or `token`,
 sent as a bearer token). The Secret must name the tracking server it is for in its annotation
@@ -49,10 +60,10 @@ The tracking URI is chosen by a tenant, so the client treats the server as untru
 from __future__ import annotations
 
 import base64
-import dataclasses
 import http.client
 import json
 import re
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -61,6 +72,10 @@ from typing import Any
 
 DIGEST_TAG = "modelops.dev/digest"
 """The model-version tag holding the ONNX file's digest: how a version is found again."""
+RUN_TAG = "modelops.dev/mlflow-run"
+"""The model-version tag `runs:/<run id>`: the MLflow run of the trial that trained it."""
+CA_KEY = "ca.crt"
+"""The key of a CA Secret holding the PEM bundle (cert-manager's name for it)."""
 
 _API_PREFIX = "/api/2.0/mlflow/"
 _PAGE_SIZE = 1000
@@ -100,6 +115,8 @@ def register_model_version(
     tags: dict[str, str] | None = None,
     timeout: float = 10.0,
     authorization: str | None = None,
+    run_id: str | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> str:
     """Register `source` (the ONNX file's URI) as a new version of registered model `name`; returns
     the MLflow version number as a string.
@@ -110,13 +127,13 @@ def register_model_version(
     (RESOURCE_ALREADY_EXISTS is fine). `tags` are added to the new version's tags; the digest tag
     always wins over one of the same key. `timeout` applies to each HTTP request (there are at
     least three). `authorization` (from `credentials_from_secret`) replaces credentials in the URI.
+    `run_id` links the new version to the MLflow run that trained it (and tags it `runs:/<id>`);
+    `context` (from `ssl_context_from_secret`) verifies an https server against a private CA.
     See the module docstring for the `source` URIs MLflow accepts.
 
     Raises RegistryError when MLflow answers with an error or cannot be reached.
     """
-    client = _Client.for_uri(tracking_uri, timeout)
-    if authorization is not None:
-        client = dataclasses.replace(client, authorization=authorization)
+    client = _Client.for_uri(tracking_uri, timeout, authorization=authorization, context=context)
     try:
         client.call("POST", "registered-models/create", body={"name": name})
     except RegistryError as error:
@@ -128,12 +145,16 @@ def register_model_version(
         return existing
 
     all_tags = {**(tags or {}), DIGEST_TAG: digest}
+    if run_id:
+        all_tags[RUN_TAG] = f"runs:/{run_id}"
     body = {
         "name": name,
         "source": source,
         "description": description,
         "tags": [{"key": key, "value": value} for key, value in all_tags.items()],
     }
+    if run_id:
+        body["run_id"] = run_id
     try:
         answer = client.call("POST", "model-versions/create", body=body)
     except RegistryError as error:
@@ -149,6 +170,23 @@ def register_model_version(
     if version is None:
         raise RegistryError(f"{client.display} answered model-versions/create without a version")
     return str(version)
+
+
+def set_alias(
+    tracking_uri: str,
+    name: str,
+    alias: str,
+    version: str,
+    *,
+    timeout: float = 10.0,
+    authorization: str | None = None,
+    context: ssl.SSLContext | None = None,
+) -> None:
+    """Point alias `alias` of registered model `name` at `version` (MLflow moves it from the
+    version it was on). Idempotent: setting it to where it already points changes nothing.
+    Raises RegistryError as `register_model_version` does."""
+    client = _Client.for_uri(tracking_uri, timeout, authorization=authorization, context=context)
+    client.call("POST", "registered-models/alias", body={"name": name, "alias": alias, "version": version})
 
 
 def _find_version(client: _Client, name: str, digest: str) -> str | None:
@@ -197,22 +235,37 @@ class _Client:
     """`MLflow at <tracking URI without credentials>`, the start of error messages."""
     authorization: str | None
     timeout: float
+    context: ssl.SSLContext | None = None
+    """Trust for https: None is the system's trust store."""
 
     @classmethod
-    def for_uri(cls, tracking_uri: str, timeout: float) -> _Client:
-        """The client for an `http(s)://[user:password@]host[:port][/path]` tracking URI."""
+    def for_uri(
+        cls,
+        tracking_uri: str,
+        timeout: float,
+        *,
+        authorization: str | None = None,
+        context: ssl.SSLContext | None = None,
+    ) -> _Client:
+        """The client for an `http(s)://[user:password@]host[:port][/path]` tracking URI;
+        `authorization`, when given, replaces credentials in the URI."""
         parts = urllib.parse.urlsplit(tracking_uri.strip())
         netloc = parts.netloc.rpartition("@")[2]
         public = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
         if parts.scheme not in {"http", "https"} or not netloc:
             raise RegistryError(f"MLflow tracking URI {public or tracking_uri!r} is not an http:// or https:// URL")
+        authorization_header = authorization
         authorization = None
         if parts.username is not None:
             user = urllib.parse.unquote(parts.username)
             password = urllib.parse.unquote(parts.password or "")
             authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
         return cls(
-            base=public + _API_PREFIX, display=f"MLflow at {public}", authorization=authorization, timeout=timeout
+            base=public + _API_PREFIX,
+            display=f"MLflow at {public}",
+            authorization=authorization_header or authorization,
+            timeout=timeout,
+            context=context,
         )
 
     def call(
@@ -231,7 +284,8 @@ class _Client:
             headers["Authorization"] = self.authorization
         request = urllib.request.Request(url, data=data, headers=headers, method=method)
         try:
-            with _OPENER.open(request, timeout=self.timeout) as response:
+            opener = _OPENER if self.context is None else _opener(self.context)
+            with opener.open(request, timeout=self.timeout) as response:
                 raw = response.read(_MAX_ANSWER + 1)
                 kind = response.headers.get_content_type()
         except urllib.error.HTTPError as error:
@@ -310,6 +364,25 @@ class _SameServerRedirects(urllib.request.HTTPRedirectHandler):
 
 
 _OPENER = urllib.request.build_opener(_SameServerRedirects)
+
+
+def _opener(context: ssl.SSLContext) -> urllib.request.OpenerDirector:
+    """An opener like _OPENER that verifies https servers with `context`."""
+    return urllib.request.build_opener(_SameServerRedirects, urllib.request.HTTPSHandler(context=context))
+
+
+def ssl_context_from_secret(secret: dict[str, Any], key: str = CA_KEY) -> ssl.SSLContext:
+    """A TLS context trusting only the PEM CA bundle in `key` of a Secret. RegistryError when the key
+    is missing or not a certificate; the Secret's content is never quoted (it may be a real secret)."""
+    meta = secret.get("metadata") or {}
+    name = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+    pem = _secret_text(secret, key)
+    if not pem:
+        raise RegistryError(f"Secret {name} has no key {key} (a PEM CA certificate)")
+    try:
+        return ssl.create_default_context(cadata=pem)
+    except (ssl.SSLError, ValueError):
+        raise RegistryError(f"Secret {name} key {key} is not a PEM certificate (its content is not shown)") from None
 
 
 def _secret_text(secret: dict[str, Any], key: str) -> str | None:
