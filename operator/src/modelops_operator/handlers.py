@@ -29,6 +29,7 @@ from modelops_operator.api.kinds import DATASET, KINDS, MODEL_DEPLOYMENT, TRAINI
 from modelops_operator.api.trainingrun import TrainingRunSpec, TrainingRunStatus
 from modelops_operator.builders import alerts as ba
 from modelops_operator.builders import modeldeployment as bm
+from modelops_operator.builders import trainingrun as bt
 from modelops_operator.reconcile import dataset as rd
 from modelops_operator.reconcile import dependencies as dep
 from modelops_operator.reconcile import modeldeployment as rm
@@ -189,9 +190,11 @@ def _training_run(spec: Any, generation: int, old: Any, body: kopf.Body) -> Stat
     if taken := _names_taken(outcome.actions):
         blocked: StatusBase = refused(old, generation, c.NAME_CONFLICT, taken, old.phase)
         return blocked
+    creates = any(a.verb == "create" for a in outcome.actions)
+    tracked = creates and _trial_credentials_checked(spec, ns, body)
     for action in outcome.actions:
         if action.verb == "create" and action.body is not None:
-            _kube(kube.create_pytorchjob, action.body)
+            _kube(kube.create_pytorchjob, bt.with_mlflow_credentials(action.body, spec) if tracked else action.body)
         elif action.verb == "delete":
             _kube(kube.delete_pytorchjob, ns, action.name)
         else:
@@ -223,7 +226,8 @@ def _register_in_mlflow(spec: TrainingRunSpec, status: TrainingRunStatus, body: 
             digest=model.digest,
             description=f"modelops TrainingRun {body.metadata.namespace}/{body.metadata.name} v{model.version}",
             tags=tags,
-            authorization=_mlflow_authorization(body.metadata.namespace or "", reg),
+            run_id=model.mlflow_run_id,
+            **_mlflow_connection(body.metadata.namespace or "", reg),
         )
     except mlflow.RegistryError as e:
         conds = c.set_condition(
@@ -245,25 +249,51 @@ def _register_in_mlflow(spec: TrainingRunSpec, status: TrainingRunStatus, body: 
     return status.model_copy(update={"model": model, "models": models, "conditions": conds})
 
 
-def _mlflow_authorization(namespace: str, reg: Any) -> str | None:
-    """The Authorization header from `spec.registry.credentialsSecret`, if set; RegistryError
-    when the Secret is missing, not for this server, or not readable by the operator."""
-    if not reg.credentials_secret:
-        return None
+def _mlflow_connection(namespace: str, reg: Any) -> dict[str, Any]:
+    """`authorization` and `context` for the mlflow client from `spec.registry`'s Secrets;
+    RegistryError when a Secret is missing, not for this server, or not readable by the operator."""
+    conn = mlflow.connect(reg, _secret_reader(namespace))
+    return {"authorization": conn.authorization, "context": conn.context}
+
+
+def _secret_reader(namespace: str) -> mlflow.SecretReader:
+    """Reads a Secret of `namespace` for the mlflow module (which may not call the API itself)."""
+
+    def read(name: str, field: str) -> dict[str, Any]:
+        try:
+            secret = kube.get_secret(namespace, name)
+        except kube.Forbidden as e:
+            raise mlflow.RegistryError(
+                f"the operator may not read Secret {namespace}/{name}: install the chart with "
+                f"rbac.readSecrets=true to use {field}"
+            ) from e
+        except kube.Unavailable as e:
+            raise kopf.TemporaryError(str(e), delay=10) from e
+        if secret is None:
+            raise mlflow.RegistryError(f"Secret {namespace}/{name} ({field}) does not exist")
+        return secret
+
+    return read
+
+
+def _trial_credentials_checked(spec: TrainingRunSpec, namespace: str, body: kopf.Body) -> bool:
+    """Whether trial pods may get `spec.registry.credentialsSecret`: it names this tracking server
+    (see `mlflow.credentials_from_secret`). When not, trials are tracked without credentials (or
+    not at all) and a Warning Event says why; registration reports the same in its condition."""
+    reg = spec.registry
+    if not reg.credentials_secret or not reg.mlflow_tracking_uri or not reg.track_trials:
+        return False
     try:
-        secret = kube.get_secret(namespace, reg.credentials_secret)
-    except kube.Forbidden as e:
-        raise mlflow.RegistryError(
-            f"the operator may not read Secret {namespace}/{reg.credentials_secret}: install the chart with "
-            "rbac.readSecrets=true to use spec.registry.credentialsSecret"
-        ) from e
-    except kube.Unavailable as e:
-        raise kopf.TemporaryError(str(e), delay=10) from e
-    if secret is None:
-        raise mlflow.RegistryError(
-            f"Secret {namespace}/{reg.credentials_secret} (spec.registry.credentialsSecret) does not exist"
+        mlflow.credentials_from_secret(
+            _secret_reader(namespace)(reg.credentials_secret, "spec.registry.credentialsSecret"),
+            reg.mlflow_tracking_uri,
         )
-    return mlflow.credentials_from_secret(secret, reg.mlflow_tracking_uri)
+    except mlflow.RegistryError as e:
+        kopf.event(
+            body, type="Warning", reason=c.MLFLOW_REGISTRATION_FAILED, message=f"trials get no MLflow credentials: {e}"
+        )
+        return False
+    return True
 
 
 ROLLOUT_ABORTED = prometheus_client.Gauge(
@@ -360,6 +390,7 @@ def _model_deployment(spec: Any, generation: int, old: Any, body: kopf.Body) -> 
         problem = rd.pod_problem(_kube(kube.list_pods, ns, f"{names.MODEL_DEPLOYMENT_LABEL}={name}"))
         if problem:
             status = rm.pods_blocked(status, generation, problem)
+    status = mlflow.apply_alias(spec, status, run, _secret_reader(ns))
     return status.model_copy(update={"url": bm.service_url(md)})
 
 

@@ -67,8 +67,14 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from modelops_operator.api import conditions as c
+from modelops_operator.api.common import ConditionStatus
+from modelops_operator.api.modeldeployment import MlflowAliasStatus, ModelDeploymentSpec, ModelDeploymentStatus
+from modelops_operator.api.trainingrun import Registry, TrainingRunSpec
 
 DIGEST_TAG = "modelops.dev/digest"
 """The model-version tag holding the ONNX file's digest: how a version is found again."""
@@ -430,3 +436,120 @@ def _one_line(text: str) -> str:
     """`text` with runs of whitespace (newlines included) collapsed, at most _MAX_MESSAGE long."""
     text = re.sub(r"\s+", " ", text).strip()
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
+
+
+# --- what the operator asks of MLflow for its objects ---------------------------------------------
+
+SecretReader = Callable[[str, str], dict[str, Any]]
+"""(Secret name, the spec field naming it) -> the Secret, from the object's namespace; raises
+RegistryError when it does not exist or the operator may not read it (the handler's part)."""
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach one tracking server: its URI, the Authorization header and the TLS trust."""
+
+    tracking_uri: str
+    authorization: str | None = None
+    context: ssl.SSLContext | None = None
+
+
+def connect(registry: Registry, read_secret: SecretReader) -> Connection:
+    """The connection `spec.registry` of a TrainingRun describes: credentials from
+    `credentialsSecret` (only when the Secret names this server, see `credentials_from_secret`),
+    a private CA from `caSecret`. RegistryError when a Secret cannot be used."""
+    uri = registry.mlflow_tracking_uri
+    if not uri:
+        raise RegistryError("spec.registry.mlflowTrackingUri is not set")
+    authorization = context = None
+    if registry.credentials_secret:
+        secret = read_secret(registry.credentials_secret, "spec.registry.credentialsSecret")
+        authorization = credentials_from_secret(secret, uri)
+    if registry.ca_secret:
+        context = ssl_context_from_secret(read_secret(registry.ca_secret, "spec.registry.caSecret"))
+    return Connection(uri, authorization, context)
+
+
+def apply_alias(
+    spec: ModelDeploymentSpec,
+    status: ModelDeploymentStatus,
+    training_run: dict[str, Any] | None,
+    read_secret: SecretReader,
+) -> ModelDeploymentStatus:
+    """`status` after pointing `spec.model.mlflowAlias` at the MLflow version of the stable model.
+
+    Called at every reconcile; calls MLflow only when the stable model (or the alias, or the
+    registered model's name) differs from what `status.mlflowAlias` records, that is after a
+    promotion, so an alias someone moves by hand in MLflow stays where they put it until the next
+    one. A failure sets the `MLflowAlias` condition to False with its reason and is retried at the
+    next reconcile; serving never waits for it. Without an alias in the spec, the record and the
+    condition are dropped.
+    """
+    generation = status.observed_generation
+    if spec.model.mlflow_alias is None:
+        if status.mlflow_alias is None and not any(x.type == c.MLFLOW_ALIAS for x in status.conditions):
+            return status
+        kept = [x for x in status.conditions if x.type != c.MLFLOW_ALIAS]
+        return status.model_copy(update={"mlflow_alias": None, "conditions": kept})
+    target = _alias_target(spec, status, training_run)
+    if target is None:
+        return status
+    if isinstance(target, tuple):
+        registry, wanted = target
+        if status.mlflow_alias == wanted and any(
+            x.type == c.MLFLOW_ALIAS and x.status == ConditionStatus.TRUE for x in status.conditions
+        ):
+            return status
+        try:
+            conn = connect(registry, read_secret)
+            set_alias(
+                conn.tracking_uri,
+                wanted.model_name,
+                wanted.alias,
+                wanted.version,
+                authorization=conn.authorization,
+                context=conn.context,
+            )
+        except RegistryError as error:
+            target = f'alias "{wanted.alias}" of "{wanted.model_name}": {error}'
+        else:
+            msg = (
+                f'alias "{wanted.alias}" of "{wanted.model_name}" in MLflow points at version {wanted.version} '
+                f"({wanted.served})"
+            )
+            conds = c.set_condition(
+                status.conditions, c.MLFLOW_ALIAS, ConditionStatus.TRUE, c.MLFLOW_ALIAS_MOVED, msg, generation
+            )
+            return status.model_copy(update={"mlflow_alias": wanted, "conditions": conds})
+    conds = c.set_condition(
+        status.conditions, c.MLFLOW_ALIAS, ConditionStatus.FALSE, c.MLFLOW_ALIAS_FAILED, target, generation
+    )
+    return status.model_copy(update={"conditions": conds})
+
+
+def _alias_target(
+    spec: ModelDeploymentSpec, status: ModelDeploymentStatus, training_run: dict[str, Any] | None
+) -> tuple[Registry, MlflowAliasStatus] | str | None:
+    """Where the alias should point (with the TrainingRun's registry settings), why it cannot be
+    known (a message), or None while nothing of the TrainingRun is stable."""
+    alias, ref, stable = spec.model.mlflow_alias, spec.model.training_run_ref, status.stable
+    if alias is None or ref is None or stable is None or training_run is None:
+        return None
+    if not (stable.version or "").startswith(f"{ref.name}:v"):
+        return None
+    try:
+        run_spec = TrainingRunSpec.model_validate(training_run.get("spec") or {})
+    except ValueError:
+        return f'TrainingRun "{ref.name}" has a spec the operator cannot read (see its Ready condition)'
+    registry = run_spec.registry
+    if not registry.mlflow_tracking_uri:
+        return f'TrainingRun "{ref.name}" does not register in MLflow: set its spec.registry.mlflowTrackingUri'
+    number = (stable.version or "").rpartition(":v")[2]
+    run_status = training_run.get("status") or {}
+    entries = [*(run_status.get("models") or []), run_status.get("model") or {}]
+    entry = next((m for m in entries if str(m.get("version")) == number and m.get("digest") == stable.digest), None)
+    mlflow_version = (entry or {}).get("mlflowVersion")
+    if not mlflow_version:
+        return f"{stable.version} has no MLflow version yet; the TrainingRun's MLflowRegistered condition says why"
+    name = registry.model_name or ref.name
+    return registry, MlflowAliasStatus(alias=alias, model_name=name, version=str(mlflow_version), served=stable.version)

@@ -383,5 +383,5 @@ class Tracker:
         """What the summary says about tracking: the run id (or null) and, when something failed, why."""
         out: dict[str, Any] = {"mlflowRunId": self.run_id}
         if self.reason is not None:
-            out["mlflowReason"] = self.reason[:1000]
+            out["mlflowReason"] = self.reason[:300]
         return out

@@ -62,6 +62,8 @@ class TrainSummary(BaseModel):
     objective: dict[str, Any] = {}
     metrics: dict[str, float] = {}
     model: dict[str, Any] = {}
+    mlflow_run_id: str | None = None
+    mlflow_reason: str | None = None
 
 
 @dataclass
@@ -350,9 +352,16 @@ class _Run:
                     "model_digest": model["digest"],
                     "model_card_uri": model.get("modelCardUri"),
                     "epoch": summary.epochs or trial.epoch,
+                    "mlflow_run_id": summary.mlflow_run_id,
                 }
             )
-            self.end_trial(done, "Succeeded", "Succeeded", summary.message or "trained and exported")
+            said = summary.message or "trained and exported"
+            self.end_trial(
+                done,
+                "Succeeded",
+                "Succeeded",
+                f"{said}; MLflow: {summary.mlflow_reason}" if summary.mlflow_reason else said,
+            )
         elif state == "Failed":
             if summary is not None and summary.status == "Failed" and summary.reason:
                 reason, msg = summary.reason, summary.message or summary.reason
@@ -539,6 +548,7 @@ class _Run:
             objective=best.objective,
             parameters=best.parameters,
             code_version=modelops_operator.__version__,
+            mlflow_run_id=best.mlflow_run_id,
         )
         models = [*[m for m in self.status.models if m.version != version][-(MAX_MODELS - 1) :], model]
         self.update(
