@@ -94,6 +94,16 @@ BAD = [
         model_deployment().set("spec.rollout.trafficRouting", {"headerRoute": {"name": "x-canary", "value": "1"}}),
         "header routing needs trafficRouting.httpRoute",
     ),
+    (model_deployment().set("spec.model.mlflowAlias", "latest"), "MLflow reserves the aliases latest and v<number>"),
+    (model_deployment().set("spec.model.mlflowAlias", "v2"), "MLflow reserves the aliases latest and v<number>"),
+    (
+        model_deployment()
+        .drop("spec.model.trainingRunRef")
+        .set("spec.model.uri", "s3://b/m.onnx")
+        .set("spec.model.digest", DIGEST)
+        .set("spec.model.mlflowAlias", "production"),
+        "model.mlflowAlias needs model.trainingRunRef",
+    ),
 ]
 
 

@@ -181,21 +181,23 @@ def test_a_resumed_run_logs_to_the_same_mlflow_run(tracking_uri, tmp_path):
 
 class Recorder:
     """A stand-in for an MLflow server that checks a bearer token (mlflow's own basic-auth app
-    checks only basic credentials): answers 401 without the token, else minimal MLflow answers."""
+    checks only basic credentials, and needs Flask-WTF, which mlflow-skinny does not bring): answers
+    401 without the token, else minimal MLflow answers; `artifact_uri` is what runs/create says."""
 
-    def __init__(self, token: str) -> None:
-        seen: list[str | None] = []
+    def __init__(self, token: str, artifact_uri: str = "") -> None:
+        seen: list[tuple[str, str, str | None]] = []
 
         class Answer(http.server.BaseHTTPRequestHandler):
             def _any(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                seen.append(self.headers.get("Authorization"))
+                seen.append((self.command, self.path.split("?")[0], self.headers.get("Authorization")))
                 if self.headers.get("Authorization") != f"Bearer {token}":
                     code, body = 401, {"error_code": "UNAUTHENTICATED", "message": "a bearer token is required"}
                 elif "get-by-name" in self.path:
                     code, body = 200, {"experiment": {"experiment_id": "7"}}
                 elif "runs/create" in self.path:
-                    code, body = 200, {"run": {"info": {"run_id": "r1", "experiment_id": "7", "artifact_uri": ""}}}
+                    info = {"run_id": "r1", "experiment_id": "7", "artifact_uri": artifact_uri}
+                    code, body = 200, {"run": {"info": info}}
                 else:
                     code, body = 200, {}
                 data = json.dumps(body).encode()
@@ -205,7 +207,7 @@ class Recorder:
                 self.end_headers()
                 self.wfile.write(data)
 
-            do_GET = do_POST = _any
+            do_GET = do_POST = do_PUT = _any
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -215,13 +217,16 @@ class Recorder:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
 
 @pytest.fixture
 def recorder() -> Iterator[Recorder]:
     server = Recorder("t0ken")
     yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+    server.close()
 
 
 def test_the_tracker_sends_the_token(recorder, tmp_path):
@@ -231,7 +236,67 @@ def test_the_tracker_sends_the_token(recorder, tmp_path):
     tracker.finish("FINISHED", history=[{"epoch": 1, "val_loss": 0.5}])
 
     assert tracker.report() == {"mlflowRunId": "r1"}
-    assert recorder.seen and set(recorder.seen) == {"Bearer t0ken"}
+    assert [path.rsplit("/", 2)[-2:] for _, path, _ in recorder.seen] == [
+        ["experiments", "get-by-name"],
+        ["runs", "create"],
+        ["runs", "log-batch"],  # the parameters
+        ["runs", "log-batch"],  # epoch 1
+        ["runs", "update"],
+    ]
+    assert {auth for _, _, auth in recorder.seen} == {"Bearer t0ken"}
+
+
+@pytest.mark.parametrize("artifact_uri", ["s3://another-teams-bucket/runs/x", "/var/lib/mlflow/1/r1/artifacts"])
+def test_the_card_goes_only_through_the_servers_artifact_proxy(tmp_path, artifact_uri):
+    server = Recorder("t", artifact_uri)
+    card = tmp_path / "model.onnx.card.json"
+    card.write_text("{}")
+    try:
+        tracker = Tracker.from_env({"MLFLOW_TRACKING_URI": server.url, "MLFLOW_TRACKING_TOKEN": "t"}, str(tmp_path))
+        assert tracker is not None
+        tracker.start(run_name="t", params={}, tags={})
+        tracker.finish("FINISHED", history=[{"epoch": 1, "val_loss": 0.5}], card_uri=card.as_uri())
+    finally:
+        server.close()
+
+    assert not [s for s in server.seen if s[0] == "PUT"]
+    assert server.seen[-1][1].endswith("/runs/update")  # the run still finishes
+    report = tracker.report()
+    assert report["mlflowRunId"] == "r1"
+    assert report["mlflowReason"].startswith(f"the model card was not uploaded: the run's artifact URI {artifact_uri}")
+
+
+def test_a_redirect_to_another_server_is_not_followed(tmp_path):
+    catcher = Recorder("t")
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(307)
+            self.send_header("Location", f"{catcher.url}{self.path}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    redirector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=redirector.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{redirector.server_address[1]}"
+    try:
+        tracker = Tracker.from_env({"MLFLOW_TRACKING_URI": uri, "MLFLOW_TRACKING_TOKEN": "secret"}, str(tmp_path))
+        assert tracker is not None
+        tracker.start(run_name="t", params={}, tags={})
+    finally:
+        redirector.shutdown()
+        redirector.server_close()
+        catcher.close()
+
+    assert catcher.seen == []
+    host = catcher.url.removeprefix("http://")
+    assert tracker.report() == {
+        "mlflowRunId": None,
+        "mlflowReason": f"MLflow at {uri} redirected to another server (http://{host}); not followed",
+    }
 
 
 def test_a_wrong_token_stops_tracking_with_mlflows_answer(recorder, tmp_path):
