@@ -2,10 +2,11 @@
 REST API with the standard library.
 
 The trainer image does not install `mlflow` (mlflow-skinny alone is about 40 MB and pulls in
-databricks-sdk, OpenTelemetry, FastAPI and uvicorn); five endpoints are enough:
+databricks-sdk, OpenTelemetry, FastAPI and uvicorn); a few endpoints are enough:
 
     experiments/get-by-name, experiments/create     the experiment, created when missing
     runs/create                                      the run, tagged with its trial and TrainingRun
+    runs/get                                         the run of a resumed training run
     runs/log-batch                                   parameters once, metrics after every epoch
     runs/update                                      FINISHED, FAILED or KILLED at the end
     mlflow-artifacts/artifacts/<path> (PUT)          the model card, through the server's proxy
