@@ -172,14 +172,16 @@ def test_helm_upgrade_from_the_previous_chart_upgrades_the_crds_and_keeps_every_
         kubectl("create", "rolebinding", "alice-edit", "-n", namespace, "--clusterrole=edit", "--user=alice")
         kubectl("create", "rolebinding", "bob-view", "-n", namespace, "--clusterrole=view", "--user=bob")
 
-        def can(user: str, verb: str, resource: str) -> bool:
-            out = kubectl("auth", "can-i", verb, resource, "-n", namespace, f"--as={user}", check=False)
+        def can(user: str, verb: str, resource: str, *extra: str) -> bool:
+            out = kubectl("auth", "can-i", verb, resource, *extra, "-n", namespace, f"--as={user}", check=False)
             return out.stdout.strip() == "yes"
 
         wait_until("edit aggregating modelops-edit", lambda: can("alice", "create", "trainingruns.modelops.dev"))
         wait_until("view aggregating modelops-view", lambda: can("bob", "list", "modeldeployments.modelops.dev"))
         assert can("alice", "delete", "datasets.modelops.dev")
-        assert not can("alice", "patch", "datasets.modelops.dev/status")
+        # (`datasets.modelops.dev/status` would ask about a Dataset named "status": the subresource is a flag.)
+        assert can("alice", "get", "datasets.modelops.dev", "--subresource=status")
+        assert not can("alice", "patch", "datasets.modelops.dev", "--subresource=status")
         assert not can("bob", "create", "datasets.modelops.dev")
 
         # Uninstalling leaves the CRDs, and with them every object.
