@@ -8,7 +8,7 @@ bridge networking, kube-proxy (iptables) and CoreDNS; and kwok, which simulates 
 and GPU nodes) for scheduling and scale. The images are built from the project's Dockerfiles by
 hack/images.py and served by a registry on loopback (Debian's docker-registry). Add-ons that stay
 host processes: the Kubeflow training operator, Prometheus, CoreDNS, kube-proxy, the local
-volume provisioner (hack/provisioner.py), metrics-server.
+volume provisioner (hack/provisioner.py). There is no metrics-server yet.
 
     hack/cluster.py up       build what is missing, start everything, write the kubeconfig
     hack/cluster.py down     stop everything and remove the cluster's state
