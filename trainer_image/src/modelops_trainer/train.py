@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any
 
-from modelops_trainer import distributed
+from modelops_trainer import distributed, progress
 from modelops_trainer.config import API_VERSION, TrainConfig, load_config, parse_config
 from modelops_trainer.errors import ConfigError, TrainerError
 from modelops_trainer.reporting import setup_logging, write_termination_message
@@ -47,6 +47,9 @@ what it writes under output.uri:
   model.onnx.card.json    the model card: classes, preprocessing, metrics, lineage
   evaluation.json         per-class precision/recall and confusion matrices (val, test)
   summary.json            the run's summary, also written to the termination message
+
+progress: rank 0 serves GET /progress (JSON: epoch, step, images/s, ETA, the objective per epoch)
+and GET /metrics (Prometheus) on port $MODELOPS_PROGRESS_PORT (default 9400; 0 any free port, off none).
 
 distributed: run under torchrun, or in a PyTorchJob (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK,
 LOCAL_RANK); NCCL on GPUs, gloo on CPUs. Only rank 0 writes.
@@ -87,11 +90,16 @@ def run(config: TrainConfig, *, show_progress: bool = False) -> dict[str, Any]:
 
     runtime = distributed.detect(os.environ, config.device)
     distributed.setup(runtime)
+    server = None
     try:
         session = TrainingSession(config, runtime, show_progress=show_progress)
-        progress = session.train()
-        return publish(session, progress)
+        if runtime.is_main:  # rank 0 speaks for the run: GET /progress, /metrics
+            server = progress.serve(session.board, os.environ)
+        state = session.train()
+        return publish(session, state)
     finally:
+        if server is not None:
+            server.close()
         distributed.teardown()
 
 
