@@ -163,18 +163,23 @@ def test_the_trainer_optimises_the_operators_objective(spec, metric, maximize):
         assert (objective.metric, objective.maximize) == (metric, maximize)
 
 
-def test_trial_parameters_apply_over_the_spec():
-    body = run_obj({"hyperparameters": {"learningRate": 0.001, "batchSize": 64}})
-    job = build_pytorchjob(
+def _job(spec: dict[str, Any], round_: int = 1, index: int = 0, parameters: dict[str, str] | None = None):
+    body = run_obj(spec)
+    return build_pytorchjob(
         body,
         TrainingRunSpec.model_validate(body["spec"]),
         SETTINGS,
-        round_=2,
-        index=3,
-        parameters={"architecture": "mobilenet_v3_small", "learningRate": "0.0123", "batchSize": "32", "epochs": "4"},
+        round_=round_,
+        index=index,
+        parameters=parameters or {},
         dataset_uri=DATASET["status"]["artifactURI"],
         dataset_digest=DIGEST,
     )
+
+
+def test_trial_parameters_apply_over_the_spec():
+    params = {"architecture": "mobilenet_v3_small", "learningRate": "0.0123", "batchSize": "32", "epochs": "4"}
+    job = _job({"hyperparameters": {"learningRate": 0.001, "batchSize": 64}}, round_=2, index=3, parameters=params)
     text = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"][0]["value"]
     config = parse_config(text)
     assert config.trial.name == "digits-r2-t3"
@@ -250,17 +255,7 @@ def test_the_trainers_progress_document_is_what_the_operator_reads(metric):
 
 
 def test_the_trial_pods_progress_port_is_where_the_trainer_serves():
-    body = run_obj({"workers": {"nodes": 2}})
-    job = build_pytorchjob(
-        body,
-        TrainingRunSpec.model_validate(body["spec"]),
-        SETTINGS,
-        round_=1,
-        index=0,
-        parameters={},
-        dataset_uri=DATASET["status"]["artifactURI"],
-        dataset_digest=DIGEST,
-    )
+    job = _job({"workers": {"nodes": 2}})
     master = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
     container = master["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
