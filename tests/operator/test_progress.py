@@ -4,12 +4,13 @@ function, parsed and validated in the pure layer, and what it makes of the Train
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -108,11 +109,13 @@ class _Trainer(BaseHTTPRequestHandler):
     """Answers as the path says: good, malformed, oversized, slow, trickling, or an error."""
 
     release = threading.Event()
+    asked: ClassVar[list[str]] = []
     mode = "good"
     """How `/progress` answers (other paths answer as they are named)."""
 
     def do_GET(self) -> None:
         path = self.path.split("/")[1]
+        self.asked.append(path)
         if path == "progress":
             path = self.mode
         body = {
@@ -141,6 +144,10 @@ class _Trainer(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def handle(self) -> None:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up first
+            super().handle()
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
@@ -168,14 +175,14 @@ def pod(port: int, path: str = "good", phase: str = "Running", ip: str | None = 
 
 def test_a_good_answer_is_read(trainer, monkeypatch):
     monkeypatch.setattr(_Trainer, "mode", "good")
-    got = read_progress(pod(trainer))
+    got = read_progress(pod(trainer), io.Backoff())
     assert got is not None and (got.epoch, got.step, got.history) == (2, 45, [0.5, 0.61])
 
 
 @pytest.mark.parametrize("mode", ["malformed", "wrong", "oversized", "slow", "trickle", "missing", "empty"])
 def test_a_bad_answer_is_no_progress(trainer, monkeypatch, mode):
     monkeypatch.setattr(_Trainer, "mode", mode)
-    assert read_progress(pod(trainer)) is None
+    assert read_progress(pod(trainer), io.Backoff()) is None
 
 
 @pytest.mark.parametrize(
@@ -193,7 +200,27 @@ def test_a_closed_port_is_no_progress():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
-    assert read_progress(pod(closed)) is None
+    assert read_progress(pod(closed), io.Backoff()) is None
+
+
+@pytest.mark.parametrize(
+    ("mode", "asked_again"),
+    [("slow", False), ("good", True), ("malformed", True), ("missing", True), ("trickle", True)],
+)
+def test_an_endpoint_that_does_not_answer_is_not_asked_again_for_a_while(trainer, monkeypatch, mode, asked_again):
+    """Only silence backs off (kwok's pods: every reconcile would wait the timeout); a trainer that
+    answers, even badly, is asked at the next reconcile."""
+    monkeypatch.setattr(_Trainer, "mode", mode)
+    now = [1000.0]
+    backoff = io.Backoff(seconds=30, clock=lambda: now[0])
+    _Trainer.asked.clear()
+    read_progress(pod(trainer), backoff)
+    read_progress(pod(trainer), backoff)
+    assert _Trainer.asked == ["progress"] * (2 if asked_again else 1)
+    now[0] += 31  # the back-off is over: asked again
+    monkeypatch.setattr(_Trainer, "mode", "good")
+    assert read_progress(pod(trainer), backoff) is not None
+    assert not backoff.waiting(io.endpoint(pod(trainer)) or "")
 
 
 @pytest.mark.parametrize(

@@ -21,18 +21,24 @@ from modelops_operator.reconcile.progress import TrainerProgress, parse_progress
 from modelops_operator.reconcile.status import refused
 from modelops_operator.settings import OperatorSettings
 
+_BACKOFF = progress.Backoff()
 
-def read_progress(pod: dict[str, Any]) -> TrainerProgress | None:
+
+def read_progress(pod: dict[str, Any], backoff: progress.Backoff = _BACKOFF) -> TrainerProgress | None:
     """What the trainer in `pod` reports on its progress endpoint; None when the pod is not Running
-    with an IP, or the endpoint cannot be read or answers no progress document (kwok's simulated
-    pods have addresses nothing answers on): the status then keeps what it had."""
+    with an IP, the endpoint cannot be read or answers no progress document, or it did not answer
+    at all a moment ago (kwok's simulated pods have addresses nothing answers on): the status then
+    keeps what it had."""
     url = progress.endpoint(pod)
-    if url is None:
+    if url is None or backoff.waiting(url):
         return None
     try:
-        return parse_progress(progress.fetch(url))
-    except progress.ProgressUnavailable:
+        body = progress.fetch(url)
+    except progress.ProgressUnavailable as e:
+        backoff.record(url, answered=not e.unreachable)
         return None
+    backoff.record(url, answered=True)
+    return parse_progress(body)
 
 
 def observe_trial(namespace: str, job: dict[str, Any]) -> rt.TrialObservation:
