@@ -25,7 +25,7 @@ from modelops_operator.builders.modeldeployment import build_deployment
 from modelops_operator.builders.trainingrun import build_pytorchjob
 from modelops_operator.settings import OperatorSettings
 from modelops_server.config import ENV_PREFIX, Settings, load_settings
-from modelops_trainer import progress, storage, train
+from modelops_trainer import progress, storage, tracking, train
 from modelops_trainer.config import parse_config
 from modelops_trainer.prepare import __main__ as prepare_main
 from modelops_trainer.prepare.config import CONFIG_ENV as PREPARE_CONFIG_ENV
@@ -44,6 +44,18 @@ def with_meta(body: dict[str, Any]) -> dict[str, Any]:
 
 def env_of(container: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container.get("env") or []}
+
+
+def downward_of(container: dict[str, Any], pod: dict[str, Any]) -> dict[str, str]:
+    """The variables the kubelet fills from the pod's own fields (`fieldRef`), as it would."""
+    out = {}
+    for e in container.get("env") or []:
+        if path := ((e.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath"):
+            node: Any = pod
+            for part in path.split("."):
+                node = node[part]
+            out[e["name"]] = node
+    return out
 
 
 def expand(args: list[str], env: dict[str, str]) -> list[str]:
@@ -109,8 +121,11 @@ def test_the_server_reads_every_variable_the_operator_sets(spec, track):
     assert settings.model_uri == MODEL.uri and settings.model_digest == MODEL.digest
     assert settings.model_version == MODEL.version and settings.model_name == "digits"
     assert settings.device == ("cuda" if spec.get("server", {}).get("gpus") else "cpu")
-    # The port the server listens on is the one the probes and the Service use.
-    assert [p["containerPort"] for p in container["ports"]] == [settings.port]
+    # The ports the server listens on (REST, gRPC) are the ones the probes and the Service use.
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        "http": settings.port,
+        "grpc": settings.grpc_port,
+    }
 
 
 # --- the trainer (TrainingRun's PyTorchJobs) ----------------------------------------------------
@@ -119,6 +134,10 @@ TRAINER_SPECS = {
     "one-node": {},
     "two-nodes": {"workers": {"nodes": 2}},
     "two-gpus-per-node": {"workers": {"nodes": 1, "gpusPerNode": 2}},
+    "mlflow-tracked": {
+        "workers": {"nodes": 2},
+        "registry": {"mlflowTrackingUri": "https://mlflow.ns.svc:5000", "caSecret": "mlflow-ca"},
+    },
 }
 
 
@@ -136,7 +155,15 @@ def trainer_containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
         dataset_uri=f"file://{ARTIFACTS}/datasets/ns/digits/v1",
         dataset_digest=DIGEST,
     )
-    return [r["template"]["spec"]["containers"][0] for r in job["spec"]["pytorchReplicaSpecs"].values()]
+    pod = {"metadata": {"namespace": "ns", "name": "digits-r1-t0-master-0"}}
+    containers = [r["template"]["spec"]["containers"][0] for r in job["spec"]["pytorchReplicaSpecs"].values()]
+    for container in containers:  # the downward API's values, as the kubelet sets them
+        filled = downward_of(container, pod)
+        container["env"] = [
+            {"name": e["name"], "value": filled[e["name"]]} if e["name"] in filled else e
+            for e in container.get("env") or []
+        ]
+    return containers
 
 
 #: Each variable the operator may set on the trainer, and how the trainer is seen to read it.
@@ -160,10 +187,26 @@ def _reads_progress_port(container: dict[str, Any], env: dict[str, str], _tmp: P
     assert port is not None and named["progress"] == port
 
 
+def _reads_namespace(container: dict[str, Any], env: dict[str, str], _tmp: Path) -> None:
+    config = parse_config(train.parse_args(expand(container["args"], env)).config_json)
+    tags = train.tracking_identity(config, "v1", env)["tags"]
+    assert tags["modelops.dev/namespace"] == env["MODELOPS_NAMESPACE"] == "ns"
+
+
 TRAINER_READERS = {
     "MODELOPS_TRAIN_CONFIG": _reads_train_config,
     "MODELOPS_CACHE_DIR": _reads_cache_dir,
     "MODELOPS_PROGRESS_PORT": _reads_progress_port,
+    "MODELOPS_NAMESPACE": _reads_namespace,
+}
+#: The MLflow variables the trainer's tracker reads (MLflow's own names).
+MLFLOW_READ = {
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
 }
 
 
@@ -172,10 +215,22 @@ def test_the_trainer_reads_every_variable_the_operator_sets(spec, tmp_path):
     for container in trainer_containers(spec):
         env = env_of(container)
         ours = sorted(name for name in env if name.startswith("MODELOPS_"))
-        assert ours == sorted(TRAINER_READERS), "a variable without a reader in the trainer (or a reader unused)"
+        tracked = "registry" in spec
+        readers = sorted(n for n in TRAINER_READERS if tracked or n != "MODELOPS_NAMESPACE")
+        assert ours == readers, "a variable without a reader in the trainer (or a reader unused)"
         assert container["command"][-2:] == ["-m", "modelops_trainer.train"]
         for name in ours:
             TRAINER_READERS[name](container, env, tmp_path)
+        mlflow_vars = {name for name in env if name.startswith("MLFLOW_")}
+        assert mlflow_vars <= MLFLOW_READ and bool(mlflow_vars) is tracked
+        if tracked:
+            settings = tracking.Settings.from_env(env)
+            assert settings is not None
+            assert (settings.uri, settings.experiment) == (env["MLFLOW_TRACKING_URI"], "ns/digits")
+            # The CA the tracker trusts is the Secret's ca.crt, where the pod mounts it.
+            ca_dir, _, ca_file = env["MLFLOW_TRACKING_SERVER_CERT_PATH"].rpartition("/")
+            assert settings.ca_path == env["MLFLOW_TRACKING_SERVER_CERT_PATH"] and ca_file == "ca.crt"
+            assert ca_dir in {m["mountPath"] for m in container["volumeMounts"]}
         # The writable cache must be on a volume the restricted pod may write (its /tmp emptyDir).
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
         assert any(env["MODELOPS_CACHE_DIR"].startswith(m + "/") for m in mounts), (env["MODELOPS_CACHE_DIR"], mounts)

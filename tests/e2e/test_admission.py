@@ -117,6 +117,16 @@ BAD = [
         model_deployment().set("spec.podSettings.annotations", {"modelops.dev/model-digest": DIGEST}),
         "podSettings.annotations may not use modelops.dev/* keys",
     ),
+    (model_deployment().set("spec.model.mlflowAlias", "latest"), "MLflow reserves the aliases latest and v<number>"),
+    (model_deployment().set("spec.model.mlflowAlias", "v2"), "MLflow reserves the aliases latest and v<number>"),
+    (
+        model_deployment()
+        .drop("spec.model.trainingRunRef")
+        .set("spec.model.uri", "s3://b/m.onnx")
+        .set("spec.model.digest", DIGEST)
+        .set("spec.model.mlflowAlias", "production"),
+        "model.mlflowAlias needs model.trainingRunRef",
+    ),
 ]
 
 

@@ -1,87 +1,17 @@
 """Registering model versions in a real MLflow tracking server (`mlflow server` on loopback, SQLite
-backend), through the operator's standard-library REST client."""
+backend; the fixture is in conftest.py), through the operator's standard-library REST client."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from modelops_operator.mlflow import DIGEST_TAG, RegistryError, register_model_version
-
-STARTUP_LIMIT_S = 300.0
-"""How long the server may take to answer /health: generous, for a loaded 2-core machine."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def health(uri: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A fresh MLflow server: one worker, no job runner (its extra processes are not needed)."""
-    tmp = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    command = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{tmp}/mlflow.db",
-        "--default-artifact-root",
-        str(tmp / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = (tmp / "server.log").open("wb")
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + STARTUP_LIMIT_S
-        while not health(uri):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not come up (exit {proc.poll()}):\n{(tmp / 'server.log').read_text()}")
-            time.sleep(0.25)
-        yield uri
-    finally:
-        # The server runs uvicorn in a child process: stop the whole session it leads.
-        for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait_s)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        log.close()
+from tests.integration.mlflow_server import free_port
 
 
 def get(uri: str, endpoint: str, **params: str) -> dict[str, Any]:

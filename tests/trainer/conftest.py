@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -12,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from modelops_trainer.config import API_VERSION, TrainConfig
+from modelops_trainer.config import TrainConfig
 from modelops_trainer.datasetfmt import DatasetVersion
 from tests.support.digits import write_digits
 
@@ -29,44 +28,6 @@ def digits16(tmp_path_factory) -> DatasetVersion:
 def tiny(tmp_path_factory) -> DatasetVersion:
     """30 digits per class, 8×8 RGB PNG (train 240 / val 30 / test 30): for fast mechanics tests."""
     return write_digits((tmp_path_factory.mktemp("data") / "tiny").as_uri(), size=8, mode="RGB", limit=30)
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def config_doc(version: DatasetVersion, out: Path, **sections: Any) -> dict[str, Any]:
-    """A config document for `version` writing to `out`; `sections` are merged in (camelCase)."""
-    base = {
-        "apiVersion": API_VERSION,
-        "dataset": {"uri": version.uri, "digest": version.digest},
-        "model": {"architecture": "resnet18"},
-        # fp32: `auto` measures fp32 against bf16 on CPUs with native bf16 and may pick bf16, which
-        # is not deterministic on CPUs (oneDNN); the tests of auto itself are in test_precision.py.
-        "hyperparameters": {
-            "epochs": 1,
-            "batchSize": 32,
-            "learningRate": 0.003,
-            "warmupEpochs": 0.3,
-            "mixedPrecision": "off",
-        },
-        "output": {"uri": out.as_uri()},
-        "dataLoader": {"workers": 0},
-        "logging": {"format": "json", "everySteps": 1},
-        "terminationMessagePath": str(out.parent / f"{out.name}.termination-log"),
-    }
-    return _merge(base, sections)
-
-
-def make_config(version: DatasetVersion, out: Path, **sections: Any) -> TrainConfig:
-    """`config_doc` validated."""
-    return TrainConfig.model_validate(config_doc(version, out, **sections))
 
 
 def termination_message(config: TrainConfig) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from modelops_operator.api import trainingrun as operator_api
 from modelops_trainer import train
 from modelops_trainer.config import SEARCHABLE, Hyperparameters, TrainConfig, parse_config
 from modelops_trainer.errors import ConfigError, DigestMismatch
-from tests.trainer.conftest import REPO, config_doc, make_config, run_trainer, termination_message
+from tests.support.trainconfig import config_doc, make_config
+from tests.trainer.conftest import REPO, run_trainer, termination_message
 
 GOOD_DIGEST = "sha256:" + "a" * 64
 

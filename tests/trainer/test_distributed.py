@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from modelops_trainer import checkpoint
-from tests.trainer.conftest import config_doc, trainer_env
+from tests.support.trainconfig import config_doc
+from tests.trainer.conftest import trainer_env
 
 EPOCHS = 2
 #: 240 training images shared by 2 processes, 32 per micro-batch: 120 // 32 = 3 steps per epoch

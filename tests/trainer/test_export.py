@@ -19,7 +19,8 @@ from modelops_trainer.datasetfmt import DatasetReader
 from modelops_trainer.errors import ExportError, ParityCheckFailed
 from modelops_trainer.export import check_parity, export_onnx, validate_onnx
 from modelops_trainer.models import build_model
-from tests.trainer.conftest import config_doc, termination_message
+from tests.support.trainconfig import config_doc
+from tests.trainer.conftest import termination_message
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from modelops_trainer.precision import (
     measure_rates,
     resolve_precision,
 )
-from tests.trainer.conftest import make_config
+from tests.support.trainconfig import make_config
 from tests.trainer.test_resume import _run_stopped_at
 
 CPU = torch.device("cpu")

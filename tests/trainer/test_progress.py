@@ -19,7 +19,7 @@ import pytest
 
 from modelops_trainer import progress, train
 from modelops_trainer.reporting import METRICS_FILE
-from tests.trainer.conftest import make_config
+from tests.support.trainconfig import make_config
 from tests.trainer.test_resume import _run_stopped_at
 
 

@@ -25,7 +25,8 @@ import torch
 from modelops_trainer import checkpoint, train
 from modelops_trainer.errors import CheckpointError
 from modelops_trainer.session import Preempted
-from tests.trainer.conftest import config_doc, make_config, termination_message, trainer_env
+from tests.support.trainconfig import config_doc, make_config
+from tests.trainer.conftest import termination_message, trainer_env
 
 TIMING = {"epoch_seconds", "images_per_second"}
 

@@ -15,7 +15,8 @@ from PIL import Image
 
 from modelops_trainer import storage, train
 from modelops_trainer.datasetfmt import DatasetReader
-from tests.trainer.conftest import REPO, make_config, termination_message
+from tests.support.trainconfig import make_config
+from tests.trainer.conftest import REPO, termination_message
 
 #: The stated bar: 3 epochs of ResNet-18 on 16×16 digits from scratch reach at least 90% top-1 on
 #: the held-out test split (chance is 10%). Measured here: 98–99%.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -100,6 +100,8 @@ class MetricsWriter:
     def __init__(self, output_uri: str, *, trial_objective: str | None) -> None:
         self.uri = storage.join(output_uri, METRICS_FILE)
         self.trial_objective = trial_objective
+        self.followers: list[Callable[[list[dict[str, Any]]], None]] = []
+        """Called with the history after each write (the MLflow tracker); they must not raise."""
 
     def write(self, history: list[dict[str, Any]]) -> None:
         """Replace the file with `history` and announce the last epoch."""
@@ -109,6 +111,8 @@ class MetricsWriter:
         log.info("epoch finished", extra={"event": "epoch", **last})
         if self.trial_objective is not None and last.get(self.trial_objective) is not None:
             print(f"epoch={last['epoch']} {self.trial_objective}={last[self.trial_objective]:.6g}", flush=True)
+        for follower in self.followers:
+            follower(history)
 
 
 def write_termination_message(path: str, summary: Mapping[str, Any]) -> None:

@@ -13,12 +13,14 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
-from modelops_trainer import distributed, progress
+from modelops_trainer import distributed, progress, storage
 from modelops_trainer.config import API_VERSION, TrainConfig, load_config, parse_config
 from modelops_trainer.errors import ConfigError, TrainerError
 from modelops_trainer.reporting import setup_logging, write_termination_message
+from modelops_trainer.tracking import Tracker
 
 log = logging.getLogger("modelops_trainer.train")
 
@@ -47,12 +49,19 @@ what it writes under output.uri:
   model.onnx.card.json    the model card: classes, preprocessing, metrics, lineage
   evaluation.json         per-class precision/recall and confusion matrices (val, test)
   summary.json            the run's summary, also written to the termination message
+  mlflow-run.json         the MLflow run of this folder, when tracking (a resumed run keeps it)
 
 progress: rank 0 serves GET /progress (JSON: epoch, step, images/s, ETA, the objective per epoch)
 and GET /metrics (Prometheus) on port $MODELOPS_PROGRESS_PORT (default 9400; 0 any free port, off none).
 
 distributed: run under torchrun, or in a PyTorchJob (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK,
 LOCAL_RANK); NCCL on GPUs, gloo on CPUs. Only rank 0 writes.
+
+MLflow tracking (optional, MLflow's own variables): MLFLOW_TRACKING_URI turns it on; one MLflow
+run gets the hyper-parameters, every epoch's metrics (step = epoch) and the model card.
+MLFLOW_EXPERIMENT_NAME (default Default), MLFLOW_TRACKING_TOKEN (bearer) or
+MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD, MLFLOW_TRACKING_SERVER_CERT_PATH (a CA bundle).
+A server that cannot be reached never fails training: the summary says mlflowRunId null and why.
 
 exit status: 0 done; 1 failed (reason in the termination message, e.g. ParityCheckFailed);
 2 config refused; 143 (SIGTERM) or 130 (Ctrl-C) stopped after a checkpoint: rerun to resume.
@@ -86,21 +95,63 @@ def run(config: TrainConfig, *, show_progress: bool = False) -> dict[str, Any]:
     """
     # Imported here so --help, --schema and --check answer without loading torch's stack.
     from modelops_trainer.publish import publish  # noqa: PLC0415
-    from modelops_trainer.session import TrainingSession  # noqa: PLC0415
+    from modelops_trainer.session import Preempted, TrainingSession  # noqa: PLC0415
 
     runtime = distributed.detect(os.environ, config.device)
     distributed.setup(runtime)
     server = None
+    tracker: Tracker | None = None
     try:
         session = TrainingSession(config, runtime, show_progress=show_progress)
-        if runtime.is_main:  # rank 0 speaks for the run: GET /progress, /metrics
+        if runtime.is_main:  # only rank 0 tracks and serves GET /progress, /metrics
             server = progress.serve(session.board, os.environ)
-        state = session.train()
-        return publish(session, state)
+            tracker = Tracker.from_env(os.environ, session.cfg.output.uri)
+        if tracker is not None:
+            tracker.start(**tracking_identity(session.cfg, session.reader.version, os.environ))
+            session.metrics.followers.append(tracker.log_history)
+        try:
+            state = session.train()
+            summary = publish(session, state)
+        except Preempted:
+            if tracker is not None:
+                tracker.finish("KILLED", history=session.state.history)
+            raise
+        except Exception:
+            if tracker is not None:
+                tracker.finish("FAILED", history=session.state.history)
+            raise
+        if tracker is not None:
+            model = summary.get("model") or {}
+            tracker.finish(
+                "FINISHED", history=state.history, metrics=summary.get("metrics"), card_uri=model.get("modelCardUri")
+            )
+            summary.update(tracker.report())
+            storage.write_bytes_atomic(
+                storage.join(session.cfg.output.uri, "summary.json"), json.dumps(summary, indent=2).encode()
+            )
+        return summary
     finally:
         if server is not None:
             server.close()
         distributed.teardown()
+
+
+def tracking_identity(config: TrainConfig, dataset_version: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """The MLflow run's name, parameters (the hyper-parameters as trained, the architecture, the
+    dataset version) and tags (trial, TrainingRun, namespace, dataset)."""
+    trial = config.trial.name if config.trial else None
+    run = config.lineage.training_run
+    namespace = (env.get("MODELOPS_NAMESPACE") or "").strip()
+    params = {k: str(v) for k, v in config.hyperparameters.model_dump(by_alias=True).items()}
+    params.update({"architecture": config.model.architecture, "datasetVersion": dataset_version})
+    tags = {"modelops.dev/dataset": f"{config.lineage.dataset or ''}@{dataset_version}"}
+    if trial:
+        tags["modelops.dev/trial"] = trial
+    if run:
+        tags["modelops.dev/trainingrun"] = f"{namespace}/{run}" if namespace else run
+    if namespace:
+        tags["modelops.dev/namespace"] = namespace
+    return {"run_name": trial or run or "standalone", "params": params, "tags": tags}
 
 
 def main(argv: list[str] | None = None) -> int:

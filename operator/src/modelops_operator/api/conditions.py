@@ -27,6 +27,8 @@ MLFLOW_REGISTERED = "MLflowRegistered"
 """For a TrainingRun with `spec.registry.mlflowTrackingUri`: the latest model version is in MLflow."""
 MODEL_RESOLVED = "ModelResolved"
 """For a ModelDeployment: the model to serve is known (a registered version, or a URI with digest)."""
+MLFLOW_ALIAS = "MLflowAlias"
+"""For a ModelDeployment with `spec.model.mlflowAlias`: the alias points at the stable model's MLflow version."""
 
 # Summary conditions: derived from the ones above by `reconcile.health.summarise` at every write of
 # status, for tools that know no modelops kind. Their reason and message are the Ready condition's.
@@ -174,6 +176,13 @@ MLFLOW_VERSION_CREATED = "MLflowVersionCreated"
 MLFLOW_REGISTRATION_FAILED = "MLflowRegistrationFailed"
 """MLflow refused the model version or could not be reached; the message quotes it. Retried at
 every resync; the model stays registered in status."""
+MLFLOW_ALIAS_MOVED = "MLflowAliasMoved"
+"""`spec.model.mlflowAlias` was set to the MLflow version of the model just promoted to stable
+(`status.mlflowAlias`)."""
+MLFLOW_ALIAS_FAILED = "MLflowAliasFailed"
+"""The alias could not be set: MLflow refused or could not be reached, a Secret could not be used,
+or the stable model has no MLflow version (the TrainingRun's `MLflowRegistered` condition says
+why). Serving is not affected; retried at every resync."""
 
 #: Reasons that mean "waiting, nothing wrong": their Events are Normal, all others Warnings.
 WAITING_REASONS = frozenset(

@@ -3,9 +3,10 @@ promoted or rolled back on live metrics."""
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from modelops_operator.api.common import (
     DIGEST_PATTERN,
@@ -44,6 +45,16 @@ class ModelSource(
         ),
         cel("!has(self.uri) || has(self.digest)", "model.uri needs model.digest (sha256:<64 hex>)", ".digest"),
         cel("!has(self.trainingRunRef) || !has(self.digest)", "model.digest goes with model.uri only", ".digest"),
+        cel(
+            "!has(self.mlflowAlias) || has(self.trainingRunRef)",
+            "model.mlflowAlias needs model.trainingRunRef (a TrainingRun registering in MLflow)",
+            ".mlflowAlias",
+        ),
+        cel(
+            "!has(self.mlflowAlias) || (self.mlflowAlias != 'latest' && !self.mlflowAlias.matches('^[vV][0-9]+$'))",
+            "MLflow reserves the aliases latest and v<number>",
+            ".mlflowAlias",
+        ),
     ),
 ):
     """The model to serve: a TrainingRun's registered model, or an ONNX file with its digest."""
@@ -54,6 +65,21 @@ class ModelSource(
     """Serve this ONNX file (its model card is looked up beside it as `<uri>.card.json`)."""
     digest: str | None = Field(default=None, pattern=DIGEST_PATTERN)
     """SHA-256 the ONNX file must have; the server refuses to load anything else."""
+    mlflow_alias: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,63}$")
+    """An alias of the registered model in MLflow (`production`, say) that the operator points at
+    the MLflow version of each model it promotes to stable (the TrainingRun's
+    `spec.registry.mlflowTrackingUri`, model name and Secrets are used). Moved on promotion only;
+    a failure is reported in the `MLflowAlias` condition and never holds up serving."""
+
+    @model_validator(mode="after")
+    def _alias_not_reserved(self) -> ModelSource:
+        # The same rules as the CEL ones above.
+        alias = self.mlflow_alias
+        if alias is not None and (alias == "latest" or re.fullmatch(r"[vV][0-9]+", alias)):
+            raise ValueError("MLflow reserves the aliases latest and v<number>")
+        if alias is not None and self.training_run_ref is None:
+            raise ValueError("model.mlflowAlias needs model.trainingRunRef (a TrainingRun registering in MLflow)")
+        return self
 
 
 class CustomMetric(ApiModel):
@@ -277,6 +303,19 @@ class ServedModel(ApiModel):
     """Its SHA-256."""
 
 
+class MlflowAliasStatus(ApiModel):
+    """Where the operator last pointed `spec.model.mlflowAlias`."""
+
+    alias: str = Field(max_length=63)
+    """The alias."""
+    model_name: str = Field(max_length=253)
+    """The registered model in MLflow."""
+    version: str = Field(max_length=63)
+    """The MLflow version it points at."""
+    served: str | None = Field(default=None, max_length=64)
+    """The stable model (`<trainingrun>:v<N>`) that MLflow version is."""
+
+
 class AnalysisResult(ApiModel):
     """One measurement of one analysis metric."""
 
@@ -328,3 +367,5 @@ class ModelDeploymentStatus(StatusBase):
     """Server pods ready to serve."""
     url: str | None = Field(default=None, max_length=2048)
     """The in-cluster URL of the Service."""
+    mlflow_alias: MlflowAliasStatus | None = None
+    """Where `spec.model.mlflowAlias` was last set in MLflow."""

@@ -285,7 +285,19 @@ class Registry(ApiModel):
     """A Secret in this namespace with MLflow credentials: `token` (sent as a bearer token) or
     `username` and `password` (basic authentication). It must carry the annotation
     `modelops.dev/mlflow-tracking-uri` set to exactly `mlflowTrackingUri`, by which its owner allows
-    sending it there; the operator needs RBAC to read it (chart value `rbac.readSecrets`)."""
+    sending it there; the operator needs RBAC to read it (chart value `rbac.readSecrets`). Trial
+    pods get it too (as `MLFLOW_TRACKING_TOKEN`, or `MLFLOW_TRACKING_USERNAME` and
+    `MLFLOW_TRACKING_PASSWORD`), once the operator has checked that annotation."""
+    ca_secret: str | None = Field(default=None, max_length=253, pattern=NAME_PATTERN)
+    """A Secret in this namespace whose key `ca.crt` holds the PEM CA bundle that signed the tracking
+    server's certificate (a private CA). It replaces the system's trust store for this server, for
+    the operator and for trial pods (`MLFLOW_TRACKING_SERVER_CERT_PATH`, mounted read-only)."""
+    track_trials: bool = True
+    """Log every trial as an MLflow run (hyper-parameters, per-epoch metrics, the model card); the
+    registered version links to the best trial's run. A tracking server that cannot be reached
+    never fails a trial."""
+    experiment_name: str | None = Field(default=None, min_length=1, max_length=500)
+    """The MLflow experiment of the trials' runs (created when missing); default `<namespace>/<name>`."""
 
 
 class TrainingRunSpec(ApiModel):
@@ -358,6 +370,8 @@ class TrialStatus(ApiModel):
     """SHA-256 of that file."""
     model_card_uri: str | None = Field(default=None, max_length=2048)
     """Its model card."""
+    mlflow_run_id: str | None = Field(default=None, max_length=64)
+    """The trial's MLflow run, when `spec.registry.trackTrials` logged one."""
 
 
 class RegisteredModel(ApiModel):
@@ -385,6 +399,8 @@ class RegisteredModel(ApiModel):
     """The operator version that launched the training (the trainer's is in the model card)."""
     mlflow_version: str | None = Field(default=None, max_length=63)
     """Its version in the MLflow Model Registry, when `spec.registry.mlflowTrackingUri` is set."""
+    mlflow_run_id: str | None = Field(default=None, max_length=64)
+    """The MLflow run of the trial that produced it; the MLflow version links to it."""
     parameters: dict[str, str] = Field(default_factory=dict)
     """That trial's hyper-parameters."""
 

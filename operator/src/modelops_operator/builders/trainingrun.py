@@ -12,7 +12,10 @@ The pods run `python -m modelops_trainer.train --config-json $(MODELOPS_TRAIN_CO
 `torch.distributed.run` when a pod runs several processes), with the config validated by the
 program (`modelops.dev/train-config/v1`), under the restricted Pod Security profile with a
 read-only root filesystem: scratch space is an emptyDir at /tmp and shared memory for the data
-loader an in-memory emptyDir at /dev/shm. `restartPolicy: ExitCode` lets the training operator
+loader an in-memory emptyDir at /dev/shm. With `spec.registry.mlflowTrackingUri` and `trackTrials`,
+the container gets MLflow's own environment variables (`add_mlflow_tracking`), the CA Secret's
+`ca.crt` mounted read-only, and, once the controller has checked the credentials Secret's annotation,
+the credentials as `secretKeyRef`s (`with_mlflow_credentials`). `restartPolicy: ExitCode` lets the training operator
 retry a pod killed by a signal (preemption, OOM: exit codes above 127) and fail fast on the
 program's own errors (exit 1 or 2), where a retry would only fail again.
 """
@@ -202,6 +205,7 @@ def build_pytorchjob(
     if w.queue_name:
         job_labels[KUEUE_QUEUE_LABEL] = w.queue_name
     template = {"metadata": {"labels": dict(job_labels)}, "spec": _pod_template(spec, config, settings)}
+    add_mlflow_tracking(template["spec"], spec, meta["namespace"], meta["name"])  # before: ours win
     apply_pod_settings(template, pod_settings(settings.workload_defaults, spec.pod_settings), "pytorch")
     replica = {"restartPolicy": "ExitCode", "template": template}
     replicas: dict[str, Any] = {}
@@ -246,3 +250,64 @@ def build_pytorchjob(
         },
         "spec": job_spec,
     }
+
+
+#: Where a CA Secret's `ca.crt` is mounted in trial pods.
+MLFLOW_CA_DIR = "/etc/modelops/mlflow-ca"
+#: Credentials Secret keys -> MLflow's environment variables (each optional: a Secret holds a
+#: token or a user name and password).
+MLFLOW_CREDENTIAL_ENV = {
+    "token": "MLFLOW_TRACKING_TOKEN",
+    "username": "MLFLOW_TRACKING_USERNAME",
+    "password": "MLFLOW_TRACKING_PASSWORD",
+}
+
+
+def add_mlflow_tracking(pod: dict[str, Any], spec: TrainingRunSpec, namespace: str, run: str) -> None:
+    """Give the training container of `pod` MLflow's tracking settings (a no-op unless
+    `spec.registry.mlflowTrackingUri` is set and `trackTrials` on): `MLFLOW_TRACKING_URI`,
+    `MLFLOW_EXPERIMENT_NAME` (default `<namespace>/<run>`), the namespace for the run's tags
+    (`MODELOPS_NAMESPACE`, from the downward API), and with `caSecret` its key `ca.crt` mounted
+    read-only (only that key) under MLFLOW_TRACKING_SERVER_CERT_PATH. No credentials: see
+    `with_mlflow_credentials`."""
+    reg = spec.registry
+    if not reg.mlflow_tracking_uri or not reg.track_trials:
+        return
+    container = pod["containers"][0]
+    env = container.setdefault("env", [])
+    env += [
+        {"name": "MLFLOW_TRACKING_URI", "value": reg.mlflow_tracking_uri},
+        {"name": "MLFLOW_EXPERIMENT_NAME", "value": reg.experiment_name or f"{namespace}/{run}"},
+        {"name": "MODELOPS_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+    if reg.ca_secret:
+        items = [{"key": "ca.crt", "path": "ca.crt"}]
+        pod.setdefault("volumes", []).append(
+            {"name": "mlflow-ca", "secret": {"secretName": reg.ca_secret, "items": items}}
+        )
+        container.setdefault("volumeMounts", []).append(
+            {"name": "mlflow-ca", "mountPath": MLFLOW_CA_DIR, "readOnly": True}
+        )
+        env.append({"name": "MLFLOW_TRACKING_SERVER_CERT_PATH", "value": f"{MLFLOW_CA_DIR}/ca.crt"})
+
+
+def with_mlflow_credentials(job: dict[str, Any], spec: TrainingRunSpec) -> dict[str, Any]:
+    """A copy of the PyTorchJob `job` whose Master container reads `spec.registry.credentialsSecret`
+    as MLflow's credential variables (`secretKeyRef`, each key optional). The controller calls it only
+    after checking that the Secret names this tracking server in its annotation
+    `modelops.dev/mlflow-tracking-uri`: the tenant chooses the URL, and the trainer sends what it
+    gets there. `job` unchanged when there is no Secret or no tracking."""
+    reg = spec.registry
+    if not reg.credentials_secret or not reg.mlflow_tracking_uri or not reg.track_trials:
+        return job
+    out: dict[str, Any] = json.loads(json.dumps(job))
+    refs = [
+        {"name": env, "valueFrom": {"secretKeyRef": {"name": reg.credentials_secret, "key": key, "optional": True}}}
+        for key, env in MLFLOW_CREDENTIAL_ENV.items()
+    ]
+    # Only rank 0 tracks, and it runs in the Master pod: workers never get the credentials.
+    # The operator's variables win over spec.podSettings' of the same name, as in `build_pytorchjob`.
+    container = out["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    theirs = [var for var in container.get("env", []) if var["name"] not in MLFLOW_CREDENTIAL_ENV.values()]
+    container["env"] = [*theirs, *refs]
+    return out

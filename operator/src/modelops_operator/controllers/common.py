@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from modelops_operator import kube, observability, prometheus
+from modelops_operator import kube, mlflow, observability, prometheus
 from modelops_operator.api.kinds import KINDS
 from modelops_operator.api.names import HTTPROUTE, PYTORCHJOB
 from modelops_operator.reconcile import ownership
@@ -83,6 +83,26 @@ def execute(namespace: str, action: Action) -> None:
             observability.ROLLOUT_ABORTED.labels(namespace, action.name).set(action.value or 0.0)
         case _:
             raise ValueError(f"no way to {action.verb} a {action.kind}")
+
+
+def secret_reader(namespace: str) -> mlflow.SecretReader:
+    """Reads a Secret of `namespace` for the mlflow module (which may not call the API itself):
+    RegistryError when it does not exist or the operator may not read it; an API server that does
+    not answer passes on (`retry_later` turns it into a retry)."""
+
+    def read(name: str, field: str) -> dict[str, Any]:
+        try:
+            secret = kube.get_secret(namespace, name)
+        except kube.Forbidden as e:
+            raise mlflow.RegistryError(
+                f"the operator may not read Secret {namespace}/{name}: install the chart with "
+                f"rbac.readSecrets=true to use {field}"
+            ) from e
+        if secret is None:
+            raise mlflow.RegistryError(f"Secret {namespace}/{name} ({field}) does not exist")
+        return secret
+
+    return read
 
 
 def not_created(pods: list[dict[str, Any]], owner: dict[str, Any]) -> str | None:

@@ -1,18 +1,18 @@
 """The ModelDeployment controller: resolve the model, observe the two tracks, measure when an
 analysis is due, decide (`reconcile.rollout` and `reconcile.modeldeployment`), write the children,
-and say why server pods cannot start."""
+say why server pods cannot start, and move `spec.model.mlflowAlias` to a newly promoted stable model."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from modelops_operator import kube, prometheus
+from modelops_operator import kube, mlflow, prometheus
 from modelops_operator.api import names
 from modelops_operator.api.kinds import TRAINING_RUN
 from modelops_operator.api.modeldeployment import Analysis, ModelDeploymentSpec, ModelDeploymentStatus, ServedModel
 from modelops_operator.builders import modeldeployment as bm
-from modelops_operator.controllers.common import execute
+from modelops_operator.controllers.common import execute, secret_reader
 from modelops_operator.reconcile import modeldeployment as rm
 from modelops_operator.reconcile import ownership, rollout
 from modelops_operator.reconcile.actions import Event
@@ -69,7 +69,8 @@ def reconcile(
     if why_not := rm.refused_queries(spec, settings.custom_analysis_queries):
         return invalid_spec(old, generation, why_not, at=at), []
     ref = spec.model.training_run_ref
-    target = rm.resolve_model(spec, kube.get_object(TRAINING_RUN, ns, ref.name) if ref else None)
+    run = kube.get_object(TRAINING_RUN, ns, ref.name) if ref else None
+    target = rm.resolve_model(spec, run)
     if isinstance(target, rm.Waiting):
         return rm.waiting_status(old, generation, target, at=at), []
     seen, deployments = observe_rollout(body, spec, old, target, settings, now)
@@ -92,4 +93,6 @@ def reconcile(
     if outcome.actions and rm.pods_matter(seen.stable, status):  # a refusal has none: nothing was written
         pods = kube.list_pods(ns, f"{names.MODEL_DEPLOYMENT_LABEL}={name}")
         status = rm.with_pods(status, pods, deployments, at=at)
+    # spec.model.mlflowAlias follows the stable model: MLflow is called only when that changed.
+    status = mlflow.apply_alias(spec, status, run, secret_reader(ns), at=at)
     return status, outcome.events

@@ -1,10 +1,15 @@
 """The TrainingRun controller: observe the Dataset, the PyTorchJobs, the current trials' master
 pods and their trainers' progress endpoints, decide (`reconcile.trainingrun`), carry out the
-PyTorchJob calls and the MLflow registration."""
+PyTorchJob calls and the MLflow registration.
+
+A trial's PyTorchJob gets `spec.registry.credentialsSecret` (as MLflow's variables, on the Master)
+only once the Secret's annotation names the tracking server: the create action is completed here,
+after reading the Secret, so the pure reconcile never sees one."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -12,10 +17,12 @@ from modelops_operator import kube, mlflow, progress
 from modelops_operator.api import conditions as c
 from modelops_operator.api import names
 from modelops_operator.api.kinds import DATASET
-from modelops_operator.api.trainingrun import TrainingRunSpec, TrainingRunStatus
-from modelops_operator.controllers.common import Log, execute, names_taken, not_created, owned
+from modelops_operator.api.names import PYTORCHJOB
+from modelops_operator.api.trainingrun import Registry, TrainingRunSpec, TrainingRunStatus
+from modelops_operator.builders import trainingrun as bt
+from modelops_operator.controllers.common import Log, execute, names_taken, not_created, owned, secret_reader
 from modelops_operator.reconcile import trainingrun as rt
-from modelops_operator.reconcile.actions import Event, Registration
+from modelops_operator.reconcile.actions import Action, Event, Registration
 from modelops_operator.reconcile.pods import master_result, pod_problem
 from modelops_operator.reconcile.progress import TrainerProgress, parse_progress
 from modelops_operator.reconcile.status import refused
@@ -86,7 +93,9 @@ def reconcile(
     if taken := names_taken(outcome.actions):
         return refused(old, outcome.status.observed_generation, c.NAME_CONFLICT, taken, old.phase, at=at), []
     status, events = outcome.status, list(outcome.events)
-    for action in outcome.actions:
+    actions, warned = with_trial_credentials(outcome.actions, spec, secret_reader(ns))
+    events += warned
+    for action in actions:
         if action.verb == "register" and action.registration is not None:
             status, registered = register(ns, status, action.registration, at)
             events += registered
@@ -108,7 +117,8 @@ def register(
             digest=registration.digest,
             description=registration.description,
             tags=registration.tags,
-            authorization=_authorization(namespace, registration),
+            run_id=registration.run_id,
+            **_mlflow_connection(namespace, registration),
         )
     except mlflow.RegistryError as e:
         return rt.registration_failed(status, str(e), now), []
@@ -116,22 +126,51 @@ def register(
     return done.status, done.events
 
 
-def _authorization(namespace: str, registration: Registration) -> str | None:
-    """The Authorization header from `spec.registry.credentialsSecret`, if set; RegistryError
-    when the Secret is missing, not for this server, or not readable by the operator."""
-    secret_name = registration.credentials_secret
-    if not secret_name:
-        return None
+def _mlflow_connection(namespace: str, registration: Registration) -> dict[str, Any]:
+    """`authorization` and `context` for the mlflow client from `spec.registry`'s Secrets;
+    RegistryError when a Secret is missing, not for this server, or not readable by the operator."""
+    registry = Registry(
+        mlflow_tracking_uri=registration.tracking_uri,
+        credentials_secret=registration.credentials_secret,
+        ca_secret=registration.ca_secret,
+    )
+    conn = mlflow.connect(registry, secret_reader(namespace))
+    return {"authorization": conn.authorization, "context": conn.context}
+
+
+def with_trial_credentials(
+    actions: list[Action], spec: TrainingRunSpec, read_secret: mlflow.SecretReader
+) -> tuple[list[Action], list[Event]]:
+    """`actions` with each PyTorchJob to create given `spec.registry.credentialsSecret` (on its
+    Master, see `builders.trainingrun.with_mlflow_credentials`) when trials are tracked and the
+    Secret names this tracking server in its annotation (see `mlflow.credentials_from_secret`): the
+    tenant chooses the URL, and the trainer sends what it gets there. The Secret is read only when
+    a trial is to be created; when it may not be used, the trials are tracked without credentials
+    and a Warning Event says why (registration reports the same in its condition)."""
+    reg = spec.registry
+    if (
+        not any(_creates_trial(a) for a in actions)
+        or not reg.credentials_secret
+        or not reg.mlflow_tracking_uri
+        or not reg.track_trials
+    ):
+        return actions, []
     try:
-        secret = kube.get_secret(namespace, secret_name)
-    except kube.Forbidden as e:
-        raise mlflow.RegistryError(
-            f"the operator may not read Secret {namespace}/{secret_name}: install the chart with "
-            "rbac.readSecrets=true to use spec.registry.credentialsSecret"
-        ) from e
-    if secret is None:
-        raise mlflow.RegistryError(f"Secret {namespace}/{secret_name} (spec.registry.credentialsSecret) does not exist")
-    return mlflow.credentials_from_secret(secret, registration.tracking_uri)
+        secret = read_secret(reg.credentials_secret, "spec.registry.credentialsSecret")
+        mlflow.credentials_from_secret(secret, reg.mlflow_tracking_uri)
+    except mlflow.RegistryError as e:
+        return actions, [Event("Warning", c.MLFLOW_REGISTRATION_FAILED, f"trials get no MLflow credentials: {e}")]
+    return [_with_credentials(a, spec) for a in actions], []
+
+
+def _with_credentials(action: Action, spec: TrainingRunSpec) -> Action:
+    if not _creates_trial(action) or action.body is None:
+        return action
+    return replace(action, body=bt.with_mlflow_credentials(action.body, spec))
+
+
+def _creates_trial(action: Action) -> bool:
+    return action.verb == "create" and action.kind == PYTORCHJOB.kind and action.body is not None
 
 
 def delete_trials(namespace: str, name: str, log: Log) -> None:

@@ -42,6 +42,10 @@ class Registration:
     """The Secret, in the object's namespace, holding the registry's credentials."""
     model_version: int
     """The TrainingRun's model version being recorded."""
+    ca_secret: str | None = None
+    """The Secret, in the object's namespace, whose `ca.crt` is the tracking server's private CA."""
+    run_id: str | None = None
+    """The MLflow run of the trial that trained the model (linked from the new version)."""
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,8 @@ class TrainSummary(BaseModel):
     objective: dict[str, Any] = {}
     metrics: dict[str, float] = {}
     model: dict[str, Any] = {}
+    mlflow_run_id: str | None = None
+    mlflow_reason: str | None = None
 
 
 @dataclass
@@ -331,9 +333,12 @@ def _succeeded_trial(ctx: _Context, draft: Draft, trial: TrialStatus, summary: T
             "model_digest": model["digest"],
             "model_card_uri": model.get("modelCardUri"),
             "epoch": summary.epochs or trial.epoch,
+            "mlflow_run_id": summary.mlflow_run_id,
         }
     )
-    return end_trial(ctx, draft, done, "Succeeded", "Succeeded", summary.message or "trained and exported")
+    said = summary.message or "trained and exported"
+    message = f"{said}; MLflow: {summary.mlflow_reason}" if summary.mlflow_reason else said
+    return end_trial(ctx, draft, done, "Succeeded", "Succeeded", message)
 
 
 def _failed_trial(
@@ -569,6 +574,7 @@ def select_model(ctx: _Context, draft: Draft, failed: list[TrialStatus]) -> Draf
         objective=best.objective,
         parameters=best.parameters,
         code_version=modelops_operator.__version__,
+        mlflow_run_id=best.mlflow_run_id,
     )
     models = [*[m for m in status.models if m.version != version][-(MAX_MODELS - 1) :], model]
     draft = draft.updated(
@@ -643,6 +649,8 @@ def registration_of(run: dict[str, Any], spec: TrainingRunSpec, status: Training
         },
         credentials_secret=reg.credentials_secret,
         model_version=model.version,
+        ca_secret=reg.ca_secret,
+        run_id=model.mlflow_run_id,
     )
 
 
