@@ -25,7 +25,7 @@ from modelops_operator.builders.modeldeployment import build_deployment
 from modelops_operator.builders.trainingrun import build_pytorchjob
 from modelops_operator.settings import OperatorSettings
 from modelops_server.config import ENV_PREFIX, Settings, load_settings
-from modelops_trainer import storage, tracking, train
+from modelops_trainer import progress, storage, tracking, train
 from modelops_trainer.config import parse_config
 from modelops_trainer.prepare import __main__ as prepare_main
 from modelops_trainer.prepare.config import CONFIG_ENV as PREPARE_CONFIG_ENV
@@ -181,6 +181,12 @@ def _reads_cache_dir(_container: dict[str, Any], env: dict[str, str], _tmp: Path
         assert storage.default_cache_dir() == Path(env["MODELOPS_CACHE_DIR"])
 
 
+def _reads_progress_port(container: dict[str, Any], env: dict[str, str], _tmp: Path) -> None:
+    port = progress.port_from_env(env)
+    named = {p["name"]: p["containerPort"] for p in container.get("ports") or []}
+    assert port is not None and named["progress"] == port
+
+
 def _reads_namespace(container: dict[str, Any], env: dict[str, str], _tmp: Path) -> None:
     config = parse_config(train.parse_args(expand(container["args"], env)).config_json)
     tags = train.tracking_identity(config, "v1", env)["tags"]
@@ -190,6 +196,7 @@ def _reads_namespace(container: dict[str, Any], env: dict[str, str], _tmp: Path)
 TRAINER_READERS = {
     "MODELOPS_TRAIN_CONFIG": _reads_train_config,
     "MODELOPS_CACHE_DIR": _reads_cache_dir,
+    "MODELOPS_PROGRESS_PORT": _reads_progress_port,
     "MODELOPS_NAMESPACE": _reads_namespace,
 }
 #: The MLflow variables the trainer's tracker reads (MLflow's own names).

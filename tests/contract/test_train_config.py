@@ -1,9 +1,9 @@
-"""The operator and the training program agree on the config, the per-epoch lines and the summary.
+"""The operator and the training program agree on the config, the progress document and the summary.
 
 Neither imports the other (separate distributions and images); these tests feed one side's output
 to the other side's parser: the config a built PyTorchJob carries in `MODELOPS_TRAIN_CONFIG` must
-be accepted by `python -m modelops_trainer.train`, and what the trainer prints and leaves in its
-termination message must be what the reconciler reads.
+be accepted by `python -m modelops_trainer.train`, and what the trainer serves on `/progress` and
+leaves in its termination message must be what the reconciler reads.
 """
 
 from __future__ import annotations
@@ -16,15 +16,17 @@ from pydantic import ValidationError
 
 from modelops_operator.api.trainingrun import Architecture, TrainingRunSpec, TrainingRunStatus
 from modelops_operator.builders.trainingrun import CONFIG_ENV, build_pytorchjob
+from modelops_operator.progress import endpoint
+from modelops_operator.reconcile.progress import curve, parse_progress
 from modelops_operator.reconcile.trainingrun import (
     TrainingRunObserved,
-    epoch_curve,
     parse_summary,
     reconcile_training_run,
 )
 from modelops_operator.settings import OperatorSettings
+from modelops_trainer import progress as trainer_progress
 from modelops_trainer.config import TrainConfig, parse_config
-from modelops_trainer.reporting import MetricsWriter, write_termination_message
+from modelops_trainer.reporting import write_termination_message
 from tests.support.objects import search, training_run
 
 SETTINGS = OperatorSettings(artifact_pvc="modelops-artifacts")
@@ -161,18 +163,23 @@ def test_the_trainer_optimises_the_operators_objective(spec, metric, maximize):
         assert (objective.metric, objective.maximize) == (metric, maximize)
 
 
-def test_trial_parameters_apply_over_the_spec():
-    body = run_obj({"hyperparameters": {"learningRate": 0.001, "batchSize": 64}})
-    job = build_pytorchjob(
+def _job(spec: dict[str, Any], round_: int = 1, index: int = 0, parameters: dict[str, str] | None = None):
+    body = run_obj(spec)
+    return build_pytorchjob(
         body,
         TrainingRunSpec.model_validate(body["spec"]),
         SETTINGS,
-        round_=2,
-        index=3,
-        parameters={"architecture": "mobilenet_v3_small", "learningRate": "0.0123", "batchSize": "32", "epochs": "4"},
+        round_=round_,
+        index=index,
+        parameters=parameters or {},
         dataset_uri=DATASET["status"]["artifactURI"],
         dataset_digest=DIGEST,
     )
+
+
+def test_trial_parameters_apply_over_the_spec():
+    params = {"architecture": "mobilenet_v3_small", "learningRate": "0.0123", "batchSize": "32", "epochs": "4"}
+    job = _job({"hyperparameters": {"learningRate": 0.001, "batchSize": 64}}, round_=2, index=3, parameters=params)
     text = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"][0]["value"]
     config = parse_config(text)
     assert config.trial.name == "digits-r2-t3"
@@ -227,16 +234,38 @@ def test_a_search_the_operator_accepts_proposes_values_the_trainer_accepts(param
 
 
 @pytest.mark.parametrize("metric", ["val_accuracy", "val_top5", "val_loss"])
-def test_the_trainers_epoch_lines_are_what_the_operator_reads(tmp_path, capsys, metric):
-    writer = MetricsWriter(tmp_path.as_uri(), trial_objective=metric)
+def test_the_trainers_progress_document_is_what_the_operator_reads(metric):
+    board = trainer_progress.ProgressBoard(metric=metric, epochs=6, steps_per_epoch=10, images_per_step=64)
     history: list[dict[str, Any]] = []
-    values = [0.123456789, 0.5, 1e-7, 12.75]
+    values = [0.123456789, 0.5, float("nan"), 12.75]
     for epoch, value in enumerate(values, start=1):
+        for step in range(1, 11):
+            board.stepped((epoch - 1) * 10 + step, step)
         history.append({"epoch": epoch, metric: value, "train_loss": 1.0 / epoch})
-        writer.write(history)
-    out = capsys.readouterr().out
-    assert epoch_curve(out, metric) == pytest.approx(values, rel=1e-5)
-    assert epoch_curve(out, "other_metric") == []
+        board.epoch_finished(history)
+    board.stepped(41, 1)
+    body = json.dumps(board.snapshot(), allow_nan=False).encode()  # as the server sends it
+    seen = parse_progress(body)
+    assert seen is not None
+    assert (seen.epoch, seen.epochs, seen.step, seen.steps_per_epoch, seen.metric) == (4, 6, 41, 10, metric)
+    assert seen.images_per_second is not None and seen.images_per_second > 0
+    # 19 steps of 64 images are left, at the measured rate (both rounded as served).
+    assert seen.eta_seconds == pytest.approx(19 * 64 / seen.images_per_second, abs=0.1)
+    assert curve(seen.history, []) == [0.123456789, 0.5, 0.5, 12.75]  # the NaN epoch: the value before
+
+
+def test_the_trial_pods_progress_port_is_where_the_trainer_serves():
+    job = _job({"workers": {"nodes": 2}})
+    master = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
+    container = master["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    port = trainer_progress.port_from_env(env)
+    pod = {**master, "status": {"phase": "Running", "podIP": "10.1.2.3"}}
+    assert endpoint(pod) == f"http://10.1.2.3:{port}/progress"
+    assert master["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    assert master["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+    worker = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]
+    assert "prometheus.io/scrape" not in (worker["metadata"].get("annotations") or {})  # only rank 0 serves
 
 
 def _summary(message: str = "trained", **extra: Any) -> dict[str, Any]:

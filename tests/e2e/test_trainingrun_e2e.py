@@ -73,14 +73,29 @@ def test_a_two_trial_search_trains_registers_onnx_and_survives_an_operator_kill(
     operator.kill()
     operator.start()
 
+    # What status says while trials run: read from the trainers' progress endpoints, not logs.
+    samples: list[dict[str, Any]] = []
+
     def done() -> str | None:
         seen.update({j["metadata"]["uid"]: j["metadata"]["name"] for j in run_jobs(namespace, "digits-resnet")})
+        samples.append(status(custom, namespace, "trainingruns", "digits-resnet"))
         return settled(custom, namespace, "digits-resnet")
 
     assert wait_until("the run to finish", done, timeout=900, interval=2) == "Succeeded", status(
         custom, namespace, "trainingruns", "digits-resnet"
     )
     st = status(custom, namespace, "trainingruns", "digits-resnet")
+
+    # While a trial ran, its status showed steps, throughput and an ETA, and the run's progress rose
+    # (never fell) to 100 at the end.
+    running = [t for s in samples for t in s.get("trials") or [] if t["state"] == "Running"]
+    assert any(t.get("step", 0) > 0 and (t.get("imagesPerSecond") or 0) > 0 for t in running), running
+    assert any(t.get("etaSeconds") is not None and t.get("stepsPerEpoch", 0) > 0 for t in running), running
+    percents = [s["percentComplete"] for s in samples if s.get("percentComplete") is not None]
+    assert percents == sorted(percents) and len(set(percents)) >= 3 and percents[-1] == 100, percents
+    assert any(s.get("etaSeconds") for s in samples if s.get("phase") == "Running"), samples[-1]
+    assert st["percentComplete"] == 100 and "etaSeconds" not in st
+    assert all("imagesPerSecond" not in t and "etaSeconds" not in t for t in st["trials"])
 
     # Exactly two PyTorchJobs were ever made, one per trial, despite the restart.
     names = sorted(seen.values())
@@ -117,6 +132,8 @@ def test_a_two_trial_search_trains_registers_onnx_and_survives_an_operator_kill(
 
     out = kubectl("get", "trun", "digits-resnet", "-n", namespace).stdout
     assert "Succeeded" in out and f"{st['bestObjective']:.4g}"[:4] in out
+    header, row = out.splitlines()[:2]
+    assert "PROGRESS" in header.split() and row.split()[header.split().index("PROGRESS")] == "100", out
 
     events = kubectl(
         "-n", namespace, "get", "events", "--field-selector=involvedObject.name=digits-resnet", "-o", "json"

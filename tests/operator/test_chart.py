@@ -29,6 +29,7 @@ import yaml
 from modelops_operator import __version__
 from modelops_operator.api.names import BUNDLE_VERSION_LABEL
 from modelops_operator.settings import ENV_PREFIX, OperatorSettings
+from modelops_trainer import progress
 from tests.support.tools import missing
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,7 +123,6 @@ OPERATOR_RULES: dict[tuple[str, str], set[str]] = {
     ("events.k8s.io", "events"): {"create", "patch"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
     ("", "pods"): {"get", "list", "watch"},
-    ("", "pods/log"): {"get"},
     ("kubeflow.org", "pytorchjobs"): {"get", "list", "watch", "create", "delete", "patch"},
     **{
         key: {"get", "list", "watch", "create", "patch"}
@@ -235,7 +235,8 @@ def test_rbac_is_least_privilege(values):
             assert not {"secrets"} & set(rule["resources"]), f"secrets in {where}"
             assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), f"{where}: {rule}"
             assert not ("" in rule["apiGroups"] and "pods" in rule["resources"] and "create" in rule["verbs"]), where
-            assert not any(r.startswith("pods/") and r != "pods/log" for r in rule["resources"]), where
+            # No subresource of pods: no logs (progress comes from the trainer's endpoint), no exec.
+            assert not any(r.startswith("pods/") for r in rule["resources"]), where
     for role in operator_roles(docs):
         assert granted(role) == OPERATOR_RULES, role["metadata"]
     assert "secrets" not in json.dumps([d for d in docs if d["kind"] != "ConfigMap"])
@@ -445,6 +446,16 @@ def test_operator_prometheus_rule(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def trainer_exposition() -> str:
+    """What a trainer mid-run serves on /metrics (every gauge has a value)."""
+    board = progress.ProgressBoard(metric="val_accuracy", epochs=3, steps_per_epoch=2, images_per_step=8)
+    board.stepped(1, 1)
+    board.stepped(2, 2)
+    board.epoch_finished([{"epoch": 1, "val_accuracy": 0.5}])
+    board.stepped(3, 1)
+    return progress.exposition(board.snapshot())
+
+
 def test_grafana_dashboard():
     docs = render(*VALUE_SETS["monitoring"])
     cm = one(docs, "ConfigMap", f"{FULLNAME}-dashboard")
@@ -484,6 +495,19 @@ def test_grafana_dashboard():
         assert metric in exprs, metric
     for metric in OPERATOR_METRICS:
         assert metric in exprs, f"no panel shows {metric}"
+    # The Training row: every trainer gauge it charts is one the trainer exports, by trial.
+    for title in ("Images/s per trial", "Epoch progress per trial", "ETA per trial", "Objective per trial"):
+        assert title in titles, titles
+    exported = set(re.findall(r"^# TYPE (\S+) gauge$", trainer_exposition(), re.MULTILINE))
+    charted = set(re.findall(r"modelops_train_[a-z_]+", exprs))
+    assert {
+        "modelops_train_images_per_second",
+        "modelops_train_eta_seconds",
+        "modelops_train_progress_ratio",
+    } <= charted
+    assert charted <= exported, charted - exported
+    training = [t["expr"] for p in panels for t in p["targets"] if "modelops_train_" in t["expr"]]
+    assert all("modelops_dev_trial" in e and 'namespace=~"$namespace"' in e for e in training), training
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
     assert not of_kind(render(), "ConfigMap")
 

@@ -167,7 +167,7 @@ def training_run_lives() -> dict[str, StatusBase]:
     lives["name-conflict"] = stored(health.summarise(old, conflict, at=T0))
     sim = RunSim()
     sim.step()
-    sim.set("digits-r1-t0", "Running", log=ttr.log(0.5, 0.7))
+    sim.set("digits-r1-t0", "Running", progress=ttr.reported(0.5, 0.7))
     sim.step()
     lives["running"] = sim.status
     sim.set("digits-r1-t0", "Succeeded", result=ttr.ok(0.93, trial="r1"))
@@ -181,7 +181,7 @@ def training_run_lives() -> dict[str, StatusBase]:
     lives["failed"] = sim.status
     sim = RunSim(ttr.searching(maxTrials=3, parallelism=1))
     sim.step()
-    sim.set("digits-r1-t0", "Running", log=ttr.log(0.4))
+    sim.set("digits-r1-t0", "Running", progress=ttr.reported(0.4))
     sim.step()
     sim.change("suspend", True)
     sim.step()

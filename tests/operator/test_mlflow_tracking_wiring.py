@@ -19,7 +19,7 @@ from modelops_operator.builders.trainingrun import MLFLOW_CA_DIR, with_mlflow_cr
 from modelops_operator.controllers.trainingrun import with_trial_credentials
 from modelops_operator.mlflow import SECRET_URI_ANNOTATION, RegistryError
 from modelops_operator.reconcile.actions import Action
-from tests.operator.test_trainingrun import LR, Sim, build, container, ok, pods, run_obj, spec_of
+from tests.operator.test_trainingrun import LR, Sim, build, container, ok, pods, reported, run_obj, spec_of
 from tests.support.objects import model_deployment
 
 URI = "https://mlflow.team-a.svc:5000"
@@ -246,7 +246,7 @@ def test_no_secret_is_read_unless_tracked_trials_have_one(spec):
 def test_no_secret_is_read_when_no_trial_is_created():
     sim = Sim(registry(credentialsSecret="mlflow-creds"))
     sim.step()
-    sim.set("digits-r1-t0", "Running", log="epoch=1 val_accuracy=0.5\n")
+    sim.set("digits-r1-t0", "Running", progress=reported(0.5))
     out = sim.step()
     assert not [a for a in out.actions if a.verb == "create"]
     secrets = Secrets(secret(URI, token="t"))

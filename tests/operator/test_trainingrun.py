@@ -28,11 +28,11 @@ from modelops_operator.builders.trainingrun import (
 )
 from modelops_operator.reconcile.actions import Outcome
 from modelops_operator.reconcile.pods import master_result
+from modelops_operator.reconcile.progress import TrainerProgress
 from modelops_operator.reconcile.status import merge_patch
 from modelops_operator.reconcile.trainingrun import (
     TrainingRunObserved,
     TrialObservation,
-    epoch_curve,
     inspected,
     job_state,
     reconcile_training_run,
@@ -97,13 +97,23 @@ def failed(reason: str = "ParityCheckFailed", message: str = "ONNX logits differ
     return {"status": "Failed", "reason": reason, "message": message}
 
 
-def log(*values: float, metric: str = "val_accuracy", start: int = 1) -> str:
-    """The trainer's per-epoch stdout lines, with JSON log lines between them."""
-    lines = []
-    for epoch, value in enumerate(values, start=start):
-        lines.append(json.dumps({"level": "INFO", "message": "epoch finished", "epoch": epoch}))
-        lines.append(f"epoch={epoch} {metric}={value:.6g}")
-    return "\n".join(lines) + "\n"
+def reported(*values: float | None, metric: str = "val_accuracy", steps_per_epoch: int = 20) -> TrainerProgress:
+    """What a trainer's progress endpoint says after `len(values)` epochs, 5 steps into the next."""
+    return TrainerProgress.model_validate_json(
+        json.dumps(
+            {
+                "epoch": len(values),
+                "epochs": 10,
+                "step": len(values) * steps_per_epoch + 5,
+                "stepInEpoch": 5,
+                "stepsPerEpoch": steps_per_epoch,
+                "imagesPerSecond": 812.5,
+                "etaSeconds": 95.0,
+                "metric": metric,
+                "history": list(values),
+            }
+        )
+    )
 
 
 def with_state(job: dict[str, Any], state: str | None, reason: str = "", message: str = "") -> dict[str, Any]:
@@ -160,11 +170,11 @@ class Sim:
         reason: str = "",
         message: str = "",
         result: dict[str, Any] | str | None = None,
-        log: str | None = None,
+        progress: TrainerProgress | None = None,
     ) -> None:
         self.jobs[name] = with_state(self.jobs[name], state, reason, message)
         text = json.dumps(result) if isinstance(result, dict) else result
-        self.seen[name] = TrialObservation(result_message=text, log=log)
+        self.seen[name] = TrialObservation(result_message=text, progress=progress)
 
     def change(self, path: str, value: Any) -> None:
         """Edit the spec (a dotted path) and bump the generation, as `kubectl edit` would."""
@@ -278,9 +288,18 @@ def test_nodes_are_one_master_and_the_rest_workers(nodes, workers):
     assert set(replicas) == ({"Master", "Worker"} if workers else {"Master"})
     for replica in replicas.values():
         assert replica["restartPolicy"] == "ExitCode"
-    if workers:  # the same pod, not the same dict
-        assert replicas["Worker"]["template"] == replicas["Master"]["template"]
-        assert replicas["Worker"]["template"] is not replicas["Master"]["template"]
+    master = replicas["Master"]["template"]
+    assert master["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "9400",
+        "prometheus.io/path": "/metrics",
+    }
+    port = {"name": "progress", "containerPort": 9400, "protocol": "TCP"}
+    assert master["spec"]["containers"][0]["ports"] == [port]
+    if workers:  # the same pod, not the same dict, but not scraped: only rank 0 (the master) serves
+        worker = replicas["Worker"]["template"]
+        assert worker["spec"] == master["spec"] and worker["spec"] is not master["spec"]
+        assert "prometheus.io/scrape" not in (worker["metadata"].get("annotations") or {})
 
 
 @pytest.mark.parametrize(
@@ -670,7 +689,7 @@ def test_a_running_trial_reports_its_epochs(metric, values, objective, shown):
     sim = Sim(searching(maxTrials=1, objective=objective_spec))
     sim.step()
     name = sim.status.trials[0].name
-    sim.set(name, "Running", log=log(*values, metric=metric) + "epoch=9 other_metric=0.1\n")
+    sim.set(name, "Running", progress=reported(*values, metric=metric))
     sim.step()
     trial = sim.trial(name)
     assert (trial.state, trial.history, trial.epoch, trial.objective) == ("Running", values, len(values), objective)
@@ -700,7 +719,7 @@ def test_a_pod_that_cannot_start_is_reported_on_its_trial():
 def test_a_successful_trial_registers_model_version_1():
     sim = Sim()
     sim.step()
-    sim.set("digits-r1-t0", "Running", log=log(0.5, 0.7))
+    sim.set("digits-r1-t0", "Running", progress=reported(0.5, 0.7))
     sim.step()
     summary = ok(0.93, trial="r1")
     sim.set("digits-r1-t0", "Succeeded", result=summary)
@@ -879,7 +898,7 @@ def test_a_random_search_runs_parallel_trials_and_registers_the_best(objective, 
     for name, p in params.items():
         assert json.loads(sim.jobs[name]["metadata"]["annotations"][PARAMETERS_ANNOTATION]) == p
         assert config_of(sim.jobs[name])["trial"]["parameters"] == p
-    sim.set("digits-r1-t0", "Running", log=log(0.1, metric=metric))
+    sim.set("digits-r1-t0", "Running", progress=reported(0.1, metric=metric))
     sim.set("digits-r1-t1", "Running")
     sim.step()
     assert sim.verbs == [] and sim.status.phase == "Running"
@@ -914,7 +933,7 @@ def test_the_failure_budget(max_failed, phase, verbs):
     sim = Sim(searching(maxTrials=4, parallelism=2, maxFailedTrials=max_failed))
     sim.step()
     sim.set("digits-r1-t0", "Failed", result=failed())
-    sim.set("digits-r1-t1", "Running", log=log(0.5))
+    sim.set("digits-r1-t1", "Running", progress=reported(0.5))
     out = sim.step()
     assert sim.verbs == verbs
     st = out.status
@@ -946,7 +965,7 @@ def test_reaching_the_goal_stops_the_others_and_registers():
     sim = Sim(searching(maxTrials=6, parallelism=3, objective={"metric": "val_accuracy", "goal": 0.95}))
     sim.step()
     assert len(sim.jobs) == 3
-    sim.set("digits-r1-t0", "Running", log=log(0.5))
+    sim.set("digits-r1-t0", "Running", progress=reported(0.5))
     sim.set("digits-r1-t1", "Succeeded", result=ok(0.97, trial="t1"))
     out = sim.step()
     assert sim.verbs == [("delete", "digits-r1-t0"), ("delete", "digits-r1-t2")]
@@ -962,7 +981,7 @@ def median_sim(early_stopping: str = "median", min_epochs: int = 2) -> Sim:
     sim = Sim(searching(maxTrials=3, parallelism=2, earlyStopping=early_stopping, earlyStoppingMinEpochs=min_epochs))
     sim.step()
     for name in ("digits-r1-t0", "digits-r1-t1"):
-        sim.set(name, "Running", log=log(0.8, 0.9))
+        sim.set(name, "Running", progress=reported(0.8, 0.9))
     sim.step()
     assert sim.verbs == []  # equal curves: a tie continues
     sim.set("digits-r1-t0", "Succeeded", result=ok(0.9, trial="t0"))
@@ -986,7 +1005,7 @@ def median_sim(early_stopping: str = "median", min_epochs: int = 2) -> Sim:
 )
 def test_median_stopping(early_stopping, min_epochs, values, stopped):
     sim = median_sim(early_stopping, min_epochs)
-    sim.set("digits-r1-t2", "Running", log=log(*values))
+    sim.set("digits-r1-t2", "Running", progress=reported(*values))
     out = sim.step()
     trial = sim.trial("digits-r1-t2")
     if stopped:
@@ -1005,7 +1024,7 @@ def test_median_stopping(early_stopping, min_epochs, values, stopped):
 def test_suspend_and_resume():
     sim = Sim(searching(maxTrials=3, parallelism=1))
     sim.step()
-    sim.set("digits-r1-t0", "Running", log=log(0.4))
+    sim.set("digits-r1-t0", "Running", progress=reported(0.4))
     sim.step()
     sim.change("suspend", True)
     out = sim.step()
@@ -1083,7 +1102,7 @@ def test_a_pending_trial_whose_job_is_missing_is_created_again():
 def test_jobs_of_an_older_round_are_deleted_unless_finished(old_state, deleted):
     sim = Sim()
     sim.step()
-    sim.set("digits-r1-t0", old_state, log=log(0.3))
+    sim.set("digits-r1-t0", old_state, progress=reported(0.3))
     sim.step()
     sim.change("hyperparameters.learningRate", 0.02)
     out = sim.step()
@@ -1109,36 +1128,10 @@ def test_a_deleting_job_of_an_older_round_is_not_deleted_again():
 # --- pure helpers ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("log_text", "known", "expected"),
-    [
-        (None, None, []),
-        ("", [0.1, 0.2], [0.1, 0.2]),
-        ("epoch=1 val_accuracy=0.5\nepoch=2 val_accuracy=0.6\n", None, [0.5, 0.6]),
-        ("epoch=3 val_accuracy=0.7\n", [0.5, 0.6], [0.5, 0.6, 0.7]),  # the log lost early epochs
-        ("epoch=2 val_accuracy=0.55\nepoch=3 val_accuracy=0.7\n", [0.5, 0.6, 0.4], [0.5, 0.55, 0.7]),  # resumed
-        ("epoch=2 val_accuracy=0.6\nepoch=2 val_accuracy=0.65\n", [0.5], [0.5, 0.65]),  # repeated: last wins
-        ("epoch=5 val_accuracy=0.9\n", [0.5, 0.6], [0.5, 0.6, 0.6, 0.6, 0.9]),  # gap: the value before
-        ("epoch=1 val_loss=0.9\nepoch=1 val_accuracy=0.3\n", None, [0.3]),  # other metrics ignored
-        ('{"epoch": 2, "val_accuracy": 0.9}\nepoch=1 val_accuracy=0.3 extra\nepoch=x val_accuracy=1\n', None, []),
-        ("epoch=1 val_accuracy=abc\nepoch=2 val_accuracy=0.4\r\n", [0.2], [0.2, 0.4]),
-    ],
-    ids=["none", "log-empty", "fresh", "lost-early", "resumed", "repeated", "gap", "metric", "noise", "bad-value"],
-)
-def test_epoch_curve(log_text, known, expected):
-    assert epoch_curve(log_text, "val_accuracy", known) == expected
-
-
-def test_epoch_curve_keeps_epochs_aligned_without_history():
-    # An adopted trial, or a log tail that no longer holds the first epochs: index i must be epoch i+1.
-    curve = epoch_curve("epoch=3 val_accuracy=0.7\nepoch=4 val_accuracy=0.8\n", "val_accuracy")
-    assert len(curve) == 4 and curve[-2:] == [0.7, 0.8]
-
-
 def test_a_diverged_trial_keeps_the_status_json():
     sim = Sim(searching(maxTrials=2, objective={"metric": "val_loss", "direction": "minimize"}))
     sim.step()
-    sim.set("digits-r1-t0", "Running", log="epoch=1 val_loss=nan\nepoch=2 val_loss=0.5\n")
+    sim.set("digits-r1-t0", "Running", progress=reported(None, 0.5, metric="val_loss"))
     out = sim.step()
     json.dumps(out.status.wire(), allow_nan=False)  # the API server accepts no NaN
 
@@ -1146,7 +1139,7 @@ def test_a_diverged_trial_keeps_the_status_json():
 def test_a_running_trials_objective_ignores_nan():
     sim = Sim(searching(maxTrials=2))
     sim.step()
-    sim.set("digits-r1-t0", "Running", log="epoch=1 val_accuracy=nan\nepoch=2 val_accuracy=0.5\n")
+    sim.set("digits-r1-t0", "Running", progress=reported(None, 0.5))
     sim.step(apply=False)
     assert sim.trial("digits-r1-t0").objective == 0.5
 

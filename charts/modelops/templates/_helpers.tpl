@@ -143,13 +143,11 @@ pod creation). Rendered into the ClusterRole (cluster mode) or each namespace's 
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "delete"]
-# Reading Job and trial pods' state and logs (never creating pods).
+# Reading Job and trial pods' state (never creating pods, never reading their logs: a trial's
+# progress comes from its trainer's endpoint, results from termination messages).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
-- apiGroups: [""]
-  resources: ["pods/log"]
-  verbs: ["get"]
 # Training trials (Kubeflow training operator); patch suspends and resumes them.
 - apiGroups: ["kubeflow.org"]
   resources: ["pytorchjobs"]

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from modelops_trainer import checkpoint, distributed, reporting, storage
+from modelops_trainer import checkpoint, distributed, progress, reporting, storage
 from modelops_trainer.config import TrainConfig
 from modelops_trainer.data import (
     EvalSampler,
@@ -155,6 +155,13 @@ class TrainingSession:
         self._build_data()
 
         self._build_model(cache)
+        self.board = progress.ProgressBoard(
+            metric=self.cfg.objective.metric,
+            epochs=self.hp.epochs,
+            steps_per_epoch=self.steps_per_epoch,
+            images_per_step=self.hp.batch_size * self.hp.grad_accumulation_steps * runtime.world_size,
+        )
+        """What rank 0 serves on `/progress` (see `progress.py`)."""
         seed = self.hp.seed + 1_000_003 * runtime.rank  # dropout etc. differ between processes
         torch.manual_seed(seed)
         random.seed(seed)
@@ -289,6 +296,12 @@ class TrainingSession:
             )
             p.batch_in_epoch = 0
             p.partial = {"loss_sum": 0.0, "correct": 0.0, "seen": 0.0}
+        self.board.resumed(
+            epoch=p.epoch,
+            step=p.step,
+            step_in_epoch=p.batch_in_epoch // self.hp.grad_accumulation_steps,
+            history=p.history,
+        )
         log.info("resumed", extra={"epoch": p.epoch, "step": p.step, "batchInEpoch": p.batch_in_epoch})
 
     def _keep_precision(self, saved: dict[str, Any] | None) -> None:
@@ -356,6 +369,7 @@ class TrainingSession:
         with self.stop.installed():
             while not self.state.finished:
                 self._epoch()
+        self.board.finished()
         return self.state
 
     def _epoch(self) -> None:
@@ -396,6 +410,7 @@ class TrainingSession:
                 self._optimizer_step()
                 p.step += 1
                 p.batch_in_epoch = b
+                self.board.stepped(p.step, b // accum)
                 if p.step % self.cfg.logging.every_steps == 0:
                     self._log_step(sums)
                 every = self.cfg.checkpointing.every_steps
@@ -463,6 +478,7 @@ class TrainingSession:
             "images_per_second": round(images / seconds, 2) if seconds > 0 else None,
         }
         p.history.append(record)
+        self.board.epoch_finished(p.history)
         p.epoch += 1
         p.batch_in_epoch = 0
         p.partial = {"loss_sum": 0.0, "correct": 0.0, "seen": 0.0}

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from modelops_trainer import distributed, storage
+from modelops_trainer import distributed, progress, storage
 from modelops_trainer.config import API_VERSION, TrainConfig, load_config, parse_config
 from modelops_trainer.errors import ConfigError, TrainerError
 from modelops_trainer.reporting import setup_logging, write_termination_message
@@ -50,6 +50,9 @@ what it writes under output.uri:
   evaluation.json         per-class precision/recall and confusion matrices (val, test)
   summary.json            the run's summary, also written to the termination message
   mlflow-run.json         the MLflow run of this folder, when tracking (a resumed run keeps it)
+
+progress: rank 0 serves GET /progress (JSON: epoch, step, images/s, ETA, the objective per epoch)
+and GET /metrics (Prometheus) on port $MODELOPS_PROGRESS_PORT (default 9400; 0 any free port, off none).
 
 distributed: run under torchrun, or in a PyTorchJob (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK,
 LOCAL_RANK); NCCL on GPUs, gloo on CPUs. Only rank 0 writes.
@@ -96,17 +99,19 @@ def run(config: TrainConfig, *, show_progress: bool = False) -> dict[str, Any]:
 
     runtime = distributed.detect(os.environ, config.device)
     distributed.setup(runtime)
+    server = None
     tracker: Tracker | None = None
     try:
         session = TrainingSession(config, runtime, show_progress=show_progress)
-        if runtime.is_main:  # only rank 0 tracks
+        if runtime.is_main:  # only rank 0 tracks and serves GET /progress, /metrics
+            server = progress.serve(session.board, os.environ)
             tracker = Tracker.from_env(os.environ, session.cfg.output.uri)
         if tracker is not None:
             tracker.start(**tracking_identity(session.cfg, session.reader.version, os.environ))
             session.metrics.followers.append(tracker.log_history)
         try:
-            progress = session.train()
-            summary = publish(session, progress)
+            state = session.train()
+            summary = publish(session, state)
         except Preempted:
             if tracker is not None:
                 tracker.finish("KILLED", history=session.state.history)
@@ -118,7 +123,7 @@ def run(config: TrainConfig, *, show_progress: bool = False) -> dict[str, Any]:
         if tracker is not None:
             model = summary.get("model") or {}
             tracker.finish(
-                "FINISHED", history=progress.history, metrics=summary.get("metrics"), card_uri=model.get("modelCardUri")
+                "FINISHED", history=state.history, metrics=summary.get("metrics"), card_uri=model.get("modelCardUri")
             )
             summary.update(tracker.report())
             storage.write_bytes_atomic(
@@ -126,6 +131,8 @@ def run(config: TrainConfig, *, show_progress: bool = False) -> dict[str, Any]:
             )
         return summary
     finally:
+        if server is not None:
+            server.close()
         distributed.teardown()
 
 

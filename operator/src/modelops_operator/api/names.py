@@ -151,3 +151,10 @@ HTTPROUTE = ExternalAPI("HTTPRoute", "gateway.networking.k8s.io", "v1", "httprou
 SERVICEMONITOR = ExternalAPI("ServiceMonitor", "monitoring.coreos.com", "v1", "servicemonitors")
 PROMETHEUSRULE = ExternalAPI("PrometheusRule", "monitoring.coreos.com", "v1", "prometheusrules")
 EXTERNAL_APIS = (PYTORCHJOB, HTTPROUTE, SERVICEMONITOR, PROMETHEUSRULE)
+
+PROGRESS_PORT = 9400
+"""The trainer's progress port (rank 0 serves GET /progress and /metrics on it)."""
+PROGRESS_PORT_NAME = "progress"
+"""The name of that container port on trial pods."""
+PROGRESS_PORT_ENV = "MODELOPS_PROGRESS_PORT"
+"""The trainer's environment variable that sets it."""

@@ -343,9 +343,19 @@ class TrialStatus(ApiModel):
     objective: float | None = None
     """The trial's best value of the objective metric."""
     epoch: int | None = Field(default=None, ge=0)
-    """The last epoch the trial reported."""
+    """The epochs the trial has finished (as its trainer reports them)."""
     epochs: int | None = Field(default=None, ge=1)
     """The epochs the trial is set to run."""
+    step: int | None = Field(default=None, ge=0)
+    """Optimizer steps taken so far (from the trainer's progress endpoint while the trial runs)."""
+    steps_per_epoch: int | None = Field(default=None, ge=1)
+    """Optimizer steps per epoch."""
+    images_per_second: float | None = Field(default=None, ge=0)
+    """Training throughput over the trainer's last 30 seconds, all processes together; unset when
+    the trial is not running."""
+    eta_seconds: float | None = Field(default=None, ge=0)
+    """The trainer's estimate of the seconds until its last epoch ends (export not included);
+    unset when unknown or the trial is not running."""
     history: list[float] = Field(default_factory=list, max_length=10_000)
     """The objective metric after each epoch (index 0 is epoch 1): what median stopping compares."""
     reason: str | None = Field(default=None, max_length=63)
@@ -417,6 +427,15 @@ class TrainingRunStatus(StatusBase):
     """The round of trials under way or last finished; trial names carry it (`<run>-r<round>-t<n>`)."""
     progress: str | None = Field(default=None, max_length=1024)
     """One line on what is happening: trials finished, the running trials' epoch and metric."""
+    percent_complete: int | None = Field(default=None, ge=0, le=100)
+    """How much of the round's training is done, in percent: every trial of the budget counts
+    equally, a finished one (succeeded, failed, stopped) as done, a running one by its epochs and
+    steps. 100 when the round succeeded (a goal reached early included)."""
+    eta_seconds: float | None = Field(default=None, ge=0)
+    """Estimated seconds until the round's last trial finishes training: the running trials' own
+    estimates, then the trials still to start, each taking the mean duration of the trials that
+    succeeded so far (or, before any did, of what the running ones' progress implies), queued on
+    `search.parallelism` slots. Unset when there is nothing to estimate from, or the round is over."""
     trials: list[TrialStatus] = Field(
         default_factory=list,
         max_length=1000,

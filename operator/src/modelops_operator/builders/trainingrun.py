@@ -30,6 +30,9 @@ from modelops_operator.api.names import (
     GPU,
     KUEUE_QUEUE_LABEL,
     PARAMETERS_ANNOTATION,
+    PROGRESS_PORT,
+    PROGRESS_PORT_ENV,
+    PROGRESS_PORT_NAME,
     PYTORCHJOB,
     ROUND_LABEL,
     TRIAL_LABEL,
@@ -141,7 +144,10 @@ def _pod_template(spec: TrainingRunSpec, config: dict[str, Any], settings: Opera
         "env": [
             {"name": CONFIG_ENV, "value": json.dumps(config, sort_keys=True)},
             {"name": "MODELOPS_CACHE_DIR", "value": "/tmp/modelops-cache"},
+            {"name": PROGRESS_PORT_ENV, "value": str(PROGRESS_PORT)},
         ],
+        # Rank 0 (in the master pod) serves GET /progress (the operator) and /metrics (Prometheus).
+        "ports": [{"name": PROGRESS_PORT_NAME, "containerPort": PROGRESS_PORT, "protocol": "TCP"}],
         "securityContext": restricted_container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
@@ -202,9 +208,17 @@ def build_pytorchjob(
     add_mlflow_tracking(template["spec"], spec, meta["namespace"], meta["name"])  # before: ours win
     apply_pod_settings(template, pod_settings(settings.workload_defaults, spec.pod_settings), "pytorch")
     replica = {"restartPolicy": "ExitCode", "template": template}
-    replicas: dict[str, Any] = {"Master": {"replicas": 1, **replica}}
+    replicas: dict[str, Any] = {}
     if w.nodes > 1:
         replicas["Worker"] = {"replicas": w.nodes - 1, **json.loads(json.dumps(replica))}
+    # Only the master pod holds rank 0, the one process that serves progress: Prometheus scrapes it.
+    template["metadata"]["annotations"] = {
+        **template["metadata"].get("annotations", {}),
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(PROGRESS_PORT),
+        "prometheus.io/path": "/metrics",
+    }
+    replicas = {"Master": {"replicas": 1, **replica}, **replicas}
     run_policy: dict[str, Any] = {
         "backoffLimit": policy.backoff_limit,
         "cleanPodPolicy": policy.clean_pod_policy,

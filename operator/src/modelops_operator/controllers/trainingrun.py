@@ -1,5 +1,6 @@
-"""The TrainingRun controller: observe the Dataset, the PyTorchJobs and the current trials' master
-pods, decide (`reconcile.trainingrun`), carry out the PyTorchJob calls and the MLflow registration.
+"""The TrainingRun controller: observe the Dataset, the PyTorchJobs, the current trials' master
+pods and their trainers' progress endpoints, decide (`reconcile.trainingrun`), carry out the
+PyTorchJob calls and the MLflow registration.
 
 A trial's PyTorchJob gets `spec.registry.credentialsSecret` (as MLflow's variables, on the Master)
 only once the Secret's annotation names the tracking server: the create action is completed here,
@@ -7,11 +8,12 @@ after reading the Secret, so the pure reconcile never sees one."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from modelops_operator import kube, mlflow
+from modelops_operator import kube, mlflow, progress
 from modelops_operator.api import conditions as c
 from modelops_operator.api import names
 from modelops_operator.api.kinds import DATASET
@@ -22,21 +24,42 @@ from modelops_operator.controllers.common import Log, execute, names_taken, not_
 from modelops_operator.reconcile import trainingrun as rt
 from modelops_operator.reconcile.actions import Action, Event, Registration
 from modelops_operator.reconcile.pods import master_result, pod_problem
+from modelops_operator.reconcile.progress import TrainerProgress, parse_progress
 from modelops_operator.reconcile.status import refused
 from modelops_operator.settings import OperatorSettings
 
+_BACKOFF = progress.Backoff()
+
+
+def read_progress(pod: dict[str, Any], backoff: progress.Backoff = _BACKOFF) -> TrainerProgress | None:
+    """What the trainer in `pod` reports on its progress endpoint; None when the pod is not Running
+    with an IP, the endpoint cannot be read or answers no progress document, or it did not answer
+    at all a moment ago (kwok's simulated pods have addresses nothing answers on): the status then
+    keeps what it had."""
+    url = progress.endpoint(pod)
+    if url is None or backoff.waiting(url):
+        return None
+    try:
+        body = progress.fetch(url)
+    except progress.ProgressUnavailable as e:
+        backoff.record(url, answered=not e.unreachable)
+        return None
+    backoff.record(url, answered=True)
+    return parse_progress(body)
+
 
 def observe_trial(namespace: str, job: dict[str, Any]) -> rt.TrialObservation:
-    """A trial's master pod: its result, why it cannot start, and its log while the job runs."""
+    """A trial's master pod: its result, why it cannot start, and its trainer's progress while the
+    job runs."""
     job_name = job["metadata"]["name"]
     pods = kube.list_pods(namespace, f"{names.JOB_NAME_LABEL}={job_name},{names.REPLICA_TYPE_LABEL}=master")
     problem = pod_problem(pods)
     if rt.job_state(job)[0] in ("Pending", "Running"):
         problem = problem or not_created(pods, job)
     seen = rt.TrialObservation(result_message=master_result(pods), pod_problem=problem)
-    running = [p for p in pods if (p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")]
+    running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
     if running and rt.job_state(job)[0] == "Running":
-        seen.log = kube.pod_log(namespace, running[0]["metadata"]["name"], "pytorch")
+        seen.progress = read_progress(running[0])
     return seen
 
 
@@ -50,8 +73,13 @@ def observe(
     jobs = owned(meta.get("uid"), kube.list_pytorchjobs(ns, f"{names.TRAINING_RUN_LABEL}={name}"))
     observed = rt.TrainingRunObserved(dataset=dataset, jobs=jobs, now=now)
     by_name = {j["metadata"]["name"]: j for j in jobs}
-    for job_name in rt.inspected(old, jobs):
-        observed.trials[job_name] = observe_trial(ns, by_name[job_name])
+    wanted = rt.inspected(old, jobs)
+    if len(wanted) > 1:  # side by side: each progress read may wait up to its timeout
+        with ThreadPoolExecutor(max_workers=min(8, len(wanted))) as pool:
+            seen = list(pool.map(lambda n: observe_trial(ns, by_name[n]), wanted))
+    else:
+        seen = [observe_trial(ns, by_name[n]) for n in wanted]
+    observed.trials.update(zip(wanted, seen, strict=True))
     return observed
 
 

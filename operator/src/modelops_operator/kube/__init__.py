@@ -219,20 +219,6 @@ def suspend_pytorchjob(namespace: str, name: str, suspend: bool) -> None:
     )
 
 
-def pod_log(namespace: str, name: str, container: str, tail_lines: int = 5000) -> str | None:
-    """The last `tail_lines` lines of a container's log (None when it cannot be read)."""
-    core = kubernetes.client.CoreV1Api(login())
-    try:
-        text = core.read_namespaced_pod_log(name, namespace, container=container, tail_lines=tail_lines)
-    except ApiException:
-        # Not started yet, gone, or a node whose kubelet serves no logs (kwok): progress is
-        # best-effort, the result comes from the termination message.
-        return None
-    except (urllib3.exceptions.HTTPError, OSError) as e:
-        raise Unavailable(f"log of {namespace}/{name}: {e}") from e
-    return str(text)
-
-
 FIELD_MANAGER = "modelops-operator"
 
 

@@ -14,9 +14,10 @@ owns, so an operator restart picks up where it left off.
   without a status entry (the operator stopped between creating it and writing status) is adopted
   with the parameters on its annotation; a create of an existing name is a no-op. So no trial is
   ever launched twice.
-- **Progress** comes from the master pod's log (`epoch=N <metric>=<value>`, one line per epoch),
-  which the median stopping rule judges; the **result** from its termination message (the
-  trainer's summary: objective, metrics, the exported model's URI and digest).
+- **Progress** comes from the trainer's progress endpoint (`GET /progress` on the master pod,
+  read by the controller; `progress.py`): epoch, step, throughput, ETA and the objective after each
+  epoch, which the median stopping rule judges; the **result** from the master pod's termination
+  message (the trainer's summary: objective, metrics, the exported model's URI and digest).
 - **Selection.** When no trial runs and none may start, the Succeeded trial with the best objective
   is registered: its ONNX file was parity-checked against PyTorch by the trainer before being
   written, and its digest is what servers verify before loading.
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -41,14 +41,14 @@ from modelops_operator.api.common import ConditionStatus
 from modelops_operator.api.names import PARAMETERS_ANNOTATION, ROUND_LABEL
 from modelops_operator.api.trainingrun import RegisteredModel, TrainingRunSpec, TrainingRunStatus, TrialStatus
 from modelops_operator.builders.trainingrun import build_pytorchjob, model_hash
-from modelops_operator.reconcile import search
+from modelops_operator.reconcile import progress, search
 from modelops_operator.reconcile.actions import Action, Event, Outcome, Registration
+from modelops_operator.reconcile.progress import TrainerProgress
 from modelops_operator.settings import OperatorSettings
 
 T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
 FINAL = ("Succeeded", "Failed", "Stopped")
 MAX_MODELS = 100
-EPOCH_LINE = re.compile(r"^epoch=(\d+) ([a-z0-9_]+)=(\S+)\s*$", re.MULTILINE)
 
 
 class TrainSummary(BaseModel):
@@ -73,8 +73,8 @@ class TrialObservation:
 
     result_message: str | None = None
     """The termination message of its last finished container (None while none finished)."""
-    log: str | None = None
-    """The master pod's log while the trial runs."""
+    progress: TrainerProgress | None = None
+    """What the trainer reported on its progress endpoint while the trial runs (None: not read)."""
     pod_problem: str | None = None
     """Why the pod cannot start, if it cannot."""
 
@@ -117,26 +117,6 @@ def _finite(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
-
-
-def epoch_curve(log: str | None, metric: str, known: list[float] | None = None) -> list[float]:
-    """The objective after each epoch (index 0 is epoch 1): `known` (from status) updated with the
-    trainer's `epoch=N metric=value` lines in `log`. A resumed trial repeats epochs (the last value
-    counts); epochs the log no longer holds, or reports with no finite value, keep their known
-    value; an epoch with none takes the value of the nearest epoch before it (at the start: after it)."""
-    values = {i + 1: v for i, v in enumerate(known or [])}
-    for match in EPOCH_LINE.finditer(log or ""):
-        if match.group(2) == metric:
-            value = _finite(match.group(3))
-            if value is not None:
-                values[int(match.group(1))] = value
-    if not values:
-        return []
-    first = values[min(values)]
-    curve: list[float] = []
-    for epoch in range(1, max(values) + 1):
-        curve.append(values.get(epoch, curve[-1] if curve else first))
-    return curve
 
 
 def _index(trial: str) -> int:
@@ -233,6 +213,8 @@ def start_round(ctx: _Context, draft: Draft, wanted: str) -> Draft:
         best_trial=None,
         best_objective=None,
         progress=None,
+        percent_complete=None,
+        eta_seconds=None,
         dataset_version=None,
         dataset_uri=None,
         dataset_digest=None,
@@ -382,16 +364,14 @@ def follow_trial(ctx: _Context, draft: Draft, trial: TrialStatus, job: dict[str,
         return _succeeded_trial(ctx, draft, trial, summary)
     if state == "Failed":
         return _failed_trial(ctx, draft, trial, job, summary, seen.result_message)
-    curve = epoch_curve(seen.log, ctx.metric, trial.history)
     if seen.pod_problem:
         draft = draft.plus(blocked=f"trial {trial.name}: {seen.pod_problem}")
+    reported = progress.with_progress(trial, seen.progress, ctx.metric, running=state == "Running")
     draft = draft.with_trial(
-        trial.model_copy(
+        reported.model_copy(
             update={
                 "state": "Running" if state == "Running" else "Pending",
-                "history": curve,
-                "epoch": len(curve) or trial.epoch,
-                "objective": search.best_of(curve, ctx.maximize),
+                "objective": search.best_of(reported.history, ctx.maximize),
                 "message": seen.pod_problem or ("suspended" if state == "Suspended" else None),
             }
         )
@@ -405,7 +385,14 @@ def follow_trial(ctx: _Context, draft: Draft, trial: TrialStatus, job: dict[str,
 
 def end_trial(ctx: _Context, draft: Draft, trial: TrialStatus, state: str, reason: str, message: str) -> Draft:
     """`trial` recorded as final in `state`, with an Event."""
-    draft = draft.with_trial(trial.model_copy(update={"state": state, "reason": reason, "message": c.shorten(message)}))
+    ended = {
+        "state": state,
+        "reason": reason,
+        "message": c.shorten(message),
+        "images_per_second": None,
+        "eta_seconds": None,
+    }
+    draft = draft.with_trial(trial.model_copy(update=ended))
     kind = "Warning" if state == "Failed" else "Normal"
     shown = f" ({ctx.metric}={trial.objective:.4g})" if trial.objective is not None else ""
     return draft.plus(
@@ -471,9 +458,10 @@ def decide_round(ctx: _Context, draft: Draft) -> Draft:
     if not active and (len(draft.status.trials) >= ctx.budget or reached):
         return select_model(ctx, draft, failed)
     line = progress_line(ctx, draft.status)
+    draft = with_run_progress(ctx, draft)
     if ctx.spec.suspend:
         msg = f"suspended: {len(active)} trial(s) stopped with a checkpoint; they resume from it when unsuspended"
-        draft = draft.updated(phase="Suspended", progress=line)
+        draft = draft.updated(phase="Suspended", progress=line, eta_seconds=None)  # nothing moves
         draft = draft.with_condition(ctx, c.TRAINING_RUNNING, F, c.SUSPENDED, msg)
         conds = c.waiting(draft.status.conditions, c.SUSPENDED, msg, ctx.generation, degraded=False, at=ctx.now)
         return draft.updated(conditions=conds)
@@ -519,6 +507,16 @@ def with_best_trial(ctx: _Context, draft: Draft) -> Draft:
         ):
             best = t
     return draft.updated(best_trial=best.name if best else None, best_objective=best.objective if best else None)
+
+
+def with_run_progress(ctx: _Context, draft: Draft) -> Draft:
+    """`status.percentComplete` and `etaSeconds` from the trials (see `progress.py`)."""
+    status = draft.status
+    parallelism = ctx.spec.search.parallelism if ctx.spec.search else 1
+    return draft.updated(
+        percent_complete=progress.percent_complete(status, ctx.budget),
+        eta_seconds=progress.eta_seconds(status, ctx.budget, parallelism, ctx.now),
+    )
 
 
 def progress_line(ctx: _Context, status: TrainingRunStatus) -> str:
@@ -589,8 +587,11 @@ def select_model(ctx: _Context, draft: Draft, failed: list[TrialStatus]) -> Draf
 
 def end_round(ctx: _Context, draft: Draft, phase: str, reason: str, msg: str) -> Draft:
     """The round is over, in `phase` ("Succeeded" or "Failed")."""
-    draft = draft.updated(phase=phase, progress=progress_line(ctx, draft.status))
     ok = phase == "Succeeded"
+    done = 100 if ok else progress.percent_complete(draft.status, ctx.budget)
+    draft = draft.updated(
+        phase=phase, progress=progress_line(ctx, draft.status), percent_complete=done, eta_seconds=None
+    )
     draft = draft.with_condition(ctx, c.TRAINING_RUNNING, F, reason, msg)
     conds = c.finished(draft.status.conditions, ok, reason, msg, ctx.generation, degraded=not ok, at=ctx.now)
     return draft.updated(conditions=conds)
