@@ -38,7 +38,7 @@ SA = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_RELEASE}"
         ("get", "secrets", "-n=default", False),
         ("create", "pods", "-n=default", False),
         ("delete", "pods", "-n=default", False),
-        ("create", "pods/exec", "-n=default", False),
+        ("create", "pods", "-n=default --subresource=exec", False),
         ("escalate", "clusterroles.rbac.authorization.k8s.io", "--all-namespaces", False),
         ("bind", "clusterroles.rbac.authorization.k8s.io", "--all-namespaces", False),
         ("create", "clusterrolebindings.rbac.authorization.k8s.io", "--all-namespaces", False),
@@ -48,10 +48,10 @@ SA = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_RELEASE}"
         ("create", "customresourcedefinitions.apiextensions.k8s.io", "--all-namespaces", False),
         ("update", "leases.coordination.k8s.io", "-n=default", False),
         ("delete", "deployments.apps", "-n=default", False),
-        ("get", "pods/log", "-n=default", False),  # a trial's progress comes from its trainer, not its log
+        ("get", "pods", "-n=default --subresource=log", False),  # a trial's progress comes from its trainer
         # what it needs (sanity: the checks above are not failing for another reason)
         ("create", "pytorchjobs.kubeflow.org", "-n=default", True),
-        ("patch", "trainingruns.modelops.dev/status", "-n=default", True),
+        ("patch", "trainingruns.modelops.dev", "-n=default --subresource=status", True),
         ("get", "pods", "-n=default", True),
         ("patch", "deployments.apps", "-n=default", True),
         ("update", f"leases.coordination.k8s.io/{OPERATOR_RELEASE}", f"-n={OPERATOR_NAMESPACE}", True),
@@ -59,7 +59,8 @@ SA = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_RELEASE}"
     ],
 )
 def test_the_operators_role_cannot_do_what_it_must_not(operator_kubeconfig, verb, resource, where, allowed):
-    out = kubectl("auth", "can-i", verb, resource, where, f"--as={SA}", check=False).stdout.strip()
+    # A subresource is a flag: `pods/log` would ask about a pod named "log".
+    out = kubectl("auth", "can-i", verb, resource, *where.split(), f"--as={SA}", check=False).stdout.strip()
     assert out == ("yes" if allowed else "no"), f"{SA} {verb} {resource} {where}: {out}"
 
 
