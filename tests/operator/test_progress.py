@@ -203,6 +203,18 @@ def test_a_closed_port_is_no_progress():
     assert read_progress(pod(closed), io.Backoff()) is None
 
 
+def test_a_refused_connection_is_asked_again_at_once():
+    """A trainer not listening yet refuses at once: backing off would miss a short trial's run."""
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    backoff = io.Backoff(seconds=30, clock=lambda: 1000.0)
+    assert read_progress(pod(closed), backoff) is None
+    assert not backoff.waiting(io.endpoint(pod(closed)) or "")
+
+
 @pytest.mark.parametrize(
     ("mode", "asked_again"),
     [("slow", False), ("good", True), ("malformed", True), ("missing", True), ("trickle", True)],

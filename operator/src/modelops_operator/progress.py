@@ -4,9 +4,9 @@ Standard library only, like the Prometheus client. Short and bounded: a connect 
 longer than `TIMEOUT_SECONDS`, or a body over `MAX_BYTES`, is no answer. The caller treats any
 ProgressUnavailable as "not read this time": the trial's status keeps its previous values.
 
-An address that did not answer at all (refused, timed out: a trainer not listening yet, or kwok's
-simulated pods, whose IPs lead nowhere) is not asked again for `Backoff.seconds`, so that such pods
-do not add a timeout to every reconcile.
+An address that did not answer at all (timed out, or no route: kwok's simulated pods, whose IPs
+lead nowhere) is not asked again for `Backoff.seconds`, so that such pods do not add a timeout to
+every reconcile. A refused connection (a trainer not listening yet) is asked again next time.
 """
 
 from __future__ import annotations
@@ -88,7 +88,10 @@ def fetch(url: str, timeout: float = TIMEOUT_SECONDS, limit: int = MAX_BYTES) ->
     except urllib.error.HTTPError as e:
         raise ProgressUnavailable(f"{url} answered {e.code}") from e
     except (urllib.error.URLError, OSError, ValueError) as e:
-        raise ProgressUnavailable(f"{url} unreachable: {e}", unreachable=not body) from e
+        # Refused is answered at once (a trainer still starting): asking again next time costs
+        # nothing, so only silence (a timeout, an address that leads nowhere) backs off.
+        refused = isinstance(getattr(e, "reason", e), ConnectionRefusedError)
+        raise ProgressUnavailable(f"{url} unreachable: {e}", unreachable=not body and not refused) from e
     if len(body) > limit:
         raise ProgressUnavailable(f"{url} answered more than {limit} bytes")
     return body
