@@ -72,7 +72,8 @@ classify() {
   ip=$(kubectl get service digits -o jsonpath='{.spec.clusterIP}')
   image=$(find "$repo/.cluster/volumes/default/modelops-artifacts/sources/digits/$1" -name '*.png' -print -quit)
   echo "\$ curl -F file=@${image#"$repo"/} http://$ip/v1/models/digits:classify"
-  curl -sS -F "file=@$image" "http://$ip/v1/models/digits:classify"
+  # Ready pods reach kube-proxy's rules a moment later: a refused connection is retried.
+  curl -sS --retry 20 --retry-connrefused --retry-delay 1 -F "file=@$image" "http://$ip/v1/models/digits:classify"
   echo
 }
 classify 7
