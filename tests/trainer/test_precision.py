@@ -193,7 +193,9 @@ def _forced(name: str):
 
 def test_a_run_records_its_choice_and_a_resumed_run_keeps_it(tiny, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    sections = {"hyperparameters": {"epochs": 1, "mixedPrecision": "auto"}}
+    # A small learning rate: in bf16 the tiny model's first steps at the default one sometimes
+    # diverged (a NaN loss at step 2 in one CI run), and what is tested here is the record.
+    sections = {"hyperparameters": {"epochs": 1, "mixedPrecision": "auto", "learningRate": 0.0003}}
     monkeypatch.setattr(session, "choose_precision", _forced("bf16"))
     _run_stopped_at(make_config(tiny, out, **sections), 3)
     saved = checkpoint.load((out / checkpoint.LAST).as_uri())
