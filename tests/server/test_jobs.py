@@ -12,7 +12,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -135,6 +135,34 @@ def wait_job(server: ServerProcess, job_id: str, status: str = "completed") -> d
     raise AssertionError(f"job {job_id} did not reach {status}: {doc}")
 
 
+def kill_consumer_mid_job(
+    server: ServerProcess, body: dict, while_dead: Callable[[dict], None] | None = None
+) -> tuple[str, dict]:
+    """Submit `body` and SIGKILL the consumer once some, not all, images are done; (job id, job then).
+
+    `while_dead` sees the job document after the kill, before a new consumer starts; this returns
+    once the supervisor has started one.
+    """
+    for _ in range(3):  # bounded retries in case the whole job finished before it could be stopped
+        pid = consumer_pid(server)
+        job_id = requests.post(f"{server.url}/v1/jobs", json=body, timeout=60).json()["id"]
+        deadline = time.monotonic() + LIVENESS_S
+        done = 0
+        while done == 0 and time.monotonic() < deadline:
+            done = requests.get(f"{server.url}/v1/jobs/{job_id}?results=false", timeout=10).json()["done"]
+        os.kill(pid, signal.SIGSTOP)  # freeze it, then look: is the job really unfinished?
+        doc = requests.get(f"{server.url}/v1/jobs/{job_id}?results=false", timeout=10).json()
+        if doc["done"] < doc["total"]:
+            os.kill(pid, signal.SIGKILL)
+            assert 0 < doc["done"] < doc["total"]
+            if while_dead is not None:
+                while_dead(doc)
+            consumer_pid(server, after=pid)  # the supervisor started a new consumer
+            return job_id, doc
+        os.kill(pid, signal.SIGCONT)
+    raise AssertionError("the job always finished before the consumer could be killed")
+
+
 def test_job_submit_poll_and_results(job_server: ServerProcess, model_v1: ExportedModel):
     images = [image_bytes(500 + i) for i in range(5)] + [b"not an image"]
     r = requests.post(
@@ -245,24 +273,7 @@ def test_job_results_survive_a_consumer_killed_mid_job(job_server: ServerProcess
     """SIGKILL the consumer half-way: the restarted one resumes; finished results are kept, not redone."""
     images = [image_bytes(700 + i, size=256) for i in range(120)]
     body = {"images": [base64.b64encode(b).decode() for b in images], "topK": 1}
-    killed_at = None
-    for _ in range(3):  # bounded retries in case the whole job finished before it could be stopped
-        pid = consumer_pid(job_server)
-        job_id = requests.post(f"{job_server.url}/v1/jobs", json=body, timeout=60).json()["id"]
-        deadline = time.monotonic() + LIVENESS_S
-        done = 0
-        while done == 0 and time.monotonic() < deadline:
-            done = requests.get(f"{job_server.url}/v1/jobs/{job_id}?results=false", timeout=10).json()["done"]
-        os.kill(pid, signal.SIGSTOP)  # freeze it, then look: is the job really unfinished?
-        doc = requests.get(f"{job_server.url}/v1/jobs/{job_id}?results=false", timeout=10).json()
-        if doc["done"] < doc["total"]:
-            killed_at = doc["done"]
-            os.kill(pid, signal.SIGKILL)
-            break
-        os.kill(pid, signal.SIGCONT)
-    assert killed_at is not None, "the job always finished before the consumer could be killed"
-    assert 0 < killed_at < len(images)
-    consumer_pid(job_server, after=pid)  # the supervisor started a new consumer
+    job_id, _ = kill_consumer_mid_job(job_server, body)
     final = wait_job(job_server, job_id)
     assert final["done"] == final["total"] == len(images)
     assert final["runs"] == 2  # started once, resumed once after the crash

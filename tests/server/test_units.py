@@ -202,6 +202,13 @@ def test_invalid_settings_exit_with_the_flag_named(capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit):
         load_settings([], environ={})
     assert "--model-uri" in capsys.readouterr().err
+    for roots, problem in [
+        ("data/batch/", "must be a URI such as file:///data/images"),
+        ("file:///data/../etc", "must not hold '..' segments"),
+    ]:
+        with pytest.raises(SystemExit):
+            load_settings(["--model-uri", "x", "--batch-roots", f"s3://ok/,{roots}"], environ={})
+        assert f"--batch-roots: Value error, a --batch-roots entry {roots!r} {problem}" in capsys.readouterr().err
 
 
 def test_help_names_every_flag_and_variable():

@@ -12,7 +12,7 @@ import argparse
 import os
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "MODELOPS_"
 
@@ -147,6 +147,19 @@ class Settings(BaseModel):
     job_claim_idle_s: float = Field(
         default=30.0, gt=0, description="A job held this long by a consumer that died is taken over by another."
     )
+    batch_roots: str = Field(
+        default="",
+        description="Comma-separated URI prefixes (e.g. s3://bucket/batch/,file:///data/) under which batch jobs "
+        "(POST /v1/jobs with a source) may read their source and write their output; empty refuses every batch "
+        "job. The server reads and writes there on a client's say-so: name only storage meant for it.",
+    )
+    batch_max_images: int = Field(
+        default=100_000,
+        ge=1,
+        le=1_000_000,
+        description="Most images one batch job may hold (a folder's images, or a Dataset version's chosen splits); "
+        "a larger source is refused with a 400. Each image's result waits in Redis until the job ends.",
+    )
     cache_dir: str | None = Field(default=None, description="Where verified model files are kept; default: a temp dir.")
     log_format: Literal["auto", "json", "text"] = Field(
         default="auto", description="json in a pod; auto picks text on a terminal, JSON otherwise."
@@ -161,6 +174,14 @@ class Settings(BaseModel):
                 "anyone who reaches the port could otherwise replace the model"
             )
         return self
+
+    @field_validator("batch_roots")
+    @classmethod
+    def _batch_roots_are_uris(cls, value: str) -> str:
+        from modelops_server.batch import parse_roots  # noqa: PLC0415 - config stays import-light
+
+        parse_roots(value)
+        return value
 
     @property
     def callback_hosts(self) -> frozenset[str]:

@@ -39,6 +39,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
@@ -50,7 +51,7 @@ import redis
 import redis.asyncio as aioredis
 from aiohttp import BodyPartReader, ClientSession, ClientTimeout, web
 
-from modelops_server import endpoints, errors, protocol
+from modelops_server import batch, endpoints, errors, protocol
 from modelops_server.config import Settings
 from modelops_server.dataplane import DataPlane
 from modelops_server.metrics import Metrics
@@ -103,6 +104,7 @@ class ConsumerConfig:
     runtime: RuntimeOptions
     log_format: str
     log_level: str
+    max_image_bytes: int = 32 << 20
 
 
 class JobService:
@@ -115,6 +117,7 @@ class JobService:
         self.metrics = metrics
         # redis-py types replies as unions of bytes and str (decode_responses); we read bytes, so: Any.
         self.redis: Any = aioredis.Redis.from_url(settings.redis_url)
+        self.batch_roots = batch.parse_roots(settings.batch_roots)
         self.consumers: dict[int, tuple[SpawnProcess, str]] = {}  # slot -> (process, model key)
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
@@ -166,6 +169,7 @@ class JobService:
             ),
             log_format=self.settings.log_format,
             log_level=self.settings.log_level,
+            max_image_bytes=self.settings.max_body_bytes,
         )
 
     async def _supervise(self) -> None:
@@ -193,12 +197,13 @@ class JobService:
     # --- endpoints ---------------------------------------------------------------------------------
 
     async def submit(self, request: web.Request) -> web.Response:
-        """``POST /v1/jobs``: JSON ``{"images": [base64...], "topK": 5, "callbackUrl": ...}`` or multipart files."""
+        """``POST /v1/jobs``: JSON ``{"images": [base64...], "topK": 5, "callbackUrl": ...}`` or multipart files,
+        or a batch job: JSON ``{"source": "<URI>", "output": "<folder URI>", "split": ..., "topK": ...}``."""
         current = self.plane.current
         if current is None or self.plane.draining:
             raise errors.Unavailable("the server is not ready")
-        images, raw_top_k, raw_callback = await self._read_job(request)
-        if not images:
+        images, raw_top_k, raw_callback, batch_doc = await self._read_job(request)
+        if batch_doc is None and not images:
             raise errors.RequestError("a job needs at least one image")
         if len(images) > MAX_JOB_IMAGES:
             raise errors.RequestError(f"a job takes at most {MAX_JOB_IMAGES} images")
@@ -213,29 +218,65 @@ class JobService:
         job_id = uuid.uuid4().hex
         key = job_key(job_id)
         ttl = self.settings.job_ttl_s
+        doc: dict[str, str | int | float] = {
+            "status": "queued",
+            "total": len(images),
+            "top_k": top_k,
+            "created": time.time(),
+            "runs": 0,
+        }
+        if callback:
+            doc["callback"] = callback
+        answer: dict[str, Any] = {}
+        if batch_doc is not None:
+            fields, items = await self._plan_batch(batch_doc, job_id)
+            doc.update(fields)
+            answer = {"source": doc["source"], "output": doc["output"]}
+            data_key, data = f"{key}:items", items
+        else:
+            data_key, data = f"{key}:images", images
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(f"{key}:images", mapping={str(i): data for i, data in enumerate(images)})
-            doc: dict[str, str | int | float] = {
-                "status": "queued",
-                "total": len(images),
-                "top_k": top_k,
-                "created": time.time(),
-                "runs": 0,
-            }
-            if callback:
-                doc["callback"] = callback
+            pipe.hset(data_key, mapping={str(i): item for i, item in enumerate(data)})
             pipe.hset(key, mapping=doc)
             pipe.expire(key, ttl)
-            pipe.expire(f"{key}:images", ttl)
+            pipe.expire(data_key, ttl)
             pipe.xadd(self.settings.job_stream, {"job": job_id})
             await pipe.execute()
         self.metrics.jobs.labels("submitted").inc()
         return web.json_response(
-            {"id": job_id, "status": "queued", "total": len(images), "url": f"/v1/jobs/{job_id}"}, status=202
+            {"id": job_id, "status": "queued", "total": doc["total"], "url": f"/v1/jobs/{job_id}", **answer},
+            status=202,
         )
 
-    async def _read_job(self, request: web.Request) -> tuple[list[bytes], object, object]:
-        """(images, topK, callbackUrl) as sent; the body read within the server's body bounds."""
+    async def _plan_batch(self, body: dict[str, Any], job_id: str) -> tuple[dict[str, str | int], list[bytes]]:
+        """Check a batch job's source and output against --batch-roots and list its images."""
+        unknown = sorted(set(body) - batch.BATCH_FIELDS)
+        if unknown:
+            raise errors.RequestError(
+                f"a batch job takes the fields {', '.join(sorted(batch.BATCH_FIELDS))}; unknown: {', '.join(unknown)}"
+            )
+        source = batch.confine(batch.parse_location(body["source"], "source"), self.batch_roots, "source")
+        raw_output = body.get("output")
+        output = batch.default_output(source) if raw_output is None else batch.parse_location(raw_output, "output")
+        output = batch.confine(output, self.batch_roots, "output")
+        split = body.get("split")
+        if split is not None and not isinstance(split, str):
+            raise errors.RequestError("split must be a string: train, val or test")
+        planned = await asyncio.to_thread(batch.plan, source, split, self.settings.batch_max_images)
+        doc: dict[str, str | int] = {
+            "kind": "batch",
+            "source_kind": planned.kind,
+            "source": source.uri,
+            "output_folder": output.uri,
+            "output": output.child(f"{job_id}.jsonl").uri,
+            "total": planned.total,
+        }
+        if source.scheme == "file":
+            doc["confine"] = os.path.realpath(source.path)
+        return doc, planned.items
+
+    async def _read_job(self, request: web.Request) -> tuple[list[bytes], object, object, dict[str, Any] | None]:
+        """(images, topK, callbackUrl, batch job body or None) as sent; the body read within the server's bounds."""
         if request.content_type.startswith("multipart/form-data"):
             limit = request.app._client_max_size
             images: list[bytes] = []
@@ -251,30 +292,39 @@ class JobService:
                 await endpoints.receive_bounded(request, receive)
             except endpoints.MULTIPART_ERRORS as exc:
                 raise errors.RequestError(f"malformed multipart body: {type(exc).__name__}: {exc}") from exc
-            return images, request.query.get("top_k", "5"), request.query.get("callback_url")
+            return images, request.query.get("top_k", "5"), request.query.get("callback_url"), None
         if request.content_type != "application/json":
             raise errors.UnsupportedMediaType("send application/json or multipart/form-data with 'file' fields")
         body = await endpoints.read_body(request)
         try:
             doc = orjson.loads(body)
+            if isinstance(doc, dict) and "source" in doc:
+                if "images" in doc:
+                    raise errors.RequestError("send either images or a batch source, not both")
+                return [], doc.get("topK", 5), doc.get("callbackUrl"), doc
             images = [base64.b64decode(s, validate=True) for s in doc["images"]]
-            return images, doc.get("topK", 5), doc.get("callbackUrl")
+            return images, doc.get("topK", 5), doc.get("callbackUrl"), None
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
             raise errors.RequestError(
-                f'send {{"images": ["<base64>", ...], "topK": 5, "callbackUrl": "..."}}: {exc}'
+                f'send {{"images": ["<base64>", ...], "topK": 5, "callbackUrl": "..."}} '
+                f'or {{"source": "<URI>", "output": "<folder URI>", ...}}: {exc}'
             ) from exc
 
     async def get(self, request: web.Request) -> web.Response:
         """``GET /v1/jobs/{id}``: status, progress and, with ``?results=true`` (default), the results."""
         job_id = request.match_info["job_id"]
-        doc = await job_document(self.redis, job_id, with_results=request.query.get("results", "true") != "false")
+        asked = request.query.get("results")
+        doc = await job_document(self.redis, job_id, with_results=None if asked is None else asked != "false")
         if doc is None:
             raise errors.NotFound(f"no job {job_id!r} (unknown or expired)")
         return web.json_response(doc)
 
 
-async def job_document(client: Any, job_id: str, *, with_results: bool = True) -> dict[str, Any] | None:
-    """The job as the API shows it, or None when it does not exist."""
+async def job_document(client: Any, job_id: str, *, with_results: bool | None = None) -> dict[str, Any] | None:
+    """The job as the API shows it, or None when it does not exist.
+
+    ``with_results`` None: the results for an image job, not for a batch job (they are in its output).
+    """
     key = job_key(job_id)
     raw = await client.hgetall(key)
     if not raw:
@@ -291,7 +341,11 @@ async def job_document(client: Any, job_id: str, *, with_results: bool = True) -
     }
     if "error" in fields:
         doc["error"] = fields["error"]
-    if with_results:
+    if fields.get("kind") == "batch":
+        doc.update(kind="batch", source=fields.get("source"), output=fields.get("output"))
+        if with_results is None:
+            with_results = False
+    if with_results is not False:
         results = await client.hgetall(f"{key}:results")
         doc["results"] = [
             {"index": int(i), **orjson.loads(v)} for i, v in sorted(results.items(), key=lambda kv: int(kv[0]))
@@ -311,6 +365,7 @@ class _Consumer:
         self.runner.warm_up()
         self.stop = False
         self.callbacks = ThreadPoolExecutor(2, thread_name_prefix="callback")
+        self.readers = ThreadPoolExecutor(8, thread_name_prefix="batch-read")
         self.callback_slots = threading.BoundedSemaphore(MAX_CALLBACKS)
 
     def run(self) -> None:
@@ -347,11 +402,15 @@ class _Consumer:
             return
         done = {int(i) for i in self.redis.hkeys(f"{key}:results")}
         todo = [i for i in range(total) if i not in done]
-        for start in range(0, len(todo), self.config.batch_size):
-            self._run_chunk(key, todo[start : start + self.config.batch_size], top_k)
-        self.redis.hset(key, "status", "completed")
+        if meta.get(b"kind") == b"batch":
+            status = self._run_batch(job_id, key, meta, todo, top_k)
+        else:
+            for start in range(0, len(todo), self.config.batch_size):
+                self._run_chunk(key, todo[start : start + self.config.batch_size], top_k)
+            status = "completed"
+        self.redis.hset(key, "status", status)
         self.redis.expire(f"{key}:results", self.config.ttl_s)
-        self.redis.delete(f"{key}:images")
+        self.redis.delete(f"{key}:images", f"{key}:items")
         callback = meta.get(b"callback")
         if callback:
             if self.callback_slots.acquire(blocking=False):
@@ -379,6 +438,77 @@ class _Consumer:
             ):
                 results[str(index)] = orjson.dumps(doc)
         self.redis.hset(f"{key}:results", mapping=results)
+
+    def _run_batch(self, job_id: str, key: str, meta: dict[bytes, bytes], todo: list[int], top_k: int) -> str:
+        """Classify the batch job's images not done yet, then write its JSONL; the job's final status."""
+        size = self.config.batch_size
+        confined_to = meta[b"confine"].decode() if b"confine" in meta else None
+        try:
+            if meta.get(b"source_kind") == b"dataset":
+                wanted = set(todo)
+                shards = [orjson.loads(v) for v in self.redis.hvals(f"{key}:items")]
+                for shard in sorted(shards, key=lambda s: int(s["first"])):
+                    mine = {i for i in range(shard["first"], shard["first"] + shard["count"]) if i in wanted}
+                    if not mine:
+                        continue  # done before a takeover: not read again
+                    chunk: list[batch.Sample] = []
+                    for sample in batch.iter_shard(shard, mine, self.config.max_image_bytes):
+                        chunk.append(sample)
+                        if len(chunk) >= size:
+                            self._classify_samples(key, chunk, top_k)
+                            chunk = []
+                    if chunk:
+                        self._classify_samples(key, chunk, top_k)
+            else:
+                for start in range(0, len(todo), size):
+                    indices = todo[start : start + size]
+                    raw = self.redis.hmget(f"{key}:items", [str(i) for i in indices])
+                    samples = list(
+                        self.readers.map(
+                            lambda pair: self._folder_sample(pair[0], pair[1], confined_to),
+                            zip(indices, raw, strict=True),
+                        )
+                    )
+                    self._classify_samples(key, samples, top_k)
+            total = int(meta[b"total"])
+            batch.write_output(meta[b"output_folder"].decode(), job_id, self._lines(key, total))
+        except (OSError, ValueError, errors.ServerError) as exc:  # storage failed: the job says why
+            log.warning("batch job failed", extra={"job": job_id, "error": str(exc)})
+            self.redis.hset(key, "error", f"batch output or source failed: {type(exc).__name__}: {exc}")
+            return "failed"
+        return "completed"
+
+    def _folder_sample(self, index: int, raw: bytes | None, confined_to: str | None) -> batch.Sample:
+        if raw is None:
+            return batch.Sample(index, {}, error=errors.RequestError("the item is missing (the job expired?)"))
+        return batch.read_folder_image(orjson.loads(raw), index, confined_to, self.config.max_image_bytes)
+
+    def _classify_samples(self, key: str, samples: list[batch.Sample], top_k: int) -> None:
+        """One batch through the model; each sample's JSON line into the results hash."""
+        results: dict[str, bytes] = {}
+        rows, ok = [], []
+        for sample in samples:
+            try:
+                if sample.error is not None:
+                    raise sample.error
+                rows.append(self.runner.preprocessor.image_row(sample.data or b""))
+                ok.append(sample)
+            except errors.ServerError as exc:
+                results[str(sample.index)] = orjson.dumps({**sample.fields, "error": str(exc), "reason": exc.reason})
+        if rows:
+            logits = self.runner.run(np.stack(rows))
+            encoded = protocol.encode_classification(logits, self.runner.card, "", "", top_k)
+            for sample, doc in zip(ok, encoded, strict=True):
+                results[str(sample.index)] = orjson.dumps({**sample.fields, **doc})
+        if results:
+            self.redis.hset(f"{key}:results", mapping=results)
+
+    def _lines(self, key: str, total: int) -> Iterator[bytes]:
+        """The JSON lines of a batch job in index order, read from the results hash in slices."""
+        for start in range(0, total, 1000):
+            indices = range(start, min(start + 1000, total))
+            for index, line in zip(indices, self.redis.hmget(f"{key}:results", [str(i) for i in indices]), strict=True):
+                yield line if line is not None else orjson.dumps({"index": index, "error": "no result was recorded"})
 
     def _callback(self, job_id: str, url: str) -> None:
         """POST the job to `url` (in the callback pool): a few attempts, no redirects."""
