@@ -109,7 +109,7 @@ def assert_same_predictions(got: list[dict], want: list[dict]) -> None:
     assert [p["score"] for p in got] == pytest.approx([p["score"] for p in want], abs=1e-5)
 
 
-def test_a_folder_becomes_jsonl_beside_it_with_one_error_line_for_a_broken_image(
+def test_a_folder_becomes_jsonl_beside_it_with_error_lines_for_a_broken_image_and_a_link_out(
     batch_server: ServerProcess, roots: Path
 ):
     folder = roots / "photos"
@@ -126,20 +126,27 @@ def test_a_folder_becomes_jsonl_beside_it_with_one_error_line_for_a_broken_image
         (folder / name).write_bytes(data)
     (folder / "cats" / "broken.png").write_bytes(image_bytes(16)[:200])  # a PNG cut short
     (folder / "notes.txt").write_text("not an image: not listed")
+    (folder / "cats" / "leak.png").symlink_to(roots.parent / "outside" / "secret.png")
     job = submit(batch_server, {"source": f"file://{folder}/", "topK": 3})
-    assert job["total"] == 7
+    assert job["total"] == 8
     assert job["source"] == f"file://{folder}"
     assert job["output"] == f"file://{folder}.predictions/{job['id']}.jsonl"
     doc = wait_job(batch_server, job["id"])
-    assert doc["done"] == doc["total"] == 7 and doc["kind"] == "batch" and "results" not in doc
+    assert doc["done"] == doc["total"] == 8 and doc["kind"] == "batch" and "results" not in doc
     assert doc["output"] == job["output"]
     out = Path(f"{folder}.predictions")
     assert sorted(p.name for p in out.iterdir()) == [f"{job['id']}.jsonl"]  # the temporary file is gone
     lines = read_jsonl(out / f"{job['id']}.jsonl")
-    assert [line["path"] for line in lines] == sorted([*images, "cats/broken.png"])
+    assert [line["path"] for line in lines] == sorted([*images, "cats/broken.png", "cats/leak.png"])
     by_path = {line["path"]: line for line in lines}
     broken = by_path.pop("cats/broken.png")
-    assert "predictions" not in broken and broken["error"] and broken["reason"] == "corrupt_image"
+    leak = by_path.pop("cats/leak.png")  # a link out of the source folder is not followed
+    assert (
+        leak["error"] == "the file leads outside the source folder through a symbolic link"
+        and "predictions" not in leak
+    )
+    assert "predictions" not in broken and broken["reason"] == "corrupt_image"
+    assert broken["error"].startswith("the image data is truncated or corrupt: ")
     for path, line in by_path.items():
         assert "error" not in line, line
         assert_same_predictions(line["predictions"], sync_predictions(batch_server, images[path], 3))
