@@ -252,6 +252,17 @@ def test_bad_batch_jobs_are_refused(batch_server: ServerProcess, roots: Path, bo
     assert fragment.replace("{root}", str(roots)) in r.json()["error"]
 
 
+def test_an_output_that_cannot_be_written_fails_the_job_and_says_why(batch_server: ServerProcess, roots: Path):
+    (roots / "few").mkdir()
+    (roots / "few" / "a.png").write_bytes(image_bytes(50))
+    (roots / "a-file").write_text("a file where the output folder should be")
+    job = submit(batch_server, {"source": f"file://{roots}/few", "output": f"file://{roots}/a-file"})
+    doc = wait_job(batch_server, job["id"], status="failed")
+    assert doc["error"].startswith("batch output or source failed: NotADirectoryError")
+    (result,) = requests.get(f"{batch_server.url}/v1/jobs/{job['id']}?results=true", timeout=10).json()["results"]
+    assert result["path"] == "a.png" and len(result["predictions"]) == 5  # kept in Redis meanwhile
+
+
 def test_a_server_without_batch_roots_refuses_every_batch_job(job_server: ServerProcess, roots: Path):  # noqa: F811
     r = requests.post(f"{job_server.url}/v1/jobs", json={"source": f"file://{roots}"}, timeout=30)
     assert r.status_code == 400

@@ -346,3 +346,18 @@ def test_thread_pools_follow_the_containers_cpu_quota(tmp_path, files, quota_cor
         (tmp_path / name).write_text(text)
     cores = len(os.sched_getaffinity(0))
     assert cpu_count(tmp_path) == (min(cores, quota_cores) if quota_cores else cores)
+
+
+def test_batch_locations_are_normalised_and_confined_by_whole_segments(tmp_path: Path):
+    from modelops_server import batch  # noqa: PLC0415
+
+    assert batch.parse_location("s3://b/a//./c/", "source").uri == "s3://b/a/c"
+    assert batch.parse_location("/data/x/", "source").uri == "file:///data/x"
+    roots = batch.parse_roots(f"file://{tmp_path}/data/, s3://bucket/batch/")
+    assert [r.uri for r in roots] == [f"file://{tmp_path}/data", "s3://bucket/batch"]
+    (tmp_path / "data").mkdir()
+    for uri in (f"file://{tmp_path}/data", f"file://{tmp_path}/data/a/b", "s3://bucket/batch/x"):
+        assert batch.confine(batch.parse_location(uri, "source"), roots, "source").uri == uri
+    for uri in (f"file://{tmp_path}/data2/x", "s3://bucket/batch2", "s3://bucket2/batch/x", "gs://bucket/batch/x"):
+        with pytest.raises(errors.RequestError, match="is outside --batch-roots"):
+            batch.confine(batch.parse_location(uri, "source"), roots, "source")

@@ -149,6 +149,7 @@ class Plan:
 def plan(source: Location, split: str | None, cap: int) -> Plan:
     """List the source (blocking I/O: run it in a thread); RequestError when it cannot be used."""
     fs, root = fsspec.core.url_to_fs(source.uri)
+    fs.invalidate_cache(root)  # an object store's listing cache may predate files added since
     manifest_path = posixpath.join(root, "manifest.json")
     try:
         is_dataset = fs.isfile(manifest_path)
@@ -286,8 +287,8 @@ def read_folder_image(item: dict[str, Any], index: int, confined_to: str | None,
         sample.data = data
     except errors.ServerError as exc:
         sample.error = exc
-    except OSError as exc:
-        sample.error = errors.RequestError(f"cannot read the file: {exc}")
+    except Exception as exc:  # whatever the store raises, an unreadable file fails only itself
+        sample.error = errors.RequestError(f"cannot read the file: {type(exc).__name__}: {exc}")
     return sample
 
 
@@ -311,7 +312,7 @@ def iter_shard(shard: dict[str, Any], wanted: set[int], max_bytes: int) -> Itera
             members = _shard_members(local, shard)
             if len(members) != count:
                 raise errors.RequestError(f"shard {file} holds {len(members)} images, the manifest says {count}")
-        except (OSError, tarfile.TarError, errors.ServerError) as exc:
+        except Exception as exc:  # whatever the store raises, an unreadable shard fails only its images
             error = exc if isinstance(exc, errors.ServerError) else errors.RequestError(f"cannot read {file}: {exc}")
             for index in sorted(wanted):
                 yield Sample(index, {"split": shard["split"], "shard": file}, error=error)
