@@ -127,6 +127,9 @@ def test_a_folder_becomes_jsonl_beside_it_with_error_lines_for_a_broken_image_an
     (folder / "cats" / "broken.png").write_bytes(image_bytes(16)[:200])  # a PNG cut short
     (folder / "notes.txt").write_text("not an image: not listed")
     (folder / "cats" / "leak.png").symlink_to(roots.parent / "outside" / "secret.png")
+    (folder / "cats" / "elsewhere").symlink_to(roots.parent / "outside")  # a link to a folder: not followed
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "thumb.png").write_bytes(image_bytes(17))  # hidden: not listed
     job = submit(batch_server, {"source": f"file://{folder}/", "topK": 3})
     assert job["total"] == 8
     assert job["source"] == f"file://{folder}"

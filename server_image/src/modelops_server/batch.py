@@ -11,10 +11,11 @@ what is particular to it:
   a root, so a link cannot lead out of it.
 - **What** (``plan``, at submission, so that each image has a fixed index before any consumer
   starts): a folder is listed recursively through fsspec (png, jpg, jpeg, webp, bmp; sorted by
-  path); a Dataset version (a folder with ``manifest.json`` of format ``modelops.dataset/v1``) is
-  read from its manifest, with the stdlib only (the server does not import the trainer): each shard
-  covers a range of indices, and its tar is read, and its SHA-256 checked against the manifest,
-  by the consumer. Beyond ``--batch-max-images`` images the job is refused.
+  path; hidden files and folders and links to folders skipped); a Dataset version (a folder with
+  ``manifest.json`` of format ``modelops.dataset/v1``) is read from its manifest, with the stdlib
+  only (the server does not import the trainer): each shard covers a range of indices, and the
+  consumer reads its tar after checking its SHA-256 against the manifest. Beyond
+  ``--batch-max-images`` images the job is refused.
 - **Output** (``write_output``): one JSON line per image in index order, from the results hash,
   written to a temporary name in the output folder and then moved to ``<job id>.jsonl``, once the
   job is complete. The default output folder is ``<source>.predictions/``.
@@ -168,7 +169,10 @@ def plan(source: Location, split: str | None, cap: int) -> Plan:
 def _plan_folder(fs: Any, source: Location, root: str, cap: int) -> Plan:
     found: list[str] = []
     try:
-        for folder, _dirs, files in fs.walk(root):
+        for folder, dirs, files in fs.walk(root, detail=True):
+            for name, info in list(dirs.items()):  # pruned in place: hidden folders, links to folders
+                if name.startswith(".") or info.get("islink"):
+                    del dirs[name]
             for name in files:
                 if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("."):
                     found.append(posixpath.join(folder, name))

@@ -22,6 +22,11 @@ of a consumer that never comes back (another pod) are taken over with ``XAUTOCLA
 Redis keys (all expire after ``--job-ttl-s``): ``modelops:job:{id}`` (hash: status, total, top_k,
 callback, model, version, runs, error), ``modelops:job:{id}:images`` (hash: index → bytes),
 ``modelops:job:{id}:results`` (hash: index → JSON).
+
+A batch job (``batch.py``: a folder or Dataset version in, JSONL out) has ``kind: batch`` and its
+source and output in the job's hash, and ``modelops:job:{id}:items`` (hash: index → JSON of one
+file, or of one Dataset shard covering a range of indices) instead of images; its results are the
+JSONL lines, written out by the consumer that completes it.
 """
 
 from __future__ import annotations
