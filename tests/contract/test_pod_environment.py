@@ -42,8 +42,18 @@ def with_meta(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+#: The value of every Secret key the operator points a variable at, as the kubelet would fill it in.
+SECRET_VALUE = "redis://:pw@redis.ns.svc:6379/0"
+
+
 def env_of(container: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container.get("env") or []}
+    out = {}
+    for e in container.get("env") or []:
+        if "value" in e:
+            out[e["name"]] = e["value"]
+        elif "secretKeyRef" in (e.get("valueFrom") or {}):
+            out[e["name"]] = SECRET_VALUE
+    return out
 
 
 def downward_of(container: dict[str, Any], pod: dict[str, Any]) -> dict[str, str]:
@@ -83,6 +93,15 @@ SERVER_SPECS = {
     "gpu": {"server": {"gpus": 1}},
     "api-minimum": server_bounds(Ge),
     "api-maximum": server_bounds(Le),
+    "jobs": {
+        "jobs": {
+            "redisSecretRef": {"name": "redis", "key": "url"},
+            "consumersPerPod": 2,
+            "claimIdleSeconds": 5,
+            "callbackHosts": ["hooks.example.com", "ci.example.com:8443"],
+            "batchRoots": ["s3://bucket/batch/", "file:///data/batch/"],
+        }
+    },
 }
 
 

@@ -127,6 +127,19 @@ BAD = [
         .set("spec.model.mlflowAlias", "production"),
         "model.mlflowAlias needs model.trainingRunRef",
     ),
+    (model_deployment().set("spec.jobs", {}), "spec.jobs.redisSecretRef: Required value"),
+    (
+        model_deployment().set("spec.jobs", {"redisSecretRef": {"name": "q"}, "callbackHosts": ["https://hooks.x"]}),
+        "spec.jobs.callbackHosts[0] in body should match",
+    ),
+    (
+        model_deployment().set("spec.jobs", {"redisSecretRef": {"name": "q"}, "batchRoots": ["ftp://b/x/"]}),
+        "spec.jobs.batchRoots[0] in body should match",
+    ),
+    (
+        model_deployment().set("spec.jobs", {"redisSecretRef": {"name": "q"}, "consumersPerPod": 0}),
+        "spec.jobs.consumersPerPod in body should be greater than or equal to 1",
+    ),
 ]
 
 

@@ -247,6 +247,14 @@ def test_the_api_server_refuses_them_too(kind):
     assert pod["properties"]["labels"]["maxProperties"] == 64  # bounds the rules' CEL cost
 
 
+def assert_refused(why: str | None, refused: str | None) -> None:
+    """`why` names `refused` and what to do, or is None when nothing should be refused."""
+    if refused is None:
+        assert why is None
+    else:
+        assert why is not None and refused in why and "ask the admin" in why
+
+
 @pytest.mark.parametrize(
     ("pod", "settings", "refused"),
     [
@@ -270,10 +278,7 @@ def test_the_api_server_refuses_them_too(kind):
 def test_accounts_and_secrets_need_the_admins_leave(pod, settings, refused):
     spec = DatasetSpec.model_validate(dataset().set("spec.podSettings", pod).spec)
     why = refused_pod_settings(spec, OperatorSettings(**settings))
-    if refused is None:
-        assert why is None
-    else:
-        assert refused in why and "ask the admin" in why
+    assert_refused(why, refused)
 
 
 # --- pods that cannot be created or started ----------------------------------------------------------
@@ -424,3 +429,48 @@ def test_an_image_that_cannot_be_pulled_points_at_the_pull_secrets():
     assert problem.startswith("pod digits-prepare-1a2b-x7k2p: ImagePullBackOff: Back-off pulling image")
     assert "401 Unauthorized" in problem
     assert "spec.podSettings.imagePullSecrets" in problem
+
+
+# --- the job queue's Redis Secret ------------------------------------------------------------------
+
+JOBS = {"redisSecretRef": {"name": "redis"}}
+
+
+@pytest.mark.parametrize(
+    ("settings", "refused"),
+    [
+        ({}, "spec.jobs.redisSecretRef: Secret redis is not one"),
+        ({"workload_secrets": ["redis"]}, None),
+        ({"workload_secrets": ["*"]}, None),
+        ({"workload_defaults": PodSettings.model_validate({"envFrom": [{"secretRef": {"name": "redis"}}]})}, None),
+    ],
+)
+def test_the_job_queues_secret_needs_the_admins_leave_too(settings, refused):
+    spec = ModelDeploymentSpec.model_validate(model_deployment().set("spec.jobs", JOBS).spec)
+    why = refused_pod_settings(spec, OperatorSettings(**settings))
+    assert_refused(why, refused)
+
+
+def test_without_jobs_the_server_has_no_queue_and_with_them_one_stream_per_object():
+    def env(body: dict[str, Any], track: str) -> list[dict[str, Any]]:
+        model = ServedModel(version="v1", uri="s3://b/model.onnx", digest=DIGEST)
+        spec = ModelDeploymentSpec.model_validate(body["spec"])
+        dep = build_deployment(body, spec, model, track, OperatorSettings(), 1)
+        return list(dep["spec"]["template"]["spec"]["containers"][0]["env"])
+
+    plain = env(_meta(model_deployment().obj()), "stable")
+    assert not [e for e in plain if e["name"].startswith(("MODELOPS_JOB", "MODELOPS_REDIS", "MODELOPS_BATCH"))]
+    streams = set()
+    for name in ("a", "b"):
+        for track in ("stable", "canary"):
+            jobs = {**JOBS, "redisSecretRef": {"name": "r", "key": "u"}}
+            body = _meta(model_deployment(name).set("spec.jobs", jobs).obj())
+            variables = {e["name"]: e for e in env(body, track)}
+            # The URL is never written into the pod spec: the kubelet reads it from the Secret.
+            assert variables["MODELOPS_REDIS_URL"] == {
+                "name": "MODELOPS_REDIS_URL",
+                "valueFrom": {"secretKeyRef": {"name": "r", "key": "u"}},
+            }
+            streams.add((name, variables["MODELOPS_JOB_STREAM"]["value"]))
+    # Both tracks of one object share a stream (one consumer group); two objects never do.
+    assert len({stream for _, stream in streams}) == 2

@@ -226,6 +226,34 @@ def test_overload_is_resource_exhausted_with_a_retry_hint_never_a_hang(tmp_path:
     assert metric_value(text, "modelops_errors_total", model=MODEL, reason="overloaded") == len(refused)
 
 
+def test_grpc_messages_count_against_the_bodies_budget_until_answered(tmp_path: Path, model_v1: ExportedModel):
+    # One message is 12,288 bytes of tensor (plus a few of framing): three fit in 40,000, a fourth does not
+    # while the first three wait (1.5 s) for their batch to fill.
+    server = ServerProcess(
+        model=model_v1.path,
+        args=["--max-inflight-body-bytes", "40000", "--max-batch-size", "64", "--max-batch-delay-ms", "1500"],
+    ).start(tmp_path)
+    batch = np.zeros((1, 3, SIZE, SIZE), dtype=np.float32)
+    try:
+        client = stub(server)
+        calls: list[Future] = [client.ModelInfer.future(fp32_request(batch), timeout=LIVENESS_S) for _ in range(6)]
+        outcomes = []
+        for call in calls:
+            try:
+                call.result()
+                outcomes.append("OK")
+            except grpc.RpcError as exc:
+                outcomes.append(f"{exc.code().name}: {exc.details()}")
+        # Answered messages give their bytes back: one at a time, every call fits again.
+        later = [client.ModelInfer(fp32_request(batch), timeout=LIVENESS_S) for _ in range(4)]
+    finally:
+        assert server.stop() == 0, server.logs()
+    assert 1 <= outcomes.count("OK") <= 3, outcomes
+    refused = [o for o in outcomes if o != "OK"]
+    assert refused and all(o.startswith("RESOURCE_EXHAUSTED: ") and "bytes of request bodies" in o for o in refused)
+    assert len(later) == 4 and all(r.outputs for r in later)
+
+
 def test_unload_turns_grpc_readiness_off_and_load_on(tmp_path: Path, model_v1: ExportedModel):
     server = ServerProcess(
         model=model_v1.path,

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -231,6 +232,37 @@ def metric_value(text: str, name: str, **labels: str) -> float:
 
 def redis_server_binary() -> str | None:
     return shutil.which("redis-server")
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path, host: str = "127.0.0.1") -> Iterator[str]:
+    """Debian's redis-server on `host` at a free port, nothing persisted; yields its URL."""
+    import redis  # noqa: PLC0415
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+    args = ["--port", str(port), "--bind", host, "--save", "", "--appendonly", "no", "--dir", str(workdir)]
+    if host != "127.0.0.1":
+        args += ["--protected-mode", "no"]  # pods reach it over the node's bridge, without a password
+    proc = subprocess.Popen(
+        [redis_server_binary() or "redis-server", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    client = redis.Redis(host=host, port=port)
+    deadline = time.monotonic() + LIVENESS_S
+    try:
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        yield f"redis://{host}:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def poison_model(src: Path, dst: Path) -> str:

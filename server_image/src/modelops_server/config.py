@@ -87,7 +87,8 @@ class Settings(BaseModel):
         default=128 << 20,
         ge=1024,
         description="Bytes of request bodies being received at once, all connections together (a body counts "
-        "its Content-Length from the start); a request that would go past it is a 503 with Retry-After.",
+        "its Content-Length from the start; a gRPC message its size, until answered); a request that would go past "
+        "it is a 503 with Retry-After (gRPC: RESOURCE_EXHAUSTED).",
     )
     body_timeout_s: float = Field(
         default=30.0, gt=0, description="Longest a client may take to send a request body; a 408 after that."

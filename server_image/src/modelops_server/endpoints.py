@@ -65,20 +65,30 @@ class BodyBudget:
     def __init__(self, limit: int, timeout_s: float) -> None:
         self.limit, self.timeout_s, self.used = limit, timeout_s, 0
 
-    def hold(self, request: web.Request, n: int) -> None:
-        """Count `n` more bytes for `request` (given back when it is answered); Overloaded when full."""
-        if n <= 0:
-            return
+    def reserve(self, n: int) -> None:
+        """Count `n` more bytes (give them back with `free`); Overloaded when they do not fit."""
         if self.used + n > self.limit:
-            request[_HELD + "_refused"] = True
             raise errors.Overloaded(
                 f"the server is receiving {self.used} bytes of request bodies already (limit {self.limit}); retry"
             )
         self.used += n
+
+    def free(self, n: int) -> None:
+        self.used -= n
+
+    def hold(self, request: web.Request, n: int) -> None:
+        """Count `n` more bytes for `request` (given back when it is answered); Overloaded when full."""
+        if n <= 0:
+            return
+        try:
+            self.reserve(n)
+        except errors.Overloaded:
+            request[_HELD + "_refused"] = True
+            raise
         request[_HELD] = request.get(_HELD, 0) + n
 
     def release(self, request: web.Request) -> None:
-        self.used -= request.pop(_HELD, 0)
+        self.free(request.pop(_HELD, 0))
 
 
 BODIES = web.AppKey("bodies", BodyBudget)

@@ -10,7 +10,8 @@ status the error maps to as ``code`` (canary analysis and alerts count gRPC erro
 
 Message size: gRPC itself refuses a message above twice ``--max-body-bytes`` before reading it
 whole (``RESOURCE_EXHAUSTED``, gRPC's words); one between the two limits is refused here with
-``INVALID_ARGUMENT`` and REST's words.
+``INVALID_ARGUMENT`` and REST's words. A message counts against ``--max-inflight-body-bytes`` until
+it is answered, as a REST body does.
 
 Health (``grpc.health.v1``): the service ``""`` is SERVING while the process runs (liveness);
 ``inference.GRPCInferenceService`` is SERVING while the server is ready (readiness), which
@@ -31,7 +32,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from modelops_server import __version__, errors, repository
 from modelops_server.config import Settings
 from modelops_server.dataplane import DataPlane, ServedModel
-from modelops_server.endpoints import EXTENSIONS
+from modelops_server.endpoints import EXTENSIONS, BodyBudget
 from modelops_server.metrics import Metrics
 from modelops_server.proto import grpc_predict_v2_pb2 as pb
 
@@ -94,8 +95,8 @@ class _Labels:
 class InferenceService:
     """The handlers; each maps :class:`ServerError` to a status and counts the call."""
 
-    def __init__(self, settings: Settings, plane: DataPlane, metrics: Metrics) -> None:
-        self.settings, self.plane, self.metrics = settings, plane, metrics
+    def __init__(self, settings: Settings, plane: DataPlane, metrics: Metrics, bodies: BodyBudget) -> None:
+        self.settings, self.plane, self.metrics, self.bodies = settings, plane, metrics, bodies
 
     async def _call(
         self,
@@ -201,8 +202,14 @@ class InferenceService:
                 raise errors.BodyTooLarge(f"the request body of {len(payload)} bytes is above the limit of {limit}")
             name, version = route(payload)
             model = labels.model = self._model(name, version)
-            self.plane.admit()
-            answer = await self.plane.submit(model, "grpc", payload, {})
+            # The message is held until it is answered: it counts against the bodies' budget as a
+            # REST body does (gRPC has read it whole before this handler runs).
+            self.bodies.reserve(len(payload))
+            try:
+                self.plane.admit()
+                answer = await self.plane.submit(model, "grpc", payload, {})
+            finally:
+                self.bodies.free(len(payload))
             if answer.status != 200:
                 raise errors.from_wire(answer.reason, answer.message)
             return answer.body, model
@@ -317,7 +324,7 @@ class _Health(health.aio.HealthServicer):  # type: ignore[misc]
 class GrpcServer:
     """The grpc.aio server on ``--grpc-port``, with the health service kept in step with readiness."""
 
-    def __init__(self, settings: Settings, plane: DataPlane, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, plane: DataPlane, metrics: Metrics, bodies: BodyBudget) -> None:
         self.settings, self.plane = settings, plane
         self.server = grpc.aio.server(
             options=[
@@ -326,7 +333,7 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
             ]
         )
-        self.server.add_generic_rpc_handlers((InferenceService(settings, plane, metrics).handler(),))
+        self.server.add_generic_rpc_handlers((InferenceService(settings, plane, metrics, bodies).handler(),))
         self.health = _Health(plane)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = 0

@@ -69,7 +69,7 @@ async def serve(settings: Settings) -> int:
     log.info("listening", extra={"addresses": [list(a) if isinstance(a, tuple) else a for a in runner.addresses]})
     grpc_server: GrpcServer | None = None
     if settings.grpc_port >= 0:
-        grpc_server = GrpcServer(settings, plane, metrics)
+        grpc_server = GrpcServer(settings, plane, metrics, app[endpoints.BODIES])
         try:
             grpc_port = await grpc_server.start()
         except errors.ServerError as failure:

@@ -4,7 +4,7 @@ promoted or rolled back on live metrics."""
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -126,6 +126,52 @@ class ServerSpec(ApiModel):
     """CPU and memory per pod; the CPU request is the autoscaler's 100%."""
     placement: Placement = Field(default_factory=Placement)
     """Where the server pods may run."""
+
+
+class RedisSecretRef(ApiModel):
+    """The Secret key holding the Redis URL of the job queue."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """The Secret's name, in the ModelDeployment's namespace. It must be one the operator's admin
+    allows (`settings.workloadSecrets`), as for `podSettings`."""
+    key: str = Field(default="url", min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    """The key whose value is the URL: `redis://[:password@]host:port/db`, or `rediss://` for TLS."""
+
+
+class Jobs(ApiModel):
+    """The asynchronous job API (`POST /v1/jobs`, `GET /v1/jobs/{id}`): callers submit a batch of
+    images, or a folder or Dataset version to classify offline, and collect the results later.
+
+    Jobs wait in a Redis stream of this ModelDeployment (`modelops:jobs:<namespace>/<name>`) and are
+    consumed by processes inside the server pods of both tracks, through one consumer group: a pod
+    that dies mid-job leaves its job pending, and another pod takes it over after
+    `claimIdleSeconds` without recomputing the images already done."""
+
+    redis_secret_ref: RedisSecretRef
+    """Where the Redis URL is (the server pods read it from their environment)."""
+    consumers_per_pod: int = Field(default=1, ge=1, le=16)
+    """Job consumer processes per server pod, each with its own copy of the model."""
+    claim_idle_seconds: int = Field(default=30, ge=1, le=3600)
+    """How long a job held by a consumer that stopped answering waits before another takes it over."""
+    ttl_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
+    """How long a job and its results are kept in Redis."""
+    queue_capacity: int = Field(default=10_000, ge=1, le=1_000_000)
+    """Jobs waiting at most; a submission beyond it is answered 503."""
+    callback_hosts: list[
+        Annotated[str, Field(max_length=261, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?$")]
+    ] = Field(default_factory=list, max_length=32)
+    """Hosts (`host` or `host:port`) a job's `callbackUrl` may name; empty refuses callbacks, so
+    the server cannot be made to POST to internal services."""
+    batch_roots: list[Annotated[str, Field(max_length=2048, pattern=URI_PATTERN)]] = Field(
+        default_factory=list, max_length=16
+    )
+    """URI prefixes (`s3://bucket/batch/`, `file:///data/batch/`) under which batch jobs may read
+    their source and write their predictions; empty refuses batch jobs. Credentials for them come
+    from `podSettings` (`envFrom` a Secret the admin allows)."""
+
+    def secrets(self) -> set[str]:
+        """The Secrets the server pods read for the job API."""
+        return {self.redis_secret_ref.name}
 
 
 class Pause(ApiModel):
@@ -290,6 +336,8 @@ class ModelDeploymentSpec(ApiModel):
     """Canary steps and traffic routing for new models."""
     alerts: Alerts = Field(default_factory=Alerts)
     """Alert thresholds."""
+    jobs: Jobs | None = None
+    """The asynchronous job API and batch inference over Redis; unset turns `/v1/jobs` off."""
 
 
 class ServedModel(ApiModel):

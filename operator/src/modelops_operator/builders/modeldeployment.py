@@ -70,6 +70,11 @@ def selector(name: str, track: str | None = None) -> dict[str, str]:
     return sel
 
 
+def job_stream(md: dict[str, Any]) -> str:
+    """The Redis stream of a ModelDeployment's jobs: one per object, so several can share a Redis."""
+    return f"modelops:jobs:{md['metadata']['namespace']}/{md['metadata']['name']}"
+
+
 def _meta(md: dict[str, Any], name: str, component: str, **extra: Any) -> dict[str, Any]:
     owner = md["metadata"]["name"]
     return {
@@ -116,6 +121,22 @@ def pod_template(
         "MODELOPS_CACHE_DIR": "/tmp/models",
         "MODELOPS_LOG_FORMAT": "json",
     }
+    env_from_secrets: list[dict[str, Any]] = []
+    if spec.jobs is not None:
+        jobs = spec.jobs
+        env |= {
+            "MODELOPS_JOB_STREAM": job_stream(md),
+            "MODELOPS_JOB_WORKERS": str(jobs.consumers_per_pod),
+            "MODELOPS_JOB_CLAIM_IDLE_S": str(jobs.claim_idle_seconds),
+            "MODELOPS_JOB_TTL_S": str(jobs.ttl_seconds),
+            "MODELOPS_JOB_QUEUE_CAPACITY": str(jobs.queue_capacity),
+            "MODELOPS_JOB_CALLBACK_HOSTS": ",".join(jobs.callback_hosts),
+            "MODELOPS_BATCH_ROOTS": ",".join(jobs.batch_roots),
+        }
+        ref = jobs.redis_secret_ref
+        env_from_secrets.append(
+            {"name": "MODELOPS_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+        )
     resources = {k: dict(v) for k, v in server.resources.wire().items() if v}
     requests = resources.setdefault("requests", {})
     for key, value in DEFAULT_REQUESTS.items():
@@ -145,7 +166,7 @@ def pod_template(
         "name": "server",
         "image": settings.server_image,
         "command": ["python", "-m", "modelops_server"],
-        "env": [{"name": k, "value": v} for k, v in env.items()],
+        "env": [*({"name": k, "value": v} for k, v in env.items()), *env_from_secrets],
         "ports": [
             {"name": "http", "containerPort": PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},

@@ -138,6 +138,13 @@ def refused_pod_settings(spec: ApiModel, settings: OperatorSettings) -> str | No
             f"spec.podSettings: Secrets {', '.join(secrets)} are not ones the operator's admin allows "
             "(settings.workloadSecrets)"
         )
+    jobs = getattr(spec, "jobs", None)  # a ModelDeployment's job queue: its Redis URL's Secret
+    job_secrets = sorted(jobs.secrets() - defaults.secrets() - set(settings.workload_secrets)) if jobs else []
+    if job_secrets and "*" not in settings.workload_secrets:
+        problems.append(
+            f"spec.jobs.redisSecretRef: Secret {', '.join(job_secrets)} is not one the operator's admin allows "
+            "(settings.workloadSecrets)"
+        )
     if not problems:
         return None
     return (
