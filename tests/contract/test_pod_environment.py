@@ -100,6 +100,7 @@ SERVER_SPECS = {
             "claimIdleSeconds": 5,
             "callbackHosts": ["hooks.example.com", "ci.example.com:8443"],
             "batchRoots": ["s3://bucket/batch/", "file:///data/batch/"],
+            "batchMaxImages": 5000,
         }
     },
 }

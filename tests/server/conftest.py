@@ -1,4 +1,5 @@
-"""Session fixtures: the exported models and one shared server (two workers) for protocol tests."""
+"""Session fixtures: the exported models and one shared server (two workers) for protocol tests;
+module fixtures: a Redis and a server with the job API (test_jobs.py, test_batch.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.serving import ExportedModel, ServerProcess, export_model
+from tests.support.serving import ExportedModel, ServerProcess, export_model, redis_server
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +50,26 @@ def server(model_v1: ExportedModel, logs_dir: Path) -> Iterator[ServerProcess]:
     ).start(logs_dir)
     yield proc
     assert proc.stop() == 0, proc.logs()
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Debian's redis-server on loopback, for one test module."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def job_server(
+    model_v1: ExportedModel, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A server with one job consumer, images run one at a time, callbacks to loopback allowed."""
+    server = ServerProcess(
+        model=model_v1.path,
+        args=[
+            *("--model-version", "v1", "--redis-url", redis_url, "--job-workers", "1"),
+            *("--max-batch-size", "1", "--job-callback-hosts", "127.0.0.1"),
+        ],
+    ).start(tmp_path_factory.mktemp("job-server"))
+    yield server
+    assert server.stop() == 0, server.logs()

@@ -11,28 +11,18 @@ import pytest
 import requests
 
 from modelops_trainer.datasetfmt import DatasetWriter, ImageFormat
-from tests.server.test_jobs import (  # noqa: F401 - pytest fixtures used by name, and the Redis skip mark
-    expected_top,
-    job_server,
-    kill_consumer_mid_job,
-    pytestmark,
-    redis_url,
-    wait_job,
-)
+from tests.support.jobs import NEEDS_REDIS, expected_top, kill_consumer_mid_job, wait_job
 from tests.support.serving import CLASSES, SIZE, ExportedModel, ServerProcess, image_bytes
 
+pytestmark = NEEDS_REDIS
 MAX_IMAGES = 150
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str | None]:
-    """moto's S3 server on loopback, or None where moto or s3fs is missing (the s3 test skips)."""
-    try:
-        import s3fs  # noqa: F401, PLC0415
-        from moto.server import ThreadedMotoServer  # noqa: PLC0415
-    except ImportError:
-        yield None
-        return
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on loopback (moto is a development requirement)."""
+    from moto.server import ThreadedMotoServer  # noqa: PLC0415
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -64,7 +54,7 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def batch_server(
     model_v1: ExportedModel,
-    redis_url: str,  # noqa: F811
+    redis_url: str,
     roots: Path,
     s3_endpoint: str | None,
     tmp_path_factory: pytest.TempPathFactory,
@@ -266,7 +256,7 @@ def test_an_output_that_cannot_be_written_fails_the_job_and_says_why(batch_serve
     assert result["path"] == "a.png" and len(result["predictions"]) == 5  # kept in Redis meanwhile
 
 
-def test_a_server_without_batch_roots_refuses_every_batch_job(job_server: ServerProcess, roots: Path):  # noqa: F811
+def test_a_server_without_batch_roots_refuses_every_batch_job(job_server: ServerProcess, roots: Path):
     r = requests.post(f"{job_server.url}/v1/jobs", json={"source": f"file://{roots}"}, timeout=30)
     assert r.status_code == 400
     assert "batch jobs are off on this server" in r.json()["error"] and "--batch-roots" in r.json()["error"]
@@ -296,9 +286,7 @@ def test_a_batch_survives_its_consumer_killed_mid_job_with_every_image_once(
         assert line["predictions"][0]["index"] == best
 
 
-def test_an_s3_folder_becomes_jsonl_on_s3(batch_server: ServerProcess, s3_endpoint: str | None):
-    if s3_endpoint is None:
-        pytest.skip("needs moto and s3fs")
+def test_an_s3_folder_becomes_jsonl_on_s3(batch_server: ServerProcess, s3_endpoint: str):
     import s3fs  # noqa: PLC0415
 
     fs = s3fs.S3FileSystem(

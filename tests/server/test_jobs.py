@@ -5,162 +5,24 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import io
-import os
-import signal
 import socket
-import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
 
-import numpy as np
 import pytest
 import requests
 from aiohttp import web
-from PIL import Image
 
+from tests.support.jobs import NEEDS_REDIS, expected_top, kill_consumer_mid_job, wait_job
 from tests.support.serving import (
     CLASSES,
     LIVENESS_S,
-    SIZE,
     ExportedModel,
     ServerProcess,
     free_port,
     image_bytes,
-    normalise,
-    redis_server_binary,
-    softmax,
-)
-from tests.support.tools import in_ci
-
-# Skipped on a developer machine without Redis; in CI (tests.support.tools.in_ci) a missing
-# redis-server fails instead.
-pytestmark = pytest.mark.skipif(
-    redis_server_binary() is None and not in_ci(), reason="needs Debian's redis-server (hack/setup.sh)"
 )
 
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [
-            redis_server_binary() or "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    import redis  # noqa: PLC0415
-
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + LIVENESS_S
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(30)
-
-
-@pytest.fixture(scope="module")
-def job_server(
-    model_v1: ExportedModel, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    server = ServerProcess(
-        model=model_v1.path,
-        args=[
-            "--model-version",
-            "v1",
-            "--redis-url",
-            redis_url,
-            "--job-workers",
-            "1",
-            "--max-batch-size",
-            "1",
-            "--job-callback-hosts",
-            "127.0.0.1",
-        ],
-    ).start(tmp_path_factory.mktemp("job-server"))
-    yield server
-    assert server.stop() == 0, server.logs()
-
-
-def consumer_pid(server: ServerProcess, after: int = 0) -> int:
-    """The pid of the latest job consumer that logged 'job consumer ready' (newer than ``after``)."""
-    import json  # noqa: PLC0415
-
-    deadline = time.monotonic() + LIVENESS_S
-    while time.monotonic() < deadline:
-        pids = [json.loads(line)["pid"] for line in server.logs().splitlines() if '"job consumer ready"' in line]
-        if pids and pids[-1] != after:
-            return int(pids[-1])
-        time.sleep(0.05)
-    raise AssertionError("no job consumer became ready")
-
-
-def expected_top(model: ExportedModel, data: bytes) -> tuple[int, float]:
-    """The reference answer; square images larger than the model's input are resized with PIL's bilinear."""
-    img = Image.open(io.BytesIO(data)).convert("RGB")
-    if img.size != (SIZE, SIZE):
-        img = img.resize((SIZE, SIZE), Image.Resampling.BILINEAR)
-    probs = softmax(model.logits(normalise(np.asarray(img))[None]))[0]
-    best = int(np.argmax(probs))
-    return best, float(probs[best])
-
-
-def wait_job(server: ServerProcess, job_id: str, status: str = "completed") -> dict:
-    deadline = time.monotonic() + LIVENESS_S
-    while time.monotonic() < deadline:
-        doc = requests.get(f"{server.url}/v1/jobs/{job_id}", timeout=10).json()
-        if doc["status"] == status:
-            return doc
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not reach {status}: {doc}")
-
-
-def kill_consumer_mid_job(
-    server: ServerProcess, body: dict, while_dead: Callable[[dict], None] | None = None
-) -> tuple[str, dict]:
-    """Submit `body` and SIGKILL the consumer once some, not all, images are done; (job id, job then).
-
-    `while_dead` sees the job document after the kill, before a new consumer starts; this returns
-    once the supervisor has started one.
-    """
-    for _ in range(3):  # bounded retries in case the whole job finished before it could be stopped
-        pid = consumer_pid(server)
-        job_id = requests.post(f"{server.url}/v1/jobs", json=body, timeout=60).json()["id"]
-        deadline = time.monotonic() + LIVENESS_S
-        done = 0
-        while done == 0 and time.monotonic() < deadline:
-            done = requests.get(f"{server.url}/v1/jobs/{job_id}?results=false", timeout=10).json()["done"]
-        os.kill(pid, signal.SIGSTOP)  # freeze it, then look: is the job really unfinished?
-        doc = requests.get(f"{server.url}/v1/jobs/{job_id}?results=false", timeout=10).json()
-        if doc["done"] < doc["total"]:
-            os.kill(pid, signal.SIGKILL)
-            assert 0 < doc["done"] < doc["total"]
-            if while_dead is not None:
-                while_dead(doc)
-            consumer_pid(server, after=pid)  # the supervisor started a new consumer
-            return job_id, doc
-        os.kill(pid, signal.SIGCONT)
-    raise AssertionError("the job always finished before the consumer could be killed")
+pytestmark = NEEDS_REDIS
 
 
 def test_job_submit_poll_and_results(job_server: ServerProcess, model_v1: ExportedModel):

@@ -169,6 +169,9 @@ class Jobs(ApiModel):
     their source and write their predictions; empty refuses batch jobs. Credentials for them come
     from `podSettings` (`envFrom` a Secret the admin allows)."""
 
+    batch_max_images: int = Field(default=100_000, ge=1, le=1_000_000)
+    """Most images one batch job may hold (a folder's images, or a Dataset version's chosen splits)."""
+
     def secrets(self) -> set[str]:
         """The Secrets the server pods read for the job API."""
         return {self.redis_secret_ref.name}

@@ -132,6 +132,7 @@ def pod_template(
             "MODELOPS_JOB_QUEUE_CAPACITY": str(jobs.queue_capacity),
             "MODELOPS_JOB_CALLBACK_HOSTS": ",".join(jobs.callback_hosts),
             "MODELOPS_BATCH_ROOTS": ",".join(jobs.batch_roots),
+            "MODELOPS_BATCH_MAX_IMAGES": str(jobs.batch_max_images),
         }
         ref = jobs.redis_secret_ref
         env_from_secrets.append(
