@@ -1,6 +1,6 @@
-"""Models on object storage: the server process loads an `s3://` model from a real S3 server
-(moto's), with credentials from its environment as a pod gets them, and refuses a missing object
-or a wrong digest with a message naming it."""
+"""Models on object storage and web servers: the server process loads an `s3://` model from a real
+S3 server (moto's), with credentials from its environment as a pod gets them, and refuses a missing
+object or a wrong digest with a message naming it; over HTTP it follows the trainer's redirect rules."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import requests
 
+from modelops_server.errors import ModelLoadError
+from modelops_server.modelcard import fetch_model
 from tests.support.s3 import S3Server
 from tests.support.serving import (
     CLASSES,
@@ -22,6 +24,7 @@ from tests.support.serving import (
     pixels_of,
     softmax,
 )
+from tests.support.web import Site, redirect, send_bytes
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +86,32 @@ def test_a_wrong_digest_on_s3_is_refused(s3: S3Server, model_v1: ExportedModel, 
     server = ServerProcess(model=uri, args=["--model-digest", wrong], env=s3.env)
     logs = failure(server.start(logs_dir, wait_ready=False))
     assert f"{uri} has digest {model_v1.digest}, but the deployment expects {wrong}; refusing to load it" in logs
+
+
+def test_a_model_over_http_follows_redirects_but_refuses_loops_and_other_schemes(model_v1: ExportedModel, tmp_path):
+    """The server's HTTP rules are the trainer's: a chain of redirects (to the model and to its
+    card) is followed, a loop is refused by name, and gs:// is refused before any I/O."""
+    files = {
+        "model.onnx": model_v1.path.read_bytes(),
+        "model.onnx.card.json": Path(f"{model_v1.path}.card.json").read_bytes(),
+    }
+
+    def hop(h) -> None:
+        _, _, n, name = h.path.split("/", 3)
+        if int(n) > 0:
+            redirect(h, f"/hop/{int(n) - 1}/{name}")
+        else:
+            send_bytes(h, files[name], "application/octet-stream")
+
+    with Site({"/hop/": hop, "/loop": lambda h: redirect(h, "/loop")}) as site:
+        artifact = fetch_model(f"{site.url}/hop/3/model.onnx", expected_digest=model_v1.digest, cache_dir=str(tmp_path))
+        loop = rf"cannot read the model card {site.url}/loop\.card\.json: redirect loop"
+        with pytest.raises(ModelLoadError, match=loop):
+            fetch_model(f"{site.url}/loop", cache_dir=str(tmp_path))
+    assert artifact.digest == model_v1.digest and artifact.card.classes == CLASSES
+    assert Path(artifact.local_path).read_bytes() == files["model.onnx"]
+    assert site.hits.count("/hop/0/model.onnx") == 1 and site.hits.count("/hop/3/model.onnx.card.json") == 1
+    with pytest.raises(
+        ModelLoadError, match="gs:// is not supported: the model's URI must be a local path or a file://"
+    ):
+        fetch_model("gs://bucket/model.onnx", cache_dir=str(tmp_path))
