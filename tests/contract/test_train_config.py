@@ -106,7 +106,7 @@ SPECS = {
             "earlyStoppingPatience": 3,
             "seed": 42,
         },
-        "checkpointing": {"everyEpochs": 5, "uri": "gs://bucket/ckpt"},
+        "checkpointing": {"everyEpochs": 5, "uri": "s3://bucket/ckpt"},
         "workers": {"nodes": 3, "gpusPerNode": 2},
     },
     "grid-architecture": {"search": search(ARCH, OPTIMIZER, algorithm="grid", maxTrials=6, parallelism=6)},

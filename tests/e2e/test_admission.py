@@ -20,7 +20,12 @@ BAD = [
         "split ratios train + val + test must sum to 1",
     ),
     (dataset().set("spec.sources", []), "should have at least 1 items"),
-    (dataset().set("spec.sources.0.uri", "ftp://example/x"), "spec.sources[0].uri in body should match"),
+    (dataset().set("spec.sources.0.uri", "no-scheme/x"), "spec.sources[0].uri in body should match"),
+    (
+        dataset().set("spec.sources.0.uri", "ftp://example/x"),
+        "the URI's scheme must be file://, s3://, http:// or https://",
+    ),
+    (dataset().set("spec.sources.0.uri", "gs://bucket/x"), "gs://, gcs://, az:// and abfs:// are not supported"),
     (dataset().set("spec.sources.0.labelColumn", "label"), "labelColumn applies to csv and jsonl manifests only"),
     (dataset().set("spec.preprocessing.resizeMode", "zoom"), 'Unsupported value: "zoom"'),
     (
@@ -92,6 +97,13 @@ BAD = [
     (
         model_deployment().drop("spec.model.trainingRunRef").set("spec.model.uri", "s3://b/m.onnx"),
         "model.uri needs model.digest",
+    ),
+    (
+        model_deployment()
+        .drop("spec.model.trainingRunRef")
+        .set("spec.model.uri", "abfs://c/m.onnx")
+        .set("spec.model.digest", DIGEST),
+        "the images have no Google Cloud Storage or Azure client",
     ),
     (
         model_deployment().set("spec.rollout.steps", [{"setWeight": 50}, {"setWeight": 10}]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,24 @@ def test_cross_field_rules_are_cel():
     assert "canary weights (setWeight) must rise from step to step" in rules
     assert "minReplicas must not exceed maxReplicas" in rules
     assert len(rules) >= 15
+
+
+def test_every_storage_uri_has_the_scheme_rule():
+    """Each URI field of the CRDs carries the CEL rule on schemes, and the rule's regular expression
+    (CEL's `matches` is RE2; this one is also valid for Python's `re`) refuses gs:// and Azure."""
+    uris = [
+        (kind.kind, path, node)
+        for kind in KINDS
+        for path, node in walk(schema(kind))
+        if path.startswith(".spec") and path.rsplit(".", 1)[-1] in ("uri", "weightsUri")
+    ]
+    assert len(uris) == 5, [u[1] for u in uris]
+    for kind, path, node in uris:
+        [rule] = node["x-kubernetes-validations"]
+        assert "gs://, gcs://, az:// and abfs:// are not supported" in rule["message"], (kind, path)
+        regex = re.fullmatch(r"self\.matches\('(.+)'\)", rule["rule"]).group(1)
+        assert [bool(re.match(regex, u)) for u in ("s3://b/k", "file:///d", "https://h/x", "http://h/x")] == [True] * 4
+        assert [bool(re.match(regex, u)) for u in ("gs://b/k", "gcs://b/k", "az://c/k", "abfs://c/k")] == [False] * 4
 
 
 def test_defaults_carry_no_nulls():

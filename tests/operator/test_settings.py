@@ -40,7 +40,12 @@ def test_from_env():
 
 @pytest.mark.parametrize(
     ("var", "value"),
-    [("MODELOPS_RESYNC_SECONDS", "0"), ("MODELOPS_LOG_FORMAT", "xml"), ("MODELOPS_HEALTH_PORT", "70000")],
+    [
+        ("MODELOPS_RESYNC_SECONDS", "0"),
+        ("MODELOPS_LOG_FORMAT", "xml"),
+        ("MODELOPS_HEALTH_PORT", "70000"),
+        ("MODELOPS_ARTIFACT_URI", "gs://bucket/modelops"),
+    ],
 )
 def test_bad_values_are_refused(var, value):
     with pytest.raises(ValidationError):

@@ -527,7 +527,7 @@ def test_the_artifact_pvc_is_mounted_for_file_uris(settings, spec, dataset_uri, 
     [
         (SETTINGS, {}, f"file://{ARTIFACTS}/runs/ns/digits/r1/digits-r1-t0"),
         (OperatorSettings(artifact_uri="s3://b/store/"), {}, "s3://b/store/runs/ns/digits/r1/digits-r1-t0"),
-        (SETTINGS, {"checkpointing": {"uri": "gs://c/k"}}, "gs://c/k/runs/ns/digits/r1/digits-r1-t0"),
+        (SETTINGS, {"checkpointing": {"uri": "s3://c/k"}}, "s3://c/k/runs/ns/digits/r1/digits-r1-t0"),
     ],
     ids=["default", "store-with-slash", "checkpoint-uri"],
 )

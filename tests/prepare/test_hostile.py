@@ -239,15 +239,20 @@ def test_an_unforeseen_failure_still_leaves_a_termination_message(tmp_path, smal
     assert message == {"ok": False, "reason": "InternalError", "message": "RuntimeError: disk on fire"}
 
 
-def test_a_redirect_is_not_followed_from_a_source(tmp_path):
-    """The manifest's server points the program at an internal address: refused, never fetched."""
+def test_a_redirect_loop_or_a_long_chain_is_refused(tmp_path):
+    """The source's server answers with redirects forever, or in a circle: the program gives up
+    after `remote.MAX_REDIRECTS` (or at the first repeat) and says which, for manifests and archives."""
+    from modelops_trainer.prepare import remote  # noqa: PLC0415
+
     hits: list[str] = []
 
     class Redirect(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             hits.append(self.path)
+            n = int(self.path.rsplit("/", 1)[-1])
             self.send_response(302)
-            self.send_header("Location", "/internal/credentials")
+            # /loop/<n> points at itself; /far/<n> at /far/<n + 1>, forever
+            self.send_header("Location", self.path if self.path.startswith("/loop/") else f"/far/{n + 1}")
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -257,12 +262,19 @@ def test_a_redirect_is_not_followed_from_a_source(tmp_path):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     uri = f"http://127.0.0.1:{server.server_address[1]}"
+    cases = [
+        ({"uri": f"{uri}/loop/0", "format": "csv"}, f"redirect loop: {uri}/loop/0 -> {uri}/loop/0"),
+        (
+            {"uri": f"{uri}/far/0", "format": "archive"},
+            f"more than {remote.MAX_REDIRECTS} redirects from {uri}/far/0 (the last to {uri}/far/6)",
+        ),
+    ]
     try:
-        for source in ({"uri": f"{uri}/list.csv", "format": "csv"}, {"uri": f"{uri}/a.tar", "format": "archive"}):
+        for source, words in cases:
             code, message = run_cli(config([source], tmp_path / "out"), tmp_path)
             assert code == 1 and message["reason"] == "SourceUnreachable", message
-            assert f"redirect to {uri}/internal/credentials not followed" in message["message"]
+            assert words in message["message"] and "RedirectRefused" in message["message"]
     finally:
         server.shutdown()
         server.server_close()
-    assert hits == ["/list.csv", "/a.tar"]
+    assert hits == ["/loop/0", *(f"/far/{n}" for n in range(remote.MAX_REDIRECTS + 1))]

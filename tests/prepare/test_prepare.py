@@ -227,6 +227,20 @@ def test_a_bad_config_exits_2_with_the_fields(tmp_path):
     assert "sources" in message["message"] and "must sum to 1" in message["message"]
 
 
+def test_a_scheme_without_a_file_system_exits_2_naming_the_supported_ones(tmp_path):
+    os.environ["MODELOPS_PREPARE_CONFIG"] = json.dumps(
+        {"dataset": {"name": "t"}, "sources": [{"uri": "gs://bucket/pets"}], "output": {"uri": "az://c/out"}}
+    )
+    try:
+        code = main(["--termination-log", str(tmp_path / "t")])
+    finally:
+        del os.environ["MODELOPS_PREPARE_CONFIG"]
+    message = json.loads((tmp_path / "t").read_text())
+    assert code == 2 and message["reason"] == "InvalidConfig"
+    assert "gs:// is not supported" in message["message"] and "az:// is not supported" in message["message"]
+    assert "file://, s3://, http:// or https://" in message["message"]
+
+
 def test_an_interrupted_run_resumes_from_its_finished_chunks(tmp_path, monkeypatch):
     src = tmp_path / "src"
     write_digits(src, per_class=60)  # 600 images: 16 chunks of 38

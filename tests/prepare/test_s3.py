@@ -2,40 +2,25 @@
 
 from __future__ import annotations
 
-import socket
 import tarfile
 from collections.abc import Iterator
 
 import pytest
-from moto.server import ThreadedMotoServer
 
 from modelops_trainer.datasetfmt import SPLITS, DatasetReader
 from modelops_trainer.prepare import pipeline
 from modelops_trainer.prepare.errors import SourceUnreachable
 from tests.prepare.conftest import config, write_digits
+from tests.support.s3 import S3Server
 
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[object]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    server = S3Server().start()
     patch = pytest.MonkeyPatch()
-    for key, value in {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
+    for key, value in server.env.items():
         patch.setenv(key, value)  # what a Dataset's credentialsSecret puts in the pod's environment
-    import s3fs  # noqa: PLC0415 (after the environment is set)
-
-    fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    if not fs.exists("data"):  # moto keeps its buckets per process
-        fs.mkdir("data")
-    yield fs
+    yield server.bucket("data")
     server.stop()
     patch.undo()
 

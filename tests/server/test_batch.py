@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import requests
 
 from modelops_trainer.datasetfmt import DatasetWriter, ImageFormat
 from tests.support.jobs import NEEDS_REDIS, expected_top, kill_consumer_mid_job, wait_job
+from tests.support.s3 import S3Server
 from tests.support.serving import CLASSES, SIZE, ExportedModel, ServerProcess, image_bytes
 
 pytestmark = NEEDS_REDIS
@@ -19,26 +19,11 @@ MAX_IMAGES = 150
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
+def s3() -> Iterator[S3Server]:
     """moto's S3 server on loopback (moto is a development requirement)."""
-    from moto.server import ThreadedMotoServer  # noqa: PLC0415
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
+    server = S3Server().start()
+    yield server
     server.stop()
-
-
-def s3_env(endpoint: str) -> dict[str, str]:
-    return {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +41,7 @@ def batch_server(
     model_v1: ExportedModel,
     redis_url: str,
     roots: Path,
-    s3_endpoint: str | None,
+    s3: S3Server,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServerProcess]:
     server = ServerProcess(
@@ -67,7 +52,7 @@ def batch_server(
             *("--redis-url", redis_url, "--batch-roots", f"file://{roots}/,s3://data/batch/"),
             *("--job-stream", "modelops:batch-test"),  # its own stream: the module's other server has its consumers
         ],
-        env=s3_env(s3_endpoint) if s3_endpoint else {},
+        env=s3.env,
     ).start(tmp_path_factory.mktemp("batch-server"))
     yield server
     assert server.stop() == 0, server.logs()
@@ -286,14 +271,8 @@ def test_a_batch_survives_its_consumer_killed_mid_job_with_every_image_once(
         assert line["predictions"][0]["index"] == best
 
 
-def test_an_s3_folder_becomes_jsonl_on_s3(batch_server: ServerProcess, s3_endpoint: str):
-    import s3fs  # noqa: PLC0415
-
-    fs = s3fs.S3FileSystem(
-        skip_instance_cache=True, client_kwargs={"endpoint_url": s3_endpoint}, key="test", secret="test"
-    )
-    if not fs.exists("data"):
-        fs.mkdir("data")
+def test_an_s3_folder_becomes_jsonl_on_s3(batch_server: ServerProcess, s3: S3Server):
+    fs = s3.bucket("data")
     images = {f"{i}.png": image_bytes(400 + i) for i in range(3)}
     for name, data in images.items():
         fs.pipe(f"data/batch/in/{name}", data)

@@ -143,9 +143,10 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ServerProcess:
-    """``python -m modelops_server`` on a loopback port; stopped with SIGTERM."""
+    """``python -m modelops_server`` on a loopback port; stopped with SIGTERM. ``model`` is a local
+    path or a URI (``s3://…``), passed as ``--model-uri``."""
 
-    model: Path
+    model: Path | str
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)

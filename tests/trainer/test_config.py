@@ -44,6 +44,8 @@ def _without(key):
         (_without("output"), "output: Field required"),
         (_doc(dataset={"uri": "file:///d", "digest": "md5:abc"}), "dataset.digest: String should match pattern"),
         (_doc(dataset={"uri": "not a uri", "digest": GOOD_DIGEST}), "dataset.uri: String should match pattern"),
+        (_doc(dataset={"uri": "gs://b/d", "digest": GOOD_DIGEST}), "dataset.uri: gs:// is not supported"),
+        (_doc(output={"uri": "abfs://c/runs"}), "output.uri: abfs:// is not supported"),
         (_doc(hyperparameters={"learningRate": -1}), "hyperparameters.learningRate: Input should be greater than 0"),
         (
             _doc(hyperparameters={"batchSize": 0}),

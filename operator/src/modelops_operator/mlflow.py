@@ -168,7 +168,7 @@ def register_model_version(
         if error.error_code == "INVALID_PARAMETER_VALUE" and _is_local(source):
             raise RegistryError(
                 f"{error} — MLflow registers local files only from an MLflow run's artifact directory: "
-                "store models in an object store (an s3:// or gs:// artifact URI) to register them in MLflow",
+                "store models in an object store (an s3:// artifact URI) to register them in MLflow",
                 error_code=error.error_code,
             ) from None
         raise

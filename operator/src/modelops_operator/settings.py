@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from modelops_operator.api.common import PodSettings
+from modelops_operator.api.common import PodSettings, StorageUri
 
 ENV_PREFIX = "MODELOPS_"
 
@@ -42,13 +42,13 @@ class OperatorSettings(BaseModel):
     """Image of the data-preparation and training programs (`trainer_image/`)."""
     server_image: str = "ghcr.io/modelops/server:0.1.0"
     """Image of the inference server (`server_image/`)."""
-    artifact_uri: str = "file:///var/lib/modelops/artifacts"
-    """Default artifact store: datasets, checkpoints and models go under this fsspec URI unless a
-    spec names another."""
+    artifact_uri: StorageUri = "file:///var/lib/modelops/artifacts"
+    """Default artifact store: datasets, checkpoints and models go under this URI (`file://` or
+    `s3://`) unless a spec names another."""
     artifact_pvc: str | None = None
     """A PersistentVolumeClaim, in each object's namespace, mounted by every preparation and training
     pod at the artifact store's path when that is a `file://` URI (the local cluster's quickstart
-    uses one); unset for object stores (`s3://`, `gs://`), which need no mount."""
+    uses one); unset for object stores (`s3://`), which need no mount."""
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     """Prometheus that canary analysis queries (its HTTP API); the local cluster's is
     http://127.0.0.1:19090."""

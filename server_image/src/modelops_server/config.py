@@ -23,7 +23,7 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model_uri: str = Field(
-        description="The ONNX model to serve: a local path or fsspec URI (file://, s3://, gs://, https://). "
+        description="The ONNX model to serve: a local path or a file://, s3:// or http(s):// URI. "
         "Its model card is read from <uri>.card.json beside it."
     )
     model_digest: str | None = Field(

@@ -1,7 +1,7 @@
 """The model card (``modelops.modelcard/v1``, docs/contracts.md) and fetching a verified model.
 
 The trainer writes ``model.onnx`` and ``model.onnx.card.json`` beside it; the server reads both
-from any fsspec URI (``file://``, ``s3://``, ``gs://``, ``http(s)://``) or a local path, checks
+from a local path or a ``file://``, ``s3://`` or ``http(s)://`` URI (`modelops_server.remote`), checks
 the ONNX file's SHA-256 against the card and, when given, the digest the ModelDeployment pinned,
 and only then copies it to a local file that the worker processes open. Nothing unverified ever
 reaches ONNX Runtime.
@@ -17,12 +17,14 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-import fsspec  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from modelops_server.errors import DigestMismatch, ModelLoadError
+from modelops_server.remote import UnsupportedScheme, check_scheme, open_uri
 
 CARD_FORMAT = "modelops.modelcard/v1"
+#: A model card is a few KiB; one larger than this is refused unread past it.
+CARD_MAX_BYTES = 1 << 20
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
@@ -140,10 +142,16 @@ def fetch_model(
     if expected_digest is not None and not _DIGEST.match(expected_digest):
         raise ModelLoadError(f"expected digest {expected_digest!r} is not sha256:<64 lowercase hex>")
     try:
-        with fsspec.open(card_uri(uri), "rb") as f:
-            card_bytes = f.read()
+        check_scheme(uri)
+    except UnsupportedScheme as exc:
+        raise ModelLoadError(f"cannot load {uri}: {exc}") from exc
+    try:
+        with open_uri(card_uri(uri)) as f:
+            card_bytes = f.read(CARD_MAX_BYTES + 1)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read the model card {card_uri(uri)}: {exc}") from exc
+    if len(card_bytes) > CARD_MAX_BYTES:
+        raise ModelLoadError(f"the model card {card_uri(uri)} is larger than {CARD_MAX_BYTES} bytes; refusing it")
     try:
         card = ModelCard.model_validate_json(card_bytes)
     except ValidationError as exc:  # its fields and reasons, never the fetched text (it may be anyone's)
@@ -159,7 +167,7 @@ def fetch_model(
     fd, tmp_path = tempfile.mkstemp(prefix="model-", suffix=".onnx.part", dir=cache)
     sha = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as out, fsspec.open(uri, "rb") as src:
+        with os.fdopen(fd, "wb") as out, open_uri(uri) as src:
             while chunk := src.read(1 << 20):
                 sha.update(chunk)
                 out.write(chunk)

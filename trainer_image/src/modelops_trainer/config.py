@@ -17,9 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 from functools import cache
-from typing import Any, Literal, Self, get_args
+from typing import Annotated, Any, Literal, Self, get_args
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, ValidationError, model_validator
 
 from modelops_trainer import storage
 from modelops_trainer.errors import ConfigError
@@ -27,6 +27,8 @@ from modelops_trainer.wire import WireModel as _Model
 
 API_VERSION = "modelops.dev/train-config/v1"
 URI_PATTERN = r"^([a-z][a-z0-9+.-]*://.+|/.*)$"
+#: A URI the program reads or writes: an absolute path, or a URI of a scheme the image supports.
+StorageUri = Annotated[str, Field(pattern=URI_PATTERN, max_length=2048), AfterValidator(storage.check_scheme)]
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 #: Metrics a run can be judged by (per epoch, on the validation split).
@@ -61,7 +63,7 @@ def available_architectures() -> tuple[str, ...]:
 class DatasetInput(_Model):
     """The dataset version to train on."""
 
-    uri: str = Field(pattern=URI_PATTERN, max_length=2048)
+    uri: StorageUri
     """The version's folder (holding `manifest.json` and the shards), as an fsspec URI."""
     digest: str = Field(pattern=DIGEST_PATTERN)
     """`sha256:` of `manifest.json`; the run refuses a manifest with another digest."""
@@ -75,7 +77,7 @@ class ModelConfig(_Model):
     architecture: str = Field(default="resnet18", max_length=63)
     """A torchvision classification model (resnet18/34/50, mobilenet_v3_small/large,
     efficientnet_b0/b1, convnext_tiny, vit_b_16, ...); its classifier is sized to the classes."""
-    weights_uri: str | None = Field(default=None, pattern=URI_PATTERN, max_length=2048)
+    weights_uri: StorageUri | None = None
     """Initial weights (a state dict saved with torch.save, or a checkpoint of this program);
     unset trains from scratch. A classifier of another size is replaced; nothing is downloaded
     from a model hub."""
@@ -138,7 +140,7 @@ class Hyperparameters(_Model):
 class OutputConfig(_Model):
     """Where the run writes its results."""
 
-    uri: str = Field(pattern=URI_PATTERN, max_length=2048)
+    uri: StorageUri
     """A folder (fsspec URI) for checkpoints, metrics, the ONNX model and its card. A rerun with
     the same config resumes from the checkpoint found there."""
 

@@ -1,8 +1,9 @@
 """Artifact storage over fsspec URIs: atomic writes, SHA-256 digests, verified local copies.
 
 Every artifact the programs exchange (dataset shards and manifests, weights, checkpoints, ONNX
-files) lives at an fsspec URI (`file://` on a volume, `s3://`, `gs://`, `http(s)://`, or a plain
-local path) and is identified by a digest, `sha256:` + 64 lowercase hex digits.
+files) lives at an fsspec URI (`file://` on a volume, `s3://`, `http(s)://` to read, or a plain
+local path; the configs refuse other schemes, whose file systems the image lacks) and is
+identified by a digest, `sha256:` + 64 lowercase hex digits.
 
 Writes are atomic: a reader sees either the old file or the whole new one, never a torn one. On a
 local file system that is a temporary file in the same directory, fsynced and renamed over the
@@ -28,6 +29,21 @@ from modelops_trainer.errors import DigestMismatch
 
 DIGEST_PREFIX = "sha256:"
 CHUNK = 4 << 20
+#: The schemes the image has file systems for: fsspec's local and HTTP ones, and s3fs. The
+#: operator's API accepts the same; `gs://` (gcsfs) and Azure (`az://`, `abfs://`: adlfs) are not
+#: installed, so a config naming them is refused rather than failing at the first read.
+SUPPORTED_SCHEMES = ("file", "s3", "http", "https")
+
+
+def check_scheme(uri: str) -> str:
+    """`uri` when it is a plain path or its scheme is supported; else ValueError naming the supported ones."""
+    scheme, sep, _ = uri.partition("://")
+    if sep and scheme not in SUPPORTED_SCHEMES:
+        raise ValueError(
+            f"{scheme}:// is not supported: the URI's scheme must be file://, s3://, http:// or https:// "
+            "(gs://, gcs://, az:// and abfs:// are not: the image has no Google Cloud Storage or Azure client)"
+        )
+    return uri
 
 
 def url_to_fs(uri: str) -> tuple[Any, str]:

@@ -9,12 +9,12 @@ from pydantic import Field, model_validator
 
 from modelops_operator.api.common import (
     DIGEST_PATTERN,
-    URI_PATTERN,
     ApiModel,
     Placement,
     PodSettings,
     Resources,
     StatusBase,
+    StorageUri,
     cel,
     check_mount,
     mount_rule,
@@ -41,7 +41,7 @@ class DatasetSource(
 ):
     """One place images come from; several sources are merged into one dataset."""
 
-    uri: str = Field(pattern=URI_PATTERN, max_length=2048)
+    uri: StorageUri
     """An fsspec URI: a folder (`file:///data/pets`), an archive (`s3://bucket/pets.tar.gz`) or a manifest."""
     format: Literal["imageFolder", "archive", "csv", "jsonl"] = "imageFolder"
     """How to read the URI: `imageFolder` is `root/<class>/<image>`; `archive` is a tar or zip of one;
@@ -190,7 +190,7 @@ class SourceLimits(ApiModel):
 class DatasetOutput(ApiModel, json_schema_extra=validations(mount_rule())):
     """Where dataset versions are written."""
 
-    uri: str | None = Field(default=None, pattern=URI_PATTERN, max_length=2048)
+    uri: StorageUri | None = None
     """Base URI under which each version is written as `<uri>/<name>/<version>/`; default: the
     operator's artifact store."""
     pvc: str | None = Field(default=None, max_length=253)

@@ -12,13 +12,13 @@ from modelops_operator.api.common import (
     DIGEST_PATTERN,
     DURATION_PATTERN,
     NAME_PATTERN,
-    URI_PATTERN,
     ApiModel,
     Placement,
     PodSettings,
     Quantity,
     Resources,
     StatusBase,
+    StorageUri,
     cel,
     validations,
 )
@@ -61,7 +61,7 @@ class ModelSource(
 
     training_run_ref: TrainingRunRef | None = None
     """Serve a model registered by this TrainingRun."""
-    uri: str | None = Field(default=None, pattern=URI_PATTERN, max_length=2048)
+    uri: StorageUri | None = None
     """Serve this ONNX file (its model card is looked up beside it as `<uri>.card.json`)."""
     digest: str | None = Field(default=None, pattern=DIGEST_PATTERN)
     """SHA-256 the ONNX file must have; the server refuses to load anything else."""

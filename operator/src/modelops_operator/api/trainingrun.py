@@ -11,12 +11,12 @@ from pydantic import Field, model_validator
 from modelops_operator.api.common import (
     DIGEST_PATTERN,
     NAME_PATTERN,
-    URI_PATTERN,
     ApiModel,
     Placement,
     PodSettings,
     Resources,
     StatusBase,
+    StorageUri,
     cel,
     check_mount,
     mount_rule,
@@ -67,7 +67,7 @@ class ModelSpec(ApiModel):
 
     architecture: Architecture = "resnet18"
     """A torchvision architecture; its classifier is sized to the dataset's classes."""
-    weights_uri: str | None = Field(default=None, pattern=URI_PATTERN, max_length=2048)
+    weights_uri: StorageUri | None = None
     """Initial weights (a state dict) at a URI; unset trains from scratch. Nothing is downloaded
     from a model hub at run time."""
     weights_digest: str | None = Field(default=None, pattern=DIGEST_PATTERN)
@@ -263,7 +263,7 @@ class Checkpointing(ApiModel, json_schema_extra=validations(mount_rule())):
 
     every_epochs: int = Field(default=1, ge=1, le=10_000)
     """Write a checkpoint every this many epochs (and always on SIGTERM)."""
-    uri: str | None = Field(default=None, pattern=URI_PATTERN, max_length=2048)
+    uri: StorageUri | None = None
     """Where checkpoints go; default: the operator's artifact store."""
     pvc: str | None = Field(default=None, max_length=253)
     """A PersistentVolumeClaim shared by the trial's pods, mounted where `uri` points."""

@@ -37,7 +37,8 @@ The config (JSON, contract modelops.dev/prepare-config/v1) comes from --config o
    "output": {{"uri": "file:///data/datasets/digits"}}}}
 
 Sources: imageFolder (root/<class>/<image>), archive (.tar[.gz|.bz2|.xz] or .zip of one), csv or
-jsonl manifests of (uri, label) rows; any fsspec URI (file://, s3://, gs://, http(s)://). Other
+jsonl manifests of (uri, label) rows; local paths or file://, s3:// and http(s):// URIs (HTTP follows
+up to 5 redirects, never from https to http; gs:// and Azure are not supported). Other
 fields (cleaning, preprocessing, split, augmentation, classes) are the Dataset spec's, with its
 defaults. Exit status: 0 done, 1 the data cannot be prepared (reason in the summary), 2 bad config.
 """

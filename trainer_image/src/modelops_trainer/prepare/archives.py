@@ -34,7 +34,7 @@ from modelops_trainer.prepare.errors import (
     SourceUnreachable,
     UnsafeArchive,
 )
-from modelops_trainer.prepare.remote import open_source
+from modelops_trainer.prepare.remote import SourceTimeout, open_source
 
 #: Bytes copied at a time; also what one member may have in memory.
 BLOCK = 1 << 20
@@ -191,6 +191,8 @@ def extract_archive(uri: str, into: Path, limits: ArchiveLimits) -> Path:
         raise InvalidSource(f"source {uri} is not a readable tar or zip archive: {e}") from e
     except PrepareError:
         raise
+    except SourceTimeout as e:  # the server stalled mid-archive: it is the source that failed
+        raise SourceUnreachable(f"source {uri} cannot be read: {type(e).__name__}: {e}") from e
     except Exception as e:  # a full scratch volume, a name the file system refuses, a cut connection
         raise InvalidSource(f"archive {uri} cannot be extracted: {type(e).__name__}: {e}") from e
     entries = [p for p in into.iterdir() if not p.name.startswith(".")]

@@ -11,10 +11,11 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, ValidationError, model_validator
 
 from modelops_trainer.datasetfmt import AugmentationPolicy
 from modelops_trainer.errors import ConfigError
+from modelops_trainer.storage import check_scheme
 from modelops_trainer.wire import WireModel as _Model
 
 CONFIG_ENV = "MODELOPS_PREPARE_CONFIG"
@@ -28,8 +29,9 @@ def _default_modes() -> list[PilMode]:
 class Source(_Model):
     """One place images come from."""
 
-    uri: str = Field(min_length=1)
-    """A folder, an archive (.tar, .tar.gz, .tgz, .zip) or a manifest (.csv, .jsonl), any fsspec URI."""
+    uri: Annotated[str, Field(min_length=1), AfterValidator(check_scheme)]
+    """A folder, an archive (.tar, .tar.gz, .tgz, .zip) or a manifest (.csv, .jsonl): a local path or a
+    `file://`, `s3://` or `http(s)://` URI."""
     format: Literal["imageFolder", "archive", "csv", "jsonl"] = "imageFolder"
     """How to read `uri`."""
     uri_column: str = "uri"
@@ -90,7 +92,7 @@ class DatasetRef(_Model):
 
 
 class Output(_Model):
-    uri: str = Field(min_length=1)
+    uri: Annotated[str, Field(min_length=1), AfterValidator(check_scheme)]
     """Versions are written under this URI as `<uri>/<version>/`."""
 
 

@@ -8,7 +8,8 @@
   class. A manifest is read up to `limits.manifestMaxBytes`. Its rows may only point where the
   Dataset's sources already do (`allowed`): the scheme and host of a source, and for local files a
   path under a source's folder, so a manifest cannot make the program read `/etc` or an internal
-  service. HTTP redirects are not followed.
+  service. An HTTP redirect from a public address to an internal one is not followed
+  (`remote.redirect_problem`).
 """
 
 from __future__ import annotations
