@@ -145,8 +145,8 @@ BAD = [
         "spec.jobs.callbackHosts[0] in body should match",
     ),
     (
-        model_deployment().set("spec.jobs", {"redisSecretRef": {"name": "q"}, "batchRoots": ["ftp://b/x/"]}),
-        "spec.jobs.batchRoots[0] in body should match",
+        model_deployment().set("spec.jobs", {"redisSecretRef": {"name": "q"}, "batchRoots": ["gs://b/x/"]}),
+        "the URI's scheme must be file://, s3://, http:// or https://",
     ),
     (
         model_deployment().set("spec.jobs", {"redisSecretRef": {"name": "q"}, "consumersPerPod": 0}),

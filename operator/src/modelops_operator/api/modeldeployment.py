@@ -162,9 +162,7 @@ class Jobs(ApiModel):
     ] = Field(default_factory=list, max_length=32)
     """Hosts (`host` or `host:port`) a job's `callbackUrl` may name; empty refuses callbacks, so
     the server cannot be made to POST to internal services."""
-    batch_roots: list[Annotated[str, Field(max_length=2048, pattern=URI_PATTERN)]] = Field(
-        default_factory=list, max_length=16
-    )
+    batch_roots: list[StorageUri] = Field(default_factory=list, max_length=16)
     """URI prefixes (`s3://bucket/batch/`, `file:///data/batch/`) under which batch jobs may read
     their source and write their predictions; empty refuses batch jobs. Credentials for them come
     from `podSettings` (`envFrom` a Secret the admin allows)."""
