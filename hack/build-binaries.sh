@@ -8,6 +8,7 @@
 #   helm                                                             (helm.sh/helm/v3)
 #   training-operator                                                (github.com/kubeflow/training-operator)
 #   prometheus, promtool                                             (github.com/prometheus/prometheus)
+#   metrics-server (metrics.k8s.io for CPU/memory HPAs, kubectl top) (sigs.k8s.io/metrics-server)
 #   modelops-health: kstatus's and Argo CD's verdicts on objects      (sigs.k8s.io/cli-utils, github.com/argoproj/argo-cd/v3)
 #     for the unit tests of our status (tests/operator/test_health.py); keyed by a hash of its module
 # A binary already in the cache is not rebuilt. Usage: hack/build-binaries.sh [NAME ...]
@@ -58,7 +59,7 @@ k8s_ldflags() {
 }
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(kubernetes node etcd kwok helm training-operator prometheus coredns health)
+[ ${#want[@]} -gt 0 ] || want=(kubernetes node etcd kwok helm training-operator prometheus coredns metrics-server health)
 for w in "${want[@]}"; do
   case $w in
     kubernetes)
@@ -101,6 +102,11 @@ for w in "${want[@]}"; do
         build prometheus "$PROMETHEUS_VERSION" prometheus "-X github.com/prometheus/common/version.Version=$v" \
           github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool
       fi ;;
+    # Its version as metrics-server's Makefile sets it (client-go's version package).
+    metrics-server)
+      build metrics-server "$METRICS_SERVER_VERSION" metrics-server \
+        "-X k8s.io/client-go/pkg/version.gitVersion=$METRICS_SERVER_VERSION -X k8s.io/client-go/pkg/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.buildDate=1970-01-01T00:00:00Z" \
+        sigs.k8s.io/metrics-server/cmd/metrics-server ;;
     health)
       v=$(cat "$here/gomod/health/go.mod" "$here/gomod/health/go.sum" "$here/gomod/health/main.go" | sha256sum | cut -c1-12)
       build modelops-health "$v" health "" modelops.dev/hack/health:modelops-health ;;

@@ -8,7 +8,9 @@ bridge networking, kube-proxy (iptables) and CoreDNS; and kwok, which simulates 
 and GPU nodes) for scheduling and scale. The images are built from the project's Dockerfiles by
 hack/images.py and served by a registry on loopback (Debian's docker-registry). Add-ons that stay
 host processes: the Kubeflow training operator, Prometheus, CoreDNS, kube-proxy, the local
-volume provisioner (hack/provisioner.py). There is no metrics-server yet.
+volume provisioner (hack/provisioner.py), and metrics-server (the resource metrics API,
+`metrics.k8s.io`, that CPU and memory HorizontalPodAutoscalers and `kubectl top` read), registered
+with the API server's aggregation layer.
 
     hack/cluster.py up       build what is missing, start everything, write the kubeconfig
     hack/cluster.py down     stop everything and remove the cluster's state
@@ -18,10 +20,11 @@ volume provisioner (hack/provisioner.py). There is no metrics-server yet.
 
 State (certificates, etcd data, containerd's images and containers, volumes, logs, kubeconfig)
 lives in $MODELOPS_CLUSTER_DIR (default .cluster/ in the repository). Ports: $MODELOPS_API_PORT
-(16443), $MODELOPS_ETCD_PORT (12379), $MODELOPS_REGISTRY_PORT (15000). Network: the node's
-bridge mo-br0 is 10.250.0.1/16 (pod addresses), Services are 10.96.0.0/16 (routed to the bridge,
-so that nothing addressed to them leaves this machine), kwok's simulated pod addresses
-10.244.0.0/16 are blackholed. Needs root (network, mounts, cgroups).
+(16443), $MODELOPS_ETCD_PORT (12379), $MODELOPS_REGISTRY_PORT (15000), $MODELOPS_METRICS_SERVER_PORT
+(19100, metrics-server on the node's address). Network: the node's bridge mo-br0 is
+10.250.0.1/16 (pod addresses), Services are 10.96.0.0/16 (routed to the bridge, so that nothing
+addressed to them leaves this machine), kwok's simulated pod addresses 10.244.0.0/16 are
+blackholed. Needs root (network, mounts, cgroups).
 Only the standard library is used, so this runs before the virtualenv exists.
 """
 
@@ -71,6 +74,9 @@ CONTAINERD_SOCK = RUN_DIR / "containerd" / "containerd.sock"
 CNI_BIN = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
 EGRESS_CHAIN = "MODELOPS-POD-EGRESS"
 PROMETHEUS_PORT = int(os.environ.get("MODELOPS_PROMETHEUS_PORT", "19090"))
+METRICS_SERVER_PORT = int(os.environ.get("MODELOPS_METRICS_SERVER_PORT", "19100"))
+#: The APIService that metrics-server serves through the API server's aggregation layer.
+METRICS_APISERVICE = "v1beta1.metrics.k8s.io"
 TRAINING_OPERATOR_PORTS = int(os.environ.get("MODELOPS_TRAINING_OPERATOR_PORT", "19443"))  # +1, +2: metrics, health
 KUBECONFIG = STATE / "kubeconfig"
 WEBHOOK_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")  # fixed in the training operator
@@ -103,25 +109,37 @@ def run(*args: str | Path, capture: bool = False, **kw: object) -> str:
 # --- certificates -----------------------------------------------------------------------------
 
 
-def _openssl_leaf(name: str, subject: str, ext: str) -> None:
+def _openssl_req(name: str, subject: str, *mode: str) -> None:
+    """A new RSA key `<name>.key` with either a self-signed certificate (mode -x509: a CA) or a
+    certificate request `<name>.csr` (mode -new: a leaf, signed by _openssl_leaf)."""
+    pki = STATE / "pki"
+    out = pki / (f"{name}.crt" if "-x509" in mode else f"{name}.csr")
+    run(
+        "openssl",
+        "req",
+        *mode,
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        pki / f"{name}.key",
+        "-out",
+        out,
+        "-subj",
+        subject,
+    )
+
+
+def _openssl_ca(name: str, subject: str) -> None:
+    _openssl_req(name, subject, "-x509", "-days", "3650")
+
+
+def _openssl_leaf(name: str, subject: str, ext: str, ca: str = "ca") -> None:
     pki = STATE / "pki"
     with tempfile.NamedTemporaryFile("w", suffix=".cnf", delete=False) as f:
         f.write(ext)
     try:
-        run(
-            "openssl",
-            "req",
-            "-new",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            pki / f"{name}.key",
-            "-out",
-            pki / f"{name}.csr",
-            "-subj",
-            subject,
-        )
+        _openssl_req(name, subject, "-new")
         run(
             "openssl",
             "x509",
@@ -129,9 +147,9 @@ def _openssl_leaf(name: str, subject: str, ext: str) -> None:
             "-in",
             pki / f"{name}.csr",
             "-CA",
-            pki / "ca.crt",
+            pki / f"{ca}.crt",
             "-CAkey",
-            pki / "ca.key",
+            pki / f"{ca}.key",
             "-CAcreateserial",
             "-out",
             pki / f"{name}.crt",
@@ -143,6 +161,14 @@ def _openssl_leaf(name: str, subject: str, ext: str) -> None:
     finally:
         os.unlink(f.name)
 
+
+#: metrics-server's identity (its client certificate's CN), which RBAC binds to its roles.
+METRICS_SERVER_USER = "modelops:metrics-server"
+#: The aggregation layer's client certificate: the API server proxies requests to metrics-server
+#: with it, and metrics-server trusts the user headers of a client of this name from the
+#: front-proxy CA (a CA of its own, as Kubernetes asks: the cluster CA's clients must not be able
+#: to pass as the proxy).
+FRONT_PROXY_CLIENT = "front-proxy-client"
 
 CLIENTS = {
     # name: subject. admin is in system:masters; the control-plane components use their own
@@ -157,49 +183,47 @@ CLIENTS = {
     "node": f"/O=system:nodes/CN=system:node:{NODE_NAME}",
     "kube-proxy": "/CN=system:kube-proxy",
     "apiserver-kubelet-client": "/O=system:masters/CN=kube-apiserver-kubelet-client",
+    # metrics-server, to the API server and to the kubelet (whose webhook authorizer asks RBAC:
+    # the ClusterRole system:metrics-server gives it nodes/metrics), bound in metrics_server_manifest().
+    "metrics-server": f"/CN={METRICS_SERVER_USER}",
 }
 
 
 def make_pki() -> None:
-    """A CA, the API server's serving certificate, client certificates, the service-account key."""
+    """A CA, the API server's serving certificate, client certificates, the service-account key,
+    the aggregation layer's CA and client certificate, and metrics-server's serving certificate.
+    Only what is missing is made, so that a cluster made before a certificate was added gets it."""
     pki = STATE / "pki"
-    if (pki / "ca.crt").exists():
-        return
     pki.mkdir(parents=True, exist_ok=True)
-    run(
-        "openssl",
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        pki / "ca.key",
-        "-out",
-        pki / "ca.crt",
-        "-days",
-        "3650",
-        "-subj",
-        "/CN=modelops-local-ca",
-    )
+    serving = "extendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n"
+    client = "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n"
+    if not (pki / "ca.crt").exists():
+        _openssl_ca("ca", "/CN=modelops-local-ca")
+    if not (pki / "front-proxy-ca.crt").exists():
+        _openssl_ca("front-proxy-ca", "/CN=modelops-front-proxy-ca")
     sans = (
         f"IP:127.0.0.1,IP:10.96.0.1,IP:{NODE_IP},"
         "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
     )
-    _openssl_leaf(
-        "apiserver",
-        "/CN=kube-apiserver",
-        f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n",
-    )
-    _openssl_leaf(
-        "kubelet",
-        f"/CN={NODE_NAME}",
-        f"subjectAltName=IP:{NODE_IP},DNS:{NODE_NAME}\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n",
-    )
-    for name, subject in CLIENTS.items():
-        _openssl_leaf(name, subject, "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n")
-    run("openssl", "genrsa", "-out", pki / "sa.key", "2048")
-    run("openssl", "rsa", "-in", pki / "sa.key", "-pubout", "-out", pki / "sa.pub")
+    # The aggregation layer dials metrics-server's endpoint directly but checks its certificate
+    # for the Service's name, <service>.<namespace>.svc (kube-aggregator's proxy handler).
+    leaves = {
+        "apiserver": ("/CN=kube-apiserver", f"subjectAltName={sans}\n{serving}", "ca"),
+        "kubelet": (f"/CN={NODE_NAME}", f"subjectAltName=IP:{NODE_IP},DNS:{NODE_NAME}\n{serving}", "ca"),
+        "metrics-server-serving": (
+            "/CN=metrics-server",
+            f"subjectAltName=DNS:metrics-server.kube-system.svc,IP:{NODE_IP}\n{serving}",
+            "ca",
+        ),
+        FRONT_PROXY_CLIENT: (f"/CN={FRONT_PROXY_CLIENT}", client, "front-proxy-ca"),
+        **{name: (subject, client, "ca") for name, subject in CLIENTS.items()},
+    }
+    for name, (subject, ext, ca) in leaves.items():
+        if not (pki / f"{name}.crt").exists():
+            _openssl_leaf(name, subject, ext, ca)
+    if not (pki / "sa.key").exists():
+        run("openssl", "genrsa", "-out", pki / "sa.key", "2048")
+        run("openssl", "rsa", "-in", pki / "sa.key", "-pubout", "-out", pki / "sa.pub")
 
 
 def write_kubeconfig(path: Path, user: str) -> None:
@@ -363,6 +387,18 @@ def components() -> list[Component]:
                 f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
                 f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
                 f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+                # The aggregation layer (metrics-server's metrics.k8s.io): the API server proxies
+                # to an APIService's Service with the front-proxy client certificate and passes the
+                # user in these headers; it dials the Service's endpoint itself rather than its
+                # ClusterIP, so that it does not depend on kube-proxy.
+                f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+                f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-username-headers=X-Remote-User",
+                f"--proxy-client-cert-file={pki / (FRONT_PROXY_CLIENT + '.crt')}",
+                f"--proxy-client-key-file={pki / (FRONT_PROXY_CLIENT + '.key')}",
+                "--enable-aggregator-routing=true",
                 "--v=1",
             ],
         ),
@@ -437,6 +473,30 @@ def components() -> list[Component]:
                 f"--web.listen-address={NODE_IP}:{PROMETHEUS_PORT}",
                 "--web.enable-lifecycle",
                 "--log.level=warn",
+            ],
+        ),
+        Component(
+            "metrics-server",
+            [
+                b("metrics-server"),
+                # One identity for the API server (nodes, pods; the delegated authentication and
+                # authorization of its own API) and for the kubelet's /metrics/resource.
+                f"--kubeconfig={STATE / 'metrics-server.kubeconfig'}",
+                f"--authentication-kubeconfig={STATE / 'metrics-server.kubeconfig'}",
+                f"--authorization-kubeconfig={STATE / 'metrics-server.kubeconfig'}",
+                # On the node's address, where the Service's EndpointSlice sends the API server.
+                f"--bind-address={NODE_IP}",
+                f"--secure-port={METRICS_SERVER_PORT}",
+                f"--tls-cert-file={pki / 'metrics-server-serving.crt'}",
+                f"--tls-private-key-file={pki / 'metrics-server-serving.key'}",
+                # The kubelet's serving certificate is signed by the cluster's CA: verified, not skipped.
+                f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-port={KUBELET_PORT}",
+                # Only the real node has a kubelet; kwok's simulated nodes have nothing to scrape.
+                "--node-selector=modelops.dev/pool=local",
+                "--metric-resolution=15s",
+                "--v=1",
             ],
         ),
         Component(
@@ -902,6 +962,135 @@ def training_operator_prerequisites() -> None:
     WEBHOOK_CERT_DIR.mkdir(parents=True, exist_ok=True)
 
 
+def metrics_server_manifest() -> str:
+    """metrics-server's registration and RBAC, as its own manifests (manifests/base in
+    sigs.k8s.io/metrics-server) have them, for a process outside the cluster: its roles are bound
+    to the user of its client certificate instead of a ServiceAccount, and its Service has no
+    selector: one EndpointSlice, written here, names the process's address on the node. The
+    APIService trusts metrics-server's serving certificate through the cluster's CA (no
+    `insecureSkipTLSVerify`)."""
+    user = {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": METRICS_SERVER_USER}
+    ca_bundle = base64.b64encode((STATE / "pki" / "ca.crt").read_bytes()).decode()
+    rbac = "rbac.authorization.k8s.io/v1"
+    items: list[dict[str, object]] = [
+        {
+            # Lets the users of the view, edit and admin roles read pods' and nodes' usage.
+            "apiVersion": rbac,
+            "kind": "ClusterRole",
+            "metadata": {
+                "name": "system:aggregated-metrics-reader",
+                "labels": {f"rbac.authorization.k8s.io/aggregate-to-{r}": "true" for r in ("view", "edit", "admin")},
+            },
+            "rules": [
+                {"apiGroups": ["metrics.k8s.io"], "resources": ["pods", "nodes"], "verbs": ["get", "list", "watch"]}
+            ],
+        },
+        {
+            "apiVersion": rbac,
+            "kind": "ClusterRole",
+            "metadata": {"name": "system:metrics-server"},
+            "rules": [
+                {"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]},
+                {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["get", "list", "watch"]},
+            ],
+        },
+        {
+            "apiVersion": rbac,
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "system:metrics-server"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "system:metrics-server",
+            },
+            "subjects": [user],
+        },
+        {  # delegated authentication and authorization: TokenReviews and SubjectAccessReviews
+            "apiVersion": rbac,
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "metrics-server:system:auth-delegator"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "system:auth-delegator",
+            },
+            "subjects": [user],
+        },
+        {  # the request-header CA and names, in the ConfigMap extension-apiserver-authentication
+            "apiVersion": rbac,
+            "kind": "RoleBinding",
+            "metadata": {"name": "metrics-server-auth-reader", "namespace": "kube-system"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "extension-apiserver-authentication-reader",
+            },
+            "subjects": [user],
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "metrics-server", "namespace": "kube-system"},
+            "spec": {
+                "ports": [
+                    {
+                        "name": "https",
+                        "port": 443,
+                        "protocol": "TCP",
+                        "targetPort": METRICS_SERVER_PORT,
+                        "appProtocol": "https",
+                    }
+                ]
+            },
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "metrics-server-host",
+                "namespace": "kube-system",
+                "labels": {
+                    "kubernetes.io/service-name": "metrics-server",
+                    "endpointslice.kubernetes.io/managed-by": "modelops-cluster",
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [NODE_IP], "conditions": {"ready": True}}],
+            "ports": [{"name": "https", "port": METRICS_SERVER_PORT, "protocol": "TCP", "appProtocol": "https"}],
+        },
+        {
+            "apiVersion": "apiregistration.k8s.io/v1",
+            "kind": "APIService",
+            "metadata": {"name": METRICS_APISERVICE},
+            "spec": {
+                "service": {"name": "metrics-server", "namespace": "kube-system", "port": 443},
+                "group": "metrics.k8s.io",
+                "version": "v1beta1",
+                "caBundle": ca_bundle,
+                "groupPriorityMinimum": 100,
+                "versionPriority": 100,
+            },
+        },
+    ]
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+
+
+def apiservice_available(name: str = METRICS_APISERVICE) -> bool:
+    """Whether the aggregation layer reaches the APIService's server (its Available condition)."""
+    code, body = api_get(f"/apis/apiregistration.k8s.io/v1/apiservices/{name}")
+    if code != 200:
+        return False
+    conditions = json.loads(body).get("status", {}).get("conditions", [])
+    return any(c.get("type") == "Available" and c.get("status") == "True" for c in conditions)
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
 def _mount_webhook_cert() -> bool:
     """Do the kubelet's part: once the rotator has filled its Secret, put the files where the
     training operator reads them (it starts its controllers only then)."""
@@ -972,6 +1161,7 @@ def up(_: argparse.Namespace) -> int:
         "kwok",
         "training-operator",
         "prometheus",
+        "metrics-server",
     ]
     if not all((BIN / n).exists() for n in need):
         run(HACK / "build-binaries.sh", stdout=None, stderr=None)
@@ -981,18 +1171,12 @@ def up(_: argparse.Namespace) -> int:
     node_network()
     make_pki()
     write_kubeconfig(KUBECONFIG, "admin")
-    for user in ("kube-controller-manager", "kube-scheduler", "kwok", "node", "kube-proxy"):
+    for user in ("kube-controller-manager", "kube-scheduler", "kwok", "node", "kube-proxy", "metrics-server"):
         write_kubeconfig(STATE / f"{user}.kubeconfig", user)
     if not (STATE / "kwok.yaml").exists():
         kwok_config()
     comps = {c.name: c for c in components()}
-    if comps["kube-apiserver"].pid() is None:
-        for port in (ETCD_PORT, API_PORT, REGISTRY_PORT):
-            if _port_in_use(port):
-                raise SystemExit(
-                    f"port {port} is already in use (another local cluster?): stop it, or choose other ports "
-                    "with MODELOPS_API_PORT / MODELOPS_ETCD_PORT / MODELOPS_REGISTRY_PORT"
-                )
+    _check_before_start(comps["kube-apiserver"])
     comps["etcd"].start()
     comps["kube-apiserver"].start()
     registry_config()
@@ -1020,6 +1204,8 @@ def up(_: argparse.Namespace) -> int:
     wait_for("the training operator's webhook certificate", _mount_webhook_cert, 60, comps["training-operator"])
     prometheus_config()
     comps["prometheus"].start()
+    kubectl("apply", "--server-side", "--field-manager=modelops-cluster", "-f", "-", stdin=metrics_server_manifest())
+    comps["metrics-server"].start()
     kubectl("apply", "--server-side", "--field-manager=modelops-cluster", "-f", "-", stdin=nodes_manifest())
     wait_for(
         "the default ServiceAccount (controller-manager up)",
@@ -1034,9 +1220,30 @@ def up(_: argparse.Namespace) -> int:
         120,
         comps["kubelet"],
     )
+    # The API server reaches metrics-server (discovery of metrics.k8s.io answers); the first
+    # usage figures follow one or two scrapes (15 s each) after a pod starts.
+    wait_for(f"the APIService {METRICS_APISERVICE} Available", apiservice_available, 120, comps["metrics-server"])
     log(f"cluster up in {time.monotonic() - start:.1f}s; kubeconfig: {KUBECONFIG}")
     print(f"export KUBECONFIG={KUBECONFIG}")
     return 0
+
+
+def _check_before_start(apiserver: Component) -> None:
+    """A running API server must have the flags this script gives it now; a stopped one must find
+    its ports free."""
+    pid = apiserver.pid()
+    if pid is not None and not any(a.startswith("--proxy-client-cert-file=") for a in _cmdline(pid)):
+        raise SystemExit(
+            "the running API server was started without the aggregation layer that metrics-server needs "
+            "(a cluster from before metrics-server was added): run `hack/cluster.py down`, then `up`"
+        )
+    if pid is None:
+        for port in (ETCD_PORT, API_PORT, REGISTRY_PORT):
+            if _port_in_use(port):
+                raise SystemExit(
+                    f"port {port} is already in use (another local cluster?): stop it, or choose other ports "
+                    "with MODELOPS_API_PORT / MODELOPS_ETCD_PORT / MODELOPS_REGISTRY_PORT"
+                )
 
 
 def _http_ok(url: str) -> bool:
@@ -1102,6 +1309,8 @@ def status(_: argparse.Namespace) -> int:
     print(f"{'modelops-operator':26} {'running, pid ' + str(operator) if operator else 'not started'}")
     code, _body = api_get("/readyz") if (STATE / "pki").exists() else (0, "")
     print(f"{'api /readyz':26} {code or 'unreachable'}")
+    if code == 200:
+        print(f"{METRICS_APISERVICE:26} {'Available' if apiservice_available() else 'not available'}")
     return 0 if ok and code == 200 else 1
 
 

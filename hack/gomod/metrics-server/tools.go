@@ -1,0 +1,8 @@
+//go:build tools
+
+// Package tools records the metrics-server command this module builds, so `go mod tidy` keeps it.
+package tools
+
+import (
+	_ "sigs.k8s.io/metrics-server/cmd/metrics-server"
+)
