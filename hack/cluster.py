@@ -11,6 +11,8 @@ host processes: the Kubeflow training operator, Prometheus, CoreDNS, kube-proxy,
 volume provisioner (hack/provisioner.py), and metrics-server (the resource metrics API,
 `metrics.k8s.io`, that CPU and memory HorizontalPodAutoscalers and `kubectl top` read), registered
 with the API server's aggregation layer.
+The Gateway API's standard CRDs are installed (HTTPRoute, Gateway, ...), with no Gateway
+controller.
 
     hack/cluster.py up       build what is missing, start everything, write the kubeconfig
     hack/cluster.py down     stop everything and remove the cluster's state
@@ -1091,6 +1093,17 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
+def gateway_api_crds() -> None:
+    """The Gateway API's standard-channel CRDs (HTTPRoute, Gateway, GatewayClass, GRPCRoute,
+    ReferenceGrant), from the sigs.k8s.io/gateway-api module of hack/gomod/gateway-api: a
+    ModelDeployment's `trafficRouting.httpRoute` needs the HTTPRoute kind. Downloaded into the
+    module cache when not there yet (a wrapper with nothing to build)."""
+    wrapper = HACK / "gomod" / "gateway-api"
+    run("go", "mod", "download", "sigs.k8s.io/gateway-api", cwd=wrapper)
+    crds = go_module_dir("gateway-api", "sigs.k8s.io/gateway-api") / "config" / "crd" / "standard"
+    kubectl("apply", "--server-side", "--field-manager=modelops-cluster", "-f", str(crds))
+
+
 def _mount_webhook_cert() -> bool:
     """Do the kubelet's part: once the rotator has filled its Secret, put the files where the
     training operator reads them (it starts its controllers only then)."""
@@ -1200,6 +1213,7 @@ def up(_: argparse.Namespace) -> int:
     wait_for("CoreDNS ready", lambda: _http_ok("http://127.0.0.1:18181/ready"), 60, comps["coredns"])
     wait_for("kube-proxy healthy", lambda: _http_ok("http://127.0.0.1:10256/healthz"), 60, comps["kube-proxy"])
     training_operator_prerequisites()
+    gateway_api_crds()
     comps["training-operator"].start()
     wait_for("the training operator's webhook certificate", _mount_webhook_cert, 60, comps["training-operator"])
     prometheus_config()

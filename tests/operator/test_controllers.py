@@ -26,7 +26,7 @@ from modelops_operator.reconcile import ownership, rollout
 from modelops_operator.reconcile import trainingrun as rt
 from modelops_operator.reconcile.actions import Action, Registration
 from modelops_operator.settings import OperatorSettings
-from tests.support.objects import DIGEST, model_deployment, training_run
+from tests.support.objects import DIGEST, http_route, model_deployment, training_run
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 250_000, tzinfo=UTC)
 SETTINGS = OperatorSettings()
@@ -48,12 +48,15 @@ CHILDREN = [
 ]
 
 
-def md(*steps: dict[str, Any], route: bool = False) -> dict[str, Any]:
+def md(*steps: dict[str, Any], route: bool = False, header: bool = False) -> dict[str, Any]:
     builder = model_deployment("digits")
     if steps:
         builder.set("spec.rollout.steps", list(steps))
     if route:
-        builder.set("spec.rollout.trafficRouting", {"httpRoute": ROUTE})
+        routing: dict[str, Any] = {"httpRoute": ROUTE}
+        if header:
+            routing["headerRoute"] = {"name": "x-canary", "value": "yes"}
+        builder.set("spec.rollout.trafficRouting", routing)
     body = builder.obj()
     body["metadata"].update(namespace="ns", uid="u-1", generation=3, annotations={})
     return body
@@ -61,6 +64,10 @@ def md(*steps: dict[str, Any], route: bool = False) -> dict[str, Any]:
 
 def serving(model: ServedModel, replicas: int = 2) -> rollout.Track:
     return rollout.Track(replicas=replicas, ready=replicas, updated=replicas, available=replicas, digest=model.digest)
+
+
+#: One ready canary pod of M2.
+ONE_CANARY_POD = serving(M2, 1)
 
 
 def canary_at(step: int, *, aborted: bool = False) -> ModelDeploymentStatus:
@@ -71,8 +78,12 @@ def canary_at(step: int, *, aborted: bool = False) -> ModelDeploymentStatus:
 
 
 def route_of(owner: str | None) -> dict[str, Any]:
-    annotations = {ownership.ROUTE_ANNOTATION: owner} if owner else {}
-    return {"kind": "HTTPRoute", "metadata": {"name": ROUTE, "namespace": "ns", "annotations": annotations}}
+    return http_route(ROUTE, owner).obj()
+
+
+def accepted(canary: int) -> dict[str, Any]:
+    """The route carrying `canary`% to the canary, accepted by its Gateway at its latest generation."""
+    return http_route(ROUTE).split(canary).parent().obj()
 
 
 def foreign(child: dict[str, Any]) -> dict[str, Any]:
@@ -101,8 +112,50 @@ class MDCase:
     """The actions, as (verb, kind, name); None: one per child, `child_verb` each, then the gauge."""
     child_verb: str = "create"
     route_weight: int | None = None
+    """The canary's weight in the HTTPRoute patch; None: no patch."""
+    header_rule: bool = False
+    """The HTTPRoute patch has a header rule."""
+    step: int | None = None
+    canary_weight: int | None = None
     removed_annotation: str | None = None
     gauge: float = 0.0
+
+
+def serving_through_route(name: str, route: dict[str, Any], **expected: Any) -> MDCase:
+    """M1 serves (its children ours) and the HTTPRoute `route` is handed over."""
+    return MDCase(
+        name,
+        body=md(route=True),
+        old=ModelDeploymentStatus(stable=M1),
+        stable=serving(M1),
+        existing="ours",
+        route=route,
+        child_verb="apply",
+        **expected,
+    )
+
+
+def canary_through_route(
+    name: str,
+    route: dict[str, Any],
+    *,
+    canary: rollout.Track | None = ONE_CANARY_POD,
+    aborted: bool = False,
+    **expected: Any,
+) -> MDCase:
+    """M2 rolls out beside M1 at a 30% step (then a pause), with a header route, through `route`."""
+    return MDCase(
+        name,
+        body=md({"setWeight": 30}, {"pause": {}}, route=True, header=True),
+        old=canary_at(0, aborted=aborted),
+        target=M2,
+        stable=serving(M1),
+        canary=canary,
+        existing="ours",
+        route=route,
+        child_verb="apply",
+        **expected,
+    )
 
 
 MD_CASES = [
@@ -164,32 +217,78 @@ MD_CASES = [
         reason=c.ROUTE_NOT_DELEGATED,
         verbs=[],
     ),
-    MDCase(
-        "a canary at a 30% step: the route gets 30%",
-        body=md({"setWeight": 30}, {"pause": {}}, route=True),
-        old=canary_at(0),
-        target=M2,
-        stable=serving(M1),
-        existing="ours",
-        route=route_of("digits"),
-        child_verb="apply",
+    canary_through_route(
+        "a canary at a 30% step without a ready pod: the route sends it nothing yet",
+        accepted(0),
+        canary=None,
+        phase="Progressing",
+        reason=c.ROLLOUT_IN_PROGRESS,
+        step=0,
+        canary_weight=0,
+    ),
+    canary_through_route(
+        "a canary pod is ready at a 30% step: the route gets 30% and the header rule; the step waits for it",
+        accepted(0),
         phase="Progressing",
         reason=c.ROLLOUT_IN_PROGRESS,
         route_weight=30,
+        header_rule=True,
+        step=0,
+        canary_weight=0,
     ),
-    MDCase(
+    canary_through_route(
+        "the accepted route carries 30%: the step moves on, canaryWeight is 30; the header rule is added",
+        accepted(30),
+        phase="Paused",
+        reason=c.ROLLOUT_PAUSED,
+        route_weight=30,
+        header_rule=True,
+        step=1,
+        canary_weight=30,
+    ),
+    canary_through_route(
         "a rolled-back canary: the route sends it nothing, the gauge says so",
-        body=md({"setWeight": 30}, route=True),
-        old=canary_at(0, aborted=True),
-        target=M2,
-        stable=serving(M1),
-        existing="ours",
-        route=route_of("digits"),
-        child_verb="apply",
+        accepted(30),
+        aborted=True,
         phase="Degraded",
         reason=c.ROLLED_BACK,
         route_weight=0,
         gauge=1.0,
+    ),
+    serving_through_route(
+        "serving through a route no Gateway accepted: not Ready, Degraded with the Gateway's reason",
+        http_route(ROUTE).split(0).parent("False", reason="NotAllowedByListeners").obj(),
+        phase="Degraded",
+        reason=c.ROUTE_NOT_ACCEPTED,
+        canary_weight=0,
+    ),
+    serving_through_route(
+        "serving through a route whose backends the Gateway refuses: RouteBackendsRefused",
+        http_route(ROUTE).split(0).parent(resolved="False", reason="RefNotPermitted").obj(),
+        phase="Degraded",
+        reason=c.ROUTE_BACKENDS_REFUSED,
+    ),
+    serving_through_route(
+        "a route without the operator's rules: they are written, and Ready waits for the Gateway",
+        http_route(ROUTE).rule(("web", 1), path="/web").parent().obj(),
+        phase="Progressing",
+        reason=c.ROUTE_PENDING,
+        route_weight=0,
+    ),
+    serving_through_route(
+        "serving through an accepted route: Healthy, nothing written to the route",
+        accepted(0),
+        phase="Healthy",
+        reason=c.SERVING,
+        canary_weight=0,
+    ),
+    MDCase(
+        "a route full of the user's rules: nothing written",
+        body=md(route=True),
+        route=http_route(ROUTE).obj() | {"spec": {"rules": [{"backendRefs": [{"name": f"s{i}"}]} for i in range(16)]}},
+        phase="Failed",
+        reason=c.ROUTE_TOO_MANY_RULES,
+        verbs=[],
     ),
     MDCase(
         "promote at a manual pause: the command is consumed",
@@ -221,7 +320,8 @@ MD_CASES = [
 
 def decide(case: MDCase) -> tuple[rm.Desired, Any]:
     spec = ModelDeploymentSpec.model_validate(case.body["spec"])
-    seen = rollout.RolloutObserved(case.target, case.stable, case.canary, T0, case.command)
+    route_weight = rm.route_weight_in_effect(spec, case.body, case.route)
+    seen = rollout.RolloutObserved(case.target, case.stable, case.canary, T0, case.command, None, route_weight)
     want = rm.desired(case.body, spec, case.old, seen, SETTINGS, service_monitor=case.crds, prometheus_rule=case.crds)
     held = {
         "none": lambda child: None,
@@ -249,8 +349,17 @@ def test_model_deployment_status_and_actions(case: MDCase):
     assert [(a.verb, a.kind, a.name) for a in out.actions] == expected
     by_verb = {a.verb: a for a in out.actions}
     if case.route_weight is not None:
-        weights = [b["weight"] for rule in by_verb["patch"].body["spec"]["rules"] for b in rule["backendRefs"]]
-        assert weights == [100 - case.route_weight, case.route_weight]
+        rules = [
+            [(b["name"], b["weight"]) for b in rule["backendRefs"]] for rule in by_verb["patch"].body["spec"]["rules"]
+        ]
+        split = [("digits-stable", 100 - case.route_weight), ("digits-canary", case.route_weight)]
+        header = [[("digits-canary", 1)]] if case.header_rule else []
+        assert rules[: len(header) + 1] == [*header, split]
+        assert not any(r == [("digits-canary", 1)] for r in rules[len(header) + 1 :])
+    if case.step is not None:
+        assert out.status.current_step == case.step
+    if case.canary_weight is not None:
+        assert out.status.canary_weight == case.canary_weight
     if case.removed_annotation is not None:
         assert by_verb["annotate"].body == {case.removed_annotation: None}
     if out.actions:

@@ -29,7 +29,7 @@ from modelops_operator.builders.modeldeployment import (
     build_services,
     canary_replicas,
     deployment_name,
-    http_route_patch,
+    http_route_rules,
     pod_template,
     service_url,
 )
@@ -130,7 +130,7 @@ def test_every_reference_to_a_track_names_the_deployment_the_builder_names(name)
     services = {s["metadata"]["name"] for s in build_services(body)}
     assert set(built.values()) <= services
     assert build_hpa(body, spec)["spec"]["scaleTargetRef"]["name"] == built["stable"]
-    backends = http_route_patch(spec, name, 10)["spec"]["rules"][-1]["backendRefs"]
+    backends = http_route_rules(spec, name, 10, canary_serves=True)[-1]["backendRefs"]
     assert [b["name"] for b in backends] == [built["stable"], built["canary"]]
     (group,) = rule_groups("ns", name, spec.alerts)
     (alert,) = [r for r in group["rules"] if r["alert"] == NO_READY_REPLICAS]
@@ -518,22 +518,33 @@ def test_service_monitor_selects_the_canary_service():
 @pytest.mark.parametrize("weight", [0, 10, 50, 100])
 def test_http_route_weights_sum_to_100(weight):
     body = md_obj({"rollout": {"trafficRouting": {"httpRoute": "digits"}}})
-    patch = http_route_patch(spec_of(body), "digits", weight)
-    (rule,) = patch["spec"]["rules"]
-    assert rule["backendRefs"] == [
-        {"name": "digits-stable", "port": 80, "weight": 100 - weight},
-        {"name": "digits-canary", "port": 80, "weight": weight},
+    (rule,) = http_route_rules(spec_of(body), "digits", weight, canary_serves=True)
+    assert [(b["name"], b["weight"]) for b in rule["backendRefs"]] == [
+        ("digits-stable", 100 - weight),
+        ("digits-canary", weight),
     ]
     assert sum(b["weight"] for b in rule["backendRefs"]) == 100
 
 
-def test_the_header_route_comes_first():
-    routing = {"httpRoute": "digits", "headerRoute": {"name": "x-canary", "value": "yes"}}
-    body = md_obj({"rollout": {"trafficRouting": routing}})
-    header, split = http_route_patch(spec_of(body), "digits", 10)["spec"]["rules"]
-    assert header["matches"] == [{"headers": [{"type": "Exact", "name": "x-canary", "value": "yes"}]}]
-    assert header["backendRefs"] == [{"name": "digits-canary", "port": 80, "weight": 1}]
-    assert "matches" not in split and [b["weight"] for b in split["backendRefs"]] == [90, 10]
+HEADER_ROUTING = {"httpRoute": "digits", "headerRoute": {"name": "x-canary", "value": "yes"}}
+
+
+def test_the_header_route_comes_first_while_a_canary_serves():
+    body = md_obj({"rollout": {"trafficRouting": HEADER_ROUTING}})
+    header, split = http_route_rules(spec_of(body), "digits", 10, canary_serves=True)
+    (match,) = header["matches"]
+    assert match["headers"] == [{"type": "Exact", "name": "x-canary", "value": "yes"}]
+    assert [(b["name"], b["weight"]) for b in header["backendRefs"]] == [("digits-canary", 1)]
+    assert [b["weight"] for b in split["backendRefs"]] == [90, 10]
+
+
+def test_no_header_rule_without_a_serving_canary():
+    """Marked requests must not go to a canary Service without pods: without a serving canary the
+    header rule is left out, and they follow the weighted rule (all to stable at weight 0)."""
+    body = md_obj({"rollout": {"trafficRouting": HEADER_ROUTING}})
+    (split,) = http_route_rules(spec_of(body), "digits", 0, canary_serves=False)
+    assert "headers" not in split["matches"][0]
+    assert [(b["name"], b["weight"]) for b in split["backendRefs"]] == [("digits-stable", 100), ("digits-canary", 0)]
 
 
 # --- canary replicas ---------------------------------------------------------------------------------------

@@ -842,3 +842,33 @@ def test_a_command_is_an_annotation_set_to_true_and_the_event_filter_agrees(anno
     assert requested_command(annotations) == command
     assert controllers.commanded(MODEL_DEPLOYMENT, annotations) is (command is not None)
     assert controllers.commanded(DATASET, annotations) is False
+
+
+# --- with an HTTPRoute ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("in_effect", "advances"),
+    [(0, False), (10, True), (50, False)],
+    ids=["route-not-in-effect", "route-carries-the-step", "route-carries-another-weight"],
+)
+def test_with_an_http_route_set_weight_waits_for_the_route_to_carry_it(in_effect, advances):
+    spec = spec_of([weight(10), pause()], trafficRouting={"httpRoute": "digits-route"})
+    seen = RolloutObserved(M2, ready_track(2, M1), ready_track(1, M2), T0, route_weight=in_effect)
+    out = plan(spec, at_step(0), seen, 1)
+    assert out.status.current_step == (1 if advances else 0)
+    if not advances:
+        assert out.status.message == (
+            f"step 0: waiting for HTTPRoute digits-route to carry 10% to the canary ({in_effect}% in effect)"
+        )
+
+
+@pytest.mark.parametrize("in_effect", [0, 10, 50])
+def test_with_an_http_route_canary_weight_is_the_weight_in_effect_not_the_pod_share(in_effect):
+    """One canary pod beside two stable ones is a third of the pods; through the route the canary
+    gets what the accepted route carries."""
+    spec = spec_of([weight(10), pause()], trafficRouting={"httpRoute": "digits-route"})
+    seen = RolloutObserved(M2, ready_track(2, M1), ready_track(1, M2), T0, route_weight=in_effect)
+    out = plan(spec, at_step(0), seen, 1)
+    assert out.status.canary_weight == in_effect
+    assert out.status.desired_weight == 10

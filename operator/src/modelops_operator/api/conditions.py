@@ -170,6 +170,22 @@ ROUTE_NOT_DELEGATED = "RouteNotDelegated"
 """The HTTPRoute named in `spec.rollout.trafficRouting.httpRoute` does not exist, or does not carry
 the annotation `modelops.dev/modeldeployment: <this object's name>` by which its owner hands its
 rules to this ModelDeployment; the operator leaves it untouched."""
+ROUTE_TOO_MANY_RULES = "RouteTooManyRules"
+"""The HTTPRoute's own rules leave no room for the operator's (an HTTPRoute holds at most 16
+rules); the message says how many it needs. Nothing was written; move rules to another HTTPRoute."""
+ROUTE_NOT_ACCEPTED = "RouteNotAccepted"
+"""The HTTPRoute is accepted by no parent: no Gateway reported on it (its `spec.parentRefs` name no
+Gateway, or no controller runs for the Gateway's class), or each one refused it (the message quotes
+each parent's reason: `NotAllowedByListeners`, `NoMatchingListenerHostname`, ...). No traffic split
+is in effect: the rollout does not advance past a `setWeight` step and the object is not Ready."""
+ROUTE_BACKENDS_REFUSED = "RouteBackendsRefused"
+"""A Gateway accepted the HTTPRoute but cannot resolve its backends (`ResolvedRefs` is False: a
+Service that does not exist, a reference across namespaces without a ReferenceGrant, a kind it does
+not support); the message quotes the Gateway. Requests routed to them fail: the rollout does not
+advance past a `setWeight` step and the object is not Ready."""
+ROUTE_PENDING = "RoutePending"
+"""The HTTPRoute does not carry the operator's rules yet, or its Gateway has not reported on its
+latest generation: the weights just written are not known to be in effect. Resolves by itself."""
 
 MLFLOW_VERSION_CREATED = "MLflowVersionCreated"
 """The model version was registered in MLflow (`status.model.mlflowVersion`)."""
@@ -197,6 +213,7 @@ WAITING_REASONS = frozenset(
         ROLLING_STABLE,
         ROLLOUT_IN_PROGRESS,
         ROLLOUT_PAUSED,
+        ROUTE_PENDING,
     }
 )
 

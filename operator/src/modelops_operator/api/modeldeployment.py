@@ -274,7 +274,8 @@ class TrafficRouting(ApiModel):
     """A Gateway API HTTPRoute whose backend weights the operator sets; unset splits by replica
     ratio behind the shared Service."""
     header_route: HeaderRoute | None = None
-    """With an HTTPRoute: send requests carrying this header to the canary."""
+    """With an HTTPRoute: send requests carrying this header to the canary, while canary pods are
+    ready during a rollout (else they go where the others go)."""
 
 
 class Rollout(
@@ -384,7 +385,8 @@ class ModelDeploymentStatus(StatusBase):
     """What the operator observed and did."""
 
     phase: ModelDeploymentPhase = "Pending"
-    """Pending, Progressing (a rollout is under way), Paused, Healthy, Degraded (rolled back) or Failed."""
+    """Pending, Progressing (a rollout is under way), Paused, Healthy, Degraded (rolled back, or its
+    HTTPRoute refused by its Gateway) or Failed."""
     stable: ServedModel | None = None
     """The model serving the stable share of traffic."""
     canary: ServedModel | None = None
@@ -398,7 +400,8 @@ class ModelDeploymentStatus(StatusBase):
     canary_weight: int = Field(default=0, ge=0, le=100)
     """Percentage of traffic the canary receives now: with replica-ratio routing, its share of the
     ready server pods (which may differ from the step's weight: one canary pod beside one stable
-    pod is 50%)."""
+    pod is 50%); with an HTTPRoute, the canary's weight in the route once a Gateway accepted it at
+    its latest generation and resolved its backends (0 until then)."""
     desired_weight: int = Field(default=0, ge=0, le=100)
     """The weight the current rollout step asks for."""
     step_started_at: str | None = Field(default=None, max_length=64)

@@ -347,22 +347,30 @@ def build_service_monitor(md: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def http_route_patch(spec: ModelDeploymentSpec, name: str, weight: int) -> dict[str, Any]:
-    """A merge patch for the user's HTTPRoute: its rules send `weight`% to the canary Service and
-    the rest to the stable one; with a header route, a first rule sends matching requests to the
-    canary whatever the weight."""
-    backends = [
-        {"name": deployment_name(name, "stable"), "port": 80, "weight": 100 - weight},
-        {"name": deployment_name(name, "canary"), "port": 80, "weight": weight},
-    ]
+#: A path match of every request: what the Gateway API fills in for a rule or match without one.
+_EVERY_PATH = {"path": {"type": "PathPrefix", "value": "/"}}
+
+
+def route_backend(name: str, track: str, weight: int) -> dict[str, Any]:
+    """A backendRef of an HTTPRoute rule to a track's Service, with the Gateway API's defaults
+    written out (group, kind) so that the rule reads back as it was written."""
+    return {"group": "", "kind": "Service", "name": deployment_name(name, track), "port": 80, "weight": weight}
+
+
+def http_route_rules(spec: ModelDeploymentSpec, name: str, weight: int, canary_serves: bool) -> list[dict[str, Any]]:
+    """The rules the operator owns in the user's HTTPRoute: one sending `weight`% of every request
+    to the canary Service and the rest to the stable one, and, with a header route and while a
+    canary serves (`canary_serves`), one before it sending the requests that carry the header to
+    the canary whatever the weight. Without a serving canary the header rule is left out, so marked
+    requests go where the others go (the stable Service), never to a Service without pods.
+
+    Every rule has a backendRef to `<name>-canary`: that is how the operator knows its rules (see
+    `reconcile.routing`). Defaults are written out, as the API server would store them."""
     rules: list[dict[str, Any]] = []
     header = spec.rollout.traffic_routing.header_route
-    if header is not None:
-        rules.append(
-            {
-                "matches": [{"headers": [{"type": "Exact", "name": header.name, "value": header.value}]}],
-                "backendRefs": [{"name": deployment_name(name, "canary"), "port": 80, "weight": 1}],
-            }
-        )
-    rules.append({"backendRefs": backends})
-    return {"spec": {"rules": rules}}
+    if header is not None and canary_serves:
+        match = {"headers": [{"type": "Exact", "name": header.name, "value": header.value}], **_EVERY_PATH}
+        rules.append({"matches": [match], "backendRefs": [route_backend(name, "canary", 1)]})
+    backends = [route_backend(name, "stable", 100 - weight), route_backend(name, "canary", weight)]
+    rules.append({"matches": [dict(_EVERY_PATH)], "backendRefs": backends})
+    return rules

@@ -42,9 +42,9 @@ def observe_rollout(
     target: ServedModel,
     settings: OperatorSettings,
     now: datetime,
-) -> tuple[rollout.RolloutObserved, list[dict[str, Any] | None]]:
-    """The two tracks' Deployments (as tracks, and as read), a manual command, and the analysis
-    measurements when due."""
+) -> tuple[rollout.RolloutObserved, list[dict[str, Any] | None], dict[str, Any] | None]:
+    """The two tracks' Deployments (as tracks, and as read), a manual command, the analysis
+    measurements when due, and the HTTPRoute the spec names (what it carries in effect, and as read)."""
     meta = body["metadata"]
     ns, name = meta.get("namespace") or "", meta.get("name") or ""
     deployments = [kube.get_deployment(ns, bm.deployment_name(name, track)) for track in ("stable", "canary")]
@@ -52,7 +52,12 @@ def observe_rollout(
     command = rollout.requested_command(meta.get("annotations") or {})
     analysis = rollout.due_analysis(spec, old, now)
     measurements = measure(settings, analysis, ns, name) if analysis is not None else None
-    return rollout.RolloutObserved(target, stable, canary, now, command, measurements), deployments
+    route_name = spec.rollout.traffic_routing.http_route
+    route = kube.get_http_route(ns, route_name) if route_name else None
+    seen = rollout.RolloutObserved(
+        target, stable, canary, now, command, measurements, rm.route_weight_in_effect(spec, body, route)
+    )
+    return seen, deployments, route
 
 
 def reconcile(
@@ -73,7 +78,7 @@ def reconcile(
     target = rm.resolve_model(spec, run)
     if isinstance(target, rm.Waiting):
         return rm.waiting_status(old, generation, target, at=at), []
-    seen, deployments = observe_rollout(body, spec, old, target, settings, now)
+    seen, deployments, route = observe_rollout(body, spec, old, target, settings, now)
     want = rm.desired(
         body,
         spec,
@@ -84,8 +89,6 @@ def reconcile(
         prometheus_rule=spec.alerts.enabled and kube.crd_exists(names.PROMETHEUSRULE.crd),
     )
     claims = [ownership.claim(child, kube.get_like(child)) for child in want.children]
-    route_name = spec.rollout.traffic_routing.http_route
-    route = kube.get_http_route(ns, route_name) if route_name and not ownership.conflicts(claims) else None
     outcome = rm.reconcile_model_deployment(body, spec, old, seen, want, claims, route)
     for action in outcome.actions:
         execute(ns, action)

@@ -40,7 +40,17 @@ FAILED_PHASES: dict[type[StatusBase], frozenset[str]] = {
 ONE_SHOT = (DatasetStatus, TrainingRunStatus)
 #: Reasons of a not-Ready object that wait for a person, whatever the phase (a ModelDeployment
 #: already serving keeps its phase when refused).
-STALLING_REASONS = frozenset({c.INVALID_SPEC, c.NAME_CONFLICT, c.ROUTE_NOT_DELEGATED, c.CREDENTIALS_NOT_ALLOWED})
+STALLING_REASONS = frozenset(
+    {
+        c.INVALID_SPEC,
+        c.NAME_CONFLICT,
+        c.ROUTE_NOT_DELEGATED,
+        c.ROUTE_TOO_MANY_RULES,
+        c.ROUTE_NOT_ACCEPTED,
+        c.ROUTE_BACKENDS_REFUSED,
+        c.CREDENTIALS_NOT_ALLOWED,
+    }
+)
 #: Phases in which the object holds still by design (spec.suspend, a rollout's pause step): neither
 #: reconciling nor stalled; kstatus reads their Ready=False as InProgress, Argo CD as Suspended.
 HOLDING_PHASES = frozenset({"Suspended", "Paused"})

@@ -9,8 +9,9 @@ HTTPRoute's weights, remove a consumed command's annotation, set the rolled-back
 
 The controller observes in the order the decisions need it, so that no call is made whose answer
 is not used: the TrainingRun (when the model follows one), the two Deployments, the analysis
-measurements (when one is due), the objects holding the children's names, the HTTPRoute (when no
-name is held by another), and the server pods (when `pods_matter`).
+measurements (when one is due), the HTTPRoute (the rollout waits for the weight it carries), the
+objects holding the children's names, and the server pods (when `pods_matter`). The operator's
+rules in the HTTPRoute, and what a Gateway says of it, are `reconcile.routing`'s.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from modelops_operator.api.modeldeployment import (
 )
 from modelops_operator.builders import alerts as ba
 from modelops_operator.builders import modeldeployment as bm
-from modelops_operator.reconcile import ownership, rollout
+from modelops_operator.reconcile import ownership, rollout, routing
 from modelops_operator.reconcile.actions import Action, Outcome
 from modelops_operator.reconcile.pods import pod_problem, replica_failure
 from modelops_operator.reconcile.status import refused
@@ -84,7 +85,8 @@ def refused_status(
     old: ModelDeploymentStatus, generation: int, reason: str, messages: list[str], *, at: datetime | None = None
 ) -> ModelDeploymentStatus:
     """The status when the operator will not write the children: another's object holds a child's
-    name (NameConflict), or the HTTPRoute is not handed over (RouteNotDelegated). Nothing was
+    name (NameConflict), or the HTTPRoute is not handed over (RouteNotDelegated) or has no room for
+    the operator's rules (RouteTooManyRules). Nothing was
     written; what runs keeps running."""
     return refused(old, generation, reason, messages, old.phase if old.stable is not None else "Failed", at=at)
 
@@ -171,10 +173,25 @@ def desired(
     return Desired(plan, children)
 
 
-def route_weight(status: ModelDeploymentStatus) -> int:
-    """The canary's share of the HTTPRoute's traffic: the step's weight while a canary rolls out,
-    else 0 (a rolled-back canary gets none)."""
-    return status.desired_weight if status.canary is not None and not status.aborted else 0
+def canary_serves(status: ModelDeploymentStatus, canary: rollout.Track | None) -> bool:
+    """A canary rolls out (not rolled back) and some of its pods are ready: only then does the
+    HTTPRoute send it anything (its weight, the header's requests)."""
+    return status.canary is not None and not status.aborted and canary is not None and canary.ready > 0
+
+
+def route_weight(status: ModelDeploymentStatus, canary: rollout.Track | None) -> int:
+    """The canary's share of the HTTPRoute's traffic: the step's weight while a canary serves,
+    else 0 (a rolled-back canary, or one without a ready pod, gets none)."""
+    return status.desired_weight if canary_serves(status, canary) else 0
+
+
+def route_weight_in_effect(spec: ModelDeploymentSpec, md: dict[str, Any], route: dict[str, Any] | None) -> int | None:
+    """What the rollout reads of the HTTPRoute (`RolloutObserved.route_weight`): the canary's weight
+    in effect, 0 when no split is; None without `trafficRouting.httpRoute`."""
+    route_name = spec.rollout.traffic_routing.http_route
+    if not route_name:
+        return None
+    return routing.route_state(route, md["metadata"]["name"], route_name).weight if route is not None else 0
 
 
 def reconcile_model_deployment(
@@ -198,6 +215,13 @@ def reconcile_model_deployment(
     if route_name and (why := ownership.route_delegated(route, ns, route_name, name)):
         return Outcome(refused_status(old, generation, c.ROUTE_NOT_DELEGATED, [why], at=at))
     plan = want.plan
+    rules = []
+    if route_name and route is not None:
+        rules = bm.http_route_rules(
+            spec, name, route_weight(plan.status, seen.canary), canary_serves(plan.status, seen.canary)
+        )
+        if why := routing.too_many_rules(route, rules, name, route_name):
+            return Outcome(refused_status(old, generation, c.ROUTE_TOO_MANY_RULES, [why], at=at))
     actions = [
         Action(
             "create" if claim.verb == "create" else "apply",
@@ -207,14 +231,16 @@ def reconcile_model_deployment(
         )
         for claim in claims
     ]
-    if route_name:
-        weight = route_weight(plan.status)
-        actions.append(Action("patch", names.HTTPROUTE.kind, route_name, bm.http_route_patch(spec, name, weight)))
+    status = plan.status
+    if route_name and route is not None:
+        if (patch := routing.route_patch(route, rules, name)) is not None:
+            actions.append(Action("patch", names.HTTPROUTE.kind, route_name, patch))
+        status = routing.with_route(status, routing.route_state(route, name, route_name), generation, at=at)
     if seen.command is not None and plan.command_done:
         actions.append(Action("annotate", "ModelDeployment", name, {rollout.COMMANDS[seen.command]: None}))
     aborted = plan.status.aborted and plan.status.canary is not None
     actions.append(Action("gauge", "ModelDeployment", name, value=1.0 if aborted else 0.0))
-    status = resolved_condition(plan.status, generation, seen.target, at=at)
+    status = resolved_condition(status, generation, seen.target, at=at)
     return Outcome(status.model_copy(update={"url": bm.service_url(md)}), actions, list(plan.events))
 
 

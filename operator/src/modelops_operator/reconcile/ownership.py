@@ -11,7 +11,8 @@ controller owner reference, have it garbage-collected with our object. So:
 - anything else: a **conflict**: nothing is written, and the owner's status names the object.
 
 An HTTPRoute is never ours (the user names one to have its weights set): its owner hands it over
-with the annotation `modelops.dev/modeldeployment: <name>` (`ROUTE_ANNOTATION`).
+with the annotation `modelops.dev/modeldeployment: <name>` (`ROUTE_ANNOTATION`), and the operator
+then writes only its own rules in it (`routing` says which).
 """
 
 from __future__ import annotations
@@ -74,6 +75,6 @@ def route_delegated(route: dict[str, Any] | None, namespace: str, route_name: st
     if annotations.get(ROUTE_ANNOTATION) != owner:
         return (
             f"HTTPRoute {namespace}/{route_name} is not handed to this ModelDeployment: its owner must annotate "
-            f"it {ROUTE_ANNOTATION}: {owner} (the operator rewrites its rules); it was left untouched"
+            f"it {ROUTE_ANNOTATION}: {owner} (the operator then writes its own rules in it); it was left untouched"
         )
     return None

@@ -7,7 +7,8 @@ canary's replica count and the Events to post. All state lives in status, so an 
 resumes a rollout at the step it was in.
 
     new model ──► canary = new, step 0
-        setWeight w   canary pods for w% of traffic; next step once they are ready
+        setWeight w   canary pods for w% of traffic; next step once they are ready (and, with
+                      an HTTPRoute, once it carries w% in effect)
         pause         for a duration, or until `modelops.dev/promote`
         analysis      every `interval`, each metric's Prometheus query against its condition;
                       `count` clean measurements go on; more than `failureLimit` failed ones
@@ -143,6 +144,10 @@ class RolloutObserved:
     command: Command | None = None
     measurements: list[Measurement] | None = None
     """Taken for the current analysis step because `due_analysis` said so."""
+    route_weight: int | None = None
+    """With `trafficRouting.httpRoute`: the canary weight the HTTPRoute carries in effect (accepted
+    by a Gateway at its latest generation, backends resolved; 0 when no split is in effect). None
+    splits by replica ratio."""
 
 
 @dataclass(frozen=True)
@@ -305,6 +310,14 @@ class _Rollout:
                     have = seen.updated if seen.digest == self.canary_digest() else 0
                     self.update(message=f"step {step}: waiting for {need} canary pod(s) of the new model ({have} up)")
                     return
+                routed = self.seen.route_weight
+                if routed is not None and routed != s.set_weight:
+                    route = self.spec.rollout.traffic_routing.http_route
+                    self.update(
+                        message=f"step {step}: waiting for HTTPRoute {route} to carry {s.set_weight}% to the canary "
+                        f"({routed}% in effect)"
+                    )
+                    return
                 self.advance()
             elif s.pause is not None:
                 if self.consume("promote"):
@@ -394,7 +407,10 @@ class _Rollout:
         else:
             replicas, canary_model = 0, st.canary or st.stable
         ready = stable_seen.ready + canary_seen.ready
-        weight = round(100 * canary_seen.ready / ready) if ready and replicas else 0
+        if self.seen.route_weight is not None:
+            weight = self.seen.route_weight
+        else:  # the shared Service spreads requests over the ready pods of both tracks
+            weight = round(100 * canary_seen.ready / ready) if ready and replicas else 0
         paused = st.canary is not None and not st.aborted and self.paused
         if st.canary is not None and st.aborted:
             phase, reason = "Degraded", c.ROLLED_BACK
