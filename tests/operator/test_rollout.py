@@ -239,6 +239,20 @@ def test_healthy_says_what_it_serves():
     assert sim.out is not None and sim.out.canary_model == M1 and sim.out.canary_replicas == 0
 
 
+def test_a_scale_up_of_the_stable_track_is_not_a_rollout():
+    sim = Sim().serving()
+    assert sim.stable is not None
+    # The autoscaler asked for 4 pods; 2 new ones of the same template are starting.
+    sim.stable.replicas, sim.stable.total, sim.stable.updated = MIN_REPLICAS + 2, MIN_REPLICAS + 2, MIN_REPLICAS + 2
+    sim.reconcile(converge=False)
+    assert sim.status.phase == "Healthy" and cond(sim.status).reason == c.SERVING
+    assert sim.out is not None and sim.out.events == []
+    # Below the autoscaler's minimum it is a wait again.
+    sim.stable.available = sim.stable.ready = MIN_REPLICAS - 1
+    sim.reconcile(converge=False)
+    assert sim.status.phase == "Progressing" and cond(sim.status).reason == c.ROLLING_STABLE
+
+
 # --- starting a canary, setWeight -------------------------------------------------------------------
 
 

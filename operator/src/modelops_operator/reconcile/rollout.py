@@ -344,6 +344,17 @@ class _Rollout:
     def canary_digest(self) -> str | None:
         return self.status.canary.digest if self.status.canary else None
 
+    def scaling(self, stable: Track, digest: str) -> bool:
+        """The stable track serves `digest` on every pod and at least the autoscaler's minimum are
+        available: pods missing beyond that are a scale-up under way, not a rollout."""
+        return (
+            stable.settled
+            and stable.digest == digest
+            and stable.updated >= stable.replicas
+            and stable.total <= stable.updated
+            and stable.available >= self.spec.autoscaling.min_replicas
+        )
+
     def stable_replicas(self) -> int:
         seen = self.seen.stable
         return max(seen.replicas if seen else 0, self.spec.autoscaling.min_replicas)
@@ -418,7 +429,7 @@ class _Rollout:
             phase, reason = "Paused", c.ROLLOUT_PAUSED
         elif st.canary is not None:
             phase, reason = "Progressing", c.ROLLOUT_IN_PROGRESS
-        elif not stable_done:
+        elif not stable_done and not self.scaling(stable_seen, st.stable.digest):
             phase, reason = ("Progressing" if stable_seen.ready else "Pending"), c.ROLLING_STABLE
             self.update(message=f"stable rolling out model {st.stable.version} ({stable_seen.available} available)")
         else:
