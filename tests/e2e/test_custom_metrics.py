@@ -18,7 +18,7 @@ import pytest
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import GROUP, VERSION
-from tests.support.cluster import get, kubectl, status, wait_until
+from tests.support.cluster import event_messages, get, kubectl, status, wait_until
 from tests.support.serving import export_model
 from tests.support.workloads import Load, artifacts_on_host, served_model
 
@@ -69,19 +69,6 @@ def server_pods(namespace: str, name: str) -> set[str]:
         "json",
     ).stdout
     return {p["metadata"]["name"] for p in json.loads(out)["items"] if p["status"].get("phase") == "Running"}
-
-
-def hpa_events(namespace: str, name: str) -> list[dict[str, Any]]:
-    out = kubectl("-n", namespace, "get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json")
-    return [e for e in json.loads(out.stdout)["items"] if e["involvedObject"]["kind"] == "HorizontalPodAutoscaler"]
-
-
-def md_events(namespace: str, name: str, reason: str) -> list[str]:
-    out = kubectl(
-        "-n", namespace, "get", "events", "-o", "json",
-        "--field-selector", f"involvedObject.name={name},involvedObject.kind=ModelDeployment,reason={reason}",
-    ).stdout  # fmt: skip
-    return [e["message"] for e in json.loads(out)["items"]]
 
 
 def pods_metric(hpa: dict[str, Any]) -> float | None:
@@ -190,10 +177,10 @@ def test_an_hpa_on_in_flight_requests_scales_up_under_load_and_back_down(operato
             timeout=60,
             interval=2,
         )
-        up = [e for e in hpa_events(namespace, "busy") if e["reason"] == "SuccessfulRescale"]
-        assert any(f"pods metric {METRIC} above target" in e["message"] for e in up), [e["message"] for e in up]
+        up = event_messages(namespace, "busy", "SuccessfulRescale", kind="HorizontalPodAutoscaler")
+        assert any(f"pods metric {METRIC} above target" in m for m in up), up
         # ... and the ModelDeployment says so, with the metric against its target.
-        scaled_up = wait_until("a ScaledUp Event", lambda: md_events(namespace, "busy", "ScaledUp"), timeout=60)
+        scaled_up = wait_until("a ScaledUp Event", lambda: event_messages(namespace, "busy", "ScaledUp"), timeout=60)
         assert f"{METRIC}: " in scaled_up[0] and f"per pod (target {TARGET})" in scaled_up[0], scaled_up
         # The new pods serve and get values of their own.
         wait_until("two server pods with values", lambda: len(pod_values(namespace, selector)) >= 2, timeout=180)
@@ -208,6 +195,6 @@ def test_an_hpa_on_in_flight_requests_scales_up_under_load_and_back_down(operato
         timeout=SCALE_DOWN_WINDOW + 240,
         interval=3,
     )
-    down = [e for e in hpa_events(namespace, "busy") if e["reason"] == "SuccessfulRescale"]
-    assert any("New size: 1" in e["message"] for e in down), [e["message"] for e in down]
+    down = event_messages(namespace, "busy", "SuccessfulRescale", kind="HorizontalPodAutoscaler")
+    assert any("New size: 1" in m for m in down), down
     assert (pods_metric(get(namespace, "hpa", "busy")) or 0.0) < TARGET
