@@ -9,6 +9,9 @@
 #   training-operator                                                (github.com/kubeflow/training-operator)
 #   prometheus, promtool                                             (github.com/prometheus/prometheus)
 #   metrics-server (metrics.k8s.io for CPU/memory HPAs, kubectl top) (sigs.k8s.io/metrics-server)
+#   custom-metrics-adapter: custom.metrics.k8s.io for pods, from      (sigs.k8s.io/custom-metrics-apiserver)
+#     Prometheus (HPAs on a per-pod metric); our own small program in hack/gomod/custom-metrics-adapter,
+#     keyed by a hash of its module
 #   modelops-health: kstatus's and Argo CD's verdicts on objects      (sigs.k8s.io/cli-utils, github.com/argoproj/argo-cd/v3)
 #     for the unit tests of our status (tests/operator/test_health.py); keyed by a hash of its module
 # A binary already in the cache is not rebuilt. Usage: hack/build-binaries.sh [NAME ...]
@@ -59,7 +62,7 @@ k8s_ldflags() {
 }
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(kubernetes node etcd kwok helm training-operator prometheus coredns metrics-server health)
+[ ${#want[@]} -gt 0 ] || want=(kubernetes node etcd kwok helm training-operator prometheus coredns metrics-server custom-metrics-adapter health)
 for w in "${want[@]}"; do
   case $w in
     kubernetes)
@@ -107,6 +110,10 @@ for w in "${want[@]}"; do
       build metrics-server "$METRICS_SERVER_VERSION" metrics-server \
         "-X k8s.io/client-go/pkg/version.gitVersion=$METRICS_SERVER_VERSION -X k8s.io/client-go/pkg/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.buildDate=1970-01-01T00:00:00Z" \
         sigs.k8s.io/metrics-server/cmd/metrics-server ;;
+    custom-metrics-adapter)
+      d="$here/gomod/custom-metrics-adapter"
+      v=$(cat "$d/go.mod" "$d/go.sum" "$d/main.go" "$d/promql/promql.go" | sha256sum | cut -c1-12)
+      build custom-metrics-adapter "$v" custom-metrics-adapter "" modelops.dev/hack/custom-metrics-adapter ;;
     health)
       v=$(cat "$here/gomod/health/go.mod" "$here/gomod/health/go.sum" "$here/gomod/health/main.go" | sha256sum | cut -c1-12)
       build modelops-health "$v" health "" modelops.dev/hack/health:modelops-health ;;

@@ -8,9 +8,11 @@ bridge networking, kube-proxy (iptables) and CoreDNS; and kwok, which simulates 
 and GPU nodes) for scheduling and scale. The images are built from the project's Dockerfiles by
 hack/images.py and served by a registry on loopback (Debian's docker-registry). Add-ons that stay
 host processes: the Kubeflow training operator, Prometheus, CoreDNS, kube-proxy, the local
-volume provisioner (hack/provisioner.py), and metrics-server (the resource metrics API,
-`metrics.k8s.io`, that CPU and memory HorizontalPodAutoscalers and `kubectl top` read), registered
-with the API server's aggregation layer.
+volume provisioner (hack/provisioner.py), metrics-server (the resource metrics API,
+`metrics.k8s.io`, that CPU and memory HorizontalPodAutoscalers and `kubectl top` read), and a
+custom metrics adapter (`custom.metrics.k8s.io` for pods, answered from Prometheus: HPAs on a
+per-pod metric; hack/gomod/custom-metrics-adapter), both registered with the API server's
+aggregation layer.
 The Gateway API's standard CRDs are installed (HTTPRoute, Gateway, ...), with no Gateway
 controller.
 
@@ -23,7 +25,8 @@ controller.
 State (certificates, etcd data, containerd's images and containers, volumes, logs, kubeconfig)
 lives in $MODELOPS_CLUSTER_DIR (default .cluster/ in the repository). Ports: $MODELOPS_API_PORT
 (16443), $MODELOPS_ETCD_PORT (12379), $MODELOPS_REGISTRY_PORT (15000), $MODELOPS_METRICS_SERVER_PORT
-(19100, metrics-server on the node's address). Network: the node's bridge mo-br0 is
+(19100, metrics-server on the node's address), $MODELOPS_CUSTOM_METRICS_PORT (19101, the custom
+metrics adapter on the node's address). Network: the node's bridge mo-br0 is
 10.250.0.1/16 (pod addresses), Services are 10.96.0.0/16 (routed to the bridge, so that nothing
 addressed to them leaves this machine), kwok's simulated pod addresses 10.244.0.0/16 are
 blackholed. Needs root (network, mounts, cgroups).
@@ -35,6 +38,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -79,6 +83,10 @@ PROMETHEUS_PORT = int(os.environ.get("MODELOPS_PROMETHEUS_PORT", "19090"))
 METRICS_SERVER_PORT = int(os.environ.get("MODELOPS_METRICS_SERVER_PORT", "19100"))
 #: The APIService that metrics-server serves through the API server's aggregation layer.
 METRICS_APISERVICE = "v1beta1.metrics.k8s.io"
+CUSTOM_METRICS_PORT = int(os.environ.get("MODELOPS_CUSTOM_METRICS_PORT", "19101"))
+#: The APIServices of the custom metrics adapter, the preferred version first (the HPA controller
+#: asks v1beta2; v1beta1 is served by the same library for older clients).
+CUSTOM_METRICS_APISERVICES = ("v1beta2.custom.metrics.k8s.io", "v1beta1.custom.metrics.k8s.io")
 TRAINING_OPERATOR_PORTS = int(os.environ.get("MODELOPS_TRAINING_OPERATOR_PORT", "19443"))  # +1, +2: metrics, health
 KUBECONFIG = STATE / "kubeconfig"
 WEBHOOK_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")  # fixed in the training operator
@@ -166,6 +174,8 @@ def _openssl_leaf(name: str, subject: str, ext: str, ca: str = "ca") -> None:
 
 #: metrics-server's identity (its client certificate's CN), which RBAC binds to its roles.
 METRICS_SERVER_USER = "modelops:metrics-server"
+#: The custom metrics adapter's identity, bound to its roles in custom_metrics_adapter_manifest().
+CUSTOM_METRICS_USER = "modelops:custom-metrics-adapter"
 #: The aggregation layer's client certificate: the API server proxies requests to metrics-server
 #: with it, and metrics-server trusts the user headers of a client of this name from the
 #: front-proxy CA (a CA of its own, as Kubernetes asks: the cluster CA's clients must not be able
@@ -188,12 +198,15 @@ CLIENTS = {
     # metrics-server, to the API server and to the kubelet (whose webhook authorizer asks RBAC:
     # the ClusterRole system:metrics-server gives it nodes/metrics), bound in metrics_server_manifest().
     "metrics-server": f"/CN={METRICS_SERVER_USER}",
+    # The custom metrics adapter, to the API server (it lists pods; delegated authn and authz).
+    "custom-metrics-adapter": f"/CN={CUSTOM_METRICS_USER}",
 }
 
 
 def make_pki() -> None:
     """A CA, the API server's serving certificate, client certificates, the service-account key,
-    the aggregation layer's CA and client certificate, and metrics-server's serving certificate.
+    the aggregation layer's CA and client certificate, and the serving certificates of
+    metrics-server and the custom metrics adapter.
     Only what is missing is made, so that a cluster made before a certificate was added gets it."""
     pki = STATE / "pki"
     pki.mkdir(parents=True, exist_ok=True)
@@ -207,7 +220,7 @@ def make_pki() -> None:
         f"IP:127.0.0.1,IP:10.96.0.1,IP:{NODE_IP},"
         "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
     )
-    # The aggregation layer dials metrics-server's endpoint directly but checks its certificate
+    # The aggregation layer dials an APIService's endpoint directly but checks its certificate
     # for the Service's name, <service>.<namespace>.svc (kube-aggregator's proxy handler).
     leaves = {
         "apiserver": ("/CN=kube-apiserver", f"subjectAltName={sans}\n{serving}", "ca"),
@@ -215,6 +228,11 @@ def make_pki() -> None:
         "metrics-server-serving": (
             "/CN=metrics-server",
             f"subjectAltName=DNS:metrics-server.kube-system.svc,IP:{NODE_IP}\n{serving}",
+            "ca",
+        ),
+        "custom-metrics-adapter-serving": (
+            "/CN=custom-metrics-adapter",
+            f"subjectAltName=DNS:custom-metrics-adapter.kube-system.svc,IP:{NODE_IP}\n{serving}",
             "ca",
         ),
         FRONT_PROXY_CLIENT: (f"/CN={FRONT_PROXY_CLIENT}", client, "front-proxy-ca"),
@@ -498,6 +516,23 @@ def components() -> list[Component]:
                 # Only the real node has a kubelet; kwok's simulated nodes have nothing to scrape.
                 "--node-selector=modelops.dev/pool=local",
                 "--metric-resolution=15s",
+                "--v=1",
+            ],
+        ),
+        Component(
+            "custom-metrics-adapter",
+            [
+                b("custom-metrics-adapter"),
+                # One identity for listing pods and for the delegated authentication and
+                # authorization of its own API.
+                f"--lister-kubeconfig={STATE / 'custom-metrics-adapter.kubeconfig'}",
+                f"--authentication-kubeconfig={STATE / 'custom-metrics-adapter.kubeconfig'}",
+                f"--authorization-kubeconfig={STATE / 'custom-metrics-adapter.kubeconfig'}",
+                f"--bind-address={NODE_IP}",
+                f"--secure-port={CUSTOM_METRICS_PORT}",
+                f"--tls-cert-file={pki / 'custom-metrics-adapter-serving.crt'}",
+                f"--tls-private-key-file={pki / 'custom-metrics-adapter-serving.key'}",
+                f"--prometheus-url=http://{NODE_IP}:{PROMETHEUS_PORT}",
                 "--v=1",
             ],
         ),
@@ -964,15 +999,87 @@ def training_operator_prerequisites() -> None:
     WEBHOOK_CERT_DIR.mkdir(parents=True, exist_ok=True)
 
 
+def _aggregated_api(name: str, user: str, port: int, group: str, versions: dict[str, int]) -> list[dict[str, object]]:
+    """What an API server of a host process behind the aggregation layer needs besides its own
+    roles: the delegated authentication and authorization bindings for the user of its client
+    certificate, a Service `kube-system/<name>` without a selector whose one EndpointSlice names
+    the process's address on the node, and an APIService per version (`versions`: version ->
+    versionPriority) that trusts its serving certificate through the cluster's CA (no
+    `insecureSkipTLSVerify`)."""
+    subject = {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}
+    ca_bundle = base64.b64encode((STATE / "pki" / "ca.crt").read_bytes()).decode()
+    rbac = "rbac.authorization.k8s.io/v1"
+    items: list[dict[str, object]] = [
+        {  # delegated authentication and authorization: TokenReviews and SubjectAccessReviews
+            "apiVersion": rbac,
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": f"{name}:system:auth-delegator"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "system:auth-delegator",
+            },
+            "subjects": [subject],
+        },
+        {  # the request-header CA and names, in the ConfigMap extension-apiserver-authentication
+            "apiVersion": rbac,
+            "kind": "RoleBinding",
+            "metadata": {"name": f"{name}-auth-reader", "namespace": "kube-system"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "extension-apiserver-authentication-reader",
+            },
+            "subjects": [subject],
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": "kube-system"},
+            "spec": {
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port, "appProtocol": "https"}]
+            },
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": f"{name}-host",
+                "namespace": "kube-system",
+                "labels": {
+                    "kubernetes.io/service-name": name,
+                    "endpointslice.kubernetes.io/managed-by": "modelops-cluster",
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [NODE_IP], "conditions": {"ready": True}}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP", "appProtocol": "https"}],
+        },
+    ]
+    for version, priority in versions.items():
+        items.append(
+            {
+                "apiVersion": "apiregistration.k8s.io/v1",
+                "kind": "APIService",
+                "metadata": {"name": f"{version}.{group}"},
+                "spec": {
+                    "service": {"name": name, "namespace": "kube-system", "port": 443},
+                    "group": group,
+                    "version": version,
+                    "caBundle": ca_bundle,
+                    "groupPriorityMinimum": 100,
+                    "versionPriority": priority,
+                },
+            }
+        )
+    return items
+
+
 def metrics_server_manifest() -> str:
     """metrics-server's registration and RBAC, as its own manifests (manifests/base in
     sigs.k8s.io/metrics-server) have them, for a process outside the cluster: its roles are bound
-    to the user of its client certificate instead of a ServiceAccount, and its Service has no
-    selector: one EndpointSlice, written here, names the process's address on the node. The
-    APIService trusts metrics-server's serving certificate through the cluster's CA (no
-    `insecureSkipTLSVerify`)."""
+    to the user of its client certificate instead of a ServiceAccount (_aggregated_api)."""
     user = {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": METRICS_SERVER_USER}
-    ca_bundle = base64.b64encode((STATE / "pki" / "ca.crt").read_bytes()).decode()
     rbac = "rbac.authorization.k8s.io/v1"
     items: list[dict[str, object]] = [
         {
@@ -1007,72 +1114,43 @@ def metrics_server_manifest() -> str:
             },
             "subjects": [user],
         },
-        {  # delegated authentication and authorization: TokenReviews and SubjectAccessReviews
+        *_aggregated_api(
+            "metrics-server", METRICS_SERVER_USER, METRICS_SERVER_PORT, "metrics.k8s.io", {"v1beta1": 100}
+        ),
+    ]
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+
+
+def custom_metrics_adapter_manifest() -> str:
+    """The custom metrics adapter's registration and RBAC, as the library's own deployment of its
+    test adapter (test-adapter-deploy/ in sigs.k8s.io/custom-metrics-apiserver) has them, for a
+    process outside the cluster (_aggregated_api): a role to list pods, bound to the user of its
+    client certificate, and both API versions, v1beta2 preferred. The HPA controller may read
+    `custom.metrics.k8s.io` by Kubernetes' bootstrap policy
+    (system:controller:horizontal-pod-autoscaler), so no role is added for it."""
+    user = {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": CUSTOM_METRICS_USER}
+    rbac = "rbac.authorization.k8s.io/v1"
+    items: list[dict[str, object]] = [
+        {  # the described objects: the pods whose names are looked up by label selector
+            "apiVersion": rbac,
+            "kind": "ClusterRole",
+            "metadata": {"name": CUSTOM_METRICS_USER},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}],
+        },
+        {
             "apiVersion": rbac,
             "kind": "ClusterRoleBinding",
-            "metadata": {"name": "metrics-server:system:auth-delegator"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": "system:auth-delegator",
-            },
+            "metadata": {"name": CUSTOM_METRICS_USER},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CUSTOM_METRICS_USER},
             "subjects": [user],
         },
-        {  # the request-header CA and names, in the ConfigMap extension-apiserver-authentication
-            "apiVersion": rbac,
-            "kind": "RoleBinding",
-            "metadata": {"name": "metrics-server-auth-reader", "namespace": "kube-system"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "Role",
-                "name": "extension-apiserver-authentication-reader",
-            },
-            "subjects": [user],
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "metrics-server", "namespace": "kube-system"},
-            "spec": {
-                "ports": [
-                    {
-                        "name": "https",
-                        "port": 443,
-                        "protocol": "TCP",
-                        "targetPort": METRICS_SERVER_PORT,
-                        "appProtocol": "https",
-                    }
-                ]
-            },
-        },
-        {
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {
-                "name": "metrics-server-host",
-                "namespace": "kube-system",
-                "labels": {
-                    "kubernetes.io/service-name": "metrics-server",
-                    "endpointslice.kubernetes.io/managed-by": "modelops-cluster",
-                },
-            },
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": [NODE_IP], "conditions": {"ready": True}}],
-            "ports": [{"name": "https", "port": METRICS_SERVER_PORT, "protocol": "TCP", "appProtocol": "https"}],
-        },
-        {
-            "apiVersion": "apiregistration.k8s.io/v1",
-            "kind": "APIService",
-            "metadata": {"name": METRICS_APISERVICE},
-            "spec": {
-                "service": {"name": "metrics-server", "namespace": "kube-system", "port": 443},
-                "group": "metrics.k8s.io",
-                "version": "v1beta1",
-                "caBundle": ca_bundle,
-                "groupPriorityMinimum": 100,
-                "versionPriority": 100,
-            },
-        },
+        *_aggregated_api(
+            "custom-metrics-adapter",
+            CUSTOM_METRICS_USER,
+            CUSTOM_METRICS_PORT,
+            "custom.metrics.k8s.io",
+            {a.split(".", 1)[0]: 200 - 100 * i for i, a in enumerate(CUSTOM_METRICS_APISERVICES)},
+        ),
     ]
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
 
@@ -1175,6 +1253,7 @@ def up(_: argparse.Namespace) -> int:
         "training-operator",
         "prometheus",
         "metrics-server",
+        "custom-metrics-adapter",
     ]
     if not all((BIN / n).exists() for n in need):
         run(HACK / "build-binaries.sh", stdout=None, stderr=None)
@@ -1184,7 +1263,15 @@ def up(_: argparse.Namespace) -> int:
     node_network()
     make_pki()
     write_kubeconfig(KUBECONFIG, "admin")
-    for user in ("kube-controller-manager", "kube-scheduler", "kwok", "node", "kube-proxy", "metrics-server"):
+    for user in (
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kwok",
+        "node",
+        "kube-proxy",
+        "metrics-server",
+        "custom-metrics-adapter",
+    ):
         write_kubeconfig(STATE / f"{user}.kubeconfig", user)
     if not (STATE / "kwok.yaml").exists():
         kwok_config()
@@ -1218,8 +1305,12 @@ def up(_: argparse.Namespace) -> int:
     wait_for("the training operator's webhook certificate", _mount_webhook_cert, 60, comps["training-operator"])
     prometheus_config()
     comps["prometheus"].start()
-    kubectl("apply", "--server-side", "--field-manager=modelops-cluster", "-f", "-", stdin=metrics_server_manifest())
-    comps["metrics-server"].start()
+    for name, manifest in (
+        ("metrics-server", metrics_server_manifest),
+        ("custom-metrics-adapter", custom_metrics_adapter_manifest),
+    ):
+        kubectl("apply", "--server-side", "--field-manager=modelops-cluster", "-f", "-", stdin=manifest())
+        comps[name].start()
     kubectl("apply", "--server-side", "--field-manager=modelops-cluster", "-f", "-", stdin=nodes_manifest())
     wait_for(
         "the default ServiceAccount (controller-manager up)",
@@ -1237,6 +1328,14 @@ def up(_: argparse.Namespace) -> int:
     # The API server reaches metrics-server (discovery of metrics.k8s.io answers); the first
     # usage figures follow one or two scrapes (15 s each) after a pod starts.
     wait_for(f"the APIService {METRICS_APISERVICE} Available", apiservice_available, 120, comps["metrics-server"])
+    # The pods' values follow from Prometheus' scrapes (5 s) once a pod serves.
+    for apiservice in CUSTOM_METRICS_APISERVICES:
+        wait_for(
+            f"the APIService {apiservice} Available",
+            functools.partial(apiservice_available, apiservice),
+            120,
+            comps["custom-metrics-adapter"],
+        )
     log(f"cluster up in {time.monotonic() - start:.1f}s; kubeconfig: {KUBECONFIG}")
     print(f"export KUBECONFIG={KUBECONFIG}")
     return 0
@@ -1324,7 +1423,8 @@ def status(_: argparse.Namespace) -> int:
     code, _body = api_get("/readyz") if (STATE / "pki").exists() else (0, "")
     print(f"{'api /readyz':26} {code or 'unreachable'}")
     if code == 200:
-        print(f"{METRICS_APISERVICE:26} {'Available' if apiservice_available() else 'not available'}")
+        for apiservice in (METRICS_APISERVICE, *CUSTOM_METRICS_APISERVICES):
+            print(f"{apiservice:30} {'Available' if apiservice_available(apiservice) else 'not available'}")
     return 0 if ok and code == 200 else 1
 
 

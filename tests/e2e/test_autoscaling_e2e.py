@@ -5,25 +5,16 @@ the autoscaler's change; its resync is an hour in these tests)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import GROUP, VERSION
+from tests.support.cluster import event_messages as events
 from tests.support.cluster import kubectl, status, wait_until
 from tests.support.serving import export_model
 from tests.support.workloads import Load, artifacts_on_host, served_model
 
 pytestmark = pytest.mark.localnode
-
-
-def events(namespace: str, name: str, reason: str) -> list[str]:
-    out = kubectl(
-        "-n", namespace, "get", "events", "-o", "json",
-        "--field-selector", f"involvedObject.name={name},involvedObject.kind=ModelDeployment,reason={reason}",
-    ).stdout  # fmt: skip
-    return [e["message"] for e in json.loads(out)["items"]]
 
 
 @pytest.mark.slow

@@ -14,11 +14,9 @@ The cluster test of the whole path is tests/e2e/test_resource_metrics.py.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -29,20 +27,6 @@ import yaml
 from tests.support.tools import missing
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """hack/cluster.py with its state in tmp_path (the manifest reads the cluster CA's file)."""
-    spec = importlib.util.spec_from_file_location("modelops_cluster_script", REPO / "hack" / "cluster.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(module, "STATE", tmp_path)
-    (tmp_path / "pki").mkdir()
-    (tmp_path / "pki" / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\nstand-in\n-----END CERTIFICATE-----\n")
-    return module
 
 
 def upstream(name: str) -> list[dict[str, Any]]:

@@ -194,6 +194,15 @@ def get(namespace: str, kind: str, name: str) -> dict[str, Any]:
     return dict(json.loads(kubectl("-n", namespace, "get", kind, name, "-o", "json").stdout))
 
 
+def event_messages(namespace: str, name: str, reason: str, kind: str = "ModelDeployment") -> list[str]:
+    """The messages of one object's Events of one reason (the object by kind and name)."""
+    out = kubectl(
+        "-n", namespace, "get", "events", "-o", "json",
+        "--field-selector", f"involvedObject.name={name},involvedObject.kind={kind},reason={reason}",
+    ).stdout  # fmt: skip
+    return [e["message"] for e in json.loads(out)["items"]]
+
+
 def status(custom: Any, namespace: str, plural: str, name: str, *, absent_ok: bool = False) -> dict[str, Any]:
     """The status of one of our objects (`plural`: datasets, trainingruns, modeldeployments); {} while
     it has none. An object that cannot be read raises, unless `absent_ok`: then gone (404) or an API

@@ -185,17 +185,20 @@ def artifacts_on_host(namespace: str) -> Path:
 
 
 class Load:
-    """Requests to the ready endpoints of the Service, one at a time from a few threads; each
-    answer is attributed to the model version that gave it (or to the endpoint's track on errors)."""
+    """Requests to the ready endpoints of the Service, one at a time from each of `clients` threads
+    with `pause` seconds between a thread's requests; each answer is attributed to the model version
+    that gave it (or to the endpoint's track on errors). More clients with no pause keep more
+    requests in flight at once (what an in-flight autoscaler scales on)."""
 
-    def __init__(self, namespace: str, name: str) -> None:
+    def __init__(self, namespace: str, name: str, clients: int = 3, pause: float = 0.05) -> None:
         self.namespace, self.name = namespace, name
+        self.pause = pause
         self.stop = threading.Event()
         self.results: list[tuple[str, int, str]] = []  # (pod IP, status, model version or "")
         self.latencies: list[float] = []  # seconds, of answered requests (any status)
         self.endpoints: list[str] = []
         self.threads = [threading.Thread(target=self.refresh, daemon=True)]
-        self.threads += [threading.Thread(target=self.send, args=(i,), daemon=True) for i in range(3)]
+        self.threads += [threading.Thread(target=self.send, args=(i,), daemon=True) for i in range(clients)]
 
     def refresh(self) -> None:
         while not self.stop.is_set():
@@ -225,7 +228,7 @@ class Load:
                 self.results.append((ip, r.status_code, version))
             except (requests.RequestException, ValueError):
                 self.results.append((ip, 0, ""))
-            time.sleep(0.05)
+            time.sleep(self.pause)
 
     def __enter__(self) -> Load:
         for t in self.threads:

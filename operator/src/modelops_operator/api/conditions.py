@@ -209,8 +209,8 @@ AUTOSCALER_PENDING = "AutoscalerPending"
 """The autoscaler has not reported yet (it reads metrics every 15 s by default)."""
 AUTOSCALER_METRIC_UNAVAILABLE = "AutoscalerMetricUnavailable"
 """The autoscaler cannot read a metric, in its own words: CPU needs the resource metrics API
-(metrics-server), a `customMetric` a custom metrics adapter that serves that name (prometheus-adapter,
-KEDA). The replicas stay where they are until it can."""
+(metrics-server), a `customMetric` a custom metrics adapter that serves that name (prometheus-adapter;
+KEDA serves only external metrics). The replicas stay where they are until it can."""
 
 #: Reasons that mean "waiting, nothing wrong": their Events are Normal, all others Warnings.
 WAITING_REASONS = frozenset(

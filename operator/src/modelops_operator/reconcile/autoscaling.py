@@ -23,7 +23,7 @@ from modelops_operator.reconcile.actions import Event
 _CONDITIONS = ("AbleToScale", "ScalingActive")
 HINT = (
     "CPU needs the resource metrics API (metrics-server); a customMetric needs a custom metrics adapter "
-    "serving that name (prometheus-adapter, KEDA): check `kubectl get apiservices | grep metrics` and the "
+    "serving that name (prometheus-adapter): check `kubectl get apiservices | grep metrics` and the "
     "metric's name"
 )
 
