@@ -567,3 +567,16 @@ def test_hyperband_brackets_follow_the_seed():
 def test_bad_pruner_settings_are_refused(fields, message):
     with pytest.raises(ValidationError, match=message):
         search("random", [LR], **fields)
+
+
+def test_hyperband_numbers_trials_by_their_names():
+    """A trial missing from status (its status write lost; the operator adopts its job later) does
+    not shift the others' numbers, hence not their brackets: with seed 0, trial 2 is in the bracket
+    whose first rung is epoch 1, trial 1 in the one whose first rung is epoch 3."""
+    s = halving("hyperband", seed=0)
+    curve = [0.5] * 8
+    present = [trial(0, curve, state="Succeeded"), trial(1, curve, state="Succeeded"), trial(2, curve)]
+    gap = [present[0], present[2]]
+    assert judge(s, present, "run-r1-t2", True, 9).rung_epochs == (1, 3)
+    assert judge(s, gap, "run-r1-t2", True, 9).rung_epochs == (1, 3)
+    assert judge(s, present, "run-r1-t1", True, 9).rung_epochs == (3,)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import statistics
 import warnings
 from collections.abc import Mapping, Sequence
@@ -230,6 +231,26 @@ def _rung_attrs(trial: TrialStatus) -> dict[str, float]:
     return attrs
 
 
+def _number(trial: TrialStatus, position: int) -> int:
+    """The trial's number in its round: `n` of `<run>-r<round>-t<n>`, else its position."""
+    match = re.search(r"-t(\d+)$", trial.name)
+    return int(match.group(1)) if match else position
+
+
+def _rung_candidates(search: Search, last: int) -> set[int]:
+    """Every epoch above `last` that can be a rung: successive halving promotes at
+    `min_resource * reduction_factor ** (rate + rung)` (Optuna's formula), and each Hyperband
+    bracket is successive halving with its own rate, so only at these epochs can `should_prune()`
+    decide anything. (The tests compare the result with Optuna's loop, which asks at every epoch.)"""
+    halving = search.successive_halving or SuccessiveHalving()
+    epochs, epoch = set(), search.early_stopping_min_epochs
+    while epoch <= 10_000:  # the longest history status holds
+        if epoch > last:
+            epochs.add(epoch)
+        epoch *= halving.reduction_factor
+    return epochs
+
+
 def _halving_verdict(
     search: Search,
     trials: Sequence[TrialStatus],
@@ -240,44 +261,45 @@ def _halving_verdict(
 ) -> Verdict:
     """Successive halving by Optuna's own pruner, on a study rebuilt from `trials`.
 
-    Trial numbers are the trials' positions (Hyperband draws a trial's bracket from the study name,
-    fixed by the seed, and the trial's number), so the same status gives the same brackets.
+    Each trial is added with the number in its name (gaps filled with empty trials): Hyperband
+    draws a trial's bracket from the study name, fixed by the seed, and the trial's number, so the
+    same status gives the same brackets.
     """
-    position = next((i for i, t in enumerate(trials) if t.name == name), None)
-    if position is None:
+    numbered = {_number(t, i): t for i, t in enumerate(trials)}
+    number = next((n for n, t in numbered.items() if t.name == name), None)
+    if number is None:
         return Verdict()
-    judged = trials[position]
+    judged = numbered[number]
     study = optuna.create_study(
         study_name=f"search-{search.seed}",
         direction="maximize" if maximize else "minimize",
         sampler=optuna.samplers.RandomSampler(seed=search.seed),
         pruner=_pruner(search, max_epochs),
     )
-
-    def add(trial: TrialStatus) -> None:
-        # Only the rung values matter to the pruner; the state keeps Optuna from reading a value.
-        study.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING, system_attrs=_rung_attrs(trial)))
-
-    for trial in trials[:position]:
-        add(trial)
+    # Only the rung values matter to the pruner; the state keeps Optuna from reading a value.
+    for n in range(number):
+        attrs = _rung_attrs(numbered[n]) if n in numbered else {}
+        study.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING, system_attrs=attrs))
     asked = study.ask()
     for key, value in _rung_attrs(judged).items():
         # What the pruner itself does at a rung (Trial has no public setter for system attributes).
         study._storage.set_trial_system_attr(asked._trial_id, key, value)
-    for trial in trials[position + 1 :]:
-        add(trial)
+    for n in sorted(k for k in numbered if k > number):
+        study.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING, system_attrs=_rung_attrs(numbered[n])))
     rung_epochs = list(judged.rung_epochs or ())[: len(_rung_attrs(judged))]
+    candidates = _rung_candidates(search, max(rung_epochs, default=0))
     for epoch, value in enumerate(judged.history, start=1):
         asked.report(value, epoch)
+        if epoch not in candidates:
+            continue
         pruned = asked.should_prune()
-        attrs = study.get_trials(deepcopy=False)[position].system_attrs
-        rungs = [k for k in attrs if k.startswith("completed_rung_")]
-        if len(rungs) > len(rung_epochs):
+        attrs = study.get_trials(deepcopy=False)[number].system_attrs
+        if sum(key.startswith("completed_rung_") for key in attrs) > len(rung_epochs):
             rung_epochs.append(epoch)
         if pruned:
             return Verdict(
                 c.SUCCESSIVE_HALVING_STOPPED,
-                _halving_message(search, trials, position, epoch, len(rung_epochs) - 1, metric),
+                _halving_message(search, trials, judged, epoch, len(rung_epochs) - 1, metric),
                 tuple(rung_epochs),
             )
     return Verdict(rung_epochs=tuple(rung_epochs))
@@ -286,19 +308,19 @@ def _halving_verdict(
 def _halving_message(
     search: Search,
     trials: Sequence[TrialStatus],
-    position: int,
+    judged: TrialStatus,
     epoch: int,
     rung: int,
     metric: str,
 ) -> str:
     """One line on why successive halving stopped a trial at `rung` (its value at `epoch`)."""
     halving = search.successive_halving or SuccessiveHalving()
-    value = trials[position].history[epoch - 1]
+    value = judged.history[epoch - 1]
     if math.isnan(value):
         return f"{metric} is NaN at epoch {epoch}, a rung of {search.early_stopping}"
     where = f"{metric} {value:.4g} at epoch {epoch} (rung {rung} of {search.early_stopping})"
     key = f"completed_rung_{rung}"
-    others = [t for i, t in enumerate(trials) if i != position and key in _rung_attrs(t)]
+    others = [t for t in trials if t.name != judged.name and key in _rung_attrs(t)]
     if len(others) + 1 <= halving.bootstrap_count:
         return f"{where}: it is among the first {halving.bootstrap_count} to reach this rung (bootstrapCount)"
     eta = halving.reduction_factor
