@@ -75,6 +75,32 @@ BAD = [
     ),
     (training_run().set("spec.model.architecture", "alexnet"), 'Unsupported value: "alexnet"'),
     (
+        training_run().set("spec.search", search(earlyStopping="median", successiveHalving={"reductionFactor": 3})),
+        "successiveHalving applies to earlyStopping asha or hyperband only",
+    ),
+    (
+        training_run().set(
+            "spec.search", search(earlyStopping="hyperband", successiveHalving={"minEarlyStoppingRate": 1})
+        ),
+        "minEarlyStoppingRate applies to earlyStopping asha only (hyperband runs every rate as a bracket)",
+    ),
+    (
+        training_run().set("spec.search", search(earlyStopping="asha", successiveHalving={"maxEpochs": 9})),
+        "maxEpochs applies to earlyStopping hyperband only",
+    ),
+    (
+        training_run().set(
+            "spec.search",
+            search(earlyStopping="hyperband", earlyStoppingMinEpochs=4, successiveHalving={"maxEpochs": 3}),
+        ),
+        "successiveHalving.maxEpochs must be at least earlyStoppingMinEpochs",
+    ),
+    (
+        training_run().set("spec.search", search(earlyStopping="asha", successiveHalving={"reductionFactor": 1})),
+        "should be greater than or equal to 2",
+    ),
+    (training_run().set("spec.search", search(earlyStopping="sha")), 'Unsupported value: "sha"'),
+    (
         training_run().set("spec.podSettings.env", [{"name": "MODELOPS_TRAIN_CONFIG", "value": "{}"}]),
         "podSettings.env may not set MODELOPS_* variables",
     ),

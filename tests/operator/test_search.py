@@ -1,20 +1,26 @@
-"""Hyper-parameter search: grid, random and bayesian proposals, the budget, and median stopping."""
+"""Hyper-parameter search: grid, random and bayesian proposals, the budget, median stopping, and
+successive halving (asha, hyperband) decided from status alone."""
 
 from __future__ import annotations
 
 import itertools
 import math
+import random
 from typing import Any
 
+import optuna
 import pytest
+from pydantic import ValidationError
 
-from modelops_operator.api.trainingrun import Search, SearchParameter
+from modelops_operator.api import conditions as c
+from modelops_operator.api.trainingrun import Search, SearchParameter, TrialStatus
 from modelops_operator.reconcile.search import (
     GRID_LIMIT,
     Observation,
     budget,
     format_value,
     is_better,
+    judge,
     median_stop,
     propose,
 )
@@ -324,3 +330,253 @@ def test_median_stop_default_metric_and_nan():
     assert reason is not None and reason.startswith("objective")
     # NaN values of others are ignored, not propagated into the median.
     assert median_stop({"x": [0.5, 0.7], "y": [math.nan, 0.6], "z": [math.nan, math.nan]}, "x", 2, True) is None
+
+
+def test_judge_with_median_is_the_median_rule():
+    s = search("random", [LR], earlyStopping="median", earlyStoppingMinEpochs=2)
+    trials = [TrialStatus(name=n, state="Running", history=h) for n, h in CURVES.items()]
+    verdict = judge(s, trials, "slow", True, 10, metric="val_accuracy")
+    assert verdict.reason == c.MEDIAN_STOPPED
+    assert verdict.message == median_stop(CURVES, "slow", 2, True, metric="val_accuracy")
+    assert verdict.rung_epochs is None
+    assert judge(s, trials, "c", True, 10).reason is None
+    off = search("random", [LR], earlyStopping="none")
+    assert judge(off, trials, "slow", True, 10).reason is None
+
+
+# --- successive halving (asha, hyperband) -------------------------------------------------------
+
+
+def halving(kind: str = "asha", min_epochs: int = 1, seed: int = 0, **settings: Any) -> Search:
+    extra: dict[str, Any] = {"successiveHalving": settings} if settings else {}
+    return search("bayesian", [LR], earlyStopping=kind, earlyStoppingMinEpochs=min_epochs, seed=seed, **extra)
+
+
+def trial(index: int, history: list[float], rungs: list[int] | None = None, state: str = "Running") -> TrialStatus:
+    return TrialStatus(name=f"run-r1-t{index}", state=state, history=history, rung_epochs=rungs)
+
+
+def judged_at_rung_0(values: list[float], value: float) -> list[TrialStatus]:
+    """Trials that were each judged at rung 0 (epoch 1) with `values`, then one that just reached it."""
+    done = [trial(i, [v], [1], state="Succeeded") for i, v in enumerate(values)]
+    return [*done, trial(len(values), [value])]
+
+
+@pytest.mark.parametrize(
+    ("others", "value", "maximize", "eta", "kept"),
+    [
+        # Six trials at the rung, eta 3: the top 6 // 3 = 2 carry on.
+        pytest.param([0.9, 0.8, 0.7, 0.6, 0.5], 0.95, True, 3, True, id="best"),
+        pytest.param([0.9, 0.8, 0.7, 0.6, 0.5], 0.85, True, 3, True, id="second"),
+        pytest.param([0.9, 0.8, 0.7, 0.6, 0.5], 0.8, True, 3, True, id="tie-with-second"),
+        pytest.param([0.9, 0.8, 0.7, 0.6, 0.5], 0.75, True, 3, False, id="third"),
+        pytest.param([0.9, 0.8, 0.7, 0.6, 0.5], 0.55, False, 3, True, id="minimize-second"),
+        pytest.param([0.9, 0.8, 0.7, 0.6, 0.5], 0.65, False, 3, False, id="minimize-third"),
+        # eta 2: the top 3 of 6.
+        pytest.param([0.9, 0.8, 0.7, 0.6, 0.5], 0.75, True, 2, True, id="eta-2-third"),
+        pytest.param([0.9, 0.8, 0.7, 0.6, 0.5], 0.65, True, 2, False, id="eta-2-fourth"),
+        # Fewer than eta at the rung: only the best carries on.
+        pytest.param([], 0.1, True, 3, True, id="first-at-the-rung"),
+        pytest.param([0.5], 0.4, True, 3, False, id="second-at-the-rung-worse"),
+        pytest.param([0.5], 0.6, True, 3, True, id="second-at-the-rung-better"),
+        pytest.param([0.9, 0.8], math.nan, True, 3, False, id="nan"),
+    ],
+)
+def test_asha_keeps_the_top_1_over_eta_at_a_rung(others, value, maximize, eta, kept):
+    trials = judged_at_rung_0(others, value)
+    verdict = judge(halving(reductionFactor=eta), trials, trials[-1].name, maximize, 10, metric="val_accuracy")
+    if kept:
+        assert (verdict.reason, verdict.rung_epochs) == (None, (1,))
+    else:
+        assert verdict.reason == c.SUCCESSIVE_HALVING_STOPPED
+        assert verdict.message is not None and "val_accuracy" in verdict.message and "epoch 1" in verdict.message
+    if not kept and not math.isnan(value):
+        keep = max((len(others) + 1) // eta, 1)
+        assert f"not in the top {keep} of the {len(others) + 1} trials" in (verdict.message or "")
+
+
+def test_asha_rungs_grow_by_the_reduction_factor():
+    # min 1, eta 2: rungs at epochs 1, 2, 4, 8; with minEarlyStoppingRate 1 they start at 2.
+    alone = [trial(0, [0.5] * 9)]
+    assert judge(halving(reductionFactor=2), alone, "run-r1-t0", True, 9).rung_epochs == (1, 2, 4, 8)
+    rate = halving(reductionFactor=2, minEarlyStoppingRate=1)
+    assert judge(rate, alone, "run-r1-t0", True, 9).rung_epochs == (2, 4, 8)
+    assert judge(halving(min_epochs=3, reductionFactor=3), alone, "run-r1-t0", True, 9).rung_epochs == (3, 9)
+
+
+def test_asha_promotion_is_final():
+    """A trial that carried on past rung 0 is never judged there again, however good the trials
+    that reached rung 0 after it; it is judged at rung 1 against the trials that reached rung 1."""
+    s = halving(reductionFactor=2)
+    late_and_better = [trial(i, [0.9 + i / 100], [1], state="Succeeded") for i in range(1, 5)]
+    early = trial(0, [0.5, 0.7], [1])
+    verdict = judge(s, [early, *late_and_better], early.name, True, 10)
+    assert (verdict.reason, verdict.rung_epochs) == (None, (1, 2))  # alone at rung 1
+    # The same trial judged afresh (no rungs recorded) loses at rung 0.
+    fresh = judge(s, [early.model_copy(update={"rung_epochs": None}), *late_and_better], early.name, True, 10)
+    assert fresh.reason == c.SUCCESSIVE_HALVING_STOPPED and fresh.rung_epochs == (1,)
+
+
+def test_bootstrap_count_stops_the_first_trials_at_a_rung():
+    s = halving(reductionFactor=2, bootstrapCount=2)
+    first = judge(s, [trial(0, [0.9])], "run-r1-t0", True, 10)
+    assert first.reason == c.SUCCESSIVE_HALVING_STOPPED and "bootstrapCount" in (first.message or "")
+    trials = [trial(0, [0.5], [1], "Stopped"), trial(1, [0.4], [1], "Stopped"), trial(2, [0.9])]
+    assert judge(s, trials, "run-r1-t2", True, 10).reason is None
+
+
+def curves(seed: int, n: int = 24, epochs: int = 9) -> list[list[float]]:
+    """Learning curves of `n` trials: each rises to its own plateau at its own pace, with noise."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        top, pace = rng.uniform(0.3, 0.95), rng.uniform(0.5, 4.0)
+        out.append([round(top * (1 - math.exp(-e / pace)) + rng.gauss(0, 0.02), 4) for e in range(1, epochs + 1)])
+    return out
+
+
+def live_optuna(s: Search, curves_: list[list[float]], max_epochs: int) -> list[int | None]:
+    """Where Optuna's own loop stops each trial (run one after another, reporting every epoch)."""
+    halving_ = s.successive_halving
+    assert halving_ is not None
+    pruner: optuna.pruners.BasePruner
+    if s.early_stopping == "hyperband":
+        pruner = optuna.pruners.HyperbandPruner(
+            min_resource=s.early_stopping_min_epochs,
+            max_resource=max_epochs,
+            reduction_factor=halving_.reduction_factor,
+            bootstrap_count=halving_.bootstrap_count,
+        )
+    else:
+        pruner = optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=s.early_stopping_min_epochs,
+            reduction_factor=halving_.reduction_factor,
+            min_early_stopping_rate=halving_.min_early_stopping_rate or 0,
+            bootstrap_count=halving_.bootstrap_count,
+        )
+    study = optuna.create_study(study_name=f"search-{s.seed}", direction="maximize", pruner=pruner)
+    stops: list[int | None] = []
+    for curve in curves_:
+        t = study.ask()
+        stop = None
+        for epoch, value in enumerate(curve, start=1):
+            t.report(value, epoch)
+            if t.should_prune():
+                stop = epoch
+                break
+        if stop is None:
+            study.tell(t, curve[-1])
+        else:
+            study.tell(t, state=optuna.trial.TrialState.PRUNED)
+        stops.append(stop)
+    return stops
+
+
+def from_status(s: Search, curves_: list[list[float]], max_epochs: int, every: int = 1) -> list[int | None]:
+    """The same trials judged by `judge` from a status that holds only what the operator writes,
+    round-tripped through JSON before every look, looking every `every` epochs (a late operator)."""
+    trials: list[TrialStatus] = []
+    stops: list[int | None] = []
+    for index, curve in enumerate(curves_):
+        trials.append(trial(index, []))
+        stop = None
+        for epoch in range(1, len(curve) + 1):
+            if epoch % every and epoch != len(curve):
+                continue
+            current = trial(index, curve[:epoch], trials[index].rung_epochs)
+            trials[index] = TrialStatus.model_validate_json(current.model_dump_json())  # what status keeps
+            verdict = judge(s, trials, current.name, True, max_epochs)
+            trials[index] = current.model_copy(update={"rung_epochs": list(verdict.rung_epochs or [])})
+            if verdict.reason:
+                stop = max(trials[index].rung_epochs or [epoch])  # the rung that stopped it
+                trials[index] = trials[index].model_copy(update={"state": "Stopped", "history": curve[:stop]})
+                break
+        else:
+            trials[index] = trials[index].model_copy(update={"state": "Succeeded"})
+        stops.append(stop)
+    return stops
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize(
+    ("kind", "settings"),
+    [
+        ("asha", {"reductionFactor": 3}),
+        ("asha", {"reductionFactor": 2, "minEarlyStoppingRate": 1}),
+        ("asha", {"reductionFactor": 2, "bootstrapCount": 2}),
+        ("hyperband", {"reductionFactor": 3}),
+        ("hyperband", {"reductionFactor": 2, "bootstrapCount": 1}),
+    ],
+    ids=["asha-3", "asha-2-rate-1", "asha-bootstrap", "hyperband-3", "hyperband-2-bootstrap"],
+)
+def test_decisions_from_status_match_optunas_own_loop(kind, settings, seed):
+    s = halving(kind, min_epochs=1, seed=seed, **settings)
+    cs = curves(seed)
+    live = live_optuna(s, cs, max_epochs=9)
+    assert any(stop is not None for stop in live) and len(set(live)) > 1  # stops at different epochs: can fail
+    assert from_status(s, cs, max_epochs=9) == live
+
+
+@pytest.mark.parametrize("every", [2, 3, 9])
+def test_a_late_operator_decides_as_a_prompt_one(every):
+    """Rungs are judged at their own epochs whenever the operator looks: one that reads progress
+    every few epochs (or only at the end) stops the same trials, at the same rungs."""
+    s = halving("asha", min_epochs=1, reductionFactor=2)
+    cs = curves(7)
+    assert from_status(s, cs, 9, every=every) == from_status(s, cs, 9)
+
+
+def test_hyperband_brackets_follow_the_seed():
+    cs = curves(4)
+    a = from_status(halving("hyperband", seed=1, reductionFactor=2), cs, 9)
+    assert from_status(halving("hyperband", seed=1, reductionFactor=2), cs, 9) == a  # deterministic
+    assert any(from_status(halving("hyperband", seed=seed, reductionFactor=2), cs, 9) != a for seed in (2, 3, 5))
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        pytest.param(
+            {"earlyStopping": "median", "successiveHalving": {"reductionFactor": 3}},
+            "successiveHalving applies to earlyStopping asha or hyperband only",
+            id="halving-with-median",
+        ),
+        pytest.param(
+            {"earlyStopping": "hyperband", "successiveHalving": {"minEarlyStoppingRate": 1}},
+            "minEarlyStoppingRate applies to earlyStopping asha only",
+            id="rate-with-hyperband",
+        ),
+        pytest.param(
+            {"earlyStopping": "asha", "successiveHalving": {"maxEpochs": 9}},
+            "maxEpochs applies to earlyStopping hyperband only",
+            id="max-epochs-with-asha",
+        ),
+        pytest.param(
+            {"earlyStopping": "hyperband", "earlyStoppingMinEpochs": 4, "successiveHalving": {"maxEpochs": 3}},
+            "successiveHalving.maxEpochs must be at least earlyStoppingMinEpochs",
+            id="max-below-min",
+        ),
+        pytest.param(
+            {"earlyStopping": "asha", "successiveHalving": {"reductionFactor": 1}},
+            "greater than or equal to 2",
+            id="reduction-factor-1",
+        ),
+        pytest.param({"earlyStopping": "sha"}, "'none', 'median', 'asha' or 'hyperband'", id="unknown-pruner"),
+    ],
+)
+def test_bad_pruner_settings_are_refused(fields, message):
+    with pytest.raises(ValidationError, match=message):
+        search("random", [LR], **fields)
+
+
+def test_hyperband_numbers_trials_by_their_names():
+    """A trial missing from status (its status write lost; the operator adopts its job later) does
+    not shift the others' numbers, hence not their brackets: with seed 0, trial 2 is in the bracket
+    whose first rung is epoch 1, trial 1 in the one whose first rung is epoch 3."""
+    s = halving("hyperband", seed=0)
+    curve = [0.5] * 8
+    present = [trial(0, curve, state="Succeeded"), trial(1, curve, state="Succeeded"), trial(2, curve)]
+    gap = [present[0], present[2]]
+    assert judge(s, present, "run-r1-t2", True, 9).rung_epochs == (1, 3)
+    assert judge(s, gap, "run-r1-t2", True, 9).rung_epochs == (1, 3)
+    assert judge(s, present, "run-r1-t1", True, 9).rung_epochs == (3,)

@@ -1229,3 +1229,74 @@ def test_a_job_adopted_after_a_lost_first_status_write_has_its_result_read():
     sim.status = TrainingRunStatus()  # the first status write was lost; the job finished meanwhile
     sim.step()
     assert sim.status.phase == "Succeeded" and sim.status.model_version == 1
+
+
+def test_asha_stops_a_trial_at_a_rung_and_a_restart_decides_the_same():
+    """ASHA with eta 2 from epoch 1: the second trial at rung 0 must beat the first to carry on.
+    Every reconcile reads its status back from JSON; a second operator started from that status
+    alone (a restart) makes the same decisions, and a trial past a rung is never judged there again."""
+    spec = searching(
+        maxTrials=3,
+        parallelism=2,
+        earlyStopping="asha",
+        earlyStoppingMinEpochs=1,
+        successiveHalving={"reductionFactor": 2},
+    )
+    sim = Sim(spec)
+    sim.step()
+    sim.set("digits-r1-t0", "Running", progress=reported(0.8))
+    sim.step()
+    assert sim.verbs == [] and sim.trial("digits-r1-t0").rung_epochs == [1]
+    sim.set("digits-r1-t1", "Running", progress=reported(0.5))
+    restarted = Sim(spec)
+    restarted.status, restarted.jobs, restarted.seen = (
+        TrainingRunStatus.model_validate_json(sim.status.model_dump_json()),
+        copy.deepcopy(sim.jobs),
+        dict(sim.seen),
+    )
+    out = sim.step()
+    assert sim.verbs == [("delete", "digits-r1-t1"), ("create", "digits-r1-t2")]
+    stopped = sim.trial("digits-r1-t1")
+    assert (stopped.state, stopped.reason, stopped.rung_epochs) == ("Stopped", c.SUCCESSIVE_HALVING_STOPPED, [1])
+    assert "val_accuracy 0.5 at epoch 1 (rung 0 of asha) is not in the top 1 of the 2 trials" in stopped.message
+    assert "TrialStopped" in [e.reason for e in out.events]
+    again = restarted.step()
+    assert restarted.verbs == sim.verbs and again.status.wire() == out.status.wire()
+    # t0 goes on to rung 1 (epoch 2) alone; t2 then beats it at rung 0, which does not undo t0's promotion.
+    sim.set("digits-r1-t0", "Running", progress=reported(0.8, 0.3))
+    sim.set("digits-r1-t2", "Running", progress=reported(0.9))
+    sim.step()
+    assert sim.verbs == []
+    assert sim.trial("digits-r1-t0").rung_epochs == [1, 2] and sim.trial("digits-r1-t2").rung_epochs == [1]
+    # At rung 1 the second arrival must beat 0.3: 0.2 does not.
+    sim.set("digits-r1-t2", "Running", progress=reported(0.9, 0.2))
+    sim.step()
+    assert sim.verbs == [("delete", "digits-r1-t2")]
+    assert sim.trial("digits-r1-t2").reason == c.SUCCESSIVE_HALVING_STOPPED
+    assert sim.trial("digits-r1-t0").state == "Running"
+
+
+@pytest.mark.parametrize(
+    ("epochs", "extra", "halving", "rungs"),
+    [
+        # Seed 0 puts trial 0 in bracket 1 of 3 (max 9 epochs): its first rung is epoch 3.
+        (9, None, None, [3]),
+        (2, {"name": "epochs", "type": "choice", "values": ["9", "10"]}, None, [3]),
+        # maxEpochs 1 leaves one bracket, which starts at epoch 1.
+        (9, None, {"maxEpochs": 1}, [1, 3]),
+    ],
+    ids=["hyperparameters-epochs", "searched-epochs", "max-epochs"],
+)
+def test_hyperband_brackets_span_the_largest_epochs_a_trial_may_get(epochs, extra, halving, rungs):
+    spec = searching(maxTrials=2, parallelism=2, earlyStopping="hyperband", earlyStoppingMinEpochs=1)
+    spec["hyperparameters"] = {"epochs": epochs}
+    if extra:
+        spec["search"]["parameters"].append(extra)
+    if halving:
+        spec["search"]["successiveHalving"] = halving
+    sim = Sim(spec)
+    sim.step()
+    sim.set("digits-r1-t0", "Running", progress=reported(*[0.5] * 8))
+    sim.step()
+    assert sim.trial("digits-r1-t0").rung_epochs == rungs
+    assert sim.trial("digits-r1-t0").state == "Running" and sim.verbs == []

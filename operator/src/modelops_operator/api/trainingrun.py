@@ -186,10 +186,53 @@ class Objective(
     """Stop the search as soon as a trial reaches this value."""
 
 
+class SuccessiveHalving(ApiModel):
+    """Successive halving (Optuna's `SuccessiveHalvingPruner`, and the brackets of its
+    `HyperbandPruner`): trials are judged at rungs, epochs `minEpochs * reductionFactor^(rate + k)`
+    for k = 0, 1, ... (`minEpochs` is `earlyStoppingMinEpochs`, `rate` is `minEarlyStoppingRate`);
+    a trial carries on past a rung only if its value there is in the top `1/reductionFactor` of the
+    trials judged there so far (the best one while fewer than `reductionFactor` were)."""
+
+    reduction_factor: int = Field(default=3, ge=2, le=100)
+    """eta: the fraction 1/eta of the trials at a rung that carry on, and the growth of the rungs' epochs."""
+    min_early_stopping_rate: int | None = Field(default=None, ge=0, le=30)
+    """`asha` only: the first rung is at `earlyStoppingMinEpochs * reductionFactor^rate` epochs (unset: 0).
+    Hyperband runs one bracket per rate itself."""
+    bootstrap_count: int = Field(default=0, ge=0, le=1000)
+    """Trials that must have reached a rung before one may carry on past it: a trial that reaches a
+    rung among the first `bootstrapCount` is stopped there (Optuna's semantics). 0 never stops for this."""
+    max_epochs: int | None = Field(default=None, ge=1, le=10_000)
+    """`hyperband` only: the most epochs a trial runs (Optuna's `max_resource`), which sets the number of
+    brackets; unset takes the largest `epochs` a trial may get (the search's `epochs` parameter, else
+    `hyperparameters.epochs`)."""
+
+
 class Search(
     ApiModel,
     json_schema_extra=validations(
         cel("self.parallelism <= self.maxTrials", "parallelism cannot exceed maxTrials", ".parallelism"),
+        cel(
+            "!has(self.successiveHalving) || self.earlyStopping in ['asha', 'hyperband']",
+            "successiveHalving applies to earlyStopping asha or hyperband only",
+            ".successiveHalving",
+        ),
+        cel(
+            "self.earlyStopping != 'hyperband' || !has(self.successiveHalving)"
+            " || !has(self.successiveHalving.minEarlyStoppingRate)",
+            "minEarlyStoppingRate applies to earlyStopping asha only (hyperband runs every rate as a bracket)",
+            ".successiveHalving.minEarlyStoppingRate",
+        ),
+        cel(
+            "self.earlyStopping != 'asha' || !has(self.successiveHalving) || !has(self.successiveHalving.maxEpochs)",
+            "maxEpochs applies to earlyStopping hyperband only",
+            ".successiveHalving.maxEpochs",
+        ),
+        cel(
+            "!has(self.successiveHalving) || !has(self.successiveHalving.maxEpochs)"
+            " || self.successiveHalving.maxEpochs >= self.earlyStoppingMinEpochs",
+            "successiveHalving.maxEpochs must be at least earlyStoppingMinEpochs",
+            ".successiveHalving.maxEpochs",
+        ),
         cel(
             "self.parameters.all(p, self.parameters.exists_one(q, q.name == p.name))",
             "each search parameter may appear once",
@@ -217,13 +260,38 @@ class Search(
     """Trials running at once."""
     max_failed_trials: int = Field(default=0, ge=0, le=1000)
     """Failed trials tolerated before the run fails (reason `TrialsExhausted`)."""
-    early_stopping: Literal["none", "median"] = "median"
-    """`median` stops a trial whose metric at an epoch is worse than the median of the other
-    trials at that epoch."""
+    early_stopping: Literal["none", "median", "asha", "hyperband"] = "median"
+    """The pruner that stops weak trials early. `median` stops a trial whose best metric up to an
+    epoch is worse than the median of the other trials' up to that epoch; `asha` is asynchronous
+    successive halving (Optuna's `SuccessiveHalvingPruner`): at each rung only the top
+    1/`reductionFactor` carry on; `hyperband` (Optuna's `HyperbandPruner`) spreads the trials over
+    brackets of successive halving that start at different rungs. `none` lets every trial finish."""
     early_stopping_min_epochs: int = Field(default=2, ge=1, le=10_000)
-    """Epochs every trial runs before median stopping may judge it."""
+    """Epochs every trial runs before early stopping may judge it; for `asha` and `hyperband` the
+    first rung (Optuna's `min_resource`)."""
+    successive_halving: SuccessiveHalving | None = None
+    """Settings of `asha` and `hyperband`; unset takes the defaults (reduction factor 3)."""
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    """Seed of the sampler: the same seed proposes the same trials."""
+    """Seed of the sampler: the same seed proposes the same trials (and, for `hyperband`, puts them in
+    the same brackets)."""
+
+    @model_validator(mode="after")
+    def _pruner_settings_fit(self) -> Search:
+        # The same rules as the CEL ones above, for the operator and tests.
+        halving = self.successive_halving
+        if halving is None:
+            return self
+        if self.early_stopping not in ("asha", "hyperband"):
+            raise ValueError("successiveHalving applies to earlyStopping asha or hyperband only")
+        if self.early_stopping == "hyperband" and halving.min_early_stopping_rate is not None:
+            raise ValueError(
+                "minEarlyStoppingRate applies to earlyStopping asha only (hyperband runs every rate as a bracket)"
+            )
+        if self.early_stopping == "asha" and halving.max_epochs is not None:
+            raise ValueError("maxEpochs applies to earlyStopping hyperband only")
+        if halving.max_epochs is not None and halving.max_epochs < self.early_stopping_min_epochs:
+            raise ValueError("successiveHalving.maxEpochs must be at least earlyStoppingMinEpochs")
+        return self
 
 
 class Workers(ApiModel):
@@ -357,9 +425,14 @@ class TrialStatus(ApiModel):
     """The trainer's estimate of the seconds until its last epoch ends (export not included);
     unset when unknown or the trial is not running."""
     history: list[float] = Field(default_factory=list, max_length=10_000)
-    """The objective metric after each epoch (index 0 is epoch 1): what median stopping compares."""
+    """The objective metric after each epoch (index 0 is epoch 1): what early stopping compares."""
+    rung_epochs: list[Annotated[int, Field(ge=1)]] | None = Field(default=None, max_length=64)
+    """The epochs at which successive halving (`asha`, `hyperband`) judged the trial, one per rung;
+    its value at a rung is its history at that epoch. Kept so that a restarted operator never
+    judges a trial twice at one rung, and the other trials compete with exactly these values."""
     reason: str | None = Field(default=None, max_length=63)
-    """Why the trial ended as it did (`Succeeded`, `MedianStopped`, `DeadlineExceeded`, `ParityCheckFailed`, ...)."""
+    """Why the trial ended as it did (`Succeeded`, `MedianStopped`, `SuccessiveHalvingStopped`,
+    `DeadlineExceeded`, `ParityCheckFailed`, ...)."""
     message: str | None = Field(default=None, max_length=4096)
     """Why the trial failed or stopped."""
     metrics: dict[str, float] = Field(default_factory=dict)

@@ -13,6 +13,14 @@ the trial's index and the history of earlier trials — nothing is kept in memor
 The history lives in status, so the sampler's state is rebuilt from status every time: an operator
 restart loses nothing, and proposes exactly what it would have proposed without the restart.
 
+Early stopping (`judge`) is one pruner among several, chosen by `search.earlyStopping`, and just as
+stateless: `median` is the project's median stopping rule (`median_stop`); `asha` and `hyperband`
+rebuild an in-memory Optuna study from the trials in status, with Optuna's `SuccessiveHalvingPruner`
+or `HyperbandPruner`, report the judged trial's history epoch by epoch and ask `should_prune()`
+after each, as a training loop would. Each trial's rungs are the epochs recorded in its
+`rungEpochs`, so every trial competes at a rung with its value at that rung's epoch however late
+the operator looked, and a restarted operator neither judges a rung twice nor decides otherwise.
+
 Parameter values travel as strings (in status and to the trainer): integers as integers (`"64"`),
 reals with six significant digits (`"0.00123"`), choices as written in the spec.
 """
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import statistics
 import warnings
 from collections.abc import Mapping, Sequence
@@ -35,9 +44,20 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from modelops_operator.api.trainingrun import Search, SearchParameter
+from modelops_operator.api import conditions as c
+from modelops_operator.api.trainingrun import Search, SearchParameter, SuccessiveHalving, TrialStatus
 
-__all__ = ["GRID_LIMIT", "Observation", "budget", "format_value", "is_better", "median_stop", "propose"]
+__all__ = [
+    "GRID_LIMIT",
+    "Observation",
+    "Verdict",
+    "budget",
+    "format_value",
+    "is_better",
+    "judge",
+    "median_stop",
+    "propose",
+]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -145,6 +165,169 @@ def median_stop(
     if not is_better(median, best, maximize):
         return None
     return f"{metric} best {best:.4g} at epoch {epoch} is worse than the median {median:.4g} of {count}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What early stopping decided about one running trial."""
+
+    reason: str | None = None
+    """The trial's stop reason (`MedianStopped`, `SuccessiveHalvingStopped`), or None to let it run."""
+    message: str | None = None
+    """Why, in one line."""
+    rung_epochs: tuple[int, ...] | None = None
+    """`asha`, `hyperband`: the epochs of every rung that has judged the trial, this call's included."""
+
+
+def judge(
+    search: Search,
+    trials: Sequence[TrialStatus],
+    name: str,
+    maximize: bool,
+    max_epochs: int,
+    metric: str = "objective",
+) -> Verdict:
+    """Whether running trial `name` should stop, by the search's `earlyStopping` pruner.
+
+    `trials` are the round's trials in index order (as in status: parameters, state, history,
+    rungEpochs); `max_epochs` is the most epochs a trial may run (Hyperband's `max_resource` unless
+    `successiveHalving.maxEpochs` is set). A function of its arguments alone.
+    """
+    if search.early_stopping == "median":
+        curves = {t.name: t.history for t in trials if t.history}
+        why = median_stop(curves, name, search.early_stopping_min_epochs, maximize, metric=metric)
+        return Verdict(c.MEDIAN_STOPPED, why) if why else Verdict()
+    if search.early_stopping in ("asha", "hyperband"):
+        return _halving_verdict(search, trials, name, maximize, max_epochs, metric)
+    return Verdict()
+
+
+def _pruner(search: Search, max_epochs: int) -> optuna.pruners.BasePruner:
+    """Optuna's pruner for `asha` or `hyperband`, with the spec's settings."""
+    halving = search.successive_halving or SuccessiveHalving()
+    min_epochs = search.early_stopping_min_epochs
+    if search.early_stopping == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=min_epochs,
+            max_resource=max(halving.max_epochs or max_epochs, min_epochs),
+            reduction_factor=halving.reduction_factor,
+            bootstrap_count=halving.bootstrap_count,
+        )
+    return optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=min_epochs,
+        reduction_factor=halving.reduction_factor,
+        min_early_stopping_rate=halving.min_early_stopping_rate or 0,
+        bootstrap_count=halving.bootstrap_count,
+    )
+
+
+def _rung_attrs(trial: TrialStatus) -> dict[str, float]:
+    """The `completed_rung_<k>` system attributes Optuna's successive halving would have written."""
+    attrs: dict[str, float] = {}
+    for rung, epoch in enumerate(trial.rung_epochs or ()):
+        if epoch > len(trial.history):
+            break  # a history cut short (never by the operator): keep the rungs it can back
+        attrs[f"completed_rung_{rung}"] = trial.history[epoch - 1]
+    return attrs
+
+
+def _number(trial: TrialStatus, position: int) -> int:
+    """The trial's number in its round: `n` of `<run>-r<round>-t<n>`, else its position."""
+    match = re.search(r"-t(\d+)$", trial.name)
+    return int(match.group(1)) if match else position
+
+
+def _rung_candidates(search: Search, last: int) -> set[int]:
+    """Every epoch above `last` that can be a rung: successive halving promotes at
+    `min_resource * reduction_factor ** (rate + rung)` (Optuna's formula), and each Hyperband
+    bracket is successive halving with its own rate, so only at these epochs can `should_prune()`
+    decide anything. (The tests compare the result with Optuna's loop, which asks at every epoch.)"""
+    halving = search.successive_halving or SuccessiveHalving()
+    epochs, epoch = set(), search.early_stopping_min_epochs
+    while epoch <= 10_000:  # the longest history status holds
+        if epoch > last:
+            epochs.add(epoch)
+        epoch *= halving.reduction_factor
+    return epochs
+
+
+def _halving_verdict(
+    search: Search,
+    trials: Sequence[TrialStatus],
+    name: str,
+    maximize: bool,
+    max_epochs: int,
+    metric: str,
+) -> Verdict:
+    """Successive halving by Optuna's own pruner, on a study rebuilt from `trials`.
+
+    Each trial is added with the number in its name (gaps filled with empty trials): Hyperband
+    draws a trial's bracket from the study name, fixed by the seed, and the trial's number, so the
+    same status gives the same brackets.
+    """
+    numbered = {_number(t, i): t for i, t in enumerate(trials)}
+    number = next((n for n, t in numbered.items() if t.name == name), None)
+    if number is None:
+        return Verdict()
+    judged = numbered[number]
+    study = optuna.create_study(
+        study_name=f"search-{search.seed}",
+        direction="maximize" if maximize else "minimize",
+        sampler=optuna.samplers.RandomSampler(seed=search.seed),
+        pruner=_pruner(search, max_epochs),
+    )
+    # Only the rung values matter to the pruner; the state keeps Optuna from reading a value.
+    for n in range(number):
+        attrs = _rung_attrs(numbered[n]) if n in numbered else {}
+        study.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING, system_attrs=attrs))
+    asked = study.ask()
+    for key, value in _rung_attrs(judged).items():
+        # What the pruner itself does at a rung (Trial has no public setter for system attributes).
+        study._storage.set_trial_system_attr(asked._trial_id, key, value)
+    for n in sorted(k for k in numbered if k > number):
+        study.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING, system_attrs=_rung_attrs(numbered[n])))
+    rung_epochs = list(judged.rung_epochs or ())[: len(_rung_attrs(judged))]
+    candidates = _rung_candidates(search, max(rung_epochs, default=0))
+    for epoch, value in enumerate(judged.history, start=1):
+        asked.report(value, epoch)
+        if epoch not in candidates:
+            continue
+        pruned = asked.should_prune()
+        attrs = study.get_trials(deepcopy=False)[number].system_attrs
+        if sum(key.startswith("completed_rung_") for key in attrs) > len(rung_epochs):
+            rung_epochs.append(epoch)
+        if pruned:
+            return Verdict(
+                c.SUCCESSIVE_HALVING_STOPPED,
+                _halving_message(search, trials, judged, epoch, len(rung_epochs) - 1, metric),
+                tuple(rung_epochs),
+            )
+    return Verdict(rung_epochs=tuple(rung_epochs))
+
+
+def _halving_message(
+    search: Search,
+    trials: Sequence[TrialStatus],
+    judged: TrialStatus,
+    epoch: int,
+    rung: int,
+    metric: str,
+) -> str:
+    """One line on why successive halving stopped a trial at `rung` (its value at `epoch`)."""
+    halving = search.successive_halving or SuccessiveHalving()
+    value = judged.history[epoch - 1]
+    if math.isnan(value):
+        return f"{metric} is NaN at epoch {epoch}, a rung of {search.early_stopping}"
+    where = f"{metric} {value:.4g} at epoch {epoch} (rung {rung} of {search.early_stopping})"
+    key = f"completed_rung_{rung}"
+    others = [t for t in trials if t.name != judged.name and key in _rung_attrs(t)]
+    if len(others) + 1 <= halving.bootstrap_count:
+        return f"{where}: it is among the first {halving.bootstrap_count} to reach this rung (bootstrapCount)"
+    eta = halving.reduction_factor
+    if search.early_stopping == "hyperband":
+        return f"{where} is not in the top 1/{eta} of the trials of its bracket judged at this rung"
+    keep = max((len(others) + 1) // eta, 1)
+    return f"{where} is not in the top {keep} of the {len(others) + 1} trials judged at this rung (1/{eta})"
 
 
 def best_of(values: Sequence[float], maximize: bool) -> float | None:

@@ -119,6 +119,13 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
 def _index(trial: str) -> int:
     tail = trial.rsplit("-t", 1)[-1]
     return int(tail) if tail.isdigit() else 0
@@ -157,6 +164,17 @@ class _Context:
     @property
     def budget(self) -> int:
         return search.budget(self.spec.search) if self.spec.search else 1
+
+    @property
+    def max_epochs(self) -> int:
+        """The most epochs a trial may run: the top of the search's `epochs` parameter, else
+        `hyperparameters.epochs`."""
+        s = self.spec.search
+        for p in s.parameters if s else ():
+            if p.name == "epochs":
+                tops = [float(v) for v in p.values or () if _is_number(v)] + ([p.max] if p.max is not None else [])
+                return max(1, int(max(tops))) if tops else self.spec.hyperparameters.epochs
+        return self.spec.hyperparameters.epochs
 
     def epochs_of(self, parameters: dict[str, str]) -> int:
         raw = parameters.get("epochs")
@@ -409,19 +427,24 @@ def stop_trial(ctx: _Context, draft: Draft, trial: TrialStatus, reason: str, mes
 
 
 def stop_weak_trials(ctx: _Context, draft: Draft) -> Draft:
-    """The median stopping rule, when the search asks for it."""
+    """The search's early-stopping pruner (median, asha, hyperband) over the running trials, in
+    trial order; each judgement sees the rungs the ones before it recorded."""
     s = ctx.spec.search
-    if s is None or s.early_stopping != "median":
+    if s is None or s.early_stopping == "none":
         return draft
-    curves = {t.name: t.history for t in draft.status.trials if t.history}
-    for trial in draft.status.trials:
+    names = [t.name for t in draft.status.trials]
+    for name in names:
+        trial = next(t for t in draft.status.trials if t.name == name)
         if trial.state != "Running" or not trial.history:
             continue
         if trial.epochs is not None and len(trial.history) >= trial.epochs:
             continue  # training is over; it is exporting: stopping it now saves nothing
-        why = search.median_stop(curves, trial.name, s.early_stopping_min_epochs, ctx.maximize, metric=ctx.metric)
-        if why:
-            draft = stop_trial(ctx, draft, trial, c.MEDIAN_STOPPED, why)
+        verdict = search.judge(s, draft.status.trials, name, ctx.maximize, ctx.max_epochs, metric=ctx.metric)
+        if verdict.rung_epochs is not None and list(verdict.rung_epochs) != (trial.rung_epochs or []):
+            trial = trial.model_copy(update={"rung_epochs": list(verdict.rung_epochs)})
+            draft = draft.with_trial(trial)
+        if verdict.reason:
+            draft = stop_trial(ctx, draft, trial, verdict.reason, verdict.message or verdict.reason)
     return draft
 
 
