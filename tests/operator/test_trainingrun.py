@@ -139,12 +139,16 @@ class Sim:
 
     # the world
 
-    def step(self, apply: bool = True) -> Outcome:
-        """One reconcile; its actions applied to the jobs and its status stored (as JSON)."""
+    def observe(self) -> TrainingRunObserved:
+        """What the controller would observe now."""
         jobs = [copy.deepcopy(j) for j in self.jobs.values()]
         # As the handler: only the pods of jobs `inspected` names are read.
         trials = {n: self.seen[n] for n in inspected(self.status, jobs) if n in self.seen}
-        observed = TrainingRunObserved(dataset=copy.deepcopy(self.dataset), jobs=jobs, trials=trials)
+        return TrainingRunObserved(dataset=copy.deepcopy(self.dataset), jobs=jobs, trials=trials)
+
+    def step(self, apply: bool = True) -> Outcome:
+        """One reconcile; its actions applied to the jobs and its status stored (as JSON)."""
+        observed = self.observe()
         out = reconcile_training_run(copy.deepcopy(self.run), spec_of(self.run), self.status, observed, SETTINGS)
         if apply:
             self.apply(out)
