@@ -9,6 +9,7 @@
 #   training-operator                                                (github.com/kubeflow/training-operator)
 #   prometheus, promtool                                             (github.com/prometheus/prometheus)
 #   metrics-server (metrics.k8s.io for CPU/memory HPAs, kubectl top) (sigs.k8s.io/metrics-server)
+#   kueue (job queueing: admission by quota, preemption by priority)  (sigs.k8s.io/kueue)
 #   modelops-health: kstatus's and Argo CD's verdicts on objects      (sigs.k8s.io/cli-utils, github.com/argoproj/argo-cd/v3)
 #     for the unit tests of our status (tests/operator/test_health.py); keyed by a hash of its module
 # A binary already in the cache is not rebuilt. Usage: hack/build-binaries.sh [NAME ...]
@@ -59,7 +60,7 @@ k8s_ldflags() {
 }
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(kubernetes node etcd kwok helm training-operator prometheus coredns metrics-server health)
+[ ${#want[@]} -gt 0 ] || want=(kubernetes node etcd kwok helm training-operator prometheus coredns metrics-server kueue health)
 for w in "${want[@]}"; do
   case $w in
     kubernetes)
@@ -107,6 +108,8 @@ for w in "${want[@]}"; do
       build metrics-server "$METRICS_SERVER_VERSION" metrics-server \
         "-X k8s.io/client-go/pkg/version.gitVersion=$METRICS_SERVER_VERSION -X k8s.io/client-go/pkg/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.buildDate=1970-01-01T00:00:00Z" \
         sigs.k8s.io/metrics-server/cmd/metrics-server ;;
+    # Its version as Kueue's Makefile sets it (pkg/version).
+    kueue) build kueue "$KUEUE_VERSION" kueue "-X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" sigs.k8s.io/kueue/cmd/kueue ;;
     health)
       v=$(cat "$here/gomod/health/go.mod" "$here/gomod/health/go.sum" "$here/gomod/health/main.go" | sha256sum | cut -c1-12)
       build modelops-health "$v" health "" modelops.dev/hack/health:modelops-health ;;

@@ -8,9 +8,10 @@ bridge networking, kube-proxy (iptables) and CoreDNS; and kwok, which simulates 
 and GPU nodes) for scheduling and scale. The images are built from the project's Dockerfiles by
 hack/images.py and served by a registry on loopback (Debian's docker-registry). Add-ons that stay
 host processes: the Kubeflow training operator, Prometheus, CoreDNS, kube-proxy, the local
-volume provisioner (hack/provisioner.py), and metrics-server (the resource metrics API,
+volume provisioner (hack/provisioner.py), metrics-server (the resource metrics API,
 `metrics.k8s.io`, that CPU and memory HorizontalPodAutoscalers and `kubectl top` read), registered
-with the API server's aggregation layer.
+with the API server's aggregation layer, and Kueue (job queueing: admission by quota, preemption by
+priority), whose webhooks and CRD conversion the API server reaches through a selector-less Service.
 The Gateway API's standard CRDs are installed (HTTPRoute, Gateway, ...), with no Gateway
 controller.
 
@@ -37,6 +38,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -80,6 +82,14 @@ METRICS_SERVER_PORT = int(os.environ.get("MODELOPS_METRICS_SERVER_PORT", "19100"
 #: The APIService that metrics-server serves through the API server's aggregation layer.
 METRICS_APISERVICE = "v1beta1.metrics.k8s.io"
 TRAINING_OPERATOR_PORTS = int(os.environ.get("MODELOPS_TRAINING_OPERATOR_PORT", "19443"))  # +1, +2: metrics, health
+KUEUE_PORTS = int(
+    os.environ.get("MODELOPS_KUEUE_PORT", "19200")
+)  # webhooks on the node's address; +1, +2: metrics, health
+KUEUE_NAMESPACE = "kueue-system"
+#: Kueue's integrations here: the training operator's PyTorchJobs only (jobs without a queue name
+#: are left alone). Only their webhooks and those of Kueue's own kinds are registered.
+KUEUE_FRAMEWORKS = ("kubeflow.org/pytorchjob",)
+KUEUE_WEBHOOK_KINDS = frozenset({"pytorchjob", "clusterqueue", "cohort", "localqueue", "resourceflavor", "workload"})
 KUBECONFIG = STATE / "kubeconfig"
 WEBHOOK_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")  # fixed in the training operator
 
@@ -463,6 +473,17 @@ def components() -> list[Component]:
                 "--pytorch-init-container-max-tries=600",
             ],
             env={"MY_POD_NAMESPACE": "kubeflow"},
+        ),
+        Component(
+            "kueue",
+            [
+                b("kueue"),
+                f"--config={STATE / 'kueue' / 'config.yaml'}",
+                f"--kubeconfig={KUBECONFIG}",
+                # The on-demand visibility API would need its own APIService; nothing here reads it.
+                "--feature-gates=VisibilityOnDemand=false",
+                "--zap-log-level=2",
+            ],
         ),
         Component(
             "prometheus",
@@ -1104,16 +1125,202 @@ def gateway_api_crds() -> None:
     kubectl("apply", "--server-side", "--field-manager=modelops-cluster", "-f", str(crds))
 
 
-def _mount_webhook_cert() -> bool:
-    """Do the kubelet's part: once the rotator has filled its Secret, put the files where the
-    training operator reads them (it starts its controllers only then)."""
-    code, body = api_get("/api/v1/namespaces/kubeflow/secrets/training-operator-webhook-cert")
+def _mount_webhook_cert(
+    namespace: str = "kubeflow", secret: str = "training-operator-webhook-cert", into: Path = WEBHOOK_CERT_DIR
+) -> bool:
+    """Do the kubelet's part: once a certificate rotator has filled its Secret, put the files where
+    its controller reads them (the training operator and Kueue start their controllers only then)."""
+    code, body = api_get(f"/api/v1/namespaces/{namespace}/secrets/{secret}")
     data = json.loads(body).get("data") or {} if code == 200 else {}
     if not all(k in data for k in ("ca.crt", "tls.crt", "tls.key")):
         return False
+    into.mkdir(parents=True, exist_ok=True)
     for key in ("ca.crt", "tls.crt", "tls.key"):
-        (WEBHOOK_CERT_DIR / key).write_bytes(base64.b64decode(data[key]))
+        (into / key).write_bytes(base64.b64decode(data[key]))
     return True
+
+
+# --- Kueue ------------------------------------------------------------------------------------
+
+
+def kueue_config() -> dict[str, object]:
+    """Kueue's Configuration (config.kueue.x-k8s.io/v1beta2) for a process outside the cluster:
+    webhooks on the node's address (where the Service's EndpointSlice sends the API server), its
+    own certificate management (the rotator fills the Secret; `_mount_webhook_cert` copies it to
+    `certDir`), no leader election, PyTorchJobs only, jobs without a queue name left alone, and no
+    waitForPodsReady (a preempted trial is requeued at once, resuming from its checkpoint)."""
+    return {
+        "apiVersion": "config.kueue.x-k8s.io/v1beta2",
+        "kind": "Configuration",
+        "namespace": KUEUE_NAMESPACE,
+        "health": {"healthProbeBindAddress": f"127.0.0.1:{KUEUE_PORTS + 2}"},
+        "metrics": {"bindAddress": f"127.0.0.1:{KUEUE_PORTS + 1}"},
+        "webhook": {"host": NODE_IP, "port": KUEUE_PORTS, "certDir": str(STATE / "kueue" / "certs")},
+        "leaderElection": {"leaderElect": False},
+        "internalCertManagement": {
+            "enable": True,
+            "webhookServiceName": "kueue-webhook-service",
+            "webhookSecretName": "kueue-webhook-server-cert",
+        },
+        "manageJobsWithoutQueueName": False,
+        "integrations": {"frameworks": list(KUEUE_FRAMEWORKS)},
+    }
+
+
+def kueue_manifest() -> str:
+    """Kueue's CRDs (with their conversion webhook) and webhook configurations, as its kustomization
+    of config/components/{crd,webhook} names them (prefix `kueue-`, namespace kueue-system), less
+    the webhooks of frameworks not integrated here (pods, Deployments, batch Jobs, ...: nothing else
+    goes through Kueue); its namespace; the Secret its rotator fills; and, for its webhook Service
+    (which has no selector), one EndpointSlice naming the process's address on the node."""
+    components = go_module_dir("kueue", "sigs.k8s.io/kueue") / "config" / "components"
+    root = STATE / "kueue" / "kustomize"
+    rel = os.path.relpath(components, root)  # kustomize takes relative paths only
+    service_ports = [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": KUEUE_PORTS}]
+    patches: list[dict[str, object]] = [
+        {
+            "target": {"kind": "Service", "name": "webhook-service"},
+            "patch": json.dumps([{"op": "replace", "path": "/spec/ports", "value": service_ports}]),
+        }
+    ]
+    built = _kustomize(root, [f"{rel}/crd", f"{rel}/webhook"], patches)
+    webhooks = re.findall(r"^  name: ([a-z]+)\.kb\.io$", built, re.MULTILINE)
+    for kind in ("Mutating", "Validating"):
+        drop = [w for w in webhooks if w[0] == kind[0].lower() and w[1:] not in KUEUE_WEBHOOK_KINDS]
+        patch = {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": f"{kind}WebhookConfiguration",
+            "metadata": {"name": "any"},  # the target names it
+            "webhooks": [{"name": f"{w}.kb.io", "$patch": "delete"} for w in drop],
+        }
+        patches.append({"target": {"kind": f"{kind}WebhookConfiguration"}, "patch": json.dumps(patch)})
+    built = _kustomize(root, [f"{rel}/crd", f"{rel}/webhook"], patches)
+    ours = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KUEUE_NAMESPACE}},
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": "kueue-webhook-server-cert", "namespace": KUEUE_NAMESPACE},
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "kueue-webhook-host",
+                "namespace": KUEUE_NAMESPACE,
+                "labels": {
+                    "kubernetes.io/service-name": "kueue-webhook-service",
+                    "endpointslice.kubernetes.io/managed-by": "modelops-cluster",
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [NODE_IP], "conditions": {"ready": True}}],
+            "ports": [{"name": "https", "port": KUEUE_PORTS, "protocol": "TCP"}],
+        },
+    ]
+    return "\n---\n".join([*(json.dumps(doc) for doc in ours), built])
+
+
+def _kustomize(root: Path, resources: list[str], patches: list[dict[str, object]]) -> str:
+    """`kubectl kustomize` of a kustomization in `root` (JSON is YAML): namespace kueue-system,
+    prefix `kueue-`, as Kueue's config/default has them."""
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "namespace": KUEUE_NAMESPACE,
+        "namePrefix": "kueue-",
+        "resources": resources,
+        "patches": patches,
+    }
+    _write_json(root / "kustomization.yaml", kustomization)
+    return run(BIN / "kubectl", "kustomize", str(root), capture=True)
+
+
+#: ResourceFlavors: one per node pool (the real node, kwok's CPU and GPU nodes), by its label.
+KUEUE_FLAVORS = {
+    "local": {"nodeLabels": {"modelops.dev/pool": "local"}},
+    "kwok-cpu": {"nodeLabels": {"modelops.dev/pool": "cpu"}},
+    "kwok-gpu": {
+        "nodeLabels": {"modelops.dev/pool": "gpu"},
+        "nodeTaints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}],
+    },
+}
+
+
+def kueue_queues_manifest() -> str:
+    """The queues: a ResourceFlavor per node pool; the ClusterQueue `modelops` with CPU, memory and
+    GPU quota per flavor (the real node first, so that a trial that fits runs for real), preempting
+    lower-priority workloads within itself; WorkloadPriorityClasses `low` and `high`; and the
+    LocalQueue `modelops` in the default namespace (tests make their own in theirs)."""
+    quota = {
+        "local": {"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": "0"},
+        "kwok-cpu": {"cpu": "64", "memory": "256Gi", "nvidia.com/gpu": "0"},
+        "kwok-gpu": {"cpu": "128", "memory": "1Ti", "nvidia.com/gpu": "16"},
+    }
+    api = "kueue.x-k8s.io/v1beta2"
+    items: list[dict[str, object]] = [
+        {"apiVersion": api, "kind": "ResourceFlavor", "metadata": {"name": name}, "spec": spec}
+        for name, spec in KUEUE_FLAVORS.items()
+    ]
+    items.append(
+        {
+            "apiVersion": api,
+            "kind": "ClusterQueue",
+            "metadata": {"name": "modelops"},
+            "spec": {
+                "namespaceSelector": {},
+                "preemption": {"withinClusterQueue": "LowerPriority"},
+                "resourceGroups": [
+                    {
+                        "coveredResources": ["cpu", "memory", "nvidia.com/gpu"],
+                        "flavors": [
+                            {
+                                "name": flavor,
+                                "resources": [{"name": r, "nominalQuota": q} for r, q in quota[flavor].items()],
+                            }
+                            for flavor in KUEUE_FLAVORS
+                        ],
+                    }
+                ],
+            },
+        }
+    )
+    for name, value in (("low", 100), ("high", 1000)):
+        items.append(
+            {
+                "apiVersion": api,
+                "kind": "WorkloadPriorityClass",
+                "metadata": {"name": name},
+                "value": value,
+                "description": f"{name} priority for trials (modelops' local cluster)",
+            }
+        )
+    items.append(
+        {
+            "apiVersion": api,
+            "kind": "LocalQueue",
+            "metadata": {"name": "modelops", "namespace": "default"},
+            "spec": {"clusterQueue": "modelops"},
+        }
+    )
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+
+
+def start_kueue(comp: Component) -> None:
+    """Kueue's objects, its process, its certificate, then the queues (its webhooks check them)."""
+    _write_json(STATE / "kueue" / "config.yaml", kueue_config())  # JSON is YAML
+    kubectl("apply", "--server-side", "--field-manager=modelops-cluster", "-f", "-", stdin=kueue_manifest())
+    comp.start()
+    certs = STATE / "kueue" / "certs"
+    wait_for(
+        "Kueue's webhook certificate",
+        lambda: _mount_webhook_cert(KUEUE_NAMESPACE, "kueue-webhook-server-cert", certs),
+        60,
+        comp,
+    )
+    wait_for("Kueue ready", lambda: _http_ok(f"http://127.0.0.1:{KUEUE_PORTS + 2}/readyz"), 120, comp)
+    kubectl("apply", "--server-side", "--field-manager=modelops-cluster", "-f", "-", stdin=kueue_queues_manifest())
 
 
 def nodes_manifest() -> str:
@@ -1175,6 +1382,7 @@ def up(_: argparse.Namespace) -> int:
         "training-operator",
         "prometheus",
         "metrics-server",
+        "kueue",
     ]
     if not all((BIN / n).exists() for n in need):
         run(HACK / "build-binaries.sh", stdout=None, stderr=None)
@@ -1228,6 +1436,7 @@ def up(_: argparse.Namespace) -> int:
         comps["kube-controller-manager"],
     )
     wait_for("kwok nodes Ready", _nodes_ready, 120, comps["kwok"])
+    start_kueue(comps["kueue"])
     wait_for(
         f"the node {NODE_NAME} Ready",
         lambda: _nodes_ready() and api_get(f"/api/v1/nodes/{NODE_NAME}")[0] == 200,

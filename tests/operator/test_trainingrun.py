@@ -413,13 +413,15 @@ def test_run_policy(policy, suspend, expected):
             "team-a",
         ),
         ({"nodes": 2, "queueName": "team-b"}, None, "team-b"),
+        ({"queueName": "team-c", "workloadPriorityClass": "high"}, None, "team-c"),
     ],
-    ids=["no-gang", "gang", "gang-queue-priority", "queue-only"],
+    ids=["no-gang", "gang", "gang-queue-priority", "queue-only", "queue-workload-priority"],
 )
 def test_gang_scheduling_and_queues(workers, scheduling, queue_label):
     job = build({"workers": workers})
     assert job["spec"]["runPolicy"].get("schedulingPolicy") == scheduling
     assert job["metadata"]["labels"].get("kueue.x-k8s.io/queue-name") == queue_label
+    assert job["metadata"]["labels"].get("kueue.x-k8s.io/priority-class") == workers.get("workloadPriorityClass")
     for replica in job["spec"]["pytorchReplicaSpecs"].values():
         assert replica["template"]["metadata"]["labels"].get("kueue.x-k8s.io/queue-name") == queue_label
 

@@ -123,6 +123,8 @@ JOB_NAME_LABEL = "training.kubeflow.org/job-name"
 REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
 #: The label that puts a PyTorchJob in a Kueue LocalQueue.
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+#: The label that gives a job a Kueue WorkloadPriorityClass.
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 #: The label Kueue puts on the Workload it makes for a job: the job's uid.
 KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 #: On a Kueue Workload: the operator deactivated it (`spec.active: false`) for `spec.suspend`, and

@@ -249,6 +249,10 @@ class Workers(ApiModel):
     queue's quota allows; a trial preempted by a higher-priority workload resumes from its last
     checkpoint when admitted again. `spec.suspend` then deactivates the trial's Kueue Workload
     instead of suspending the PyTorchJob."""
+    workload_priority_class: str | None = Field(default=None, max_length=253, pattern=NAME_PATTERN)
+    """A Kueue WorkloadPriorityClass for the trials (label `kueue.x-k8s.io/priority-class` on each
+    PyTorchJob): Kueue admits higher priorities first and, where the ClusterQueue allows, preempts
+    lower ones to make room. Without it, Kueue takes the pods' `placement.priorityClassName`."""
 
 
 class RunPolicy(ApiModel):
