@@ -70,6 +70,8 @@ NODE_NAME = "local-0"
 NODE_IP = "10.250.0.1"
 BRIDGE = "mo-br0"
 POD_CIDR = "10.250.0.0/16"
+#: The real node's taint: only pods that ask for it run there for real.
+LOCAL_NODE_TAINT = {"key": "modelops.dev/local", "value": "true", "effect": "NoSchedule"}
 #: kwok's simulated pods get addresses here; nothing answers them, so they are blackholed.
 KWOK_POD_CIDR = "10.244.0.0/16"
 #: containerd's sockets and state: a short path (UNIX socket paths are limited to 108 bytes).
@@ -786,7 +788,7 @@ def kubelet_config() -> None:
             "clusterDNS": [NODE_IP],
             "clusterDomain": "cluster.local",
             "resolvConf": "/etc/resolv.conf",
-            "registerWithTaints": [{"key": "modelops.dev/local", "value": "true", "effect": "NoSchedule"}],
+            "registerWithTaints": [LOCAL_NODE_TAINT],
             "serializeImagePulls": False,
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
@@ -1239,7 +1241,7 @@ def _kustomize(root: Path, resources: list[str], patches: list[dict[str, object]
 
 #: ResourceFlavors: one per node pool (the real node, kwok's CPU and GPU nodes), by its label.
 KUEUE_FLAVORS = {
-    "local": {"nodeLabels": {"modelops.dev/pool": "local"}},
+    "local": {"nodeLabels": {"modelops.dev/pool": "local"}, "nodeTaints": [LOCAL_NODE_TAINT]},
     "kwok-cpu": {"nodeLabels": {"modelops.dev/pool": "cpu"}},
     "kwok-gpu": {
         "nodeLabels": {"modelops.dev/pool": "gpu"},

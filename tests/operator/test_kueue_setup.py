@@ -142,7 +142,9 @@ def test_a_flavor_per_node_pool_selects_exactly_that_pool(cluster):  # noqa: F81
         kv.split("=", 1) for a in kubelet if a.startswith("--node-labels=") for kv in a.split("=", 1)[1].split(",")
     )
     pools = {n["metadata"]["name"]: (n["metadata"]["labels"], n["spec"]["taints"]) for n in nodes}
-    pools[cluster.NODE_NAME] = (real_labels, [])
+    cluster.kubelet_config()
+    real_taints = yaml.safe_load((cluster.STATE / "kubelet.yaml").read_text())["registerWithTaints"]
+    pools[cluster.NODE_NAME] = (real_labels, real_taints)
     selected = {}
     for name, spec in flavors.items():
         chosen = [n for n, (labels, _) in pools.items() if spec["nodeLabels"].items() <= labels.items()]
