@@ -328,7 +328,7 @@ def test_a_trial_kueue_will_not_admit_says_why_and_is_left_alone(world, reason, 
 
 
 def test_a_workload_that_never_appears_is_reported_after_a_grace_period():
-    sim = KueueSim()
+    sim = KueueSim({"workers": {"workloadPriorityClass": "urgent"}})
     sim.step()
     sim.set(TRIAL, "Suspended")
     created = sim.jobs[TRIAL]["metadata"]["creationTimestamp"]
@@ -339,6 +339,7 @@ def test_a_workload_that_never_appears_is_reported_after_a_grace_period():
     sim.clock = start + timedelta(seconds=WORKLOAD_GRACE_SECONDS + 10)
     out = sim.step()
     assert cond(out.status).reason == c.KUEUE_UNAVAILABLE and "kubeflow.org/pytorchjob" in cond(out.status).message
+    assert "WorkloadPriorityClass urgent (spec.workers.workloadPriorityClass) exist?" in cond(out.status).message
 
 
 def test_spec_suspend_deactivates_the_workload_and_unsuspend_activates_only_its_own():

@@ -531,6 +531,8 @@ def _without_workload(
             f"Kueue made no Workload for PyTorchJob {trial.name} in {WORKLOAD_GRACE_SECONDS} s: is Kueue "
             "running, and does its configuration integrate kubeflow.org/pytorchjob?"
         )
+        if priority := ctx.spec.workers.workload_priority_class:
+            msg += f" Does the WorkloadPriorityClass {priority} (spec.workers.workloadPriorityClass) exist?"
         return _queued(ctx, draft, trial, c.KUEUE_UNAVAILABLE, msg)
     return _queued(ctx, draft, trial, c.QUEUED, f"waiting for Kueue to queue it in LocalQueue {queue}")
 
