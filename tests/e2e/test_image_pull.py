@@ -11,9 +11,9 @@ import pytest
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import GROUP, VERSION
-from tests.support.cluster import ARTIFACTS, ON_LOCAL_NODE, OperatorProcess, images, wait_until
+from tests.support.cluster import OperatorProcess, images, wait_until
 from tests.support.serving import export_model
-from tests.support.workloads import artifacts_on_host, local_dataset, ready_digits, small_run
+from tests.support.workloads import artifacts_on_host, local_dataset, ready_digits, served_model, small_run
 
 pytestmark = pytest.mark.localnode
 PULL_FAILURES = ("ErrImagePull", "ImagePullBackOff")
@@ -45,15 +45,7 @@ def test_an_image_that_cannot_be_pulled_is_named_on_each_kind(operator, custom, 
         bad.start()
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "datasets", local_dataset("other"))
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", small_run("blocked"))
-        md = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "ModelDeployment",
-            "metadata": {"name": "blocked"},
-            "spec": {
-                "model": {"uri": f"file://{ARTIFACTS}/{model.path.relative_to(store)}", "digest": model.digest},
-                "server": {"placement": ON_LOCAL_NODE},
-            },
-        }
+        md = served_model("blocked", store, model)
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", md)
         for plural, name, image in (
             ("datasets", "other", trainer),

@@ -14,9 +14,7 @@ import requests
 
 from modelops_operator.api.common import GROUP, VERSION
 from tests.support.cluster import (
-    ARTIFACTS,
     NODE_IP,
-    ON_LOCAL_NODE,
     OperatorProcess,
     kill_pod,
     kubectl,
@@ -24,7 +22,7 @@ from tests.support.cluster import (
     wait_until,
 )
 from tests.support.serving import export_model, image_bytes, redis_server
-from tests.support.workloads import artifacts_on_host
+from tests.support.workloads import artifacts_on_host, served_model
 
 pytestmark = pytest.mark.localnode
 
@@ -46,22 +44,14 @@ def test_a_job_survives_the_death_of_the_pod_running_it(operator, custom, namesp
         allowing = OperatorProcess(operator.kubeconfig, MODELOPS_WORKLOAD_SECRETS="queue")
         try:
             allowing.start()
-            body = {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "ModelDeployment",
-                "metadata": {"name": "digits"},
-                "spec": {
-                    "model": {"uri": f"file://{ARTIFACTS}/{model.path.relative_to(store)}", "digest": model.digest},
-                    # One image per model run, so that the job takes long enough to be caught mid-way.
-                    "server": {
-                        "placement": ON_LOCAL_NODE,
-                        "maxBatchSize": 1,
-                        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
-                    },
-                    "autoscaling": {"minReplicas": 2, "maxReplicas": 2},
-                    "jobs": {"redisSecretRef": {"name": "queue"}, "claimIdleSeconds": 2},
-                },
-            }
+            body = served_model(
+                "digits",
+                store,
+                model,
+                server={"maxBatchSize": 1},  # one image per model run: the job takes long enough to catch mid-way
+                autoscaling={"minReplicas": 2, "maxReplicas": 2},
+                jobs={"redisSecretRef": {"name": "queue"}, "claimIdleSeconds": 2},
+            )
             custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", body)
             wait_until(
                 "two ready server pods",

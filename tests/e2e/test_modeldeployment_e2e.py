@@ -15,7 +15,7 @@ from modelops_operator.api import conditions as c
 from modelops_operator.api.common import GROUP, VERSION
 from tests.support.cluster import ARTIFACTS, ON_LOCAL_NODE, kubectl, status, wait_until
 from tests.support.serving import export_model, poison_model
-from tests.support.workloads import ANALYSIS, Load, artifacts_on_host
+from tests.support.workloads import ANALYSIS, Load, artifacts_on_host, served_model
 
 pytestmark = pytest.mark.localnode
 
@@ -228,16 +228,13 @@ def test_the_service_serves_the_model_over_grpc(operator, custom, namespace):
 
     store = artifacts_on_host(namespace)
     model = export_model(store / "models" / "v1", seed=1, name="digits")
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "ModelDeployment",
-        "metadata": {"name": "grpc"},
-        "spec": {
-            "model": {"uri": f"file://{ARTIFACTS}/{model.path.relative_to(store)}", "digest": model.digest},
-            "server": {"placement": ON_LOCAL_NODE, "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}}},
-            "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
-        },
-    }
+    body = served_model(
+        "grpc",
+        store,
+        model,
+        server={"resources": {"requests": {"cpu": "50m", "memory": "128Mi"}}},
+        autoscaling={"minReplicas": 1, "maxReplicas": 1},
+    )
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", body)
     wait_until(
         "Healthy", lambda: status(custom, namespace, "modeldeployments", "grpc").get("phase") == "Healthy", timeout=180

@@ -543,7 +543,7 @@ def test_handlers_register_the_same_handler_ids_with_kopf():
         "_activities ['configure', 'login_via_client']",
         "_changing ['cleanup', 'forget', 'reconcile', 'reconcile/spec']",
         "_spawning ['progress', 'resync']",
-        "_watching ['wake', 'wake-modeldeployments', 'wake-trainingruns']",
+        "_watching ['wake', 'wake-modeldeployments', 'wake-modeldeployments-autoscaled', 'wake-trainingruns']",
         "_indexing ['deployments_by_run', 'runs_by_dataset']",
         "resync [7.0]",
     ]

@@ -236,3 +236,25 @@ class Load:
         self.stop.set()
         for t in self.threads:
             t.join(timeout=15)
+
+
+def served_model(
+    name: str, store: Path, model: Any, *, server: dict[str, Any] | None = None, **spec: Any
+) -> dict[str, Any]:
+    """A ModelDeployment serving `model` (an ExportedModel written under the artifact volume `store`)
+    from the real node, with small requests; `server` adds to or overrides `spec.server`, the other
+    keywords are further `spec` fields."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"uri": f"file://{ARTIFACTS}/{model.path.relative_to(store)}", "digest": model.digest},
+            "server": {
+                "placement": ON_LOCAL_NODE,
+                "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+                **(server or {}),
+            },
+            **spec,
+        },
+    }

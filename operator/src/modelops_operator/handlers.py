@@ -128,6 +128,24 @@ def _register_dependencies() -> None:
     _register_wake(DATASET, "runs_by_dataset", controllers.runs_waiting_for, TRAINING_RUN)
     _register_wake(TRAINING_RUN, "deployments_by_run", controllers.deployments_following, MODEL_DEPLOYMENT)
 
+    @kopf.on.event(
+        "autoscaling",
+        "v2",
+        "horizontalpodautoscalers",
+        id="wake-modeldeployments-autoscaled",
+        labels={names.APP_MANAGED_BY_LABEL: names.MANAGED_BY},
+    )
+    def wake_autoscaled(*, type: str | None, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+        """An autoscaler of ours changed what its ModelDeployment reports: wake that ModelDeployment."""
+        controllers.wake_owner_of_autoscaler(
+            None if type == "DELETED" else body,
+            memo,
+            name=body.metadata.name or "",
+            namespace=body.metadata.namespace or "",
+            listed=type is None,
+            log=logger,
+        )
+
     @kopf.on.delete(GROUP, VERSION, TRAINING_RUN.plural, id="cleanup", retries=5, backoff=2)
     def delete_trials(*, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
         """Stop a deleted TrainingRun's trials now. Never blocks: after five failed attempts kopf

@@ -29,6 +29,9 @@ MODEL_RESOLVED = "ModelResolved"
 """For a ModelDeployment: the model to serve is known (a registered version, or a URI with digest)."""
 MLFLOW_ALIAS = "MLflowAlias"
 """For a ModelDeployment with `spec.model.mlflowAlias`: the alias points at the stable model's MLflow version."""
+AUTOSCALING = "Autoscaling"
+"""For a ModelDeployment: the stable track's HorizontalPodAutoscaler reads its metrics and can scale.
+Not part of Ready: the pods serve whatever the autoscaler can read."""
 
 # Summary conditions: derived from the ones above by `reconcile.health.summarise` at every write of
 # status, for tools that know no modelops kind. Their reason and message are the Ready condition's.
@@ -225,6 +228,15 @@ MLFLOW_ALIAS_FAILED = "MLflowAliasFailed"
 or the stable model has no MLflow version (the TrainingRun's `MLflowRegistered` condition says
 why). Serving is not affected; retried at every resync."""
 
+AUTOSCALER_ACTIVE = "AutoscalerActive"
+"""The autoscaler reads every metric it scales on (`status.autoscaler.metrics`)."""
+AUTOSCALER_PENDING = "AutoscalerPending"
+"""The autoscaler has not reported yet (it reads metrics every 15 s by default)."""
+AUTOSCALER_METRIC_UNAVAILABLE = "AutoscalerMetricUnavailable"
+"""The autoscaler cannot read a metric, in its own words: CPU needs the resource metrics API
+(metrics-server), a `customMetric` a custom metrics adapter that serves that name (prometheus-adapter,
+KEDA). The replicas stay where they are until it can."""
+
 #: Reasons that mean "waiting, nothing wrong": their Events are Normal, all others Warnings.
 WAITING_REASONS = frozenset(
     {
@@ -242,6 +254,7 @@ WAITING_REASONS = frozenset(
         ROLLOUT_IN_PROGRESS,
         ROLLOUT_PAUSED,
         ROUTE_PENDING,
+        AUTOSCALER_PENDING,
     }
 )
 

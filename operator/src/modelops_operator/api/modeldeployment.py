@@ -107,6 +107,10 @@ class Autoscaling(
     """Average CPU utilisation, in percent of the request, the autoscaler aims for."""
     custom_metric: CustomMetric | None = None
     """An additional per-pod metric target; unset scales on CPU only."""
+    scale_down_stabilization_seconds: int = Field(default=300, ge=0, le=3600)
+    """How long the autoscaler waits, after the load fell, before removing replicas (it takes the
+    highest recommendation of this window): Kubernetes' default of 300 s keeps a short lull from
+    dropping pods that the next burst needs. Scaling up is never delayed."""
 
 
 class ServerSpec(ApiModel):
@@ -381,6 +385,20 @@ class AnalysisResult(ApiModel):
     """When it was measured (RFC 3339)."""
 
 
+class AutoscalerStatus(ApiModel):
+    """What the stable track's HorizontalPodAutoscaler reports."""
+
+    current_replicas: int = Field(default=0, ge=0)
+    """Stable pods the autoscaler last saw."""
+    desired_replicas: int = Field(default=0, ge=0)
+    """Stable pods the autoscaler asks for."""
+    metrics: list[str] = Field(default_factory=list, max_length=8)
+    """Each metric as the autoscaler last read it, against its target (`cpu: 180% of request
+    (target 70%)`, `modelops_inflight_requests: 4 per pod (target 8)`)."""
+    last_scale_time: str | None = Field(default=None, max_length=64)
+    """When the autoscaler last changed the replica count (RFC 3339)."""
+
+
 class ModelDeploymentStatus(StatusBase):
     """What the operator observed and did."""
 
@@ -421,3 +439,6 @@ class ModelDeploymentStatus(StatusBase):
     """The in-cluster URL of the Service."""
     mlflow_alias: MlflowAliasStatus | None = None
     """Where `spec.model.mlflowAlias` was last set in MLflow."""
+    autoscaler: AutoscalerStatus | None = None
+    """The stable track's autoscaler: replicas and metrics as it reads them (the `Autoscaling`
+    condition says whether it can read them at all)."""

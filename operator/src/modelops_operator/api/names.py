@@ -118,6 +118,8 @@ APP_NAME_LABEL = "app.kubernetes.io/name"
 APP_INSTANCE_LABEL = "app.kubernetes.io/instance"
 APP_COMPONENT_LABEL = "app.kubernetes.io/component"
 APP_MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+#: The `app.kubernetes.io/managed-by` value of every child the operator creates.
+MANAGED_BY = "modelops-operator"
 #: Labels the Kubeflow training operator puts on a PyTorchJob's pods.
 JOB_NAME_LABEL = "training.kubeflow.org/job-name"
 REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"

@@ -23,7 +23,7 @@ from modelops_operator.api import names
 from modelops_operator.api.common import Placement, PodSettings
 from modelops_operator.settings import OperatorSettings
 
-MANAGED_BY = "modelops-operator"
+MANAGED_BY = names.MANAGED_BY
 
 
 def spec_hash(value: Any, length: int = 16) -> str:

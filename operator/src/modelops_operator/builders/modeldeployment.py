@@ -318,6 +318,7 @@ def build_hpa(md: dict[str, Any], spec: ModelDeploymentSpec) -> dict[str, Any]:
             "minReplicas": auto.min_replicas,
             "maxReplicas": auto.max_replicas,
             "metrics": metrics,
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": auto.scale_down_stabilization_seconds}},
         },
     }
 

@@ -22,8 +22,8 @@ from modelops_operator.api.common import StatusBase
 from modelops_operator.api.kinds import DATASET, MODEL_DEPLOYMENT, TRAINING_RUN, Kind
 from modelops_operator.controllers import dataset, modeldeployment, trainingrun
 from modelops_operator.controllers.common import Log, RetryLater, retry_later
+from modelops_operator.reconcile import autoscaling, health, rollout
 from modelops_operator.reconcile import dependencies as dep
-from modelops_operator.reconcile import health, rollout
 from modelops_operator.reconcile.actions import Event
 from modelops_operator.reconcile.pods import refused_pod_settings
 from modelops_operator.reconcile.status import (
@@ -153,6 +153,35 @@ def runs_waiting_for(index: Mapping[Any, Iterable[Any]], namespace: str, dataset
 def deployments_following(index: Mapping[Any, Iterable[Any]], namespace: str, run_name: str) -> list[str]:
     """The ModelDeployments (from the `deployments_by_run` index) that follow a TrainingRun."""
     return list(index.get((namespace, run_name), []))
+
+
+def wake_owner_of_autoscaler(
+    body: Mapping[str, Any] | None,
+    memo: MutableMapping[str, Any],
+    *,
+    name: str,
+    namespace: str,
+    listed: bool,
+    log: Log,
+) -> None:
+    """Annotate the ModelDeployment owning an autoscaler whenever what its status reports of it
+    changes (replicas, whether it can read its metrics): a scale shows in status at once."""
+    after = autoscaling.fingerprint(dict(body) if body is not None else None)
+    known, before = "fingerprint" in memo, memo.get("fingerprint")
+    memo["fingerprint"] = after
+    if body is not None:
+        owners = (body.get("metadata") or {}).get("ownerReferences") or []
+        memo["owner"] = next(
+            (o.get("name") for o in owners if o.get("controller") and o.get("kind") == MODEL_DEPLOYMENT.kind), None
+        )
+    owner = memo.get("owner")
+    if not owner or not dep.should_wake(before, after, known=known, listed=listed):
+        return
+    value = dep.wake_value("HorizontalPodAutoscaler", name, after)
+    try:
+        kube.annotate(MODEL_DEPLOYMENT, namespace, owner, {names.DEPENDENCY_CHANGED_ANNOTATION: value})
+    except (kube.Conflict, kube.Unavailable) as e:
+        log.warning("could not wake ModelDeployment %s: %s", owner, e)
 
 
 def wake_dependants(

@@ -1,6 +1,7 @@
 """The ModelDeployment controller: resolve the model, observe the two tracks, measure when an
 analysis is due, decide (`reconcile.rollout` and `reconcile.modeldeployment`), write the children,
-say why server pods cannot start, and move `spec.model.mlflowAlias` to a newly promoted stable model."""
+say why server pods cannot start, move `spec.model.mlflowAlias` to a newly promoted stable model, and
+report what the stable track's autoscaler sees and does."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from modelops_operator.api.kinds import TRAINING_RUN
 from modelops_operator.api.modeldeployment import Analysis, ModelDeploymentSpec, ModelDeploymentStatus, ServedModel
 from modelops_operator.builders import modeldeployment as bm
 from modelops_operator.controllers.common import execute, secret_reader
+from modelops_operator.reconcile import autoscaling, ownership, rollout
 from modelops_operator.reconcile import modeldeployment as rm
-from modelops_operator.reconcile import ownership, rollout
 from modelops_operator.reconcile.actions import Event
 from modelops_operator.reconcile.status import invalid_spec
 from modelops_operator.settings import OperatorSettings
+
+HPA = "HorizontalPodAutoscaler"
 
 
 def measure(settings: OperatorSettings, analysis: Analysis, namespace: str, name: str) -> list[rollout.Measurement]:
@@ -88,7 +91,8 @@ def reconcile(
         service_monitor=kube.crd_exists(names.SERVICEMONITOR.crd),
         prometheus_rule=spec.alerts.enabled and kube.crd_exists(names.PROMETHEUSRULE.crd),
     )
-    claims = [ownership.claim(child, kube.get_like(child)) for child in want.children]
+    found = [kube.get_like(child) for child in want.children]
+    claims = [ownership.claim(child, now_) for child, now_ in zip(want.children, found, strict=True)]
     outcome = rm.reconcile_model_deployment(body, spec, old, seen, want, claims, route)
     for action in outcome.actions:
         execute(ns, action)
@@ -98,4 +102,6 @@ def reconcile(
         status = rm.with_pods(status, pods, deployments, at=at)
     # spec.model.mlflowAlias follows the stable model: MLflow is called only when that changed.
     status = mlflow.apply_alias(spec, status, run, secret_reader(ns), at=at)
-    return status, outcome.events
+    hpa = next((obj for child, obj in zip(want.children, found, strict=True) if child["kind"] == HPA), None)
+    status, scaled = autoscaling.with_autoscaler(status, hpa, generation, at=at)
+    return status, [*outcome.events, *scaled]
