@@ -12,6 +12,7 @@
 #   custom-metrics-adapter: custom.metrics.k8s.io for pods, from      (sigs.k8s.io/custom-metrics-apiserver)
 #     Prometheus (HPAs on a per-pod metric); our own small program in hack/gomod/custom-metrics-adapter,
 #     keyed by a hash of its module
+#   kueue (job queueing: admission by quota, preemption by priority)  (sigs.k8s.io/kueue)
 #   modelops-health: kstatus's and Argo CD's verdicts on objects      (sigs.k8s.io/cli-utils, github.com/argoproj/argo-cd/v3)
 #     for the unit tests of our status (tests/operator/test_health.py); keyed by a hash of its module
 # A binary already in the cache is not rebuilt. Usage: hack/build-binaries.sh [NAME ...]
@@ -62,7 +63,7 @@ k8s_ldflags() {
 }
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(kubernetes node etcd kwok helm training-operator prometheus coredns metrics-server custom-metrics-adapter health)
+[ ${#want[@]} -gt 0 ] || want=(kubernetes node etcd kwok helm training-operator prometheus coredns metrics-server custom-metrics-adapter kueue health)
 for w in "${want[@]}"; do
   case $w in
     kubernetes)
@@ -114,6 +115,8 @@ for w in "${want[@]}"; do
       d="$here/gomod/custom-metrics-adapter"
       v=$(cat "$d/go.mod" "$d/go.sum" "$d/main.go" "$d/promql/promql.go" | sha256sum | cut -c1-12)
       build custom-metrics-adapter "$v" custom-metrics-adapter "" modelops.dev/hack/custom-metrics-adapter ;;
+    # Its version as Kueue's Makefile sets it (pkg/version).
+    kueue) build kueue "$KUEUE_VERSION" kueue "-X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" sigs.k8s.io/kueue/cmd/kueue ;;
     health)
       v=$(cat "$here/gomod/health/go.mod" "$here/gomod/health/go.sum" "$here/gomod/health/main.go" | sha256sum | cut -c1-12)
       build modelops-health "$v" health "" modelops.dev/hack/health:modelops-health ;;

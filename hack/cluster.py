@@ -12,7 +12,9 @@ volume provisioner (hack/provisioner.py), metrics-server (the resource metrics A
 `metrics.k8s.io`, that CPU and memory HorizontalPodAutoscalers and `kubectl top` read), and a
 custom metrics adapter (`custom.metrics.k8s.io` for pods, answered from Prometheus: HPAs on a
 per-pod metric; hack/gomod/custom-metrics-adapter), both registered with the API server's
-aggregation layer.
+aggregation layer. Kueue (job queueing: admission by quota, preemption by
+priority) runs too; the API server reaches its webhooks and CRD conversion through a selector-less
+Service.
 The Gateway API's standard CRDs are installed (HTTPRoute, Gateway, ...), with no Gateway
 controller.
 
@@ -41,6 +43,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -72,6 +75,8 @@ NODE_NAME = "local-0"
 NODE_IP = "10.250.0.1"
 BRIDGE = "mo-br0"
 POD_CIDR = "10.250.0.0/16"
+#: The real node's taint: only pods that ask for it run there for real.
+LOCAL_NODE_TAINT = {"key": "modelops.dev/local", "value": "true", "effect": "NoSchedule"}
 #: kwok's simulated pods get addresses here; nothing answers them, so they are blackholed.
 KWOK_POD_CIDR = "10.244.0.0/16"
 #: containerd's sockets and state: a short path (UNIX socket paths are limited to 108 bytes).
@@ -88,6 +93,14 @@ CUSTOM_METRICS_PORT = int(os.environ.get("MODELOPS_CUSTOM_METRICS_PORT", "19101"
 #: asks v1beta2; v1beta1 is served by the same library for older clients).
 CUSTOM_METRICS_APISERVICES = ("v1beta2.custom.metrics.k8s.io", "v1beta1.custom.metrics.k8s.io")
 TRAINING_OPERATOR_PORTS = int(os.environ.get("MODELOPS_TRAINING_OPERATOR_PORT", "19443"))  # +1, +2: metrics, health
+KUEUE_PORTS = int(
+    os.environ.get("MODELOPS_KUEUE_PORT", "19200")
+)  # webhooks on the node's address; +1, +2: metrics, health
+KUEUE_NAMESPACE = "kueue-system"
+#: Kueue's integrations here: the training operator's PyTorchJobs only (jobs without a queue name
+#: are left alone). Only their webhooks and those of Kueue's own kinds are registered.
+KUEUE_FRAMEWORKS = ("kubeflow.org/pytorchjob",)
+KUEUE_WEBHOOK_KINDS = frozenset({"pytorchjob", "clusterqueue", "cohort", "localqueue", "resourceflavor", "workload"})
 KUBECONFIG = STATE / "kubeconfig"
 WEBHOOK_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")  # fixed in the training operator
 
@@ -483,6 +496,17 @@ def components() -> list[Component]:
             env={"MY_POD_NAMESPACE": "kubeflow"},
         ),
         Component(
+            "kueue",
+            [
+                b("kueue"),
+                f"--config={STATE / 'kueue' / 'config.yaml'}",
+                f"--kubeconfig={KUBECONFIG}",
+                # The on-demand visibility API would need its own APIService; nothing here reads it.
+                "--feature-gates=VisibilityOnDemand=false",
+                "--zap-log-level=2",
+            ],
+        ),
+        Component(
             "prometheus",
             [
                 b("prometheus"),
@@ -800,7 +824,7 @@ def kubelet_config() -> None:
             "clusterDNS": [NODE_IP],
             "clusterDomain": "cluster.local",
             "resolvConf": "/etc/resolv.conf",
-            "registerWithTaints": [{"key": "modelops.dev/local", "value": "true", "effect": "NoSchedule"}],
+            "registerWithTaints": [LOCAL_NODE_TAINT],
             "serializeImagePulls": False,
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
@@ -1182,16 +1206,202 @@ def gateway_api_crds() -> None:
     kubectl("apply", "--server-side", "--field-manager=modelops-cluster", "-f", str(crds))
 
 
-def _mount_webhook_cert() -> bool:
-    """Do the kubelet's part: once the rotator has filled its Secret, put the files where the
-    training operator reads them (it starts its controllers only then)."""
-    code, body = api_get("/api/v1/namespaces/kubeflow/secrets/training-operator-webhook-cert")
+def _mount_webhook_cert(
+    namespace: str = "kubeflow", secret: str = "training-operator-webhook-cert", into: Path = WEBHOOK_CERT_DIR
+) -> bool:
+    """Do the kubelet's part: once a certificate rotator has filled its Secret, put the files where
+    its controller reads them (the training operator and Kueue start their controllers only then)."""
+    code, body = api_get(f"/api/v1/namespaces/{namespace}/secrets/{secret}")
     data = json.loads(body).get("data") or {} if code == 200 else {}
     if not all(k in data for k in ("ca.crt", "tls.crt", "tls.key")):
         return False
+    into.mkdir(parents=True, exist_ok=True)
     for key in ("ca.crt", "tls.crt", "tls.key"):
-        (WEBHOOK_CERT_DIR / key).write_bytes(base64.b64decode(data[key]))
+        (into / key).write_bytes(base64.b64decode(data[key]))
     return True
+
+
+# --- Kueue ------------------------------------------------------------------------------------
+
+
+def kueue_config() -> dict[str, object]:
+    """Kueue's Configuration (config.kueue.x-k8s.io/v1beta2) for a process outside the cluster:
+    webhooks on the node's address (where the Service's EndpointSlice sends the API server), its
+    own certificate management (the rotator fills the Secret; `_mount_webhook_cert` copies it to
+    `certDir`), no leader election, PyTorchJobs only, jobs without a queue name left alone, and no
+    waitForPodsReady (a preempted trial is requeued at once, resuming from its checkpoint)."""
+    return {
+        "apiVersion": "config.kueue.x-k8s.io/v1beta2",
+        "kind": "Configuration",
+        "namespace": KUEUE_NAMESPACE,
+        "health": {"healthProbeBindAddress": f"127.0.0.1:{KUEUE_PORTS + 2}"},
+        "metrics": {"bindAddress": f"127.0.0.1:{KUEUE_PORTS + 1}"},
+        "webhook": {"host": NODE_IP, "port": KUEUE_PORTS, "certDir": str(STATE / "kueue" / "certs")},
+        "leaderElection": {"leaderElect": False},
+        "internalCertManagement": {
+            "enable": True,
+            "webhookServiceName": "kueue-webhook-service",
+            "webhookSecretName": "kueue-webhook-server-cert",
+        },
+        "manageJobsWithoutQueueName": False,
+        "integrations": {"frameworks": list(KUEUE_FRAMEWORKS)},
+    }
+
+
+def kueue_manifest() -> str:
+    """Kueue's CRDs (with their conversion webhook) and webhook configurations, as its kustomization
+    of config/components/{crd,webhook} names them (prefix `kueue-`, namespace kueue-system), less
+    the webhooks of frameworks not integrated here (pods, Deployments, batch Jobs, ...: nothing else
+    goes through Kueue); its namespace; the Secret its rotator fills; and, for its webhook Service
+    (which has no selector), one EndpointSlice naming the process's address on the node."""
+    components = go_module_dir("kueue", "sigs.k8s.io/kueue") / "config" / "components"
+    root = STATE / "kueue" / "kustomize"
+    rel = os.path.relpath(components, root)  # kustomize takes relative paths only
+    service_ports = [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": KUEUE_PORTS}]
+    patches: list[dict[str, object]] = [
+        {
+            "target": {"kind": "Service", "name": "webhook-service"},
+            "patch": json.dumps([{"op": "replace", "path": "/spec/ports", "value": service_ports}]),
+        }
+    ]
+    built = _kustomize(root, [f"{rel}/crd", f"{rel}/webhook"], patches)
+    webhooks = re.findall(r"^  name: ([a-z]+)\.kb\.io$", built, re.MULTILINE)
+    for kind in ("Mutating", "Validating"):
+        drop = [w for w in webhooks if w[0] == kind[0].lower() and w[1:] not in KUEUE_WEBHOOK_KINDS]
+        patch = {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": f"{kind}WebhookConfiguration",
+            "metadata": {"name": "any"},  # the target names it
+            "webhooks": [{"name": f"{w}.kb.io", "$patch": "delete"} for w in drop],
+        }
+        patches.append({"target": {"kind": f"{kind}WebhookConfiguration"}, "patch": json.dumps(patch)})
+    built = _kustomize(root, [f"{rel}/crd", f"{rel}/webhook"], patches)
+    ours = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KUEUE_NAMESPACE}},
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": "kueue-webhook-server-cert", "namespace": KUEUE_NAMESPACE},
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "kueue-webhook-host",
+                "namespace": KUEUE_NAMESPACE,
+                "labels": {
+                    "kubernetes.io/service-name": "kueue-webhook-service",
+                    "endpointslice.kubernetes.io/managed-by": "modelops-cluster",
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [NODE_IP], "conditions": {"ready": True}}],
+            "ports": [{"name": "https", "port": KUEUE_PORTS, "protocol": "TCP"}],
+        },
+    ]
+    return "\n---\n".join([*(json.dumps(doc) for doc in ours), built])
+
+
+def _kustomize(root: Path, resources: list[str], patches: list[dict[str, object]]) -> str:
+    """`kubectl kustomize` of a kustomization in `root` (JSON is YAML): namespace kueue-system,
+    prefix `kueue-`, as Kueue's config/default has them."""
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "namespace": KUEUE_NAMESPACE,
+        "namePrefix": "kueue-",
+        "resources": resources,
+        "patches": patches,
+    }
+    _write_json(root / "kustomization.yaml", kustomization)
+    return run(BIN / "kubectl", "kustomize", str(root), capture=True)
+
+
+#: ResourceFlavors: one per node pool (the real node, kwok's CPU and GPU nodes), by its label.
+KUEUE_FLAVORS = {
+    "local": {"nodeLabels": {"modelops.dev/pool": "local"}, "nodeTaints": [LOCAL_NODE_TAINT]},
+    "kwok-cpu": {"nodeLabels": {"modelops.dev/pool": "cpu"}},
+    "kwok-gpu": {
+        "nodeLabels": {"modelops.dev/pool": "gpu"},
+        "nodeTaints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}],
+    },
+}
+
+
+def kueue_queues_manifest() -> str:
+    """The queues: a ResourceFlavor per node pool; the ClusterQueue `modelops` with CPU, memory and
+    GPU quota per flavor (the real node first, so that a trial that fits runs for real), preempting
+    lower-priority workloads within itself; WorkloadPriorityClasses `low` and `high`; and the
+    LocalQueue `modelops` in the default namespace (tests make their own in theirs)."""
+    quota = {
+        "local": {"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": "0"},
+        "kwok-cpu": {"cpu": "64", "memory": "256Gi", "nvidia.com/gpu": "0"},
+        "kwok-gpu": {"cpu": "128", "memory": "1Ti", "nvidia.com/gpu": "16"},
+    }
+    api = "kueue.x-k8s.io/v1beta2"
+    items: list[dict[str, object]] = [
+        {"apiVersion": api, "kind": "ResourceFlavor", "metadata": {"name": name}, "spec": spec}
+        for name, spec in KUEUE_FLAVORS.items()
+    ]
+    items.append(
+        {
+            "apiVersion": api,
+            "kind": "ClusterQueue",
+            "metadata": {"name": "modelops"},
+            "spec": {
+                "namespaceSelector": {},
+                "preemption": {"withinClusterQueue": "LowerPriority"},
+                "resourceGroups": [
+                    {
+                        "coveredResources": ["cpu", "memory", "nvidia.com/gpu"],
+                        "flavors": [
+                            {
+                                "name": flavor,
+                                "resources": [{"name": r, "nominalQuota": q} for r, q in quota[flavor].items()],
+                            }
+                            for flavor in KUEUE_FLAVORS
+                        ],
+                    }
+                ],
+            },
+        }
+    )
+    for name, value in (("low", 100), ("high", 1000)):
+        items.append(
+            {
+                "apiVersion": api,
+                "kind": "WorkloadPriorityClass",
+                "metadata": {"name": name},
+                "value": value,
+                "description": f"{name} priority for trials (modelops' local cluster)",
+            }
+        )
+    items.append(
+        {
+            "apiVersion": api,
+            "kind": "LocalQueue",
+            "metadata": {"name": "modelops", "namespace": "default"},
+            "spec": {"clusterQueue": "modelops"},
+        }
+    )
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+
+
+def start_kueue(comp: Component) -> None:
+    """Kueue's objects, its process, its certificate, then the queues (its webhooks check them)."""
+    _write_json(STATE / "kueue" / "config.yaml", kueue_config())  # JSON is YAML
+    kubectl("apply", "--server-side", "--field-manager=modelops-cluster", "-f", "-", stdin=kueue_manifest())
+    comp.start()
+    certs = STATE / "kueue" / "certs"
+    wait_for(
+        "Kueue's webhook certificate",
+        lambda: _mount_webhook_cert(KUEUE_NAMESPACE, "kueue-webhook-server-cert", certs),
+        60,
+        comp,
+    )
+    wait_for("Kueue ready", lambda: _http_ok(f"http://127.0.0.1:{KUEUE_PORTS + 2}/readyz"), 120, comp)
+    kubectl("apply", "--server-side", "--field-manager=modelops-cluster", "-f", "-", stdin=kueue_queues_manifest())
 
 
 def nodes_manifest() -> str:
@@ -1254,6 +1464,7 @@ def up(_: argparse.Namespace) -> int:
         "prometheus",
         "metrics-server",
         "custom-metrics-adapter",
+        "kueue",
     ]
     if not all((BIN / n).exists() for n in need):
         run(HACK / "build-binaries.sh", stdout=None, stderr=None)
@@ -1319,16 +1530,24 @@ def up(_: argparse.Namespace) -> int:
         comps["kube-controller-manager"],
     )
     wait_for("kwok nodes Ready", _nodes_ready, 120, comps["kwok"])
+    start_kueue(comps["kueue"])
     wait_for(
         f"the node {NODE_NAME} Ready",
         lambda: _nodes_ready() and api_get(f"/api/v1/nodes/{NODE_NAME}")[0] == 200,
         120,
         comps["kubelet"],
     )
-    # The API server reaches metrics-server (discovery of metrics.k8s.io answers); the first
-    # usage figures follow one or two scrapes (15 s each) after a pod starts.
+    _wait_for_metrics_apis(comps)
+    log(f"cluster up in {time.monotonic() - start:.1f}s; kubeconfig: {KUBECONFIG}")
+    print(f"export KUBECONFIG={KUBECONFIG}")
+    return 0
+
+
+def _wait_for_metrics_apis(comps: dict[str, Component]) -> None:
+    """The API server reaches metrics-server (discovery of metrics.k8s.io answers; the first usage
+    figures follow one or two scrapes, 15 s each, after a pod starts) and the custom metrics
+    adapter (the pods' values follow from Prometheus' scrapes, 5 s, once a pod serves)."""
     wait_for(f"the APIService {METRICS_APISERVICE} Available", apiservice_available, 120, comps["metrics-server"])
-    # The pods' values follow from Prometheus' scrapes (5 s) once a pod serves.
     for apiservice in CUSTOM_METRICS_APISERVICES:
         wait_for(
             f"the APIService {apiservice} Available",
@@ -1336,9 +1555,6 @@ def up(_: argparse.Namespace) -> int:
             120,
             comps["custom-metrics-adapter"],
         )
-    log(f"cluster up in {time.monotonic() - start:.1f}s; kubeconfig: {KUBECONFIG}")
-    print(f"export KUBECONFIG={KUBECONFIG}")
-    return 0
 
 
 def _check_before_start(apiserver: Component) -> None:

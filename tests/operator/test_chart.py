@@ -124,6 +124,7 @@ OPERATOR_RULES: dict[tuple[str, str], set[str]] = {
     ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
     ("", "pods"): {"get", "list", "watch"},
     ("kubeflow.org", "pytorchjobs"): {"get", "list", "watch", "create", "delete", "patch"},
+    ("kueue.x-k8s.io", "workloads"): {"get", "list", "watch", "patch"},
     **{
         key: {"get", "list", "watch", "create", "patch"}
         for key in (

@@ -33,6 +33,7 @@ from modelops_operator.reconcile import modeldeployment as rm
 from modelops_operator.reconcile.dataset import DatasetObserved, reconcile_dataset
 from modelops_operator.reconcile.status import describe_error, invalid_spec, merge_patch, refused
 from tests.operator import test_dataset as tds
+from tests.operator import test_kueue as tkq
 from tests.operator import test_rollout as trl
 from tests.operator import test_trainingrun as ttr
 from tests.support.health import judge
@@ -107,8 +108,10 @@ class DatasetSim:
         return tds.job_for(self.body, state)
 
 
-class RunSim(ttr.Sim):
-    """test_trainingrun's TrainingRun simulation, each step finalised as the handler does."""
+class _Finalised:
+    """A TrainingRun simulation whose steps are finalised as the handler does."""
+
+    status: TrainingRunStatus
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -120,6 +123,14 @@ class RunSim(ttr.Sim):
         self.at += timedelta(minutes=1)
         self.status = stored(health.summarise(old, self.status, at=self.at))
         return out
+
+
+class RunSim(_Finalised, ttr.Sim):
+    """test_trainingrun's TrainingRun simulation, each step finalised as the handler does."""
+
+
+class QueuedRunSim(_Finalised, tkq.KueueSim):
+    """test_kueue's TrainingRun with a Kueue queue, each step finalised as the handler does."""
 
 
 class DeploymentSim(trl.Sim):
@@ -186,6 +197,13 @@ def training_run_lives() -> dict[str, StatusBase]:
     sim.change("suspend", True)
     sim.step()
     lives["suspended"] = sim.status
+    for life, conditions in (("queued", tkq.WAITING_FOR_QUOTA), ("queue-not-found", tkq.NO_LOCAL_QUEUE)):
+        sim = QueuedRunSim()
+        sim.step()
+        sim.set(tkq.TRIAL, "Suspended")
+        sim.kueue(tkq.TRIAL, conditions)
+        sim.step()
+        lives[life] = sim.status
     return lives
 
 
@@ -243,6 +261,8 @@ CASES: dict[tuple[str, str], tuple[str, tuple[str, str], list[str]]] = {
     ("TrainingRun", "name-conflict"): ("Pending", FAILED, ["NameConflict: PyTorchJob digits-r1-t0 is not ours"]),
     ("TrainingRun", "running"): ("Running", PROGRESSING, ["digits-r1-t0 running epoch"]),
     ("TrainingRun", "suspended"): ("Suspended", HOLDING, ["suspended"]),
+    ("TrainingRun", "queued"): ("Queued", PROGRESSING, ["Queued: trial digits-r1-t0", "insufficient unused quota"]),
+    ("TrainingRun", "queue-not-found"): ("Queued", FAILED, ["QueueNotFound: ", "LocalQueue team-a doesn't exist"]),
     ("TrainingRun", "succeeded"): ("Succeeded", DONE, ["model version 1 registered from trial digits-r1-t0"]),
     ("TrainingRun", "unknown-reason"): ("Succeeded", PROGRESSING, [f"{UNKNOWN}: re-indexing"]),
     ("TrainingRun", "failed"): ("Failed", FAILED, ["ParityCheckFailed: ", "ONNX logits differ"]),

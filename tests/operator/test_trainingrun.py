@@ -139,12 +139,16 @@ class Sim:
 
     # the world
 
-    def step(self, apply: bool = True) -> Outcome:
-        """One reconcile; its actions applied to the jobs and its status stored (as JSON)."""
+    def observe(self) -> TrainingRunObserved:
+        """What the controller would observe now."""
         jobs = [copy.deepcopy(j) for j in self.jobs.values()]
         # As the handler: only the pods of jobs `inspected` names are read.
         trials = {n: self.seen[n] for n in inspected(self.status, jobs) if n in self.seen}
-        observed = TrainingRunObserved(dataset=copy.deepcopy(self.dataset), jobs=jobs, trials=trials)
+        return TrainingRunObserved(dataset=copy.deepcopy(self.dataset), jobs=jobs, trials=trials)
+
+    def step(self, apply: bool = True) -> Outcome:
+        """One reconcile; its actions applied to the jobs and its status stored (as JSON)."""
+        observed = self.observe()
         out = reconcile_training_run(copy.deepcopy(self.run), spec_of(self.run), self.status, observed, SETTINGS)
         if apply:
             self.apply(out)
@@ -409,13 +413,15 @@ def test_run_policy(policy, suspend, expected):
             "team-a",
         ),
         ({"nodes": 2, "queueName": "team-b"}, None, "team-b"),
+        ({"queueName": "team-c", "workloadPriorityClass": "high"}, None, "team-c"),
     ],
-    ids=["no-gang", "gang", "gang-queue-priority", "queue-only"],
+    ids=["no-gang", "gang", "gang-queue-priority", "queue-only", "queue-workload-priority"],
 )
 def test_gang_scheduling_and_queues(workers, scheduling, queue_label):
     job = build({"workers": workers})
     assert job["spec"]["runPolicy"].get("schedulingPolicy") == scheduling
     assert job["metadata"]["labels"].get("kueue.x-k8s.io/queue-name") == queue_label
+    assert job["metadata"]["labels"].get("kueue.x-k8s.io/priority-class") == workers.get("workloadPriorityClass")
     for replica in job["spec"]["pytorchReplicaSpecs"].values():
         assert replica["template"]["metadata"]["labels"].get("kueue.x-k8s.io/queue-name") == queue_label
 

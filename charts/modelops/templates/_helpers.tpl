@@ -152,6 +152,11 @@ pod creation). Rendered into the ClusterRole (cluster mode) or each namespace's 
 - apiGroups: ["kubeflow.org"]
   resources: ["pytorchjobs"]
   verbs: ["get", "list", "watch", "create", "delete", "patch"]
+# Kueue's Workloads of trials (when Kueue is installed): read to show why a trial is queued or was
+# preempted; patch sets spec.active for spec.suspend (the operator never suspends a job Kueue admits).
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["get", "list", "watch", "patch"]
 # A ModelDeployment's children: read first (one it did not create is left alone), created,
 # then applied server-side (an apply is a patch).
 - apiGroups: ["apps"]

@@ -139,6 +139,31 @@ GOAL_REACHED = "GoalReached"
 """A trial reached `spec.search.objective.goal`; the remaining trials were stopped."""
 JOB_DELETED = "JobDeleted"
 """A trial's PyTorchJob was deleted (by someone else) before it finished."""
+QUEUED = "Queued"
+"""Every unfinished trial waits for admission by Kueue (`spec.workers.queueName`): the ClusterQueue's
+quota is held by other workloads; the message quotes Kueue. It resolves by itself when quota frees."""
+ADMITTED = "Admitted"
+"""(Event) Kueue admitted a queued or preempted trial: its PyTorchJob starts (or resumes from its
+last checkpoint)."""
+PREEMPTED = "Preempted"
+"""Kueue evicted a trial to make room for a higher-priority workload: its pods were stopped after a
+checkpoint, and it resumes from that checkpoint when Kueue admits it again."""
+QUEUE_NOT_FOUND = "QueueNotFound"
+"""Kueue cannot admit a trial: the LocalQueue named in `spec.workers.queueName` does not exist in
+the namespace, or its ClusterQueue does not exist or is inactive; the message quotes Kueue. Create
+the queue (or fix its ClusterQueue), or fix `spec.workers.queueName`."""
+QUOTA_EXCEEDED = "QuotaExceeded"
+"""A trial asks for more than its ClusterQueue can ever admit (more CPU, memory or GPUs than the
+quota plus what it may borrow, or a resource the queue has no quota for); the message quotes Kueue.
+Lower `spec.workers` (resources, `gpusPerNode`, `nodes`) or raise the ClusterQueue's quota."""
+KUEUE_UNAVAILABLE = "KueueUnavailable"
+"""`spec.workers.queueName` is set, so trials are created suspended for Kueue to admit, but Kueue
+does not manage them: its Workload API is not installed, or no Workload appeared for the trial
+(Kueue is not running, or its configuration does not integrate `kubeflow.org/pytorchjob`)."""
+WORKLOAD_DEACTIVATED = "WorkloadDeactivated"
+"""A trial's Kueue Workload was deactivated (`spec.active: false`) by someone other than the operator
+(an administrator, or Kueue after too many requeues); the operator leaves it so. Activate it again
+to let the trial be admitted."""
 
 # Reasons of a ModelDeployment.
 TRAINING_RUN_NOT_FOUND = "TrainingRunNotFound"
@@ -224,6 +249,9 @@ WAITING_REASONS = frozenset(
         PREPARING,
         TRIALS_RUNNING,
         SUSPENDED,
+        QUEUED,
+        ADMITTED,
+        PREEMPTED,
         SERVING,
         ROLLING_STABLE,
         ROLLOUT_IN_PROGRESS,

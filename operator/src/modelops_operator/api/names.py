@@ -125,6 +125,13 @@ JOB_NAME_LABEL = "training.kubeflow.org/job-name"
 REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
 #: The label that puts a PyTorchJob in a Kueue LocalQueue.
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+#: The label that gives a job a Kueue WorkloadPriorityClass.
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
+#: The label Kueue puts on the Workload it makes for a job: the job's uid.
+KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
+#: On a Kueue Workload: the operator deactivated it (`spec.active: false`) for `spec.suspend`, and
+#: only a Workload carrying it is activated again by the operator.
+DEACTIVATED_ANNOTATION = "modelops.dev/deactivated"
 #: The extended resource of NVIDIA GPUs (the device plugin's), also the usual taint on GPU nodes.
 GPU = "nvidia.com/gpu"
 
@@ -152,7 +159,8 @@ PYTORCHJOB = ExternalAPI("PyTorchJob", "kubeflow.org", "v1", "pytorchjobs")
 HTTPROUTE = ExternalAPI("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes")
 SERVICEMONITOR = ExternalAPI("ServiceMonitor", "monitoring.coreos.com", "v1", "servicemonitors")
 PROMETHEUSRULE = ExternalAPI("PrometheusRule", "monitoring.coreos.com", "v1", "prometheusrules")
-EXTERNAL_APIS = (PYTORCHJOB, HTTPROUTE, SERVICEMONITOR, PROMETHEUSRULE)
+WORKLOAD = ExternalAPI("Workload", "kueue.x-k8s.io", "v1beta2", "workloads")
+EXTERNAL_APIS = (PYTORCHJOB, HTTPROUTE, SERVICEMONITOR, PROMETHEUSRULE, WORKLOAD)
 
 PROGRESS_PORT = 9400
 """The trainer's progress port (rank 0 serves GET /progress and /metrics on it)."""

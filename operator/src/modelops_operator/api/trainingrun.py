@@ -23,7 +23,9 @@ from modelops_operator.api.common import (
     validations,
 )
 
-TrainingRunPhase = Literal["Pending", "WaitingForDataset", "Running", "Suspended", "Succeeded", "Failed"]
+TrainingRunPhase = Literal["Pending", "WaitingForDataset", "Queued", "Running", "Suspended", "Succeeded", "Failed"]
+#: A trial's states while it is not over.
+ACTIVE_TRIAL_STATES = ("Pending", "Queued", "Running")
 Architecture = Literal[
     "resnet18",
     "resnet34",
@@ -310,7 +312,15 @@ class Workers(ApiModel):
     gang_scheduling: bool = False
     """Ask for all pods of a trial to be scheduled together (`schedulingPolicy.minAvailable`)."""
     queue_name: str | None = Field(default=None, max_length=63)
-    """A Kueue LocalQueue or Volcano queue for the PyTorchJobs."""
+    """A Kueue LocalQueue (or a Volcano queue, with `gangScheduling`) for the PyTorchJobs. With a
+    queue, Kueue admits each trial: its PyTorchJob is created suspended and Kueue starts it once the
+    queue's quota allows; a trial preempted by a higher-priority workload resumes from its last
+    checkpoint when admitted again. `spec.suspend` then deactivates the trial's Kueue Workload
+    instead of suspending the PyTorchJob."""
+    workload_priority_class: str | None = Field(default=None, max_length=253, pattern=NAME_PATTERN)
+    """A Kueue WorkloadPriorityClass for the trials (label `kueue.x-k8s.io/priority-class` on each
+    PyTorchJob): Kueue admits higher priorities first and, where the ClusterQueue allows, preempts
+    lower ones to make room. Without it, Kueue takes the pods' `placement.priorityClassName`."""
 
 
 class RunPolicy(ApiModel):
@@ -402,8 +412,9 @@ class TrialStatus(ApiModel):
     """The trial's PyTorchJob."""
     parameters: dict[str, str] = Field(default_factory=dict)
     """The hyper-parameters this trial varies, written as strings."""
-    state: Literal["Pending", "Running", "Succeeded", "Failed", "Stopped"] = "Pending"
-    """Pending, Running, Succeeded, Failed, or Stopped (early-stopped or suspended)."""
+    state: Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Stopped"] = "Pending"
+    """Pending, Queued (waiting for admission by Kueue, or preempted and waiting to be admitted
+    again), Running, Succeeded, Failed, or Stopped (early-stopped or suspended)."""
     start_time: datetime | None = None
     """When the operator created the trial's PyTorchJob."""
     completion_time: datetime | None = None
@@ -432,7 +443,8 @@ class TrialStatus(ApiModel):
     judges a trial twice at one rung, and the other trials compete with exactly these values."""
     reason: str | None = Field(default=None, max_length=63)
     """Why the trial ended as it did (`Succeeded`, `MedianStopped`, `SuccessiveHalvingStopped`,
-    `DeadlineExceeded`, `ParityCheckFailed`, ...)."""
+    `DeadlineExceeded`, `ParityCheckFailed`, ...), or why it is Queued (`Queued`, `Preempted`,
+    `QueueNotFound`, `QuotaExceeded`, ...)."""
     message: str | None = Field(default=None, max_length=4096)
     """Why the trial failed or stopped."""
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -482,7 +494,8 @@ class TrainingRunStatus(StatusBase):
     """What the operator observed and produced."""
 
     phase: TrainingRunPhase = "Pending"
-    """Pending, WaitingForDataset, Running, Suspended, Succeeded or Failed."""
+    """Pending, WaitingForDataset, Queued (every unfinished trial waits for admission by Kueue),
+    Running, Suspended, Succeeded or Failed."""
     start_time: datetime | None = None
     """When the current round's first trial was created."""
     completion_time: datetime | None = None

@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 
 from modelops_operator.api.names import (
     GPU,
+    KUEUE_PRIORITY_LABEL,
     KUEUE_QUEUE_LABEL,
     PARAMETERS_ANNOTATION,
     PROGRESS_PORT,
@@ -204,6 +205,8 @@ def build_pytorchjob(
     w, policy = spec.workers, spec.run_policy
     if w.queue_name:
         job_labels[KUEUE_QUEUE_LABEL] = w.queue_name
+    if w.workload_priority_class:
+        job_labels[KUEUE_PRIORITY_LABEL] = w.workload_priority_class
     template = {"metadata": {"labels": dict(job_labels)}, "spec": _pod_template(spec, config, settings)}
     add_mlflow_tracking(template["spec"], spec, meta["namespace"], meta["name"])  # before: ours win
     apply_pod_settings(template, pod_settings(settings.workload_defaults, spec.pod_settings), "pytorch")

@@ -13,7 +13,7 @@ from typing import Any
 
 from modelops_operator import kube, mlflow, observability, prometheus
 from modelops_operator.api.kinds import KINDS
-from modelops_operator.api.names import HTTPROUTE, PYTORCHJOB
+from modelops_operator.api.names import HTTPROUTE, PYTORCHJOB, WORKLOAD
 from modelops_operator.reconcile import ownership
 from modelops_operator.reconcile.actions import Action, creates
 from modelops_operator.reconcile.pods import creation_problem
@@ -77,6 +77,8 @@ def execute(namespace: str, action: Action) -> None:
             kube.suspend_pytorchjob(namespace, action.name, action.verb == "suspend")
         case "patch", HTTPROUTE.kind:
             kube.patch_http_route(namespace, action.name, body)
+        case "patch", WORKLOAD.kind:
+            kube.patch_workload(namespace, action.name, body)
         case "annotate", kind if kind in _KINDS:
             kube.annotate(_KINDS[kind], namespace, action.name, body)
         case "gauge", "ModelDeployment":

@@ -21,6 +21,7 @@ from modelops_operator.api.names import PYTORCHJOB
 from modelops_operator.api.trainingrun import Registry, TrainingRunSpec, TrainingRunStatus
 from modelops_operator.builders import trainingrun as bt
 from modelops_operator.controllers.common import Log, execute, names_taken, not_created, owned, secret_reader
+from modelops_operator.reconcile import kueue
 from modelops_operator.reconcile import trainingrun as rt
 from modelops_operator.reconcile.actions import Action, Event, Registration
 from modelops_operator.reconcile.pods import master_result, pod_problem
@@ -80,7 +81,21 @@ def observe(
     else:
         seen = [observe_trial(ns, by_name[n]) for n in wanted]
     observed.trials.update(zip(wanted, seen, strict=True))
+    observed.workloads, observed.kueue = observe_workloads(ns, [by_name[n] for n in wanted])
     return observed
+
+
+def observe_workloads(namespace: str, jobs: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], bool]:
+    """The Kueue Workload of each of `jobs` (by job name), and whether the cluster serves Kueue's
+    Workload API. Read for every unfinished trial, queue or not: a Kueue that manages jobs without
+    a queue name holds them too, and the operator must not resume what Kueue holds."""
+    uids = sorted(str(j["metadata"]["uid"]) for j in jobs if j["metadata"].get("uid"))
+    if not uids:
+        return {}, True
+    found = kube.list_workloads(namespace, f"{names.KUEUE_JOB_UID_LABEL} in ({','.join(uids)})")
+    if found is None:
+        return {}, False
+    return kueue.owned_by(found, jobs), True
 
 
 def reconcile(

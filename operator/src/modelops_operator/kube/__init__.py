@@ -23,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from modelops_operator.api.common import GROUP, VERSION
 from modelops_operator.api.kinds import Kind
-from modelops_operator.api.names import HTTPROUTE, PYTORCHJOB
+from modelops_operator.api.names import HTTPROUTE, PYTORCHJOB, WORKLOAD
 from modelops_operator.settings import OperatorSettings
 
 
@@ -336,6 +336,35 @@ def patch_http_route(namespace: str, name: str, patch: dict[str, Any]) -> None:
         HTTPROUTE.version,
         namespace,
         HTTPROUTE.plural,
+        name,
+        patch,
+    )
+
+
+def list_workloads(namespace: str, selector: str) -> list[dict[str, Any]] | None:
+    """Kueue Workloads in `namespace` matching a label selector; None when the cluster does not
+    serve Kueue's Workload API."""
+    res = _call(
+        f"list workloads {namespace} {selector}",
+        _api().list_namespaced_custom_object,
+        WORKLOAD.group,
+        WORKLOAD.version,
+        namespace,
+        WORKLOAD.plural,
+        label_selector=selector,
+    )
+    return list(res["items"]) if res is not None else None
+
+
+def patch_workload(namespace: str, name: str, patch: dict[str, Any]) -> None:
+    """Merge-patch a Kueue Workload (`spec.active` and the operator's annotation saying it set it)."""
+    _call(
+        f"patch workload {namespace}/{name}",
+        _api().patch_namespaced_custom_object,
+        WORKLOAD.group,
+        WORKLOAD.version,
+        namespace,
+        WORKLOAD.plural,
         name,
         patch,
     )

@@ -49,6 +49,10 @@ STALLING_REASONS = frozenset(
         c.ROUTE_NOT_ACCEPTED,
         c.ROUTE_BACKENDS_REFUSED,
         c.CREDENTIALS_NOT_ALLOWED,
+        c.QUEUE_NOT_FOUND,
+        c.QUOTA_EXCEEDED,
+        c.KUEUE_UNAVAILABLE,
+        c.WORKLOAD_DEACTIVATED,
     }
 )
 #: Phases in which the object holds still by design (spec.suspend, a rollout's pause step): neither

@@ -16,7 +16,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from modelops_operator.api.trainingrun import TrainingRunStatus, TrialStatus
+from modelops_operator.api.trainingrun import ACTIVE_TRIAL_STATES, TrainingRunStatus, TrialStatus
 
 FINAL = ("Succeeded", "Failed", "Stopped")
 
@@ -135,7 +135,7 @@ def eta_seconds(status: TrainingRunStatus, budget: int, parallelism: int, now: d
     for t in status.trials:
         if t.state == "Running" and t.eta_seconds is not None:
             slots.append(t.eta_seconds)
-        elif t.state in ("Pending", "Running"):
+        elif t.state in ACTIVE_TRIAL_STATES:
             if mean is None:
                 return None
             slots.append(mean)

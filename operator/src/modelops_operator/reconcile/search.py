@@ -485,7 +485,7 @@ def _study_trial(
             state, value_ = TrialState.COMPLETE, float(observation.value)
     elif observation.state == "Failed":
         state = TrialState.FAIL
-    elif observation.state in ("Pending", "Running"):
+    elif observation.state in ("Pending", "Queued", "Running"):
         state = TrialState.RUNNING  # lets the sampler's constant liar steer away from in-flight points
     else:
         return None

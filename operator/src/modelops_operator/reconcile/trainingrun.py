@@ -38,10 +38,16 @@ import modelops_operator
 from modelops_operator.api import conditions as c
 from modelops_operator.api import names
 from modelops_operator.api.common import ConditionStatus
-from modelops_operator.api.names import PARAMETERS_ANNOTATION, ROUND_LABEL
-from modelops_operator.api.trainingrun import RegisteredModel, TrainingRunSpec, TrainingRunStatus, TrialStatus
+from modelops_operator.api.names import DEACTIVATED_ANNOTATION, PARAMETERS_ANNOTATION, ROUND_LABEL
+from modelops_operator.api.trainingrun import (
+    ACTIVE_TRIAL_STATES,
+    RegisteredModel,
+    TrainingRunSpec,
+    TrainingRunStatus,
+    TrialStatus,
+)
 from modelops_operator.builders.trainingrun import build_pytorchjob, model_hash
-from modelops_operator.reconcile import progress, search
+from modelops_operator.reconcile import kueue, progress, search
 from modelops_operator.reconcile.actions import Action, Event, Outcome, Registration
 from modelops_operator.reconcile.progress import TrainerProgress
 from modelops_operator.settings import OperatorSettings
@@ -49,6 +55,11 @@ from modelops_operator.settings import OperatorSettings
 T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
 FINAL = ("Succeeded", "Failed", "Stopped")
 MAX_MODELS = 100
+#: How long a trial's PyTorchJob created for a Kueue queue may go without a Workload before the run
+#: says that Kueue does not manage it.
+WORKLOAD_GRACE_SECONDS = 60
+#: Reasons of a queued trial that only a person resolves.
+STUCK_IN_QUEUE = (c.QUEUE_NOT_FOUND, c.QUOTA_EXCEEDED, c.KUEUE_UNAVAILABLE, c.WORKLOAD_DEACTIVATED)
 
 
 class TrainSummary(BaseModel):
@@ -87,6 +98,10 @@ class TrainingRunObserved:
     dataset: dict[str, Any] | None = None
     jobs: list[dict[str, Any]] = field(default_factory=list)
     trials: dict[str, TrialObservation] = field(default_factory=dict)
+    workloads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The Kueue Workload of each job, by job name."""
+    kueue: bool = True
+    """Whether the cluster serves Kueue's Workload API."""
     now: datetime = field(default_factory=c.now)
     """When it was seen: the time of any condition that changes."""
 
@@ -191,6 +206,8 @@ class Draft:
     actions: tuple[Action, ...] = ()
     events: tuple[Event, ...] = ()
     blocked: tuple[str, ...] = ()
+    queued: tuple[tuple[str, str], ...] = ()
+    """(reason, `trial <name>: <why>`) of each trial waiting for Kueue."""
 
     def updated(self, **fields: Any) -> Draft:
         return replace(self, status=self.status.model_copy(update=fields))
@@ -206,12 +223,19 @@ class Draft:
             trials.append(trial)
         return self.updated(trials=sorted(trials, key=lambda t: _index(t.name)))
 
-    def plus(self, action: Action | None = None, event: Event | None = None, blocked: str | None = None) -> Draft:
+    def plus(
+        self,
+        action: Action | None = None,
+        event: Event | None = None,
+        blocked: str | None = None,
+        queued: tuple[str, str] | None = None,
+    ) -> Draft:
         return replace(
             self,
             actions=self.actions + ((action,) if action else ()),
             events=self.events + ((event,) if event else ()),
             blocked=self.blocked + ((blocked,) if blocked else ()),
+            queued=self.queued + ((queued,) if queued else ()),
         )
 
     def outcome(self) -> Outcome[TrainingRunStatus]:
@@ -295,7 +319,8 @@ def _job_body(ctx: _Context, status: TrainingRunStatus, index: int, parameters: 
         parameters=parameters,
         dataset_uri=status.dataset_uri or "",
         dataset_digest=status.dataset_digest or "",
-        suspend=ctx.spec.suspend,
+        # With a queue, Kueue starts the job when it admits it (its webhook would suspend it anyway).
+        suspend=ctx.spec.suspend or bool(ctx.spec.workers.queue_name),
     )
 
 
@@ -326,7 +351,12 @@ def observe_trials(ctx: _Context, draft: Draft, observed: TrainingRunObserved) -
             continue
         found = jobs.get(trial.name)
         if found is not None:
-            draft = follow_trial(ctx, draft, trial, found, observed.trials.get(trial.name, TrialObservation()))
+            seen = observed.trials.get(trial.name, TrialObservation())
+            workload = observed.workloads.get(trial.name)
+            if ctx.spec.workers.queue_name or workload is not None:
+                draft = follow_queued_trial(ctx, draft, trial, found, seen, workload, observed.kueue)
+            else:
+                draft = follow_trial(ctx, draft, trial, found, seen)
         elif trial.state == "Running":
             msg = f"PyTorchJob {trial.name} was deleted before it finished"
             draft = end_trial(ctx, draft, trial, "Failed", c.JOB_DELETED, msg)
@@ -384,21 +414,145 @@ def follow_trial(ctx: _Context, draft: Draft, trial: TrialStatus, job: dict[str,
         return _failed_trial(ctx, draft, trial, job, summary, seen.result_message)
     if seen.pod_problem:
         draft = draft.plus(blocked=f"trial {trial.name}: {seen.pod_problem}")
-    reported = progress.with_progress(trial, seen.progress, ctx.metric, running=state == "Running")
-    draft = draft.with_trial(
-        reported.model_copy(
-            update={
-                "state": "Running" if state == "Running" else "Pending",
-                "objective": search.best_of(reported.history, ctx.maximize),
-                "message": seen.pod_problem or ("suspended" if state == "Suspended" else None),
-            }
-        )
-    )
+    draft = _followed(ctx, draft, trial, state, seen)
     if ctx.spec.suspend and state != "Suspended":
         return draft.plus(Action("suspend", names.PYTORCHJOB.kind, trial.name))
     if not ctx.spec.suspend and state == "Suspended":
         return draft.plus(Action("resume", names.PYTORCHJOB.kind, trial.name))
     return draft
+
+
+def _followed(
+    ctx: _Context, draft: Draft, trial: TrialStatus, state: str, seen: TrialObservation, message: str | None = None
+) -> Draft:
+    """`trial` Running or Pending as its job says, with its trainer's progress."""
+    reported = progress.with_progress(trial, seen.progress, ctx.metric, running=state == "Running")
+    return draft.with_trial(
+        reported.model_copy(
+            update={
+                "state": "Running" if state == "Running" else "Pending",
+                "objective": search.best_of(reported.history, ctx.maximize),
+                "reason": None,
+                "message": seen.pod_problem or message or ("suspended" if state == "Suspended" else None),
+            }
+        )
+    )
+
+
+def _queued(ctx: _Context, draft: Draft, trial: TrialStatus, reason: str, message: str) -> Draft:
+    """`trial` Queued for `reason`, with an Event when it was not queued for that reason before."""
+    why = c.shorten(message, 1024)
+    draft = draft.with_trial(
+        trial.model_copy(
+            update={"state": "Queued", "reason": reason, "message": why, "images_per_second": None, "eta_seconds": None}
+        )
+    )
+    draft = draft.plus(queued=(reason, f"trial {trial.name}: {why}"))
+    if trial.state == "Queued" and trial.reason == reason:
+        return draft
+    kind = "Normal" if reason in (c.QUEUED, c.PREEMPTED) else "Warning"
+    return draft.plus(event=Event(kind, reason, f"trial {trial.name}: {message}"[:1024]))
+
+
+#: A queued trial's reason and message, by Kueue's admission state ({queue}: the LocalQueue, {why}:
+#: Kueue's message, {workload}, {kueue_reason}).
+_WAITING: dict[str, tuple[str, str]] = {
+    "Preempted": (c.PREEMPTED, "preempted by Kueue: {why}; it resumes from its last checkpoint when admitted again"),
+    "QueueNotFound": (
+        c.QUEUE_NOT_FOUND,
+        "Kueue cannot admit it: {why}; create LocalQueue {queue} in this namespace (and its ClusterQueue), "
+        "or fix spec.workers.queueName",
+    ),
+    "QuotaExceeded": (
+        c.QUOTA_EXCEEDED,
+        "Kueue can never admit it: {why}; lower spec.workers (resources, gpusPerNode, nodes) or raise the "
+        "quota of LocalQueue {queue}'s ClusterQueue",
+    ),
+    "Deactivated": (
+        c.WORKLOAD_DEACTIVATED,
+        "its Kueue Workload {workload} was deactivated (spec.active: false) by someone else ({kueue_reason}: "
+        "{why}); activate it again to let Kueue admit the trial",
+    ),
+    "Queued": (c.QUEUED, "waiting for admission by Kueue in LocalQueue {queue}: {why}"),
+}
+
+
+def follow_queued_trial(
+    ctx: _Context,
+    draft: Draft,
+    trial: TrialStatus,
+    job: dict[str, Any],
+    seen: TrialObservation,
+    workload: dict[str, Any] | None,
+    served: bool,
+) -> Draft:
+    """One unfinished trial whose PyTorchJob Kueue admits (a queue is named, or Kueue made a
+    Workload for it). Kueue alone sets the job's `runPolicy.suspend`: the operator never resumes
+    it, and suspends for `spec.suspend` by deactivating the Workload (and activates again only a
+    Workload it deactivated itself)."""
+    state = job_state(job)[0]
+    if state in ("Succeeded", "Failed"):
+        return follow_trial(ctx, draft, trial, job, seen)
+    queue = ctx.spec.workers.queue_name or (job["metadata"].get("labels") or {}).get(names.KUEUE_QUEUE_LABEL)
+    if workload is None:
+        return _without_workload(ctx, draft, trial, job, state, seen, served, queue)
+    adm = kueue.admission(workload)
+    if ctx.spec.suspend:
+        draft = _followed(ctx, draft, trial, state, seen, message="suspended")
+        if adm.active:
+            patch = {"metadata": {"annotations": {DEACTIVATED_ANNOTATION: "true"}}, "spec": {"active": False}}
+            draft = draft.plus(Action("patch", names.WORKLOAD.kind, adm.name, patch))
+        return draft
+    if not adm.active and adm.ours:
+        patch = {"metadata": {"annotations": {DEACTIVATED_ANNOTATION: None}}, "spec": {"active": True}}
+        draft = draft.plus(Action("patch", names.WORKLOAD.kind, adm.name, patch))
+        msg = f"unsuspended: waiting for Kueue to admit it again in LocalQueue {queue}"
+        return _queued(ctx, draft, trial, c.QUEUED, msg)
+    if adm.state in ("Admitted", "Finished"):
+        draft = _followed(ctx, draft, trial, state, seen)
+        if trial.state == "Queued":
+            resumes = "; it resumes from its last checkpoint" if trial.history else ""
+            where = f" (ClusterQueue {adm.cluster_queue})" if adm.cluster_queue else ""
+            draft = draft.plus(
+                event=Event("Normal", c.ADMITTED, f"trial {trial.name} admitted by Kueue{where}{resumes}")
+            )
+        return draft
+    reason, template = _WAITING[adm.state]
+    why = adm.message or "no quota reserved yet"
+    msg = template.format(queue=queue, why=why, workload=adm.name, kueue_reason=adm.reason)
+    return _queued(ctx, draft, trial, reason, msg)
+
+
+def _without_workload(
+    ctx: _Context,
+    draft: Draft,
+    trial: TrialStatus,
+    job: dict[str, Any],
+    state: str,
+    seen: TrialObservation,
+    served: bool,
+    queue: str | None,
+) -> Draft:
+    """A trial for a Kueue queue whose Workload is not there (yet)."""
+    if state == "Running":  # not held by Kueue (created before it was installed): it runs
+        return _followed(ctx, draft, trial, state, seen)
+    if not served:
+        msg = (
+            f"PyTorchJob {trial.name} waits for Kueue (LocalQueue {queue}), but the cluster does not serve "
+            f"Kueue's Workload API ({names.WORKLOAD.crd}): install Kueue, or unset spec.workers.queueName"
+        )
+        return _queued(ctx, draft, trial, c.KUEUE_UNAVAILABLE, msg)
+    created = job["metadata"].get("creationTimestamp")
+    age = (ctx.now - datetime.fromisoformat(str(created).replace("Z", "+00:00"))).total_seconds() if created else 0
+    if age > WORKLOAD_GRACE_SECONDS:
+        msg = (
+            f"Kueue made no Workload for PyTorchJob {trial.name} in {WORKLOAD_GRACE_SECONDS} s: is Kueue "
+            "running, and does its configuration integrate kubeflow.org/pytorchjob?"
+        )
+        if priority := ctx.spec.workers.workload_priority_class:
+            msg += f" Does the WorkloadPriorityClass {priority} (spec.workers.workloadPriorityClass) exist?"
+        return _queued(ctx, draft, trial, c.KUEUE_UNAVAILABLE, msg)
+    return _queued(ctx, draft, trial, c.QUEUED, f"waiting for Kueue to queue it in LocalQueue {queue}")
 
 
 def end_trial(ctx: _Context, draft: Draft, trial: TrialStatus, state: str, reason: str, message: str) -> Draft:
@@ -465,7 +619,7 @@ def decide_round(ctx: _Context, draft: Draft) -> Draft:
     ]
     if len(failed) > max_failed or reached:
         for t in draft.status.trials:
-            if t.state in ("Pending", "Running"):
+            if t.state in ACTIVE_TRIAL_STATES:
                 if reached:
                     draft = stop_trial(
                         ctx, draft, t, c.GOAL_REACHED, f"trial {reached[0].name} reached the goal {goal}"
@@ -475,7 +629,7 @@ def decide_round(ctx: _Context, draft: Draft) -> Draft:
     elif not ctx.spec.suspend:
         draft = launch_trials(ctx, draft)
     draft = with_best_trial(ctx, draft)
-    active = [t for t in draft.status.trials if t.state in ("Pending", "Running")]
+    active = [t for t in draft.status.trials if t.state in ACTIVE_TRIAL_STATES]
     if len(failed) > max_failed:
         return fail_round(ctx, draft, failed, max_failed)
     if not active and (len(draft.status.trials) >= ctx.budget or reached):
@@ -487,6 +641,19 @@ def decide_round(ctx: _Context, draft: Draft) -> Draft:
         draft = draft.updated(phase="Suspended", progress=line, eta_seconds=None)  # nothing moves
         draft = draft.with_condition(ctx, c.TRAINING_RUNNING, F, c.SUSPENDED, msg)
         conds = c.waiting(draft.status.conditions, c.SUSPENDED, msg, ctx.generation, degraded=False, at=ctx.now)
+        return draft.updated(conditions=conds)
+    if stuck := [q for q in draft.queued if q[0] in STUCK_IN_QUEUE]:
+        reason, why = stuck[0]
+        phase = "Running" if any(t.state == "Running" for t in active) else "Queued"
+        draft = draft.updated(phase=phase, progress=line)
+        draft = draft.with_condition(ctx, c.TRAINING_RUNNING, F, reason, why)
+        conds = c.waiting(draft.status.conditions, reason, why, ctx.generation, degraded=True, at=ctx.now)
+        return draft.updated(conditions=conds)
+    if draft.queued and not any(t.state != "Queued" for t in active):
+        reason, why = draft.queued[0]
+        draft = draft.updated(phase="Queued", progress=line, eta_seconds=None)
+        draft = draft.with_condition(ctx, c.TRAINING_RUNNING, F, reason, why)
+        conds = c.waiting(draft.status.conditions, reason, why, ctx.generation, degraded=False, at=ctx.now)
         return draft.updated(conditions=conds)
     draft = draft.updated(phase="Running", progress=line)
     # A trial whose pods cannot start (an image that cannot be pulled, no node that fits) is named
@@ -503,7 +670,7 @@ def launch_trials(ctx: _Context, draft: Draft) -> Draft:
     parallelism = s.parallelism if s else 1
     while True:
         trials = draft.status.trials
-        active = sum(t.state in ("Pending", "Running") for t in trials)
+        active = sum(t.state in ACTIVE_TRIAL_STATES for t in trials)
         if active >= parallelism or len(trials) >= ctx.budget:
             return draft
         index = len(trials)
@@ -552,7 +719,7 @@ def progress_line(ctx: _Context, status: TrainingRunStatus) -> str:
     )
     running = []
     for t in trials:
-        if t.state in ("Pending", "Running"):
+        if t.state in ACTIVE_TRIAL_STATES:
             where = f"epoch {t.epoch or 0}/{t.epochs or '?'}"
             value = f" {ctx.metric}={t.history[-1]:.4g}" if t.history else ""
             running.append(f"{t.name} {t.state.lower()} {where}{value}")
