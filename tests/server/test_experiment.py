@@ -207,11 +207,22 @@ def test_variants_whose_cards_disagree_refuse_to_start(
     assert words in logs, logs
 
 
+@pytest.mark.parametrize("failure", ["wrong-digest", "not-onnx"])
 def test_a_variant_that_cannot_load_is_named_and_nothing_serves(
-    tmp_path: Path, model_v1: ExportedModel, model_v2: ExportedModel
+    tmp_path: Path, model_v1: ExportedModel, model_v2: ExportedModel, failure: str
 ):
     doc = json.loads(experiment_json(model_v1, model_v2))
-    doc["variants"][1]["digest"] = "sha256:" + "0" * 64
+    if failure == "wrong-digest":
+        doc["variants"][1]["digest"] = "sha256:" + "0" * 64
+        words = "refusing to load it"
+    else:  # a file ONNX Runtime cannot open, beside a card that names its digest: the workers refuse it
+        path = tmp_path / "broken" / "model.onnx"
+        path.parent.mkdir()
+        path.write_bytes(b"not an onnx model")
+        digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+        write_card(path, digest, name=MODEL)
+        doc["variants"][1].update(uri=str(path), digest=digest)
+        words = "experiment variant 'b': "
     server = ServerProcess(model=model_v1.path, args=["--experiment", json.dumps(doc)]).start(
         tmp_path, wait_ready=False
     )
@@ -223,7 +234,8 @@ def test_a_variant_that_cannot_load_is_named_and_nothing_serves(
         except requests.RequestException:
             time.sleep(0.05)
     assert server.proc.returncode == 1 and not ready_seen
-    assert "experiment variant 'b': " in server.logs() and "refusing to load it" in server.logs()
+    failed = [m for m in log_messages(server) if m.startswith("cannot serve the model: experiment variant 'b': ")]
+    assert failed and words in failed[0], server.logs()
 
 
 # --- assignment ----------------------------------------------------------------------------------------

@@ -331,7 +331,11 @@ class DataPlane:
             versions = [v.version for v in experiment.variants]
             for variant, artifact in zip(experiment.variants, artifacts, strict=True):
                 started = time.monotonic()
-                await self._load_everywhere(artifact)
+                try:
+                    await self._load_everywhere(artifact)
+                except errors.ServerError as exc:
+                    self.metrics.model_loads.labels(artifact.name, "failure").inc()
+                    raise errors.ModelLoadError(f"experiment variant {variant.name!r}: {exc}") from exc
                 metadata = model_metadata(artifact.card, artifact.name, artifact.version, artifact.digest)
                 served = ServedModel(
                     artifact=artifact,
@@ -392,9 +396,9 @@ class DataPlane:
         if model.retired and model.inflight == 0:
             key = model.artifact.key
             if self.current is not None and self.current.artifact.key == key:
-                return
-            if any(v.artifact.key == key for v in self.variants.values()):
                 return  # the same file was loaded again (after an unload, or a swap back) and serves
+            if any(v.artifact.key == key for v in self.variants.values()):
+                return  # an experiment's variant: served for the process's life
             for w in self._workers:
                 w.inbox.put(Unload(key))
             self._served.pop(key, None)
