@@ -286,6 +286,10 @@ def test_the_split_over_2000_random_keys_is_within_3_points_of_the_weights(ab: S
     share = variants.count("control") / len(variants)
     assert abs(share - 0.70) <= 0.03, share
     after = metrics(ab)
+    for variant in ("control", "b"):  # the existing series are per variant, by its version
+        labels = {"model": MODEL, "version": VERSIONS[variant], "endpoint": "classify", "code": "200"}
+        answered = metric_value(after, "modelops_requests_total", **labels)
+        assert answered - metric_value(before, "modelops_requests_total", **labels) == variants.count(variant)
     for variant in ("control", "b"):
         grown = metric_value(after, "modelops_experiment_requests_total", variant=variant, keyed="true") - metric_value(
             before, "modelops_experiment_requests_total", variant=variant, keyed="true"
