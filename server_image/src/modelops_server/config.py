@@ -14,6 +14,8 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from modelops_server.experiment import Experiment, parse_experiment
+
 ENV_PREFIX = "MODELOPS_"
 
 
@@ -161,6 +163,14 @@ class Settings(BaseModel):
         description="Most images one batch job may hold (a folder's images, or a Dataset version's chosen splits); "
         "a larger source is refused with a 400. Each image's result waits in Redis until the job ends.",
     )
+    experiment: Experiment | None = Field(
+        default=None,
+        description='An A/B experiment, as JSON: {"name": …, "keyHeader": "x-user-id", "variants": [{"name", '
+        '"uri", "digest", "version", "weight"}, …]} with 2 to 4 variants (the first is the control) whose weights '
+        "sum to 100. Every variant is loaded, and each request is served by the one its key (the keyHeader header, "
+        "or gRPC metadata) is assigned to; --model-uri/--model-digest/--model-version then name the control, and "
+        "hot swaps are refused. Empty: no experiment. See the server README's section A/B experiments.",
+    )
     cache_dir: str | None = Field(default=None, description="Where verified model files are kept; default: a temp dir.")
     log_format: Literal["auto", "json", "text"] = Field(
         default="auto", description="json in a pod; auto picks text on a terminal, JSON otherwise."
@@ -175,6 +185,11 @@ class Settings(BaseModel):
                 "anyone who reaches the port could otherwise replace the model"
             )
         return self
+
+    @field_validator("experiment", mode="before")
+    @classmethod
+    def _experiment_from_json(cls, value: object) -> object:
+        return parse_experiment(value)
 
     @field_validator("batch_roots")
     @classmethod

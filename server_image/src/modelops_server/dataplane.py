@@ -14,6 +14,10 @@ parses or decodes a payload itself, so the event loop stays free for I/O. It own
   is unloaded when its last request is answered. ``unload()`` retires the served version the same
   way and leaves none (readiness false) until the next ``load()``; ``index()`` lists the served and
   the unloaded versions (the repository extension). ``ready`` drives /v2/health/ready.
+- **Experiments.** With ``--experiment`` (``experiment``), ``start()`` loads every variant instead
+  (each verified by its digest; their cards must agree on classes and input, else none serves),
+  ``current`` is the control, and ``route()`` picks each request's variant by its key. The variants
+  are fixed for the process's life: ``load()`` and ``unload()`` are refused with :class:`Conflict`.
 - **Failure.** A worker that dies is restarted; the requests it held are answered 503
   (:class:`WorkerCrashed`) rather than left to time out.
 """
@@ -35,6 +39,7 @@ import orjson
 
 from modelops_server import errors
 from modelops_server.config import Settings
+from modelops_server.experiment import Assignment, Experiment, card_difference, choose, new_assignment
 from modelops_server.messages import (
     BatchRan,
     FromWorker,
@@ -148,6 +153,9 @@ class DataPlane:
             max_request_pixels=settings.max_request_pixels,
         )
         self.current: ServedModel | None = None
+        self.experiment: Experiment | None = settings.experiment
+        self.variants: dict[str, ServedModel] = {}  # variant name -> its model, while an experiment serves
+        self._reloading: dict[int, set[str]] = {}  # a restarted worker -> the model keys it still loads
         self.draining = False
         self.leaving = False  # SIGTERM seen: readiness false, requests still served (--shutdown-delay-s)
         self._outbox: MPQueue[FromWorker] = _CTX.Queue()
@@ -175,6 +183,9 @@ class DataPlane:
         for worker_id in range(self.settings.workers):
             self._workers.append(self._spawn(worker_id))
         self._monitor = asyncio.create_task(self._watch_workers())
+        if self.experiment is not None:
+            await self._load_experiment(self.experiment)
+            return
         await self.load(
             self.settings.model_uri,
             digest=self.settings.model_digest,
@@ -217,6 +228,7 @@ class DataPlane:
         self, uri: str, *, digest: str | None = None, version: str | None = None, name: str | None = None
     ) -> ServedModel:
         """Fetch, verify and warm up a model in every worker, then switch to it atomically."""
+        self._no_experiment("load")
         async with self._swap_lock:
             started = time.monotonic()
             model_name = name or (self.current.name if self.current else None)
@@ -263,6 +275,7 @@ class DataPlane:
     async def unload(self, name: str) -> ServedModel:
         """Stop serving `name`: later requests get :class:`Unavailable` and readiness turns false;
         admitted ones finish on it, then the workers drop it. ``load()`` serves a model again."""
+        self._no_experiment("unload")
         async with self._swap_lock:
             current = self.current
             if current is None or current.name != name:
@@ -274,8 +287,83 @@ class DataPlane:
             log.info("model unloaded on request", extra={"model": current.name, "version": current.version})
             return current
 
+    def _no_experiment(self, what: str) -> None:
+        if self.experiment is not None:
+            raise errors.Conflict(
+                f"cannot {what} a model while the A/B experiment {self.experiment.name!r} runs: its variants are "
+                "fixed when the server starts; restart it with another --experiment (or none) instead"
+            )
+
+    async def _load_experiment(self, experiment: Experiment) -> None:
+        """Fetch and verify every variant, check that their cards agree, warm each up in every worker,
+        then serve them all at once (readiness turns true only then)."""
+        async with self._swap_lock:
+            control = experiment.control
+            if self.settings.model_uri != control.uri:
+                log.warning(
+                    "--model-uri is not the experiment's control; the experiment's variants are served",
+                    extra={"model_uri": self.settings.model_uri, "control_uri": control.uri},
+                )
+            name = self.settings.model_name
+            artifacts: list[ModelArtifact] = []
+            for variant in experiment.variants:
+                started = time.monotonic()
+                try:
+                    artifact = await asyncio.to_thread(
+                        fetch_model,
+                        variant.uri,
+                        expected_digest=variant.digest,
+                        version=variant.version,
+                        name=name,
+                        cache_dir=self.settings.cache_dir,
+                    )
+                except errors.ModelLoadError as exc:
+                    self.metrics.model_loads.labels(name or "", "failure").inc()
+                    raise type(exc)(f"experiment variant {variant.name!r}: {exc}") from exc
+                name = artifact.name
+                artifacts.append(artifact)
+                seconds = round(time.monotonic() - started, 3)
+                log.info("experiment variant fetched", extra={"variant": variant.name, "seconds": seconds})
+            for variant, artifact in zip(experiment.variants[1:], artifacts[1:], strict=True):
+                difference = card_difference((control.name, artifacts[0].card), (variant.name, artifact.card))
+                if difference is not None:
+                    raise errors.ModelLoadError(difference)
+            versions = [v.version for v in experiment.variants]
+            for variant, artifact in zip(experiment.variants, artifacts, strict=True):
+                started = time.monotonic()
+                try:
+                    await self._load_everywhere(artifact)
+                except errors.ServerError as exc:
+                    self.metrics.model_loads.labels(artifact.name, "failure").inc()
+                    raise errors.ModelLoadError(f"experiment variant {variant.name!r}: {exc}") from exc
+                metadata = model_metadata(artifact.card, artifact.name, artifact.version, artifact.digest)
+                served = ServedModel(
+                    artifact=artifact,
+                    metadata=metadata.model_copy(update={"versions": versions}),
+                    load_seconds=time.monotonic() - started + artifact.fetch_seconds,
+                )
+                self.variants[variant.name] = served
+                self._served[artifact.key] = served
+                m = self.metrics
+                m.model_loads.labels(served.name, "success").inc()
+                m.model_load_duration.labels(served.name, served.version).set(served.load_seconds)
+                m.model_info.labels(served.name, served.version, artifact.digest, artifact.card.architecture).set(1)
+            self.current = self.variants[control.name]
+            self.sources[self.current.name] = ModelSource(control.uri, artifacts[0].digest, control.version)
+            log.info(
+                "experiment serving",
+                extra={
+                    "experiment": experiment.name,
+                    "model": self.current.name,
+                    "variants": {v.name: {"version": v.version, "weight": v.weight} for v in experiment.variants},
+                },
+            )
+
     def index(self) -> list[IndexEntry]:
-        """The repository index: the served version, or the one last unloaded."""
+        """The repository index: the served version(s), or the one last unloaded."""
+        if self.variants:
+            state = "READY" if self.ready else "UNAVAILABLE"
+            return [IndexEntry(m.name, m.version, state) for m in self.variants.values()]
         if self.current is not None:
             return [IndexEntry(self.current.name, self.current.version, "READY" if self.ready else "UNAVAILABLE")]
         return [self.unloaded] if self.unloaded is not None else []
@@ -309,6 +397,8 @@ class DataPlane:
             key = model.artifact.key
             if self.current is not None and self.current.artifact.key == key:
                 return  # the same file was loaded again (after an unload, or a swap back) and serves
+            if any(v.artifact.key == key for v in self.variants.values()):
+                return  # an experiment's variant: served for the process's life
             for w in self._workers:
                 w.inbox.put(Unload(key))
             self._served.pop(key, None)
@@ -330,11 +420,36 @@ class DataPlane:
             raise errors.Unavailable("no model is loaded yet")
         if name != current.name:
             raise errors.NotFound(f"model {name!r} is not served here; this server serves {current.name!r}")
+        if version is not None and self.variants:
+            for model in self.variants.values():
+                if model.version == version:
+                    return model
+            served = ", ".join(repr(m.version) for m in self.variants.values())
+            raise errors.NotFound(f"version {version!r} of {name!r} is not served; the experiment serves {served}")
         if version is not None and version != current.version:
             raise errors.NotFound(
                 f"version {version!r} of {name!r} is not served; the served version is {current.version!r}"
             )
         return current
+
+    def route(self, name: str, version: str | None, key: str | None) -> tuple[ServedModel, Assignment | None]:
+        """The model that answers an inference request for `name` (and `version`) carrying `key`, and,
+        while an experiment runs, its assignment: the variant of `key`, or of the `version` asked for."""
+        model = self.resolve(name, version)
+        experiment = self.experiment
+        if experiment is None or not self.variants:
+            return model, None
+        if version is not None:  # a version asked for by name is served by that variant, not assigned
+            variant = next(v for v in experiment.variants if v.version == model.version)
+            return model, new_assignment(variant, bool(key))
+        assignment = choose(experiment, key)
+        return self.variants[assignment.variant.name], assignment
+
+    def answered(self, assignment: Assignment | None) -> None:
+        """Count an answered request of an experiment (``modelops_experiment_requests_total``)."""
+        if assignment is not None and self.experiment is not None:
+            keyed = "true" if assignment.keyed else "false"
+            self.metrics.experiment_requests.labels(self.experiment.name, assignment.variant.name, keyed).inc()
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
         """Whether `name` (and `version`) can be served now: False for a model that is unloaded or
@@ -389,10 +504,15 @@ class DataPlane:
             if fut is not None and not fut.done():
                 fut.set_result(msg)
             elif fut is None and msg.error is None:
-                # A restarted worker finished loading the current model: it can take requests again.
-                for w in self._workers:
-                    if w.worker_id == msg.worker_id:
-                        w.ready = True
+                # A restarted worker finished loading a served model: once it holds all of them (the
+                # current one, or every variant of an experiment) it can take requests again.
+                waiting = self._reloading.get(msg.worker_id, set())
+                waiting.discard(msg.model_key)
+                if not waiting:
+                    self._reloading.pop(msg.worker_id, None)
+                    for w in self._workers:
+                        if w.worker_id == msg.worker_id:
+                            w.ready = True
             log.debug("worker loaded model", extra={"worker": msg.worker_id, "model_key": msg.model_key, **msg.facts})
             return
         if isinstance(msg, BatchRan):
@@ -437,8 +557,10 @@ class DataPlane:
                 w.outstanding.clear()
                 replacement = self._spawn(w.worker_id)
                 self._workers[index] = replacement
-                if self.current is not None:
-                    a = self.current.artifact
+                serving = list(self.variants.values()) or ([self.current] if self.current is not None else [])
+                self._reloading[w.worker_id] = {m.artifact.key for m in serving}
+                for model in serving:
+                    a = model.artifact
                     card_json = a.card.model_dump_json(by_alias=True)
                     replacement.inbox.put(Load(a.key, a.local_path, card_json, a.name, a.version))
 

@@ -11,10 +11,15 @@ route                                                  what
 ``POST /v2/repository/index``                          the model repository's index (OIP repository extension)
 ``POST /v2/repository/models/{name}/load|unload``      hot swap, unload, reload (only with ``--enable-model-control``)
 ``POST /v1/models/{name}:classify``                    an image (raw body or multipart ``file``) → top-k labels
+``POST /v1/feedback``                                  an A/B experiment's outcome of a prediction, by request id
 ``POST /v1/jobs``, ``GET /v1/jobs/{id}``               asynchronous jobs (with ``--redis-url``; see ``jobs``)
 ``GET  /``                                             the web page
 ``GET  /metrics``                                      Prometheus metrics
 =====================================================  =============================================
+
+While an A/B experiment runs (``experiment``), each inference request is answered by the variant
+its key header is assigned to, and its answer carries ``x-modelops-variant`` and
+``x-modelops-request-id`` (classify's JSON also ``variant`` and ``request_id``).
 
 Every error is ``{"error": "<message>"}`` with the status from ``errors.HTTP_STATUS``; 503s carry
 ``Retry-After``. Handlers read bodies and pass them as bytes to the data plane; parsing and
@@ -46,6 +51,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelops_server import __version__, errors, repository
 from modelops_server.dataplane import Answer, DataPlane, ServedModel
+from modelops_server.experiment import Assignment, parse_feedback
 from modelops_server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -176,6 +182,15 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
+def _route(request: web.Request) -> tuple[ServedModel, Assignment | None]:
+    """The model for an inference request and, during an experiment, the request's assignment."""
+    plane = request.app[DATAPLANE]
+    key = request.headers.get(plane.experiment.key_header) if plane.experiment is not None else None
+    model, assignment = plane.route(request.match_info["name"], request.match_info.get("version"), key)
+    request[_MODEL_LABEL] = model
+    return model, assignment
+
+
 def _model(request: web.Request) -> ServedModel:
     model = request.app[DATAPLANE].resolve(request.match_info["name"], request.match_info.get("version"))
     request[_MODEL_LABEL] = model
@@ -215,10 +230,13 @@ async def receive_bounded(request: web.Request, receive: Callable[[], Awaitable[
         raise errors.BodyTimeout(f"the request body did not arrive within {budget.timeout_s:g} s") from exc
 
 
-def _to_response(answer: Answer, request: web.Request) -> web.Response:
+def _to_response(answer: Answer, request: web.Request, assignment: Assignment | None = None) -> web.Response:
     if answer.status >= 400 and answer.reason:
         request[_MODEL_LABEL + "_reason"] = errors.from_wire(answer.reason, "").reason
     headers = dict(answer.headers)
+    if assignment is not None:
+        request.app[DATAPLANE].answered(assignment)
+        headers.update(assignment.headers)
     if answer.status == 503:
         headers["Retry-After"] = str(request.app[SETTINGS_RETRY])
     return web.Response(body=answer.body, status=answer.status, headers=headers)
@@ -271,7 +289,7 @@ async def model_ready(request: web.Request) -> web.Response:
 async def infer(request: web.Request) -> web.Response:
     """OIP inference: the body goes to a worker untouched; its answer comes back ready to send."""
     plane = request.app[DATAPLANE]
-    model = _model(request)
+    model, assignment = _route(request)
     plane.admit()
     header = request.headers.get("Inference-Header-Content-Length")
     try:
@@ -285,13 +303,13 @@ async def infer(request: web.Request) -> web.Response:
     if request.headers.get("Content-Type") is None:
         meta["content_type"] = ""
     answer = await plane.submit(model, "v2", body, meta)
-    return _to_response(answer, request)
+    return _to_response(answer, request, assignment)
 
 
 async def classify(request: web.Request) -> web.Response:
     """An image in (raw ``image/*`` body or multipart field ``file``) → top-k labels with scores."""
     plane = request.app[DATAPLANE]
-    model = _model(request)
+    model, assignment = _route(request)
     plane.admit()
     try:
         top_k = int(request.query.get("top_k", "5"))
@@ -309,8 +327,32 @@ async def classify(request: web.Request) -> web.Response:
             f"content type {request.headers.get('Content-Type', '(none)')!r} is not accepted: send the image as the "
             "body with Content-Type image/jpeg (png, webp, ...) or as multipart/form-data field 'file'"
         )
-    answer = await plane.submit(model, "classify", data, {"top_k": top_k})
-    return _to_response(answer, request)
+    meta: dict[str, Any] = {"top_k": top_k}
+    if assignment is not None:
+        meta |= {"variant": assignment.variant.name, "request_id": assignment.request_id}
+    answer = await plane.submit(model, "classify", data, meta)
+    return _to_response(answer, request, assignment)
+
+
+async def feedback(request: web.Request) -> web.Response:
+    """An A/B experiment's outcome of a prediction, by its request id: 204, counted per variant."""
+    if request.headers.get("Content-Type") is not None and request.content_type != "application/json":
+        raise errors.UnsupportedMediaType("feedback is a JSON body: send Content-Type application/json")
+    try:
+        report = parse_feedback(await read_body(request))
+    except ValueError as exc:
+        raise errors.RequestError(str(exc)) from exc
+    experiment = request.app[DATAPLANE].experiment
+    if experiment is None:
+        raise errors.NotFound("no A/B experiment runs on this server: feedback is taken only while one runs")
+    if experiment.variant(report.variant) is None:
+        names = ", ".join(repr(v.name) for v in experiment.variants)
+        raise errors.NotFound(
+            f"variant {report.variant!r} is not in the experiment {experiment.name!r} (its variants: {names}); "
+            "the request id may come from an earlier experiment"
+        )
+    request.app[METRICS].experiment_outcomes.labels(experiment.name, report.variant, report.outcome).inc()
+    return web.Response(status=204)
 
 
 async def _multipart_file(request: web.Request) -> bytes:
@@ -454,5 +496,6 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v2/repository/models/{name}/load", repository_load, name="repository_load")
     r.add_post("/v2/repository/models/{name}/unload", repository_unload, name="repository_unload")
     r.add_post("/v1/models/{name:[^/:]+}:classify", classify, name="classify")
+    r.add_post("/v1/feedback", feedback, name="feedback")
     r.add_get("/", index, name="index")
     r.add_get("/metrics", metrics, name="metrics")

@@ -15,6 +15,7 @@ message; the metrics count it by ``reason``::
     │   └── CorruptImage         400  INVALID_ARGUMENT    corrupt_image (truncated or undecodable)
     ├── NotFound                 404  NOT_FOUND           not_found (unknown model, version, job)
     ├── ModelControlDisabled     403  PERMISSION_DENIED   model_control_disabled
+    ├── Conflict                 409  FAILED_PRECONDITION conflict (a hot swap while an A/B experiment runs)
     ├── Unavailable              503  UNAVAILABLE         unavailable (not ready yet, draining, unloaded)
     │   ├── Overloaded           503  RESOURCE_EXHAUSTED  overloaded (queue or body budget full; Retry-After)
     │   └── WorkerCrashed        503  UNAVAILABLE         worker_crashed (its worker died)
@@ -80,6 +81,13 @@ class ModelControlDisabled(ServerError):
     reason = "model_control_disabled"
 
 
+class Conflict(ServerError):
+    """The request conflicts with the server's state: a hot swap, load or unload while an A/B
+    experiment serves its fixed variants (HTTP 409)."""
+
+    reason = "conflict"
+
+
 class Unavailable(ServerError):
     """The server cannot take the request now: not ready yet, or draining (HTTP 503)."""
 
@@ -133,6 +141,7 @@ HTTP_STATUS: dict[type[ServerError], int] = {
     CorruptImage: 400,
     NotFound: 404,
     ModelControlDisabled: 403,
+    Conflict: 409,
     Unavailable: 503,
     Overloaded: 503,
     WorkerCrashed: 503,
@@ -149,6 +158,7 @@ GRPC_STATUS: dict[type[ServerError], str] = {
     BodyTimeout: "DEADLINE_EXCEEDED",
     NotFound: "NOT_FOUND",
     ModelControlDisabled: "PERMISSION_DENIED",
+    Conflict: "FAILED_PRECONDITION",
     Unavailable: "UNAVAILABLE",
     Overloaded: "RESOURCE_EXHAUSTED",
     InferenceTimeout: "DEADLINE_EXCEEDED",

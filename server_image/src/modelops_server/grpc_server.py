@@ -8,6 +8,10 @@ it (``grpc_protocol``) and answers with the serialized response. Errors become t
 trailing metadata ``retry-after``. Metrics are REST's, with endpoint ``grpc_<method>`` and the HTTP
 status the error maps to as ``code`` (canary analysis and alerts count gRPC errors too).
 
+During an A/B experiment, ``ModelInfer`` is routed by the experiment's key read from the call's
+metadata (``keyHeader`` in lower case), and the variant and request id come back as initial metadata
+(``x-modelops-variant``, ``x-modelops-request-id``), as REST's response headers.
+
 Message size: gRPC itself refuses a message above twice ``--max-body-bytes`` before reading it
 whole (``RESOURCE_EXHAUSTED``, gRPC's words); one between the two limits is refused here with
 ``INVALID_ARGUMENT`` and REST's words. A message counts against ``--max-inflight-body-bytes`` until
@@ -201,7 +205,12 @@ class InferenceService:
             if len(payload) > limit:
                 raise errors.BodyTooLarge(f"the request body of {len(payload)} bytes is above the limit of {limit}")
             name, version = route(payload)
-            model = labels.model = self._model(name, version)
+            experiment = self.plane.experiment
+            key = _metadata(context).get(experiment.metadata_key) if experiment is not None else None
+            model, assignment = self.plane.route(name, version or None, key)
+            labels.model = model
+            if assignment is not None:
+                await context.send_initial_metadata(tuple(assignment.headers.items()))
             # The message is held until it is answered: it counts against the bodies' budget as a
             # REST body does (gRPC has read it whole before this handler runs).
             self.bodies.reserve(len(payload))
@@ -210,6 +219,7 @@ class InferenceService:
                 answer = await self.plane.submit(model, "grpc", payload, {})
             finally:
                 self.bodies.free(len(payload))
+            self.plane.answered(assignment)
             if answer.status != 200:
                 raise errors.from_wire(answer.reason, answer.message)
             return answer.body, model
@@ -220,12 +230,10 @@ class InferenceService:
     # --- model repository ------------------------------------------------------------------------
 
     def _authorize(self, context: Context) -> None:
-        metadata = dict(context.invocation_metadata() or ())
-        given = metadata.get("authorization", "")
         repository.authorize(
             self.settings.enable_model_control,
             self.settings.model_control_token or "",
-            given if isinstance(given, str) else given.decode(errors="replace"),
+            _metadata(context).get("authorization", ""),
         )
 
     async def repository_index(
@@ -283,6 +291,13 @@ class InferenceService:
             "RepositoryModelUnload": unary(self.repository_unload, pb.RepositoryModelUnloadRequest),
         }
         return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+
+def _metadata(context: Context) -> dict[str, str]:
+    """The call's metadata as text (keys are lower case in gRPC)."""
+    return {
+        k: v if isinstance(v, str) else v.decode(errors="replace") for k, v in (context.invocation_metadata() or ())
+    }
 
 
 def _model_name(request: pb.RepositoryModelLoadRequest | pb.RepositoryModelUnloadRequest) -> str:

@@ -107,6 +107,19 @@ class Metrics:
             "Worker processes restarted after dying.",
             registry=r,
         )
+        self.experiment_requests = Counter(
+            "modelops_experiment_requests",
+            "Inference requests answered during an A/B experiment, by experiment, variant and whether the request "
+            "carried the experiment's key (keyed=false: assigned by a random key).",
+            ["experiment", "variant", "keyed"],
+            registry=r,
+        )
+        self.experiment_outcomes = Counter(
+            "modelops_experiment_outcomes",
+            "Outcomes reported with POST /v1/feedback, by experiment, variant and outcome (success, failure).",
+            ["experiment", "variant", "outcome"],
+            registry=r,
+        )
         self.jobs = Counter(
             "modelops_jobs",
             "Asynchronous jobs accepted by this replica (event=submitted); progress is in GET /v1/jobs/{id}.",

@@ -12,6 +12,9 @@ change what is served, so they need ``--enable-model-control`` and the bearer to
 - ``load`` without them serves the last version loaded under that name again (after an unload),
   its digest checked again;
 - ``unload`` stops serving: readiness turns false, requests get ``Unavailable``, until a load.
+
+While an A/B experiment runs (``--experiment``), load and unload are refused with :class:`Conflict`
+(409, gRPC ``FAILED_PRECONDITION``): the variants are fixed for the server's life.
 """
 
 from __future__ import annotations

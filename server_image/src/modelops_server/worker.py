@@ -144,6 +144,7 @@ class Worker:
             pre = runner.preprocessor
             if kind == "classify":
                 item.top_k = int(meta.get("top_k", 5))
+                item.extra = {k: meta[k] for k in ("variant", "request_id") if k in meta}  # an experiment's
                 item.rows = pre.image_row(payload)[None]
             else:
                 if kind == "grpc":
@@ -246,6 +247,7 @@ class Worker:
                     doc = {
                         "model_name": name,
                         "model_version": version,
+                        **item.extra,
                         **protocol.encode_classification(part, runner.card, name, version, item.top_k)[0],
                     }
                     body, headers = orjson.dumps(doc), {"Content-Type": "application/json"}
