@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import subprocess
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from modelops_operator.api import conditions as c
@@ -29,6 +33,7 @@ from modelops_operator.reconcile import modeldeployment as rm
 from modelops_operator.reconcile import ownership, rollout
 from modelops_operator.settings import OperatorSettings
 from tests.support.objects import model_deployment
+from tests.support.tools import missing
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 RUN = "digits-resnet"
@@ -658,3 +663,80 @@ def test_version_variants_need_a_training_run():
     body["spec"]["model"] = {"uri": "s3://m/model.onnx", "digest": "sha256:" + "a" * 64}
     with pytest.raises(ValidationError, match=r"need model\.trainingRunRef"):
         spec_of(body)
+
+
+# --- the queries in Prometheus' own engine (promtool) ----------------------------------------------
+
+BIN = Path(os.environ.get("MODELOPS_CACHE", Path.home() / ".cache" / "modelops")) / "bin"
+PROMTOOL = BIN / "promtool"
+
+
+def series(metric: str, values: str, **labels: str) -> dict[str, str]:
+    base = {"namespace": "ns", "modelops_dev_modeldeployment": "digits", **labels}
+    return {"series": metric + "{" + ",".join(f'{k}="{v}"' for k, v in base.items()) + "}", "values": values}
+
+
+def test_the_queries_measure_what_they_say_in_prometheus(tmp_path):
+    """Each variant query evaluated by promtool over series shaped like the server pods' metrics:
+    a pod that left mid-experiment still counts, other experiments, deployments and namespaces do
+    not, and error rate and p99 come out as computed by hand."""
+    if not os.access(PROMTOOL, os.X_OK):
+        missing(f"promtool ({PROMTOOL})", "build it with `hack/build-binaries.sh prometheus` (hack/setup.sh does)")
+    b = VariantStatus(name="b", version=M2.version, weight=50)
+    queries = ex.variant_queries("ns", "digits", "ab", b, 630)
+    outcomes, requests_total = "modelops_experiment_outcomes_total", "modelops_experiment_requests_total"
+    buckets = "modelops_request_duration_seconds_bucket"
+    exp_b = {"experiment": "ab", "variant": "b"}
+    ver = {"version": M2.version, "endpoint": "classify"}
+    input_series = [
+        # b's outcomes on two pods; p2 went away after 4 minutes (scaled down): 100 + 20 successes, 30 failures
+        series(outcomes, "0+10x10", outcome="success", pod="p1", **exp_b),
+        series(outcomes, "0+5x4", outcome="success", pod="p2", **exp_b),
+        series(outcomes, "0+3x10", outcome="failure", pod="p1", **exp_b),
+        series(requests_total, "0+20x10", keyed="true", pod="p1", **exp_b),
+        series(requests_total, "0+2x10", keyed="false", pod="p1", **exp_b),
+        # what the selectors must leave out
+        series(outcomes, "0+50x10", outcome="success", pod="p1", experiment="ab", variant="control"),
+        series(outcomes, "0+50x10", outcome="success", pod="p1", experiment="older", variant="b"),
+        series(outcomes, "0+50x10", outcome="success", pod="p9", experiment="ab", variant="b", namespace="other"),
+        {
+            "series": f'{outcomes}{{namespace="ns",modelops_dev_modeldeployment="else",experiment="ab",'
+            'variant="b",outcome="success"}',
+            "values": "0+50x10",
+        },
+        # b's answers: 10% are 500s; half its requests within 0.1 s, all within 0.5 s
+        series("modelops_requests_total", "0+90x10", code="200", **ver),
+        series("modelops_requests_total", "0+10x10", code="500", **ver),
+        series("modelops_requests_total", "0+90x10", code="500", version=M1.version, endpoint="classify"),
+        series(buckets, "0+50x10", le="0.1", **ver),
+        series(buckets, "0+100x10", le="0.5", **ver),
+        series(buckets, "0+100x10", le="+Inf", **ver),
+    ]
+    expected = {
+        "successes": 120.0,
+        "failures": 30.0,
+        "requests": 220.0,
+        "errorRate": 0.1,
+        # by hand: rank 0.99 * 100 = 99 in (0.1, 0.5] holding 50: 0.1 + 0.4 * (99 - 50) / 50
+        "latencyP99": 0.492,
+    }
+    unit = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": input_series,
+                "promql_expr_test": [
+                    {"expr": queries[m], "eval_time": "10m", "exp_samples": [{"labels": "{}", "value": v}]}
+                    for m, v in expected.items()
+                ],
+            }
+        ],
+    }
+    test_file = tmp_path / "test.yaml"
+    test_file.write_text(yaml.safe_dump(unit, sort_keys=False))
+    done = subprocess.run(
+        [str(PROMTOOL), "test", "rules", str(test_file)], capture_output=True, text=True, check=False, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
