@@ -17,8 +17,10 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from modelops_operator import controllers
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import ConditionStatus
+from modelops_operator.api.kinds import DATASET, MODEL_DEPLOYMENT
 from modelops_operator.api.modeldeployment import (
     Experiment,
     ExperimentStatus,
@@ -486,8 +488,8 @@ def test_experiment_runs_concludes_and_promotes(name, old, now, data, fields, ph
 
 def test_manual_promotion_by_annotation():
     concluded_out = reconcile(md(experiment()), running(), stable=serving(M1), now=LATER, measurements=CLEAR_WIN)[1]
-    old = concluded_out.status
-    assert old.experiment.phase == "Concluded"
+    old = ModelDeploymentStatus.model_validate(concluded_out.status.wire())  # stored as the API server would
+    assert old.experiment.phase == "Concluded" and old.experiment.variants[1].p_value < 0.05
     # a person overrides the test: the control, whatever it found
     body = md(experiment(), annotations={PROMOTE_VARIANT_ANNOTATION: "control"})
     want, out = reconcile(body, old, stable=serving(M1), now=LATER + timedelta(minutes=1))
@@ -523,6 +525,7 @@ def test_a_promoted_experiment_stays_over_and_holds_the_stable_model():
         now=LATER,
         measurements=CLEAR_WIN,
     )[1].status
+    old = ModelDeploymentStatus.model_validate(old.wire())
     # spec.model (v1) differs from the promoted b (v2): it waits, no canary starts
     want, out = reconcile(
         md(experiment(promotion="Automatic")), old, stable=serving(M2), now=LATER + timedelta(minutes=5)
@@ -740,3 +743,23 @@ def test_the_queries_measure_what_they_say_in_prometheus(tmp_path):
         [str(PROMTOOL), "test", "rules", str(test_file)], capture_output=True, text=True, check=False, cwd=tmp_path
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("annotations", "wakes"),
+    [
+        ({PROMOTE_VARIANT_ANNOTATION: "b"}, True),
+        ({PROMOTE_VARIANT_ANNOTATION: ""}, True),  # wakes, and is removed as naming nothing
+        ({"example.com/promote-variant": "b"}, False),
+    ],
+)
+def test_promote_variant_wakes_the_deployment_at_once(annotations, wakes):
+    assert controllers.commanded(MODEL_DEPLOYMENT, annotations) is wakes
+    assert controllers.commanded(DATASET, annotations) is False
+
+
+def test_an_empty_promote_variant_is_removed_and_does_nothing():
+    body = md(experiment(), annotations={PROMOTE_VARIANT_ANNOTATION: " "})
+    _, out = reconcile(body, running(), stable=serving(M1), now=T0 + timedelta(minutes=1))
+    assert out.status.experiment.phase == "Running" and out.events == []
+    assert next(a for a in out.actions if a.verb == "annotate").body == {PROMOTE_VARIANT_ANNOTATION: None}
