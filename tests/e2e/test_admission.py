@@ -159,7 +159,7 @@ BAD = [
         model_deployment().set("spec.jobs", {"redisSecretRef": {"name": "q"}, "consumersPerPod": 0}),
         "spec.jobs.consumersPerPod in body should be greater than or equal to 1",
     ),
-    # spec.experiment (docs/bad-input.md rows 322-329)
+    # spec.experiment (docs/bad-input.md rows 329-336)
     (
         model_deployment().set("spec.experiment", ab(("a", 1, 50), ("b", 2, 40))),
         "the variants' weights must sum to 100",
