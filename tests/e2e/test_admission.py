@@ -4,6 +4,7 @@ and nothing is stored."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import yaml
@@ -12,6 +13,12 @@ from kubernetes.client.exceptions import ApiException
 from modelops_operator.api.common import GROUP, VERSION
 from tests.support.cluster import REPO, kubectl
 from tests.support.objects import DIGEST, dataset, model_deployment, search, training_run
+
+
+def ab(*variants: tuple[str, int, int]) -> dict[str, Any]:
+    """spec.experiment with (name, version, weight) variants, ending after an hour."""
+    return {"variants": [{"name": n, "version": v, "weight": w} for n, v, w in variants], "duration": "1h"}
+
 
 BAD = [
     # Dataset
@@ -177,6 +184,42 @@ BAD = [
     (
         model_deployment().set("spec.jobs", {"redisSecretRef": {"name": "q"}, "consumersPerPod": 0}),
         "spec.jobs.consumersPerPod in body should be greater than or equal to 1",
+    ),
+    # spec.experiment (docs/bad-input.md rows 329-336)
+    (
+        model_deployment().set("spec.experiment", ab(("a", 1, 50), ("b", 2, 40))),
+        "the variants' weights must sum to 100",
+    ),
+    (model_deployment().set("spec.experiment", ab(("a", 1, 50), ("a", 2, 50))), "variant names must be unique"),
+    (model_deployment().set("spec.experiment", ab(("a", 1, 99))), "should have at least 2 items"),
+    (
+        model_deployment().set("spec.experiment", ab(("a", 1, 50), ("b", 1, 50))),
+        "variant versions must be unique (two variants of one model compare nothing)",
+    ),
+    (
+        model_deployment().set(
+            "spec.experiment",
+            {
+                **ab(("a", 1, 50)),
+                "variants": [
+                    {"name": "a", "version": 1, "uri": "s3://b/m.onnx", "digest": DIGEST, "weight": 50},
+                    {"name": "b", "version": 2, "weight": 50},
+                ],
+            },
+        ),
+        "a variant sets exactly one of version and uri",
+    ),
+    (
+        model_deployment().set("spec.experiment", {"variants": ab(("a", 1, 50), ("b", 2, 50))["variants"]}),
+        "an experiment needs an end: duration and/or maxRequests",
+    ),
+    (
+        model_deployment()
+        .drop("spec.model.trainingRunRef")
+        .set("spec.model.uri", "s3://b/m.onnx")
+        .set("spec.model.digest", DIGEST)
+        .set("spec.experiment", ab(("a", 1, 50), ("b", 2, 50))),
+        "experiment variants with a version need model.trainingRunRef",
     ),
 ]
 

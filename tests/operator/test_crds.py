@@ -105,7 +105,7 @@ def test_every_storage_uri_has_the_scheme_rule():
         for path, node in walk(schema(kind))
         if path.startswith(".spec") and path.rsplit(".", 1)[-1] in ("uri", "weightsUri")
     ]
-    assert len(uris) == 5, [u[1] for u in uris]
+    assert len(uris) == 6, [u[1] for u in uris]
     for kind, path, node in uris:
         [rule] = node["x-kubernetes-validations"]
         assert "gs://, gcs://, az:// and abfs:// are not supported" in rule["message"], (kind, path)

@@ -90,6 +90,8 @@ def test_only_runs_that_have_not_pinned_a_dataset_are_woken_by_it(phase, waits):
             False,  # waiting for its TrainingRun's model: woken by the run instead
         ),
         ("ModelDeployment", {"phase": "Healthy"}, False),
+        ("ModelDeployment", {"phase": "Healthy", "experiment": {"phase": "Running"}}, True),  # measured, ended on time
+        ("ModelDeployment", {"phase": "Healthy", "experiment": {"phase": "Concluded"}}, False),  # waits for a person
         ("ModelDeployment", {}, False),
     ],
 )

@@ -29,6 +29,10 @@ MODEL_RESOLVED = "ModelResolved"
 """For a ModelDeployment: the model to serve is known (a registered version, or a URI with digest)."""
 MLFLOW_ALIAS = "MLflowAlias"
 """For a ModelDeployment with `spec.model.mlflowAlias`: the alias points at the stable model's MLflow version."""
+EXPERIMENT = "Experiment"
+"""For a ModelDeployment with `spec.experiment`: True while the A/B experiment runs or waits for a
+person's promotion, False once it is over or while it cannot start (the reason says why). Not
+part of Ready: the stable model serves whatever the experiment does."""
 AUTOSCALING = "Autoscaling"
 """For a ModelDeployment: the stable track's HorizontalPodAutoscaler reads its metrics and can scale.
 Not part of Ready: the pods serve whatever the autoscaler can read."""
@@ -188,6 +192,23 @@ ROLLOUT_PAUSED = "RolloutPaused"
 ROLLED_BACK = "RolledBack"
 """The canary was rolled back (analysis failed, or aborted by hand); stable serves all traffic."""
 
+EXPERIMENT_PENDING = "ExperimentPending"
+"""The experiment waits to start: for the first model to serve, or for a canary rollout to end."""
+EXPERIMENT_RUNNING = "ExperimentRunning"
+"""The stable track serves every variant; the variants are measured every `interval`."""
+EXPERIMENT_CONCLUDED = "ExperimentConcluded"
+"""The test was run and chose a winner; with `promotion: Manual` the variants keep serving until a
+person annotates `modelops.dev/promote-variant: <name>`."""
+EXPERIMENT_PROMOTED = "ExperimentPromoted"
+"""The experiment is over: the promoted variant is the stable model."""
+EXPERIMENT_VARIANT_NOT_REGISTERED = "ExperimentVariantNotRegistered"
+"""A variant's version is not (yet) registered by the TrainingRun of `spec.model.trainingRunRef`."""
+EXPERIMENT_VARIANTS_INCOMPATIBLE = "ExperimentVariantsIncompatible"
+"""The TrainingRun's status shows the variants were trained on different Datasets, so their classes
+and input size may differ; the experiment does not start."""
+EXPERIMENT_CONTROL_NOT_STABLE = "ExperimentControlNotStable"
+"""The first variant (the control) is not the stable model; the experiment does not start."""
+
 NAME_CONFLICT = "NameConflict"
 """A child the operator would create (a preparation Job, a trial's PyTorchJob, a Deployment,
 Service, HPA, PDB, ServiceMonitor or PrometheusRule) already exists and was not created by this
@@ -258,6 +279,11 @@ WAITING_REASONS = frozenset(
         ROLLOUT_PAUSED,
         ROUTE_PENDING,
         AUTOSCALER_PENDING,
+        EXPERIMENT_PENDING,
+        EXPERIMENT_RUNNING,
+        EXPERIMENT_CONCLUDED,
+        EXPERIMENT_PROMOTED,
+        EXPERIMENT_VARIANT_NOT_REGISTERED,
     }
 )
 

@@ -129,6 +129,8 @@ MODEL_DEPLOYMENT = Kind(
         PrinterColumn("Stable", ".status.stableVersion", "string", "The model version serving stable traffic."),
         PrinterColumn("Canary", ".status.canaryWeight", "integer", "Percent of traffic on the canary."),
         PrinterColumn("Replicas", ".status.readyReplicas", "integer", "Ready server pods."),
+        PrinterColumn("Experiment", ".status.experiment.phase", "string", "The A/B experiment's phase."),
+        PrinterColumn("Winner", ".status.experiment.winner", "string", "The A/B experiment's winner.", priority=1),
         PrinterColumn("Canary-Model", ".status.canary.version", "string", "The model being rolled out.", priority=1),
         PrinterColumn("URL", ".status.url", "string", "The in-cluster URL of the Service.", priority=1),
         _reason(),

@@ -326,7 +326,134 @@ class Alerts(ApiModel):
     Prometheus runs annotations as templates, and this one is the author's text."""
 
 
-class ModelDeploymentSpec(ApiModel):
+VARIANT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$"
+#: CEL has no sum(): the weights of at most four variants, added one by one.
+_WEIGHT_SUM = " + ".join(f"(self.variants.size() > {i} ? self.variants[{i}].weight : 0)" for i in range(4))
+
+
+class ExperimentVariant(
+    ApiModel,
+    json_schema_extra=validations(
+        cel("has(self.version) != has(self.uri)", "a variant sets exactly one of version and uri"),
+        cel("!has(self.uri) || has(self.digest)", "a variant's uri needs its digest (sha256:<64 hex>)", ".digest"),
+        cel("!has(self.digest) || has(self.uri)", "a variant's digest goes with its uri only", ".digest"),
+    ),
+):
+    """One model of an A/B experiment."""
+
+    name: str = Field(min_length=1, max_length=32, pattern=VARIANT_NAME_PATTERN)
+    """The variant's name: in status, in the `x-modelops-variant` answer header, in request ids
+    and in the `variant` label of the experiment's metrics."""
+    version: int | None = Field(default=None, ge=1)
+    """A model version registered by `spec.model.trainingRunRef`'s TrainingRun."""
+    uri: StorageUri | None = None
+    """Or an ONNX file (its model card beside it as `<uri>.card.json`)."""
+    digest: str | None = Field(default=None, pattern=DIGEST_PATTERN)
+    """The SHA-256 `uri` must have."""
+    weight: int = Field(ge=1, le=99)
+    """Percentage of the keys assigned to this variant; the weights sum to 100."""
+
+    @model_validator(mode="after")
+    def _one_model(self) -> ExperimentVariant:
+        if (self.version is None) == (self.uri is None):
+            raise ValueError(f"variant {self.name}: set exactly one of version and uri")
+        if (self.uri is None) != (self.digest is None):
+            raise ValueError(f"variant {self.name}: uri and digest go together")
+        return self
+
+
+class ExperimentMetrics(ApiModel):
+    """What a winner must also meet, over the whole experiment."""
+
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)
+    """Highest share of 5xx answers a variant may have to win."""
+    max_latency_p99_seconds: float = Field(default=0.5, gt=0, le=3600)
+    """Highest p99 latency (seconds) a variant may have to win."""
+
+
+class Experiment(
+    ApiModel,
+    json_schema_extra=validations(
+        cel(f"{_WEIGHT_SUM} == 100", "the variants' weights must sum to 100", ".variants"),
+        cel(
+            "self.variants.all(a, self.variants.exists_one(b, b.name == a.name))",
+            "variant names must be unique",
+            ".variants",
+        ),
+        cel(
+            "self.variants.all(a, !has(a.version) || "
+            "self.variants.exists_one(b, has(b.version) && b.version == a.version))",
+            "variant versions must be unique (two variants of one model compare nothing)",
+            ".variants",
+        ),
+        cel(
+            "self.variants.all(a, !has(a.digest) || "
+            "self.variants.exists_one(b, has(b.digest) && b.digest == a.digest))",
+            "variant digests must be unique (two variants of one model compare nothing)",
+            ".variants",
+        ),
+        cel("has(self.duration) || has(self.maxRequests)", "an experiment needs an end: duration and/or maxRequests"),
+    ),
+):
+    """An A/B experiment: several models served side by side by the stable track, each key (a
+    request header's value, hashed) sticking to one variant, and the winner found by a test of
+    the success rates that clients report through `POST /v1/feedback`."""
+
+    name: str | None = Field(default=None, max_length=63, pattern=NAME_PATTERN)
+    """The experiment's name (the `experiment` label of its metrics); default: the
+    ModelDeployment's name. A new name (or new variants) starts a new experiment."""
+    key_header: str = Field(default="x-user-id", max_length=63, pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")
+    """The request header (gRPC: metadata key) whose value assigns a request to a variant, in lower
+    case; requests without it are assigned at random."""
+    variants: list[ExperimentVariant] = Field(min_length=2, max_length=4)
+    """2 to 4 variants; the first is the control and must be the stable model."""
+    duration: str | None = Field(default=None, pattern=DURATION_PATTERN, max_length=32)
+    """The experiment ends this long after it started (`24h`, `90m`)..."""
+    max_requests: int | None = Field(default=None, ge=1)
+    """...or once the variants answered this many requests in all, whichever comes first."""
+    min_samples_per_variant: int = Field(default=200, ge=30, le=100_000_000)
+    """Feedback outcomes each variant needs before the test is run (at least 30: the test is a
+    large-sample approximation). The experiment runs past its end until every variant has them."""
+    confidence: float = Field(default=0.95, ge=0.5, lt=1)
+    """1 - the significance level of the whole comparison (Bonferroni-corrected over the
+    challengers)."""
+    metrics: ExperimentMetrics = Field(default_factory=ExperimentMetrics)
+    """Error rate and latency a winning challenger must also meet."""
+    promotion: Literal["Automatic", "Manual"] = "Manual"
+    """`Automatic` makes the winner the stable model as soon as the experiment concludes; `Manual`
+    waits for a person's annotation `modelops.dev/promote-variant: <name>`."""
+    interval: str = Field(default="30s", pattern=DURATION_PATTERN, max_length=32)
+    """Time between measurements of the variants in Prometheus."""
+
+    @model_validator(mode="after")
+    def _variants(self) -> Experiment:
+        # The same rules as the CEL ones above, for objects read before CRDs checked them.
+        names_ = [v.name for v in self.variants]
+        if len(set(names_)) != len(names_):
+            raise ValueError(f"variant names must be unique: {', '.join(names_)}")
+        total = sum(v.weight for v in self.variants)
+        if total != 100:
+            raise ValueError(f"the variants' weights must sum to 100 (they sum to {total})")
+        versions = [v.version for v in self.variants if v.version is not None]
+        digests = [v.digest for v in self.variants if v.digest is not None]
+        if len(set(versions)) != len(versions) or len(set(digests)) != len(digests):
+            raise ValueError("variant versions (and digests) must be unique: two variants of one model compare nothing")
+        if self.duration is None and self.max_requests is None:
+            raise ValueError("an experiment needs an end: duration and/or maxRequests")
+        return self
+
+
+class ModelDeploymentSpec(
+    ApiModel,
+    json_schema_extra=validations(
+        cel(
+            "!has(self.experiment) || has(self.model.trainingRunRef) || "
+            "self.experiment.variants.all(v, !has(v.version))",
+            "experiment variants with a version need model.trainingRunRef (the TrainingRun that registered them)",
+            ".experiment",
+        ),
+    ),
+):
     """What a ModelDeployment declares."""
 
     model: ModelSource
@@ -344,6 +471,18 @@ class ModelDeploymentSpec(ApiModel):
     """Alert thresholds."""
     jobs: Jobs | None = None
     """The asynchronous job API and batch inference over Redis; unset turns `/v1/jobs` off."""
+    experiment: Experiment | None = None
+    """An A/B experiment between registered models; while it runs, a change of `model` waits
+    (see the serving guide)."""
+
+    @model_validator(mode="after")
+    def _experiment_versions(self) -> ModelDeploymentSpec:
+        exp = self.experiment
+        if exp and self.model.training_run_ref is None and any(v.version is not None for v in exp.variants):
+            raise ValueError(
+                "experiment variants with a version need model.trainingRunRef (the TrainingRun that registered them)"
+            )
+        return self
 
 
 class ServedModel(ApiModel):
@@ -399,6 +538,66 @@ class AutoscalerStatus(ApiModel):
     """When the autoscaler last changed the replica count (RFC 3339)."""
 
 
+ExperimentPhase = Literal["Pending", "Running", "Concluded", "Promoted"]
+
+
+class VariantStatus(ApiModel):
+    """One variant, as measured over the whole experiment."""
+
+    name: str = Field(max_length=32)
+    """The variant's name."""
+    version: str | None = Field(default=None, max_length=64)
+    """Its model version."""
+    uri: str | None = Field(default=None, max_length=2048)
+    """Its ONNX file."""
+    digest: str | None = Field(default=None, pattern=DIGEST_PATTERN)
+    """Its model's SHA-256."""
+    weight: int = Field(default=0, ge=0, le=100)
+    """Its share of keys, in percent."""
+    requests: int | None = Field(default=None, ge=0)
+    """Inference requests it answered."""
+    error_rate: float | None = None
+    """Share of its answers that were 5xx."""
+    latency_p99: float | None = None
+    """Its p99 latency, seconds."""
+    successes: int | None = Field(default=None, ge=0)
+    """Feedback outcomes `success`."""
+    failures: int | None = Field(default=None, ge=0)
+    """Feedback outcomes `failure`."""
+    success_rate: float | None = None
+    """successes / (successes + failures)."""
+    p_value: float | None = None
+    """For a challenger: the one-sided p-value of its success rate above the control's."""
+
+
+class ExperimentStatus(ApiModel):
+    """The A/B experiment: its phase, the per-variant table and the decision."""
+
+    name: str = Field(max_length=63)
+    """The experiment's name."""
+    phase: ExperimentPhase = "Pending"
+    """Pending (waiting to start: see message), Running, Concluded (decided; with manual promotion,
+    waiting for a person) or Promoted (the winner is the stable model; the experiment is over)."""
+    started_at: str | None = Field(default=None, max_length=64)
+    """When it started (RFC 3339)."""
+    measured_at: str | None = Field(default=None, max_length=64)
+    """When the variants were last measured."""
+    concluded_at: str | None = Field(default=None, max_length=64)
+    """When it was decided."""
+    variants: list[VariantStatus] = Field(default_factory=list, max_length=4)
+    """The per-variant table; the first is the control."""
+    winner: str | None = Field(default=None, max_length=32)
+    """The variant the test chose (the control when no challenger is significantly better)."""
+    p_value: float | None = None
+    """The winner's p-value against the control (unset when the control won)."""
+    promoted: str | None = Field(default=None, max_length=32)
+    """The variant made the stable model, by rule or by hand."""
+    message: str | None = Field(default=None, max_length=1024)
+    """One line on what the experiment is doing or found."""
+    fingerprint: str | None = Field(default=None, max_length=64)
+    """Of the spec's experiment (name, key header, variants): another one starts anew."""
+
+
 class ModelDeploymentStatus(StatusBase):
     """What the operator observed and did."""
 
@@ -442,3 +641,5 @@ class ModelDeploymentStatus(StatusBase):
     autoscaler: AutoscalerStatus | None = None
     """The stable track's autoscaler: replicas and metrics as it reads them (the `Autoscaling`
     condition says whether it can read them at all)."""
+    experiment: ExperimentStatus | None = None
+    """The A/B experiment of `spec.experiment`, if any."""

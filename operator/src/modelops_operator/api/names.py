@@ -87,6 +87,9 @@ on."""
 RETRY_ANNOTATION = f"{GROUP}/retry"
 """On a ModelDeployment, set to `true` (or `yes`, `1`): start an aborted rollout again from step 0.
 Removed once acted on."""
+PROMOTE_VARIANT_ANNOTATION = f"{GROUP}/promote-variant"
+"""On a ModelDeployment with `spec.experiment`, set to a variant's name: end the experiment and make
+that variant the stable model, whatever the test found. Removed once acted on."""
 
 # Keys kopf keeps its bookkeeping under.
 FINALIZER = f"{GROUP}/finalizer"

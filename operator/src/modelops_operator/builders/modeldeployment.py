@@ -16,7 +16,9 @@ replica count is chosen from the step's weight and the stable's replicas.
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from modelops_operator.api.modeldeployment import ModelDeploymentSpec, ServedModel
@@ -98,10 +100,36 @@ def canary_replicas(weight: int, stable_replicas: int, override: int | None = No
     return max(1, math.ceil(stable_replicas * weight / (100 - weight)))
 
 
+def experiment_setting(name: str, key_header: str, variants: Sequence[tuple[str, ServedModel, int]]) -> str:
+    """The server's `MODELOPS_EXPERIMENT` (the A/B contract): the experiment's name, the key
+    header and each variant's name, model and weight, the control first, as compact JSON."""
+    doc = {
+        "name": name,
+        "keyHeader": key_header,
+        "variants": [
+            {
+                "name": v_name,
+                "uri": model.uri,
+                "digest": model.digest,
+                "version": model.version or model.digest[7:19],
+                "weight": weight,
+            }
+            for v_name, model, weight in variants
+        ],
+    }
+    return json.dumps(doc, separators=(",", ":"))
+
+
 def pod_template(
-    md: dict[str, Any], spec: ModelDeploymentSpec, model: ServedModel, track: str, settings: OperatorSettings
+    md: dict[str, Any],
+    spec: ModelDeploymentSpec,
+    model: ServedModel,
+    track: str,
+    settings: OperatorSettings,
+    experiment: Sequence[tuple[str, ServedModel, int]] = (),
 ) -> dict[str, Any]:
-    """The server pod of one track, serving `model`."""
+    """The server pod of one track, serving `model`, or (on the stable track, while an A/B
+    experiment runs) every variant of `experiment`, whose first is `model`."""
     name = md["metadata"]["name"]
     server = spec.server
     env = {
@@ -121,6 +149,11 @@ def pod_template(
         "MODELOPS_CACHE_DIR": "/tmp/models",
         "MODELOPS_LOG_FORMAT": "json",
     }
+    if experiment:
+        assert spec.experiment is not None
+        env["MODELOPS_EXPERIMENT"] = experiment_setting(
+            spec.experiment.name or name, spec.experiment.key_header, experiment
+        )
     env_from_secrets: list[dict[str, Any]] = []
     if spec.jobs is not None:
         jobs = spec.jobs
@@ -149,7 +182,8 @@ def pod_template(
         requests[GPU] = str(server.gpus)
     if not requests:
         del resources["requests"]
-    volumes, mounts = artifact_mounts([model.uri], settings)
+    uris = [model.uri, *(m.uri for _, m, _ in experiment if m.uri != model.uri)]
+    volumes, mounts = artifact_mounts(uris, settings)
     for mount in mounts:
         mount["readOnly"] = True
     volumes.append({"name": "tmp", "emptyDir": {}})
@@ -220,8 +254,10 @@ def build_deployment(
     track: str,
     settings: OperatorSettings,
     replicas: int | None,
+    experiment: Sequence[tuple[str, ServedModel, int]] = (),
 ) -> dict[str, Any]:
-    """The `apps/v1` Deployment of a track; `replicas` None leaves the count to the autoscaler."""
+    """The `apps/v1` Deployment of a track; `replicas` None leaves the count to the autoscaler;
+    `experiment` the variants its pods serve (see `pod_template`)."""
     name = md["metadata"]["name"]
     body: dict[str, Any] = {
         "apiVersion": "apps/v1",
@@ -231,7 +267,7 @@ def build_deployment(
             "selector": {"matchLabels": selector(name, track)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "revisionHistoryLimit": 3,
-            "template": pod_template(md, spec, model, track, settings),
+            "template": pod_template(md, spec, model, track, settings, experiment),
         },
     }
     if replicas is not None:

@@ -125,8 +125,11 @@ def delete_trials(namespace: str, name: str, log: Log) -> None:
 
 
 def commanded(kind: Kind, annotations: Mapping[str, str]) -> bool:
-    """Whether `annotations` carry a manual command for the rollout (ModelDeployments only)."""
-    return kind is MODEL_DEPLOYMENT and rollout.requested_command(annotations) is not None
+    """Whether `annotations` carry a manual command for the rollout or the A/B experiment
+    (ModelDeployments only)."""
+    return kind is MODEL_DEPLOYMENT and (
+        rollout.requested_command(annotations) is not None or names.PROMOTE_VARIANT_ANNOTATION in annotations
+    )
 
 
 def woken_by(body: Mapping[str, Any]) -> str | None:

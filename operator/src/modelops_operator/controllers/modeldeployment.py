@@ -1,7 +1,8 @@
 """The ModelDeployment controller: resolve the model, observe the two tracks, measure when an
-analysis is due, decide (`reconcile.rollout` and `reconcile.modeldeployment`), write the children,
-say why server pods cannot start, move `spec.model.mlflowAlias` to a newly promoted stable model, and
-report what the stable track's autoscaler sees and does."""
+analysis is due (and the A/B experiment's variants when a measurement of them is), decide
+(`reconcile.experiment`, `reconcile.rollout` and `reconcile.modeldeployment`), write the children, say
+why server pods cannot start, move `spec.model.mlflowAlias` to a newly promoted stable model, and report
+what the stable track's autoscaler sees and does."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from modelops_operator.api.modeldeployment import Analysis, ModelDeploymentSpec,
 from modelops_operator.builders import modeldeployment as bm
 from modelops_operator.controllers.common import execute, secret_reader
 from modelops_operator.reconcile import autoscaling, ownership, rollout
+from modelops_operator.reconcile import experiment as ex
 from modelops_operator.reconcile import modeldeployment as rm
 from modelops_operator.reconcile.actions import Event
 from modelops_operator.reconcile.status import invalid_spec
@@ -36,6 +38,30 @@ def measure(settings: OperatorSettings, analysis: Analysis, namespace: str, name
             stable = prometheus.query(settings.prometheus_url, stable_query)
         out.append(rollout.Measurement(metric.name, value, stable))
     return out
+
+
+def observe_experiment(
+    body: dict[str, Any],
+    spec: ModelDeploymentSpec,
+    old: ModelDeploymentStatus,
+    run: dict[str, Any] | None,
+    settings: OperatorSettings,
+    now: datetime,
+) -> ex.ExperimentObserved | None:
+    """What the experiment is decided from: its variants resolved from the TrainingRun already
+    read, the per-variant measurements when due, and a `modelops.dev/promote-variant` command."""
+    if spec.experiment is None:
+        return None
+    meta = body["metadata"]
+    measurements = None
+    if (queries := ex.due_queries(spec, body, old.experiment, now)) is not None:
+        measurements = {
+            variant: {measure: prometheus.query(settings.prometheus_url, q) for measure, q in by_measure.items()}
+            for variant, by_measure in queries.items()
+        }
+    command = ((meta.get("annotations") or {}).get(names.PROMOTE_VARIANT_ANNOTATION) or "").strip() or None
+    canary = old.canary if old.canary is not None and not old.aborted else None
+    return ex.ExperimentObserved(ex.resolve_variants(spec, run), old.stable, canary, now, measurements, command)
 
 
 def observe_rollout(
@@ -90,6 +116,7 @@ def reconcile(
         settings,
         service_monitor=kube.crd_exists(names.SERVICEMONITOR.crd),
         prometheus_rule=spec.alerts.enabled and kube.crd_exists(names.PROMETHEUSRULE.crd),
+        experiment=observe_experiment(body, spec, old, run, settings, now),
     )
     found = [kube.get_like(child) for child in want.children]
     claims = [ownership.claim(child, now_) for child, now_ in zip(want.children, found, strict=True)]

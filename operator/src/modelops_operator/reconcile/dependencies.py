@@ -71,9 +71,11 @@ def run_waits_for_dataset(phase: str | None) -> bool:
 
 def needs_progress(kind: str, status: dict[str, Any]) -> bool:
     """Whether an object has work under way that only polling can follow (a Job, a trial, a
-    rollout step): it is reconciled every `progress_seconds` then. An object waiting on another of
-    our objects is not polled: that object's change wakes it."""
+    rollout step, a running A/B experiment): it is reconciled every `progress_seconds` then. An
+    object waiting on another of our objects is not polled: that object's change wakes it."""
     phase = status.get("phase")
+    if kind == MODEL_DEPLOYMENT.kind and (status.get("experiment") or {}).get("phase") == "Running":
+        return True  # measured every `spec.experiment.interval`, and ended on time
     if phase not in ("Pending", "Running", "Progressing"):
         return False
     if kind == MODEL_DEPLOYMENT.kind:

@@ -17,7 +17,7 @@ rules in the HTTPRoute, and what a Gateway says of it, are `reconcile.routing`'s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -32,8 +32,9 @@ from modelops_operator.api.modeldeployment import (
 )
 from modelops_operator.builders import alerts as ba
 from modelops_operator.builders import modeldeployment as bm
+from modelops_operator.reconcile import experiment as ex
 from modelops_operator.reconcile import ownership, rollout, routing
-from modelops_operator.reconcile.actions import Action, Outcome
+from modelops_operator.reconcile.actions import Action, Event, Outcome
 from modelops_operator.reconcile.pods import pod_problem, replica_failure
 from modelops_operator.reconcile.status import refused
 from modelops_operator.settings import OperatorSettings
@@ -140,6 +141,8 @@ class Desired:
 
     plan: rollout.Plan
     children: list[dict[str, Any]]
+    experiment: ex.ExperimentPlan | None = None
+    """The A/B experiment's next state, with `spec.experiment`."""
 
 
 def desired(
@@ -151,16 +154,29 @@ def desired(
     *,
     service_monitor: bool,
     prometheus_rule: bool,
+    experiment: ex.ExperimentObserved | None = None,
 ) -> Desired:
     """The rollout's plan and the children it implies: the two tracks' Deployments, the Services,
     the PodDisruptionBudget, the HorizontalPodAutoscaler, and the ServiceMonitor and PrometheusRule
     when their CRDs are installed (and, for the rule, the spec's alerts are on). A stable track
-    created now starts at the autoscaler's minimum; an existing one keeps what the autoscaler set."""
+    created now starts at the autoscaler's minimum; an existing one keeps what the autoscaler set.
+
+    With `spec.experiment` (and what the controller saw for it, `experiment`), the experiment is
+    decided first: a promotion replaces the stable model, a running or finished experiment holds
+    the rollout on it, and the stable pods serve the variants while it runs."""
     generation = int(md["metadata"].get("generation") or 0)
+    exp_plan = None
+    if spec.experiment is not None and experiment is not None:
+        exp_plan = ex.plan(spec, md["metadata"]["name"], old.experiment, experiment)
+        if exp_plan.promote is not None:  # as a canary promotion does: the old stable kept for a rollback
+            old = old.model_copy(update={"previous": old.stable, "stable": exp_plan.promote})
+        if exp_plan.holds and old.stable is not None:  # a change of spec.model waits
+            seen = replace(seen, target=old.stable)
     plan = rollout.plan(spec, old, seen, generation)
     stable_replicas = None if seen.stable else spec.autoscaling.min_replicas
+    serving = [(v.name, v.model, v.weight) for v in exp_plan.serving] if exp_plan and exp_plan.serving else []
     children = [
-        bm.build_deployment(md, spec, plan.stable_model, "stable", settings, stable_replicas),
+        bm.build_deployment(md, spec, plan.stable_model, "stable", settings, stable_replicas, serving),
         bm.build_deployment(md, spec, plan.canary_model, "canary", settings, plan.canary_replicas),
         *bm.build_services(md),
         bm.build_pdb(md),
@@ -170,7 +186,7 @@ def desired(
         children.append(bm.build_service_monitor(md))
     if prometheus_rule:
         children.append(ba.build_prometheus_rule(md, spec))
-    return Desired(plan, children)
+    return Desired(plan, children, exp_plan)
 
 
 def canary_serves(status: ModelDeploymentStatus, canary: rollout.Track | None) -> bool:
@@ -238,10 +254,50 @@ def reconcile_model_deployment(
         status = routing.with_route(status, routing.route_state(route, name, route_name), generation, at=at)
     if seen.command is not None and plan.command_done:
         actions.append(Action("annotate", "ModelDeployment", name, {rollout.COMMANDS[seen.command]: None}))
+    status, exp_events = with_experiment(status, spec, want.experiment, seen.target, generation, at=at)
+    promote_variant = (meta.get("annotations") or {}).get(names.PROMOTE_VARIANT_ANNOTATION)
+    if promote_variant is not None and (want.experiment is None or want.experiment.command_done):
+        actions.append(Action("annotate", "ModelDeployment", name, {names.PROMOTE_VARIANT_ANNOTATION: None}))
     aborted = plan.status.aborted and plan.status.canary is not None
     actions.append(Action("gauge", "ModelDeployment", name, value=1.0 if aborted else 0.0))
     status = resolved_condition(status, generation, seen.target, at=at)
-    return Outcome(status.model_copy(update={"url": bm.service_url(md)}), actions, list(plan.events))
+    return Outcome(status.model_copy(update={"url": bm.service_url(md)}), actions, [*exp_events, *plan.events])
+
+
+def with_experiment(
+    status: ModelDeploymentStatus,
+    spec: ModelDeploymentSpec,
+    plan: ex.ExperimentPlan | None,
+    target: ServedModel,
+    generation: int,
+    *,
+    at: datetime | None = None,
+) -> tuple[ModelDeploymentStatus, list[Event]]:
+    """`status` with the experiment's (`status.experiment`, the `Experiment` condition, a word in
+    the message when the spec's model waits for it), and the experiment's Events. Without
+    `spec.experiment`, a finished experiment's record stays and any other is dropped."""
+    if plan is None:
+        old = status.experiment
+        if spec.experiment is None and old is not None and old.phase != "Promoted":
+            conds = [cond for cond in status.conditions if cond.type != c.EXPERIMENT]
+            return status.model_copy(update={"experiment": None, "conditions": conds}), []
+        return status, []
+    exp = plan.status
+    conds = c.set_condition(
+        status.conditions,
+        c.EXPERIMENT,
+        ex.experiment_condition_status(plan.reason),
+        plan.reason,
+        exp.message or plan.reason,
+        generation,
+        at,
+    )
+    update: dict[str, object] = {"experiment": exp, "conditions": conds}
+    stable = status.stable
+    if plan.holds and stable is not None and target.digest != stable.digest:
+        waits = f"; spec.model {target.version} waits for experiment {exp.name} (remove spec.experiment to roll it out)"
+        update["message"] = ((status.message or "") + waits)[:1024]
+    return status.model_copy(update=update), list(plan.events)
 
 
 def pods_matter(stable: rollout.Track | None, status: ModelDeploymentStatus) -> bool:
