@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.operator.test_metrics_server_setup import cluster  # noqa: F401  (the fixture)
 from tests.support.tools import missing
 
 
@@ -40,7 +39,7 @@ def _need_kubectl(script: ModuleType) -> None:
 
 
 @pytest.fixture
-def manifest(cluster: ModuleType) -> list[dict[str, Any]]:  # noqa: F811
+def manifest(cluster: ModuleType) -> list[dict[str, Any]]:
     _module_dir(cluster)
     _need_kubectl(cluster)
     return [doc for doc in yaml.safe_load_all(cluster.kueue_manifest()) if doc]
@@ -66,7 +65,7 @@ def test_only_the_integrated_frameworks_and_kueues_own_kinds_have_webhooks(manif
     assert names == {"kueue-mutating-webhook-configuration", "kueue-validating-webhook-configuration"}
 
 
-def test_every_webhook_and_conversion_reaches_the_address_kueue_listens_on(cluster, manifest):  # noqa: F811
+def test_every_webhook_and_conversion_reaches_the_address_kueue_listens_on(cluster, manifest):
     refs = [
         w["clientConfig"]["service"]
         for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
@@ -102,7 +101,7 @@ def _json_fields(source: str) -> set[str]:
     return set(re.findall(r'json:"([A-Za-z]+)[,"]', source))
 
 
-def test_the_configuration_uses_only_fields_of_kueues_configuration_type(cluster):  # noqa: F811
+def test_the_configuration_uses_only_fields_of_kueues_configuration_type(cluster):
     types = _module_dir(cluster) / "apis" / "config" / "v1beta2" / "configuration_types.go"
     # leaderElection is component-base's LeaderElectionConfiguration, which Kueue embeds.
     embedded = _module_dir(cluster, "k8s.io/component-base") / "config" / "v1alpha1" / "types.go"
@@ -120,7 +119,7 @@ def test_the_configuration_uses_only_fields_of_kueues_configuration_type(cluster
     assert config["manageJobsWithoutQueueName"] is False and "waitForPodsReady" not in config
 
 
-def test_every_flag_given_is_one_the_binary_accepts(cluster):  # noqa: F811
+def test_every_flag_given_is_one_the_binary_accepts(cluster):
     argv = {c.name: c.argv for c in cluster.components()}["kueue"]
     binary = Path(argv[0])
     if not binary.exists():
@@ -133,7 +132,7 @@ def test_every_flag_given_is_one_the_binary_accepts(cluster):  # noqa: F811
     assert given - accepted == set()
 
 
-def test_a_flavor_per_node_pool_selects_exactly_that_pool(cluster):  # noqa: F811
+def test_a_flavor_per_node_pool_selects_exactly_that_pool(cluster):
     docs = yaml.safe_load(cluster.kueue_queues_manifest())["items"]
     flavors = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "ResourceFlavor"}
     nodes = yaml.safe_load(cluster.nodes_manifest())["items"]
