@@ -123,6 +123,15 @@ def finish(custom: Any, namespace: str, run: str, timeout: float = 600) -> dict[
     return st
 
 
+def jobs_with_writers(namespace: str, run: str) -> list[dict[str, Any]]:
+    """The run's PyTorchJobs with their managedFields (kubectl leaves them out unless asked)."""
+    out = kubectl(
+        "-n", namespace, "get", "pytorchjobs", "-l", f"modelops.dev/trainingrun={run}",
+        "-o", "json", "--show-managed-fields",
+    ).stdout  # fmt: skip
+    return list(json.loads(out)["items"])
+
+
 def suspend_writers(job: dict[str, Any]) -> set[str]:
     """The field managers that updated the PyTorchJob's `spec.runPolicy.suspend` after its creation."""
     writers = set()
@@ -161,7 +170,7 @@ def test_a_queued_trial_waits_with_kueues_reason_then_is_admitted_and_trains(ope
     assert [t["state"] for t in done["trials"]] == ["Succeeded"]
     assert any("admitted by Kueue" in m for m in events(namespace, waiter).get(c.ADMITTED, []))
     # No fight: the operator created the jobs suspended; only Kueue changed that.
-    for job in run_jobs(namespace, waiter) + run_jobs(namespace, holder):
+    for job in jobs_with_writers(namespace, waiter) + jobs_with_writers(namespace, holder):
         writers = suspend_writers(job)
         assert writers and all(w.startswith("kueue") for w in writers), job["metadata"]["managedFields"]
 
@@ -169,7 +178,7 @@ def test_a_queued_trial_waits_with_kueues_reason_then_is_admitted_and_trains(ope
 @pytest.mark.slow
 def test_a_preempted_trial_resumes_from_its_checkpoint_with_identical_epochs(operator, custom, digits, queue):  # noqa: F811
     namespace = digits
-    epochs = 3
+    epochs = 4
     # The uninterrupted run, for comparison (the same spec and seed; alone in the queue).
     reference = finish(custom, namespace, create(custom, namespace, queued_run("reference", queue, epochs=epochs)))
 
@@ -177,9 +186,10 @@ def test_a_preempted_trial_resumes_from_its_checkpoint_with_identical_epochs(ope
 
     def training() -> bool:
         trials = status(custom, namespace, "trainingruns", low).get("trials") or []
-        return bool(trials) and trials[0]["state"] == "Running" and (trials[0].get("step") or 0) > 0
+        # A finished epoch: its checkpoint is written, so the preempted trial has one to resume from.
+        return bool(trials) and trials[0]["state"] == "Running" and len(trials[0].get("history") or []) >= 1
 
-    wait_until("the low-priority trial to train", training, timeout=240)
+    wait_until("the low-priority trial to finish an epoch", training, timeout=240)
     high = create(custom, namespace, queued_run("high", queue, epochs=1, priority="high"))
 
     def preempted() -> dict[str, Any] | None:

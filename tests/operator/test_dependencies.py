@@ -80,6 +80,7 @@ def test_only_runs_that_have_not_pinned_a_dataset_are_woken_by_it(phase, waits):
         ("Dataset", {"phase": "Running"}, True),
         ("Dataset", {"phase": "Ready"}, False),
         ("TrainingRun", {"phase": "Running"}, True),
+        ("TrainingRun", {"phase": "Queued"}, True),  # Kueue's admission is seen only by polling
         ("TrainingRun", {"phase": "WaitingForDataset"}, False),  # woken by its Dataset instead
         ("TrainingRun", {"phase": "Suspended"}, False),
         ("ModelDeployment", {"phase": "Progressing"}, True),

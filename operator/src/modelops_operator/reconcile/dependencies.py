@@ -76,8 +76,8 @@ def needs_progress(kind: str, status: dict[str, Any]) -> bool:
     phase = status.get("phase")
     if kind == MODEL_DEPLOYMENT.kind and (status.get("experiment") or {}).get("phase") == "Running":
         return True  # measured every `spec.experiment.interval`, and ended on time
-    if phase not in ("Pending", "Running", "Progressing"):
-        return False
+    if phase not in ("Pending", "Queued", "Running", "Progressing"):
+        return False  # a Queued run's trials wait for Kueue's admission, which only polling sees
     if kind == MODEL_DEPLOYMENT.kind:
         conditions = status.get("conditions") or []
         resolved = next((x for x in conditions if x.get("type") == c.MODEL_RESOLVED), None)
