@@ -141,7 +141,7 @@ def test_kubectl_get_modelops_lists_all_three_kinds(operator, custom, namespace)
     headers = [line.split() for line in out.splitlines() if line.startswith("NAME")]
     assert ["NAME", "READY", "PHASE", "VERSION", "IMAGES", "CLASSES", "AGE"] in headers
     assert ["NAME", "READY", "PHASE", "DATASET", "BEST", "MODEL", "PROGRESS", "AGE"] in headers
-    assert ["NAME", "READY", "PHASE", "STABLE", "CANARY", "REPLICAS", "AGE"] in headers
+    assert ["NAME", "READY", "PHASE", "STABLE", "CANARY", "REPLICAS", "EXPERIMENT", "AGE"] in headers
     assert "WaitingForDataset" in out and "False" in out
     for short in ("dset", "trun", "mdep"):
         assert kubectl("get", short, "-n", namespace).returncode == 0

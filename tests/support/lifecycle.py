@@ -262,7 +262,10 @@ def end_state(custom: Any, namespace: str) -> dict[str, Any]:
     ds, tr, md = (status(custom, namespace, p, NAME, absent_ok=True) for p in PLURALS)
 
     def conds(st: dict[str, Any]) -> list[tuple[str, str, str]]:
-        return sorted((x["type"], x["status"], x["reason"]) for x in st.get("conditions") or [])
+        # `Autoscaling` follows metrics-server's and the HPA's clocks (15 s each), not the lifecycle.
+        return sorted(
+            (x["type"], x["status"], x["reason"]) for x in st.get("conditions") or [] if x["type"] != "Autoscaling"
+        )
 
     children = sorted(
         f"{o['kind']}/{o['metadata']['name']}"
