@@ -189,6 +189,23 @@ def test_rest_refuses_a_model_name_in_the_body_that_is_not_the_urls(server: Serv
     assert r.json()["error"] == "model_name 'other' in the request is not the model it was sent to ('tiny-cnn')"
 
 
+def concurrent_calls(server: ServerProcess, n: int) -> list[tuple[str, str, str]]:
+    """`n` ModelInfer calls of one zero row sent at once: (status code name, details, retry-after)
+    of each, in the order sent ("OK", "", "" for an answer)."""
+    batch = np.zeros((1, 3, SIZE, SIZE), dtype=np.float32)
+    client = stub(server)
+    calls: list[Future] = [client.ModelInfer.future(fp32_request(batch), timeout=LIVENESS_S) for _ in range(n)]
+    outcomes = []
+    for call in calls:
+        try:
+            call.result()
+            outcomes.append(("OK", "", ""))
+        except grpc.RpcError as exc:
+            retry = dict(exc.trailing_metadata() or ()).get("retry-after", "")
+            outcomes.append((exc.code().name, exc.details() or "", retry))
+    return outcomes
+
+
 def test_overload_is_resource_exhausted_with_a_retry_hint_never_a_hang(tmp_path: Path, model_v1: ExportedModel):
     server = ServerProcess(
         model=model_v1.path,
@@ -203,17 +220,8 @@ def test_overload_is_resource_exhausted_with_a_retry_hint_never_a_hang(tmp_path:
             "3",
         ],
     ).start(tmp_path)
-    batch = np.zeros((1, 3, SIZE, SIZE), dtype=np.float32)
     try:
-        client = stub(server)
-        calls: list[Future] = [client.ModelInfer.future(fp32_request(batch), timeout=LIVENESS_S) for _ in range(10)]
-        outcomes = []
-        for call in calls:
-            try:
-                call.result()
-                outcomes.append(("OK", ""))
-            except grpc.RpcError as exc:
-                outcomes.append((exc.code().name, dict(exc.trailing_metadata() or ()).get("retry-after", "")))
+        outcomes = [(code, retry) for code, _, retry in concurrent_calls(server, 10)]
         text = requests.get(f"{server.url}/metrics", timeout=10).text
     finally:
         assert server.stop() == 0, server.logs()
@@ -235,17 +243,9 @@ def test_grpc_messages_count_against_the_bodies_budget_until_answered(tmp_path: 
     ).start(tmp_path)
     batch = np.zeros((1, 3, SIZE, SIZE), dtype=np.float32)
     try:
-        client = stub(server)
-        calls: list[Future] = [client.ModelInfer.future(fp32_request(batch), timeout=LIVENESS_S) for _ in range(6)]
-        outcomes = []
-        for call in calls:
-            try:
-                call.result()
-                outcomes.append("OK")
-            except grpc.RpcError as exc:
-                outcomes.append(f"{exc.code().name}: {exc.details()}")
+        outcomes = [code if code == "OK" else f"{code}: {details}" for code, details, _ in concurrent_calls(server, 6)]
         # Answered messages give their bytes back: one at a time, every call fits again.
-        later = [client.ModelInfer(fp32_request(batch), timeout=LIVENESS_S) for _ in range(4)]
+        later = [stub(server).ModelInfer(fp32_request(batch), timeout=LIVENESS_S) for _ in range(4)]
     finally:
         assert server.stop() == 0, server.logs()
     assert 1 <= outcomes.count("OK") <= 3, outcomes
