@@ -217,6 +217,14 @@ def push(local: str, remote: str) -> str:
     return f"{remote.rsplit(':', 1)[0]}@{digest}"
 
 
+def _image_id(local: str) -> str | None:
+    result = subprocess.run(
+        ["buildah", "images", "--noheading", "--no-trunc", "--format", "{{.ID}}", local],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
 def build(image: Image, base: str, wheels: Path) -> str:
     """Build one image from its Dockerfile and push it; return its reference by digest."""
     local = f"localhost/modelops/{image.name}:dev"
@@ -229,8 +237,14 @@ def build(image: Image, base: str, wheels: Path) -> str:
     ]  # fmt: skip
     for key, value in image.build_args:
         args += ["--build-arg", f"{key}={value}"]
+    previous = _image_id(local)
     started = time.monotonic()
     run(*args, "--tag", local, ".", what=f"building {image.dockerfile}")
+    if previous and previous != _image_id(local):
+        # The image the tag leaves behind (with the layers only it holds): without this, each
+        # change of the sources keeps another generation on disk. Not `rmi --prune`: that also
+        # drops the intermediate images that are the layer cache of the next build.
+        subprocess.run(["buildah", "rmi", previous], capture_output=True, check=False)
     built = time.monotonic() - started
     ref = push(local, f"{image.repository}:dev")
     log(f"{image.name}: built in {built:.0f}s, pushed in {time.monotonic() - started - built:.0f}s: {ref}")
