@@ -712,11 +712,11 @@ def _write_json(path: Path, doc: object) -> None:
     _write_text(path, json.dumps(doc, indent=2) + "\n")
 
 
-def registry_garbage_collect(registry: Component) -> None:
+def registry_garbage_collect() -> None:
     """Delete the blobs of images no tag names any more, before the registry starts (it must not
     run meanwhile). Each build re-tags :dev, so without this every rebuild of the trainer leaves
     gigabytes behind in the machine's cache, shared by every clone."""
-    if registry.pid() is not None:
+    if any(c.name == "registry" and c.pid() is not None for c in components()):
         return
     result = subprocess.run(
         ["docker-registry", "garbage-collect", "--delete-untagged", str(STATE / "registry.yaml")],
@@ -745,6 +745,7 @@ def registry_config() -> None:
             "http": {"addr": REGISTRY},
         },
     )
+    registry_garbage_collect()
 
 
 def containerd_config(pause_image: str) -> None:
@@ -1505,7 +1506,6 @@ def up(_: argparse.Namespace) -> int:
     comps["etcd"].start()
     comps["kube-apiserver"].start()
     registry_config()
-    registry_garbage_collect(comps["registry"])
     comps["registry"].start()
     wait_for("the API server's /readyz", lambda: api_get("/readyz")[0] == 200, 120, comps["kube-apiserver"])
     for name in ("kube-controller-manager", "kube-scheduler", "kwok", "provisioner"):
