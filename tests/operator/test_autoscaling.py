@@ -145,3 +145,29 @@ def test_the_scale_down_window_is_the_specs():
         body | {"spec": model_deployment().spec}, ModelDeploymentSpec.model_validate(model_deployment().spec)
     )
     assert default["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300  # Kubernetes' own default
+
+
+@pytest.mark.parametrize(
+    ("reason", "seconds_ago", "expected"),
+    [
+        ("FailedGetResourceMetric", 20, (ConditionStatus.UNKNOWN, c.AUTOSCALER_PENDING)),
+        ("FailedGetPodsMetric", 59, (ConditionStatus.UNKNOWN, c.AUTOSCALER_PENDING)),
+        ("FailedGetResourceMetric", 61, (ConditionStatus.FALSE, c.AUTOSCALER_METRIC_UNAVAILABLE)),
+        ("InvalidSelector", 5, (ConditionStatus.FALSE, c.AUTOSCALER_METRIC_UNAVAILABLE)),
+    ],
+)
+def test_a_first_reading_still_to_come_is_pending_for_a_minute_then_unavailable(reason, seconds_ago, expected):
+    """Right after pods start, every HPA lacks a reading until metrics-server has sampled them: that
+    is Pending, not a fault, for a minute; another reason, or the same one for longer, is the fault."""
+    young = hpa(active=("False", reason, "the HPA was unable to compute the replica count: no metrics returned"))
+    since = datetime.fromtimestamp(AT.timestamp() - seconds_ago, UTC)
+    young["status"]["conditions"][1]["lastTransitionTime"] = since.strftime("%Y-%m-%dT%H:%M:%SZ")
+    status, _ = autoscaling.with_autoscaler(ModelDeploymentStatus(), young, 2, at=AT)
+    cond = c.get_condition(status.conditions, c.AUTOSCALING)
+    assert cond is not None and (cond.status, cond.reason) == expected
+    assert reason in cond.message
+    as_datetime = copy.deepcopy(young)  # the typed client's form of the same timestamp
+    as_datetime["status"]["conditions"][1]["lastTransitionTime"] = since
+    again, _ = autoscaling.with_autoscaler(ModelDeploymentStatus(), as_datetime, 2, at=AT)
+    cond = c.get_condition(again.conditions, c.AUTOSCALING)
+    assert cond is not None and (cond.status, cond.reason) == expected

@@ -255,7 +255,9 @@ why). Serving is not affected; retried at every resync."""
 AUTOSCALER_ACTIVE = "AutoscalerActive"
 """The autoscaler reads every metric it scales on (`status.autoscaler.metrics`)."""
 AUTOSCALER_PENDING = "AutoscalerPending"
-"""The autoscaler has not reported yet (it reads metrics every 15 s by default)."""
+"""The autoscaler has not reported yet (it reads metrics every 15 s by default), or has had no
+metric reading for less than a minute (new pods are read once metrics-server or Prometheus has
+sampled them, about 30 s)."""
 AUTOSCALER_METRIC_UNAVAILABLE = "AutoscalerMetricUnavailable"
 """The autoscaler cannot read a metric, in its own words: CPU needs the resource metrics API
 (metrics-server), a `customMetric` a custom metrics adapter that serves that name (prometheus-adapter;

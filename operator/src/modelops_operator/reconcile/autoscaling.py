@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from modelops_operator.api import conditions as c
@@ -21,6 +21,11 @@ from modelops_operator.reconcile.actions import Event
 
 #: The autoscaler's conditions that say whether it scales (Kubernetes' HPA controller sets them).
 _CONDITIONS = ("AbleToScale", "ScalingActive")
+#: The autoscaler's reasons for having no metric reading. Right after pods start, before
+#: metrics-server (15 s resolution) or Prometheus has sampled them, every HPA says one of these for
+#: up to about 30 s: that is the pipeline's start, not a fault, so it is Pending for this long.
+_NO_READING_YET = ("FailedGetResourceMetric", "FailedGetPodsMetric", "FailedGetObjectMetric", "FailedGetExternalMetric")
+FIRST_READING_GRACE_SECONDS = 60
 HINT = (
     "CPU needs the resource metrics API (metrics-server); a customMetric needs a custom metrics adapter "
     "serving that name (prometheus-adapter): check `kubectl get apiservices | grep metrics` and the "
@@ -76,13 +81,32 @@ def read(hpa: dict[str, Any]) -> AutoscalerStatus:
     )
 
 
-def _condition(hpa: dict[str, Any]) -> tuple[ConditionStatus, str, str]:
+def _since(when: Any, at: datetime) -> float | None:
+    """Seconds from a timestamp as the client returns it (datetime or RFC 3339 text) to `at`."""
+    if isinstance(when, str):
+        try:
+            when = datetime.fromisoformat(when.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return (at - when).total_seconds() if isinstance(when, datetime) and when.tzinfo else None
+
+
+def _condition(hpa: dict[str, Any], at: datetime) -> tuple[ConditionStatus, str, str]:
     """The `Autoscaling` condition from the autoscaler's own conditions."""
     conds = {x.get("type"): x for x in (hpa.get("status") or {}).get("conditions") or []}
     failing = [conds[t] for t in _CONDITIONS if t in conds and conds[t].get("status") == "False"]
     if failing:
         first = failing[0]
         said = f"{first.get('reason')}: {first.get('message') or ''}".strip()
+        age = _since(first.get("lastTransitionTime"), at)
+        if first.get("reason") in _NO_READING_YET and age is not None and 0 <= age < FIRST_READING_GRACE_SECONDS:
+            return (
+                ConditionStatus.UNKNOWN,
+                c.AUTOSCALER_PENDING,
+                f"no metric reading yet ({said}) for {age:.0f} s: new pods are read once the metrics "
+                f"pipeline has sampled them (about 30 s); after {FIRST_READING_GRACE_SECONDS} s this becomes "
+                f"{c.AUTOSCALER_METRIC_UNAVAILABLE}",
+            )
         return ConditionStatus.FALSE, c.AUTOSCALER_METRIC_UNAVAILABLE, f"the autoscaler cannot scale ({said}); {HINT}"
     if not conds:
         return ConditionStatus.UNKNOWN, c.AUTOSCALER_PENDING, "the autoscaler has not reported yet"
@@ -102,7 +126,7 @@ def with_autoscaler(
     if hpa is None:
         return status, []
     now = read(hpa)
-    cond_status, reason, message = _condition(hpa)
+    cond_status, reason, message = _condition(hpa, at or datetime.now(UTC))
     conds = c.set_condition(status.conditions, c.AUTOSCALING, cond_status, reason, message, generation, at)
     events = []
     before = status.autoscaler
