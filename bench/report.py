@@ -17,7 +17,7 @@ shown as "—".
     .venv/bin/python bench/report.py --check    # exit 1 naming each stale block (hack/test.sh runs it)
     .venv/bin/python bench/report.py --list     # the blocks and the result files each reads
 
-Blocks: summary (README.md), machines, images, training, grpc, search_algorithms, gpu
+Blocks: summary (README.md), machines, images, training, grpc, search_algorithms, gpu, soak
 (docs/benchmarks.md). A new result file shows up in `summary` and `machines` by itself; to give it
 a headline figure or a table of its own, add a function to `SUMMARIES` or `BLOCKS` here.
 """
@@ -158,14 +158,23 @@ class Machine:
             date=date[:10] if isinstance(date, str) else None,
         )
 
+    @property
+    def recorded(self) -> bool:
+        """Whether the file says anything of its machine."""
+        return any(v is not None for v in (self.cpu, self.cores, self.commit, self.date))
+
     def short(self) -> str:
         """Where and when, in one cell: CPU, cores, commit, date."""
+        if not self.recorded:
+            return f"{DASH} (no machine record)"
         return f"{text(self.cpu)}, {num(self.cores)} cores; {text(self.commit)}, {text(self.date)}"
 
 
 def source(name: str, doc: dict[str, Any], script: str) -> str:
     """The line above a generated table: its file, script and machine."""
     m = Machine.of(doc)
+    if not m.recorded:
+        return f"From `bench/results/{name}.json` (`{script}`, no machine record)"
     return (
         f"From `bench/results/{name}.json` (`{script}`, commit {text(m.commit)}, {text(m.date)}, "
         f"{text(m.cpu)}, {num(m.cores)} cores)"
@@ -254,6 +263,17 @@ def summary_gpu_fallback(doc: dict[str, Any]) -> tuple[str, str, str]:
     return "`bench/gpu.sh` without CUDA", figure, DASH
 
 
+def summary_soak(doc: dict[str, Any]) -> tuple[str, str, str]:
+    s = doc.get("summary") or {}
+    figure = (
+        f"{num(at(s, 'seconds'), '.0f', ' s')} under traffic and rollouts: {num(s.get('requests'), ',')} requests, "
+        f"**{num(s.get('errors'))} errors**, {num(s.get('rolloutsPromoted'))} rollouts promoted; operator RSS last "
+        f"5 min / first **{num(at(s, 'figures', 'operator_rss_mib', 'ratio'), '.2f')}** "
+        f"({num(at(s, 'slopePer10Min', 'operator_rss_mib'), '+.2f')} MiB per 10 min over the second half)"
+    )
+    return "soak (`bench/soak.py`)", figure, "flat curves, no errors"
+
+
 SUMMARIES: dict[str, Summary] = {
     "trainer_throughput": summary_trainer,
     "grpc": summary_grpc,
@@ -261,6 +281,7 @@ SUMMARIES: dict[str, Summary] = {
     "search_algorithms": summary_search,
     "gpu": summary_gpu,
     "gpu-cpu-fallback": summary_gpu_fallback,
+    "soak": summary_soak,
 }
 
 
@@ -413,6 +434,42 @@ def block_search(results: Results) -> str:
     )
 
 
+def block_soak(results: Results) -> str:
+    doc = results.need("soak")
+    s = doc.get("summary") or {}
+    rows = [
+        [
+            f"`{name}`",
+            num(f.get("first5min"), ".1f"),
+            num(f.get("last5min"), ".1f"),
+            f"**{num(f.get('ratio'), '.2f')}**",
+            f"{num(f.get('min'))}–{num(f.get('max'))}",
+        ]
+        for name, f in (s.get("figures") or {}).items()
+    ]
+    end = s.get("atEnd") or {}
+    slopes = s.get("slopePer10Min") or {}
+    return lines(
+        source("soak", doc, "bench/soak.py")
+        + f": {num(s.get('samples'))} samples over {num(s.get('seconds'), '.0f', ' s')}"
+        + (f"; {doc['note']}" if doc.get("note") else "")
+        + ". First and last 5 minutes are means over their samples.",
+        "",
+        *table(["sampled", "first 5 min", "last 5 min", "last / first", "range over the run"], rows),
+        "",
+        f"Requests {num(s.get('requests'), ',')}, errors {num(s.get('errors'))} (first 5 minutes "
+        f"{num(s.get('firstRequests'), ',')} and {num(s.get('firstErrors'))}, last 5 minutes "
+        f"{num(s.get('lastRequests'), ',')} and {num(s.get('lastErrors'))}); client p99 per 10-s window: median "
+        f"{num(at(s, 'p99Ms', 'medianWindow'), '.0f', ' ms')}, "
+        f"worst {num(at(s, 'p99Ms', 'worstWindow'), '.0f', ' ms')}. "
+        f"Over the second half the operator's RSS grew {num(slopes.get('operator_rss_mib'), '+.2f', ' MiB')} and "
+        f"its open files {num(slopes.get('operator_fds'), '+.2f')} per 10 minutes. Rollouts promoted: "
+        f"{num(s.get('rolloutsPromoted'))}. At the end: {num(end.get('servers'))} server process "
+        f"({num(end.get('servers_rss_mib'), '.0f', ' MiB')}, {num(end.get('servers_fds'))} fds), "
+        f"{num(end.get('processes'))} processes on the machine.",
+    )
+
+
 def gpu_rows(doc: dict[str, Any]) -> list[list[str]]:
     """One bench/gpu.sh result: a row per part (parity: per comparison; the server: per concurrency)."""
     trainer, libs, server = doc.get("trainer") or {}, doc.get("libraries") or {}, doc.get("server") or {}
@@ -505,6 +562,7 @@ BLOCKS = {
     "grpc": Block("grpc.json", block_grpc),
     "search_algorithms": Block("search_algorithms.json", block_search),
     "gpu": Block("gpu.json, gpu-cpu-fallback.json", block_gpu),
+    "soak": Block("soak.json", block_soak),
 }
 
 

@@ -79,7 +79,7 @@ def test_a_value_a_file_lacks_shows_as_a_dash(copy):
     assert report(copy).returncode == 0
     page = (copy / "docs" / "benchmarks.md").read_text()
     assert "| `images.json` | — | — | — | — | — | — | — |" in page
-    assert "(`bench/images.py`, commit —, —, —, — cores)" in page
+    assert "(`bench/images.py`, no machine record):" in page
     assert "| operator | 140 MB | 426 MB | 6 |" in page  # the figures the file has are still there
 
 
@@ -146,3 +146,17 @@ def test_list_names_every_block_a_page_uses():
         if line.startswith("<!-- bench:")
     }
     assert used and used <= listed
+
+
+def test_the_soak_summary_is_what_its_samples_give(monkeypatch):
+    """soak.json was recomputed from soak.csv (soak.py --from-csv): the two must not drift apart."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    spec = importlib.util.spec_from_file_location("bench_soak", REPO / "bench" / "soak.py")
+    assert spec is not None and spec.loader is not None
+    soak = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_soak", soak)  # its dataclass looks itself up there
+    spec.loader.exec_module(soak)
+    samples = soak.read_samples(REPO / "bench" / "results" / "soak.csv")
+    committed = json.loads((REPO / "bench" / "results" / "soak.json").read_text())
+    assert json.loads(json.dumps(soak.summary(samples))) == committed["summary"]
+    assert committed["summary"]["requests"] == sum(s.requests for s in samples) > 0
