@@ -438,11 +438,12 @@ def server(plan: Plan, model: Path, cuda: bool) -> dict[str, Any]:
 
 
 def machine(cuda: bool) -> dict[str, Any]:
-    """trainer_throughput's machine facts, plus what nvidia-smi says of the GPU."""
+    """trainer_throughput's machine record with ONNX Runtime's version, plus what nvidia-smi says
+    of the GPU."""
     import torch  # noqa: PLC0415
     from trainer_throughput import machine as cpu_machine  # noqa: PLC0415
 
-    doc = cpu_machine(torch.device("cuda" if cuda else "cpu"))
+    doc = cpu_machine(torch.device("cuda" if cuda else "cpu"), "onnxruntime")
     if cuda:
         query = "name,driver_version,memory.total,clocks.max.sm,power.limit"
         try:

@@ -227,7 +227,7 @@ def main() -> None:
             "what": "REST and gRPC on one modelops_server process: same model, payloads and closed-loop load",
             "model": f"tiny CNN (tests/support/serving.py) at {SIZE}x{SIZE}, 1 worker",
             "seconds_per_point": args.seconds,
-            "machine": machine(),
+            "machine": machine("onnxruntime", "grpcio"),
             "points": rows,
         },
     )

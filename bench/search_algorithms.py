@@ -24,18 +24,16 @@ pruning decisions) is reported apart. Strategies alternate within each seed, in 
 
     .venv/bin/python bench/search_algorithms.py                # 3 seeds x 30 trials x 27 epochs (~4 min, 2 cores)
     .venv/bin/python bench/search_algorithms.py --seeds 2 --trials 10
-    .venv/bin/python bench/search_algorithms.py --docs             # rewrite the table in docs/benchmarks.md
-    .venv/bin/python bench/search_algorithms.py --check-docs       # exit 1 when that table is stale
+    .venv/bin/python bench/report.py                           # then: the table in docs/benchmarks.md
 
 Writes bench/results/search_algorithms.json (`--output`): per strategy and seed the trials
 (parameters, per-epoch validation accuracy, where they stopped and why, CPU-seconds), and the
-summary the table in docs/benchmarks.md is generated from.
+summary that bench/report.py makes the table in docs/benchmarks.md from.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
 import sys
@@ -61,8 +59,6 @@ from modelops_operator.api.trainingrun import Search, TrialStatus  # noqa: E402
 from modelops_operator.reconcile import search as searching  # noqa: E402
 
 RESULT = REPO / "bench" / "results" / "search_algorithms.json"
-DOCS = REPO / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- search_algorithms: begin (bench/search_algorithms.py --docs) -->", "<!-- search_algorithms: end -->"
 
 PARAMETERS: list[dict[str, Any]] = [
     {"name": "learningRate", "type": "logUniform", "min": 1e-4, "max": 1.0},
@@ -254,39 +250,6 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def table(result: dict[str, Any]) -> str:
-    cfg, summary = result["config"], result["summary"]
-    lines = [
-        "From `bench/results/search_algorithms.json` (`bench/search_algorithms.py`, "
-        f"commit {result['machine']['commit']}, {result['date']}, {result['machine']['cores']} cores): "
-        f"{cfg['seeds']} seeds x {cfg['trials']} trials x up to "
-        f"{cfg['epochs']} epochs each, scikit-learn's `MLPClassifier` on digits (not the project's trainer: see the "
-        "script); medians over the seeds. *best* is the validation accuracy of the best trial that ran to the end "
-        "(what the operator would register); *CPU-s* is training CPU time; *best per CPU-s vs random* is the median "
-        "per seed of (best / CPU-s) over random search's; *to random's best* is the training CPU-s until a finished "
-        "trial matched random search's final best of the same seed.",
-        "",
-        "| strategy | best (val) | test acc. of it | CPU-s | epochs trained | trials stopped "
-        "| best per CPU-s vs random | to random's best (CPU-s, seeds) | search's own CPU-s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for name, s in summary.items():
-        to_best = "–" if s["cpuSecondsToRandomsBestMedian"] is None else f"{s['cpuSecondsToRandomsBestMedian']:.1f}"
-        lines.append(
-            f"| {name} | {s['bestObjectiveMedian']:.4f} | {s['bestTestAccuracyMedian']:.4f} "
-            f"| {s['trainCpuSecondsMedian']:.1f} "
-            f"| {s['epochsTrainedMedian']:g} | {s['stoppedMedian']:g} | **{s['bestPerCpuSecondVsRandom']:.2f}x** "
-            f"| {to_best} ({s['reachedRandomsBest']}) | {s['searchCpuSecondsMedian']:.1f} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def docs_with_table(result: dict[str, Any]) -> str:
-    text = DOCS.read_text()
-    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    return text[:start] + "\n" + table(result) + text[end:]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3, help="search seeds 0..N-1 (default 3)")
@@ -294,22 +257,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=27, help="epochs of a trial that is not stopped (default 27)")
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
     parser.add_argument("--output", type=Path, default=RESULT, help=f"result file (default {RESULT.relative_to(REPO)})")
-    parser.add_argument(
-        "--docs", action="store_true", help="only rewrite the table in docs/benchmarks.md from --output"
-    )
-    parser.add_argument("--check-docs", action="store_true", help="only check that table; exit 1 when stale")
     args = parser.parse_args()
-    if args.docs or args.check_docs:
-        result = json.loads(args.output.read_text())
-        wanted = docs_with_table(result)
-        if args.check_docs:
-            if wanted != DOCS.read_text():
-                print("docs/benchmarks.md: the search table is stale; run bench/search_algorithms.py --docs")
-                return 1
-            return 0
-        DOCS.write_text(wanted)
-        print(f"wrote {DOCS.relative_to(REPO)}")
-        return 0
     if "random" not in args.strategies:
         parser.error("the ratios are against random: keep it in --strategies")
     data = digits()
@@ -326,8 +274,7 @@ def main() -> int:
             )
     result = {
         "benchmark": "search_algorithms",
-        "date": datetime.date.today().isoformat(),
-        "machine": machine(),
+        "machine": machine("scikit-learn", "optuna"),
         "config": {
             "seeds": args.seeds,
             "trials": args.trials,
@@ -342,8 +289,9 @@ def main() -> int:
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1) + "\n")
-    print(table(result))
-    print(f"wrote {args.output}")
+    for name, s in result["summary"].items():
+        print(f"{name:>14}: best {s['bestObjectiveMedian']}  best per CPU-s vs random {s['bestPerCpuSecondVsRandom']}x")
+    print(f"wrote {args.output}; bench/report.py puts its table into docs/benchmarks.md")
     return 0
 
 

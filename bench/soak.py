@@ -3,6 +3,7 @@ churn, sampled every 10 s; the curves must stay flat.
 
     .venv/bin/python bench/soak.py                    # 30 min (the figures in docs/benchmarks.md)
     .venv/bin/python bench/soak.py --minutes 5 --rollout-every 60
+    .venv/bin/python bench/soak.py --from-csv bench/results/soak.csv   # only the summary, from samples
 
 On the local cluster (started when it is not running), in namespace `soak`:
 - a ModelDeployment serving a real ONNX model with real server processes on the executing node,
@@ -17,13 +18,18 @@ Sampled: the operator's RSS, open file descriptors and threads; the server proce
 RSS and file descriptors; all processes on the machine (leaks show as growth); and per window the
 requests, errors (anything but 200) and p99 latency the clients saw. Printed: the first 5 minutes
 against the last 5 (the baseline of the ratios is the start of the same run), the operator's RSS
-slope over the second half, and rollouts promoted. Written: bench/results/soak.csv and soak.png.
+slope over the second half, and rollouts promoted. Written: bench/results/soak.csv (the samples),
+soak.png (their curves) and soak.json (that summary with the machine record; bench/report.py makes
+the docs' soak table from it). `--from-csv` recomputes soak.json from a soak.csv alone, without a
+machine record (the run's machine is not in the CSV).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import math
 import os
 import statistics
 import sys
@@ -34,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
-from harness import REPO, cluster, rss_mib, start_operator
+from harness import REPO, cluster, machine, rss_mib, start_operator, write_result
 
 from tests.support.cluster import ARTIFACTS, ON_LOCAL_NODE, OperatorProcess, status
 from tests.support.objects import model_deployment, training_run
@@ -145,10 +151,58 @@ def plot(samples: list[Sample], path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
-def slope_per_10_min(samples: list[Sample], field: str) -> float:
+def slope_per_10_min(samples: list[Sample], field: str) -> float | None:
     half = samples[len(samples) // 2 :]
     xs, ys = [s.t_s for s in half], [float(getattr(s, field)) for s in half]
-    return statistics.linear_regression(xs, ys).slope * 600 if len(half) >= 2 else float("nan")
+    return round(statistics.linear_regression(xs, ys).slope * 600, 2) if len(half) >= 2 else None
+
+
+def read_samples(path: Path) -> list[Sample]:
+    """The samples of a soak.csv this script wrote."""
+    kinds = {f.name: int if f.type == "int" else float for f in dataclasses.fields(Sample)}
+    with path.open(newline="") as f:
+        return [Sample(**{k: kinds[k](v) for k, v in row.items()}) for row in csv.DictReader(f)]
+
+
+#: The sampled figures compared between the first and the last 5 minutes.
+FIGURES = ("operator_rss_mib", "operator_fds", "operator_threads", "servers", "servers_rss_mib", "processes")
+
+
+def summary(samples: list[Sample]) -> dict[str, Any]:
+    """What the soak shows, from its samples: each figure's first and last 5 minutes (means), their
+    ratio and its range; requests and errors; the slopes over the second half; client p99 over the
+    10 s windows; rollouts promoted; the last sample."""
+    window = max(1, int(300 / max(samples[1].t_s - samples[0].t_s, 1))) if len(samples) > 1 else 1
+    first, last = samples[:window], samples[-window:]
+    figures = {}
+    for name in FIGURES:
+        a = statistics.mean(getattr(s, name) for s in first)
+        b = statistics.mean(getattr(s, name) for s in last)
+        values = [getattr(s, name) for s in samples]
+        figures[name] = {
+            "first5min": round(a, 1),
+            "last5min": round(b, 1),
+            "ratio": round(b / a, 2) if a else None,
+            "min": min(values),
+            "max": max(values),
+        }
+    p99 = [s.p99_ms for s in samples if not math.isnan(s.p99_ms)]
+    return {
+        "seconds": samples[-1].t_s,
+        "samples": len(samples),
+        "windowSamples": window,
+        "figures": figures,
+        "requests": sum(s.requests for s in samples),
+        "errors": sum(s.errors for s in samples),
+        "firstRequests": sum(s.requests for s in first),
+        "firstErrors": sum(s.errors for s in first),
+        "lastRequests": sum(s.requests for s in last),
+        "lastErrors": sum(s.errors for s in last),
+        "slopePer10Min": {name: slope_per_10_min(samples, name) for name in ("operator_rss_mib", "operator_fds")},
+        "p99Ms": {"medianWindow": statistics.median(p99), "worstWindow": max(p99)} if p99 else None,
+        "rolloutsPromoted": samples[-1].promoted,
+        "atEnd": asdict(samples[-1]),
+    }
 
 
 class Churn:
@@ -231,7 +285,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=30, help="how long to soak (default 30)")
     parser.add_argument("--rollout-every", type=float, default=180, help="seconds between model changes")
     parser.add_argument("--sample-every", type=float, default=10, help="seconds between samples")
+    parser.add_argument(
+        "--from-csv",
+        type=Path,
+        help="no soak: write results/soak.json from this soak.csv's samples (no machine record)",
+    )
     args = parser.parse_args(argv)
+    if args.from_csv:
+        result = {"benchmark": "soak", "note": f"recomputed from {args.from_csv.name} by soak.py --from-csv"}
+        report(write_summary({**result, "summary": summary(read_samples(args.from_csv))}))
+        return 0
 
     client = cluster()
     custom, core = kubernetes.client.CustomObjectsApi(client), kubernetes.client.CoreV1Api(client)
@@ -253,26 +316,36 @@ def main(argv: list[str] | None = None) -> int:
         writer.writeheader()
         writer.writerows(asdict(s) for s in samples)
     plot(samples, RESULTS / "soak.png")
-    report(samples)
+    config = {
+        "minutes": args.minutes,
+        "rolloutEverySeconds": args.rollout_every,
+        "sampleEverySeconds": args.sample_every,
+    }
+    result = {"benchmark": "soak", "machine": machine("kubernetes", "kopf", "onnxruntime"), "config": config}
+    report(write_summary({**result, "summary": summary(samples)}))
     return 0
 
 
-def report(samples: list[Sample]) -> None:
-    window = max(1, int(300 / max(samples[1].t_s - samples[0].t_s, 1))) if len(samples) > 1 else 1
-    first, last = samples[:window], samples[-window:]
+def write_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """results/soak.json; `result` again."""
+    write_result("soak", result)
+    return result
+
+
+def report(result: dict[str, Any]) -> None:
+    s = result["summary"]
     print(f"\n{'figure':34} {'first 5 min':>12} {'last 5 min':>12} {'ratio':>7}")
-    for name in ("operator_rss_mib", "operator_fds", "operator_threads", "servers", "servers_rss_mib", "processes"):
-        a = statistics.mean(getattr(s, name) for s in first)
-        b = statistics.mean(getattr(s, name) for s in last)
-        print(f"{name:34} {a:12.1f} {b:12.1f} {b / a if a else float('nan'):7.2f}")
-    for label, part in (("first", first), ("last", last)):
-        reqs, errs = sum(s.requests for s in part), sum(s.errors for s in part)
+    for name, f in s["figures"].items():
+        print(f"{name:34} {f['first5min']:12.1f} {f['last5min']:12.1f} {f['ratio'] or float('nan'):7.2f}")
+    for label in ("first", "last"):
+        reqs, errs = s[f"{label}Requests"], s[f"{label}Errors"]
         print(f"{label} 5 min: {reqs} requests, {errs} errors ({100 * errs / max(reqs, 1):.2f}%)")
-    total, errors = sum(s.requests for s in samples), sum(s.errors for s in samples)
-    print(f"whole run: {total} requests, {errors} errors ({100 * errors / max(total, 1):.3f}%)")
-    print(f"operator RSS slope over the second half: {slope_per_10_min(samples, 'operator_rss_mib'):+.2f} MiB/10 min")
-    print(f"operator fds slope over the second half: {slope_per_10_min(samples, 'operator_fds'):+.2f} /10 min")
-    print(f"rollouts promoted: {samples[-1].promoted}")
+    print(
+        f"whole run: {s['requests']} requests, {s['errors']} errors ({100 * s['errors'] / max(s['requests'], 1):.3f}%)"
+    )
+    for name, unit in (("operator_rss_mib", "MiB"), ("operator_fds", "fds")):
+        print(f"{name} slope over the second half: {s['slopePer10Min'][name]} {unit}/10 min")
+    print(f"rollouts promoted: {s['rolloutsPromoted']}")
 
 
 if __name__ == "__main__":

@@ -32,21 +32,18 @@ which background load that comes and goes disturbs far less than a ratio of two 
     .venv/bin/python bench/trainer_throughput.py --profile     # cProfile of the program's epochs, no ratios
 
 Results go to bench/results/trainer_throughput.json (`--output`), with the machine: CPU model,
-cores, the CPU flags that decide bf16's speed, torch's version and threads, the git commit.
+cores, its vector extensions, torch's version and threads, the git commit (bench/harness.py's record).
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime
 import itertools
 import json
 import os
-import platform
 import pstats
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,11 +59,11 @@ from torchvision.transforms import v2
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.support.digits writes the dataset with the real writer
 
+from bench import harness  # noqa: E402
 from modelops_trainer import distributed  # noqa: E402
 from modelops_trainer.config import TrainConfig  # noqa: E402
 from modelops_trainer.data import ImageSamples, Preprocess, normalization, train_transform  # noqa: E402
 from modelops_trainer.datasetfmt import AugmentationPolicy, DatasetReader, DatasetVersion, ImageFormat  # noqa: E402
-from modelops_trainer.precision import CpuFeatures  # noqa: E402
 from modelops_trainer.session import TrainingSession  # noqa: E402
 from tests.support.digits import write_digits  # noqa: E402
 
@@ -74,31 +71,11 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 POLICY = AugmentationPolicy(horizontal_flip=False, random_resized_crop_scale=[0.6, 1.0], rotation_degrees=10)
 
 
-def git_commit() -> str:
-    """HEAD, with `-dirty` when the working tree has changes."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def machine(device: torch.device) -> dict[str, object]:
-    """What the figures depend on: CPU model and flags, cores, versions, the commit."""
-    cpu = CpuFeatures.read()
-    info: dict[str, object] = {
-        "cpu": cpu.model,
-        "cpuFlags": cpu.bf16_flags(),
-        "cpus": os.cpu_count(),
-        "usableCpus": len(os.sched_getaffinity(0)),
-        "torchThreads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "gitCommit": git_commit(),
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+def machine(device: torch.device, *packages: str) -> dict[str, object]:
+    """The machine record every result file carries (bench/harness.py), with torch's threads and,
+    on CUDA, the GPU's name; the versions of torch, torchvision and `packages`."""
+    info = harness.machine("torch", "torchvision", *packages)
+    info["torchThreads"] = torch.get_num_threads()
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

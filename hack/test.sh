@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test: installs what is missing (hack/setup.sh), then lint (ruff), types
-# (mypy --strict), the operator's import layers (import-linter), CRDs in sync with the models,
+# (mypy --strict), the operator's import layers (import-linter), CRDs in sync with the models, the
+# docs (generated references and benchmark tables in sync),
 # unit tests, and the cluster tests against the local cluster (started when not running, and
 # stopped again afterwards unless MODELOPS_KEEP_CLUSTER=1; MODELOPS_NO_CLUSTER=1 or
 # `-m "not cluster"` leaves it alone). Extra arguments go to pytest,
@@ -27,6 +28,8 @@ $py/python hack/protogen.py --check
 step "docs"
 $py/mypy --strict hack/docgen.py hack/mkdocs_hooks.py
 $py/python hack/docgen.py --check
+$py/mypy --strict bench/report.py
+$py/python bench/report.py --check   # the benchmark tables of README.md and docs/ match bench/results/
 site=$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $py/mkdocs build --strict --quiet --site-dir "$site" && rm -rf "$site"
 
 # The cluster tests need the local cluster, whose start builds the three images from their

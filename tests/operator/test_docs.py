@@ -4,7 +4,6 @@ links out of the site rewritten (hack/docgen.py, hack/mkdocs_hooks.py)."""
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -80,15 +79,3 @@ def test_images_out_of_the_site_are_served_raw():
     page = SimpleNamespace(file=SimpleNamespace(src_uri="benchmarks.md"))
     out = hooks.on_page_markdown("![plot](../bench/results/soak.png) [x](index.md)", page, {"repo_url": REPO_URL})
     assert out == f"![plot]({REPO_URL}/blob/main/bench/results/soak.png?raw=true) [x](index.md)"
-
-
-def test_the_search_benchmark_table_is_generated_from_its_result_file():
-    spec = importlib.util.spec_from_file_location("search_algorithms", REPO / "bench" / "search_algorithms.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    result = json.loads(bench.RESULT.read_text())
-    page = bench.DOCS.read_text()
-    assert bench.docs_with_table(result) == page, "run: .venv/bin/python bench/search_algorithms.py --docs"
-    assert set(result["summary"]) == {"random", "tpe", "tpe+median", "tpe+asha", "tpe+hyperband"}
-    assert "| tpe+asha |" in page

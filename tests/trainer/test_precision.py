@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from modelops_trainer import checkpoint, session, train
+from modelops_trainer.cpuinfo import CpuFeatures
 from modelops_trainer.models import build_model
 from modelops_trainer.precision import (
     BF16,
     FP16,
     FP32,
-    CpuFeatures,
     Precision,
     PrecisionChoice,
     choose_measured,

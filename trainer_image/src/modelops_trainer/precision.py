@@ -26,12 +26,12 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from modelops_trainer.cpuinfo import CpuFeatures
 from modelops_trainer.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,6 @@ MARGIN = 0.05
 PROBE_MIN_ROUNDS = 2
 PROBE_ROUNDS = 3
 PROBE_BUDGET_S = 5.0
-#: /proc/cpuinfo flags that decide how fast bf16 is, in the order they are reported.
-BF16_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16")
 
 
 @dataclass(frozen=True)
@@ -76,44 +74,6 @@ def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractC
     if precision.dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=precision.dtype)
-
-
-@dataclass(frozen=True)
-class CpuFeatures:
-    """The CPU model and its flags (from /proc/cpuinfo)."""
-
-    model: str
-    flags: frozenset[str]
-
-    @classmethod
-    def parse(cls, cpuinfo: str) -> CpuFeatures:
-        """From the text of /proc/cpuinfo (its first processor)."""
-        model, flags = "unknown", frozenset[str]()
-        for line in cpuinfo.splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "model name" and model == "unknown":
-                model = value.strip()
-            elif key == "flags" and not flags:
-                flags = frozenset(value.split())
-        return cls(model, flags)
-
-    @classmethod
-    def read(cls, path: str = "/proc/cpuinfo") -> CpuFeatures:
-        """This machine's; an empty set of flags where /proc/cpuinfo cannot be read."""
-        try:
-            return cls.parse(Path(path).read_text())
-        except OSError:
-            return cls("unknown", frozenset())
-
-    @property
-    def native_bf16(self) -> bool:
-        """Whether the CPU computes bf16 natively (AVX-512 BF16 or AMX)."""
-        return "avx512_bf16" in self.flags or "amx_bf16" in self.flags
-
-    def bf16_flags(self) -> dict[str, bool]:
-        """The flags of `BF16_FLAGS`: present or not."""
-        return {f: f in self.flags for f in BF16_FLAGS}
 
 
 @dataclass(frozen=True)

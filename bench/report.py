@@ -1,0 +1,646 @@
+"""The benchmark tables of the docs, generated from the result files in bench/results/.
+
+Every benchmark that writes results writes one JSON file there, with its figures and the machine
+they were measured on (bench/harness.py's `machine`: CPU model, vector extensions, cores, Python
+and package versions, git commit and whether the tree was dirty, date). This script rewrites the
+marked blocks of README.md, docs/benchmarks.md and bench/README.md from those files:
+
+    <!-- bench:NAME -->
+    (generated: edit the result file or this script, never the block)
+    <!-- /bench:NAME -->
+
+and nothing outside them: figures that come from no file stay outside the blocks, with their
+source said. A value a file does not hold (older files lack parts of the machine record) is
+shown as "—".
+
+    .venv/bin/python bench/report.py            # rewrite every block
+    .venv/bin/python bench/report.py --check    # exit 1 naming each stale block (hack/test.sh runs it)
+    .venv/bin/python bench/report.py --list     # the blocks and the result files each reads
+
+Blocks: summary (README.md), machines, images, training, grpc, search_algorithms, gpu, soak
+(docs/benchmarks.md). A new result file shows up in `summary` and `machines` by itself; to give it
+a headline figure or a table of its own, add a function to `SUMMARIES` or `BLOCKS` here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+#: The files whose blocks are generated, relative to the repository root.
+PAGES = ("README.md", "docs/benchmarks.md", "bench/README.md")
+RESULTS = Path("bench/results")
+DASH = "—"
+#: A block: its markers each on a line of their own (a marker quoted in a sentence is not one).
+BLOCK = re.compile(
+    r"^(<!-- bench:(?P<name>[\w-]+)(?: [^>]*)? -->\n)(?P<body>.*?)^(<!-- /bench:(?P=name) -->)$", re.S | re.M
+)
+MARKER = re.compile(r"^<!-- (/?)bench:([\w-]+)", re.M)
+
+
+class ReportError(Exception):
+    """A result file or a page this script cannot use: said with the file and what to do."""
+
+
+class Results:
+    """The result files under `root`/bench/results, read once each."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / RESULTS
+        self._cache: dict[str, dict[str, Any] | None] = {}
+
+    def names(self) -> list[str]:
+        """Every result file's name without `.json`, sorted."""
+        return sorted(p.stem for p in self.dir.glob("*.json"))
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        """bench/results/<name>.json, or None when there is no such file."""
+        if name not in self._cache:
+            path = self.dir / f"{name}.json"
+            try:
+                doc = json.loads(path.read_text())
+            except FileNotFoundError:
+                doc = None
+            except (OSError, ValueError) as exc:
+                raise ReportError(f"{RESULTS / path.name}: not a readable JSON file ({exc})") from exc
+            if doc is not None and not isinstance(doc, dict):
+                raise ReportError(f"{RESULTS / path.name}: expected a JSON object, got {type(doc).__name__}")
+            self._cache[name] = doc
+        return self._cache[name]
+
+    def need(self, name: str) -> dict[str, Any]:
+        """bench/results/<name>.json, which the block cannot do without."""
+        doc = self.get(name)
+        if doc is None:
+            raise ReportError(f"{RESULTS / name}.json is missing: rerun its benchmark (bench/README.md)")
+        return doc
+
+
+# --- reading values --------------------------------------------------------------------------
+
+
+def at(doc: Any, *path: str | int) -> Any:
+    """doc[path[0]][path[1]]..., or None where any step is missing."""
+    for key in path:
+        found = key in doc if isinstance(doc, dict) else isinstance(doc, list) and -len(doc) <= int(key) < len(doc)
+        if not found:
+            return None
+        doc = doc[key]
+    return doc
+
+
+def num(value: Any, spec: str = "g", suffix: str = "") -> str:
+    """A number formatted with `spec`, or "—" when there is none."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return DASH
+    return format(value, spec) + suffix
+
+
+def text(value: Any) -> str:
+    """A value as a table cell ("—" for none; a pipe would end the cell)."""
+    if value is None or value in ("", []):
+        return DASH
+    return str(value).replace("|", "\\|")
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines."""
+    return ["| " + " | ".join(cells) + " |" for cells in [header, ["---"] * len(header), *rows]]
+
+
+def lines(*parts: str) -> str:
+    """A block's text: the lines, each ended."""
+    return "\n".join(parts) + "\n"
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A result file's machine record, whichever of its shapes the file has: the current one
+    (bench/harness.py) or the older ones (`cpus`, a `gitCommit` or a `commit` with `-dirty`, the
+    flags as a dict, the versions at the top level, the date beside the record)."""
+
+    cpu: str | None
+    flags: list[str] | None
+    cores: int | None
+    python: str | None
+    versions: dict[str, str | None]
+    commit: str | None
+    date: str | None
+
+    @classmethod
+    def of(cls, doc: dict[str, Any]) -> Machine:
+        record = doc.get("machine")
+        m: dict[str, Any] = record if isinstance(record, dict) else {}
+        flags = m.get("cpuFlags")
+        if isinstance(flags, dict):
+            flags = sorted(f for f, present in flags.items() if present)
+        versions: dict[str, str | None] = {k: m[k] for k in ("torch", "torchvision", "onnxruntime") if k in m}
+        versions.update(m.get("versions") or {})
+        commit, dirty = m.get("commit") or m.get("gitCommit"), m.get("dirty")
+        if isinstance(commit, str):
+            sha, _, mark = commit.partition("-")
+            commit = sha[:7] + ("-dirty" if dirty or mark == "dirty" else "")
+        date = m.get("date") or doc.get("date")
+        return cls(
+            cpu=m.get("cpu"),
+            flags=flags if isinstance(flags, list) else None,
+            cores=m.get("cores") or m.get("cpus"),
+            python=m.get("python"),
+            versions=versions,
+            commit=commit,
+            date=date[:10] if isinstance(date, str) else None,
+        )
+
+    @property
+    def recorded(self) -> bool:
+        """Whether the file says anything of its machine."""
+        return any(v is not None for v in (self.cpu, self.cores, self.commit, self.date))
+
+    def short(self) -> str:
+        """Where and when, in one cell: CPU, cores, commit, date."""
+        if not self.recorded:
+            return f"{DASH} (no machine record)"
+        return f"{text(self.cpu)}, {num(self.cores)} cores; {text(self.commit)}, {text(self.date)}"
+
+
+def source(name: str, doc: dict[str, Any], script: str) -> str:
+    """The line above a generated table: its file, script and machine."""
+    m = Machine.of(doc)
+    if not m.recorded:
+        return f"From `bench/results/{name}.json` (`{script}`, no machine record)"
+    return (
+        f"From `bench/results/{name}.json` (`{script}`, commit {text(m.commit)}, {text(m.date)}, "
+        f"{text(m.cpu)}, {num(m.cores)} cores)"
+    )
+
+
+# --- one headline per result file (the README's summary) ---------------------------------------
+
+Summary = Callable[[dict[str, Any]], tuple[str, str, str]]
+"""A result file → (benchmark, its headline figures, the goal)."""
+
+
+def summary_trainer(doc: dict[str, Any]) -> tuple[str, str, str]:
+    s = doc.get("summary") or {}
+    figure = (
+        f"**{num(at(s, 'end-to-end', 'ratio'), '.2f', '×')}** the source document's loop end to end, "
+        f"{num(at(s, 'loop', 'ratio'), '.2f', '×')} loop alone; end to end "
+        f"{num(at(s, 'endToEndVsCompute', 'median'), '.2f')} of its own compute "
+        f"({text(at(doc, 'programPrecision', 'name'))}, {text(at(doc, 'programPrecision', 'reason'))})"
+    )
+    what = f"training, {text(doc.get('arch'))}, batch {num(doc.get('batchSize'))}, {num(doc.get('imageSize'))} px"
+    return what, figure, "≥ 2.5× end to end; ≥ 0.9 of compute"
+
+
+def grpc_ratios(doc: dict[str, Any]) -> dict[str, list[float]]:
+    """gRPC req/s over REST req/s of each point, binary payloads and JSON/typed ones apart."""
+    out: dict[str, list[float]] = {"binary": [], "json": []}
+    for p in doc.get("points") or []:
+        rest, grpc = at(p, "rest", "rps"), at(p, "grpc", "rps")
+        if isinstance(rest, int | float) and isinstance(grpc, int | float) and rest:
+            out["json" if "json" in str(p.get("payload")) else "binary"].append(grpc / rest)
+    return out
+
+
+def span(values: list[float], spec: str = ".2f", suffix: str = "×") -> str:
+    """min–max (or the one value)."""
+    if not values:
+        return DASH
+    low, high = format(min(values), spec), format(max(values), spec)
+    return f"{low}{suffix}" if low == high else f"{low}–{high}{suffix}"
+
+
+def summary_grpc(doc: dict[str, Any]) -> tuple[str, str, str]:
+    r = grpc_ratios(doc)
+    figure = f"gRPC / REST req/s: binary **{span(r['binary'])}**, typed gRPC against JSON REST {span(r['json'])}"
+    return "inference server, gRPC next to REST", figure, "binary gRPC no slower than binary REST"
+
+
+def summary_images(doc: dict[str, Any]) -> tuple[str, str, str]:
+    sizes = "/".join(num(at(doc, "images", n, "compressedMB"), ".0f") for n in ("operator", "trainer", "server"))
+    figure = (
+        f"rebuild of all three, no change: {num(doc.get('rebuildAllNoChangeSeconds'), '.1f', ' s')} "
+        f"(**{num(doc.get('rebuildVsOperatorFromScratch'), '.2f', '×')}** the operator alone from scratch); "
+        f"operator/trainer/server {sizes} MB compressed"
+    )
+    return "the three images", figure, DASH
+
+
+def summary_search(doc: dict[str, Any]) -> tuple[str, str, str]:
+    s = {k: v for k, v in (doc.get("summary") or {}).items() if k != "random"}
+    ranked = sorted(s.items(), key=lambda kv: -(at(kv[1], "bestPerCpuSecondVsRandom") or 0))
+    figure = "best per CPU-second against random search: " + ", ".join(
+        f"{name} {num(at(v, 'bestPerCpuSecondVsRandom'), '.2f', '×')}" for name, v in ranked
+    )
+    return "search strategies (scikit-learn MLP on digits)", figure, DASH
+
+
+def summary_gpu(doc: dict[str, Any]) -> tuple[str, str, str]:
+    server = at(doc, "server", "goal", "ratioAt")
+    figure = (
+        f"{text(at(doc, 'machine', 'gpu'))}: training {text(at(doc, 'trainer', 'arch'))} "
+        f"**{num(at(doc, 'trainer', 'imagesPerSecond'), ',.0f')} img/s**; batching "
+        f"{num(at(doc, 'server', 'summary', server or '', 'ratio'), '.2f', '×')} batch-1 at {text(server)}; "
+        f"parity top-1 {num(at(doc, 'parity', 'cuda', 'top1Agreement'))}; failed parts: {text(doc.get('failedParts'))}"
+    )
+    return "GPU run (`bench/gpu.sh`)", figure, "≥ 3,500 img/s (H100/H200); batching ≥ 3×"
+
+
+def summary_gpu_fallback(doc: dict[str, Any]) -> tuple[str, str, str]:
+    failed = ", ".join(doc.get("failedParts") or [])
+    ran = f"failed parts: {failed}" if failed else "every part ran end to end"
+    figure = (
+        f"device {text(doc.get('device'))}, {num(doc.get('seconds'), '.0f', ' s')}: {ran}; proof that the "
+        "script works, not a figure"
+    )
+    return "`bench/gpu.sh` without CUDA", figure, DASH
+
+
+def summary_soak(doc: dict[str, Any]) -> tuple[str, str, str]:
+    s = doc.get("summary") or {}
+    figure = (
+        f"{num(at(s, 'seconds'), '.0f', ' s')} under traffic and rollouts: {num(s.get('requests'), ',')} requests, "
+        f"**{num(s.get('errors'))} errors**, {num(s.get('rolloutsPromoted'))} rollouts promoted; operator RSS last "
+        f"5 min / first **{num(at(s, 'figures', 'operator_rss_mib', 'ratio'), '.2f')}** "
+        f"({num(at(s, 'slopePer10Min', 'operator_rss_mib'), '+.2f')} MiB per 10 min over the second half)"
+    )
+    return "soak (`bench/soak.py`)", figure, "flat curves, no errors"
+
+
+SUMMARIES: dict[str, Summary] = {
+    "trainer_throughput": summary_trainer,
+    "grpc": summary_grpc,
+    "images": summary_images,
+    "search_algorithms": summary_search,
+    "gpu": summary_gpu,
+    "gpu-cpu-fallback": summary_gpu_fallback,
+    "soak": summary_soak,
+}
+
+
+def block_summary(results: Results) -> str:
+    rows = []
+    for name in [*SUMMARIES, *(n for n in results.names() if n not in SUMMARIES)]:
+        doc = results.get(name)
+        if doc is None:
+            if name == "gpu":
+                rows.append(["GPU run (`bench/gpu.sh`)", "no GPU machine has run it yet", DASH, DASH, DASH])
+            continue
+        what, figure, goal = SUMMARIES[name](doc) if name in SUMMARIES else (name, DASH, DASH)
+        rows.append([what, figure, goal, Machine.of(doc).short(), f"`bench/results/{name}.json`"])
+    return lines(*table(["benchmark", "figures", "goal", "measured on", "from"], rows))
+
+
+def block_machines(results: Results) -> str:
+    rows = []
+    for name in results.names():
+        m = Machine.of(results.need(name))
+        versions = ", ".join(f"{k} {v}" for k, v in m.versions.items() if v) or DASH
+        rows.append(
+            [
+                f"`{name}.json`",
+                text(m.date),
+                text(m.commit),
+                text(m.cpu),
+                num(m.cores),
+                text(" ".join(m.flags)) if m.flags is not None else DASH,
+                text(m.python),
+                versions,
+            ]
+        )
+    header = ["file", "date", "commit", "CPU", "cores", "CPU flags (avx2, avx512*, amx*)", "Python", "versions"]
+    return lines(*table(header, rows))
+
+
+# --- the tables of docs/benchmarks.md ----------------------------------------------------------
+
+
+def block_images(results: Results) -> str:
+    doc = results.need("images")
+    rows = [
+        [
+            name,
+            num(at(doc, "images", name, "compressedMB"), ".0f", " MB"),
+            num(at(doc, "images", name, "unpackedMB"), ".0f", " MB"),
+            num(at(doc, "images", name, "layers")),
+        ]
+        for name in doc.get("images") or {}
+    ]
+    return lines(
+        source("images", doc, "bench/images.py") + ":",
+        "",
+        *table(["image", "compressed (gzip, as pulled)", "unpacked", "layers"], rows),
+        "",
+        f"A rebuild of all three with no change took {num(doc.get('rebuildAllNoChangeSeconds'), '.1f', ' s')}, "
+        f"against {num(doc.get('operatorFromScratchSeconds'), '.1f', ' s')} to build the operator alone from "
+        f"scratch (`--no-cache`) in the same run (ratio {num(doc.get('rebuildVsOperatorFromScratch'), '.2f')}).",
+    )
+
+
+def block_training(results: Results) -> str:
+    doc = results.need("trainer_throughput")
+    s, p = doc.get("summary") or {}, doc.get("programPrecision") or {}
+    rates = p.get("imagesPerSecond") or {}
+    rows = [
+        [
+            label,
+            num(at(s, key, "baselineImagesPerSecond"), ".1f"),
+            num(at(s, key, "programImagesPerSecond"), ".1f"),
+            f"**{num(at(s, key, 'ratio'), '.2f', '×')}**",
+        ]
+        for label, key in (("end to end (decode, augment, train)", "end-to-end"), ("training loop alone", "loop"))
+    ]
+    e2e = s.get("endToEndVsCompute") or {}
+    load = [", ".join(num(x, ".2f") for x in doc.get(k) or []) or DASH for k in ("loadAverageStart", "loadAverageEnd")]
+    return lines(
+        source("trainer_throughput", doc, "bench/trainer_throughput.py")
+        + f": {text(doc.get('arch'))}, batch {num(doc.get('batchSize'))}, {num(doc.get('imageSize'))} px, "
+        f"{num(doc.get('rounds'))} rounds of {num(doc.get('batchesPerMeasurement'))} batches per side; "
+        "images/s are the medians over the rounds, the ratios the medians of the per-round ratios.",
+        "",
+        *table(["measured", "source document's loop, img/s", "program, img/s", "ratio"], rows),
+        "",
+        f"The program's precision: {text(p.get('name'))} (asked: {text(p.get('requested'))}, "
+        f"reason: {text(p.get('reason'))}; its probe measured "
+        + (", ".join(f"{k} {num(v, '.1f')} img/s" for k, v in rates.items()) or DASH)
+        + f"). End to end over its own compute rate in that precision: median {num(e2e.get('median'), '.2f')} "
+        f"(range {num(e2e.get('min'), '.2f')}–{num(e2e.get('max'), '.2f')}; goal ≥ 0.9). "
+        f"Load average (1, 5, 15 min) at the start {load[0]}, at the end {load[1]}.",
+    )
+
+
+def block_grpc(results: Results) -> str:
+    doc = results.need("grpc")
+    rows = []
+    for p in doc.get("points") or []:
+        rest, grpc = p.get("rest") or {}, p.get("grpc") or {}
+        ratio = grpc["rps"] / rest["rps"] if isinstance(grpc.get("rps"), int | float) and rest.get("rps") else None
+        cells = [f"`{text(p.get('payload'))}`", num(p.get("clients"))]
+        for side in (rest, grpc):
+            cells += [
+                num(side.get("rps"), ".0f"),
+                f"{num(side.get('p50_ms'), '.1f')} / {num(side.get('p99_ms'), '.1f')}",
+                num(side.get("server_cpu_ms_per_request"), ".2f"),
+            ]
+        rows.append([*cells, num(ratio, ".2f")])
+    header = ["payload", "clients", "REST req/s", "REST p50 / p99 ms", "REST CPU ms", "gRPC req/s"]
+    header += ["gRPC p50 / p99 ms", "gRPC CPU ms", "gRPC / REST req/s"]
+    return lines(
+        source("grpc", doc, "bench/grpc.py")
+        + f": {text(doc.get('model'))}, {num(doc.get('seconds_per_point'), 'g')} s per point.",
+        "",
+        *table(header, rows),
+    )
+
+
+def block_search(results: Results) -> str:
+    doc = results.need("search_algorithms")
+    cfg = doc.get("config") or {}
+    rows = []
+    for name, s in (doc.get("summary") or {}).items():
+        to_best = num(s.get("cpuSecondsToRandomsBestMedian"), ".1f")
+        rows.append(
+            [
+                name,
+                num(s.get("bestObjectiveMedian"), ".4f"),
+                num(s.get("bestTestAccuracyMedian"), ".4f"),
+                num(s.get("trainCpuSecondsMedian"), ".1f"),
+                num(s.get("epochsTrainedMedian")),
+                num(s.get("stoppedMedian")),
+                f"**{num(s.get('bestPerCpuSecondVsRandom'), '.2f', 'x')}**",
+                f"{to_best} ({text(s.get('reachedRandomsBest'))})",
+                num(s.get("searchCpuSecondsMedian"), ".1f"),
+            ]
+        )
+    header = ["strategy", "best (val)", "test acc. of it", "CPU-s", "epochs trained", "trials stopped"]
+    header += ["best per CPU-s vs random", "to random's best (CPU-s, seeds)", "search's own CPU-s"]
+    return lines(
+        source("search_algorithms", doc, "bench/search_algorithms.py")
+        + f": {num(cfg.get('seeds'))} seeds x {num(cfg.get('trials'))} trials x up to {num(cfg.get('epochs'))} "
+        "epochs each, scikit-learn's `MLPClassifier` on digits (not the project's trainer: see the script); "
+        "medians over the seeds. *best* is the validation accuracy of the best trial that ran to the end "
+        "(what the operator would register); *CPU-s* is training CPU time; *best per CPU-s vs random* is the "
+        "median per seed of (best / CPU-s) over random search's; *to random's best* is the training CPU-s "
+        "until a finished trial matched random search's final best of the same seed.",
+        "",
+        *table(header, rows),
+    )
+
+
+def block_soak(results: Results) -> str:
+    doc = results.need("soak")
+    s = doc.get("summary") or {}
+    rows = [
+        [
+            f"`{name}`",
+            num(f.get("first5min"), ".1f"),
+            num(f.get("last5min"), ".1f"),
+            f"**{num(f.get('ratio'), '.2f')}**",
+            f"{num(f.get('min'))}–{num(f.get('max'))}",
+        ]
+        for name, f in (s.get("figures") or {}).items()
+    ]
+    end = s.get("atEnd") or {}
+    slopes = s.get("slopePer10Min") or {}
+    return lines(
+        source("soak", doc, "bench/soak.py")
+        + f": {num(s.get('samples'))} samples over {num(s.get('seconds'), '.0f', ' s')}"
+        + (f"; {doc['note']}" if doc.get("note") else "")
+        + ". First and last 5 minutes are means over their samples.",
+        "",
+        *table(["sampled", "first 5 min", "last 5 min", "last / first", "range over the run"], rows),
+        "",
+        f"Requests {num(s.get('requests'), ',')}, errors {num(s.get('errors'))} (first 5 minutes "
+        f"{num(s.get('firstRequests'), ',')} and {num(s.get('firstErrors'))}, last 5 minutes "
+        f"{num(s.get('lastRequests'), ',')} and {num(s.get('lastErrors'))}); client p99 per 10-s window: median "
+        f"{num(at(s, 'p99Ms', 'medianWindow'), '.0f', ' ms')}, "
+        f"worst {num(at(s, 'p99Ms', 'worstWindow'), '.0f', ' ms')}. "
+        f"Over the second half the operator's RSS grew {num(slopes.get('operator_rss_mib'), '+.2f', ' MiB')} and "
+        f"its open files {num(slopes.get('operator_fds'), '+.2f')} per 10 minutes. Rollouts promoted: "
+        f"{num(s.get('rolloutsPromoted'))}. At the end: {num(end.get('servers'))} server process "
+        f"({num(end.get('servers_rss_mib'), '.0f', ' MiB')}, {num(end.get('servers_fds'))} fds), "
+        f"{num(end.get('processes'))} processes on the machine.",
+    )
+
+
+def gpu_rows(doc: dict[str, Any]) -> list[list[str]]:
+    """One bench/gpu.sh result: a row per part (parity: per comparison; the server: per concurrency)."""
+    trainer, libs, server = doc.get("trainer") or {}, doc.get("libraries") or {}, doc.get("server") or {}
+    rates = at(trainer, "precision", "imagesPerSecond") or {}
+    probe = ", ".join(f"{k} {num(v, ',.1f')} img/s" for k, v in rates.items())
+    rows = [
+        [
+            "trainer",
+            f"{text(trainer.get('arch'))}, {num(trainer.get('imageSize'))} px, "
+            f"batch {num(trainer.get('batchSize'))}, {text(at(trainer, 'precision', 'name'))} "
+            f"(probe: {probe or DASH})",
+            f"{num(trainer.get('imagesPerSecond'), ',.1f')} img/s "
+            f"(range {span(trainer.get('spread') or [], ',.1f', '')})",
+        ]
+    ]
+    comparisons = {
+        "torchVsOnnxRuntimeCpu": "PyTorch against ONNX Runtime's CPU provider",
+        "cudaTf32On": "ONNX Runtime CUDA (TF32 on) against CPU",
+        "cudaTf32Off": "ONNX Runtime CUDA (TF32 off) against CPU",
+    }
+    for key, what in comparisons.items():
+        c = at(doc, "parity", key)
+        if isinstance(c, dict):
+            result = (
+                text(c.get("error"))
+                if "error" in c
+                else (
+                    f"max \\|diff\\| {num(c.get('maxAbsDiff'), '.2g')}, top-1 agreement {num(c.get('top1Agreement'))}"
+                )
+            )
+            rows.append(["parity", f"{what}, {num(at(doc, 'parity', 'images'))} images", result])
+    agreement = libs.get("agreement") or {}
+    loaded = "; ".join(
+        f"{k} {text(at(v, 'onnxruntime'))} / {text(at(v, 'torch'))}" for k, v in agreement.items()
+    ) or text(at(libs, "loaded", "skipped"))
+    rows.append(
+        [
+            "libraries",
+            f"onnxruntime {text(libs.get('onnxruntime'))} built for CUDA {text(libs.get('onnxruntimeBuiltForCuda'))}; "
+            f"torch {text(libs.get('torch'))} for CUDA {text(libs.get('torchVersionCuda'))}, "
+            f"cuDNN {text(libs.get('torchCudnnVersion'))}",
+            f"loaded by ONNX Runtime / PyTorch: {loaded}; agree: {text(libs.get('agree'))}",
+        ]
+    )
+    for point, s in (server.get("summary") or {}).items():
+        connections = point.lstrip("c")
+        rows.append(
+            [
+                f"server, {connections} connection{'' if connections == '1' else 's'}",
+                f"batching (max {num(at(server, 'maxBatchSize', 'batching'))}) against `--max-batch-size 1`",
+                f"{num(s.get('batchingImagesPerSecond'), '.1f')} against {num(s.get('batch1ImagesPerSecond'), '.1f')} "
+                f"img/s (**{num(s.get('ratio'), '.2f', '×')}**); p99 {num(s.get('batchingP99Ms'), '.0f')} against "
+                f"{num(s.get('batch1P99Ms'), '.0f')} ms",
+            ]
+        )
+    return rows
+
+
+def block_gpu(results: Results) -> str:
+    out: list[str] = []
+    for name in ("gpu", "gpu-cpu-fallback"):
+        doc = results.get(name)
+        if doc is None:
+            out += [f"`bench/results/{name}.json`: none yet — no GPU machine has run `bench/gpu.sh`.", ""]
+            continue
+        failed = ", ".join(doc.get("failedParts") or []) or "none"
+        out += [
+            source(name, doc, "bench/gpu.sh") + f", device {text(doc.get('device'))}, GPU "
+            f"{text(at(doc, 'machine', 'gpu'))}; {num(doc.get('seconds'), '.0f', ' s')}, failed parts: {failed}:",
+            "",
+            *table(["part", "what", "result"], gpu_rows(doc)),
+            "",
+        ]
+    return lines(*out[:-1])
+
+
+@dataclass(frozen=True)
+class Block:
+    """A generated block: the result files it reads (for --list) and how it is made."""
+
+    reads: str
+    render: Callable[[Results], str]
+
+
+BLOCKS = {
+    "summary": Block("every *.json", block_summary),
+    "machines": Block("every *.json", block_machines),
+    "images": Block("images.json", block_images),
+    "training": Block("trainer_throughput.json", block_training),
+    "grpc": Block("grpc.json", block_grpc),
+    "search_algorithms": Block("search_algorithms.json", block_search),
+    "gpu": Block("gpu.json, gpu-cpu-fallback.json", block_gpu),
+    "soak": Block("soak.json", block_soak),
+}
+
+
+# --- pages -----------------------------------------------------------------------------------
+
+
+def check_markers(page: str, original: str) -> None:
+    """Every block opened and closed in turn, none inside another."""
+    inside: str | None = None
+    for m in MARKER.finditer(original):
+        closing, name = m.group(1) == "/", m.group(2)
+        where = f"{page}:{original.count(chr(10), 0, m.start()) + 1}: bench:{name}"
+        if closing and name != inside:
+            raise ReportError(f"{where} closes a block that is not open")
+        if not closing and inside is not None:
+            raise ReportError(f"{where} opens inside bench:{inside}, which is not closed")
+        inside = None if closing else name
+    if inside is not None:
+        raise ReportError(f"{page}: bench:{inside} is never closed (<!-- /bench:{inside} --> on a line of its own)")
+
+
+def regenerate(page: str, original: str, results: Results) -> tuple[str, list[str]]:
+    """The page with every block rendered, and the names of the blocks that changed."""
+    check_markers(page, original)
+    stale: list[str] = []
+
+    def fill(m: re.Match[str]) -> str:
+        name = m.group("name")
+        if name not in BLOCKS:
+            raise ReportError(f"{page}: unknown block bench:{name}; known: {', '.join(BLOCKS)}")
+        body = BLOCKS[name].render(results)
+        if body != m.group("body"):
+            stale.append(name)
+        return m.group(1) + body + m.group(4)
+
+    return BLOCK.sub(fill, original), stale
+
+
+def run(root: Path, check: bool) -> int:
+    """Rewrite (or with `check`, compare) every page's blocks; the exit status."""
+    results, stale = Results(root), []
+    for page in PAGES:
+        path = root / page
+        if not path.exists():
+            continue
+        original = path.read_text()
+        wanted, changed = regenerate(page, original, results)
+        for name in changed:
+            stale.append(f"{page}: bench:{name}")
+        if not check and wanted != original:
+            path.write_text(wanted)
+            print(f"wrote {page} ({', '.join(f'bench:{n}' for n in changed)})")
+    if check and stale:
+        for block in stale:
+            print(f"stale: {block} differs from what bench/results/ gives", file=sys.stderr)
+        print("run: .venv/bin/python bench/report.py (and commit the pages)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="bench/report.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 naming each stale block")
+    parser.add_argument("--list", action="store_true", help="print the blocks and the result files each reads")
+    parser.add_argument("--root", type=Path, default=REPO, help="the repository to work on (default: this one)")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, block in BLOCKS.items():
+            print(f"bench:{name:20} reads bench/results/{block.reads}")
+        return 0
+    try:
+        return run(args.root, args.check)
+    except ReportError as exc:
+        print(f"bench/report.py: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

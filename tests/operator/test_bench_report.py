@@ -1,0 +1,162 @@
+"""bench/report.py: the docs' benchmark tables generated from bench/results/, and its --check
+(hack/test.sh runs it) failing, naming the block, when a page and the result files disagree.
+
+The script runs as CI runs it, a subprocess, on a temporary copy of the pages and result files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PAGES = ("README.md", "docs/benchmarks.md", "bench/README.md")
+
+
+def report(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "bench" / "report.py"), "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def copy(tmp_path: Path) -> Path:
+    """The pages and result files, as committed, under a temporary root."""
+    for page in PAGES:
+        (tmp_path / page).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / page, tmp_path / page)
+    (tmp_path / "bench" / "results").mkdir(parents=True, exist_ok=True)
+    for result in (REPO / "bench" / "results").glob("*.json"):
+        shutil.copy(result, tmp_path / "bench" / "results" / result.name)
+    return tmp_path
+
+
+def edit_json(path: Path, change) -> None:
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def test_the_committed_pages_match_the_result_files():
+    done = report(REPO, "--check")
+    assert done.returncode == 0, done.stderr + "\nrun: .venv/bin/python bench/report.py"
+
+
+def test_a_changed_result_file_fails_check_naming_its_blocks_until_regenerated(copy):
+    grpc = copy / "bench" / "results" / "grpc.json"
+    edit_json(grpc, lambda doc: doc["points"][0]["rest"].update(rps=266.0))
+    docs = (copy / "docs" / "benchmarks.md").read_text()
+
+    stale = report(copy, "--check")
+    assert stale.returncode == 1
+    assert "docs/benchmarks.md: bench:grpc" in stale.stderr
+    assert "README.md: bench:summary" in stale.stderr  # the binary gRPC/REST range moved
+    assert "bench:images" not in stale.stderr and "bench:search_algorithms" not in stale.stderr
+    assert (copy / "docs" / "benchmarks.md").read_text() == docs, "--check must change nothing"
+
+    wrote = report(copy)
+    assert wrote.returncode == 0, wrote.stderr
+    assert "docs/benchmarks.md (bench:grpc)" in wrote.stdout
+    assert report(copy, "--check").returncode == 0
+    page = (copy / "docs" / "benchmarks.md").read_text()
+    assert "| `fp32x8-binary` | 1 | 266 | 6.9 / 17.2 | 3.23 | 115 |" in page
+    changed = [new for old, new in zip(docs.splitlines(), page.splitlines(), strict=True) if old != new]
+    assert changed == ["| `fp32x8-binary` | 1 | 266 | 6.9 / 17.2 | 3.23 | 115 | 7.6 / 24.7 | 4.18 | 0.43 |"]
+
+
+def test_a_value_a_file_lacks_shows_as_a_dash(copy):
+    edit_json(copy / "bench" / "results" / "images.json", lambda doc: doc.pop("machine"))
+    assert report(copy).returncode == 0
+    page = (copy / "docs" / "benchmarks.md").read_text()
+    assert "| `images.json` | — | — | — | — | — | — | — |" in page
+    assert "(`bench/images.py`, no machine record):" in page
+    assert "| operator | 140 MB | 426 MB | 6 |" in page  # the figures the file has are still there
+
+
+def test_a_new_result_file_shows_in_the_summary_and_machines_with_the_harness_record(copy):
+    spec = importlib.util.spec_from_file_location("bench_harness", REPO / "bench" / "harness.py")
+    assert spec is not None and spec.loader is not None
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    record = harness.machine("pytest", "surely-not-installed")
+    (copy / "bench" / "results" / "newbench.json").write_text(json.dumps({"machine": record}))
+
+    assert report(copy, "--check").returncode == 1
+    assert report(copy).returncode == 0
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, check=True)
+    commit = head.stdout.strip()[:7] + ("-dirty" if dirty.stdout.strip() else "")
+    cpu = next(
+        line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line
+    )
+    machines = next(
+        line for line in (copy / "docs/benchmarks.md").read_text().splitlines() if "`newbench.json`" in line
+    )
+    cells = [c.strip() for c in machines.strip("|").split("|")]
+    assert cells[1:5] == [record["date"][:10], commit, cpu, str(os.cpu_count())]
+    assert cells[7] == f"pytest {pytest.__version__}"  # the package not installed is left out
+    summary = next(line for line in (copy / "README.md").read_text().splitlines() if "newbench.json" in line)
+    assert summary.startswith("| newbench | — | — |") and commit in summary
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        ("results/grpc.json:{not json", "bench/results/grpc.json: not a readable JSON file"),
+        ("results/grpc.json:[1, 2]", "bench/results/grpc.json: expected a JSON object, got list"),
+        ("results/grpc.json:", "bench/results/grpc.json is missing"),
+        ("page:<!-- bench:nope -->\n<!-- /bench:nope -->\n", "docs/benchmarks.md: unknown block bench:nope"),
+        ("page:<!-- bench:grpc -->\n", "docs/benchmarks.md: bench:grpc is never closed"),
+        ("page:<!-- /bench:gpu -->\n", "closes a block that is not open"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(copy, breakage, message):
+    where, _, content = breakage.partition(":")
+    if where == "page":
+        page = copy / "docs" / "benchmarks.md"
+        page.write_text(page.read_text() + "\n" + content)
+    elif content:
+        (copy / "bench" / where).write_text(content)
+    else:
+        (copy / "bench" / where).unlink()
+    done = report(copy, "--check")
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_list_names_every_block_a_page_uses():
+    done = report(REPO, "--list")
+    assert done.returncode == 0
+    listed = {line.split()[0] for line in done.stdout.splitlines()}
+    used = {
+        line.split()[1].split("(")[0]
+        for page in PAGES
+        for line in (REPO / page).read_text().splitlines()
+        if line.startswith("<!-- bench:")
+    }
+    assert used and used <= listed
+
+
+def test_the_soak_summary_is_what_its_samples_give(monkeypatch):
+    """soak.json was recomputed from soak.csv (soak.py --from-csv): the two must not drift apart."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    spec = importlib.util.spec_from_file_location("bench_soak", REPO / "bench" / "soak.py")
+    assert spec is not None and spec.loader is not None
+    soak = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_soak", soak)  # its dataclass looks itself up there
+    spec.loader.exec_module(soak)
+    samples = soak.read_samples(REPO / "bench" / "results" / "soak.csv")
+    committed = json.loads((REPO / "bench" / "results" / "soak.json").read_text())
+    assert json.loads(json.dumps(soak.summary(samples))) == committed["summary"]
+    assert committed["summary"]["requests"] == sum(s.requests for s in samples) > 0
