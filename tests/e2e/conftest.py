@@ -9,12 +9,14 @@ gets its own namespace. Every test under tests/e2e/ carries the `cluster` marker
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import kubernetes
 import pytest
@@ -32,6 +34,7 @@ from tests.support.cluster import (
     helm,
     kubectl,
 )
+from tests.support.workloads import ready_digits
 
 E2E = Path(__file__).resolve().parent
 
@@ -106,10 +109,26 @@ def operator(crds: None, operator_kubeconfig: Path) -> Iterator[OperatorProcess]
     assert code in (0, -15), f"operator ended with {code}; see {proc.log}"
 
 
-@pytest.fixture
-def namespace(api: kubernetes.client.ApiClient) -> Iterator[str]:
+@contextlib.contextmanager
+def fresh_namespace(api: kubernetes.client.ApiClient) -> Iterator[str]:
+    """A fresh namespace under the restricted Pod Security profile, deleted afterwards."""
     name = f"t-{uuid.uuid4().hex[:8]}"
     core = kubernetes.client.CoreV1Api(api)
     core.create_namespace({"metadata": {"name": name, "labels": {"modelops.dev/test": "true", **RESTRICTED}}})
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture
+def namespace(api: kubernetes.client.ApiClient) -> Iterator[str]:
+    with fresh_namespace(api) as name:
+        yield name
+
+
+@pytest.fixture(scope="module")
+def digits(api: kubernetes.client.ApiClient, custom: Any, operator: OperatorProcess) -> Iterator[str]:
+    """A namespace with the quickstart's digits Dataset, prepared for real on the local node (once
+    per module, whose tests name their TrainingRuns apart)."""
+    with fresh_namespace(api) as name:
+        ready_digits(custom, name)
+        yield name

@@ -19,9 +19,8 @@ import pytest
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import GROUP, VERSION
-from tests.e2e.test_trainingrun_e2e import digits, run_jobs, settled  # noqa: F401  (digits: the fixture)
 from tests.support.cluster import ON_LOCAL_NODE, kubectl, status, wait_until
-from tests.support.workloads import small_run
+from tests.support.workloads import run_jobs, settled, small_run
 
 pytestmark = pytest.mark.localnode
 
@@ -46,7 +45,7 @@ def kueue() -> None:
 
 
 @pytest.fixture
-def queue(kueue: None, digits: str) -> Iterator[str]:  # noqa: F811
+def queue(kueue: None, digits: str) -> Iterator[str]:
     """A LocalQueue in the test's namespace whose ClusterQueue has quota for one trial on the real
     node and preempts lower priorities."""
     name = f"{digits}-{uuid.uuid4().hex[:6]}"
@@ -143,7 +142,7 @@ def suspend_writers(job: dict[str, Any]) -> set[str]:
 
 
 @pytest.mark.slow
-def test_a_queued_trial_waits_with_kueues_reason_then_is_admitted_and_trains(operator, custom, digits, queue):  # noqa: F811
+def test_a_queued_trial_waits_with_kueues_reason_then_is_admitted_and_trains(operator, custom, digits, queue):
     namespace = digits
     holder = create(custom, namespace, queued_run("holder", queue))
     wait_until(
@@ -176,7 +175,7 @@ def test_a_queued_trial_waits_with_kueues_reason_then_is_admitted_and_trains(ope
 
 
 @pytest.mark.slow
-def test_a_preempted_trial_resumes_from_its_checkpoint_with_identical_epochs(operator, custom, digits, queue):  # noqa: F811
+def test_a_preempted_trial_resumes_from_its_checkpoint_with_identical_epochs(operator, custom, digits, queue):
     namespace = digits
     epochs = 4
     # The uninterrupted run, for comparison (the same spec and seed; alone in the queue).
@@ -219,7 +218,7 @@ def test_a_preempted_trial_resumes_from_its_checkpoint_with_identical_epochs(ope
     assert trial["metrics"] == ref["metrics"]
 
 
-def test_a_queue_that_does_not_exist_is_a_condition_with_a_reason(operator, custom, kueue, digits):  # noqa: F811
+def test_a_queue_that_does_not_exist_is_a_condition_with_a_reason(operator, custom, kueue, digits):
     namespace = digits
     run = create(custom, namespace, queued_run("nowhere", "no-such-queue"))
 

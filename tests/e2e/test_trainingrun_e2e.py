@@ -6,53 +6,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import kubernetes
 import pytest
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import GROUP, VERSION
-from tests.support.cluster import ARTIFACTS, ON_LOCAL_NODE, RESTRICTED, VOLUMES, kubectl, status, wait_until
-from tests.support.workloads import ready_digits, small_run
+from tests.support.cluster import ARTIFACTS, ON_LOCAL_NODE, kubectl, status, wait_until
+from tests.support.workloads import host_path, run_jobs, settled, small_run
 
 pytestmark = pytest.mark.localnode
-
-
-def settled(custom, namespace: str, name: str) -> str | None:
-    phase = status(custom, namespace, "trainingruns", name).get("phase")
-    return phase if phase in ("Succeeded", "Failed") else None
 
 
 def pytorchjobs(namespace: str) -> list[dict[str, Any]]:
     out = kubectl("-n", namespace, "get", "pytorchjobs", "-l", "modelops.dev/trainingrun", "-o", "json").stdout
     return list(json.loads(out)["items"])
-
-
-def run_jobs(namespace: str, run: str) -> list[dict[str, Any]]:
-    out = kubectl("-n", namespace, "get", "pytorchjobs", "-l", f"modelops.dev/trainingrun={run}", "-o", "json").stdout
-    return list(json.loads(out)["items"])
-
-
-@pytest.fixture(scope="module")
-def digits(api, custom, operator) -> Iterator[str]:
-    """A namespace with the quickstart's digits Dataset, prepared for real on the local node (once
-    for this module's tests, which name their TrainingRuns apart)."""
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    core = kubernetes.client.CoreV1Api(api)
-    core.create_namespace({"metadata": {"name": name, "labels": {"modelops.dev/test": "true", **RESTRICTED}}})
-    ready_digits(custom, name)
-    yield name
-    core.delete_namespace(name)
-
-
-def host_path(namespace: str, uri: str) -> Path:
-    """Where a file:// URI under the artifact PVC lives on this machine (the provisioner's volume)."""
-    assert uri.startswith(f"file://{ARTIFACTS}/"), uri
-    return VOLUMES / namespace / "modelops-artifacts" / uri[len(f"file://{ARTIFACTS}/") :]
 
 
 @pytest.mark.slow

@@ -735,7 +735,7 @@ def test_a_successful_trial_registers_model_version_1():
     assert (cond(st).status, cond(st).reason) == (T, c.MODEL_REGISTERED)
     assert cond(st, c.PROGRESSING).status == F and cond(st, c.TRAINING_RUNNING).status == F
     assert cond(st, c.DEGRADED).status == F
-    assert "model version 1" in cond(st).message
+    assert "model version 1" in cond(st).message and "goal" not in cond(st).message
     assert st.model_version == 1 and len(st.models) == 1 and st.models[0] == st.model
     m = st.model
     assert (m.version, m.uri, m.digest, m.model_card_uri) == (
@@ -980,6 +980,9 @@ def test_reaching_the_goal_stops_the_others_and_registers():
     st = out.status
     assert st.phase == "Succeeded" and st.model.trial == "digits-r1-t1" and st.model_version == 1
     assert len(st.trials) == 3  # no trial started after the goal
+    assert (cond(st).status, cond(st).reason) == (T, c.MODEL_REGISTERED)
+    assert "the search stopped at the goal: trial digits-r1-t1 reached val_accuracy >= 0.95" in cond(st).message
+    assert "after 3 of 6 trials (GoalReached)" in cond(st).message
 
 
 def median_sim(early_stopping: str = "median", min_epochs: int = 2) -> Sim:

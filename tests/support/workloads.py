@@ -6,6 +6,7 @@ endpoints.
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import threading
@@ -25,6 +26,7 @@ from tests.support.cluster import (
     endpoint_addresses,
     get,
     images,
+    kubectl,
     status,
     wait_until,
 )
@@ -161,6 +163,24 @@ def small_run(name: str, **search_fields: Any) -> dict[str, Any]:
     if search_fields:
         builder = builder.set("spec.search", search(**search_fields))
     return builder.obj()
+
+
+def settled(custom: Any, namespace: str, name: str) -> str | None:
+    """The TrainingRun's phase once it is Succeeded or Failed, else None."""
+    phase = status(custom, namespace, "trainingruns", name).get("phase")
+    return phase if phase in ("Succeeded", "Failed") else None
+
+
+def run_jobs(namespace: str, run: str) -> list[dict[str, Any]]:
+    """The PyTorchJobs of one TrainingRun, as `kubectl get -o json` lists them."""
+    out = kubectl("-n", namespace, "get", "pytorchjobs", "-l", f"modelops.dev/trainingrun={run}", "-o", "json").stdout
+    return list(json.loads(out)["items"])
+
+
+def host_path(namespace: str, uri: str) -> Path:
+    """Where a file:// URI under the artifact PVC lives on this machine (the provisioner's volume)."""
+    assert uri.startswith(f"file://{ARTIFACTS}/"), uri
+    return VOLUMES / namespace / ARTIFACT_PVC / uri[len(f"file://{ARTIFACTS}/") :]
 
 
 #: Two measurements 15 s apart of the error rate (at most 5%) and p99 latency (at most 5 s).

@@ -140,7 +140,8 @@ SUCCESSIVE_HALVING_STOPPED = "SuccessiveHalvingStopped"
 """A trial was stopped early by `asha` or `hyperband`: at a rung, its objective was outside the top
 1/reductionFactor of the trials judged there."""
 GOAL_REACHED = "GoalReached"
-"""A trial reached `spec.search.objective.goal`; the remaining trials were stopped."""
+"""A trial reached `spec.search.objective.goal`; the remaining trials were stopped, and the run's
+`Ready` message (`ModelRegistered`) says that the goal ended the search, after how many trials."""
 JOB_DELETED = "JobDeleted"
 """A trial's PyTorchJob was deleted (by someone else) before it finished."""
 QUEUED = "Queued"

@@ -633,7 +633,7 @@ def decide_round(ctx: _Context, draft: Draft) -> Draft:
     if len(failed) > max_failed:
         return fail_round(ctx, draft, failed, max_failed)
     if not active and (len(draft.status.trials) >= ctx.budget or reached):
-        return select_model(ctx, draft, failed)
+        return select_model(ctx, draft, failed, reached[0] if reached else None)
     line = progress_line(ctx, draft.status)
     draft = with_run_progress(ctx, draft)
     if ctx.spec.suspend:
@@ -738,8 +738,9 @@ def fail_round(ctx: _Context, draft: Draft, failed: list[TrialStatus], max_faile
     return end_round(ctx, draft, "Failed", reason, msg)
 
 
-def select_model(ctx: _Context, draft: Draft, failed: list[TrialStatus]) -> Draft:
-    """Register the best succeeded trial's model as the next version (or fail the round)."""
+def select_model(ctx: _Context, draft: Draft, failed: list[TrialStatus], reached: TrialStatus | None = None) -> Draft:
+    """Register the best succeeded trial's model as the next version (or fail the round); when
+    trial `reached` met the goal, the message says that the goal ended the search."""
     status = draft.status
     done = [t for t in status.trials if t.state == "Succeeded" and t.model_uri and t.model_digest]
     best: TrialStatus | None = done[0] if done else None
@@ -772,6 +773,12 @@ def select_model(ctx: _Context, draft: Draft, failed: list[TrialStatus]) -> Draf
     )
     shown = f"{ctx.metric}={best.objective:.4g}" if best.objective is not None else "no objective value"
     msg = f"model version {version} registered from trial {best.name} ({shown}) at {best.model_uri}"
+    if reached is not None:
+        bound = ">=" if ctx.maximize else "<="
+        msg += (
+            f"; the search stopped at the goal: trial {reached.name} reached {ctx.metric} {bound} {ctx.goal}"
+            f" after {len(status.trials)} of {ctx.budget} trials ({c.GOAL_REACHED})"
+        )
     return end_round(ctx, draft, "Succeeded", c.MODEL_REGISTERED, msg)
 
 
