@@ -39,7 +39,7 @@ build() {
   local start=$SECONDS
   local pkgs=() p
   for p in "$@"; do pkgs+=("${p%%:*}"); done
-  (cd "$here/gomod/$dir" && go build -trimpath -ldflags "-s -w $ldflags" -o "$tmp/" "${pkgs[@]}")
+  (cd "$here/gomod/$dir" && go build -trimpath -tags "${tags:-}" -ldflags "-s -w $ldflags" -o "$tmp/" "${pkgs[@]}")
   for p in "$@"; do
     local built b
     built=$(basename "${p%%:*}")
@@ -97,14 +97,20 @@ for w in "${want[@]}"; do
     training-operator)
       build training-operator "$TRAINING_OPERATOR_VERSION" training-operator "" \
         github.com/kubeflow/training-operator/cmd/training-operator.v1:training-operator ;;
+    # Only the service discovery the cluster's scrape configuration uses (kubernetes_sd_configs; file
+    # and http are always in): Prometheus's own build tags leave out the cloud providers' SDKs, which
+    # were most of its 768 s cold build. The binaries' names say so (-k8s-sd).
     prometheus)
-      if [ -x "$bin/promtool-$PROMETHEUS_VERSION" ] && [ -x "$bin/prometheus-$PROMETHEUS_VERSION" ]; then
-        ln -sf "prometheus-$PROMETHEUS_VERSION" "$bin/prometheus"; ln -sf "promtool-$PROMETHEUS_VERSION" "$bin/promtool"
+      pv="$PROMETHEUS_VERSION-k8s-sd"
+      if [ -x "$bin/promtool-$pv" ] && [ -x "$bin/prometheus-$pv" ]; then
+        ln -sf "prometheus-$pv" "$bin/prometheus"; ln -sf "promtool-$pv" "$bin/promtool"
       else
-        rm -f "$bin/prometheus-$PROMETHEUS_VERSION"
+        rm -f "$bin/prometheus-$pv"
         v=${PROMETHEUS_VERSION#v0.}; v="3.${v:1:2}.${v##*.}"  # module v0.316.0 is Prometheus 3.16.0
-        build prometheus "$PROMETHEUS_VERSION" prometheus "-X github.com/prometheus/common/version.Version=$v" \
+        tags=remove_all_sd,enable_kubernetes_sd
+        build prometheus "$pv" prometheus "-X github.com/prometheus/common/version.Version=$v" \
           github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool
+        tags=
       fi ;;
     # Its version as metrics-server's Makefile sets it (client-go's version package).
     metrics-server)
