@@ -7,6 +7,7 @@ a long batching window holds requests in flight for a known while, without any c
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -123,6 +124,53 @@ def test_hot_swap_under_load_fails_no_request(tmp_path: Path, model_v1: Exported
         scores = {p["index"]: p["score"] for p in doc["predictions"]}
         want = expected[doc["model_version"]]
         assert all(abs(scores[i] - want[i]) < 1e-4 for i in scores)  # and the answer matches its version
+
+
+@pytest.mark.parametrize("path", ["classify", "infer"])
+def test_a_request_whose_body_arrives_across_a_hot_swap_is_served_by_the_new_version(
+    tmp_path: Path, model_v1: ExportedModel, model_v2: ExportedModel, path: str
+):
+    """The model is routed when the headers arrive; a swap that ends while the body is still coming
+    has already dropped the old version from the workers (nothing admitted to it was in flight). The
+    request must be served by the new version, not refused with 503 (a CI run caught two)."""
+    server = ServerProcess(
+        model=model_v1.path, args=["--model-version", "v1", "--enable-model-control"], env=CONTROL_ENV
+    ).start(tmp_path)
+    if path == "classify":
+        url, ctype, payload = classify_url(server), "image/png", PNG
+    else:
+        url, ctype = f"{server.url}/v2/models/{MODEL}/infer", "application/json"
+        image = {"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(PNG).decode()]}
+        payload = json.dumps({"inputs": [image]}).encode()
+
+    async def scenario() -> tuple[int, dict, int]:
+        swapped = asyncio.Event()
+
+        async def body():  # half the body, then the rest once the swap is over
+            yield payload[: len(payload) // 2]
+            await swapped.wait()
+            yield payload[len(payload) // 2 :]
+
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+            request = asyncio.create_task(session.post(url, data=body(), headers={"Content-Type": ctype}))
+            await asyncio.sleep(0.5)  # the headers are in and the model routed
+            load = {"parameters": {"uri": str(model_v2.path), "digest": model_v2.digest, "version": "v2"}}
+            async with session.post(
+                f"{server.url}/v2/repository/models/{MODEL}/load", json=load, headers=CONTROL_HEADERS
+            ) as r:
+                load_status = r.status
+            await asyncio.sleep(0.5)  # the workers drop v1
+            swapped.set()
+            async with await request as r:
+                return r.status, await r.json(), load_status
+
+    try:
+        status, doc, load_status = asyncio.run(scenario())
+    finally:
+        assert server.stop() == 0
+    assert load_status == 200
+    assert status == 200, doc
+    assert doc["model_version"] == "v2"
 
 
 def test_hot_swap_refuses_a_bad_digest_and_keeps_serving(

@@ -12,6 +12,7 @@ from torch import nn
 
 from modelops_trainer import checkpoint, session, train
 from modelops_trainer.cpuinfo import CpuFeatures
+from modelops_trainer.errors import TrainingDiverged
 from modelops_trainer.models import build_model
 from modelops_trainer.precision import (
     BF16,
@@ -192,9 +193,23 @@ def _forced(name: str):
 
 
 def test_a_run_records_its_choice_and_a_resumed_run_keeps_it(tiny, tmp_path, monkeypatch):
-    out = tmp_path / "run"
-    # A small learning rate: in bf16 the tiny model's first steps at the default one sometimes
-    # diverged (a NaN loss at step 2 in one CI run), and what is tested here is the record.
+    # What is tested here is the record, not bf16's numerics. In bf16 on this CPU the tiny model
+    # (ResNet-18 on 8 px images) has twice turned its loss to NaN in a CI run out of thousands of
+    # steps, at step 2 in one and step 6 in the other, with the loss falling normally before; the
+    # same seeds and data passed on every re-run, and a smaller learning rate did not prevent it:
+    # a rare fault below the trainer, which refuses the NaN as TrainingDiverged. So a scenario
+    # that diverges is run once more, from scratch; two in a row fail the test.
+    for attempt in range(2):
+        out = tmp_path / f"run-{attempt}"
+        try:
+            _record_then_resume(tiny, out, monkeypatch)
+            return
+        except TrainingDiverged:
+            if attempt == 1:
+                raise
+
+
+def _record_then_resume(tiny, out, monkeypatch) -> None:
     sections = {"hyperparameters": {"epochs": 1, "mixedPrecision": "auto", "learningRate": 0.0003}}
     monkeypatch.setattr(session, "choose_precision", _forced("bf16"))
     _run_stopped_at(make_config(tiny, out, **sections), 3)

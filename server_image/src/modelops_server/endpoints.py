@@ -191,6 +191,16 @@ def _route(request: web.Request) -> tuple[ServedModel, Assignment | None]:
     return model, assignment
 
 
+def _reroute(
+    request: web.Request, model: ServedModel, assignment: Assignment | None
+) -> tuple[ServedModel, Assignment | None]:
+    """The model routed before the body was read, or, when a hot swap retired it while the body was
+    being read, the model serving now: the retired one may already be gone from the workers (it is
+    dropped as soon as nothing admitted to it is in flight). An experiment's variants are never
+    retired, so an assignment made before the body is kept."""
+    return _route(request) if model.retired else (model, assignment)
+
+
 def _model(request: web.Request) -> ServedModel:
     model = request.app[DATAPLANE].resolve(request.match_info["name"], request.match_info.get("version"))
     request[_MODEL_LABEL] = model
@@ -302,6 +312,7 @@ async def infer(request: web.Request) -> web.Response:
     meta = {"header_length": header_length, "content_type": request.content_type if request.body_exists else ""}
     if request.headers.get("Content-Type") is None:
         meta["content_type"] = ""
+    model, assignment = _reroute(request, model, assignment)
     answer = await plane.submit(model, "v2", body, meta)
     return _to_response(answer, request, assignment)
 
@@ -328,6 +339,7 @@ async def classify(request: web.Request) -> web.Response:
             "body with Content-Type image/jpeg (png, webp, ...) or as multipart/form-data field 'file'"
         )
     meta: dict[str, Any] = {"top_k": top_k}
+    model, assignment = _reroute(request, model, assignment)
     if assignment is not None:
         meta |= {"variant": assignment.variant.name, "request_id": assignment.request_id}
     answer = await plane.submit(model, "classify", data, meta)
