@@ -171,3 +171,19 @@ def test_a_first_reading_still_to_come_is_pending_for_a_minute_then_unavailable(
     again, _ = autoscaling.with_autoscaler(ModelDeploymentStatus(), as_datetime, 2, at=AT)
     cond = c.get_condition(again.conditions, c.AUTOSCALING)
     assert cond is not None and (cond.status, cond.reason) == expected
+
+
+def test_a_pending_first_reading_says_the_same_at_every_resync():
+    """A message with a running count would change the status at every resync: a write per
+    ModelDeployment per minute at steady state, measured by bench/scale.py (issue #21). It names
+    the times instead, so a later reconcile within the minute writes nothing."""
+    young = hpa(active=("False", "FailedGetResourceMetric", "unable to get metrics for resource cpu"))
+    since = datetime.fromtimestamp(AT.timestamp() - 5, UTC)
+    young["status"]["conditions"][1]["lastTransitionTime"] = since.strftime("%Y-%m-%dT%H:%M:%SZ")
+    first, _ = autoscaling.with_autoscaler(ModelDeploymentStatus(), young, 2, at=AT)
+    later, _ = autoscaling.with_autoscaler(first, young, 2, at=datetime.fromtimestamp(AT.timestamp() + 40, UTC))
+    assert later.conditions == first.conditions
+    cond = c.get_condition(later.conditions, c.AUTOSCALING)
+    assert cond is not None and cond.reason == c.AUTOSCALER_PENDING
+    until = datetime.fromtimestamp(since.timestamp() + 60, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert f"without a reading by {until}" in cond.message

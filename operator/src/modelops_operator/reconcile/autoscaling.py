@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from modelops_operator.api import conditions as c
@@ -91,6 +91,10 @@ def _since(when: Any, at: datetime) -> float | None:
     return (at - when).total_seconds() if isinstance(when, datetime) and when.tzinfo else None
 
 
+def _rfc3339(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _condition(hpa: dict[str, Any], at: datetime) -> tuple[ConditionStatus, str, str]:
     """The `Autoscaling` condition from the autoscaler's own conditions."""
     conds = {x.get("type"): x for x in (hpa.get("status") or {}).get("conditions") or []}
@@ -100,12 +104,16 @@ def _condition(hpa: dict[str, Any], at: datetime) -> tuple[ConditionStatus, str,
         said = f"{first.get('reason')}: {first.get('message') or ''}".strip()
         age = _since(first.get("lastTransitionTime"), at)
         if first.get("reason") in _NO_READING_YET and age is not None and 0 <= age < FIRST_READING_GRACE_SECONDS:
+            # The message names fixed times, never a running count: a status that changed at every
+            # resync would be a write per object per resync at steady state (issue #21).
+            since = at - timedelta(seconds=age)
+            until = since + timedelta(seconds=FIRST_READING_GRACE_SECONDS)
             return (
                 ConditionStatus.UNKNOWN,
                 c.AUTOSCALER_PENDING,
-                f"no metric reading yet ({said}) for {age:.0f} s: new pods are read once the metrics "
-                f"pipeline has sampled them (about 30 s); after {FIRST_READING_GRACE_SECONDS} s this becomes "
-                f"{c.AUTOSCALER_METRIC_UNAVAILABLE}",
+                f"no metric reading yet ({said}) since {_rfc3339(since)}: new pods are read once the "
+                f"metrics pipeline has sampled them (about 30 s); without a reading by {_rfc3339(until)} "
+                f"this becomes {c.AUTOSCALER_METRIC_UNAVAILABLE}",
             )
         return ConditionStatus.FALSE, c.AUTOSCALER_METRIC_UNAVAILABLE, f"the autoscaler cannot scale ({said}); {HINT}"
     if not conds:
