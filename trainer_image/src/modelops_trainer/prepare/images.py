@@ -47,6 +47,7 @@ class Processed:
     dropped: str | None = None
     detail: str = ""
     dhash: int = 0
+    """The perceptual hash; 0 when `nearDuplicateDistance` is 0 (the rule is off: nothing reads it)."""
     data: bytes = b""
 
 
@@ -109,7 +110,8 @@ def process(ref: str, label: str, cleaning: Cleaning, pre: Preprocessing, max_by
     except _Drop as d:
         return Processed(ref, label, sha256=digest, dropped=d.reason, detail=d.detail)
     out = resize(img, pre.image_size, pre.resize_mode)
-    return Processed(ref, label, sha256=digest, dhash=dhash(out), data=encode(out, pre))
+    perceptual = dhash(out) if cleaning.near_duplicate_distance else 0
+    return Processed(ref, label, sha256=digest, dhash=perceptual, data=encode(out, pre))
 
 
 class _Drop(Exception):
