@@ -202,6 +202,7 @@ def run(
     report: list[dict[str, str]] = []
     kept: list[Kept] = []
     workers = config.workers or default_workers(cgroup.cpu_limit(), cgroup.memory_limit())
+    images.warm_up(config.preprocessing)  # before the workers fork: once here, not once in each
     with ExitStack() as scratch, ProcessPoolExecutor(max_workers=workers) as pool:
         items = list_items(config.sources, scratch, config.limits)
         log.info("listed %d images from %d sources", len(items), len(config.sources))
