@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from modelops_trainer.prepare.config import Cleaning, Preprocessing
 from modelops_trainer.prepare.remote import read_capped
@@ -33,6 +33,9 @@ UNLISTED_CLASS = "UnlistedClass"
 #: Images with more pixels are refused before decoding (decompression bombs). Pillow's own guard is
 #: a process-wide setting another library may change; this one is ours.
 MAX_PIXELS = 89_478_485
+
+#: The EXIF orientations `ImageOps.exif_transpose` turns or flips an image for (1 is upright).
+TURNED = frozenset(range(2, 9))
 
 FORMATS = {"jpeg": ("JPEG", "jpg"), "png": ("PNG", "png"), "webp": ("WEBP", "webp")}
 
@@ -154,7 +157,10 @@ def _decode(data: bytes, cleaning: Cleaning, pre: Preprocessing) -> Image.Image:
         raise _Drop(TRUNCATED if "truncated" in str(e).lower() else UNDECODABLE, str(e)) from e
     except (ValueError, SyntaxError) as e:
         raise _Drop(UNDECODABLE, str(e)) from e
-    oriented: Image.Image = ImageOps.exif_transpose(img) or img
+    # exif_transpose returns a copy even when there is nothing to turn: only call it when there is
+    oriented: Image.Image = img
+    if img.getexif().get(ExifTags.Base.Orientation, 1) in TURNED:
+        oriented = ImageOps.exif_transpose(img) or img
     if oriented.mode == pre.color_mode:
         return oriented
     if oriented.mode in ("P", "LA", "PA"):  # palettes and alpha: through RGBA, so transparency is kept apart
