@@ -17,6 +17,7 @@ from PIL import Image
 from modelops_trainer.datasetfmt import SPLITS, DatasetReader
 from modelops_trainer.prepare import images, pipeline, sources
 from modelops_trainer.prepare.__main__ import main
+from modelops_trainer.prepare.config import Preprocessing
 from modelops_trainer.prepare.errors import EmptyClass, NoImagesLeft, SourceUnreachable, UnsafeArchive
 from tests.prepare.conftest import config, photos, run_cli, write_digits
 
@@ -318,6 +319,13 @@ def test_a_version_costs_one_fsync_per_shard_and_the_manifest_and_report(tmp_pat
         not log.exists()
         and again.version.digest == pipeline.run(config(f"file://{small_digits}", tmp_path / "x")).version.digest
     )
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "webp"])
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_the_warm_up_before_the_workers_fork_loads_each_output_format(fmt, mode):
+    images.warm_up(Preprocessing(format=fmt, colorMode=mode))
+    assert images.FORMATS[fmt][0] in Image.SAVE and "JPEG" in Image.OPEN and "PNG" in Image.OPEN
 
 
 def test_the_summary_fits_the_termination_message(tmp_path, small_digits):
