@@ -62,12 +62,14 @@ def load_chunk(work: str, index: int, inputs: Sequence[Item]) -> list[dict[str, 
 
 class ChunkData:
     """Reads images back from the chunks' .bin files by (chunk, offset, size): `pread` on a local
-    disk (one open file per chunk), ranged reads elsewhere. Close it (or use `with`)."""
+    disk (one open file per chunk), elsewhere (an object store) each chunk read whole once rather
+    than one request per image. Close it (or use `with`)."""
 
     def __init__(self, work: str) -> None:
         self.work = work
         self.local = storage.is_local(work)
         self._fds: dict[int, int] = {}
+        self._remote: dict[int, bytes] = {}
 
     def __enter__(self) -> ChunkData:
         return self
@@ -77,13 +79,15 @@ class ChunkData:
 
     def read(self, chunk: int, offset: int, size: int) -> bytes:
         """`size` bytes at `offset` of chunk `chunk`'s .bin."""
-        if not self.local:
-            fs, path = storage.url_to_fs(_uri(self.work, chunk, "bin"))
-            return bytes(fs.cat_file(path, start=offset, end=offset + size))
-        fd = self._fds.get(chunk)
-        if fd is None:
-            fd = self._fds[chunk] = os.open(storage.local_path(_uri(self.work, chunk, "bin")), os.O_RDONLY)
-        data = os.pread(fd, size, offset)
+        if self.local:
+            fd = self._fds.get(chunk)
+            if fd is None:
+                fd = self._fds[chunk] = os.open(storage.local_path(_uri(self.work, chunk, "bin")), os.O_RDONLY)
+            data = os.pread(fd, size, offset)
+        else:
+            if chunk not in self._remote:
+                self._remote[chunk] = storage.read_bytes(_uri(self.work, chunk, "bin"))
+            data = self._remote[chunk][offset : offset + size]
         if len(data) != size:
             raise OSError(f"work file batch-{chunk:05d}.bin ends before offset {offset + size}")
         return data
@@ -92,3 +96,4 @@ class ChunkData:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        self._remote.clear()
