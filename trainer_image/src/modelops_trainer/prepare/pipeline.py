@@ -1,7 +1,7 @@
 """The preparation pipeline: from listed images to a published dataset version.
 
 1. **Process** every image in worker processes (`images.process`), in chunks of input order.
-   Each worker saves its finished chunk in a work folder beside the versions (`work`: the
+   Each worker saves its finished chunk in a work folder beside the versions (module `work`: the
    encoded images' bytes and a JSON of their outcomes, checked by size and SHA-256 before
    reuse), so a re-run after a crash reuses the chunks it finished and processes only the rest.
 2. **Clean** what needs all images at once: exact duplicates (same SHA-256; the first in input
