@@ -196,6 +196,11 @@ def ratio_range(r: Any) -> str:
     return f"{num(at(r, 'median'), '.2f', '×')} ({num(at(r, 'min'), '.2f')}–{num(at(r, 'max'), '.2f', '×')})"
 
 
+def rate_range(r: Any) -> str:
+    """A median rate and its range over the rounds: `9,206 (8,953–9,428)`."""
+    return f"{num(at(r, 'median'), ',.0f')} ({num(at(r, 'min'), ',.0f')}–{num(at(r, 'max'), ',.0f')})"
+
+
 def summary_prepare(doc: dict[str, Any]) -> tuple[str, str, str]:
     s = doc.get("summary") or {}
     figure = "; ".join(
@@ -374,8 +379,8 @@ def block_preparation(results: Results) -> str:
     rows = [
         [
             f"{PREPARE_CASES[name]} ({num(at(s, name, 'images'), ',')} images)",
-            num(at(s, name, "naiveImagesPerSecond", "median"), ",.0f"),
-            num(at(s, name, "programImagesPerSecond", "median"), ",.0f"),
+            rate_range(at(s, name, "naiveImagesPerSecond")),
+            rate_range(at(s, name, "programImagesPerSecond")),
             f"**{ratio_range(at(s, name, 'ratio'))}**",
             ratio_range(at(s, name, "ratioPerCpuSecond")),
             f"≥ {num(at(s, name, 'goal'), 'g', '×')}: " + ("met" if at(s, name, "met") else "**not met**"),
@@ -385,12 +390,12 @@ def block_preparation(results: Results) -> str:
     ]
     load = [", ".join(num(x, ".2f") for x in doc.get(k) or []) or DASH for k in ("loadAverageStart", "loadAverageEnd")]
     codecs = ", ".join(f"{k} {v}" for k, v in (doc.get("codecs") or {}).items() if v) or DASH
-    header = ["input", "naive loop, img/s", "program, img/s", "ratio (range)", "per CPU-second", "goal"]
+    header = ["input", "naive loop, img/s (range)", "program, img/s (range)", "ratio (range)", "per CPU-second", "goal"]
     return lines(
         source("prepare_throughput", doc, "bench/prepare_throughput.py")
         + f": {num(doc.get('rounds'))} alternating rounds per input after a warm-up pair, the program with "
         f"{num(doc.get('workers'))} worker processes and fsynced shards; images/s are the medians over the rounds, "
-        "the ratios the medians of the per-round ratios (range over the rounds). Every run gave the same version.",
+        "the ratios the medians of the per-round ratios; ranges are over the rounds. Every run gave the same version.",
         "",
         *table(header, rows),
         "",
