@@ -17,9 +17,9 @@ shown as "—".
     .venv/bin/python bench/report.py --check    # exit 1 naming each stale block (hack/test.sh runs it)
     .venv/bin/python bench/report.py --list     # the blocks and the result files each reads
 
-Blocks: summary (README.md), machines, images, training, grpc, search_algorithms, gpu, soak
-(docs/benchmarks.md). A new result file shows up in `summary` and `machines` by itself; to give it
-a headline figure or a table of its own, add a function to `SUMMARIES` or `BLOCKS` here.
+Blocks: summary (README.md), machines, images, preparation, training, grpc, search_algorithms,
+gpu, soak (docs/benchmarks.md). A new result file shows up in `summary` and `machines` by itself;
+to give it a headline figure or a table of its own, add a function to `SUMMARIES` or `BLOCKS` here.
 """
 
 from __future__ import annotations
@@ -187,6 +187,34 @@ Summary = Callable[[dict[str, Any]], tuple[str, str, str]]
 """A result file → (benchmark, its headline figures, the goal)."""
 
 
+#: The inputs of `bench/prepare_throughput.py`, as the docs name them.
+PREPARE_CASES = {"photos": "1920x1080 JPEG photos → 224 px JPEG", "digits": "1,797 digits, 32 px PNG → 32 px PNG"}
+
+
+def ratio_range(r: Any) -> str:
+    """A median ratio and its range over the rounds: `1.90× (1.62–2.11×)`."""
+    return f"{num(at(r, 'median'), '.2f', '×')} ({num(at(r, 'min'), '.2f')}–{num(at(r, 'max'), '.2f', '×')})"
+
+
+def rate_range(r: Any) -> str:
+    """A median rate and its range over the rounds: `9,206 (8,953–9,428)`."""
+    return f"{num(at(r, 'median'), ',.0f')} ({num(at(r, 'min'), ',.0f')}–{num(at(r, 'max'), ',.0f')})"
+
+
+def summary_prepare(doc: dict[str, Any]) -> tuple[str, str, str]:
+    s = doc.get("summary") or {}
+    figure = "; ".join(
+        f"{name} **{num(at(s, name, 'ratio', 'median'), '.2f', '×')}** "
+        f"({num(at(s, name, 'ratio', 'min'), '.2f')}–{num(at(s, name, 'ratio', 'max'), '.2f', '×')}"
+        f"{'' if at(s, name, 'met') else ', goal not met'})"
+        for name in PREPARE_CASES
+        if name in s
+    )
+    figure += f" the source document's loop; medians of {num(doc.get('rounds'))} alternating rounds"
+    goals = "; ".join(f"{name} ≥ {num(at(s, name, 'goal'), 'g', '×')}" for name in PREPARE_CASES if name in s)
+    return "data preparation (`modelops_trainer.prepare`)", figure, goals
+
+
 def summary_trainer(doc: dict[str, Any]) -> tuple[str, str, str]:
     s = doc.get("summary") or {}
     figure = (
@@ -275,6 +303,7 @@ def summary_soak(doc: dict[str, Any]) -> tuple[str, str, str]:
 
 
 SUMMARIES: dict[str, Summary] = {
+    "prepare_throughput": summary_prepare,
     "trainer_throughput": summary_trainer,
     "grpc": summary_grpc,
     "images": summary_images,
@@ -341,6 +370,36 @@ def block_images(results: Results) -> str:
         f"A rebuild of all three with no change took {num(doc.get('rebuildAllNoChangeSeconds'), '.1f', ' s')}, "
         f"against {num(doc.get('operatorFromScratchSeconds'), '.1f', ' s')} to build the operator alone from "
         f"scratch (`--no-cache`) in the same run (ratio {num(doc.get('rebuildVsOperatorFromScratch'), '.2f')}).",
+    )
+
+
+def block_preparation(results: Results) -> str:
+    doc = results.need("prepare_throughput")
+    s = doc.get("summary") or {}
+    rows = [
+        [
+            f"{PREPARE_CASES[name]} ({num(at(s, name, 'images'), ',')} images)",
+            rate_range(at(s, name, "naiveImagesPerSecond")),
+            rate_range(at(s, name, "programImagesPerSecond")),
+            f"**{ratio_range(at(s, name, 'ratio'))}**",
+            ratio_range(at(s, name, "ratioPerCpuSecond")),
+            f"≥ {num(at(s, name, 'goal'), 'g', '×')}: " + ("met" if at(s, name, "met") else "**not met**"),
+        ]
+        for name in PREPARE_CASES
+        if name in s
+    ]
+    load = [", ".join(num(x, ".2f") for x in doc.get(k) or []) or DASH for k in ("loadAverageStart", "loadAverageEnd")]
+    codecs = ", ".join(f"{k} {v}" for k, v in (doc.get("codecs") or {}).items() if v) or DASH
+    header = ["input", "naive loop, img/s (range)", "program, img/s (range)", "ratio (range)", "per CPU-second", "goal"]
+    return lines(
+        source("prepare_throughput", doc, "bench/prepare_throughput.py")
+        + f": {num(doc.get('rounds'))} alternating rounds per input after a warm-up pair, the program with "
+        f"{num(doc.get('workers'))} worker processes and fsynced shards; images/s are the medians over the rounds, "
+        "the ratios the medians of the per-round ratios; ranges are over the rounds. Every run gave the same version.",
+        "",
+        *table(header, rows),
+        "",
+        f"Codecs: {codecs}. Load average (1, 5, 15 min) at the start {load[0]}, at the end {load[1]}.",
     )
 
 
@@ -558,6 +617,7 @@ BLOCKS = {
     "summary": Block("every *.json", block_summary),
     "machines": Block("every *.json", block_machines),
     "images": Block("images.json", block_images),
+    "preparation": Block("prepare_throughput.json", block_preparation),
     "training": Block("trainer_throughput.json", block_training),
     "grpc": Block("grpc.json", block_grpc),
     "search_algorithms": Block("search_algorithms.json", block_search),

@@ -21,6 +21,7 @@ import pytest
 from modelops_trainer import cgroup
 from modelops_trainer.prepare import pipeline
 from modelops_trainer.prepare.errors import ArchiveTooLarge, InvalidSource, SourceTooLarge, UnsafeArchive
+from modelops_trainer.prepare.remote import read_capped
 from tests.prepare.conftest import config, run_cli
 
 MIB = 1 << 20
@@ -187,6 +188,21 @@ def test_an_oversized_manifest_and_image_are_refused(tmp_path, small_digits):
         config(f"file://{small_digits}", tmp_path / "o2", limits=limits, cleaning={"minImagesPerClass": 1})
     )
     assert result.dropped["TooLarge"] > 0
+
+
+@pytest.mark.parametrize(
+    ("content", "limit", "expected"),
+    [(b"x" * 100, 100, b"x" * 100), (b"x" * 101, 100, None), (b"", 0, b"")],
+)
+def test_a_local_image_is_read_up_to_its_limit(tmp_path, content, limit, expected):
+    (tmp_path / "image").write_bytes(content)
+    for uri in (f"file://{tmp_path}/image", f"{tmp_path}/image"):
+        assert read_capped(uri, limit) == expected
+
+
+def test_a_device_that_never_ends_is_read_only_to_the_limit():
+    assert read_capped("/dev/zero", 1 << 20) is None  # no size to trust: read in blocks, stopped past the limit
+    assert read_capped("file:///dev/null", 10) == b""
 
 
 @pytest.mark.parametrize(

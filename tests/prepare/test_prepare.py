@@ -10,12 +10,14 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
+import fsspec
 import pytest
 from PIL import Image
 
 from modelops_trainer.datasetfmt import SPLITS, DatasetReader
-from modelops_trainer.prepare import images, pipeline
+from modelops_trainer.prepare import images, pipeline, sources
 from modelops_trainer.prepare.__main__ import main
+from modelops_trainer.prepare.config import Preprocessing
 from modelops_trainer.prepare.errors import EmptyClass, NoImagesLeft, SourceUnreachable, UnsafeArchive
 from tests.prepare.conftest import config, photos, run_cli, write_digits
 
@@ -146,6 +148,32 @@ def test_jpeg_photos_are_decoded_at_reduced_scale_and_resized(tmp_path):
         assert sizes == {(96, 96)}
 
 
+def test_a_local_folder_is_listed_as_fsspec_lists_it(tmp_path):
+    root = tmp_path / "src"
+    for name in ("a/1.png", "a/deep/er/2.png", "b/.hidden/3.png", "b/.4.png", "c/5.jpg", "top.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    (root / "d").mkdir()
+    (root / "d" / "to-file.png").symlink_to(root / "a" / "1.png")
+    (root / "d" / "to-folder").symlink_to(root / "a")
+    (root / "d" / "dangling.png").symlink_to(root / "gone.png")
+    os.mkfifo(root / "d" / "fifo")
+    fs = fsspec.filesystem("file")
+    assert sources._local_files(str(root)) and sorted(sources._local_files(str(root))) == fs.find(str(root))
+    assert [ref for ref, _ in sources.image_folder(f"file://{root}")] == [
+        f"file://{root}/{name}"
+        for name in (
+            "a/1.png",
+            "a/deep/er/2.png",
+            "c/5.jpg",
+            "d/dangling.png",
+            "d/fifo",
+            "d/to-file.png",
+            "d/to-folder",
+        )
+    ]
+
+
 def test_archives_and_manifests_merge(tmp_path, small_digits):
     tgz, zipped = tmp_path / "digits.tar.gz", tmp_path / "digits.zip"
     with tarfile.open(tgz, "w:gz") as tar:
@@ -257,12 +285,47 @@ def test_an_interrupted_run_resumes_from_its_finished_chunks(tmp_path, monkeypat
     with pytest.raises(RuntimeError, match="killed"):
         pipeline.run(cfg)
     finished = len(list((tmp_path / "out").glob(".work-*/batch-*.json")))
-    assert 1 <= finished < 16
+    assert 3 <= finished < 16
     monkeypatch.setattr(images, "process", real)
+    first, second = sorted(next((tmp_path / "out").glob(".work-*")).glob("batch-*.json"))[:2]
+    torn = first.with_suffix(".bin")  # work files are not fsynced: a power loss may tear them
+    torn.write_bytes(b"\0" * torn.stat().st_size)
+    second.write_text('{"inputs": [')
     resumed = pipeline.run(cfg)
-    assert resumed.reused_chunks == finished
+    assert resumed.reused_chunks == finished - 2  # both processed again, the rest trusted by size and digest
     assert resumed.version.digest == pipeline.run(config(f"file://{src}", tmp_path / "fresh")).version.digest
     assert not list((tmp_path / "out").glob(".work-*"))  # cleaned up once published
+
+
+def test_a_version_costs_one_fsync_per_shard_and_the_manifest_and_report(tmp_path, small_digits, monkeypatch):
+    log = tmp_path / "fsyncs"
+    real = os.fsync
+
+    def fsync(fd):  # in the worker processes too (forked)
+        with log.open("a") as f:
+            f.write(os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1] + "\n")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    result = pipeline.run(config(f"file://{small_digits}", tmp_path / "out", preprocessing={"shardSize": 40}))
+    synced = sorted(name.split(".")[1] for name in log.read_text().split())  # .<name>.<random>.tmp
+    shards = sorted(
+        s.file.removesuffix(".tar") for split in result.version.manifest.splits.values() for s in split.shards
+    )
+    assert synced == sorted([*shards, "manifest", "report"])  # no work file
+    log.unlink()
+    again = pipeline.run(config(f"file://{small_digits}", tmp_path / "fast"), durable=False)
+    assert (
+        not log.exists()
+        and again.version.digest == pipeline.run(config(f"file://{small_digits}", tmp_path / "x")).version.digest
+    )
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "webp"])
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_the_warm_up_before_the_workers_fork_loads_each_output_format(fmt, mode):
+    images.warm_up(Preprocessing(format=fmt, colorMode=mode))
+    assert images.FORMATS[fmt][0] in Image.SAVE and "JPEG" in Image.OPEN and "PNG" in Image.OPEN
 
 
 def test_the_summary_fits_the_termination_message(tmp_path, small_digits):

@@ -24,6 +24,7 @@ from modelops_trainer.datasetfmt import (
     ShardWriter,
     build_split,
     shard_file_name,
+    tar_member,
     version_name,
     write_manifest,
 )
@@ -283,6 +284,52 @@ def test_low_level_shards_and_manifest_compose(tmp_path):
     assert [label for _, label in reader.iter_split("train")] == [0, 1, 2, 0, 1, 2]
     assert list(reader.iter_split("test")) == []
     assert reader.manifest.split("train").per_class == {"x": 2, "y": 2, "z": 2}
+
+
+def tarfile_shard(samples: list[tuple[str, bytes, int]], extension: str) -> bytes:
+    """The same shard as `tarfile` writes it in stream mode (how ShardWriter wrote it before)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+        for key, data, label in samples:
+            for name, body in ((f"{key}.{extension}", data), (f"{key}.cls", str(label).encode())):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = (
+                    len(body),
+                    0,
+                    0o644,
+                    0,
+                    0,
+                    "",
+                    "",
+                )
+                tar.addfile(info, io.BytesIO(body))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("count", [1, 7, 40])
+def test_shards_are_byte_for_byte_what_tarfile_writes(tmp_path, monkeypatch, count):
+    samples = [(f"k{i:03d}_" + "x" * (i % 70), bytes([i % 256]) * (i * 37 % 3000 + 1), i % 3) for i in range(count)]
+    samples.append(("y" * 80, b"\xff" * 512, 2))  # the longest key, a size on a block boundary
+    monkeypatch.setattr(ShardWriter, "FLUSH", 4096)  # several flushes
+    with ShardWriter((tmp_path / "train-00000.tar").as_uri(), extension="webp", num_classes=3) as w:
+        for key, data, label in samples:
+            w.write(key, data, label)
+    written = (tmp_path / "train-00000.tar").read_bytes()
+    assert written == tarfile_shard(samples, "webp")
+    assert w.result.entry.sha256 == storage.sha256_bytes(written)[7:]
+
+
+@pytest.mark.parametrize(("name", "size"), [("a.cls", 1), ("x" * 100, 0), ("k.png", 8**11 - 1), ("z_-9.jpg", 511)])
+def test_tar_headers_are_tarfiles(name, size):
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = size, 0, 0o644, 0, 0, "", ""
+    assert tar_member(name, size) == info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+
+
+@pytest.mark.parametrize(("name", "size"), [("x" * 101, 1), ("k.png", 8**11), ("k.png", -1)])
+def test_tar_headers_refuse_what_ustar_cannot_hold(name, size):
+    with pytest.raises(ValueError, match="does not fit a USTAR header"):
+        tar_member(name, size)
 
 
 def test_empty_shard_cannot_be_closed(tmp_path):

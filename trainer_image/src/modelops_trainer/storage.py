@@ -169,8 +169,13 @@ class HashingWriter:
 
 
 @contextlib.contextmanager
-def atomic_writer(uri: str) -> Iterator[IO[bytes]]:
-    """A binary file that appears at `uri` complete, or not at all when the block raises."""
+def atomic_writer(uri: str, *, durable: bool = True) -> Iterator[IO[bytes]]:
+    """A binary file that appears at `uri` complete, or not at all when the block raises.
+
+    `durable=False` skips the fsync before the rename on a local disk: the file still appears
+    whole to other processes, but after a power loss it may be empty or torn, so only files whose
+    reader checks them (a size and digest recorded elsewhere) should be written so.
+    """
     fs, path = url_to_fs(uri)
     if isinstance(fs, LocalFileSystem):
         target = Path(path)
@@ -180,7 +185,8 @@ def atomic_writer(uri: str) -> Iterator[IO[bytes]]:
             with open(tmp, "wb") as f:
                 yield f
                 f.flush()
-                os.fsync(f.fileno())
+                if durable:
+                    os.fsync(f.fileno())
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
@@ -191,9 +197,9 @@ def atomic_writer(uri: str) -> Iterator[IO[bytes]]:
         fs.put_file(tmp_file.name, path)
 
 
-def write_bytes_atomic(uri: str, data: bytes) -> None:
-    """Write `data` to `uri` atomically."""
-    with atomic_writer(uri) as f:
+def write_bytes_atomic(uri: str, data: bytes, *, durable: bool = True) -> None:
+    """Write `data` to `uri` atomically (`durable`: see `atomic_writer`)."""
+    with atomic_writer(uri, durable=durable) as f:
         f.write(data)
 
 

@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from modelops_trainer.prepare.config import Cleaning, Preprocessing
 from modelops_trainer.prepare.remote import read_capped
@@ -34,6 +34,9 @@ UNLISTED_CLASS = "UnlistedClass"
 #: a process-wide setting another library may change; this one is ours.
 MAX_PIXELS = 89_478_485
 
+#: The EXIF orientations `ImageOps.exif_transpose` turns or flips an image for (1 is upright).
+TURNED = frozenset(range(2, 9))
+
 FORMATS = {"jpeg": ("JPEG", "jpg"), "png": ("PNG", "png"), "webp": ("WEBP", "webp")}
 
 
@@ -47,6 +50,7 @@ class Processed:
     dropped: str | None = None
     detail: str = ""
     dhash: int = 0
+    """The perceptual hash; 0 when `nearDuplicateDistance` is 0 (the rule is off: nothing reads it)."""
     data: bytes = b""
 
 
@@ -109,7 +113,18 @@ def process(ref: str, label: str, cleaning: Cleaning, pre: Preprocessing, max_by
     except _Drop as d:
         return Processed(ref, label, sha256=digest, dropped=d.reason, detail=d.detail)
     out = resize(img, pre.image_size, pre.resize_mode)
-    return Processed(ref, label, sha256=digest, dhash=dhash(out), data=encode(out, pre))
+    perceptual = dhash(out) if cleaning.near_duplicate_distance else 0
+    return Processed(ref, label, sha256=digest, dhash=perceptual, data=encode(out, pre))
+
+
+def warm_up(pre: Preprocessing) -> None:
+    """Import what processing an image imports on first use (Pillow's common format plugins, the
+    output format's encoder, EXIF reading), in the process the workers are forked from: each
+    worker would otherwise import them on its first image, about 40 ms, as long as processing
+    hundreds of small images."""
+    Image.preinit()
+    data = encode(Image.new(pre.color_mode, (8, 8)), pre)
+    _decode(data, Cleaning(min_width=1, min_height=1), pre)
 
 
 class _Drop(Exception):
@@ -142,7 +157,10 @@ def _decode(data: bytes, cleaning: Cleaning, pre: Preprocessing) -> Image.Image:
         raise _Drop(TRUNCATED if "truncated" in str(e).lower() else UNDECODABLE, str(e)) from e
     except (ValueError, SyntaxError) as e:
         raise _Drop(UNDECODABLE, str(e)) from e
-    oriented: Image.Image = ImageOps.exif_transpose(img) or img
+    # exif_transpose returns a copy even when there is nothing to turn: only call it when there is
+    oriented: Image.Image = img
+    if img.getexif().get(ExifTags.Base.Orientation, 1) in TURNED:
+        oriented = ImageOps.exif_transpose(img) or img
     if oriented.mode == pre.color_mode:
         return oriented
     if oriented.mode in ("P", "LA", "PA"):  # palettes and alpha: through RGBA, so transparency is kept apart

@@ -1,9 +1,9 @@
 """The preparation pipeline: from listed images to a published dataset version.
 
 1. **Process** every image in worker processes (`images.process`), in chunks of input order.
-   Each worker saves its finished chunk in a work folder beside the versions
-   (`.work-<config hash>/`: a tar of the encoded images and a JSON of their outcomes), so a
-   re-run after a crash reuses the chunks it finished and processes only the rest.
+   Each worker saves its finished chunk in a work folder beside the versions (module `work`: the
+   encoded images' bytes and a JSON of their outcomes, checked by size and SHA-256 before
+   reuse), so a re-run after a crash reuses the chunks it finished and processes only the rest.
 2. **Clean** what needs all images at once: exact duplicates (same SHA-256; the first in input
    order is kept), classes not listed in `classes`.
 3. **Split**: an image's split is a function of its content hash and the seed alone —
@@ -13,19 +13,18 @@
 4. **Near-duplicates**: an image whose difference hash is within `nearDuplicateDistance` bits of
    an earlier image in another split is dropped, so the same picture never sits in train and
    test at once; near-duplicates within one split are kept.
-5. **Write** shards per split (sorted by class, then key), one per worker task, and publish them
-   through `datasetfmt.DatasetWriter`: the version is content-addressed, so an unchanged input
-   yields the same version.
+5. **Write** shards per split (sorted by class, then key), one per worker task, reading the
+   images' bytes back from the work folder, and publish them through `datasetfmt.DatasetWriter`:
+   one fsync per shard, the manifest written atomically last. The version is content-addressed,
+   so an unchanged input yields the same version.
 6. **Report**: `report.json` beside the version lists every dropped image with its reason.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
-import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -44,15 +43,17 @@ from modelops_trainer.datasetfmt import (
     SplitName,
     WrittenShard,
 )
-from modelops_trainer.prepare import images
+from modelops_trainer.prepare import images, work
 from modelops_trainer.prepare.config import PrepareConfig
 from modelops_trainer.prepare.errors import EmptyClass, NoImagesLeft
 from modelops_trainer.prepare.sources import Item, iter_batches, list_items
 
 log = logging.getLogger(__name__)
-#: Images per chunk: about 16 chunks, so every core has several, within [16, 256]. It depends on
-#: the number of images only, so a re-run chunks the same input the same way.
-MIN_CHUNK, MAX_CHUNK, CHUNKS = 16, 256, 16
+#: Images per chunk: about 16 chunks, so every core has several, within [4, 256]. It depends on
+#: the number of images only, so a re-run chunks the same input the same way. Down to 4: a chunk
+#: of large photos takes seconds, and the cores stay evenly busy to the end only when a chunk is
+#: a small part of the work; a chunk's own cost (two work files, a JSON) is under a millisecond.
+MIN_CHUNK, MAX_CHUNK, CHUNKS = 4, 256, 16
 
 
 #: Memory one worker may need: an image at the pixel cap decodes to ~360 MB, plus its resize.
@@ -82,7 +83,9 @@ class Kept:
     sha256: str
     dhash: int
     batch: int
-    member: str
+    offset: int
+    size: int
+    """Where its encoded bytes are: chunk `batch`'s work file, `size` bytes at `offset`."""
 
 
 @dataclass
@@ -112,67 +115,47 @@ def split_of(sha256: str, seed: int, train: float, val: float) -> SplitName:
 
 
 def _process_chunk(
-    job: tuple[int, list[Item]], work: str, cleaning: Any, pre: Any, ext: str, max_bytes: int
+    job: tuple[int, list[Item]], work_uri: str, cleaning: Any, pre: Any, max_bytes: int
 ) -> list[dict[str, Any]]:
-    """In a worker: process one chunk of images and save it to the work folder (a tar of the kept
-    images' encoded bytes, then the outcomes' JSON: the commit point); returns the outcomes."""
+    """In a worker: process one chunk of images and save it to the work folder; returns the
+    outcomes (small: the encoded bytes stay in the work file)."""
     index, chunk = job
-    buffer = io.BytesIO()
+    data: list[bytes] = []
+    offset = 0
     outcomes = []
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for i, (ref, label) in enumerate(chunk):
-            r = images.process(ref, label, cleaning, pre, max_bytes)
-            member = ""
-            if r.dropped is None:
-                member = f"{i:05d}.{ext}"
-                info = tarfile.TarInfo(member)
-                info.size = len(r.data)
-                tar.addfile(info, io.BytesIO(r.data))
-            outcomes.append(
-                {
-                    "ref": r.ref,
-                    "label": r.label,
-                    "sha256": r.sha256,
-                    "dropped": r.dropped,
-                    "detail": r.detail,
-                    "dhash": r.dhash,
-                    "member": member,
-                }
-            )
-    storage.write_bytes_atomic(storage.join(work, f"batch-{index:05d}.tar"), buffer.getvalue())
-    doc = {"inputs": [list(i) for i in chunk], "outcomes": outcomes}
-    storage.write_bytes_atomic(storage.join(work, f"batch-{index:05d}.json"), json.dumps(doc).encode())
+    for ref, label in chunk:
+        r = images.process(ref, label, cleaning, pre, max_bytes)
+        outcomes.append(
+            {
+                "ref": r.ref,
+                "label": r.label,
+                "sha256": r.sha256,
+                "dropped": r.dropped,
+                "detail": r.detail,
+                "dhash": r.dhash,
+                "offset": offset,
+                "size": len(r.data),
+            }
+        )
+        data.append(r.data)
+        offset += len(r.data)
+    work.save_chunk(work_uri, index, chunk, outcomes, b"".join(data))
     return outcomes
 
 
-def _load_batch(work: str, index: int, batch: list[Item]) -> list[dict[str, Any]] | None:
-    uri = storage.join(work, f"batch-{index:05d}.json")
-    if not storage.exists(uri):
-        return None
-    doc = json.loads(storage.read_bytes(uri))
-    return list(doc["outcomes"]) if doc.get("inputs") == [list(i) for i in batch] else None
+ShardRows = list[tuple[str, int, int, int, int]]  # (sample key, label, chunk, offset, size) per image
 
 
-ShardRows = list[tuple[str, int, int, str]]  # (sample key, label, chunk, member) per image
-
-
-def _write_shard(job: tuple[str, ShardRows, int], work: str, ext: str) -> WrittenShard:
-    """In a worker: one final shard from images kept in the work folder's chunk tars."""
+def _write_shard(job: tuple[str, ShardRows, int], work_uri: str, ext: str, durable: bool) -> WrittenShard:
+    """In a worker: one final shard from images kept in the work folder's chunk files."""
     uri, rows, num_classes = job
-    tars: dict[int, tarfile.TarFile] = {}
-    try:
-        with ShardWriter(uri, extension=ext, num_classes=num_classes) as writer:
-            for key, label, chunk, member in rows:
-                if chunk not in tars:
-                    data = storage.read_bytes(storage.join(work, f"batch-{chunk:05d}.tar"))
-                    tars[chunk] = tarfile.open(fileobj=io.BytesIO(data))  # noqa: SIM115 (closed below)
-                extracted = tars[chunk].extractfile(member)
-                assert extracted is not None
-                writer.write(key, extracted.read(), label)
-        return writer.result
-    finally:
-        for tar in tars.values():
-            tar.close()
+    with (
+        work.ChunkData(work_uri) as chunks,
+        ShardWriter(uri, extension=ext, num_classes=num_classes, durable=durable) as writer,
+    ):
+        for key, label, chunk, offset, size in rows:
+            writer.write(key, chunks.read(chunk, offset, size), label)
+    return writer.result
 
 
 def cross_split_near_duplicates(kept: list[Kept], splits: dict[int, SplitName], distance: int) -> dict[int, Kept]:
@@ -204,15 +187,24 @@ def cross_split_near_duplicates(kept: list[Kept], splits: dict[int, SplitName], 
     return clashes
 
 
-def run(config: PrepareConfig, *, progress: Callable[[Iterable[Any], int], Iterable[Any]] | None = None) -> Result:
-    """Prepare the dataset version `config` describes; returns it with the drop counts."""
+def run(
+    config: PrepareConfig,
+    *,
+    progress: Callable[[Iterable[Any], int], Iterable[Any]] | None = None,
+    durable: bool = True,
+) -> Result:
+    """Prepare the dataset version `config` describes; returns it with the drop counts.
+
+    `durable=False` publishes without any fsync (see `datasetfmt.DatasetWriter`): for tests and
+    throwaway versions, never for a version a power loss must not tear.
+    """
     out = config.output.uri.rstrip("/")
-    work = storage.join(out, f".work-{config_hash(config)}")
-    ext = images.FORMATS[config.preprocessing.format][1]
+    work_uri = storage.join(out, f".work-{config_hash(config)}")
     dropped: Counter[str] = Counter()
     report: list[dict[str, str]] = []
     kept: list[Kept] = []
     workers = config.workers or default_workers(cgroup.cpu_limit(), cgroup.memory_limit())
+    images.warm_up(config.preprocessing)  # before the workers fork: once here, not once in each
     with ExitStack() as scratch, ProcessPoolExecutor(max_workers=workers) as pool:
         items = list_items(config.sources, scratch, config.limits)
         log.info("listed %d images from %d sources", len(items), len(config.sources))
@@ -224,17 +216,16 @@ def run(config: PrepareConfig, *, progress: Callable[[Iterable[Any], int], Itera
                 "<class>/<image> files under its root, a manifest one row per image"
             )
         chunks = list(enumerate(iter_batches(items, chunk_size(len(items)))))
-        done = {i: found for i, chunk in chunks if (found := _load_batch(work, i, chunk)) is not None}
+        done = {i: found for i, chunk in chunks if (found := work.load_chunk(work_uri, i, chunk)) is not None}
         todo = [(i, chunk) for i, chunk in chunks if i not in done]
         if done:
             log.info("reusing %d of %d finished chunks from an earlier run", len(done), len(chunks))
         reused = len(done)
         work_fn = partial(
             _process_chunk,
-            work=work,
+            work_uri=work_uri,
             cleaning=config.cleaning,
             pre=config.preprocessing,
-            ext=ext,
             max_bytes=config.limits.image_max_bytes,
         )
         fresh: Iterable[list[dict[str, Any]]] = pool.map(work_fn, todo)
@@ -247,10 +238,10 @@ def run(config: PrepareConfig, *, progress: Callable[[Iterable[Any], int], Itera
                     dropped[o["dropped"]] += 1
                     report.append({"ref": o["ref"], "label": o["label"], "reason": o["dropped"], "detail": o["detail"]})
                 else:
-                    kept.append(Kept(o["ref"], o["label"], o["sha256"], o["dhash"], index, o["member"]))
+                    kept.append(Kept(o["ref"], o["label"], o["sha256"], o["dhash"], index, o["offset"], o["size"]))
         listed_classes = sorted({label for _, label in items})
         final, classes = _clean_and_split(config, listed_classes, kept, dropped, report)
-        result = _publish(config, out, work, final, classes, dropped, report, pool)
+        result = _publish(config, out, work_uri, final, classes, dropped, report, pool, durable)
     result.reused_chunks = reused
     return result
 
@@ -316,14 +307,15 @@ def _clean_and_split(
 def _publish(
     config: PrepareConfig,
     out: str,
-    work: str,
+    work_uri: str,
     final: list[tuple[Kept, SplitName]],
     classes: list[str],
     dropped: Counter[str],
     report: list[dict[str, str]],
     pool: ProcessPoolExecutor,
+    durable: bool,
 ) -> Result:
-    """Write the version: its shards (in worker processes, from the finished chunks in `work`), its
+    """Write the version: its shards (in worker processes, from the finished chunks in `work_uri`), its
     manifest and `report.json`; then remove the work folder."""
     label_of = {c: i for i, c in enumerate(classes)}
     pre = config.preprocessing
@@ -338,6 +330,7 @@ def _publish(
         shard_size=pre.shard_size,
         name=config.dataset.name,
         spec_hash=config.spec_hash,
+        durable=durable,
     ) as writer:
         writer.dropped = dict(dropped)
         jobs: list[tuple[SplitName, tuple[str, ShardRows, int]]] = []
@@ -345,19 +338,20 @@ def _publish(
             members = sorted((k for k, s in final if s == name), key=lambda k: (label_of[k.label], k.sha256))
             for n, start in enumerate(range(0, len(members), pre.shard_size)):
                 rows = [
-                    (k.sha256[:32], label_of[k.label], k.batch, k.member)
+                    (k.sha256[:32], label_of[k.label], k.batch, k.offset, k.size)
                     for k in members[start : start + pre.shard_size]
                 ]
                 jobs.append((name, (writer.shard_uri(name, n), rows, len(classes))))
         ext = images.FORMATS[pre.format][1]
-        written = list(pool.map(partial(_write_shard, work=work, ext=ext), [job for _, job in jobs]))
+        write = partial(_write_shard, work_uri=work_uri, ext=ext, durable=durable)
+        written = list(pool.map(write, [job for _, job in jobs]))
         for name in SPLITS:
             writer.add_written(name, [w for (s, _), w in zip(jobs, written, strict=True) if s == name])
         version = writer.finish()
     report_uri = storage.join(version.uri, "report.json")
     doc = {"version": version.version, "dropped": dict(dropped), "images": report}
-    storage.write_bytes_atomic(report_uri, json.dumps(doc, indent=1).encode())
-    storage.remove(work, recursive=True)
+    storage.write_bytes_atomic(report_uri, json.dumps(doc, indent=1).encode(), durable=durable)
+    storage.remove(work_uri, recursive=True)
     split = config.split
     ratios = {"train": split.train, "val": split.val, "test": split.test}
     missing = missing_in_splits(final, classes, ratios)

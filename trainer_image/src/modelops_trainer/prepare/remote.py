@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import os
 import socket
+import stat
 import urllib.error
 import urllib.request
 from typing import IO, Any, cast
@@ -145,9 +147,31 @@ def open_source(uri: str) -> IO[bytes]:
 def read_capped(uri: str, limit: int) -> bytes | None:
     """The bytes at `uri`, or None when there are more than `limit`: refused before reading when the
     server declares a larger size, else after reading at most `limit + 1` bytes."""
+    if uri.startswith(("file://", "/")):  # what open_source opens locally, without parsing the URL
+        return _read_local(uri.removeprefix("file://"), limit)
     with open_source(uri) as f:
         raw = getattr(f, "raw", None)
         if isinstance(raw, _HttpBody) and raw.declared is not None and raw.declared > limit:
             return None
         data = bytes(f.read(limit + 1))
+    return data if len(data) <= limit else None
+
+
+def _read_local(path: str, limit: int) -> bytes | None:
+    """`read_capped` of a local file. A regular file is sized first and read whole: asking for
+    `limit + 1` bytes makes Python allocate that much (64 MiB by default) for every small image,
+    which took more time than decoding it. Pipes and devices are read in blocks up to the limit."""
+    with open(path, "rb", buffering=0) as f:
+        info = os.fstat(f.fileno())
+        if stat.S_ISREG(info.st_mode):
+            if info.st_size > limit:
+                return None
+            data = f.readall()
+        else:
+            blocks: list[bytes] = []
+            total = 0
+            while total <= limit and (block := f.read(min(1 << 20, limit + 1 - total))):
+                blocks.append(block)
+                total += len(block)
+            data = b"".join(blocks)
     return data if len(data) <= limit else None

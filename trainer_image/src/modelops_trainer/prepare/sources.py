@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import posixpath
 import tempfile
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import fsspec  # type: ignore[import-untyped]
+from fsspec.implementations.local import LocalFileSystem  # type: ignore[import-untyped]
 
 from modelops_trainer.prepare.archives import ArchiveLimits, extract_archive
 from modelops_trainer.prepare.config import Limits, Source
@@ -46,24 +48,40 @@ def _unreachable(uri: str, e: Exception) -> SourceUnreachable:
     return SourceUnreachable(f"source {uri} cannot be read: {type(e).__name__}: {e}")
 
 
+def _local_files(root: str) -> list[str]:
+    """What fsspec's `LocalFileSystem.find(root)` lists, in a tenth of the time (it stats every
+    entry twice): every entry that is not a folder, symbolic links included and not followed."""
+    files: list[str] = []
+    folders = [root]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                (folders if entry.is_dir(follow_symlinks=False) else files).append(entry.path)
+    return files
+
+
 def image_folder(uri: str) -> list[Item]:
     """The images of an ImageFolder tree at `uri`."""
     fs, root = _fs(uri)
     try:
         if not fs.isdir(root):
             raise SourceUnreachable(f"source {uri} is not a folder (or does not exist)")
-        files = sorted(fs.find(root))
+        files = sorted(_local_files(root) if isinstance(fs, LocalFileSystem) else fs.find(root))
     except SourceUnreachable:
         raise
     except Exception as e:  # remote file systems raise their own types (botocore, aiohttp, ...)
         raise _unreachable(uri, e) from e
     items = []
     prefix = root.rstrip("/") + "/"
+    local = isinstance(fs, LocalFileSystem)
     for path in files:
-        rel = PurePosixPath(path[len(prefix) :] if path.startswith(prefix) else path)
-        if len(rel.parts) < 2 or any(part.startswith(".") for part in rel.parts):
+        if local and path.startswith(prefix):  # split as PurePosixPath would, a tenth of the time
+            parts = [part for part in path[len(prefix) :].split("/") if part not in ("", ".")]
+        else:
+            parts = list(PurePosixPath(path[len(prefix) :] if path.startswith(prefix) else path).parts)
+        if len(parts) < 2 or any(part.startswith(".") for part in parts):
             continue  # a file at the root has no class; hidden files are not images
-        items.append((fs.unstrip_protocol(path), rel.parts[0]))
+        items.append((f"file://{path}" if local else fs.unstrip_protocol(path), parts[0]))
     return items
 
 
