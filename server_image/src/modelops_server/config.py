@@ -49,6 +49,13 @@ class Settings(BaseModel):
     max_batch_delay_ms: float = Field(
         default=5.0, ge=0, le=10_000, description="Longest a request waits for its batch to fill, in milliseconds."
     )
+    batch_wait: Literal["adaptive", "window"] = Field(
+        default="adaptive",
+        description="When a batch runs. adaptive: as soon as no other request is on its way through the worker "
+        "(a lone request runs at once; requests that arrive while a batch runs form the next one), waiting at "
+        "most --max-batch-delay-ms for those being decoded. window: every batch waits until --max-batch-delay-ms "
+        "after its first request, or until it is full.",
+    )
     queue_capacity: int = Field(
         default=256, ge=1, description="Requests admitted at once; beyond it the server answers 503 with Retry-After."
     )
