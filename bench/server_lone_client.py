@@ -8,8 +8,12 @@ than KServe's (p50 and p99), while at 16 connections it stays within 5% of the i
 and under overload (64 connections against 4) its p99 grows at most 2×. All on the same machine,
 in one process tree, the servers started once and measured alternately:
 
-- ``modelops``: ``python -m modelops_server`` with its defaults (``--batch-wait adaptive``, batches
-  of up to 16, a 5 ms window) but ``--queue-capacity 8``, so that overload is answered with 503s;
+- ``modelops``: ``python -m modelops_server`` with ``bench/server_bench.py``'s settings, under which
+  the 16-connection and overload targets were set: one worker, batches of up to 4 images, a 2 ms
+  window, ``--queue-capacity 8`` (so that overload is answered with 503s), and the default
+  ``--batch-wait adaptive``. (With the default 16-image batches, 8 admitted requests make one
+  batch that the next 8 wait behind, and the p99 at 64 connections is about twice that at 4 by
+  construction: a median of 2.36 in a first run.)
 - ``modelops-window``: the same with ``--batch-wait window`` (the behaviour before adaptive
   batching), at 1 and 16 connections only: what the option changes;
 - ``kserve``: KServe's Python model server (PyPI ``kserve`` 0.21.0 in the git-ignored
@@ -63,7 +67,8 @@ from server_loadgen import build_request, run_point  # noqa: E402
 
 CONNECTIONS = (1, 4, 16, 64)
 WINDOW_CONNECTIONS = (1, 16)
-QUEUE_CAPACITY = 8
+#: bench/server_bench.py's settings for this server.
+SETTINGS = ("--workers", "1", "--max-batch-size", "4", "--max-batch-delay-ms", "2", "--queue-capacity", "8")
 #: The targets, judged on the medians over the runs.
 GOALS = {
     "c1P50VsKserve": ("≤", 1.0),
@@ -80,7 +85,7 @@ def server_commands(model: Path, python: Path, ports: dict[str, int], extra: lis
         return [
             sys.executable,
             *("-m", "modelops_server", "--model-uri", str(model), "--host", "127.0.0.1"),
-            *("--grpc-port", "-1", "--queue-capacity", str(QUEUE_CAPACITY)),
+            *("--grpc-port", "-1", *SETTINGS),
             *("--log-format", "json", "--log-level", "WARNING"),
             *extra,
             *more,
@@ -250,7 +255,7 @@ def main() -> None:
         "model": "torchvision resnet18 (random weights), ONNX opset 17, dynamic batch",
         "payload": f"one 224x224 JPEG ({len(image)} bytes) as base64 in an OIP JSON request ({len(body)} bytes)",
         "settings": {
-            "modelops": " ".join(servers["modelops"][0][3:]).replace(str(ROOT) + "/", ""),
+            "modelops": " ".join(servers["modelops"][0][3:-2]).replace(str(ROOT) + "/", ""),  # not its port
             "modelopsWindow": "the same with --batch-wait window",
             "kserve": "server_kserve_model.py, 1 worker, latency logging off",
             "connections": list(CONNECTIONS),
