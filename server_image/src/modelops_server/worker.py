@@ -10,15 +10,15 @@ cores never wait on each other:
                                                                          runs ONNX Runtime, answers
 
 Pillow, numpy and ONNX Runtime all release the GIL, so decoding the next requests overlaps with
-inference on the current batch.
+inference on the current batch. A control thread loads and unloads models beside the serving ones
+(hot swap) and acknowledges each load only after warm-up.
 
 How long the batcher waits for a batch to fill is ``BatchingOptions.wait``. ``window`` waits until
 ``max_batch_delay`` after the first request was queued, whatever else is coming. ``adaptive`` (the
 default) waits only for requests that are already in this worker (being parsed and decoded) and
 only within that window; when nothing else is, the batch runs at once. A lone client therefore
 pays no batching delay, while under concurrency batches still form from the requests that arrive
-while the previous batch runs. A control thread loads and unloads models beside the serving ones
-(hot swap) and acknowledges each load only after warm-up.
+while the previous batch runs.
 
 Messages in and out are the typed tuples of ``messages``: ``Infer``, ``Load``, ``Unload``, ``Stop``
 in; ``Result`` (one per request), ``BatchRan`` (one per ONNX Runtime run), ``Loaded`` out. An
