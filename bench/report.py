@@ -17,9 +17,10 @@ shown as "—".
     .venv/bin/python bench/report.py --check    # exit 1 naming each stale block (hack/test.sh runs it)
     .venv/bin/python bench/report.py --list     # the blocks and the result files each reads
 
-Blocks: summary (README.md), machines, images, preparation, training, grpc, search_algorithms,
-gpu, soak (docs/benchmarks.md). A new result file shows up in `summary` and `machines` by itself;
-to give it a headline figure or a table of its own, add a function to `SUMMARIES` or `BLOCKS` here.
+Blocks: summary (README.md), machines, images, preparation, training, grpc, server_lone_client,
+search_algorithms, gpu, soak (docs/benchmarks.md). A new result file shows up in `summary` and
+`machines` by itself; to give it a headline figure or a table of its own, add a function to
+`SUMMARIES` or `BLOCKS` here.
 """
 
 from __future__ import annotations
@@ -302,10 +303,32 @@ def summary_soak(doc: dict[str, Any]) -> tuple[str, str, str]:
     return "soak (`bench/soak.py`)", figure, "flat curves, no errors"
 
 
+def median_range(figure: Any, spec: str = ".1f", suffix: str = "") -> str:
+    """A {median, min, max} figure as "median (min–max)"."""
+    return f"{num(at(figure, 'median'), spec, suffix)} ({num(at(figure, 'min'), spec)}–{num(at(figure, 'max'), spec)})"
+
+
+def summary_lone_client(doc: dict[str, Any]) -> tuple[str, str, str]:
+    s = doc.get("summary") or {}
+    ours, ks = at(s, "points", "modelops", "1") or {}, at(s, "points", "kserve", "1") or {}
+    ratios = s.get("ratios") or {}
+    figure = (
+        f"1 connection: p50 **{num(at(ours, 'p50Ms', 'median'), '.1f')} ms** against KServe's "
+        f"{num(at(ks, 'p50Ms', 'median'), '.1f')} ({num(at(ratios, 'c1P50VsKserve', 'median'), '.2f', '×')}), "
+        f"p99 {num(at(ours, 'p99Ms', 'median'), '.1f')} against {num(at(ks, 'p99Ms', 'median'), '.1f')} ms; "
+        f"16 connections **{num(at(ratios, 'c16VsLimit', 'median'), '.2f')}** of the in-process limit; "
+        f"p99 at 64 / at 4 connections {num(at(ratios, 'overloadP99Ratio', 'median'), '.2f')} "
+        f"(medians of {num(s.get('runs'))} runs)"
+    )
+    goal = "at 1 connection ≤ KServe (p50 and p99); ≥ 0.95 of the limit at 16; p99 64/4 ≤ 2"
+    return "inference server, a lone client to 64 connections, against KServe 0.21", figure, goal
+
+
 SUMMARIES: dict[str, Summary] = {
     "prepare_throughput": summary_prepare,
     "trainer_throughput": summary_trainer,
     "grpc": summary_grpc,
+    "server_lone_client": summary_lone_client,
     "images": summary_images,
     "search_algorithms": summary_search,
     "gpu": summary_gpu,
@@ -456,6 +479,57 @@ def block_grpc(results: Results) -> str:
         + f": {text(doc.get('model'))}, {num(doc.get('seconds_per_point'), 'g')} s per point.",
         "",
         *table(header, rows),
+    )
+
+
+LONE_CLIENT_GOALS = {
+    "c1P50VsKserve": "p50 at 1 connection, modelops / KServe",
+    "c1P99VsKserve": "p99 at 1 connection, modelops / KServe",
+    "c16VsLimit": "img/s at 16 connections, modelops / in-process limit",
+    "overloadP99Ratio": "modelops p99 at 64 connections / at 4 (admitted requests)",
+}
+
+
+def block_lone_client(results: Results) -> str:
+    doc = results.need("server_lone_client")
+    s, settings = doc.get("summary") or {}, doc.get("settings") or {}
+    rows = []
+    for name, per_c in (s.get("points") or {}).items():
+        for c, p in per_c.items():
+            rows.append(
+                [
+                    f"`{name}`",
+                    text(c),
+                    median_range(p.get("imagesPerSecond")),
+                    median_range(p.get("p50Ms")),
+                    median_range(p.get("p99Ms")),
+                    median_range(p.get("rejected"), ".0f"),
+                    median_range(p.get("serverCores"), ".2f"),
+                ]
+            )
+    header = ["server", "connections", "img/s", "p50 ms", "p99 ms", "503s", "server cores"]
+    goals = []
+    for key, what in LONE_CLIENT_GOALS.items():
+        goal = at(s, "goals", key) or {}
+        met = goal.get("met")
+        verdict = DASH if met is None else ("**met**" if met else "**not met**")
+        goals.append([what, median_range(at(s, "ratios", key), ".2f"), text(goal.get("target")), verdict])
+    window = at(s, "ratios", "c1P50WindowVsAdaptive")
+    return lines(
+        source("server_lone_client", doc, "bench/server_lone_client.py")
+        + f": {text(doc.get('model'))}; {text(doc.get('payload'))}; KServe {text(doc.get('kserve'))}; "
+        f"{num(s.get('runs'))} runs of {num(settings.get('secondsPerPoint'))} s per point after "
+        f"{num(settings.get('warmupSeconds'))} s of warm-up; each cell is the median over the runs and "
+        "(in brackets) their range.",
+        "",
+        *table(header, rows),
+        "",
+        f"In-process limit (Pillow decode, preprocessing and ONNX Runtime in a tight loop, one image per run): "
+        f"{median_range(s.get('limit'))} img/s. `modelops`: `{text(settings.get('modelops'))}`; "
+        f"`modelops-window`: {text(settings.get('modelopsWindow'))}, whose p50 at 1 connection was "
+        f"{median_range(window, '.2f', '×')} `modelops`'s.",
+        "",
+        *table(["figure", "median (range) over the runs", "target", "on the median"], goals),
     )
 
 
@@ -620,6 +694,7 @@ BLOCKS = {
     "preparation": Block("prepare_throughput.json", block_preparation),
     "training": Block("trainer_throughput.json", block_training),
     "grpc": Block("grpc.json", block_grpc),
+    "server_lone_client": Block("server_lone_client.json", block_lone_client),
     "search_algorithms": Block("search_algorithms.json", block_search),
     "gpu": Block("gpu.json, gpu-cpu-fallback.json", block_gpu),
     "soak": Block("soak.json", block_soak),

@@ -42,13 +42,18 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if str(Path(__file__).resolve().parent) not in sys.path:  # imported from another folder's script
+    sys.path.append(str(Path(__file__).resolve().parent))
 from server_loadgen import Result, build_request, run_point
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "build" / "bench"
 BENCH_VENV = ROOT / "build" / "bench-venv"
-KSERVE_PACKAGES = ["kserve", "onnxruntime", "pillow", "numpy", "uvloop"]
+KSERVE_VERSION = "0.21.0"
+#: The peer's packages: kserve pinned, with the kserve client virtualenv's pins as constraints
+#: (hack/clients/kserve.txt), and the same ONNX Runtime release as ours (its CPU package).
+KSERVE_PACKAGES = [f"kserve=={KSERVE_VERSION}", "onnxruntime", "pillow", "numpy", "uvloop"]
+KSERVE_CONSTRAINTS = ROOT / "hack" / "clients" / "kserve.txt"
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
 
@@ -61,14 +66,22 @@ def free_port() -> int:
 
 def ensure_bench_venv() -> Path:
     """A separate virtualenv with kserve (heavy, conflicting pins): created once, reused after."""
+    import onnxruntime as ort  # noqa: PLC0415
+
     python = BENCH_VENV / "bin" / "python"
+    ort_version = ort.__version__
+    packages = [f"onnxruntime=={ort_version}" if p == "onnxruntime" else p for p in KSERVE_PACKAGES]
     if not python.exists():
-        print(f"creating {BENCH_VENV} with {' '.join(KSERVE_PACKAGES)} (once)", flush=True)
+        print(f"creating {BENCH_VENV} with {' '.join(packages)} (once)", flush=True)
         base = getattr(sys, "_base_executable", sys.executable)
         subprocess.run([base, "-m", "venv", str(BENCH_VENV)], check=True)
-    check = "import kserve, onnxruntime, PIL, numpy, uvloop"
+    check = (
+        "import importlib.metadata as m, kserve, onnxruntime, PIL, numpy, uvloop; "
+        f"assert m.version('kserve') == {KSERVE_VERSION!r} and onnxruntime.__version__ == {ort_version!r}"
+    )
     if subprocess.run([str(python), "-c", check], capture_output=True, check=False).returncode != 0:
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *KSERVE_PACKAGES], check=True)
+        pip = [str(python), "-m", "pip", "install", "-q", "-c", str(KSERVE_CONSTRAINTS)]
+        subprocess.run([*pip, *packages], check=True)
     return python
 
 

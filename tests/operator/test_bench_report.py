@@ -160,3 +160,15 @@ def test_the_soak_summary_is_what_its_samples_give(monkeypatch):
     committed = json.loads((REPO / "bench" / "results" / "soak.json").read_text())
     assert json.loads(json.dumps(soak.summary(samples))) == committed["summary"]
     assert committed["summary"]["requests"] == sum(s.requests for s in samples) > 0
+
+
+def test_the_lone_client_summary_is_what_its_runs_give(monkeypatch):
+    """server_lone_client.json's medians, ranges and verdicts come from its runs: they must not drift."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))  # restored afterwards, with what the script changes
+    spec = importlib.util.spec_from_file_location("bench_lone_client", REPO / "bench" / "server_lone_client.py")
+    assert spec is not None and spec.loader is not None
+    lone = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lone)
+    committed = json.loads((REPO / "bench" / "results" / "server_lone_client.json").read_text())
+    assert len(committed["runs"]) >= 5
+    assert json.loads(json.dumps(lone.summarise(committed["runs"]))) == committed["summary"]

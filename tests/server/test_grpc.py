@@ -216,6 +216,8 @@ def test_overload_is_resource_exhausted_with_a_retry_hint_never_a_hang(tmp_path:
             "64",
             "--max-batch-delay-ms",
             "1500",
+            "--batch-wait",
+            "window",
             "--retry-after-s",
             "3",
         ],
@@ -239,7 +241,10 @@ def test_grpc_messages_count_against_the_bodies_budget_until_answered(tmp_path: 
     # while the first three wait (1.5 s) for their batch to fill.
     server = ServerProcess(
         model=model_v1.path,
-        args=["--max-inflight-body-bytes", "40000", "--max-batch-size", "64", "--max-batch-delay-ms", "1500"],
+        args=[
+            *("--max-inflight-body-bytes", "40000"),
+            *("--max-batch-size", "64", "--max-batch-delay-ms", "1500", "--batch-wait", "window"),
+        ],
     ).start(tmp_path)
     batch = np.zeros((1, 3, SIZE, SIZE), dtype=np.float32)
     try:
@@ -285,9 +290,9 @@ def test_unload_turns_grpc_readiness_off_and_load_on(tmp_path: Path, model_v1: E
 def test_sigterm_finishes_admitted_grpc_calls_and_refuses_new_ones(tmp_path: Path, model_v1: ExportedModel):
     import signal  # noqa: PLC0415
 
-    server = ServerProcess(model=model_v1.path, args=["--max-batch-size", "64", "--max-batch-delay-ms", "1500"]).start(
-        tmp_path
-    )
+    server = ServerProcess(
+        model=model_v1.path, args=["--max-batch-size", "64", "--max-batch-delay-ms", "1500", "--batch-wait", "window"]
+    ).start(tmp_path)
     batch = np.random.default_rng(9).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
     try:
         calls = [stub(server).ModelInfer.future(fp32_request(batch), timeout=LIVENESS_S) for _ in range(3)]

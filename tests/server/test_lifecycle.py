@@ -256,6 +256,8 @@ def test_full_queue_answers_503_with_retry_after(tmp_path: Path, model_v1: Expor
             "64",
             "--max-batch-delay-ms",
             "1500",
+            "--batch-wait",
+            "window",
             "--retry-after-s",
             "3",
         ],
@@ -278,7 +280,11 @@ def test_full_queue_answers_503_with_retry_after(tmp_path: Path, model_v1: Expor
 
 def test_sigterm_drains_in_flight_requests_then_exits(tmp_path: Path, model_v1: ExportedModel):
     server = ServerProcess(
-        model=model_v1.path, args=["--max-batch-size", "64", "--max-batch-delay-ms", "2500", "--drain-timeout-s", "60"]
+        model=model_v1.path,
+        args=[
+            *("--max-batch-size", "64", "--max-batch-delay-ms", "2500", "--batch-wait", "window"),
+            *("--drain-timeout-s", "60"),
+        ],
     ).start(tmp_path)
     assert server.proc is not None
 
@@ -308,7 +314,10 @@ def test_sigterm_drains_in_flight_requests_then_exits(tmp_path: Path, model_v1: 
 def test_a_dead_worker_fails_its_requests_fast_and_is_replaced(tmp_path: Path, model_v1: ExportedModel):
     server = ServerProcess(
         model=model_v1.path,
-        args=["--max-batch-size", "64", "--max-batch-delay-ms", "3000", "--request-timeout-s", "120"],
+        args=[
+            *("--max-batch-size", "64", "--max-batch-delay-ms", "3000", "--batch-wait", "window"),
+            *("--request-timeout-s", "120"),
+        ],
     ).start(tmp_path)
     try:
 
@@ -358,7 +367,10 @@ def test_a_reload_during_an_unload_keeps_the_model_its_old_requests_finish_on(tm
     when the last old request is answered, the version serving again must not be dropped."""
     server = ServerProcess(
         model=model_v1.path,
-        args=["--model-digest", model_v1.digest, "--max-batch-size", "64", "--max-batch-delay-ms", "4000"],
+        args=[
+            *("--model-digest", model_v1.digest),
+            *("--max-batch-size", "64", "--max-batch-delay-ms", "4000", "--batch-wait", "window"),
+        ],
         env={**CONTROL_ENV, "MODELOPS_ENABLE_MODEL_CONTROL": "true"},
     ).start(tmp_path)
     repo = f"{server.url}/v2/repository/models/{MODEL}"

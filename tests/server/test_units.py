@@ -186,8 +186,22 @@ def test_missing_card_is_a_clear_error(tmp_path: Path):
 def test_settings_flags_win_over_environment():
     env = {"MODELOPS_MODEL_URI": "/m.onnx", "MODELOPS_WORKERS": "3", "MODELOPS_ORT_SPINNING": "true"}
     s = load_settings(["--workers", "2", "--max-batch-delay-ms", "2.5"], environ=env)
-    assert (s.model_uri, s.workers, s.ort_spinning, s.max_batch_delay_s) == ("/m.onnx", 2, True, 0.0025)
+    assert (s.model_uri, s.workers, s.ort_spinning, s.max_batch_delay_s) == ("/m.onnx", 2, "always", 0.0025)
     assert load_settings(["--model-uri", "x", "--no-reduced-decode"], environ={}).reduced_decode is False
+
+
+@pytest.mark.parametrize(
+    ("environ", "flags", "spinning"),
+    [
+        ({}, [], "off"),
+        ({"MODELOPS_ORT_SPINNING": "false"}, [], "off"),  # the boolean it was before "run" existed
+        ({"MODELOPS_ORT_SPINNING": "run"}, [], "run"),
+        ({"MODELOPS_ORT_SPINNING": "true"}, [], "always"),
+        ({"MODELOPS_ORT_SPINNING": "always"}, ["--ort-spinning", "off"], "off"),
+    ],
+)
+def test_ort_spinning_setting(environ: dict[str, str], flags: list[str], spinning: str):
+    assert load_settings(["--model-uri", "x", *flags], environ=environ).ort_spinning == spinning
 
 
 def test_settings_defaults_match_the_modeldeployment_defaults():
@@ -209,6 +223,28 @@ def test_invalid_settings_exit_with_the_flag_named(capsys: pytest.CaptureFixture
         with pytest.raises(SystemExit):
             load_settings(["--model-uri", "x", "--batch-roots", f"s3://ok/,{roots}"], environ={})
         assert f"--batch-roots: Value error, a --batch-roots entry {roots!r} {problem}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("spinning", "intra_op", "force_stop"),
+    [("off", "0", ""), ("run", "", "1"), ("always", "", "")],  # "": ONNX Runtime's default (spin)
+)
+def test_ort_spinning_reaches_the_session(model_v1: ExportedModel, spinning: str, intra_op: str, force_stop: str):
+    from modelops_server.runtime import ModelRunner, RuntimeOptions  # noqa: PLC0415
+
+    artifact = fetch_model(str(model_v1.path))
+    runner = ModelRunner(artifact.local_path, artifact.card, RuntimeOptions(device="cpu", spinning=spinning))  # type: ignore[arg-type]
+    options = runner.session.get_session_options()
+
+    def entry(key: str) -> str:
+        try:
+            return str(options.get_session_config_entry(key))
+        except RuntimeError:  # not set
+            return ""
+
+    assert entry("session.intra_op.allow_spinning") == intra_op
+    assert entry("session.force_spinning_stop") == force_stop
+    assert entry("session.inter_op.allow_spinning") == "0"
 
 
 def test_help_names_every_flag_and_variable():

@@ -147,6 +147,7 @@ class DataPlane:
         self.batching = BatchingOptions(
             max_batch_size=settings.max_batch_size,
             max_batch_delay_s=settings.max_batch_delay_s,
+            wait=settings.batch_wait,
             decode_threads=settings.decode_threads or per_worker,
             prefetch=max(4, 2 * settings.max_batch_size),
             max_rows_per_request=settings.max_rows_per_request,

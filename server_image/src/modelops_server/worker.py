@@ -13,6 +13,13 @@ Pillow, numpy and ONNX Runtime all release the GIL, so decoding the next request
 inference on the current batch. A control thread loads and unloads models beside the serving ones
 (hot swap) and acknowledges each load only after warm-up.
 
+How long the batcher waits for a batch to fill is ``BatchingOptions.wait``. ``window`` waits until
+``max_batch_delay`` after the first request was queued, whatever else is coming. ``adaptive`` (the
+default) waits only for requests that are already in this worker (being parsed and decoded) and
+only within that window; when nothing else is, the batch runs at once. A lone client therefore
+pays no batching delay, while under concurrency batches still form from the requests that arrive
+while the previous batch runs.
+
 Messages in and out are the typed tuples of ``messages``: ``Infer``, ``Load``, ``Unload``, ``Stop``
 in; ``Result`` (one per request), ``BatchRan`` (one per ONNX Runtime run), ``Loaded`` out. An
 ``Infer`` payload is an OIP REST body (``v2``), an image (``classify``) or a serialized gRPC
@@ -29,7 +36,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.queues import Queue as MPQueue
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -50,6 +57,7 @@ class BatchingOptions:
 
     max_batch_size: int = 16
     max_batch_delay_s: float = 0.005
+    wait: Literal["adaptive", "window"] = "adaptive"  # see the module docstring
     decode_threads: int = 2
     prefetch: int = 32
     max_rows_per_request: int = 64
@@ -95,6 +103,8 @@ class Worker:
         self.ready: queue.Queue[_Prepared | None] = queue.Queue()
         self.control: queue.Queue[Load | Unload | None] = queue.Queue()
         self.slots = threading.Semaphore(batching.prefetch)
+        self._decoding = 0  # Infer messages taken from the inbox and not yet in ``ready``
+        self._decoding_lock = threading.Lock()
         self.pool = ThreadPoolExecutor(batching.decode_threads, thread_name_prefix=f"decode-{worker_id}")
         self.stopping = threading.Event()
 
@@ -106,6 +116,8 @@ class Worker:
             self.slots.acquire()
             msg = self.inbox.get()
             if isinstance(msg, Infer):
+                with self._decoding_lock:
+                    self._decoding += 1
                 self.pool.submit(self._prepare, msg)
                 continue
             self.slots.release()
@@ -171,13 +183,14 @@ class Worker:
         except BaseException as exc:
             item.error = exc
         self.ready.put(item)
+        with self._decoding_lock:  # after the put: "none decoding and ready empty" means none coming
+            self._decoding -= 1
 
     # --- batcher ---------------------------------------------------------------------------------
 
     def batch_loop(self) -> None:
         """Group ready requests into batches of one model and run them until told to stop."""
         carry: _Prepared | None = None
-        limit = self.batching.max_batch_size
         while True:
             first = carry if carry is not None else self.ready.get()
             carry = None
@@ -186,27 +199,39 @@ class Worker:
             if first.error is not None:
                 self._answer_error(first)
                 continue
-            batch = [first]
-            rows = first.count
-            deadline = first.enqueued_at + self.batching.max_batch_delay_s
-            while rows < limit:
+            batch, carry = self._fill(first)
+            self._run(batch)
+
+    def _fill(self, first: _Prepared) -> tuple[list[_Prepared], _Prepared | None]:
+        """The batch that starts with ``first``, and a request that belongs to the next one (another
+        model, or too many rows), if one was taken. Errors met on the way are answered at once."""
+        limit = self.batching.max_batch_size
+        adaptive = self.batching.wait == "adaptive"
+        batch = [first]
+        rows = first.count
+        deadline = first.enqueued_at + self.batching.max_batch_delay_s
+        while rows < limit:
+            try:
+                nxt = self.ready.get_nowait()
+            except queue.Empty:
                 remaining = deadline - time.monotonic()
+                if remaining <= 0 or (adaptive and not self._decoding):
+                    break  # the window is over, or (adaptive) nothing else is on its way
                 try:
-                    nxt = self.ready.get(timeout=remaining) if remaining > 0 else self.ready.get_nowait()
+                    nxt = self.ready.get(timeout=remaining)
                 except queue.Empty:
                     break
-                if nxt is None:
-                    self.ready.put(None)  # finish this batch, then stop
-                    break
-                if nxt.error is not None:
-                    self._answer_error(nxt)
-                    continue
-                if nxt.model_key != first.model_key or rows + nxt.count > limit:
-                    carry = nxt
-                    break
-                batch.append(nxt)
-                rows += nxt.count
-            self._run(batch)
+            if nxt is None:
+                self.ready.put(None)  # finish this batch, then stop
+                break
+            if nxt.error is not None:
+                self._answer_error(nxt)
+                continue
+            if nxt.model_key != first.model_key or rows + nxt.count > limit:
+                return batch, nxt
+            batch.append(nxt)
+            rows += nxt.count
+        return batch, None
 
     def _run(self, batch: list[_Prepared]) -> None:
         key = batch[0].model_key

@@ -121,7 +121,8 @@ class ServerSpec(ApiModel):
     max_batch_size: int = Field(default=16, ge=1, le=1024)
     """Largest batch a worker runs; requests are grouped up to this size (at most the server's 1024)."""
     max_batch_delay_ms: float = Field(default=5.0, ge=0, le=10_000)
-    """Longest a request waits for its batch to fill."""
+    """Longest a request waits for its batch to fill; a request with no other on its way to the same
+    worker runs at once (the server's `--batch-wait adaptive`), so this delay is only paid under load."""
     queue_capacity: int = Field(default=256, ge=1, le=1_000_000)
     """Requests queued per pod before it answers 503 with Retry-After."""
     gpus: int = Field(default=0, ge=0, le=16)
