@@ -303,6 +303,19 @@ def summary_soak(doc: dict[str, Any]) -> tuple[str, str, str]:
     return "soak (`bench/soak.py`)", figure, "flat curves, no errors"
 
 
+def summary_scale(doc: dict[str, Any]) -> tuple[str, str, str]:
+    sizes = doc.get("sizes") or []
+    big = max(sizes, key=lambda r: r.get("objects") or 0) if sizes else {}
+    figure = (
+        f"{num(big.get('objects'), ',')} objects: converged in **{num(big.get('converge_s'), '.0f', ' s')}**, "
+        f"operator RSS peak **{num(big.get('rss_peak_mib'), '.0f', ' MiB')}**; steady state "
+        f"**{num(big.get('steady_modelops_writes_per_min'), '.1f')} writes/min** to modelops.dev objects, "
+        f"{num(big.get('steady_reconciles_per_s'), '.1f')} reconciles/s, "
+        f"{num(big.get('steady_cpu_percent'), '.0f', '%')} of a core"
+    )
+    return "operator at scale (`bench/scale.py`)", figure, "< 60 s, < 250 MiB, 0 writes/min"
+
+
 def median_range(figure: Any, spec: str = ".1f", suffix: str = "") -> str:
     """A {median, min, max} figure as "median (min–max)"."""
     return f"{num(at(figure, 'median'), spec, suffix)} ({num(at(figure, 'min'), spec)}–{num(at(figure, 'max'), spec)})"
@@ -334,6 +347,7 @@ SUMMARIES: dict[str, Summary] = {
     "gpu": summary_gpu,
     "gpu-cpu-fallback": summary_gpu_fallback,
     "soak": summary_soak,
+    "scale": summary_scale,
 }
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
-from harness import cluster, rss_mib, start_operator
+from harness import cluster, machine, rss_mib, start_operator, write_result
 
 from tests.support.cluster import OperatorProcess
 
@@ -183,7 +183,7 @@ def cleanup(core: kubernetes.client.CoreV1Api) -> None:
 
 def run_size(
     n: int, client: kubernetes.client.ApiClient, steady_s: float, settle_s: float, log_level: str = "WARNING"
-) -> dict[str, float]:
+) -> dict[str, Any]:
     core = kubernetes.client.CoreV1Api(client)
     custom = kubernetes.client.CustomObjectsApi(client)
     # No artifact PVC: the preparation pods run on kwok nodes, which need none (and have none).
@@ -264,6 +264,7 @@ def run_size(
         "steady_reconciles_per_s": (rec_s1 - rec_s0) / s_len,
         "steady_watch_events_per_s": (ev_s1 - ev_s0) / s_len,
         "steady_cpu_percent": 100 * (cpu_s1 - cpu_s0) / s_len,
+        "steady_writes_by_resource": {f"{k[0]} {k[1]}": v for k, v in sorted(steady_writes.items())},
     }
 
 
@@ -286,12 +287,21 @@ def main(argv: list[str] | None = None) -> int:
     base = results[0]
     print(f"{'figure':34} " + " ".join(f"{'N=' + str(int(r['objects'])):>12}" for r in results) + "   ratio last/first")
     for key in base:
-        if key == "objects":
+        if key == "objects" or not isinstance(base[key], int | float):
             continue
         values = " ".join(f"{r[key]:12.2f}" for r in results)
         ratio = results[-1][key] / base[key] if base[key] else float("nan")
         print(f"{key:34} {values}   {ratio:8.2f}")
     print(json.dumps(results))
+    write_result(
+        "scale",
+        {
+            "benchmark": "scale",
+            "steadySeconds": args.steady,
+            "sizes": results,
+            "machine": machine("kopf", "kubernetes"),
+        },
+    )
     return 0
 
 
