@@ -16,7 +16,7 @@
 # project itself runs from this tree (PYTHONPATH), not installed. Where PyPI cannot be reached
 # the run goes on with what is there, and the JSON says which parts could not run.
 #
-# About 3 minutes of measuring on one H100/H200 (estimated, not yet run on one); installs and all
+# About 2 minutes of measuring on one H200 (109 s on 2026-12-04, bench/results/gpu.json); installs and all
 # are held to GPU_BENCH_MINUTES (8), after which the measuring stops and what was measured is
 # written. Without CUDA it runs a reduced version on the CPU and writes "device": "cpu"
 # (bench/results/gpu-cpu-fallback.json is that, from a 2-core machine).
@@ -68,7 +68,7 @@ needed = {
     "numpy": "numpy", "PIL": "pillow", "pydantic": "pydantic", "fsspec": "fsspec",
     "pythonjsonlogger": "python-json-logger", "tqdm": "tqdm", "aiohttp": "aiohttp",
     "prometheus_client": "prometheus-client", "orjson": "orjson", "uvloop": "uvloop",
-    "sklearn": "scikit-learn",
+    "sklearn": "scikit-learn", "grpc": "grpcio", "grpc_health": "grpcio-health-checking", "redis": "redis",
 }
 missing = [pkg for module, pkg in needed.items() if importlib.util.find_spec(module) is None]
 try:

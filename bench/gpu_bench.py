@@ -389,7 +389,7 @@ def server(plan: Plan, model: Path, cuda: bool) -> dict[str, Any]:
     for name, max_batch in configs.items():
         port = free_port()
         cmd = [sys.executable, "-m", "modelops_server", "--model-uri", str(model), "--host", "127.0.0.1"]
-        cmd += ["--port", str(port), "--device", device, "--max-batch-size", str(max_batch)]
+        cmd += ["--port", str(port), "--grpc-port", "-1", "--device", device, "--max-batch-size", str(max_batch)]
         cmd += ["--queue-capacity", str(4 * max(plan.concurrency)), "--log-format", "json", "--log-level", "WARNING"]
         servers[name] = (cmd, port)
     body, headers = v2_body([photo(224, 224, 1)])

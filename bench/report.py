@@ -277,7 +277,9 @@ def summary_gpu(doc: dict[str, Any]) -> tuple[str, str, str]:
         f"{text(at(doc, 'machine', 'gpu'))}: training {text(at(doc, 'trainer', 'arch'))} "
         f"**{num(at(doc, 'trainer', 'imagesPerSecond'), ',.0f')} img/s**; batching "
         f"{num(at(doc, 'server', 'summary', server or '', 'ratio'), '.2f', '×')} batch-1 at {text(server)}; "
-        f"parity top-1 {num(at(doc, 'parity', 'cuda', 'top1Agreement'))}; failed parts: {text(doc.get('failedParts'))}"
+        f"parity (TF32 off) top-1 {num(at(doc, 'parity', 'cudaTf32Off', 'top1Agreement'))}, within the trainer's "
+        f"tolerance: {text(at(doc, 'parity', 'cudaTf32Off', 'withinTrainerTolerance'))}; "
+        f"failed parts: {text(doc.get('failedParts'))}"
     )
     return "GPU run (`bench/gpu.sh`)", figure, "≥ 3,500 img/s (H100/H200); batching ≥ 3×"
 
@@ -645,6 +647,7 @@ def gpu_rows(doc: dict[str, Any]) -> list[list[str]]:
                 if "error" in c
                 else (
                     f"max \\|diff\\| {num(c.get('maxAbsDiff'), '.2g')}, top-1 agreement {num(c.get('top1Agreement'))}"
+                    + (f"; ran on {', '.join(c['providers'])}" if c.get("providers") else "")
                 )
             )
             rows.append(["parity", f"{what}, {num(at(doc, 'parity', 'images'))} images", result])
@@ -661,6 +664,8 @@ def gpu_rows(doc: dict[str, Any]) -> list[list[str]]:
             f"loaded by ONNX Runtime / PyTorch: {loaded}; agree: {text(libs.get('agree'))}",
         ]
     )
+    if "error" in server:
+        rows.append(["server", "batching against `--max-batch-size 1`", f"not run: {text(server['error'])}"])
     for point, s in (server.get("summary") or {}).items():
         connections = point.lstrip("c")
         rows.append(
@@ -689,6 +694,7 @@ def block_gpu(results: Results) -> str:
             "",
             *table(["part", "what", "result"], gpu_rows(doc)),
             "",
+            *([f"Note: {doc['note']}", ""] if doc.get("note") else []),
         ]
     return lines(*out[:-1])
 
