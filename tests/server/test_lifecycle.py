@@ -303,8 +303,12 @@ def test_sigterm_drains_in_flight_requests_then_exits(tmp_path: Path, model_v1: 
             await asyncio.sleep(0.01)
         return await requests_task, refused
 
-    results, refused = asyncio.run(scenario())
-    assert server.proc.wait(LIVENESS_S) == 0
+    try:
+        results, refused = asyncio.run(scenario())
+        assert server.proc.wait(LIVENESS_S) == 0
+    finally:  # a failure above must not leave the server running
+        with contextlib.suppress(AssertionError):
+            server.stop()
     assert refused
     assert [status for status, _, _ in results] == [200] * 6
     logs = server.logs()
