@@ -67,6 +67,23 @@ def test_a_different_seed_reshuffles(small_digits, tmp_path):
     assert a.keys() == b.keys() and a != b
 
 
+def test_byte_identical_copies_kept_when_duplicates_are_not_dropped(small_digits, tmp_path):
+    """`dropDuplicates: false` keeps every copy: two copies of the same bytes in one class (so in one
+    shard) get distinct sample keys instead of failing the run as an internal error."""
+    three = small_digits / "3"
+    good = (three / next(p.name for p in three.iterdir())).read_bytes()
+    (three / "copy-a.png").write_bytes(good)
+    (three / "copy-b.png").write_bytes(good)
+    kept = pipeline.run(config(f"file://{small_digits}", tmp_path / "kept", cleaning={"dropDuplicates": False}))
+    dropped = pipeline.run(config(f"file://{small_digits}", tmp_path / "dropped"))
+    assert dropped.dropped[images.DUPLICATE] == 2
+    assert kept.dropped[images.DUPLICATE] == 0
+    keys = keys_by_split(kept)
+    assert len(keys) == len(keys_by_split(dropped)) + 2
+    base = next(k for k in keys if k + "-1" in keys)
+    assert {base, base + "-1", base + "-2"} <= keys.keys()
+
+
 def test_each_cleaning_rule_drops_with_its_reason(small_digits, tmp_path):
     three = small_digits / "3"
     (three / "text.png").write_bytes(b"this is not an image")

@@ -304,6 +304,15 @@ def _clean_and_split(
     return final, classes
 
 
+def _sample_key(base: str, used: Counter[str]) -> str:
+    """A sample's key in its shard: the first 32 hex digits of its SHA-256, and for a second copy of
+    the same bytes in the shard (kept with `dropDuplicates: false`) that key with `-1`, `-2`...:
+    a shard's keys must differ, and an image without such a copy keeps the key it always had."""
+    n = used[base]
+    used[base] += 1
+    return base if n == 0 else f"{base}-{n}"
+
+
 def _publish(
     config: PrepareConfig,
     out: str,
@@ -337,8 +346,9 @@ def _publish(
         for name in SPLITS:
             members = sorted((k for k, s in final if s == name), key=lambda k: (label_of[k.label], k.sha256))
             for n, start in enumerate(range(0, len(members), pre.shard_size)):
+                used: Counter[str] = Counter()
                 rows = [
-                    (k.sha256[:32], label_of[k.label], k.batch, k.offset, k.size)
+                    (_sample_key(k.sha256[:32], used), label_of[k.label], k.batch, k.offset, k.size)
                     for k in members[start : start + pre.shard_size]
                 ]
                 jobs.append((name, (writer.shard_uri(name, n), rows, len(classes))))
