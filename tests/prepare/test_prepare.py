@@ -67,6 +67,29 @@ def test_a_different_seed_reshuffles(small_digits, tmp_path):
     assert a.keys() == b.keys() and a != b
 
 
+@pytest.mark.parametrize("distance", [3, 15, 16, 40, 63, 64])
+def test_near_duplicates_at_exactly_the_distance_are_found_for_every_distance(distance):
+    """Two hashes `distance` bits apart, the bits spread as evenly as possible over the 64, must
+    clash; one bit further must not. (The band index once stopped at 16 bands, and missed pairs
+    16 or more bits apart whose differences fell in every band.)"""
+    step = 64 / max(distance, 1)
+    bits = {min(63, int(i * step)) for i in range(distance)}
+    assert len(bits) == distance
+    a = 0x0123_4567_89AB_CDEF
+    near = a ^ sum(1 << b for b in bits)
+
+    def kept(n: int, dhash: int) -> pipeline.Kept:
+        return pipeline.Kept(ref=f"img-{n}", label="x", sha256=f"{n:064x}", dhash=dhash, batch=0, offset=0, size=1)
+
+    found = pipeline.cross_split_near_duplicates([kept(0, a), kept(1, near)], {0: "train", 1: "val"}, distance)
+    assert list(found) == [1]
+    if distance > 1:
+        assert (
+            pipeline.cross_split_near_duplicates([kept(0, a), kept(1, near)], {0: "train", 1: "val"}, distance - 1)
+            == {}
+        )
+
+
 def test_byte_identical_copies_kept_when_duplicates_are_not_dropped(small_digits, tmp_path):
     """`dropDuplicates: false` keeps every copy: two copies of the same bytes in one class (so in one
     shard) get distinct sample keys instead of failing the run as an internal error."""

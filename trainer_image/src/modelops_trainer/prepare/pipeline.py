@@ -167,8 +167,10 @@ def cross_split_near_duplicates(kept: list[Kept], splits: dict[int, SplitName], 
     """
     if distance <= 0:
         return {}
-    bands = min(distance + 1, 16)
-    width = 64 // bands
+    # distance + 1 bands of 64 // bands bits each (bits left over belong to no band, which the
+    # pigeonhole argument does not need). At 64 every pair is within reach: one band, no bits.
+    bands = distance + 1 if distance < 64 else 1
+    width = 64 // bands if distance < 64 else 0
     mask = (1 << width) - 1
     index: list[dict[int, list[int]]] = [{} for _ in range(bands)]
     clashes: dict[int, Kept] = {}
