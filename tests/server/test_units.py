@@ -397,3 +397,20 @@ def test_batch_locations_are_normalised_and_confined_by_whole_segments(tmp_path:
     for uri in (f"file://{tmp_path}/data2/x", "s3://bucket/batch2", "s3://bucket2/batch/x", "gs://bucket/batch/x"):
         with pytest.raises(errors.RequestError, match="is outside --batch-roots"):
             batch.confine(batch.parse_location(uri, "source"), roots, "source")
+
+
+def test_a_served_version_has_its_inference_series_at_zero_before_any_request():
+    """Prometheus' increase() needs two samples: the series must exist from the first scrape, not
+    from the first request (an A/B experiment that ended soon after its traffic found no error
+    rate for a variant)."""
+    from prometheus_client import generate_latest  # noqa: PLC0415
+
+    from modelops_server.metrics import INFERENCE_ENDPOINTS, Metrics  # noqa: PLC0415
+
+    m = Metrics()
+    m.declare_inference_series("digits", "v7")
+    text = generate_latest(m.registry).decode()
+    for endpoint in INFERENCE_ENDPOINTS:
+        labels = f'endpoint="{endpoint}",model="digits",version="v7"'
+        assert f'modelops_requests_total{{code="200",{labels}}} 0.0' in text, text
+        assert f"modelops_request_duration_seconds_count{{{labels}}} 0.0" in text, text

@@ -259,6 +259,7 @@ class DataPlane:
             m.model_loads.labels(served.name, "success").inc()
             m.model_load_duration.labels(served.name, served.version).set(served.load_seconds)
             m.model_info.labels(served.name, served.version, artifact.digest, artifact.card.architecture).set(1)
+            m.declare_inference_series(served.name, served.version)
             log.info(
                 "model serving",
                 extra={
@@ -349,6 +350,7 @@ class DataPlane:
                 m.model_loads.labels(served.name, "success").inc()
                 m.model_load_duration.labels(served.name, served.version).set(served.load_seconds)
                 m.model_info.labels(served.name, served.version, artifact.digest, artifact.card.architecture).set(1)
+                m.declare_inference_series(served.name, served.version)
             self.current = self.variants[control.name]
             self.sources[self.current.name] = ModelSource(control.uri, artifacts[0].digest, control.version)
             log.info(
