@@ -18,6 +18,7 @@ from modelops_operator.api import conditions as c
 from modelops_operator.api.common import ConditionStatus
 from modelops_operator.api.modeldeployment import AutoscalerStatus, ModelDeploymentStatus
 from modelops_operator.reconcile.actions import Event
+from modelops_operator.reconcile.rollout import stamp
 
 #: The autoscaler's conditions that say whether it scales (Kubernetes' HPA controller sets them).
 _CONDITIONS = ("AbleToScale", "ScalingActive")
@@ -91,10 +92,6 @@ def _since(when: Any, at: datetime) -> float | None:
     return (at - when).total_seconds() if isinstance(when, datetime) and when.tzinfo else None
 
 
-def _rfc3339(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _condition(hpa: dict[str, Any], at: datetime) -> tuple[ConditionStatus, str, str]:
     """The `Autoscaling` condition from the autoscaler's own conditions."""
     conds = {x.get("type"): x for x in (hpa.get("status") or {}).get("conditions") or []}
@@ -111,8 +108,8 @@ def _condition(hpa: dict[str, Any], at: datetime) -> tuple[ConditionStatus, str,
             return (
                 ConditionStatus.UNKNOWN,
                 c.AUTOSCALER_PENDING,
-                f"no metric reading yet ({said}) since {_rfc3339(since)}: new pods are read once the "
-                f"metrics pipeline has sampled them (about 30 s); without a reading by {_rfc3339(until)} "
+                f"no metric reading yet ({said}) since {stamp(since)}: new pods are read once the "
+                f"metrics pipeline has sampled them (about 30 s); without a reading by {stamp(until)} "
                 f"this becomes {c.AUTOSCALER_METRIC_UNAVAILABLE}",
             )
         return ConditionStatus.FALSE, c.AUTOSCALER_METRIC_UNAVAILABLE, f"the autoscaler cannot scale ({said}); {HINT}"
