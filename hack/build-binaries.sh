@@ -13,6 +13,8 @@
 #     Prometheus (HPAs on a per-pod metric); our own small program in hack/gomod/custom-metrics-adapter,
 #     keyed by a hash of its module
 #   kueue (job queueing: admission by quota, preemption by priority)  (sigs.k8s.io/kueue)
+#   trainer-controller-manager (Kubeflow Trainer v2: TrainJob)        (github.com/kubeflow/trainer/v2)
+#   jobset (JobSet: what Trainer v2 runs a TrainJob as)               (sigs.k8s.io/jobset)
 #   modelops-health: kstatus's and Argo CD's verdicts on objects      (sigs.k8s.io/cli-utils, github.com/argoproj/argo-cd/v3)
 #     for the unit tests of our status (tests/operator/test_health.py); keyed by a hash of its module
 # A binary already in the cache is not rebuilt. Usage: hack/build-binaries.sh [NAME ...]
@@ -63,7 +65,7 @@ k8s_ldflags() {
 }
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(kubernetes node etcd kwok helm training-operator prometheus coredns metrics-server custom-metrics-adapter kueue health)
+[ ${#want[@]} -gt 0 ] || want=(kubernetes node etcd kwok helm training-operator prometheus coredns metrics-server custom-metrics-adapter kueue trainer jobset health)
 for w in "${want[@]}"; do
   case $w in
     kubernetes)
@@ -123,6 +125,11 @@ for w in "${want[@]}"; do
       build custom-metrics-adapter "$v" custom-metrics-adapter "" modelops.dev/hack/custom-metrics-adapter ;;
     # Its version as Kueue's Makefile sets it (pkg/version).
     kueue) build kueue "$KUEUE_VERSION" kueue "-X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" sigs.k8s.io/kueue/cmd/kueue ;;
+    trainer)
+      build trainer-controller-manager "$TRAINER_VERSION" trainer "" \
+        github.com/kubeflow/trainer/v2/cmd/trainer-controller-manager ;;
+    # Its version as JobSet's Makefile sets it (pkg/version).
+    jobset) build jobset "$JOBSET_VERSION" jobset "-X sigs.k8s.io/jobset/pkg/version.GitVersion=$JOBSET_VERSION" sigs.k8s.io/jobset:jobset ;;
     health)
       v=$(cat "$here/gomod/health/go.mod" "$here/gomod/health/go.sum" "$here/gomod/health/main.go" | sha256sum | cut -c1-12)
       build modelops-health "$v" health "" modelops.dev/hack/health:modelops-health ;;

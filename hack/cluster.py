@@ -14,7 +14,9 @@ custom metrics adapter (`custom.metrics.k8s.io` for pods, answered from Promethe
 per-pod metric; hack/gomod/custom-metrics-adapter), both registered with the API server's
 aggregation layer. Kueue (job queueing: admission by quota, preemption by
 priority) runs too; the API server reaches its webhooks and CRD conversion through a selector-less
-Service.
+Service. So do JobSet and Kubeflow Trainer v2 (TrainJob, TrainingRuntime, ClusterTrainingRuntime:
+a TrainJob runs as a JobSet), each with its webhooks behind a selector-less Service; Trainer's stock
+runtimes are not installed (their images are not in the local registry).
 The Gateway API's standard CRDs are installed (HTTPRoute, Gateway, ...), with no Gateway
 controller.
 
@@ -28,7 +30,9 @@ State (certificates, etcd data, containerd's images and containers, volumes, log
 lives in $MODELOPS_CLUSTER_DIR (default .cluster/ in the repository). Ports: $MODELOPS_API_PORT
 (16443), $MODELOPS_ETCD_PORT (12379), $MODELOPS_REGISTRY_PORT (15000), $MODELOPS_METRICS_SERVER_PORT
 (19100, metrics-server on the node's address), $MODELOPS_CUSTOM_METRICS_PORT (19101, the custom
-metrics adapter on the node's address). Network: the node's bridge mo-br0 is
+metrics adapter on the node's address), $MODELOPS_KUEUE_PORT (19200), $MODELOPS_JOBSET_PORT (19210)
+and $MODELOPS_TRAINER_PORT (19220): each the webhook server on the node's address, +1 and +2 its
+metrics and health on loopback. Network: the node's bridge mo-br0 is
 10.250.0.1/16 (pod addresses), Services are 10.96.0.0/16 (routed to the bridge, so that nothing
 addressed to them leaves this machine), kwok's simulated pod addresses 10.244.0.0/16 are
 blackholed. Needs root (network, mounts, cgroups).
@@ -98,11 +102,25 @@ KUEUE_PORTS = int(
 )  # webhooks on the node's address; +1, +2: metrics, health
 KUEUE_NAMESPACE = "kueue-system"
 #: Kueue's integrations here: the training operator's PyTorchJobs only (jobs without a queue name
-#: are left alone). Only their webhooks and those of Kueue's own kinds are registered.
+#: are left alone). Only their webhooks and those of Kueue's own kinds are registered. Not
+#: `trainer.kubeflow.org/trainjob`: Kueue v0.17's is built against Trainer v2.2 and writes an
+#: admission's placement into a TrainJob's `spec.runtimePatches`, a field Trainer v2.0.0's CRD has not.
 KUEUE_FRAMEWORKS = ("kubeflow.org/pytorchjob",)
 KUEUE_WEBHOOK_KINDS = frozenset({"pytorchjob", "clusterqueue", "cohort", "localqueue", "resourceflavor", "workload"})
+JOBSET_PORTS = int(
+    os.environ.get("MODELOPS_JOBSET_PORT", "19210")
+)  # webhooks on the node's address; +1, +2: metrics, health
+#: JobSet's namespace: the one its certificate rotator uses outside a pod (pkg/util/cert).
+JOBSET_NAMESPACE = "jobset-system"
+TRAINER_PORTS = int(
+    os.environ.get("MODELOPS_TRAINER_PORT", "19220")
+)  # webhooks on every address (Trainer has no flag for it); +1, +2: metrics, health
+#: Kubeflow Trainer v2's namespace: the one its certificate rotator uses outside a pod (pkg/util/cert).
+TRAINER_NAMESPACE = "kubeflow-system"
 KUBECONFIG = STATE / "kubeconfig"
-WEBHOOK_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")  # fixed in the training operator
+#: Fixed in the training operator. The certificate rotators of JobSet and Trainer v2 also wait
+#: for a tls.crt here (fixed too) but serve from their own directories (see start_jobset, start_trainer).
+WEBHOOK_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")
 
 #: kwok's stage files, taken from its Go module (no copy in this repository).
 KWOK_STAGES = (
@@ -505,6 +523,32 @@ def components() -> list[Component]:
                 "--feature-gates=VisibilityOnDemand=false",
                 "--zap-log-level=2",
             ],
+        ),
+        Component(
+            "jobset",
+            [
+                b("jobset"),
+                f"--config={STATE / 'jobset' / 'config.yaml'}",
+                f"--kubeconfig={KUBECONFIG}",
+                "--zap-log-level=2",
+            ],
+        ),
+        Component(
+            "trainer",
+            [
+                b("trainer-controller-manager"),
+                f"--kubeconfig={KUBECONFIG}",
+                f"--webhook-server-port={TRAINER_PORTS}",
+                # Plain HTTP on loopback, as the other components' metrics here.
+                f"--metrics-bind-address=127.0.0.1:{TRAINER_PORTS + 1}",
+                "--metrics-secure=false",
+                f"--health-probe-bind-address=127.0.0.1:{TRAINER_PORTS + 2}",
+                "--leader-elect=false",
+                "--zap-log-level=2",
+            ],
+            # Its webhook server reads controller-runtime's default certificate directory under
+            # $TMPDIR (trainer_cert_dir()); its own, not the training operator's /tmp one.
+            env={"TMPDIR": str(STATE / "trainer" / "tmp")},
         ),
         Component(
             "prometheus",
@@ -1299,33 +1343,25 @@ def kueue_manifest() -> str:
             "type": "Opaque",
             "metadata": {"name": "kueue-webhook-server-cert", "namespace": KUEUE_NAMESPACE},
         },
-        {
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {
-                "name": "kueue-webhook-host",
-                "namespace": KUEUE_NAMESPACE,
-                "labels": {
-                    "kubernetes.io/service-name": "kueue-webhook-service",
-                    "endpointslice.kubernetes.io/managed-by": "modelops-cluster",
-                },
-            },
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": [NODE_IP], "conditions": {"ready": True}}],
-            "ports": [{"name": "https", "port": KUEUE_PORTS, "protocol": "TCP"}],
-        },
+        *_webhook_host(KUEUE_NAMESPACE, "kueue-webhook-service", "https", KUEUE_PORTS),
     ]
     return "\n---\n".join([*(json.dumps(doc) for doc in ours), built])
 
 
-def _kustomize(root: Path, resources: list[str], patches: list[dict[str, object]]) -> str:
-    """`kubectl kustomize` of a kustomization in `root` (JSON is YAML): namespace kueue-system,
-    prefix `kueue-`, as Kueue's config/default has them."""
+def _kustomize(
+    root: Path,
+    resources: list[str],
+    patches: list[dict[str, object]],
+    namespace: str = KUEUE_NAMESPACE,
+    prefix: str = "kueue-",
+) -> str:
+    """`kubectl kustomize` of a kustomization in `root` (JSON is YAML): by default namespace
+    kueue-system, prefix `kueue-`, as Kueue's config/default has them."""
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        "namespace": KUEUE_NAMESPACE,
-        "namePrefix": "kueue-",
+        "namespace": namespace,
+        **({"namePrefix": prefix} if prefix else {}),
         "resources": resources,
         "patches": patches,
     }
@@ -1419,6 +1455,232 @@ def start_kueue(comp: Component) -> None:
     kubectl("apply", "--server-side", "--field-manager=modelops-cluster", "-f", "-", stdin=kueue_queues_manifest())
 
 
+# --- JobSet and Kubeflow Trainer v2 ----------------------------------------------------------
+
+
+def _webhook_host(namespace: str, service: str, port_name: str, port: int) -> list[dict[str, object]]:
+    """A selector-less webhook Service's EndpointSlice: the process's webhook server on the node's
+    address (the API server dials the endpoint, by the port named like the Service's)."""
+    return [
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": f"{service}-host",
+                "namespace": namespace,
+                "labels": {
+                    "kubernetes.io/service-name": service,
+                    "endpointslice.kubernetes.io/managed-by": "modelops-cluster",
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [NODE_IP], "conditions": {"ready": True}}],
+            "ports": [{"name": port_name, "port": port, "protocol": "TCP"}],
+        }
+    ]
+
+
+def jobset_config() -> dict[str, object]:
+    """JobSet's Configuration (config.jobset.x-k8s.io/v1alpha1) for a process outside the cluster:
+    webhooks on the node's address, its own certificate management (the rotator fills the Secret;
+    `_mount_webhook_cert` copies it to `certDir`), no leader election."""
+    return {
+        "apiVersion": "config.jobset.x-k8s.io/v1alpha1",
+        "kind": "Configuration",
+        "health": {"healthProbeBindAddress": f"127.0.0.1:{JOBSET_PORTS + 2}"},
+        "metrics": {"bindAddress": f"127.0.0.1:{JOBSET_PORTS + 1}"},
+        "webhook": {"host": NODE_IP, "port": JOBSET_PORTS, "certDir": str(STATE / "jobset" / "certs")},
+        "leaderElection": {"leaderElect": False},
+        "internalCertManagement": {
+            "enable": True,
+            "webhookServiceName": "jobset-webhook-service",
+            "webhookSecretName": "jobset-webhook-server-cert",
+        },
+    }
+
+
+def jobset_manifest() -> str:
+    """JobSet's CRD, webhook configurations and the Secret its rotator fills, as its config/default
+    names them (config/components/{crd,webhook,internalcert}, prefix `jobset-`, namespace
+    jobset-system); its namespace; and, for its webhook Service (made selector-less), one
+    EndpointSlice naming the process's address on the node. The CRD's conversion webhook is
+    dropped: JobSet serves one version, and its rotator injects its CA into the webhook
+    configurations only. All its webhooks stay (the pods' ones see only pods of a JobSet)."""
+    components = go_module_dir("jobset", "sigs.k8s.io/jobset") / "config" / "components"
+    root = STATE / "jobset" / "kustomize"
+    rel = os.path.relpath(components, root)  # kustomize takes relative paths only
+    service_ports = [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": JOBSET_PORTS}]
+    patches: list[dict[str, object]] = [
+        {
+            "target": {"kind": "Service", "name": "webhook-service"},
+            "patch": json.dumps(
+                [
+                    {"op": "replace", "path": "/spec/ports", "value": service_ports},
+                    {"op": "remove", "path": "/spec/selector"},
+                ]
+            ),
+        },
+        {
+            "target": {"kind": "CustomResourceDefinition"},
+            "patch": json.dumps(
+                [
+                    {"op": "remove", "path": "/spec/conversion"},
+                    {"op": "remove", "path": "/metadata/annotations/cert-manager.io~1inject-ca-from"},
+                ]
+            ),
+        },
+    ]
+    resources = [f"{rel}/crd", f"{rel}/webhook", f"{rel}/internalcert"]
+    built = _kustomize(root, resources, patches, JOBSET_NAMESPACE, "jobset-")
+    ours = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": JOBSET_NAMESPACE}},
+        *_webhook_host(JOBSET_NAMESPACE, "jobset-webhook-service", "https", JOBSET_PORTS),
+    ]
+    return "\n---\n".join([*(json.dumps(doc) for doc in ours), built])
+
+
+#: Trainer v2's webhook Service, as its manifests/base/manager names it (and its flag's default).
+TRAINER_SERVICE = "kubeflow-trainer-controller-manager"
+TRAINER_SECRET = "kubeflow-trainer-webhook-cert"
+
+
+def trainer_manifest() -> str:
+    """Trainer v2's CRDs and its ValidatingWebhookConfiguration `validator.trainer.kubeflow.org`,
+    from manifests/base/{crds,webhook} as its overlays/manager kustomizes them (namespace
+    kubeflow-system; the webhook's Service renamed by base/webhook's own patch); its namespace, the
+    Secret its rotator fills, its webhook Service without a selector (port 443 named as in
+    base/manager) and the EndpointSlice naming the process's port on the node. Not its stock
+    runtimes (manifests/base/runtimes): their images cannot be pulled here."""
+    manifests = go_module_dir("trainer", "github.com/kubeflow/trainer/v2") / "manifests" / "base"
+    root = STATE / "trainer" / "kustomize"
+    rel = os.path.relpath(manifests, root)
+    built = _kustomize(root, [f"{rel}/crds", f"{rel}/webhook"], [], TRAINER_NAMESPACE, "")
+    ours = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": TRAINER_NAMESPACE}},
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": TRAINER_SECRET, "namespace": TRAINER_NAMESPACE},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": TRAINER_SERVICE, "namespace": TRAINER_NAMESPACE},
+            "spec": {
+                "ports": [{"name": "webhook-server", "port": 443, "protocol": "TCP", "targetPort": TRAINER_PORTS}]
+            },
+        },
+        *_webhook_host(TRAINER_NAMESPACE, TRAINER_SERVICE, "webhook-server", TRAINER_PORTS),
+    ]
+    return "\n---\n".join([*(json.dumps(doc) for doc in ours), built])
+
+
+def trainer_cert_dir() -> Path:
+    """Where Trainer's webhook server reads its certificate: controller-runtime's default,
+    $TMPDIR/k8s-webhook-server/serving-certs (pkg/webhook/server.go), with the process's TMPDIR."""
+    env = {c.name: c.env for c in components()}["trainer"] or {}
+    return Path(env["TMPDIR"]) / "k8s-webhook-server" / "serving-certs"
+
+
+def _placeholder_cert(into: Path) -> None:
+    """A throwaway self-signed certificate where a webhook server reads its own, so that it starts
+    before `_mount_webhook_cert` puts its rotator's there (it reloads them within 10 s): JobSet's
+    and Trainer's rotators find the training operator's tls.crt in their fixed directory
+    (WEBHOOK_CERT_DIR) and do not wait for ours, and a webhook server with no certificate exits."""
+    into.mkdir(parents=True, exist_ok=True)
+    if (into / "tls.crt").exists():
+        return
+    run(
+        "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=placeholder",
+        "-keyout", into / "tls.key", "-out", into / "tls.crt",
+    )  # fmt: skip
+
+
+def _serves_secret_cert(namespace: str, secret: str, service: str, port: int) -> bool:
+    """The webhook server on the node's address presents the certificate of its rotator's Secret,
+    as the API server checks it: signed by the Secret's CA, for <service>.<namespace>.svc."""
+    code, body = api_get(f"/api/v1/namespaces/{namespace}/secrets/{secret}")
+    data = json.loads(body).get("data") or {} if code == 200 else {}
+    if "ca.crt" not in data:
+        return False
+    ctx = ssl.create_default_context(cadata=base64.b64decode(data["ca.crt"]).decode())
+    try:
+        with (
+            socket.create_connection((NODE_IP, port), timeout=2) as sock,
+            ctx.wrap_socket(sock, server_hostname=f"{service}.{namespace}.svc"),
+        ):
+            return True
+    except OSError:  # ssl.SSLError is one
+        return False
+
+
+def _apply_with_crds(manifest: str) -> None:
+    """Apply a manifest with CRDs and wait until every CRD is Established: Trainer exits when a
+    kind it indexes is not served yet."""
+    kubectl("apply", "--server-side", "--field-manager=modelops-cluster", "-f", "-", stdin=manifest)
+    wait_for("the CRDs Established", _crds_established, 60)
+
+
+def _crds_established() -> bool:
+    """Every CRD is Established (`kubectl wait` fails on one that has no conditions yet)."""
+    code, body = api_get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
+    if code != 200:
+        return False
+    return all(
+        any(
+            c["type"] == "Established" and c["status"] == "True"
+            for c in (crd.get("status") or {}).get("conditions") or []
+        )
+        for crd in json.loads(body)["items"]
+    )
+
+
+def _start_webhook_process(
+    comp: Component, what: str, namespace: str, secret: str, service: str, port: int, certs: Path
+) -> None:
+    """Start a controller whose certificate rotator fills `secret`, do the kubelet's part (its
+    certificate into `certs`), and wait until it is ready and its webhooks serve that certificate."""
+    if not (WEBHOOK_CERT_DIR / "tls.crt").exists():  # what the rotator waits for (see _placeholder_cert)
+        raise SystemExit(f"{what} starts after the training operator's webhook certificate is in {WEBHOOK_CERT_DIR}")
+    _placeholder_cert(certs)
+    comp.start()
+    wait_for(f"{what}'s webhook certificate", lambda: _mount_webhook_cert(namespace, secret, certs), 60, comp)
+    wait_for(f"{what} ready", lambda: _http_ok(f"http://127.0.0.1:{port + 2}/readyz"), 120, comp)
+    wait_for(
+        f"{what}'s webhooks serving its certificate",
+        lambda: _serves_secret_cert(namespace, secret, service, port),
+        30,
+        comp,
+    )
+
+
+def start_jobset(comp: Component) -> None:
+    """JobSet's objects and process."""
+    _write_json(STATE / "jobset" / "config.yaml", jobset_config())  # JSON is YAML
+    _apply_with_crds(jobset_manifest())
+    certs = STATE / "jobset" / "certs"
+    _start_webhook_process(
+        comp, "JobSet", JOBSET_NAMESPACE, "jobset-webhook-server-cert", "jobset-webhook-service", JOBSET_PORTS, certs
+    )
+
+
+def start_trainer(comp: Component) -> None:
+    """Trainer v2's objects and process."""
+    _apply_with_crds(trainer_manifest())
+    _start_webhook_process(
+        comp, "Trainer", TRAINER_NAMESPACE, TRAINER_SECRET, TRAINER_SERVICE, TRAINER_PORTS, trainer_cert_dir()
+    )
+
+
+def start_job_controllers(comps: dict[str, Component]) -> None:
+    """JobSet, then Trainer v2 (it watches JobSets; a TrainJob runs as one), then Kueue (after
+    them, so that it finds their kinds)."""
+    start_jobset(comps["jobset"])
+    start_trainer(comps["trainer"])
+    start_kueue(comps["kueue"])
+
+
 def nodes_manifest() -> str:
     """Simulated nodes: two CPU nodes and two GPU nodes (8 GPUs each, tainted like a GPU pool)."""
     items = []
@@ -1480,6 +1742,8 @@ def up(_: argparse.Namespace) -> int:
         "metrics-server",
         "custom-metrics-adapter",
         "kueue",
+        "jobset",
+        "trainer-controller-manager",
     ]
     if not all((BIN / n).exists() for n in need):
         run(HACK / "build-binaries.sh", stdout=None, stderr=None)
@@ -1545,7 +1809,7 @@ def up(_: argparse.Namespace) -> int:
         comps["kube-controller-manager"],
     )
     wait_for("kwok nodes Ready", _nodes_ready, 120, comps["kwok"])
-    start_kueue(comps["kueue"])
+    start_job_controllers(comps)
     wait_for(
         f"the node {NODE_NAME} Ready",
         lambda: _nodes_ready() and api_get(f"/api/v1/nodes/{NODE_NAME}")[0] == 200,
@@ -1656,6 +1920,10 @@ def status(_: argparse.Namespace) -> int:
     if code == 200:
         for apiservice in (METRICS_APISERVICE, *CUSTOM_METRICS_APISERVICES):
             print(f"{apiservice:30} {'Available' if apiservice_available(apiservice) else 'not available'}")
+    # The webhook-serving controllers: ready once their certificates are in place and served.
+    for name, port in (("kueue", KUEUE_PORTS), ("jobset", JOBSET_PORTS), ("trainer", TRAINER_PORTS)):
+        ready = _http_ok(f"http://127.0.0.1:{port + 2}/readyz")
+        print(f"{name + ' /readyz':26} {'ready' if ready else 'not ready'}")
     return 0 if ok and code == 200 else 1
 
 
