@@ -681,8 +681,9 @@ def series(metric: str, values: str, **labels: str) -> dict[str, str]:
 
 def test_the_queries_measure_what_they_say_in_prometheus(tmp_path):
     """Each variant query evaluated by promtool over series shaped like the server pods' metrics:
-    a pod that left mid-experiment still counts, other experiments, deployments and namespaces do
-    not, and error rate and p99 come out as computed by hand."""
+    a pod that left mid-experiment still counts, and so does one Prometheus first scraped after its
+    traffic; other experiments, deployments and namespaces do not, nor a pod that served the
+    version before the experiment; error rate and p99 come out as computed by hand."""
     if not os.access(PROMTOOL, os.X_OK):
         missing(f"promtool ({PROMTOOL})", "build it with `hack/build-binaries.sh prometheus` (hack/setup.sh does)")
     b = VariantStatus(name="b", version=M2.version, weight=50)
@@ -707,20 +708,30 @@ def test_the_queries_measure_what_they_say_in_prometheus(tmp_path):
             'variant="b",outcome="success"}',
             "values": "0+50x10",
         },
-        # b's answers: 10% are 500s; half its requests within 0.1 s, all within 0.5 s
-        series("modelops_requests_total", "0+90x10", code="200", **ver),
-        series("modelops_requests_total", "0+10x10", code="500", **ver),
-        series("modelops_requests_total", "0+90x10", code="500", version=M1.version, endpoint="classify"),
-        series(buckets, "0+50x10", le="0.1", **ver),
-        series(buckets, "0+100x10", le="0.5", **ver),
-        series(buckets, "0+100x10", le="+Inf", **ver),
+        # b's answers on p1: 10% are 500s; half its requests within 0.1 s, all within 0.5 s
+        series("modelops_requests_total", "0+90x10", code="200", pod="p1", **ver),
+        series("modelops_requests_total", "0+10x10", code="500", pod="p1", **ver),
+        series("modelops_requests_total", "0+90x10", code="500", pod="p1", version=M1.version, endpoint="classify"),
+        series(buckets, "0+50x10", le="0.1", pod="p1", **ver),
+        series(buckets, "0+100x10", le="0.5", pod="p1", **ver),
+        series(buckets, "0+100x10", le="+Inf", pod="p1", **ver),
+        # p3: first scraped after its 40 requests (36 answered, 4 failed; 20 within 0.1 s): they count
+        series(requests_total, "40x10", keyed="true", pod="p3", **exp_b),
+        series("modelops_requests_total", "36x10", code="200", pod="p3", **ver),
+        series("modelops_requests_total", "4x10", code="500", pod="p3", **ver),
+        series(buckets, "20x10", le="0.1", pod="p3", **ver),
+        series(buckets, "40x10", le="0.5", pod="p3", **ver),
+        series(buckets, "40x10", le="+Inf", pod="p3", **ver),
+        # p0 served b's version before the experiment (no experiment counters): left out
+        series("modelops_requests_total", "0+90x10", code="500", pod="p0", **ver),
+        series(buckets, "0+90x10", le="+Inf", pod="p0", **ver),
     ]
     expected = {
         "successes": 120.0,
         "failures": 30.0,
-        "requests": 220.0,
-        "errorRate": 0.1,
-        # by hand: rank 0.99 * 100 = 99 in (0.1, 0.5] holding 50: 0.1 + 0.4 * (99 - 50) / 50
+        "requests": 260.0,
+        "errorRate": 0.1,  # (100 + 4) / (1000 + 40)
+        # by hand: rank 0.99 * 1040 = 1029.6 in (0.1, 0.5] holding 520: 0.1 + 0.4 * (1029.6 - 520) / 520
         "latencyP99": 0.492,
     }
     unit = {

@@ -191,19 +191,28 @@ def _over_limits(exp: Experiment, v: VariantStatus) -> str | None:
 def variant_queries(namespace: str, md_name: str, experiment: str, v: VariantStatus, range_s: int) -> dict[str, str]:
     """The PromQL of each of `MEASURES` for one variant over the experiment so far (`range_s`).
 
-    The experiment's own counters (requests, outcomes) exist only since it started: each pod's
-    series is taken at its highest value in the range and the pods are summed, so a pod the
-    autoscaler removed still counts (a container restarted within one pod loses what it counted
-    before). Error rate and p99 come from the server's per-version series with `increase`, as
-    ratios, so their history before the experiment does not matter."""
+    Every measure reads counters at their highest value in the range, per pod, summed over pods: a
+    pod the autoscaler removed still counts (a container restarted within one pod loses what it
+    counted before). Not `increase`: Prometheus finds a new pod some seconds after it serves, and
+    `increase` cannot see what a counter had counted before its first sample, so a burst of traffic
+    at an experiment's start left a variant with no error rate or p99 at all (0 / 0; the CI's A/B
+    test, about half its runs). The server's per-version series (requests by code, latency
+    buckets) are read only on the experiment's own pods (those with its counters): pods serving the
+    same version before the experiment are left out, so that history does not count either."""
     owner = names.prometheus_label(names.MODEL_DEPLOYMENT_LABEL)
     base = f'namespace="{namespace}",{owner}="{md_name}"'
     exp = f'{base},experiment="{experiment}",variant="{v.name}"'
     ver = f'{base},version="{v.version}"'
     r = f"{max(1, range_s)}s"
-    total = f"sum(increase(modelops_requests_total{{{ver}}}[{r}]))"
-    errors = f'sum(increase(modelops_requests_total{{{ver},code=~"5.."}}[{r}]))'
-    buckets = f"increase(modelops_request_duration_seconds_bucket{{{ver}}}[{r}])"
+    ours = f'modelops_experiment_requests_total{{{base},experiment="{experiment}"}}'
+    pods = f"group by (pod) (max_over_time({ours}[{r}]))"
+
+    def on_pods(selector: str) -> str:
+        return f"(max_over_time({selector}[{r}]) and on (pod) {pods})"
+
+    total = "sum(" + on_pods("modelops_requests_total{" + ver + "}") + ")"
+    errors = "sum(" + on_pods("modelops_requests_total{" + ver + ',code=~"5.."}') + ")"
+    buckets = on_pods("modelops_request_duration_seconds_bucket{" + ver + "}")
     return {
         "requests": f"sum(max_over_time(modelops_experiment_requests_total{{{exp}}}[{r}]))",
         "errorRate": f"({errors} or (0 * {total})) / {total}",
