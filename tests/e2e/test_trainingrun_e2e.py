@@ -12,7 +12,7 @@ import pytest
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import GROUP, VERSION
-from tests.support.cluster import ARTIFACTS, ON_LOCAL_NODE, kubectl, status, wait_until
+from tests.support.cluster import ARTIFACTS, kubectl, status, wait_until
 from tests.support.workloads import host_path, run_jobs, settled, small_run
 
 pytestmark = pytest.mark.localnode
@@ -108,36 +108,6 @@ def test_a_two_trial_search_trains_registers_onnx_and_survives_an_operator_kill(
     ).stdout
     reasons = [e["reason"] for e in json.loads(events)["items"]]
     assert reasons.count("TrialStarted") >= 2 and "TrialSucceeded" in reasons and c.MODEL_REGISTERED in reasons
-
-
-@pytest.mark.slow
-def test_a_trial_of_a_master_and_a_worker_trains_across_two_pods_and_registers_a_model(operator, custom, digits):
-    """The operator's own PyTorchJob with one master and one worker: two pods on the real node that
-    train together over the pod network (gloo), under the restricted profile (the worker's
-    init container included), and register the model."""
-    namespace = digits
-    body = small_run("pair")
-    body["spec"]["workers"] = {"nodes": 2, "placement": ON_LOCAL_NODE}
-    body["spec"]["hyperparameters"]["epochs"] = 1
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", body)
-    assert wait_until("the run", lambda: settled(custom, namespace, "pair"), timeout=900, interval=2) == "Succeeded", (
-        status(custom, namespace, "trainingruns", "pair")
-    )
-    st = status(custom, namespace, "trainingruns", "pair")
-    assert st["model"]["version"] == 1 and st["model"]["trial"] == "pair-r1-t0"
-    onnx = host_path(namespace, st["model"]["uri"])
-    assert "sha256:" + hashlib.sha256(onnx.read_bytes()).hexdigest() == st["model"]["digest"]
-    out = kubectl("-n", namespace, "get", "pods", "-l", "training.kubeflow.org/job-name=pair-r1-t0", "-o", "json")
-    pods = json.loads(out.stdout)["items"]
-    roles = sorted(p["metadata"]["labels"]["training.kubeflow.org/replica-type"] for p in pods)
-    assert roles == ["master", "worker"], roles
-    assert {p["spec"]["nodeName"] for p in pods} == {"local-0"}
-    assert len({p["status"]["podIP"] for p in pods}) == 2  # two network namespaces, two addresses
-    for p in pods:
-        assert p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
-    worker = next(p for p in pods if p["metadata"]["labels"]["training.kubeflow.org/replica-type"] == "worker")
-    (init,) = worker["status"]["initContainerStatuses"]  # the training operator's init-pytorch, admitted
-    assert init["name"] == "init-pytorch" and init["state"]["terminated"]["exitCode"] == 0
 
 
 def test_a_crashing_trial_spends_the_failure_budget(operator, custom, digits):

@@ -124,6 +124,8 @@ OPERATOR_RULES: dict[tuple[str, str], set[str]] = {
     ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
     ("", "pods"): {"get", "list", "watch"},
     ("kubeflow.org", "pytorchjobs"): {"get", "list", "watch", "create", "delete", "patch"},
+    ("trainer.kubeflow.org", "trainjobs"): {"get", "list", "watch", "create", "delete", "patch"},
+    ("trainer.kubeflow.org", "trainingruntimes"): {"get"},
     ("kueue.x-k8s.io", "workloads"): {"get", "list", "watch", "patch"},
     **{
         key: {"get", "list", "watch", "create", "patch"}
@@ -265,21 +267,26 @@ def test_namespaced_mode_has_roles_in_exactly_the_watched_namespaces():
     for b in bindings:
         assert b["roleRef"]["kind"] == "Role" and b["roleRef"]["name"] == FULLNAME
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
-    # The operator's only cluster-wide grant: reading two named CRDs.
-    (crd_reader,) = operator_cluster_roles(docs)
+    # The operator's only cluster-wide grants: reading two named CRDs, and Trainer v2's runtimes.
+    crd_reader, runtime_reader = operator_cluster_roles(docs)
+    assert granted(runtime_reader) == {("trainer.kubeflow.org", "clustertrainingruntimes"): {"get"}}
     assert granted(crd_reader) == {("apiextensions.k8s.io", "customresourcedefinitions"): {"get"}}
     assert set(crd_reader["rules"][0]["resourceNames"]) == {
         "servicemonitors.monitoring.coreos.com",
         "prometheusrules.monitoring.coreos.com",
     }
-    assert [b["metadata"]["name"] for b in of_kind(docs, "ClusterRoleBinding")] == [f"{FULLNAME}-read-crds"]
+    assert [b["metadata"]["name"] for b in of_kind(docs, "ClusterRoleBinding")] == [
+        f"{FULLNAME}-read-crds",
+        f"{FULLNAME}-read-runtimes",
+    ]
     assert env_of(docs)["MODELOPS_NAMESPACES"] == "team-a,team-b"
 
 
 def test_reading_crds_is_optional():
-    docs = render(*VALUE_SETS["namespaced"], "--set", "rbac.readCRDs=false")
+    off = ("--set", "rbac.readCRDs=false", "--set", "rbac.readTrainingRuntimes=false")
+    docs = render(*VALUE_SETS["namespaced"], *off)
     assert not operator_cluster_roles(docs) and not of_kind(docs, "ClusterRoleBinding")
-    docs = render("--set", "rbac.readCRDs=false")
+    docs = render(*off)
     assert [r["metadata"]["name"] for r in operator_cluster_roles(docs)] == [FULLNAME]
 
 

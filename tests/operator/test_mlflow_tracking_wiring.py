@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from modelops_operator.api import conditions as c
 from modelops_operator.api.modeldeployment import ModelDeploymentSpec
 from modelops_operator.api.trainingrun import TrainingRunSpec
-from modelops_operator.builders.trainingrun import MLFLOW_CA_DIR, with_mlflow_credentials
+from modelops_operator.builders.trainingrun import MLFLOW_CA_DIR, pytorchjob_rank0_container, with_mlflow_credentials
 from modelops_operator.controllers.trainingrun import with_trial_credentials
 from modelops_operator.mlflow import SECRET_URI_ANNOTATION, RegistryError
 from modelops_operator.reconcile.actions import Action
@@ -77,7 +77,7 @@ def test_credentials_go_to_the_master_only_as_optional_secret_refs():
     job = build({**registry(credentialsSecret="mlflow-creds"), "workers": {"nodes": 3}})
     before = copy.deepcopy(job)
 
-    out = with_mlflow_credentials(job, spec_of(body))
+    out = with_mlflow_credentials(job, spec_of(body), pytorchjob_rank0_container)
 
     assert job == before  # a copy
     refs = {
@@ -99,7 +99,7 @@ def test_credentials_go_to_the_master_only_as_optional_secret_refs():
 @pytest.mark.parametrize("spec", [registry(), registry(credentialsSecret="c", trackTrials=False), {}])
 def test_no_credentials_without_a_secret_or_tracking(spec):
     job = build(spec)
-    assert with_mlflow_credentials(job, spec_of(run_obj(spec))) == job
+    assert with_mlflow_credentials(job, spec_of(run_obj(spec)), pytorchjob_rank0_container) == job
 
 
 # --- the run id, from the trainer's summary to the registered model -----------------------------

@@ -352,6 +352,15 @@ def test_a_pytorchjob_whose_pods_were_refused_says_why():
     assert "create that ServiceAccount" in problem
 
 
+def test_a_trainjob_whose_jobset_trainer_v2_could_not_create_says_why():
+    refused = (
+        'TrainJob resources reconciliation failed: admission webhook "vjobset.kb.io" denied the request: '
+        "invalid failure policy rule name 'program-error'"
+    )
+    events = [event("TrainJobResourcesCreationFailed", refused, "TrainJob", "t-r1-t0", "trainjob-controller", "t")]
+    assert creation_problem(events) == f"no pod could be created: {refused}"
+
+
 def test_other_refusals_are_quoted_without_the_service_account_hint():
     quota = 'pods "x-" is forbidden: exceeded quota: compute, requested: limits.memory=4Gi, used: 8Gi, limited: 10Gi'
     problem = creation_problem([event("FailedCreate", "Error creating: " + quota, "Job", "x", "job-controller", "t")])

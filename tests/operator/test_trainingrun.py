@@ -136,6 +136,7 @@ class Sim:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.seen: dict[str, TrialObservation] = {}
         self.out: Outcome | None = None
+        self.settings = SETTINGS
 
     # the world
 
@@ -149,7 +150,7 @@ class Sim:
     def step(self, apply: bool = True) -> Outcome:
         """One reconcile; its actions applied to the jobs and its status stored (as JSON)."""
         observed = self.observe()
-        out = reconcile_training_run(copy.deepcopy(self.run), spec_of(self.run), self.status, observed, SETTINGS)
+        out = reconcile_training_run(copy.deepcopy(self.run), spec_of(self.run), self.status, observed, self.settings)
         if apply:
             self.apply(out)
         self.status = TrainingRunStatus.model_validate(json.loads(json.dumps(out.status.wire())))

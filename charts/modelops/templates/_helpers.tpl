@@ -152,6 +152,14 @@ pod creation). Rendered into the ClusterRole (cluster mode) or each namespace's 
 - apiGroups: ["kubeflow.org"]
   resources: ["pytorchjobs"]
   verbs: ["get", "list", "watch", "create", "delete", "patch"]
+# Training trials (Kubeflow Trainer v2); patch suspends and resumes them; a namespace's
+# TrainingRuntimes are read to say when the one a run names does not exist.
+- apiGroups: ["trainer.kubeflow.org"]
+  resources: ["trainjobs"]
+  verbs: ["get", "list", "watch", "create", "delete", "patch"]
+- apiGroups: ["trainer.kubeflow.org"]
+  resources: ["trainingruntimes"]
+  verbs: ["get"]
 # Kueue's Workloads of trials (when Kueue is installed): read to show why a trial is queued or was
 # preempted; patch sets spec.active for spec.suspend (the operator never suspends a job Kueue admits).
 - apiGroups: ["kueue.x-k8s.io"]

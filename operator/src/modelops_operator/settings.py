@@ -40,6 +40,12 @@ class OperatorSettings(BaseModel):
     are not polled: that object's change wakes them."""
     trainer_image: str = "ghcr.io/modelops/trainer:0.1.0"
     """Image of the data-preparation and training programs (`trainer_image/`)."""
+    training_backend: Literal["PyTorchJob", "TrainJob"] = "PyTorchJob"
+    """What runs a trial when a TrainingRun's `spec.workers.backend` is unset: `PyTorchJob` (the
+    Kubeflow training operator v1) or `TrainJob` (Kubeflow Trainer v2, `trainer.kubeflow.org`)."""
+    training_runtime: str = "modelops-torch-distributed"
+    """The ClusterTrainingRuntime of TrainJob trials whose spec names no `runtimeRef` (the chart's
+    `trainingRuntime` installs this one for the operator's trainer image)."""
     server_image: str = "ghcr.io/modelops/server:0.1.0"
     """Image of the inference server (`server_image/`)."""
     artifact_uri: StorageUri = "file:///var/lib/modelops/artifacts"

@@ -165,6 +165,18 @@ KUEUE_UNAVAILABLE = "KueueUnavailable"
 """`spec.workers.queueName` is set, so trials are created suspended for Kueue to admit, but Kueue
 does not manage them: its Workload API is not installed, or no Workload appeared for the trial
 (Kueue is not running, or its configuration does not integrate `kubeflow.org/pytorchjob`)."""
+TRAINING_BACKEND_UNAVAILABLE = "TrainingBackendUnavailable"
+"""The run's trials are to run as TrainJobs (`spec.workers.backend`, or the operator's
+`MODELOPS_TRAINING_BACKEND`), but the cluster does not serve Kubeflow Trainer v2's API
+(`trainjobs.trainer.kubeflow.org`): install Kubeflow Trainer v2, or choose the PyTorchJob backend."""
+RUNTIME_NOT_FOUND = "RuntimeNotFound"
+"""The Trainer v2 runtime a run's TrainJobs name (`spec.workers.runtimeRef`, or the operator's
+`MODELOPS_TRAINING_RUNTIME`) does not exist: create it (the chart's `trainingRuntime.create`
+installs the default one), or fix `spec.workers.runtimeRef`."""
+UNSUPPORTED_BY_BACKEND = "UnsupportedByBackend"
+"""The spec (or the operator's workload defaults) sets fields that the chosen trial backend cannot
+carry per trial; the message names them. Unset them, put them in the Trainer v2 runtime, or choose
+the PyTorchJob backend."""
 WORKLOAD_DEACTIVATED = "WorkloadDeactivated"
 """A trial's Kueue Workload was deactivated (`spec.active: false`) by someone other than the operator
 (an administrator, or Kueue after too many requeues); the operator leaves it so. Activate it again

@@ -126,6 +126,10 @@ MANAGED_BY = "modelops-operator"
 #: Labels the Kubeflow training operator puts on a PyTorchJob's pods.
 JOB_NAME_LABEL = "training.kubeflow.org/job-name"
 REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
+#: Labels JobSet puts on the pods of a TrainJob (Kubeflow Trainer v2 runs a TrainJob as a JobSet
+#: of the same name; rank 0 is completion index 0 of its `node` Job).
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
+JOB_COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 #: The label that puts a PyTorchJob in a Kueue LocalQueue.
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 #: The label that gives a job a Kueue WorkloadPriorityClass.
@@ -159,11 +163,25 @@ class ExternalAPI(NamedTuple):
 
 
 PYTORCHJOB = ExternalAPI("PyTorchJob", "kubeflow.org", "v1", "pytorchjobs")
+TRAINJOB = ExternalAPI("TrainJob", "trainer.kubeflow.org", "v1alpha1", "trainjobs")
+CLUSTER_TRAINING_RUNTIME = ExternalAPI(
+    "ClusterTrainingRuntime", "trainer.kubeflow.org", "v1alpha1", "clustertrainingruntimes"
+)
+TRAINING_RUNTIME = ExternalAPI("TrainingRuntime", "trainer.kubeflow.org", "v1alpha1", "trainingruntimes")
 HTTPROUTE = ExternalAPI("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes")
 SERVICEMONITOR = ExternalAPI("ServiceMonitor", "monitoring.coreos.com", "v1", "servicemonitors")
 PROMETHEUSRULE = ExternalAPI("PrometheusRule", "monitoring.coreos.com", "v1", "prometheusrules")
 WORKLOAD = ExternalAPI("Workload", "kueue.x-k8s.io", "v1beta2", "workloads")
-EXTERNAL_APIS = (PYTORCHJOB, HTTPROUTE, SERVICEMONITOR, PROMETHEUSRULE, WORKLOAD)
+EXTERNAL_APIS = (
+    PYTORCHJOB,
+    TRAINJOB,
+    CLUSTER_TRAINING_RUNTIME,
+    TRAINING_RUNTIME,
+    HTTPROUTE,
+    SERVICEMONITOR,
+    PROMETHEUSRULE,
+    WORKLOAD,
+)
 
 PROGRESS_PORT = 9400
 """The trainer's progress port (rank 0 serves GET /progress and /metrics on it)."""

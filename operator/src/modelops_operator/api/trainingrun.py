@@ -296,8 +296,34 @@ class Search(
         return self
 
 
+#: The Kubeflow APIs a trial can run as: the training operator's PyTorchJob (`kubeflow.org/v1`, the
+#: legacy line) or Kubeflow Trainer v2's TrainJob (`trainer.kubeflow.org/v1alpha1`).
+TrialBackendName = Literal["PyTorchJob", "TrainJob"]
+
+
+class RuntimeRef(ApiModel):
+    """The Kubeflow Trainer v2 runtime a TrainJob trial runs on: its pod template (security
+    context, volumes, ports, the Job's failure policy) is the runtime's; the operator adds the
+    image, command, training config, resources, node count and placement per trial."""
+
+    name: str = Field(max_length=253, pattern=NAME_PATTERN)
+    """The runtime's name."""
+    kind: Literal["ClusterTrainingRuntime", "TrainingRuntime"] = "ClusterTrainingRuntime"
+    """A ClusterTrainingRuntime (cluster-wide, the usual case) or a TrainingRuntime in the run's
+    namespace."""
+
+
 class Workers(ApiModel):
-    """The shape of each trial's PyTorchJob."""
+    """The shape of each trial's job (a PyTorchJob or a TrainJob, see `backend`)."""
+
+    backend: TrialBackendName | None = None
+    """What runs each trial: `PyTorchJob` (the Kubeflow training operator v1) or `TrainJob`
+    (Kubeflow Trainer v2, on the runtime `runtimeRef`). Unset: the operator's setting
+    `MODELOPS_TRAINING_BACKEND`. A change applies to the next round of trials."""
+    runtime_ref: RuntimeRef | None = None
+    """With the TrainJob backend: the Trainer v2 runtime; unset, the operator's setting
+    `MODELOPS_TRAINING_RUNTIME` (a ClusterTrainingRuntime, the chart installs it). A runtime that
+    does not exist is a condition with reason RuntimeNotFound."""
 
     nodes: int = Field(default=1, ge=1, le=256)
     """Pods per trial: one master and `nodes - 1` workers."""

@@ -23,11 +23,14 @@ program's own errors (exit 1 or 2), where a retry would only fail again.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
 from modelops_operator.api.names import (
     GPU,
+    JOB_NAME_LABEL,
     KUEUE_PRIORITY_LABEL,
     KUEUE_QUEUE_LABEL,
     PARAMETERS_ANNOTATION,
@@ -35,6 +38,7 @@ from modelops_operator.api.names import (
     PROGRESS_PORT_ENV,
     PROGRESS_PORT_NAME,
     PYTORCHJOB,
+    REPLICA_TYPE_LABEL,
     ROUND_LABEL,
     TRIAL_LABEL,
 )
@@ -121,40 +125,110 @@ def _nproc(spec: TrainingRunSpec) -> int:
     return w.procs_per_node or max(1, w.gpus_per_node)
 
 
-def _pod_template(spec: TrainingRunSpec, config: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TrialParts:
+    """What every backend puts in a trial's job: its name, labels, parameters annotation, the
+    training container's command and variables, the pods' resources, storage and placement."""
+
+    name: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    program: list[str]
+    """The trainer's module, after the Python launcher each backend chooses."""
+    args: list[str]
+    env: list[dict[str, Any]]
+    resources: dict[str, Any]
+    volumes: list[dict[str, Any]]
+    """The artifact store's and the checkpoint PVC's volumes (scratch space is each backend's)."""
+    mounts: list[dict[str, Any]]
+    tolerations: list[dict[str, Any]]
+    nproc: int
+
+
+def trial_parts(
+    run: dict[str, Any],
+    spec: TrainingRunSpec,
+    settings: OperatorSettings,
+    *,
+    round_: int,
+    index: int,
+    parameters: dict[str, str],
+    dataset_uri: str,
+    dataset_digest: str,
+) -> TrialParts:
+    """The backend-neutral parts of trial `index` of round `round_`."""
+    meta = run["metadata"]
+    name = trial_name(meta["name"], round_, index)
+    output = trial_output_uri(run_output_uri(spec, meta["namespace"], meta["name"], settings), round_, name)
+    config = train_config(
+        run,
+        spec,
+        trial=name,
+        parameters=parameters,
+        output_uri=output,
+        dataset_uri=dataset_uri,
+        dataset_digest=dataset_digest,
+    )
+    job_labels = {**labels("TrainingRun", meta["name"], COMPONENT), TRIAL_LABEL: name, ROUND_LABEL: str(round_)}
     w = spec.workers
+    if w.queue_name:
+        job_labels[KUEUE_QUEUE_LABEL] = w.queue_name
+    if w.workload_priority_class:
+        job_labels[KUEUE_PRIORITY_LABEL] = w.workload_priority_class
     volumes, mounts = artifact_mounts([config["output"]["uri"], config["dataset"]["uri"]], settings)
     if spec.checkpointing.pvc:
         path = urlparse(config["output"]["uri"]).path
         base = path.split("/runs/")[0] or "/"
         volumes.append({"name": "checkpoints", "persistentVolumeClaim": {"claimName": spec.checkpointing.pvc}})
         mounts.append({"name": "checkpoints", "mountPath": base})
-    volumes += [{"name": "tmp", "emptyDir": {}}, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
-    mounts += [{"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"}]
     nproc = _nproc(spec)
-    launcher = ["python", "-m", "torch.distributed.run"] if nproc > 1 else ["python"]
-    resources: dict[str, Any] = {k: dict(v) for k, v in spec.workers.resources.wire().items() if v}
+    resources: dict[str, Any] = {k: dict(v) for k, v in w.resources.wire().items() if v}
+    tolerations = [t.wire() for t in w.placement.tolerations]
     if w.gpus_per_node:
         resources.setdefault("limits", {})[GPU] = str(w.gpus_per_node)
         resources.setdefault("requests", {})[GPU] = str(w.gpus_per_node)
-    container: dict[str, Any] = {
-        "name": "pytorch",  # the training operator finds the training container by this name
-        "image": settings.trainer_image,
-        "command": [*launcher, "-m", "modelops_trainer.train"],
-        "args": ["--config-json", f"$({CONFIG_ENV})"],
-        "env": [
+        # What the ExtendedResourceToleration admission plugin would add: GPU nodes are usually
+        # tainted so that only pods asking for GPUs land there.
+        if not any(t.get("key") == GPU for t in tolerations):
+            tolerations.append({"key": GPU, "operator": "Exists", "effect": "NoSchedule"})
+    return TrialParts(
+        name=name,
+        labels=job_labels,
+        annotations={PARAMETERS_ANNOTATION: json.dumps(parameters, sort_keys=True)},
+        program=["-m", "modelops_trainer.train"],
+        args=["--config-json", f"$({CONFIG_ENV})"],
+        env=[
             {"name": CONFIG_ENV, "value": json.dumps(config, sort_keys=True)},
             {"name": "MODELOPS_CACHE_DIR", "value": "/tmp/modelops-cache"},
             {"name": PROGRESS_PORT_ENV, "value": str(PROGRESS_PORT)},
         ],
+        resources=resources,
+        volumes=volumes,
+        mounts=mounts,
+        tolerations=tolerations,
+        nproc=nproc,
+    )
+
+
+def _pod_template(spec: TrainingRunSpec, parts: TrialParts, settings: OperatorSettings) -> dict[str, Any]:
+    volumes = [*parts.volumes, {"name": "tmp", "emptyDir": {}}, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    mounts = [*parts.mounts, {"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"}]
+    container: dict[str, Any] = {
+        "name": "pytorch",  # the training operator finds the training container by this name
+        "image": settings.trainer_image,
+        # The training operator sets RANK, WORLD_SIZE and MASTER_ADDR for one process per pod;
+        # torch.distributed.run starts several.
+        "command": [*(["python", "-m", "torch.distributed.run"] if parts.nproc > 1 else ["python"]), *parts.program],
+        "args": list(parts.args),
+        "env": [dict(var) for var in parts.env],
         # Rank 0 (in the master pod) serves GET /progress (the operator) and /metrics (Prometheus).
         "ports": [{"name": PROGRESS_PORT_NAME, "containerPort": PROGRESS_PORT, "protocol": "TCP"}],
         "securityContext": restricted_container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
     }
-    if resources:
-        container["resources"] = resources
+    if parts.resources:
+        container["resources"] = parts.resources
     pod: dict[str, Any] = {
         "securityContext": restricted_pod_security(),
         "containers": [container],
@@ -163,12 +237,8 @@ def _pod_template(spec: TrainingRunSpec, config: dict[str, Any], settings: Opera
         "terminationGracePeriodSeconds": GRACE_SECONDS,
     }
     place(pod, spec.workers.placement)
-    if w.gpus_per_node:
-        # What the ExtendedResourceToleration admission plugin would add: GPU nodes are usually
-        # tainted so that only pods asking for GPUs land there.
-        tolerations = pod.setdefault("tolerations", [])
-        if not any(t.get("key") == GPU for t in tolerations):
-            tolerations.append({"key": GPU, "operator": "Exists", "effect": "NoSchedule"})
+    if parts.tolerations:
+        pod["tolerations"] = parts.tolerations
     return pod
 
 
@@ -186,28 +256,18 @@ def build_pytorchjob(
 ) -> dict[str, Any]:
     """The `kubeflow.org/v1` PyTorchJob of trial `index` of round `round_`."""
     meta = run["metadata"]
-    name = trial_name(meta["name"], round_, index)
-    output = trial_output_uri(run_output_uri(spec, meta["namespace"], meta["name"], settings), round_, name)
-    config = train_config(
+    parts = trial_parts(
         run,
         spec,
-        trial=name,
+        settings,
+        round_=round_,
+        index=index,
         parameters=parameters,
-        output_uri=output,
         dataset_uri=dataset_uri,
         dataset_digest=dataset_digest,
     )
-    job_labels = {
-        **labels("TrainingRun", meta["name"], COMPONENT),
-        TRIAL_LABEL: name,
-        ROUND_LABEL: str(round_),
-    }
     w, policy = spec.workers, spec.run_policy
-    if w.queue_name:
-        job_labels[KUEUE_QUEUE_LABEL] = w.queue_name
-    if w.workload_priority_class:
-        job_labels[KUEUE_PRIORITY_LABEL] = w.workload_priority_class
-    template = {"metadata": {"labels": dict(job_labels)}, "spec": _pod_template(spec, config, settings)}
+    template = {"metadata": {"labels": dict(parts.labels)}, "spec": _pod_template(spec, parts, settings)}
     add_mlflow_tracking(template["spec"], spec, meta["namespace"], meta["name"])  # before: ours win
     apply_pod_settings(template, pod_settings(settings.workload_defaults, spec.pod_settings), "pytorch")
     replica = {"restartPolicy": "ExitCode", "template": template}
@@ -239,20 +299,41 @@ def build_pytorchjob(
             gang["priorityClass"] = w.placement.priority_class_name
         run_policy["schedulingPolicy"] = gang
     job_spec: dict[str, Any] = {"runPolicy": run_policy, "pytorchReplicaSpecs": replicas}
-    if _nproc(spec) > 1:
-        job_spec["nprocPerNode"] = str(_nproc(spec))
+    if parts.nproc > 1:
+        job_spec["nprocPerNode"] = str(parts.nproc)
     return {
         "apiVersion": PYTORCHJOB.api_version,
         "kind": PYTORCHJOB.kind,
         "metadata": {
-            "name": name,
+            "name": parts.name,
             "namespace": meta["namespace"],
-            "labels": job_labels,
-            "annotations": {PARAMETERS_ANNOTATION: json.dumps(parameters, sort_keys=True)},
+            "labels": parts.labels,
+            "annotations": parts.annotations,
             "ownerReferences": [owner_reference(run)],
         },
         "spec": job_spec,
     }
+
+
+def pytorchjob_state(job: dict[str, Any], master_running: bool = False) -> tuple[str, str, str]:
+    """(`Succeeded` | `Failed` | `Suspended` | `Running` | `Pending`, reason, message) of a PyTorchJob,
+    from its conditions alone (`master_running` is not needed: the training operator says Running)."""
+    conds = {x.get("type"): x for x in (job.get("status") or {}).get("conditions") or [] if x.get("status") == "True"}
+    for state in ("Succeeded", "Failed", "Suspended", "Running"):
+        if state in conds:
+            return state, conds[state].get("reason") or "", conds[state].get("message") or ""
+    return "Pending", "", ""
+
+
+def pytorchjob_master_selector(name: str) -> str:
+    """The label selector of the pod that holds rank 0 of PyTorchJob `name` (its Master)."""
+    return f"{JOB_NAME_LABEL}={name},{REPLICA_TYPE_LABEL}=master"
+
+
+def pytorchjob_rank0_container(job: dict[str, Any]) -> dict[str, Any]:
+    """The training container of a PyTorchJob's Master, the pod that holds rank 0."""
+    container: dict[str, Any] = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    return container
 
 
 #: Where a CA Secret's `ca.crt` is mounted in trial pods.
@@ -294,12 +375,15 @@ def add_mlflow_tracking(pod: dict[str, Any], spec: TrainingRunSpec, namespace: s
         env.append({"name": "MLFLOW_TRACKING_SERVER_CERT_PATH", "value": f"{MLFLOW_CA_DIR}/ca.crt"})
 
 
-def with_mlflow_credentials(job: dict[str, Any], spec: TrainingRunSpec) -> dict[str, Any]:
-    """A copy of the PyTorchJob `job` whose Master container reads `spec.registry.credentialsSecret`
-    as MLflow's credential variables (`secretKeyRef`, each key optional). The controller calls it only
-    after checking that the Secret names this tracking server in its annotation
-    `modelops.dev/mlflow-tracking-uri`: the tenant chooses the URL, and the trainer sends what it
-    gets there. `job` unchanged when there is no Secret or no tracking."""
+def with_mlflow_credentials(
+    job: dict[str, Any], spec: TrainingRunSpec, rank0: Callable[[dict[str, Any]], dict[str, Any]]
+) -> dict[str, Any]:
+    """A copy of the trial job `job` whose rank-0 container (`rank0` finds it in a job: the
+    backend's) reads `spec.registry.credentialsSecret` as MLflow's credential variables
+    (`secretKeyRef`, each key optional). The controller calls it only after checking that the
+    Secret names this tracking server in its annotation `modelops.dev/mlflow-tracking-uri`: the
+    tenant chooses the URL, and the trainer sends what it gets there. `job` unchanged when there
+    is no Secret or no tracking."""
     reg = spec.registry
     if not reg.credentials_secret or not reg.mlflow_tracking_uri or not reg.track_trials:
         return job
@@ -308,9 +392,10 @@ def with_mlflow_credentials(job: dict[str, Any], spec: TrainingRunSpec) -> dict[
         {"name": env, "valueFrom": {"secretKeyRef": {"name": reg.credentials_secret, "key": key, "optional": True}}}
         for key, env in MLFLOW_CREDENTIAL_ENV.items()
     ]
-    # Only rank 0 tracks, and it runs in the Master pod: workers never get the credentials.
-    # The operator's variables win over spec.podSettings' of the same name, as in `build_pytorchjob`.
-    container = out["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    # Only rank 0 tracks (the Master pod of a PyTorchJob): workers of a PyTorchJob never get the
+    # credentials. A TrainJob has one container template for all its nodes, so they all get them.
+    # The operator's variables win over spec.podSettings' of the same name, as in the builders.
+    container = rank0(out)
     theirs = [var for var in container.get("env", []) if var["name"] not in MLFLOW_CREDENTIAL_ENV.values()]
     container["env"] = [*theirs, *refs]
     return out

@@ -13,7 +13,8 @@ from typing import Any
 
 from modelops_operator import kube, mlflow, observability, prometheus
 from modelops_operator.api.kinds import KINDS
-from modelops_operator.api.names import HTTPROUTE, PYTORCHJOB, WORKLOAD
+from modelops_operator.api.names import HTTPROUTE, WORKLOAD
+from modelops_operator.builders.backends import BACKENDS
 from modelops_operator.reconcile import ownership
 from modelops_operator.reconcile.actions import Action, creates
 from modelops_operator.reconcile.pods import creation_problem
@@ -49,7 +50,7 @@ def owned(uid: str | None, children: list[dict[str, Any]]) -> list[dict[str, Any
 
 
 def names_taken(actions: list[Action]) -> list[str]:
-    """Why a Job or PyTorchJob about to be created cannot be: its name is held by an object this
+    """Why a Job or trial job about to be created cannot be: its name is held by an object this
     owner does not control (created by someone else; the listing by label did not show it)."""
     return ownership.conflicts([ownership.claim(body, kube.get_like(body)) for body in creates(actions)])
 
@@ -63,18 +64,19 @@ def execute(namespace: str, action: Action) -> None:
     match action.verb, action.kind:
         case "create", "Job":
             kube.create_job(body)
-        case "create", PYTORCHJOB.kind:
-            kube.create_pytorchjob(body)
+        case "create", kind if kind in BACKENDS:
+            kube.create_trial_job(BACKENDS[kind].api, body)
         case "create", _:
             kube.create(body)
         case "apply", _:
             kube.apply(body)
         case "delete", "Job":
             kube.delete_job(namespace, action.name)
-        case "delete", PYTORCHJOB.kind:
-            kube.delete_pytorchjob(namespace, action.name)
-        case (("suspend" | "resume"), PYTORCHJOB.kind):
-            kube.suspend_pytorchjob(namespace, action.name, action.verb == "suspend")
+        case "delete", kind if kind in BACKENDS:
+            kube.delete_trial_job(BACKENDS[kind].api, namespace, action.name)
+        case (("suspend" | "resume"), kind) if kind in BACKENDS:
+            backend = BACKENDS[kind]
+            kube.patch_trial_job(backend.api, namespace, action.name, backend.suspend_patch(action.verb == "suspend"))
         case "patch", HTTPROUTE.kind:
             kube.patch_http_route(namespace, action.name, body)
         case "patch", WORKLOAD.kind:
@@ -108,7 +110,7 @@ def secret_reader(namespace: str) -> mlflow.SecretReader:
 
 
 def not_created(pods: list[dict[str, Any]], owner: dict[str, Any]) -> str | None:
-    """While `owner` (a Job, a PyTorchJob) has no pod: why its controller could not create one.
+    """While `owner` (a Job, a trial job) has no pod: why its controller could not create one.
     Events are a hint, not a need: without the RBAC to list them (an older chart) this says nothing."""
     if pods:
         return None

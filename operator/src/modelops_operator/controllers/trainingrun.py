@@ -1,13 +1,14 @@
-"""The TrainingRun controller: observe the Dataset, the PyTorchJobs, the current trials' master
-pods and their trainers' progress endpoints, decide (`reconcile.trainingrun`), carry out the
-PyTorchJob calls and the MLflow registration.
+"""The TrainingRun controller: observe the Dataset, the trial jobs (PyTorchJobs and TrainJobs),
+the current trials' rank-0 pods and their trainers' progress endpoints, decide
+(`reconcile.trainingrun`), carry out the job calls and the MLflow registration.
 
-A trial's PyTorchJob gets `spec.registry.credentialsSecret` (as MLflow's variables, on the Master)
+A trial's job gets `spec.registry.credentialsSecret` (as MLflow's variables, on rank 0's container)
 only once the Secret's annotation names the tracking server: the create action is completed here,
 after reading the Secret, so the pure reconcile never sees one."""
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
@@ -17,9 +18,11 @@ from modelops_operator import kube, mlflow, progress
 from modelops_operator.api import conditions as c
 from modelops_operator.api import names
 from modelops_operator.api.kinds import DATASET
-from modelops_operator.api.names import PYTORCHJOB
+from modelops_operator.api.names import CLUSTER_TRAINING_RUNTIME, TRAINING_RUNTIME
 from modelops_operator.api.trainingrun import Registry, TrainingRunSpec, TrainingRunStatus
 from modelops_operator.builders import trainingrun as bt
+from modelops_operator.builders.backends import BACKENDS, TRAINJOB_BACKEND, backend_of, chosen
+from modelops_operator.builders.trainjob import runtime_ref
 from modelops_operator.controllers.common import Log, execute, names_taken, not_created, owned, secret_reader
 from modelops_operator.reconcile import kueue
 from modelops_operator.reconcile import trainingrun as rt
@@ -50,29 +53,52 @@ def read_progress(pod: dict[str, Any], backoff: progress.Backoff = _BACKOFF) -> 
 
 
 def observe_trial(namespace: str, job: dict[str, Any]) -> rt.TrialObservation:
-    """A trial's master pod: its result, why it cannot start, and its trainer's progress while the
+    """A trial's rank-0 pod: its result, why it cannot start, and its trainer's progress while the
     job runs."""
-    job_name = job["metadata"]["name"]
-    pods = kube.list_pods(namespace, f"{names.JOB_NAME_LABEL}={job_name},{names.REPLICA_TYPE_LABEL}=master")
-    problem = pod_problem(pods)
-    if rt.job_state(job)[0] in ("Pending", "Running"):
-        problem = problem or not_created(pods, job)
-    seen = rt.TrialObservation(result_message=master_result(pods), pod_problem=problem)
+    pods = kube.list_pods(namespace, backend_of(job).master_selector(job["metadata"]["name"]))
     running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
-    if running and rt.job_state(job)[0] == "Running":
+    state = rt.job_state(job, bool(running))[0]
+    problem = pod_problem(pods)
+    if state in ("Pending", "Running"):
+        problem = problem or not_created(pods, job)
+    seen = rt.TrialObservation(result_message=master_result(pods), pod_problem=problem, master_running=bool(running))
+    if running and state == "Running":
         seen.progress = read_progress(running[0])
     return seen
 
 
+def list_trial_jobs(namespace: str, run: str) -> tuple[list[dict[str, Any]], set[str]]:
+    """A run's trial jobs of every backend, and the kinds of job the cluster serves."""
+    jobs: list[dict[str, Any]] = []
+    served = set()
+    for kind, backend in BACKENDS.items():
+        found = kube.list_trial_jobs(backend.api, namespace, f"{names.TRAINING_RUN_LABEL}={run}")
+        if found is not None:
+            served.add(kind)
+            jobs += [{**j, "kind": j.get("kind") or kind} for j in found]
+    return jobs, served
+
+
 def observe(
-    body: dict[str, Any], spec: TrainingRunSpec, old: TrainingRunStatus, now: datetime
+    body: dict[str, Any], spec: TrainingRunSpec, old: TrainingRunStatus, settings: OperatorSettings, now: datetime
 ) -> rt.TrainingRunObserved:
-    """The Dataset, the run's PyTorchJobs, and the master pods of the trials not final yet."""
+    """The Dataset, the run's trial jobs, the master pods of the trials not final yet, and whether
+    the chosen backend (and its runtime) can take new trials."""
     meta = body["metadata"]
     ns, name = meta.get("namespace") or "", meta.get("name") or ""
     dataset = kube.get_object(DATASET, ns, spec.dataset_ref.name)
-    jobs = owned(meta.get("uid"), kube.list_pytorchjobs(ns, f"{names.TRAINING_RUN_LABEL}={name}"))
-    observed = rt.TrainingRunObserved(dataset=dataset, jobs=jobs, now=now)
+    found, served = list_trial_jobs(ns, name)
+    jobs = owned(meta.get("uid"), found)
+    backend = chosen(spec, settings)
+    observed = rt.TrainingRunObserved(dataset=dataset, jobs=jobs, now=now, backend_served=backend.api.kind in served)
+    if backend is TRAINJOB_BACKEND and observed.backend_served and rt.may_launch(old):
+        ref = runtime_ref(spec, settings)
+        # Without the RBAC to read runtimes (an older chart), Trainer v2's webhook has the last word.
+        with contextlib.suppress(kube.Forbidden):
+            if ref.kind == TRAINING_RUNTIME.kind:
+                observed.runtime_found = kube.runtime_exists(TRAINING_RUNTIME, ns, ref.name)
+            else:
+                observed.runtime_found = kube.runtime_exists(CLUSTER_TRAINING_RUNTIME, None, ref.name)
     by_name = {j["metadata"]["name"]: j for j in jobs}
     wanted = rt.inspected(old, jobs)
     if len(wanted) > 1:  # side by side: each progress read may wait up to its timeout
@@ -104,7 +130,7 @@ def reconcile(
     """Observe, decide, act; the new status and the Events to post."""
     at = now.replace(microsecond=0)  # conditions keep the second, as Kubernetes stores them
     ns = body["metadata"].get("namespace") or ""
-    outcome = rt.reconcile_training_run(body, spec, old, observe(body, spec, old, at), settings)
+    outcome = rt.reconcile_training_run(body, spec, old, observe(body, spec, old, settings, at), settings)
     if taken := names_taken(outcome.actions):
         return refused(old, outcome.status.observed_generation, c.NAME_CONFLICT, taken, old.phase, at=at), []
     status, events = outcome.status, list(outcome.events)
@@ -156,8 +182,8 @@ def _mlflow_connection(namespace: str, registration: Registration) -> dict[str, 
 def with_trial_credentials(
     actions: list[Action], spec: TrainingRunSpec, read_secret: mlflow.SecretReader
 ) -> tuple[list[Action], list[Event]]:
-    """`actions` with each PyTorchJob to create given `spec.registry.credentialsSecret` (on its
-    Master, see `builders.trainingrun.with_mlflow_credentials`) when trials are tracked and the
+    """`actions` with each trial job to create given `spec.registry.credentialsSecret` (on its
+    rank-0 container, see `builders.trainingrun.with_mlflow_credentials`) when trials are tracked and the
     Secret names this tracking server in its annotation (see `mlflow.credentials_from_secret`): the
     tenant chooses the URL, and the trainer sends what it gets there. The Secret is read only when
     a trial is to be created; when it may not be used, the trials are tracked without credentials
@@ -181,16 +207,17 @@ def with_trial_credentials(
 def _with_credentials(action: Action, spec: TrainingRunSpec) -> Action:
     if not _creates_trial(action) or action.body is None:
         return action
-    return replace(action, body=bt.with_mlflow_credentials(action.body, spec))
+    rank0 = BACKENDS[action.kind].rank0_container
+    return replace(action, body=bt.with_mlflow_credentials(action.body, spec, rank0))
 
 
 def _creates_trial(action: Action) -> bool:
-    return action.verb == "create" and action.kind == PYTORCHJOB.kind and action.body is not None
+    return action.verb == "create" and action.kind in BACKENDS and action.body is not None
 
 
 def delete_trials(namespace: str, name: str, log: Log) -> None:
     """Stop a deleted TrainingRun's trials now (their checkpoints are written on SIGTERM) rather
     than when garbage collection gets to them; jobs already gone are fine."""
-    for job in kube.list_pytorchjobs(namespace, f"{names.TRAINING_RUN_LABEL}={name}"):
-        kube.delete_pytorchjob(namespace, job["metadata"]["name"])
-        log.info("deleted PyTorchJob %s", job["metadata"]["name"])
+    for job in list_trial_jobs(namespace, name)[0]:
+        kube.delete_trial_job(backend_of(job).api, namespace, job["metadata"]["name"])
+        log.info("deleted %s %s", job["kind"], job["metadata"]["name"])

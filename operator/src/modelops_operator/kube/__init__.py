@@ -23,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from modelops_operator.api.common import GROUP, VERSION
 from modelops_operator.api.kinds import Kind
-from modelops_operator.api.names import HTTPROUTE, PYTORCHJOB, WORKLOAD
+from modelops_operator.api.names import HTTPROUTE, WORKLOAD, ExternalAPI
 from modelops_operator.settings import OperatorSettings
 
 
@@ -162,61 +162,83 @@ def get_object(kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
     return dict(obj) if obj is not None else None
 
 
-def list_pytorchjobs(namespace: str, selector: str) -> list[dict[str, Any]]:
-    """PyTorchJobs in `namespace` matching a label selector."""
+def list_trial_jobs(api: ExternalAPI, namespace: str, selector: str) -> list[dict[str, Any]] | None:
+    """Trial jobs of kind `api` (PyTorchJobs, TrainJobs) in `namespace` matching a label selector;
+    None when the cluster does not serve that API."""
     res = _call(
-        f"list pytorchjobs {namespace} {selector}",
+        f"list {api.plural} {namespace} {selector}",
         _api().list_namespaced_custom_object,
-        PYTORCHJOB.group,
-        PYTORCHJOB.version,
+        api.group,
+        api.version,
         namespace,
-        PYTORCHJOB.plural,
+        api.plural,
         label_selector=selector,
     )
-    return list(res["items"]) if res is not None else []
+    return list(res["items"]) if res is not None else None
 
 
-def create_pytorchjob(body: dict[str, Any]) -> None:
-    """Create a PyTorchJob; one that exists already (a retried create: the name is deterministic) is fine."""
+def create_trial_job(api: ExternalAPI, body: dict[str, Any]) -> None:
+    """Create a trial job; one that exists already (a retried create: the name is deterministic) is fine."""
     ns = body["metadata"]["namespace"]
     with contextlib.suppress(Conflict):
         _call(
-            f"create pytorchjob {ns}/{body['metadata']['name']}",
+            f"create {api.kind} {ns}/{body['metadata']['name']}",
             _api().create_namespaced_custom_object,
-            PYTORCHJOB.group,
-            PYTORCHJOB.version,
+            api.group,
+            api.version,
             ns,
-            PYTORCHJOB.plural,
+            api.plural,
             body,
         )
 
 
-def delete_pytorchjob(namespace: str, name: str) -> None:
-    """Delete a PyTorchJob and its pods (background propagation); a missing one is fine."""
+def delete_trial_job(api: ExternalAPI, namespace: str, name: str) -> None:
+    """Delete a trial job and its pods (background propagation); a missing one is fine."""
     _call(
-        f"delete pytorchjob {namespace}/{name}",
+        f"delete {api.kind} {namespace}/{name}",
         _api().delete_namespaced_custom_object,
-        PYTORCHJOB.group,
-        PYTORCHJOB.version,
+        api.group,
+        api.version,
         namespace,
-        PYTORCHJOB.plural,
+        api.plural,
         name,
         propagation_policy="Background",
     )
 
 
-def suspend_pytorchjob(namespace: str, name: str, suspend: bool) -> None:
-    """Set a PyTorchJob's `runPolicy.suspend` (the training operator stops or restarts its pods)."""
+def patch_trial_job(api: ExternalAPI, namespace: str, name: str, patch: dict[str, Any]) -> None:
+    """Merge-patch a trial job (its suspend flag: the training operator or Trainer v2 stops or
+    restarts its pods)."""
     _call(
-        f"patch pytorchjob {namespace}/{name}",
+        f"patch {api.kind} {namespace}/{name}",
         _api().patch_namespaced_custom_object,
-        PYTORCHJOB.group,
-        PYTORCHJOB.version,
+        api.group,
+        api.version,
         namespace,
-        PYTORCHJOB.plural,
+        api.plural,
         name,
-        {"spec": {"runPolicy": {"suspend": suspend}}},
+        patch,
     )
+
+
+def runtime_exists(api: ExternalAPI, namespace: str | None, name: str) -> bool:
+    """Whether a Trainer v2 runtime exists: a ClusterTrainingRuntime (`namespace` None) or a
+    TrainingRuntime in `namespace`."""
+    if namespace is None:
+        res = _call(
+            f"get {api.kind} {name}", _api().get_cluster_custom_object, api.group, api.version, api.plural, name
+        )
+    else:
+        res = _call(
+            f"get {api.kind} {namespace}/{name}",
+            _api().get_namespaced_custom_object,
+            api.group,
+            api.version,
+            namespace,
+            api.plural,
+            name,
+        )
+    return res is not None
 
 
 FIELD_MANAGER = "modelops-operator"

@@ -73,8 +73,10 @@ def master_result(pods: list[dict[str, Any]]) -> str | None:
     return found if found is not None else _last_terminated(pods, "lastState")
 
 
-#: Reasons of the Warning Events a controller records when the API server refuses its pod.
-CREATE_FAILED = frozenset({"FailedCreate", "FailedCreatePod"})
+#: Reasons of the Warning Events a controller records when the API server refuses its pod (the Job
+#: controller, the training operator), or when Kubeflow Trainer v2 could not create a TrainJob's
+#: JobSet (a webhook or the API server refused what the runtime and the TrainJob make).
+CREATE_FAILED = frozenset({"FailedCreate", "FailedCreatePod", "TrainJobResourcesCreationFailed"})
 
 SERVICE_ACCOUNT_HINT = (
     "create that ServiceAccount in this namespace (the controller retries by itself), or name an existing one in "

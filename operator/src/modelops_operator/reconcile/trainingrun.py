@@ -1,14 +1,15 @@
-"""A TrainingRun's reconciliation: rounds of trials as PyTorchJobs, the search, selection, registration.
+"""A TrainingRun's reconciliation: rounds of trials as jobs, the search, selection, registration.
 
 Level-based and idempotent: everything the run needs to decide is in its status (the pinned
-dataset version, each trial's parameters, state and per-epoch objective) and in the PyTorchJobs it
-owns, so an operator restart picks up where it left off.
+dataset version, each trial's parameters, state and per-epoch objective) and in the jobs it owns,
+so an operator restart picks up where it left off. A trial's job is a PyTorchJob or a TrainJob
+(`builders.backends`: the logic here drives either through one interface).
 
 - **Rounds.** The spec fields that change the model (`datasetRef`, `model`, `hyperparameters`,
   `search`) are hashed; a new hash starts a new round: trial list cleared, the dataset re-pinned,
   running jobs of the old round deleted. A round that succeeds registers model version N+1; the
   versions before it stay in `status.models` and in the artifact store.
-- **Trials.** Trial `n` of round `r` is the PyTorchJob `<run>-r<r>-t<n>`. Its parameters come from
+- **Trials.** Trial `n` of round `r` is the job `<run>-r<r>-t<n>`. Its parameters come from
   the search (`search.py`), a pure function of the seed, the trial number and (Bayesian) the
   finished trials in status, and are recorded on the job (annotation) and in status. A job found
   without a status entry (the operator stopped between creating it and writing status) is adopted
@@ -46,7 +47,8 @@ from modelops_operator.api.trainingrun import (
     TrainingRunStatus,
     TrialStatus,
 )
-from modelops_operator.builders.trainingrun import build_pytorchjob, model_hash
+from modelops_operator.builders.backends import TrialBackend, backend_of, chosen
+from modelops_operator.builders.trainingrun import model_hash
 from modelops_operator.reconcile import kueue, progress, search
 from modelops_operator.reconcile.actions import Action, Event, Outcome, Registration
 from modelops_operator.reconcile.progress import TrainerProgress
@@ -88,6 +90,8 @@ class TrialObservation:
     """What the trainer reported on its progress endpoint while the trial runs (None: not read)."""
     pod_problem: str | None = None
     """Why the pod cannot start, if it cannot."""
+    master_running: bool = False
+    """Whether the rank-0 pod runs (what tells a TrainJob Running)."""
 
 
 @dataclass
@@ -102,17 +106,18 @@ class TrainingRunObserved:
     """The Kueue Workload of each job, by job name."""
     kueue: bool = True
     """Whether the cluster serves Kueue's Workload API."""
+    backend_served: bool = True
+    """Whether the cluster serves the API of the backend new trials get."""
+    runtime_found: bool = True
+    """With the TrainJob backend: whether the runtime its trials name exists."""
     now: datetime = field(default_factory=c.now)
     """When it was seen: the time of any condition that changes."""
 
 
-def job_state(job: dict[str, Any]) -> tuple[str, str, str]:
-    """(`Succeeded` | `Failed` | `Suspended` | `Running` | `Pending`, reason, message) of a PyTorchJob."""
-    conds = {x.get("type"): x for x in (job.get("status") or {}).get("conditions") or [] if x.get("status") == "True"}
-    for state in ("Succeeded", "Failed", "Suspended", "Running"):
-        if state in conds:
-            return state, conds[state].get("reason") or "", conds[state].get("message") or ""
-    return "Pending", "", ""
+def job_state(job: dict[str, Any], master_running: bool = False) -> tuple[str, str, str]:
+    """(`Succeeded` | `Failed` | `Suspended` | `Running` | `Pending`, reason, message) of a trial's
+    job, whichever its backend (`master_running`: whether its rank-0 pod runs)."""
+    return backend_of(job).state(job, master_running)
 
 
 def parse_summary(message: str | None) -> TrainSummary | None:
@@ -159,6 +164,19 @@ class _Context:
     spec: TrainingRunSpec
     settings: OperatorSettings
     now: datetime
+    job_kinds: dict[str, str] = field(default_factory=dict)
+    """The kind of each of the run's jobs, by name."""
+    backend_problem: tuple[str, str] | None = None
+    """(reason, message) when new trials cannot be launched on the chosen backend."""
+
+    @property
+    def backend(self) -> TrialBackend:
+        """The backend new trials get."""
+        return chosen(self.spec, self.settings)
+
+    def kind_of(self, trial: str) -> str:
+        """The kind of a trial's job: as found, else the one new trials get."""
+        return self.job_kinds.get(trial) or self.backend.api.kind
 
     @property
     def generation(self) -> int:
@@ -273,7 +291,7 @@ def delete_other_rounds(draft: Draft, jobs: list[dict[str, Any]]) -> Draft:
     for job in jobs:
         other = (job["metadata"].get("labels") or {}).get(ROUND_LABEL) != str(draft.status.round)
         if other and job_state(job)[0] not in ("Succeeded", "Failed") and not job["metadata"].get("deletionTimestamp"):
-            draft = draft.plus(Action("delete", names.PYTORCHJOB.kind, job["metadata"]["name"]))
+            draft = draft.plus(Action("delete", backend_of(job).api.kind, job["metadata"]["name"]))
     return draft
 
 
@@ -310,7 +328,7 @@ def pin_dataset(ctx: _Context, draft: Draft, dataset: dict[str, Any] | None) -> 
 
 
 def _job_body(ctx: _Context, status: TrainingRunStatus, index: int, parameters: dict[str, str]) -> dict[str, Any]:
-    return build_pytorchjob(
+    return ctx.backend.build(
         ctx.run,
         ctx.spec,
         ctx.settings,
@@ -358,11 +376,11 @@ def observe_trials(ctx: _Context, draft: Draft, observed: TrainingRunObserved) -
             else:
                 draft = follow_trial(ctx, draft, trial, found, seen)
         elif trial.state == "Running":
-            msg = f"PyTorchJob {trial.name} was deleted before it finished"
+            msg = f"{ctx.kind_of(trial.name)} {trial.name} was deleted before it finished"
             draft = end_trial(ctx, draft, trial, "Failed", c.JOB_DELETED, msg)
-        else:  # recorded, but the create was lost: create it again (same name, same parameters)
+        elif ctx.backend_problem is None:  # recorded, but the create was lost: create it again (same name)
             body = _job_body(ctx, draft.status, _index(trial.name), trial.parameters)
-            draft = draft.plus(Action("create", names.PYTORCHJOB.kind, trial.name, body))
+            draft = draft.plus(Action("create", body["kind"], trial.name, body))
     return draft
 
 
@@ -370,7 +388,7 @@ def _succeeded_trial(ctx: _Context, draft: Draft, trial: TrialStatus, summary: T
     value = (summary.objective or {}).get("value") if summary else None
     model = summary.model if summary else {}
     if summary is None or summary.status != "Succeeded" or not model.get("uri") or not model.get("digest"):
-        msg = f"PyTorchJob {trial.name} succeeded but its master pod left no readable result"
+        msg = f"{ctx.kind_of(trial.name)} {trial.name} succeeded but its rank-0 pod left no readable result"
         return end_trial(ctx, draft, trial, "Failed", c.RESULT_UNREADABLE, msg)
     objective = _finite(value)
     done = trial.model_copy(
@@ -393,20 +411,21 @@ def _failed_trial(
     ctx: _Context, draft: Draft, trial: TrialStatus, job: dict[str, Any], summary: TrainSummary | None, said: str | None
 ) -> Draft:
     _, job_reason, job_message = job_state(job)
+    kind = backend_of(job).api.kind
     if summary is not None and summary.status == "Failed" and summary.reason:
         reason, msg = summary.reason, summary.message or summary.reason
     elif "deadline" in f"{job_reason} {job_message}".lower():
         reason = c.DEADLINE_EXCEEDED
-        msg = f"PyTorchJob {trial.name} ran past spec.runPolicy.activeDeadlineSeconds: {job_message}"
+        msg = f"{kind} {trial.name} ran past spec.runPolicy.activeDeadlineSeconds: {job_message}"
     else:
         tail = (said or job_message or "no message").strip()[-1000:]
-        reason, msg = c.TRAINING_FAILED, f"PyTorchJob {trial.name} failed: {tail}"
+        reason, msg = c.TRAINING_FAILED, f"{kind} {trial.name} failed: {tail}"
     return end_trial(ctx, draft, trial, "Failed", reason, msg)
 
 
 def follow_trial(ctx: _Context, draft: Draft, trial: TrialStatus, job: dict[str, Any], seen: TrialObservation) -> Draft:
     """One unfinished trial brought up to date with its job's state and its master pod."""
-    state = job_state(job)[0]
+    state = job_state(job, seen.master_running)[0]
     summary = parse_summary(seen.result_message)
     if state == "Succeeded":
         return _succeeded_trial(ctx, draft, trial, summary)
@@ -416,9 +435,9 @@ def follow_trial(ctx: _Context, draft: Draft, trial: TrialStatus, job: dict[str,
         draft = draft.plus(blocked=f"trial {trial.name}: {seen.pod_problem}")
     draft = _followed(ctx, draft, trial, state, seen)
     if ctx.spec.suspend and state != "Suspended":
-        return draft.plus(Action("suspend", names.PYTORCHJOB.kind, trial.name))
+        return draft.plus(Action("suspend", backend_of(job).api.kind, trial.name))
     if not ctx.spec.suspend and state == "Suspended":
-        return draft.plus(Action("resume", names.PYTORCHJOB.kind, trial.name))
+        return draft.plus(Action("resume", backend_of(job).api.kind, trial.name))
     return draft
 
 
@@ -486,11 +505,11 @@ def follow_queued_trial(
     workload: dict[str, Any] | None,
     served: bool,
 ) -> Draft:
-    """One unfinished trial whose PyTorchJob Kueue admits (a queue is named, or Kueue made a
+    """One unfinished trial whose job Kueue admits (a queue is named, or Kueue made a
     Workload for it). Kueue alone sets the job's `runPolicy.suspend`: the operator never resumes
     it, and suspends for `spec.suspend` by deactivating the Workload (and activates again only a
     Workload it deactivated itself)."""
-    state = job_state(job)[0]
+    state = job_state(job, seen.master_running)[0]
     if state in ("Succeeded", "Failed"):
         return follow_trial(ctx, draft, trial, job, seen)
     queue = ctx.spec.workers.queue_name or (job["metadata"].get("labels") or {}).get(names.KUEUE_QUEUE_LABEL)
@@ -538,16 +557,16 @@ def _without_workload(
         return _followed(ctx, draft, trial, state, seen)
     if not served:
         msg = (
-            f"PyTorchJob {trial.name} waits for Kueue (LocalQueue {queue}), but the cluster does not serve "
-            f"Kueue's Workload API ({names.WORKLOAD.crd}): install Kueue, or unset spec.workers.queueName"
+            f"{backend_of(job).api.kind} {trial.name} waits for Kueue (LocalQueue {queue}), but the cluster does "
+            f"not serve Kueue's Workload API ({names.WORKLOAD.crd}): install Kueue, or unset spec.workers.queueName"
         )
         return _queued(ctx, draft, trial, c.KUEUE_UNAVAILABLE, msg)
     created = job["metadata"].get("creationTimestamp")
     age = (ctx.now - datetime.fromisoformat(str(created).replace("Z", "+00:00"))).total_seconds() if created else 0
     if age > WORKLOAD_GRACE_SECONDS:
         msg = (
-            f"Kueue made no Workload for PyTorchJob {trial.name} in {WORKLOAD_GRACE_SECONDS} s: is Kueue "
-            "running, and does its configuration integrate kubeflow.org/pytorchjob?"
+            f"Kueue made no Workload for {backend_of(job).api.kind} {trial.name} in {WORKLOAD_GRACE_SECONDS} s: "
+            f"is Kueue running, and does its configuration integrate {backend_of(job).kueue_framework}?"
         )
         if priority := ctx.spec.workers.workload_priority_class:
             msg += f" Does the WorkloadPriorityClass {priority} (spec.workers.workloadPriorityClass) exist?"
@@ -573,7 +592,7 @@ def end_trial(ctx: _Context, draft: Draft, trial: TrialStatus, state: str, reaso
 
 
 def stop_trial(ctx: _Context, draft: Draft, trial: TrialStatus, reason: str, message: str) -> Draft:
-    draft = draft.plus(Action("delete", names.PYTORCHJOB.kind, trial.name))
+    draft = draft.plus(Action("delete", ctx.kind_of(trial.name), trial.name))
     return end_trial(ctx, draft, trial, "Stopped", reason, message)
 
 
@@ -626,7 +645,7 @@ def decide_round(ctx: _Context, draft: Draft) -> Draft:
                     )
                 else:
                     draft = stop_trial(ctx, draft, t, c.TRIALS_EXHAUSTED, "the failure budget is spent")
-    elif not ctx.spec.suspend:
+    elif not ctx.spec.suspend and ctx.backend_problem is None:
         draft = launch_trials(ctx, draft)
     draft = with_best_trial(ctx, draft)
     active = [t for t in draft.status.trials if t.state in ACTIVE_TRIAL_STATES]
@@ -642,9 +661,11 @@ def decide_round(ctx: _Context, draft: Draft) -> Draft:
         draft = draft.with_condition(ctx, c.TRAINING_RUNNING, F, c.SUSPENDED, msg)
         conds = c.waiting(draft.status.conditions, c.SUSPENDED, msg, ctx.generation, degraded=False, at=ctx.now)
         return draft.updated(conditions=conds)
-    if stuck := [q for q in draft.queued if q[0] in STUCK_IN_QUEUE]:
+    # What only a person resolves: the backend cannot take the trials, or Kueue never admits them.
+    unusable = [ctx.backend_problem] if ctx.backend_problem else []
+    if stuck := unusable + [q for q in draft.queued if q[0] in STUCK_IN_QUEUE]:
         reason, why = stuck[0]
-        phase = "Running" if any(t.state == "Running" for t in active) else "Queued"
+        phase = "Running" if any(t.state == "Running" for t in active) else "Queued" if draft.queued else "Pending"
         draft = draft.updated(phase=phase, progress=line)
         draft = draft.with_condition(ctx, c.TRAINING_RUNNING, F, reason, why)
         conds = c.waiting(draft.status.conditions, reason, why, ctx.generation, degraded=True, at=ctx.now)
@@ -680,7 +701,7 @@ def launch_trials(ctx: _Context, draft: Draft) -> Draft:
         name = body["metadata"]["name"]
         shown = ", ".join(f"{k}={v}" for k, v in sorted(params.items())) or "the spec's hyper-parameters"
         draft = draft.plus(
-            Action("create", names.PYTORCHJOB.kind, name, body),
+            Action("create", body["kind"], name, body),
             Event("Normal", "TrialStarted", f"trial {name} started with {shown}"),
         )
         draft = draft.with_trial(TrialStatus(name=name, parameters=params, epochs=ctx.epochs_of(params)))
@@ -797,6 +818,35 @@ def end_round(ctx: _Context, draft: Draft, phase: str, reason: str, msg: str) ->
 # --- the reconcile --------------------------------------------------------------------------------
 
 
+def backend_problem(ctx: _Context, observed: TrainingRunObserved) -> tuple[str, str] | None:
+    """Why new trials cannot be launched on the chosen backend, as (reason, message); None when
+    they can."""
+    backend = ctx.backend
+    if not observed.backend_served:
+        return c.TRAINING_BACKEND_UNAVAILABLE, (
+            f"trials run as {backend.api.kind}s, but the cluster does not serve {backend.api.crd}: install "
+            f"{'Kubeflow Trainer v2' if backend.api.group.startswith('trainer.') else 'the Kubeflow training operator'}"
+            ", or choose the other backend in spec.workers.backend"
+        )
+    if fields := backend.unsupported(ctx.spec, ctx.settings):
+        return c.UNSUPPORTED_BY_BACKEND, (
+            f"the {backend.api.kind} backend cannot carry {', '.join(fields)}: unset them, set them in the "
+            "Trainer v2 runtime, or choose spec.workers.backend PyTorchJob"
+        )
+    if not observed.runtime_found:
+        ref = ctx.spec.workers.runtime_ref
+        name, kind = (ref.name, ref.kind) if ref else (ctx.settings.training_runtime, "ClusterTrainingRuntime")
+        where = " in this namespace" if kind == "TrainingRuntime" else ""
+        default = (
+            "" if ref else " (the operator's MODELOPS_TRAINING_RUNTIME; chart value trainingRuntime.create installs it)"
+        )
+        return (
+            c.RUNTIME_NOT_FOUND,
+            f"{kind} {name}{where} does not exist: create it, or fix spec.workers.runtimeRef{default}",
+        )
+    return None
+
+
 def reconcile_training_run(
     run: dict[str, Any],
     spec: TrainingRunSpec,
@@ -807,6 +857,11 @@ def reconcile_training_run(
     """The status the TrainingRun should have, the PyTorchJob calls (and MLflow registration) that
     get it there, and Events: observe the trials, decide, act."""
     ctx = _Context(run, spec, settings, observed.now)
+    ctx = replace(
+        ctx,
+        job_kinds={j["metadata"]["name"]: backend_of(j).api.kind for j in observed.jobs},
+        backend_problem=backend_problem(ctx, observed),
+    )
     draft = Draft(old.model_copy(update={"observed_generation": ctx.generation}))
     wanted = model_hash(spec)
     if draft.status.spec_hash != wanted:
@@ -878,6 +933,12 @@ def registration_failed(status: TrainingRunStatus, message: str, now: datetime) 
         now,
     )
     return status.model_copy(update={"conditions": conds})
+
+
+def may_launch(status: TrainingRunStatus) -> bool:
+    """Whether a run in this status may still launch trials (the controller then checks the
+    backend's runtime): not once its round has settled."""
+    return status.phase not in ("Succeeded", "Failed")
 
 
 def _round_of(job: dict[str, Any]) -> int:
