@@ -6,7 +6,8 @@ errors into the operator's exception hierarchy:
     KubeError
     ├── Conflict        409: someone else changed the object; retry soon
     └── Unavailable     5xx, timeouts, connection errors: the API server is away; retry later
-        └── Forbidden   403: the operator's RBAC does not allow the call (a Secret, by default)
+        └── Forbidden   403: the operator's RBAC does not allow the call (a Secret, by default); a 403 for a
+                        namespace being deleted is a plain Unavailable
 """
 
 from __future__ import annotations
@@ -96,6 +97,9 @@ def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
             return None
         if e.status == 409:
             raise Conflict(f"{what}: {e.reason}") from e
+        if e.status == 403 and "NamespaceTerminating" in str(e.body):
+            # The API server's 403 for a namespace being deleted: no permission is missing.
+            raise Unavailable(f"{what}: its namespace is being deleted") from e
         if e.status == 403:
             raise Forbidden(f"{what}: forbidden by the operator's RBAC") from e
         raise Unavailable(f"{what}: {e.status} {e.reason}") from e
