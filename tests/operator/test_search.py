@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import subprocess
+import sys
 from typing import Any
 
 import optuna
@@ -580,3 +582,22 @@ def test_hyperband_numbers_trials_by_their_names():
     assert judge(s, present, "run-r1-t2", True, 9).rung_epochs == (1, 3)
     assert judge(s, gap, "run-r1-t2", True, 9).rung_epochs == (1, 3)
     assert judge(s, present, "run-r1-t1", True, 9).rung_epochs == (3,)
+
+
+def test_the_operator_loads_optuna_only_for_a_search_that_needs_it():
+    """Optuna (with numpy) is about 40 MiB of the operator's memory: an operator that runs no
+    Bayesian or successive-halving search never imports it (checked in a fresh interpreter)."""
+    code = (
+        "import sys\n"
+        "import modelops_operator.__main__, modelops_operator.handlers\n"
+        "from modelops_operator.reconcile import search\n"
+        "from modelops_operator.api.trainingrun import Search\n"
+        "s = Search.model_validate({'algorithm': 'random', 'maxTrials': 3,"
+        " 'parameters': [{'name': 'learningRate', 'type': 'uniform', 'min': 0.1, 'max': 1.0}]})\n"
+        "search.propose(s, 0, [])\n"
+        "print('optuna' in sys.modules, 'numpy' in sys.modules)\n"
+        "search.propose(s.model_copy(update={'algorithm': 'bayesian'}), 0, [])\n"
+        "print('optuna' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False", "True"]

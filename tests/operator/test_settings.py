@@ -16,6 +16,7 @@ def test_defaults():
     assert s.health_port == 8080
     assert s.watch_client_timeout_seconds > s.watch_server_timeout_seconds
     assert s.artifact_uri.startswith("file://")
+    assert s.event_loop == "uvloop"
 
 
 def test_every_setting_is_documented():
@@ -45,6 +46,7 @@ def test_from_env():
         ("MODELOPS_LOG_FORMAT", "xml"),
         ("MODELOPS_HEALTH_PORT", "70000"),
         ("MODELOPS_ARTIFACT_URI", "gs://bucket/modelops"),
+        ("MODELOPS_EVENT_LOOP", "trio"),
     ],
 )
 def test_bad_values_are_refused(var, value):

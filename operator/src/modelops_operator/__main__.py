@@ -7,6 +7,7 @@ environment variables (listed by --help).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import http.server
 import os
@@ -86,13 +87,23 @@ def main(argv: list[str] | None = None) -> int:
         election = LeaderElection(settings.leader_election_namespace, settings.leader_election_id, identity)
         with _standby_health(settings.health_port):  # a waiting standby is alive, and says so
             election.acquire()
+    loop_factory = None  # asyncio's own
+    if settings.event_loop == "uvloop":
+        import uvloop  # noqa: PLC0415 - loaded only when chosen
+
+        loop_factory = uvloop.new_event_loop
+    liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     try:
-        kopf.run(
-            standalone=True,
-            clusterwide=not settings.namespaces,
-            namespaces=settings.namespaces,
-            liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None,
-        )
+        # kopf.run() with the loop chosen above (asyncio.run() would always make asyncio's own).
+        with asyncio.Runner(loop_factory=loop_factory) as runner, contextlib.suppress(asyncio.CancelledError):
+            runner.run(
+                kopf.operator(
+                    standalone=True,
+                    clusterwide=not settings.namespaces,
+                    namespaces=settings.namespaces,
+                    liveness_endpoint=liveness,
+                )
+            )
     finally:
         if election is not None:
             election.release()

@@ -107,6 +107,10 @@ class OperatorSettings(BaseModel):
     """End each watch connection on the client side after this long at most, whatever it carried
     (just above the server's timeout): a connection that went silent without closing, which no error
     would reveal, is replaced then."""
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """The event loop kopf runs on: `uvloop` (libuv; its TLS connections free their 256 KiB read
+    buffer when they close) or `asyncio` (the standard library's, whose closed TLS connections keep
+    that buffer until the garbage collector's next full pass)."""
 
     @field_validator("workload_defaults", mode="before")
     @classmethod

@@ -34,15 +34,8 @@ import statistics
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
-import optuna
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
-from optuna.trial import TrialState
+from functools import cache
+from typing import TYPE_CHECKING
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.trainingrun import Search, SearchParameter, SuccessiveHalving, TrialStatus
@@ -59,7 +52,20 @@ __all__ = [
     "propose",
 ]
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+if TYPE_CHECKING:
+    import optuna
+    from optuna.distributions import BaseDistribution
+
+
+@cache
+def _load_optuna() -> None:
+    """Optuna is imported where a Bayesian or successive-halving search needs it, not with the
+    operator: it brings numpy and about 40 MiB of modules that an operator running neither never
+    uses. Its per-trial INFO logs are silenced once, at that first import."""
+    import optuna  # noqa: PLC0415
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
 
 #: Grid combinations considered at most; a larger product is cut to its first GRID_LIMIT combinations.
 GRID_LIMIT = 10_000
@@ -204,6 +210,8 @@ def judge(
 
 def _pruner(search: Search, max_epochs: int) -> optuna.pruners.BasePruner:
     """Optuna's pruner for `asha` or `hyperband`, with the spec's settings."""
+    import optuna  # noqa: PLC0415 - see _load_optuna
+
     halving = search.successive_halving or SuccessiveHalving()
     min_epochs = search.early_stopping_min_epochs
     if search.early_stopping == "hyperband":
@@ -265,6 +273,10 @@ def _halving_verdict(
     draws a trial's bracket from the study name, fixed by the seed, and the trial's number, so the
     same status gives the same brackets.
     """
+    _load_optuna()
+    import optuna  # noqa: PLC0415 - see _load_optuna
+    from optuna.trial import TrialState  # noqa: PLC0415
+
     numbered = {_number(t, i): t for i, t in enumerate(trials)}
     number = next((n for n, t in numbered.items() if t.name == name), None)
     if number is None:
@@ -432,6 +444,12 @@ def _propose_random(search: Search, index: int) -> dict[str, str]:
 
 def _distribution(parameter: SearchParameter) -> BaseDistribution:
     """The Optuna distribution of a parameter."""
+    from optuna.distributions import (  # noqa: PLC0415 - see _load_optuna
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
     if parameter.type == "choice":
         return CategoricalDistribution(_choices(parameter))
     if parameter.type == "int":
@@ -467,6 +485,9 @@ def _study_trial(
 
     Parameters no longer searched are dropped; a missing or out-of-space value drops the whole trial.
     """
+    import optuna  # noqa: PLC0415 - see _load_optuna
+    from optuna.trial import TrialState  # noqa: PLC0415
+
     params: dict[str, ParameterValue] = {}
     for parameter in parameters:
         text = observation.parameters.get(parameter.name)
@@ -497,6 +518,9 @@ def _study_trial(
 
 def _propose_bayesian(search: Search, index: int, history: Sequence[Observation]) -> dict[str, str]:
     """Ask a TPE sampler, seeded with `seed + index`, after replaying the history into a fresh study."""
+    _load_optuna()
+    import optuna  # noqa: PLC0415 - see _load_optuna
+
     distributions: dict[str, BaseDistribution] = {p.name: _distribution(p) for p in search.parameters}
     with warnings.catch_warnings():
         # `multivariate` is experimental in some Optuna 4 releases (ExperimentalWarning).
