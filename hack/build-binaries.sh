@@ -15,6 +15,8 @@
 #   kueue (job queueing: admission by quota, preemption by priority)  (sigs.k8s.io/kueue)
 #   trainer-controller-manager (Kubeflow Trainer v2: TrainJob)        (github.com/kubeflow/trainer/v2)
 #   jobset (JobSet: what Trainer v2 runs a TrainJob as)               (sigs.k8s.io/jobset)
+#   traefik (the Gateway API implementation: HTTPRoute weights and  (github.com/traefik/traefik/v3)
+#     header matches, measured through it by tests/e2e/test_gateway_e2e.py)
 #   modelops-health: kstatus's and Argo CD's verdicts on objects      (sigs.k8s.io/cli-utils, github.com/argoproj/argo-cd/v3)
 #     for the unit tests of our status (tests/operator/test_health.py); keyed by a hash of its module
 # A binary already in the cache is not rebuilt. Usage: hack/build-binaries.sh [NAME ...]
@@ -65,7 +67,7 @@ k8s_ldflags() {
 }
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(kubernetes node etcd kwok helm training-operator prometheus coredns metrics-server custom-metrics-adapter kueue trainer jobset health)
+[ ${#want[@]} -gt 0 ] || want=(kubernetes node etcd kwok helm training-operator prometheus coredns metrics-server custom-metrics-adapter kueue trainer jobset traefik health)
 for w in "${want[@]}"; do
   case $w in
     kubernetes)
@@ -130,6 +132,9 @@ for w in "${want[@]}"; do
         github.com/kubeflow/trainer/v2/cmd/trainer-controller-manager ;;
     # Its version as JobSet's Makefile sets it (pkg/version).
     jobset) build jobset "$JOBSET_VERSION" jobset "-X sigs.k8s.io/jobset/pkg/version.GitVersion=$JOBSET_VERSION" sigs.k8s.io/jobset:jobset ;;
+    # Its version as Traefik's Makefile sets it (pkg/version).
+    traefik) build traefik "$TRAEFIK_VERSION" traefik "-X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION" \
+      github.com/traefik/traefik/v3/cmd/traefik ;;
     health)
       v=$(cat "$here/gomod/health/go.mod" "$here/gomod/health/go.sum" "$here/gomod/health/main.go" | sha256sum | cut -c1-12)
       build modelops-health "$v" health "" modelops.dev/hack/health:modelops-health ;;

@@ -7,7 +7,7 @@ kube-scheduler (built from the Kubernetes Go modules by hack/build-binaries.sh);
 bridge networking, kube-proxy (iptables) and CoreDNS; and kwok, which simulates more nodes (CPU
 and GPU nodes) for scheduling and scale. The images are built from the project's Dockerfiles by
 hack/images.py and served by a registry on loopback (Debian's docker-registry). Add-ons that stay
-host processes: the Kubeflow training operator, Prometheus, CoreDNS, kube-proxy, the local
+host processes: the Kubeflow training operator, Prometheus, CoreDNS, kube-proxy, Traefik, the local
 volume provisioner (hack/provisioner.py), metrics-server (the resource metrics API,
 `metrics.k8s.io`, that CPU and memory HorizontalPodAutoscalers and `kubectl top` read), and a
 custom metrics adapter (`custom.metrics.k8s.io` for pods, answered from Prometheus: HPAs on a
@@ -17,8 +17,10 @@ priority) runs too; the API server reaches its webhooks and CRD conversion throu
 Service. So do JobSet and Kubeflow Trainer v2 (TrainJob, TrainingRuntime, ClusterTrainingRuntime:
 a TrainJob runs as a JobSet), each with its webhooks behind a selector-less Service; Trainer's stock
 runtimes are not installed (their images are not in the local registry).
-The Gateway API's standard CRDs are installed (HTTPRoute, Gateway, ...), with no Gateway
-controller.
+The Gateway API's standard CRDs are installed (HTTPRoute, Gateway, ...), and Traefik implements
+them: a GatewayClass `modelops-local` and a Gateway `local` (namespace `modelops-gateway`) whose HTTP
+listener takes routes from every namespace, served by Traefik on the node's address. Traefik
+balances over the backends' pod addresses (EndpointSlices), which the host reaches on the bridge.
 
     hack/cluster.py up       build what is missing, start everything, write the kubeconfig
     hack/cluster.py down     stop everything and remove the cluster's state
@@ -32,7 +34,8 @@ lives in $MODELOPS_CLUSTER_DIR (default .cluster/ in the repository). Ports: $MO
 (19100, metrics-server on the node's address), $MODELOPS_CUSTOM_METRICS_PORT (19101, the custom
 metrics adapter on the node's address), $MODELOPS_KUEUE_PORT (19200), $MODELOPS_JOBSET_PORT (19210)
 and $MODELOPS_TRAINER_PORT (19220): each the webhook server on the node's address, +1 and +2 its
-metrics and health on loopback. Network: the node's bridge mo-br0 is
+metrics and health on loopback; $MODELOPS_GATEWAY_PORT (19300): the Gateway's HTTP listener on the
+node's address, +1 Traefik's ping on loopback. Network: the node's bridge mo-br0 is
 10.250.0.1/16 (pod addresses), Services are 10.96.0.0/16 (routed to the bridge, so that nothing
 addressed to them leaves this machine), kwok's simulated pod addresses 10.244.0.0/16 are
 blackholed. Needs root (network, mounts, cgroups).
@@ -61,6 +64,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 HACK = REPO / "hack"
@@ -117,6 +121,14 @@ TRAINER_PORTS = int(
 )  # webhooks on every address (Trainer has no flag for it); +1, +2: metrics, health
 #: Kubeflow Trainer v2's namespace: the one its certificate rotator uses outside a pod (pkg/util/cert).
 TRAINER_NAMESPACE = "kubeflow-system"
+#: The Gateway's HTTP listener (on the node's address; Traefik's entry point of the same port),
+#: and +1 Traefik's own entry point (ping) on loopback.
+GATEWAY_PORT = int(os.environ.get("MODELOPS_GATEWAY_PORT", "19300"))
+GATEWAY_CLASS = "modelops-local"
+GATEWAY_NAMESPACE = "modelops-gateway"
+GATEWAY_NAME = "local"
+#: Traefik's identity (its client certificate's CN), bound to its roles in gateway_manifest().
+GATEWAY_USER = "modelops:gateway"
 KUBECONFIG = STATE / "kubeconfig"
 #: Fixed in the training operator. The certificate rotators of JobSet and Trainer v2 also wait
 #: for a tls.crt here (fixed too) but serve from their own directories (see start_jobset, start_trainer).
@@ -231,6 +243,9 @@ CLIENTS = {
     "metrics-server": f"/CN={METRICS_SERVER_USER}",
     # The custom metrics adapter, to the API server (it lists pods; delegated authn and authz).
     "custom-metrics-adapter": f"/CN={CUSTOM_METRICS_USER}",
+    # Traefik, the Gateway controller (it watches the Gateway API's objects, Services and
+    # EndpointSlices, and writes the routes' and Gateways' status), bound in gateway_manifest().
+    "gateway": f"/CN={GATEWAY_USER}",
 }
 
 
@@ -605,6 +620,29 @@ def components() -> list[Component]:
             ],
         ),
         Component(
+            "gateway",
+            [
+                b("traefik"),
+                # Nothing leaves this machine: no check for a newer version, no usage statistics.
+                "--global.checknewversion=false",
+                "--global.sendanonymoususage=false",
+                # The Gateway's listener port names the entry point it is served on.
+                f"--entrypoints.web.address={NODE_IP}:{GATEWAY_PORT}",
+                f"--entrypoints.traefik.address=127.0.0.1:{GATEWAY_PORT + 1}",
+                "--ping=true",
+                # Traefik's API (its routers' and services' runtime configuration, the weights
+                # among them) on the loopback entry point: the tests wait on it for a new weight.
+                "--api.insecure=true",
+                "--api.dashboard=false",
+                "--providers.kubernetesgateway=true",
+                # The address the Gateway's status reports (clients reach the listener there).
+                f"--providers.kubernetesgateway.statusaddress.ip={NODE_IP}",
+                "--log.level=INFO",
+                "--log.nocolor=true",
+            ],
+            env={"KUBECONFIG": str(STATE / "gateway.kubeconfig")},
+        ),
+        Component(
             "registry",
             ["docker-registry", "serve", str(STATE / "registry.yaml")],
         ),
@@ -888,6 +926,8 @@ def kubelet_config() -> None:
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
             "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+            # The disk-pressure taint goes 30 s after the disk is freed (the default is 5 min).
+            "evictionPressureTransitionPeriod": "30s",
             "maxPods": 110,
             "nodeStatusUpdateFrequency": "5s",
             "shutdownGracePeriod": "0s",
@@ -1238,13 +1278,21 @@ def custom_metrics_adapter_manifest() -> str:
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
 
 
+def _condition_true(obj: dict[str, Any], type_: str) -> bool:
+    """Whether the object's status has the condition `type_` with status True."""
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == type_ and c.get("status") == "True" for c in conditions)
+
+
+def _api_condition_true(path: str, type_: str) -> bool:
+    """Whether the object at the API path exists and has the condition `type_` True."""
+    code, body = api_get(path)
+    return code == 200 and _condition_true(json.loads(body), type_)
+
+
 def apiservice_available(name: str = METRICS_APISERVICE) -> bool:
     """Whether the aggregation layer reaches the APIService's server (its Available condition)."""
-    code, body = api_get(f"/apis/apiregistration.k8s.io/v1/apiservices/{name}")
-    if code != 200:
-        return False
-    conditions = json.loads(body).get("status", {}).get("conditions", [])
-    return any(c.get("type") == "Available" and c.get("status") == "True" for c in conditions)
+    return _api_condition_true(f"/apis/apiregistration.k8s.io/v1/apiservices/{name}", "Available")
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -1263,6 +1311,81 @@ def gateway_api_crds() -> None:
     run("go", "mod", "download", "sigs.k8s.io/gateway-api", cwd=wrapper)
     crds = go_module_dir("gateway-api", "sigs.k8s.io/gateway-api") / "config" / "crd" / "standard"
     kubectl("apply", "--server-side", "--field-manager=modelops-cluster", "-f", str(crds))
+
+
+def gateway_manifest() -> str:
+    """Traefik's RBAC (its Helm chart's ClusterRole for the Gateway provider, bound to the user of
+    its client certificate), the GatewayClass and the Gateway it serves."""
+    rbac = "rbac.authorization.k8s.io/v1"
+    gw = "gateway.networking.k8s.io"
+    read = ["get", "list", "watch"]
+    items: list[dict[str, object]] = [
+        {
+            "apiVersion": rbac,
+            "kind": "ClusterRole",
+            "metadata": {"name": "modelops:gateway"},
+            "rules": [
+                {"apiGroups": [""], "resources": ["namespaces", "services", "secrets", "configmaps"], "verbs": read},
+                {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},
+                {
+                    "apiGroups": [gw],
+                    "resources": ["gatewayclasses", "gateways", "httproutes", "grpcroutes", "referencegrants"],
+                    "verbs": read,
+                },
+                {
+                    "apiGroups": [gw],
+                    "resources": [f"{r}/status" for r in ("gatewayclasses", "gateways", "httproutes", "grpcroutes")],
+                    "verbs": ["update"],
+                },
+            ],
+        },
+        {
+            "apiVersion": rbac,
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "modelops:gateway"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "modelops:gateway"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": GATEWAY_USER}],
+        },
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": GATEWAY_NAMESPACE}},
+        {
+            "apiVersion": f"{gw}/v1",
+            "kind": "GatewayClass",
+            "metadata": {"name": GATEWAY_CLASS},
+            "spec": {"controllerName": "traefik.io/gateway-controller"},
+        },
+        {
+            "apiVersion": f"{gw}/v1",
+            "kind": "Gateway",
+            "metadata": {"name": GATEWAY_NAME, "namespace": GATEWAY_NAMESPACE},
+            "spec": {
+                "gatewayClassName": GATEWAY_CLASS,
+                "listeners": [
+                    {
+                        "name": "http",
+                        "protocol": "HTTP",
+                        "port": GATEWAY_PORT,
+                        "allowedRoutes": {"namespaces": {"from": "All"}},
+                    }
+                ],
+            },
+        },
+    ]
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+
+
+def start_gateway(comp: Component) -> None:
+    """The Gateway API's CRDs, Traefik's RBAC, GatewayClass and Gateway; Traefik, until it reports
+    the Gateway programmed."""
+    gateway_api_crds()
+    kubectl("apply", "--server-side", "--field-manager=modelops-cluster", "-f", "-", stdin=gateway_manifest())
+    comp.start()
+    wait_for(f"the Gateway {GATEWAY_NAMESPACE}/{GATEWAY_NAME} Programmed", gateway_programmed, 60, comp)
+
+
+def gateway_programmed() -> bool:
+    """Whether Traefik reports the Gateway `Programmed` (its listener configured)."""
+    path = f"/apis/gateway.networking.k8s.io/v1/namespaces/{GATEWAY_NAMESPACE}/gateways/{GATEWAY_NAME}"
+    return _api_condition_true(path, "Programmed")
 
 
 def _mount_webhook_cert(
@@ -1627,13 +1750,7 @@ def _crds_established() -> bool:
     code, body = api_get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
     if code != 200:
         return False
-    return all(
-        any(
-            c["type"] == "Established" and c["status"] == "True"
-            for c in (crd.get("status") or {}).get("conditions") or []
-        )
-        for crd in json.loads(body)["items"]
-    )
+    return all(_condition_true(crd, "Established") for crd in json.loads(body)["items"])
 
 
 def _start_webhook_process(
@@ -1744,6 +1861,7 @@ def up(_: argparse.Namespace) -> int:
         "kueue",
         "jobset",
         "trainer-controller-manager",
+        "traefik",
     ]
     if not all((BIN / n).exists() for n in need):
         run(HACK / "build-binaries.sh", stdout=None, stderr=None)
@@ -1761,6 +1879,7 @@ def up(_: argparse.Namespace) -> int:
         "kube-proxy",
         "metrics-server",
         "custom-metrics-adapter",
+        "gateway",
     ):
         write_kubeconfig(STATE / f"{user}.kubeconfig", user)
     if not (STATE / "kwok.yaml").exists():
@@ -1790,7 +1909,7 @@ def up(_: argparse.Namespace) -> int:
     wait_for("CoreDNS ready", lambda: _http_ok("http://127.0.0.1:18181/ready"), 60, comps["coredns"])
     wait_for("kube-proxy healthy", lambda: _http_ok("http://127.0.0.1:10256/healthz"), 60, comps["kube-proxy"])
     training_operator_prerequisites()
-    gateway_api_crds()
+    start_gateway(comps["gateway"])
     comps["training-operator"].start()
     wait_for("the training operator's webhook certificate", _mount_webhook_cert, 60, comps["training-operator"])
     prometheus_config()
@@ -1836,9 +1955,21 @@ def _wait_for_metrics_apis(comps: dict[str, Component]) -> None:
         )
 
 
+#: Free disk below which `up` warns: the node's unpacked images, the volumes and the test pods'
+#: writes take about this much (the trainer image alone is 6 GB).
+MIN_FREE_GIB = 15
+
+
 def _check_before_start(apiserver: Component) -> None:
     """A running API server must have the flags this script gives it now; a stopped one must find
-    its ports free."""
+    its ports free. Little free disk is said at once (the kubelet would later taint the node
+    `disk-pressure`, and pods would stay Pending with a scheduling message that hides why)."""
+    free = shutil.disk_usage(STATE).free / 2**30
+    if free < MIN_FREE_GIB:
+        log(
+            f"warning: {free:.1f} GiB free on the disk of {STATE} (about {MIN_FREE_GIB} GiB needed): near a full "
+            "disk the kubelet taints the node with node.kubernetes.io/disk-pressure and new pods stay Pending"
+        )
     pid = apiserver.pid()
     if pid is not None and not any(a.startswith("--proxy-client-cert-file=") for a in _cmdline(pid)):
         raise SystemExit(
@@ -1872,12 +2003,7 @@ def _nodes_ready() -> bool:
     if code != 200:
         return False
     nodes = json.loads(body)["items"]
-    ready = [
-        n
-        for n in nodes
-        if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
-    ]
-    return len(nodes) > 0 and len(ready) == len(nodes)
+    return len(nodes) > 0 and all(_condition_true(n, "Ready") for n in nodes)
 
 
 def start_operator(_: argparse.Namespace) -> int:
@@ -1924,6 +2050,8 @@ def status(_: argparse.Namespace) -> int:
     for name, port in (("kueue", KUEUE_PORTS), ("jobset", JOBSET_PORTS), ("trainer", TRAINER_PORTS)):
         ready = _http_ok(f"http://127.0.0.1:{port + 2}/readyz")
         print(f"{name + ' /readyz':26} {'ready' if ready else 'not ready'}")
+    ping = _http_ok(f"http://127.0.0.1:{GATEWAY_PORT + 1}/ping")
+    print(f"{'gateway /ping':26} {'ready' if ping else 'not ready'}")
     return 0 if ok and code == 200 else 1
 
 

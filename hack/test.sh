@@ -43,4 +43,4 @@ if [ "${MODELOPS_NO_CLUSTER:-}" != 1 ] && [[ " $* " != *"not cluster"* ]] \
 fi
 
 step "pytest"
-$py/pytest "$@"
+$py/pytest --durations=30 "$@"   # the 30 slowest tests, for the CI budget

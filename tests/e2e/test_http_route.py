@@ -1,8 +1,9 @@
-"""`trafficRouting.httpRoute` against the real API server with the Gateway API's standard CRDs
-(hack/cluster.py installs them; no Gateway controller runs): the operator writes its rules into
-the user's HTTPRoute beside the user's own, says so when no Gateway accepted the route, and is
-Ready only once a Gateway reported `Accepted` on the route's latest generation. The test plays
-the Gateway controller by writing the route's status, as a controller would."""
+"""`trafficRouting.httpRoute` against the real API server with the Gateway API's standard CRDs: the
+operator writes its rules into the user's HTTPRoute beside the user's own, says so when no Gateway
+accepted the route, and is Ready only once a Gateway reported `Accepted` on the route's latest
+generation. The routes here name a Gateway `gw` that does not exist, so no controller reports on
+them, and the test plays the Gateway controller by writing the route's status, as a controller
+would; tests/e2e/test_gateway_e2e.py goes through the local cluster's real Gateway (Traefik)."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -27,6 +28,17 @@ KUBECONFIG = STATE / "kubeconfig"
 #: The node's address: the pod bridge's gateway, where Prometheus listens for the host and the pods.
 NODE_IP = "10.250.0.1"
 PROMETHEUS = f"http://{NODE_IP}:{os.environ.get('MODELOPS_PROMETHEUS_PORT', '19090')}"
+#: The local cluster's Gateway (Traefik; hack/cluster.py): its HTTP listener, Traefik's API (its
+#: runtime configuration) on loopback one port above it, and a parentRef to the Gateway.
+GATEWAY_PORT = int(os.environ.get("MODELOPS_GATEWAY_PORT", "19300"))
+GATEWAY = f"http://{NODE_IP}:{GATEWAY_PORT}"
+TRAEFIK_API = f"http://127.0.0.1:{GATEWAY_PORT + 1}/api"
+GATEWAY_REF = {
+    "group": "gateway.networking.k8s.io",
+    "kind": "Gateway",
+    "namespace": "modelops-gateway",
+    "name": "local",
+}
 #: containerd's socket on the real node (hack/cluster.py's RUN_DIR).
 CONTAINERD_SOCK = Path(os.environ.get("MODELOPS_RUN_DIR", "/run/modelops")) / "containerd" / "containerd.sock"
 #: Where the local volume provisioner (hack/provisioner.py) keeps each claim's files.
@@ -96,10 +108,24 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+#: Where the operator's ports are chosen: below the kernel's ephemeral range (32768 and up), from
+#: which every outgoing connection takes its local port, and below the NodePort range (30000).
+PORTS = range(20000, 30000)
+
+
+def _free_port(*taken: int) -> int:
+    """A port free on every address, as the operator binds its probes and metrics (0.0.0.0). Not a
+    port the kernel hands out (bind to 0): released again at once, such a port is the kernel's to
+    give the next outgoing connection, which then holds it when the operator binds (EADDRINUSE:
+    seen in a run of bench/faults.py, whose operator restarts 50 times). None of `taken`."""
+    for port in random.sample([p for p in PORTS if p not in taken], 100):
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {PORTS}")
 
 
 class OperatorProcess:
@@ -112,13 +138,17 @@ class OperatorProcess:
         """`extra_env` adds to or overrides the environment below; None removes a variable."""
         self.kubeconfig = kubeconfig
         self.extra_env = extra_env
+        #: Put between the interpreter and `-m modelops_operator`: a profiler's own arguments
+        #: (`-m memray run -o FILE`, bench/scale.py --memory-profile).
+        self.runner: list[str] = []
         self.log = STATE / "logs" / "operator-tests.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = self.metrics_port = 0
 
     def start(self) -> None:
-        self.port, self.metrics_port = _free_port(), _free_port()
+        self.port = _free_port()
+        self.metrics_port = _free_port(self.port)
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
@@ -136,7 +166,7 @@ class OperatorProcess:
         env = {k: v for k, v in env.items() if v is not None}
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "modelops_operator"], env=env, stdout=out, stderr=subprocess.STDOUT
+                [sys.executable, *self.runner, "-m", "modelops_operator"], env=env, stdout=out, stderr=subprocess.STDOUT
             )
         wait_until("the operator's /healthz", self.healthy, timeout=60)
 
@@ -166,12 +196,14 @@ class OperatorProcess:
         self.proc.kill()
         self.proc.wait(timeout=15)
 
-    def stop(self) -> int | None:
+    def stop(self, timeout: float = 15) -> int | None:
+        """SIGTERM, and SIGKILL after `timeout` seconds (a profiler writes its file at exit: give
+        it longer)."""
         if self.proc is None:
             return None
         self.proc.terminate()
         try:
-            self.proc.wait(timeout=15)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
         return self.proc.returncode
