@@ -10,7 +10,8 @@ The scenario is tests/support/lifecycle.py's, the one CI runs with a few kills: 
 changed, version 2 rolled out as a canary and promoted, everything deleted. Reported: whether the
 disturbed run's end state equals the undisturbed one's (status of all three objects, children),
 children created more than once (by UID), orphans, what deletion left behind, at what stage each
-kill fell, and the time each run took (the ratio is the price of the kills). The operator runs
+kill fell, and the time each run took (the ratio is the price of the kills), printed and written
+to bench/results/faults.json (bench/report.py puts its figures into the docs). The operator runs
 with the production timers (resync 60 s, progress 3 s) and an admin kubeconfig; the cluster is
 started when it is not running.
 """
@@ -25,7 +26,7 @@ import uuid
 from collections import Counter
 
 import kubernetes
-from harness import cluster, start_operator
+from harness import cluster, machine, start_operator, write_result
 
 from tests.support.cluster import kubectl
 from tests.support.lifecycle import STAGES, Outcome, run_lifecycle, spread
@@ -68,6 +69,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"end state equal to the undisturbed run's: {same}")
     if not same:
         print(json.dumps({"undisturbed": calm.state, "killed": rough.state}, indent=1, default=str))
+    write_result(
+        "faults",
+        {
+            "machine": machine("kopf", "kubernetes"),
+            "seed": seed,
+            "kills": {"asked": args.kills, "done": len(rough.kills_at), "byStage": {s: counts[s] for s in STAGES}},
+            "seconds": {
+                "undisturbed": round(calm.seconds, 1),
+                "killed": round(rough.seconds, 1),
+                "ratio": round(rough.seconds / calm.seconds, 3),
+            },
+            "endStateEqual": same,
+            **{
+                run: {
+                    "duplicates": len(o.duplicates),
+                    "orphans": len(o.orphans),
+                    "leftAfterDelete": len(o.left_after_delete),
+                }
+                for run, o in (("undisturbed", calm), ("killed", rough))
+            },
+        },
+    )
     ok = same and len(rough.kills_at) == args.kills
     ok = ok and not any((rough.duplicates, rough.orphans, rough.left_after_delete, calm.duplicates))
     return 0 if ok else 1

@@ -54,6 +54,7 @@ import numpy as np
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
+from harness import finite  # noqa: E402 - NaN and infinities as null: strict JSON
 
 #: The libraries whose versions must agree, by the file-name prefix they are mapped under.
 LIBRARIES = {
@@ -458,17 +459,6 @@ def machine(cuda: bool) -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError) as exc:
             doc["nvidiaSmi"] = f"unavailable: {exc}"
     return doc
-
-
-def finite(value: Any) -> Any:
-    """`value` with NaN and infinities (a percentile of no answers) as null: strict JSON."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    return value
 
 
 class Interrupted(BaseException):

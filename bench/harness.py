@@ -10,11 +10,13 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,13 +57,15 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def start_operator(log_name: str, **env: str | None) -> OperatorProcess:
+def start_operator(log_name: str, runner: Sequence[str] = (), **env: str | None) -> OperatorProcess:
     """A fresh operator process logging to .cluster/logs/<log_name>, healthy when returned; `env`
-    as `OperatorProcess` takes it (None unsets a variable)."""
+    as `OperatorProcess` takes it (None unsets a variable), `runner` the interpreter's arguments
+    before `-m modelops_operator` (a profiler)."""
     from tests.support.cluster import KUBECONFIG, OperatorProcess  # noqa: PLC0415
 
     operator = OperatorProcess(KUBECONFIG, MODELOPS_RESYNC_SECONDS="60", MODELOPS_PROGRESS_SECONDS="3", **env)
     operator.log = operator.log.with_name(log_name)
+    operator.runner = list(runner)
     operator.start()
     return operator
 
@@ -118,10 +122,22 @@ def machine(*packages: str) -> dict[str, object]:
     }
 
 
+def finite(value: object) -> object:
+    """`value` with every NaN or infinity (a figure with no data, such as the p99 of no requests)
+    as null: strict JSON has neither, and jq and browsers refuse a file that does."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
 def write_result(name: str, result: dict[str, object]) -> Path:
     """bench/results/<name>.json: the figures the docs quote come from these files."""
     path = REPO / "bench" / "results" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path.write_text(json.dumps(finite(result), indent=2, allow_nan=False) + "\n")
     print(f"wrote {path.relative_to(REPO)}; bench/report.py puts its figures into the docs")
     return path

@@ -315,7 +315,68 @@ def summary_scale(doc: dict[str, Any]) -> tuple[str, str, str]:
         f"{num(big.get('steady_reconciles_per_s'), '.1f')} reconciles/s, "
         f"{num(big.get('steady_cpu_percent'), '.0f', '%')} of a core"
     )
+    if big.get("quiet_reached") is False:
+        figure += " (not yet quiet when the steady window began: it holds the tail of convergence)"
+    if big.get("operator_share_of_busy_converging") is not None:
+        figure += (
+            f"; while converging {num(big.get('machine_busy_cores_converging'), '.2f')} cores were busy, the "
+            f"operator's share **{num(100 * big['operator_share_of_busy_converging'], '.0f', '%')}**"
+        )
+    base_run = doc.get("baseline") or {}
+    same = [b for b in base_run.get("sizes") or [] if b.get("objects") == big.get("objects")]
+    if same:
+        env, b = " ".join(f"{k}={v}" for k, v in (base_run.get("env") or {}).items()), same[0]
+        figure += (
+            f"; the same run with `{env}`: RSS peak {num(b.get('rss_peak_mib'), '.0f', ' MiB')}, converged in "
+            f"{num(b.get('converge_s'), '.0f', ' s')}, operator CPU {num(b.get('cpu_s_converging'), '.0f', ' s')} "
+            f"(default: {num(big.get('cpu_s_converging'), '.0f', ' s')})"
+        )
     return "operator at scale (`bench/scale.py`)", figure, "< 60 s, < 250 MiB, 0 writes/min"
+
+
+def summary_scale_memory(doc: dict[str, Any]) -> tuple[str, str, str]:
+    profile = doc.get("profile") or {}
+    owners = ", ".join(f"{k} {num(v, '.0f', ' MiB')}" for k, v in list((profile.get("by_owner_mib") or {}).items())[:5])
+    figure = (
+        f"{num(doc.get('objects'), ',')} objects, under memray: heap at its peak "
+        f"**{num(profile.get('heap_peak_mib'), '.0f', ' MiB')}**, by owner: {owners or DASH}"
+    )
+    return "operator memory at scale (`bench/scale.py --memory-profile`)", figure, "where the RSS goes"
+
+
+def summary_faults(doc: dict[str, Any]) -> tuple[str, str, str]:
+    kills, secs, killed = doc.get("kills") or {}, doc.get("seconds") or {}, doc.get("killed") or {}
+    stages = ", ".join(f"{n} {stage}" for stage, n in (kills.get("byStage") or {}).items() if n)
+    equal = doc.get("endStateEqual")
+    figure = (
+        f"{num(kills.get('done'))} SIGKILLs of {num(kills.get('asked'))} asked ({stages or DASH}): end state "
+        f"**{'equal' if equal else 'different' if equal is not None else DASH}** to the undisturbed run's; "
+        f"**{num(killed.get('duplicates'))}** children created twice, **{num(killed.get('orphans'))}** orphans, "
+        f"**{num(killed.get('leftAfterDelete'))}** left after deletion; {num(secs.get('killed'), '.0f', ' s')} against "
+        f"{num(secs.get('undisturbed'), '.0f', ' s')} undisturbed (**{num(secs.get('ratio'), '.2f', '×')}**)"
+    )
+    return "operator kills (`bench/faults.py`)", figure, "equal end state; nothing twice, orphaned or left"
+
+
+def summary_server_bench(doc: dict[str, Any]) -> tuple[str, str, str]:
+    s = doc.get("summary") or {}
+    parts = []
+    for label in doc.get("limits") or {}:
+        ratios = [
+            v
+            for k, v in s.items()
+            if k.startswith(f"{label} c=") and k.endswith(" modelops/kserve") and "efficiency" not in k
+        ]
+        ratios = [v for v in ratios if isinstance(v, int | float)]
+        if ratios:
+            parts.append(f"{label} {min(ratios):.2f}–{max(ratios):.2f}×")
+    figure = (
+        f"224 px at 16 connections: **{num(s.get('224_vs_limit_c16'), '.2f')}** of the in-process limit; "
+        f"images/s against KServe 0.21 over 1–64 connections: {'; '.join(parts) or DASH}; "
+        f"p99 at 64 / at 4 connections {num(s.get('modelops p99 c64/c4'), '.2f')} (KServe's "
+        f"{num(s.get('kserve p99 c64/c4'), '.2f')})"
+    )
+    return "inference server (`bench/server_bench.py`)", figure, "≥ 0.95 of the limit at 16; p99 64/4 ≤ 2"
 
 
 def median_range(figure: Any, spec: str = ".1f", suffix: str = "") -> str:
@@ -350,6 +411,9 @@ SUMMARIES: dict[str, Summary] = {
     "gpu-cpu-fallback": summary_gpu_fallback,
     "soak": summary_soak,
     "scale": summary_scale,
+    "scale_memory": summary_scale_memory,
+    "faults": summary_faults,
+    "server_bench": summary_server_bench,
 }
 
 
@@ -402,7 +466,7 @@ def block_images(results: Results) -> str:
         for name in doc.get("images") or {}
     ]
     return lines(
-        source("images", doc, "bench/images.py") + ":",
+        source("images", doc, "bench/image_sizes.py") + ":",
         "",
         *table(["image", "compressed (gzip, as pulled)", "unpacked", "layers"], rows),
         "",
@@ -491,7 +555,7 @@ def block_grpc(results: Results) -> str:
     header = ["payload", "clients", "REST req/s", "REST p50 / p99 ms", "REST CPU ms", "gRPC req/s"]
     header += ["gRPC p50 / p99 ms", "gRPC CPU ms", "gRPC / REST req/s"]
     return lines(
-        source("grpc", doc, "bench/grpc.py")
+        source("grpc", doc, "bench/grpc_vs_rest.py")
         + f": {text(doc.get('model'))}, {num(doc.get('seconds_per_point'), 'g')} s per point.",
         "",
         *table(header, rows),

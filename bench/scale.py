@@ -13,8 +13,13 @@ ModelDeployment `Healthy` (stable Deployment, Services, PDB, HPA applied; its po
 
 Measured, with a fresh operator process per size (started like the tests start it):
 - convergence: time from the first create until every object shows its expected phase, and until
-  the operator is quiet (a 10 s window without a write to modelops.dev objects);
+  the operator is quiet (a 30 s window without a write to modelops.dev objects: two periods of
+  the autoscaler controller, whose readings a ModelDeployment's status follows);
 - operator RSS (peak and at the end) and CPU seconds used while converging;
+- the CPU seconds of every other process on the same cores while converging: each local-cluster
+  component (its process group, from hack/cluster.py's pid files), this benchmark, and the rest
+  (the machine's busy time from /proc/stat less all of those), so the operator's share of the
+  convergence is a figure, not a guess;
 - API requests to the modelops.dev resources (from the API server's `apiserver_request_total`)
   per object while converging, and writes (POST/PUT/PATCH/DELETE, any group) per object;
 - reconciles and watch events handled per second (the operator's `modelops_reconciles_total`,
@@ -23,7 +28,16 @@ Measured, with a fresh operator process per size (started like the tests start i
   and to the children's groups — the target is zero: nothing rewritten when nothing changed.
 
 The baseline of the ratios is the smallest size: how each figure grows with the object count.
+`--baseline VAR=VALUE` also runs each size, first, with the operator under that setting (for
+example `MODELOPS_EVENT_LOOP=asyncio`) and prints the default's ratio to it, both kept in scale.json.
+The phases are followed by watches, not lists: listing 1,000 objects of each kind every second
+loaded the API server under test.
 The cluster must be started by hack/cluster.py (the benchmark starts it when it is not running).
+
+`--memory-profile` runs the operator under memray (its Python allocators traced) and writes
+bench/results/scale_memory.json instead: the heap at its peak, by who allocated it (imports, kopf,
+the Kubernetes client, the operator's own code, other libraries) and by the 20 largest allocating
+lines. The profiler slows the operator, so that run's times are not the benchmark's figures.
 """
 
 from __future__ import annotations
@@ -34,13 +48,17 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import kubernetes
+import kubernetes.watch
+import urllib3
 from harness import cluster, machine, rss_mib, start_operator, write_result
 
 from tests.support.cluster import OperatorProcess
@@ -49,6 +67,10 @@ REPO = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("MODELOPS_CLUSTER_DIR", REPO / ".cluster"))
 KUBECONFIG = STATE / "kubeconfig"
 GROUP, VERSION = "modelops.dev", "v1alpha1"
+#: A quiet window: two sync periods of the HPA controller (15 s by default). A ModelDeployment's
+#: status follows its autoscaler, which 1,000 HPAs on 2 cores update in waves; a 10 s window once
+#: fell between two waves, and the "steady" minute after it held 226 writes.
+QUIET_S = 30
 NAMESPACES = 20
 EXTRA_NODES = 12
 EXPECTED = {"datasets": "Failed", "trainingruns": "WaitingForDataset", "modeldeployments": "Healthy"}
@@ -72,11 +94,105 @@ def api_counts(client: kubernetes.client.ApiClient) -> Counter[tuple[str, str]]:
     return out
 
 
+def stat_fields(proc: Path) -> list[str]:
+    """A /proc/<pid>/stat's fields after the command name (state first: pgrp is [2], utime [11],
+    stime [12])."""
+    return (proc / "stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(fields: list[str]) -> float:
+    """User plus system CPU seconds from `stat_fields`."""
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_stats(pid: int) -> tuple[float, float]:
     """(RSS in MiB, CPU seconds) of a process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return rss_mib(pid), (int(fields[11]) + int(fields[12])) / ticks
+    return rss_mib(pid), cpu_seconds(stat_fields(Path(f"/proc/{pid}")))
+
+
+def cpu_by_process(operator_pid: int) -> dict[str, float]:
+    """CPU seconds used so far: by the operator, by each local-cluster component (all processes of
+    the process group hack/cluster.py started it in), by this benchmark, and the machine's busy
+    total (all cores, from /proc/stat). Exited processes no longer count: take differences over a
+    window in which none of these exit."""
+    groups: dict[int, str] = {}
+    for pidfile in (STATE / "run").glob("*.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            groups[int(pidfile.read_text())] = pidfile.stem
+    out: Counter[str] = Counter()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = stat_fields(proc)
+        except OSError:
+            continue  # gone since the listing
+        pid, pgrp = int(proc.name), int(fields[2])
+        name = "operator" if pid == operator_pid else "benchmark" if pid == os.getpid() else groups.get(pgrp)
+        if name:
+            out[name] += cpu_seconds(fields)
+    # user nice system idle iowait irq softirq steal: busy is all but idle and iowait
+    times = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    out["machine busy"] = (sum(times) - times[3] - times[4]) / os.sysconf("SC_CLK_TCK")
+    return dict(out)
+
+
+def cpu_breakdown(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, Any]:
+    """Who used the cores between two `cpu_by_process` readings: seconds by process (the rest:
+    busy time not accounted to any of them: pods' containers, system daemons), and the operator's
+    share of the busy time."""
+    used = {k: round(v - before.get(k, 0.0), 2) for k, v in after.items()}
+    busy = used.pop("machine busy")
+    used["rest"] = round(busy - sum(used.values()), 2)
+    return {
+        "cpu_s_by_process": dict(sorted(used.items(), key=lambda kv: -kv[1])),
+        "machine_busy_cores": busy / seconds,
+        "operator_share_of_busy": used.get("operator", 0.0) / busy if busy else None,
+    }
+
+
+#: Who holds a traced allocation: the innermost frame in one of these packages (the issue's three:
+#: kopf's caches, our indexes and state, the client's models), else the innermost frame's package.
+OWNERS = ("modelops_operator", "kopf", "kubernetes")
+
+
+def owner(stack: list[tuple[str, str, int]]) -> str:
+    """The owner of an allocation with `stack` (innermost frame first; function, file, line)."""
+    if any("importlib._bootstrap" in file for _, file, _ in stack):
+        return "imports (modules, their code and data)"
+    for _, file, _ in stack:
+        for package in OWNERS:
+            if f"/{package}/" in file:
+                return package
+    if not stack:
+        return "no Python frame (interpreter, native threads)"
+    file = stack[0][1]
+    if "site-packages/" in file:
+        return file.split("site-packages/", 1)[1].split("/", 1)[0]
+    return "standard library"
+
+
+def memory_profile(capture: Path, top: int = 20) -> dict[str, Any]:
+    """The heap at its peak in a memray capture: MiB by `owner` and the `top` allocating lines."""
+    from memray import FileReader  # noqa: PLC0415 - only --memory-profile needs it
+
+    reader = FileReader(str(capture))
+    mib = 1024 * 1024
+    by_owner: Counter[str] = Counter()
+    by_line: Counter[str] = Counter()
+    for record in reader.get_high_watermark_allocation_records(merge_threads=True):
+        stack = record.stack_trace()
+        by_owner[owner(stack)] += record.size
+        if stack:
+            function, file, line = stack[0]
+            by_line[f"{file.split('site-packages/')[-1].split('/src/')[-1]}:{line} {function}"] += record.size
+    return {
+        "heap_peak_mib": reader.metadata.peak_memory / mib,
+        "traced_at_peak_mib": sum(by_owner.values()) / mib,
+        "by_owner_mib": {k: round(v / mib, 1) for k, v in by_owner.most_common()},
+        "top_lines_mib": {k: round(v / mib, 1) for k, v in by_line.most_common(top)},
+        "python_allocators_traced": True,
+    }
 
 
 def add_nodes(core: kubernetes.client.CoreV1Api) -> None:
@@ -144,15 +260,58 @@ def objects(n: int) -> list[tuple[str, str, dict[str, Any]]]:
     return out
 
 
-def phases(custom: kubernetes.client.CustomObjectsApi) -> Counter[str]:
-    """How many objects of each kind are in their expected phase (key: the plural), and how many
-    have a status from the operator at all (key: "<plural> seen")."""
-    done: Counter[str] = Counter()
-    for plural, want in EXPECTED.items():
-        items = custom.list_cluster_custom_object(GROUP, VERSION, plural)["items"]
-        done[plural] = sum(1 for o in items if (o.get("status") or {}).get("phase") == want)
-        done[f"{plural} seen"] = sum(1 for o in items if (o.get("status") or {}).get("observedGeneration"))
-    return done
+class Phases:
+    """Each object's status as watches of the three kinds report it. Listing 1,000 objects of each
+    kind every second cost the API server under test a share of its CPU (and this benchmark 16
+    CPU-s of its own); a watch sends each change once."""
+
+    def __init__(self) -> None:
+        # A client of their own: the watches hold a connection each for as long as they run.
+        client = kubernetes.config.new_client_from_config(config_file=str(KUBECONFIG))
+        self.seen: dict[str, dict[str, tuple[str | None, bool]]] = {plural: {} for plural in EXPECTED}
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        for plural in EXPECTED:
+            threading.Thread(target=self._watch, args=(client, plural), daemon=True, name=f"watch-{plural}").start()
+
+    def _watch(self, client: kubernetes.client.ApiClient, plural: str) -> None:
+        custom = kubernetes.client.CustomObjectsApi(client)
+        while not self.stopping.is_set():
+            # Without a resourceVersion, each watch begins with every object as ADDED: a restart
+            # after its timeout or an error starts from the whole state again.
+            watch = kubernetes.watch.Watch()
+            try:
+                for event in watch.stream(
+                    custom.list_cluster_custom_object, GROUP, VERSION, plural, timeout_seconds=30
+                ):
+                    obj, kind = event["object"], event["type"]
+                    st = obj.get("status") or {}
+                    with self.lock:
+                        if kind == "DELETED":
+                            self.seen[plural].pop(obj["metadata"]["uid"], None)
+                        else:
+                            self.seen[plural][obj["metadata"]["uid"]] = (
+                                st.get("phase"),
+                                bool(st.get("observedGeneration")),
+                            )
+                    if self.stopping.is_set():
+                        watch.stop()
+            except (kubernetes.client.ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as e:
+                print(f"watch of {plural} ended ({e}); watching again", file=sys.stderr)
+                time.sleep(1)
+
+    def counts(self) -> Counter[str]:
+        """How many objects of each kind are in their expected phase (key: the plural), and how many
+        have a status from the operator at all (key: "<plural> seen")."""
+        done: Counter[str] = Counter()
+        with self.lock:
+            for plural, want in EXPECTED.items():
+                done[plural] = sum(1 for phase, _ in self.seen[plural].values() if phase == want)
+                done[f"{plural} seen"] = sum(1 for _, seen in self.seen[plural].values() if seen)
+        return done
+
+    def stop(self) -> None:
+        self.stopping.set()
 
 
 def delta(
@@ -181,13 +340,67 @@ def cleanup(core: kubernetes.client.CoreV1Api) -> None:
         time.sleep(2)
 
 
+def converge(
+    watched: Phases,
+    totals: Counter[str],
+    operator: OperatorProcess,
+    start: float,
+    rss: float,
+) -> tuple[dict[str, float], float]:
+    """Wait until every object shows its expected phase: when each kind got there (and when each
+    was first seen), seconds from `start`, and the operator's peak RSS meanwhile (from `rss`)."""
+    reached: dict[str, float] = {}
+    while not all((done := watched.counts())[p] >= totals[p] for p in totals):
+        for what in (*totals, *(f"{p} seen" for p in totals)):
+            if done[what] >= totals[what.split()[0]] and what not in reached:
+                reached[what] = time.monotonic() - start
+        rss = max(rss, stats(operator)[0])
+        if time.monotonic() - start > 900:
+            raise SystemExit(f"not converged after 900 s: {dict(done)} of {dict(totals)}")
+        time.sleep(1)
+    return reached, rss
+
+
+def wait_quiet(client: kubernetes.client.ApiClient, settle_s: float) -> bool:
+    """Converged phases are not the end of the work: the operator still finishes the create events
+    it queued, and each ModelDeployment reports its autoscaler's first reading. Wait (at most
+    `settle_s`) for quiet: a window of QUIET_S without a write to modelops.dev. False when it never
+    came: the steady window that follows then holds the tail of convergence."""
+    quiet_start, last = time.monotonic(), api_counts(client)
+    while time.monotonic() - quiet_start < settle_s:
+        time.sleep(QUIET_S)
+        now = api_counts(client)
+        if delta(last, now, GROUP, WRITE_VERBS) == 0:
+            return True
+        last = now
+    return False
+
+
 def run_size(
-    n: int, client: kubernetes.client.ApiClient, steady_s: float, settle_s: float, log_level: str = "WARNING"
+    n: int,
+    client: kubernetes.client.ApiClient,
+    steady_s: float,
+    settle_s: float,
+    log_level: str = "WARNING",
+    capture: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """One size measured; with `capture`, the operator runs under memray writing it there; `env`
+    adds to the operator's environment (a baseline's settings)."""
     core = kubernetes.client.CoreV1Api(client)
     custom = kubernetes.client.CustomObjectsApi(client)
+    runner = (
+        ["-m", "memray", "run", "--aggregate", "--trace-python-allocators", "-q", "-f", "-o", str(capture)]
+        if capture
+        else []
+    )
     # No artifact PVC: the preparation pods run on kwok nodes, which need none (and have none).
-    operator = start_operator(f"bench-scale-{n}.log", MODELOPS_LOG_LEVEL=log_level, MODELOPS_ARTIFACT_PVC=None)
+    operator = start_operator(
+        f"bench-scale-{n}{'-baseline' if env else ''}.log",
+        runner,
+        **{"MODELOPS_LOG_LEVEL": log_level, "MODELOPS_ARTIFACT_PVC": None, **(env or {})},
+    )
+    watched = Phases()
     try:
         # What an interrupted run left behind (TrainingRuns hold the operator's finalizer: their
         # namespaces go only while an operator runs).
@@ -198,33 +411,18 @@ def run_size(
         wanted = objects(n)
         totals = Counter(plural for _, plural, _ in wanted)
         before = api_counts(client)
-        rss0, cpu0, rec0, ev0 = stats(operator)
+        rss0, _, rec0, ev0 = stats(operator)
+        by_process0 = cpu_by_process(operator.pid)
         start = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda o: custom.create_namespaced_custom_object(GROUP, VERSION, o[0], o[1], o[2]), wanted))
         created = time.monotonic() - start
-        peak = rss0
-        reached: dict[str, float] = {}  # when each kind got there (and when each was first seen)
-        while not all((done := phases(custom))[p] >= totals[p] for p in totals):
-            for what in (*totals, *(f"{p} seen" for p in totals)):
-                if done[what] >= totals[what.split()[0]] and what not in reached:
-                    reached[what] = time.monotonic() - start
-            peak = max(peak, stats(operator)[0])
-            if time.monotonic() - start > 900:
-                raise SystemExit(f"not converged after 900 s: {dict(done)} of {dict(totals)}")
-            time.sleep(1)
+        reached, peak = converge(watched, totals, operator, start, rss0)
         converged = time.monotonic() - start
+        converging = cpu_breakdown(by_process0, cpu_by_process(operator.pid), converged)
         after = api_counts(client)
-        _, cpu1, rec1, ev1 = stats(operator)
-        # Converged phases are not the end of the work: the operator still finishes the create
-        # events it queued. Quiet = a 10 s window without a write to modelops.dev objects.
-        quiet_start, last = time.monotonic(), api_counts(client)
-        while time.monotonic() - quiet_start < settle_s:
-            time.sleep(10)
-            now = api_counts(client)
-            if delta(last, now, GROUP, WRITE_VERBS) == 0:
-                break
-            last = now
+        _, _, rec1, ev1 = stats(operator)
+        quiet_reached = wait_quiet(client, settle_s)
         quiet = time.monotonic() - start
         s_before, s_start = api_counts(client), time.monotonic()
         _, cpu_s0, rec_s0, ev_s0 = stats(operator)
@@ -234,8 +432,11 @@ def run_size(
         s_after, s_len = api_counts(client), time.monotonic() - s_start
         rss2, cpu_s1, rec_s1, ev_s1 = stats(operator)
     finally:
+        watched.stop()
         cleanup(core)
-        operator.stop()
+        # memray writes its aggregated capture at exit, after kopf's graceful shutdown: both slow
+        # under the profiler (a SIGKILL after the usual 15 s left an empty file).
+        operator.stop(timeout=300 if capture else 15)
     steady_writes = {
         k: v - s_before.get(k, 0)
         for k, v in s_after.items()
@@ -251,10 +452,14 @@ def run_size(
         "all_seen_s": max(reached.get(f"{p} seen", converged) for p in totals),
         **{f"converge_{p}_s": reached.get(p, converged) for p in totals},
         "quiet_s": quiet,
+        "quiet_reached": quiet_reached,
         "rss_start_mib": rss0,
         "rss_peak_mib": max(peak, rss2),
         "rss_end_mib": rss2,
-        "cpu_s_converging": cpu1 - cpu0,
+        "cpu_s_converging": converging["cpu_s_by_process"].get("operator", 0.0),
+        "machine_busy_cores_converging": converging["machine_busy_cores"],
+        "operator_share_of_busy_converging": converging["operator_share_of_busy"],
+        "cpu_s_converging_by_process": converging["cpu_s_by_process"],
         "modelops_requests_per_object": delta(before, after, GROUP, None) / n,
         "writes_per_object": delta(before, after, None, WRITE_VERBS) / n,
         "reconciles_per_s_converging": (rec1 - rec0) / converged,
@@ -280,26 +485,84 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--log-level", default="WARNING", help="operator log level (INFO logs each status change; default WARNING)"
     )
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="VAR=VALUE",
+        help="also run each size, first, with the operator under this environment setting (repeatable; e.g. "
+        "MODELOPS_EVENT_LOOP=asyncio), print the default's ratio to it and keep both in scale.json",
+    )
+    parser.add_argument(
+        "--memory-profile",
+        action="store_true",
+        help="run the operator under memray and write scale_memory.json (the heap at its peak, by owner)",
+    )
     args = parser.parse_args(argv)
     client = cluster()
     add_nodes(kubernetes.client.CoreV1Api(client))
-    results = [run_size(n, client, args.steady, args.settle, args.log_level) for n in args.sizes]
-    base = results[0]
-    print(f"{'figure':34} " + " ".join(f"{'N=' + str(int(r['objects'])):>12}" for r in results) + "   ratio last/first")
-    for key in base:
-        if key == "objects" or not isinstance(base[key], int | float):
-            continue
-        values = " ".join(f"{r[key]:12.2f}" for r in results)
-        ratio = results[-1][key] / base[key] if base[key] else float("nan")
-        print(f"{key:34} {values}   {ratio:8.2f}")
+    if args.memory_profile:
+        return profile_memory(client, args)
+    baseline_env = dict(kv.split("=", 1) for kv in args.baseline)
+    results, baseline = [], []
+    for n in args.sizes:
+        if baseline_env:  # the baseline first, then the default: the same cluster, one after the other
+            baseline.append(run_size(n, client, args.steady, args.settle, args.log_level, env=baseline_env))
+        results.append(run_size(n, client, args.steady, args.settle, args.log_level))
+    print_table(results, "ratio last/first", lambda key: ratio(results[-1][key], results[0][key]))
+    if baseline:
+        print(f"against the baseline ({' '.join(args.baseline)}), size by size:")
+        for b, r in zip(baseline, results, strict=True):
+            heads = [f"baseline {r['objects']}", f"default {r['objects']}"]
+            print_table([b, r], "ratio default/baseline", lambda key, b=b, r=r: ratio(r[key], b[key]), heads)
     print(json.dumps(results))
+    doc: dict[str, Any] = {
+        "benchmark": "scale",
+        "steadySeconds": args.steady,
+        "settleSeconds": args.settle,
+        "sizes": results,
+    }
+    if baseline:
+        doc["baseline"] = {"env": baseline_env, "sizes": baseline}
+    write_result("scale", {**doc, "machine": machine("kopf", "kubernetes", "uvloop")})
+    return 0
+
+
+def ratio(value: float, base: float) -> float:
+    return value / base if base else float("nan")
+
+
+def print_table(
+    runs: list[dict[str, Any]], ratio_name: str, ratio_of: Callable[[str], float], labels: list[str] | None = None
+) -> None:
+    """The numeric figures of `runs` side by side (headed N=<objects> or `labels`), `ratio_of(figure)` last."""
+    heads = labels or [f"N={int(r['objects'])}" for r in runs]
+    print(f"{'figure':34} " + " ".join(f"{h:>12}" for h in heads) + f"   {ratio_name}")
+    for key, first in runs[0].items():
+        if key == "objects" or not isinstance(first, int | float):
+            continue
+        values = " ".join(f"{r[key]:12.2f}" for r in runs)
+        print(f"{key:34} {values}   {ratio_of(key):8.2f}")
+
+
+def profile_memory(client: kubernetes.client.ApiClient, args: argparse.Namespace) -> int:
+    """The largest size, converged under memray: where the operator's memory goes."""
+    n = max(args.sizes)
+    capture = REPO / "build" / f"scale-memray-{n}.bin"
+    capture.parent.mkdir(parents=True, exist_ok=True)
+    run = run_size(n, client, args.steady, args.settle, args.log_level, capture)
+    profile = memory_profile(capture)
+    print(json.dumps(profile, indent=2))
     write_result(
-        "scale",
+        "scale_memory",
         {
-            "benchmark": "scale",
-            "steadySeconds": args.steady,
-            "sizes": results,
-            "machine": machine("kopf", "kubernetes"),
+            "benchmark": "scale_memory",
+            "objects": n,
+            "profile": profile,
+            # Under the profiler: RSS includes memray's own tables, times are slowed.
+            "rss_peak_mib_profiled": run["rss_peak_mib"],
+            "converge_s_profiled": run["converge_s"],
+            "machine": machine("kopf", "kubernetes", "memray"),
         },
     )
     return 0

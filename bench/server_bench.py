@@ -16,7 +16,8 @@ Payloads, all as Open Inference Protocol JSON requests (BYTES input as base64, J
 so both servers parse identical bytes: a 224×224 JPEG, a 1920×1080 JPEG photo,
 and a batch of 8 224×224 JPEGs in one request. Concurrency 1, 4, 16, 64 closed-loop keep-alive
 connections; a 503 is honoured with its Retry-After. Prints a table and the ratios the issue's
-goals name, and writes everything to ``build/bench/server-results.json``.
+goals name, and writes everything to ``bench/results/server_bench.json`` (bench/report.py puts its
+figures into the docs); a ``--quick`` run writes ``build/bench/server-results.json`` instead.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from PIL import Image
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # imported from another folder's script
     sys.path.append(str(Path(__file__).resolve().parent))
+from harness import machine, write_result
 from server_loadgen import Result, build_request, run_point
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -457,9 +459,13 @@ def main() -> None:
                     results[name].setdefault(label, {})[c] = measure(name, pids[name], p, request, c, len(images), args)
 
     summary = print_ratios(results, limits, list(bodies), args.concurrency)
-    out = WORK / "server-results.json"
-    out.write_text(json.dumps({"limits": limits, "results": results, "summary": summary, "args": vars(args)}, indent=1))
-    print(f"\nwritten: {out}")
+    doc = {"limits": limits, "results": results, "summary": summary, "args": vars(args)}
+    if args.quick:  # a smoke run: not a figure for the docs
+        out = WORK / "server-results.json"
+        out.write_text(json.dumps(doc, indent=1))
+        print(f"\nwritten: {out}")
+    else:
+        write_result("server_bench", {"machine": machine("onnxruntime", "numpy", "pillow"), **doc})
 
 
 if __name__ == "__main__":

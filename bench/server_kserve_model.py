@@ -14,21 +14,13 @@ import base64
 import io
 import json
 import logging
-import sys
 import uuid
-from pathlib import Path
 
-# Run as a script, this file's folder is first on sys.path, and bench/grpc.py would then shadow
-# grpcio, which kserve imports. Nothing here is imported from the folder: take it off (bench/grpc.py
-# keeps it, last).
-BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
-
-import kserve  # noqa: E402 - after the path fix above
-import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-from kserve import InferOutput, InferRequest, InferResponse  # noqa: E402
-from PIL import Image  # noqa: E402
+import kserve
+import numpy as np
+import onnxruntime as ort
+from kserve import InferOutput, InferRequest, InferResponse
+from PIL import Image
 
 
 class Classifier(kserve.Model):

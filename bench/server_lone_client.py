@@ -44,13 +44,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-# bench/ holds grpc.py: keep the folder on the path for server_bench, but last, so `import grpc`
-# anywhere below finds grpcio (as bench/grpc.py does).
-BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH] + [str(BENCH)]
-
-from harness import machine, write_result  # noqa: E402
-from server_bench import (  # noqa: E402
+from harness import machine, write_result
+from server_bench import (
     KSERVE_VERSION,
     ROOT,
     WORK,
@@ -63,8 +58,9 @@ from server_bench import (  # noqa: E402
     tree_cpu_seconds,
     v2_body,
 )
-from server_loadgen import build_request, run_point  # noqa: E402
+from server_loadgen import build_request, run_point
 
+BENCH = Path(__file__).resolve().parent
 CONNECTIONS = (1, 4, 16, 64)
 WINDOW_CONNECTIONS = (1, 16)
 #: bench/server_bench.py's settings for this server.

@@ -79,7 +79,7 @@ def test_a_value_a_file_lacks_shows_as_a_dash(copy):
     assert report(copy).returncode == 0
     page = (copy / "docs" / "benchmarks.md").read_text()
     assert "| `images.json` | — | — | — | — | — | — | — |" in page
-    assert "(`bench/images.py`, no machine record):" in page
+    assert "(`bench/image_sizes.py`, no machine record):" in page
     assert "| operator | 140 MB | 426 MB | 6 |" in page  # the figures the file has are still there
 
 

@@ -1,7 +1,7 @@
 """gRPC next to REST: the same server process, model and payloads, side by side in one run.
 
-    .venv/bin/python bench/grpc.py               # about 2 minutes on 2 cores
-    .venv/bin/python bench/grpc.py --seconds 2   # a shorter smoke run
+    .venv/bin/python bench/grpc_vs_rest.py        # about 2 minutes on 2 cores
+    .venv/bin/python bench/grpc_vs_rest.py --seconds 2  # a shorter smoke run
 
 One ``python -m modelops_server`` (one worker) serves a small CNN (the server tests' model at
 64×64, so that the protocol's cost is visible next to inference) on both its ports. Each payload
@@ -27,26 +27,21 @@ import asyncio
 import contextlib
 import io
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
-# This file is named grpc.py: with its folder first on sys.path, `import grpc` would import it.
-BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH] + [str(BENCH)]
+import grpc
+import numpy as np
+import orjson
+from harness import machine, write_result  # puts the repository on sys.path
+from PIL import Image
+from server_loadgen import Result, build_request, run_point
 
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
-import orjson  # noqa: E402
-from harness import machine, write_result  # noqa: E402 - puts the repository on sys.path
-from PIL import Image  # noqa: E402
-from server_loadgen import Result, build_request, run_point  # noqa: E402
-
-from modelops_server.proto import grpc_predict_v2_pb2 as pb  # noqa: E402
-from tests.support.serving import ServerProcess, export_model  # noqa: E402
+from modelops_server.proto import grpc_predict_v2_pb2 as pb
+from tests.support.serving import ServerProcess, export_model
 
 MODEL = "bench-cnn"
 SIZE = 64

@@ -9,7 +9,7 @@ Measured, in one run:
 
 Needs the local registry running (hack/cluster.py up). Writes bench/results/images.json.
 
-    .venv/bin/python bench/images.py
+    .venv/bin/python bench/image_sizes.py
 """
 
 from __future__ import annotations
