@@ -562,7 +562,7 @@ def profile_memory(client: kubernetes.client.ApiClient, args: argparse.Namespace
             # Under the profiler: RSS includes memray's own tables, times are slowed.
             "rss_peak_mib_profiled": run["rss_peak_mib"],
             "converge_s_profiled": run["converge_s"],
-            "machine": machine("kopf", "kubernetes", "memray"),
+            "machine": machine("kopf", "kubernetes", "uvloop", "memray"),
         },
     )
     return 0
