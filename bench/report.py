@@ -337,9 +337,11 @@ def summary_scale(doc: dict[str, Any]) -> tuple[str, str, str]:
 def summary_scale_memory(doc: dict[str, Any]) -> tuple[str, str, str]:
     profile = doc.get("profile") or {}
     owners = ", ".join(f"{k} {num(v, '.0f', ' MiB')}" for k, v in list((profile.get("by_owner_mib") or {}).items())[:5])
+    line, mib = next(iter((profile.get("top_lines_mib") or {}).items()), (None, None))
+    top = f"; the line allocating most: `{line.split('/')[-1]}` {num(mib, '.0f', ' MiB')}" if line else ""
     figure = (
         f"{num(doc.get('objects'), ',')} objects, under memray: heap at its peak "
-        f"**{num(profile.get('heap_peak_mib'), '.0f', ' MiB')}**, by owner: {owners or DASH}"
+        f"**{num(profile.get('heap_peak_mib'), '.0f', ' MiB')}**, by owner: {owners or DASH}{top}"
     )
     return "operator memory at scale (`bench/scale.py --memory-profile`)", figure, "where the RSS goes"
 
