@@ -66,9 +66,9 @@ k8s_ldflags() {
   echo "$f"
 }
 
-want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(kubernetes node etcd kwok helm training-operator prometheus coredns metrics-server custom-metrics-adapter kueue trainer jobset traefik health)
-for w in "${want[@]}"; do
+# build_set NAME: one of the sets below (a set's binaries come from one `go build`).
+build_set() {
+  local w=$1 pv v d
   case $w in
     kubernetes)
       if [ -x "$bin/kube-apiserver-$KUBERNETES_VERSION" ] && [ -x "$bin/kube-controller-manager-$KUBERNETES_VERSION" ] \
@@ -142,7 +142,27 @@ for w in "${want[@]}"; do
     # helm v3.19.0's client-go (v0.34), as helm's own Makefile sets it (unset, it is 1.20).
     # The file's name says so (-k8s1.34), so that a helm built before with 1.20 is rebuilt.
     helm) build helm "$HELM_VERSION-k8s1.34" helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=34 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=34" helm.sh/helm/v3/cmd/helm ;;
-    *) log "unknown binary set: $w"; exit 2 ;;
+    *) log "unknown binary set: $w"; return 2 ;;
   esac
+}
+
+# Two sets at a time (MODELOPS_GO_BUILD_JOBS): `go build` keeps both cores busy compiling, but each
+# link is one core for up to a minute, and a module download is none; the heaviest sets come first.
+want=("$@")
+[ ${#want[@]} -gt 0 ] || want=(kubernetes node traefik kueue prometheus health etcd kwok helm training-operator coredns metrics-server custom-metrics-adapter trainer jobset)
+jobs_max=${MODELOPS_GO_BUILD_JOBS:-2}
+declare -A running=()
+failed=()
+reap() {
+  local pid
+  if wait -n -p pid; then :; else failed+=("${running[$pid]}"); fi
+  unset "running[$pid]"
+}
+for w in "${want[@]}"; do
+  while [ ${#running[@]} -ge "$jobs_max" ]; do reap; done
+  build_set "$w" &
+  running[$!]=$w
 done
+while [ ${#running[@]} -gt 0 ]; do reap; done
+if [ ${#failed[@]} -gt 0 ]; then log "failed: ${failed[*]}"; exit 1; fi
 echo "$bin"

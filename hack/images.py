@@ -2,6 +2,8 @@
 """The project's container images, built here from their own Dockerfiles without a Docker engine.
 
     hack/images.py build [NAME ...]   build and push (default: all), print the references by digest
+    hack/images.py build --no-push    build only, into buildah's local store (hack/setup.sh does,
+                                      beside the Go builds, so that hack/cluster.py up only pushes)
     hack/images.py refs               print the references of the last successful pushes (JSON)
     hack/images.py wheels             fill the machine's wheel cache only (hack/setup.sh does)
 
@@ -225,8 +227,9 @@ def _image_id(local: str) -> str | None:
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
-def build(image: Image, base: str, wheels: Path) -> str:
-    """Build one image from its Dockerfile and push it; return its reference by digest."""
+def build(image: Image, base: str, wheels: Path, *, push_it: bool = True) -> str:
+    """Build one image from its Dockerfile and push it; return its reference by digest (its local
+    name when not pushed)."""
     local = f"localhost/modelops/{image.name}:dev"
     args = [
         "buildah", "bud", "--layers", "--network=host", "--quiet",
@@ -246,6 +249,9 @@ def build(image: Image, base: str, wheels: Path) -> str:
         # drops the intermediate images that are the layer cache of the next build.
         subprocess.run(["buildah", "rmi", previous], capture_output=True, check=False)
     built = time.monotonic() - started
+    if not push_it:
+        log(f"{image.name}: built in {built:.0f}s, not pushed")
+        return local
     ref = push(local, f"{image.repository}:dev")
     log(f"{image.name}: built in {built:.0f}s, pushed in {time.monotonic() - started - built:.0f}s: {ref}")
     return ref
@@ -265,12 +271,17 @@ def save_refs(refs: dict[str, str]) -> None:
     tmp.replace(REFS)
 
 
-def build_all(names: list[str]) -> dict[str, str]:
-    """Build the named images (all by default) and the pause image; return every reference."""
+def build_all(names: list[str], *, push_them: bool = True) -> dict[str, str]:
+    """Build the named images (all by default) and the pause image; return every reference. Not
+    pushed, the images are only built into the local store (no registry needed): the references
+    are their local names, and the file of references is left as it was."""
     need("buildah", "gcc")
     unknown = sorted(set(names) - set(IMAGES))
     if unknown:
         raise BuildError(f"unknown image(s) {', '.join(unknown)}; known: {', '.join(IMAGES)}")
+    if not push_them:
+        base, wheels = base_image(), wheel_cache()
+        return {name: build(IMAGES[name], base, wheels, push_it=False) for name in names or list(IMAGES)}
     refs = load_refs()
     refs["pause"] = pause_image()
     save_refs(refs)
@@ -288,13 +299,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build and push images (the registry must run: hack/cluster.py up starts it)")
     b.add_argument("names", nargs="*", metavar="NAME", help=f"images to build: {', '.join(IMAGES)} (default: all)")
+    b.add_argument(
+        "--no-push", dest="push", action="store_false", help="build into the local store only (no registry needed)"
+    )
     sub.add_parser("refs", help="print the references by digest of the last successful pushes")
     sub.add_parser("wheels", help="fill the machine's wheel cache (shared with .venv) and print its path")
     args = parser.parse_args(argv)
     if args.command == "wheels":
         print(wheel_cache())
         return 0
-    refs = build_all(args.names) if args.command == "build" else load_refs()
+    refs = build_all(args.names, push_them=args.push) if args.command == "build" else load_refs()
     print(json.dumps(refs, indent=2, sort_keys=True))
     return 0
 

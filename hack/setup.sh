@@ -15,7 +15,9 @@
 #     tritonclient[http,grpc] and kserve, whose protobuf, grpcio and pandas pins conflict with the
 #     project's and with each other; tests/server/test_clients.py runs them in subprocesses,
 #   - the local cluster's binaries, built from their Go modules, and modelops-health, the kstatus
-#     and Argo CD harness of tests/operator/test_health.py (hack/build-binaries.sh).
+#     and Argo CD harness of tests/operator/test_health.py (hack/build-binaries.sh),
+#   - the project's images, built into buildah's store (hack/images.py build --no-push; pushed by
+#     hack/cluster.py up), unless MODELOPS_NO_CLUSTER=1.
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -60,6 +62,15 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$inputs" ]; then
   echo "$inputs" > "$stamp"
 fi
 
+# The images too (hack/images.py, from the wheel cache just filled): built beside the Go builds,
+# so that the first hack/cluster.py up only pushes them (on a fresh machine the trainer's build is
+# about 4 minutes of pip and apt, little of it on the CPU). Not when the cluster is not wanted.
+images=""
+if [ "${MODELOPS_NO_CLUSTER:-}" != 1 ]; then
+  .venv/bin/python hack/images.py build --no-push >/dev/null &
+  images=$!
+fi
+
 for client in triton kserve; do
   venv=.venv-clients/$client
   cstamp=$venv/.modelops-installed
@@ -73,5 +84,6 @@ for client in triton kserve; do
   fi
 done
 
+[ -z "$images" ] || wait "$images" || { log "building the images failed (hack/images.py build, above)"; exit 1; }
 wait "$builds" || { log "building the cluster binaries failed (hack/build-binaries.sh, above)"; exit 1; }
 log "ready: .venv and the cluster binaries in ${MODELOPS_CACHE:-$HOME/.cache/modelops}/bin"

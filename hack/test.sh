@@ -32,8 +32,8 @@ $py/mypy --strict bench/report.py
 $py/python bench/report.py --check   # the benchmark tables of README.md and docs/ match bench/results/
 site=$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $py/mkdocs build --strict --quiet --site-dir "$site" && rm -rf "$site"
 
-# The cluster tests need the local cluster, whose start builds the three images from their
-# Dockerfiles (minutes the first time on a machine, seconds after): started here, outside pytest's
+# The cluster tests need the local cluster, whose start pushes the three images (hack/setup.sh has
+# built them from their Dockerfiles) and loads them on the node: started here, outside pytest's
 # per-test timeout, unless only other tests were asked for; stopped at the end if started here.
 if [ "${MODELOPS_NO_CLUSTER:-}" != 1 ] && [[ " $* " != *"not cluster"* ]] \
    && ! python3 hack/cluster.py status >/dev/null 2>&1; then
