@@ -5,19 +5,24 @@ controllers against a real one). Also: the kopf registration, and the operator's
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import subprocess
 import sys
 import textwrap
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from modelops_operator import observability
+from modelops_operator import controllers, handlers, observability
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import ConditionStatus
+from modelops_operator.api.kinds import DATASET, MODEL_DEPLOYMENT, TRAINING_RUN
 from modelops_operator.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus, ServedModel
 from modelops_operator.api.names import ABORT_ANNOTATION, PROMOTE_ANNOTATION
 from modelops_operator.api.trainingrun import RegisteredModel, TrainingRunSpec, TrainingRunStatus
@@ -547,6 +552,97 @@ def test_handlers_register_the_same_handler_ids_with_kopf():
         "_indexing ['deployments_by_run', 'runs_by_dataset']",
         "resync [7.0]",
     ]
+
+
+def test_event_handlers_run_on_the_event_loop():
+    """kopf hands an object's events to its handlers one at a time, each event a whole body; a sync
+    handler waits for a thread of the pool that the reconciles hold. So every watching handler is
+    a coroutine, and only a wake-up or a reconcile goes to a thread (a fresh process: kopf's
+    registry is global)."""
+    script = textwrap.dedent(
+        """
+        import inspect, kopf
+        from modelops_operator import handlers
+        from modelops_operator.settings import OperatorSettings
+        handlers.register(OperatorSettings())
+        for h in kopf.get_default_registry()._watching.get_all_handlers():
+            print(h.id, inspect.iscoroutinefunction(h.fn))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    lines = sorted(out.splitlines())
+    assert lines == sorted(
+        f"{h} True"
+        for h in (
+            "wake",
+            "wake",
+            "wake",
+            "wake-modeldeployments",
+            "wake-modeldeployments-autoscaled",
+            "wake-trainingruns",
+        )
+    )
+
+
+def test_blocking_work_runs_in_kopfs_pool_with_the_handlers_context():
+    """What kopf gives a sync handler: its thread pool, and the context (kopf's event posting reads it)."""
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var")
+    pool = ThreadPoolExecutor(1, thread_name_prefix="kopf-pool")
+    saved = list(handlers._pool)
+    handlers._pool[:] = [pool]
+
+    async def handler() -> tuple[str, str]:
+        var.set("the handler's")
+        return await handlers._blocking(lambda: (var.get(), threading.current_thread().name))
+
+    try:
+        value, thread = asyncio.run(handler())
+    finally:
+        handlers._pool[:] = saved
+        pool.shutdown()
+    assert value == "the handler's"
+    assert thread.startswith("kopf-pool")
+
+
+def _dataset(version: str | None, ready: str = "True") -> dict[str, Any]:
+    status = {"version": version, "conditions": [{"type": "Ready", "status": ready}]} if version else {}
+    return {"metadata": {"name": "digits", "namespace": "ml"}, "status": status}
+
+
+def test_a_dataset_wakes_its_runs_only_when_what_they_read_changes():
+    memo: dict[str, Any] = {}
+
+    def wake(body: dict[str, Any] | None, dependants: list[str], listed: bool = False) -> controllers.Wake | None:
+        return controllers.dependants_wake(
+            DATASET, body, memo, name="digits", namespace="ml", listed=listed, dependants=lambda: dependants
+        )
+
+    assert wake(_dataset(None), ["run"], listed=True) is None  # first sight at start: resume reconciles all
+    woken = wake(_dataset("v1"), ["run-a", "run-b"])
+    assert woken is not None
+    assert (woken.kind, woken.namespace, woken.names) == (TRAINING_RUN, "ml", ("run-a", "run-b"))
+    assert woken.value.startswith("Dataset/digits@")
+    assert wake(_dataset("v1"), ["run-a"]) is None  # the same status again: no one to wake
+    assert wake(_dataset("v2"), []) is None  # a change, but no run waits for it
+    gone = wake(None, ["run-a"])
+    assert gone is not None and gone.value == "Dataset/digits@deleted"
+
+
+def test_an_autoscaler_wakes_the_modeldeployment_that_controls_it():
+    memo: dict[str, Any] = {}
+    owner = {"kind": "ModelDeployment", "name": "digits", "controller": True}
+
+    def hpa(replicas: int, owners: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"metadata": {"ownerReferences": owners}, "status": {"currentReplicas": replicas}}
+
+    def wake(body: dict[str, Any] | None) -> controllers.Wake | None:
+        return controllers.autoscaler_wake(body, memo, name="digits-hpa", namespace="ml", listed=False)
+
+    woken = wake(hpa(1, [owner]))
+    assert woken is not None and (woken.kind, woken.names) == (MODEL_DEPLOYMENT, ("digits",))
+    assert woken.value.startswith("HorizontalPodAutoscaler/digits-hpa@")
+    assert wake(hpa(1, [owner])) is None
+    assert wake(hpa(2, [{**owner, "controller": False}])) is None  # not controlled by a ModelDeployment
 
 
 def _record(level: int, message: str) -> logging.LogRecord:

@@ -4,6 +4,7 @@ registry: `modelops_rollout_aborted` loses a deleted ModelDeployment's series, a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import platform
 import re
@@ -46,12 +47,14 @@ def test_a_deleted_modeldeployments_rollout_series_goes():
     objects = REGISTRY.get_sample_value("modelops_objects", {"kind": "ModelDeployment", "phase": "Degraded"})
     assert aborted("ml", "digits") == 1
     on_event = event_handler(MODEL_DEPLOYMENT.plural)
-    on_event(
-        type="DELETED",
-        body=body("ModelDeployment", "ml", "digits"),
-        patch=kopf.Patch(),
-        logger=logging.getLogger("test"),
-        memo=kopf.Memo(),
+    asyncio.run(
+        on_event(
+            type="DELETED",
+            body=body("ModelDeployment", "ml", "digits"),
+            patch=kopf.Patch(),
+            logger=logging.getLogger("test"),
+            memo=kopf.Memo(),
+        )
     )
     assert aborted("ml", "digits") is None
     assert aborted("ml", "other") == 0  # the others stay

@@ -39,14 +39,17 @@ from modelops_operator.settings import OperatorSettings
 __all__ = [
     "Reconciled",
     "RetryLater",
+    "Wake",
+    "autoscaler_wake",
     "commanded",
     "delete_trials",
+    "dependants_wake",
     "deployments_following",
     "forget",
     "on_event",
     "reconcile",
     "runs_waiting_for",
-    "wake_dependants",
+    "wake",
     "woken_by",
 ]
 
@@ -158,17 +161,27 @@ def deployments_following(index: Mapping[Any, Iterable[Any]], namespace: str, ru
     return list(index.get((namespace, run_name), []))
 
 
-def wake_owner_of_autoscaler(
+@dataclass(frozen=True)
+class Wake:
+    """Objects to wake: each is annotated with `value`, which tells which change woke it."""
+
+    kind: Kind
+    namespace: str
+    names: tuple[str, ...]
+    value: str
+
+
+def autoscaler_wake(
     body: Mapping[str, Any] | None,
     memo: MutableMapping[str, Any],
     *,
     name: str,
     namespace: str,
     listed: bool,
-    log: Log,
-) -> None:
-    """Annotate the ModelDeployment owning an autoscaler whenever what its status reports of it
-    changes (replicas, whether it can read its metrics): a scale shows in status at once."""
+) -> Wake | None:
+    """The ModelDeployment owning an autoscaler, to wake whenever what its status reports of it
+    changes (replicas, whether it can read its metrics): a scale shows in status at once. No API
+    call: the handler runs it on the event loop, and only a wake-up (`wake`) in a thread."""
     after = autoscaling.fingerprint(dict(body) if body is not None else None)
     known, before = "fingerprint" in memo, memo.get("fingerprint")
     memo["fingerprint"] = after
@@ -179,15 +192,11 @@ def wake_owner_of_autoscaler(
         )
     owner = memo.get("owner")
     if not owner or not dep.should_wake(before, after, known=known, listed=listed):
-        return
-    value = dep.wake_value("HorizontalPodAutoscaler", name, after)
-    try:
-        kube.annotate(MODEL_DEPLOYMENT, namespace, owner, {names.DEPENDENCY_CHANGED_ANNOTATION: value})
-    except (kube.Conflict, kube.Unavailable) as e:
-        log.warning("could not wake ModelDeployment %s: %s", owner, e)
+        return None
+    return Wake(MODEL_DEPLOYMENT, namespace, (owner,), dep.wake_value("HorizontalPodAutoscaler", name, after))
 
 
-def wake_dependants(
+def dependants_wake(
     kind: Kind,
     body: Mapping[str, Any] | None,
     memo: MutableMapping[str, Any],
@@ -196,20 +205,25 @@ def wake_dependants(
     namespace: str,
     listed: bool,
     dependants: Callable[[], list[str]],
-    log: Log,
-) -> None:
-    """Annotate the dependants of a `kind` object whenever what they read of it changes (`body`
-    None: it was deleted). A failed wake-up is logged; the resync timer catches up later."""
+) -> Wake | None:
+    """The dependants of a `kind` object, to wake whenever what they read of it changes (`body`
+    None: it was deleted). No API call, as `autoscaler_wake`."""
     fingerprint = dep.dataset_fingerprint if kind is DATASET else dep.run_fingerprint
-    dependant_kind = TRAINING_RUN if kind is DATASET else MODEL_DEPLOYMENT
     after = fingerprint(dict(body) if body is not None else None)
     known, before = "fingerprint" in memo, memo.get("fingerprint")
     memo["fingerprint"] = after
     if not dep.should_wake(before, after, known=known, listed=listed):
-        return
-    value = dep.wake_value(kind.kind, name, after)
-    for dependant in dependants():
+        return None
+    names_ = tuple(dependants())
+    dependant_kind = TRAINING_RUN if kind is DATASET else MODEL_DEPLOYMENT
+    return Wake(dependant_kind, namespace, names_, dep.wake_value(kind.kind, name, after)) if names_ else None
+
+
+def wake(wake: Wake, log: Log) -> None:
+    """Annotate the objects `wake` names (blocking API calls). A failed wake-up is logged; the
+    resync timer catches up later."""
+    for name in wake.names:
         try:
-            kube.annotate(dependant_kind, namespace, dependant, {names.DEPENDENCY_CHANGED_ANNOTATION: value})
+            kube.annotate(wake.kind, wake.namespace, name, {names.DEPENDENCY_CHANGED_ANNOTATION: wake.value})
         except (kube.Conflict, kube.Unavailable) as e:
-            log.warning("could not wake %s %s: %s", dependant_kind.kind, dependant, e)
+            log.warning("could not wake %s %s: %s", wake.kind.kind, name, e)
