@@ -326,12 +326,16 @@ def summary_scale(doc: dict[str, Any]) -> tuple[str, str, str]:
     same = [b for b in base_run.get("sizes") or [] if b.get("objects") == big.get("objects")]
     if same:
         env, b = " ".join(f"{k}={v}" for k, v in (base_run.get("env") or {}).items()), same[0]
+        # PYTHONPATH: the baseline ran another checkout's operator code (the code before a change).
+        with_ = f"the operator's code from `{env}`" if "PYTHONPATH" in (base_run.get("env") or {}) else f"`{env}`"
         figure += (
-            f"; the same run with `{env}`: RSS peak {num(b.get('rss_peak_mib'), '.0f', ' MiB')}, converged in "
+            f"; the same run with {with_}: RSS peak {num(b.get('rss_peak_mib'), '.0f', ' MiB')}, converged in "
             f"{num(b.get('converge_s'), '.0f', ' s')}, operator CPU {num(b.get('cpu_s_converging'), '.0f', ' s')} "
             f"(default: {num(big.get('cpu_s_converging'), '.0f', ' s')})"
         )
-    return "operator at scale (`bench/scale.py`)", figure, "< 60 s, < 250 MiB, 0 writes/min"
+    env = " ".join(f"{k}={v}" for k, v in (doc.get("env") or {}).items() if k != "PYTHONPATH")
+    what = f"operator at scale (`bench/scale.py`{', under ' + env if env else ''})"
+    return what, figure, "< 60 s, < 250 MiB, 0 writes/min"
 
 
 def summary_scale_memory(doc: dict[str, Any]) -> tuple[str, str, str]:
@@ -413,6 +417,7 @@ SUMMARIES: dict[str, Summary] = {
     "gpu-cpu-fallback": summary_gpu_fallback,
     "soak": summary_soak,
     "scale": summary_scale,
+    "scale_glibc_arenas": summary_scale,
     "scale_memory": summary_scale_memory,
     "faults": summary_faults,
     "server_bench": summary_server_bench,

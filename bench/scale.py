@@ -74,6 +74,7 @@ QUIET_S = 30
 NAMESPACES = 20
 EXTRA_NODES = 12
 EXPECTED = {"datasets": "Failed", "trainingruns": "WaitingForDataset", "modeldeployments": "Healthy"}
+OPERATOR_ENV_PREFIXES = ("MODELOPS_", "MALLOC_", "PYTHONPATH", "PYTHONMALLOC")
 WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
 SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$", re.MULTILINE)
 
@@ -494,6 +495,13 @@ def main(argv: list[str] | None = None) -> int:
         "MODELOPS_EVENT_LOOP=asyncio), print the default's ratio to it and keep both in scale.json",
     )
     parser.add_argument(
+        "--result",
+        default="scale",
+        metavar="NAME",
+        help="write bench/results/NAME.json (default scale: the file the docs quote; another name for a side "
+        "experiment)",
+    )
+    parser.add_argument(
         "--memory-profile",
         action="store_true",
         help="run the operator under memray and write scale_memory.json (the heap at its peak, by owner)",
@@ -521,10 +529,13 @@ def main(argv: list[str] | None = None) -> int:
         "steadySeconds": args.steady,
         "settleSeconds": args.settle,
         "sizes": results,
+        # What of this process's environment the operator inherits and reads (settings, glibc's
+        # malloc, where its code comes from): a run under MALLOC_ARENA_MAX=16 says so in its file.
+        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(OPERATOR_ENV_PREFIXES)},
     }
     if baseline:
         doc["baseline"] = {"env": baseline_env, "sizes": baseline}
-    write_result("scale", {**doc, "machine": machine("kopf", "kubernetes", "uvloop")})
+    write_result(args.result, {**doc, "machine": machine("kopf", "kubernetes", "uvloop")})
     return 0
 
 
