@@ -63,7 +63,8 @@ def start_operator(log_name: str, runner: Sequence[str] = (), **env: str | None)
     before `-m modelops_operator` (a profiler)."""
     from tests.support.cluster import KUBECONFIG, OperatorProcess  # noqa: PLC0415
 
-    operator = OperatorProcess(KUBECONFIG, MODELOPS_RESYNC_SECONDS="60", MODELOPS_PROGRESS_SECONDS="3", **env)
+    # The chart's timers unless `env` sets its own (a baseline of MODELOPS_PROGRESS_SECONDS=10).
+    operator = OperatorProcess(KUBECONFIG, **{"MODELOPS_RESYNC_SECONDS": "60", "MODELOPS_PROGRESS_SECONDS": "3", **env})
     operator.log = operator.log.with_name(log_name)
     operator.runner = list(runner)
     operator.start()

@@ -305,6 +305,21 @@ def summary_soak(doc: dict[str, Any]) -> tuple[str, str, str]:
     return "soak (`bench/soak.py`)", figure, "flat curves, no errors"
 
 
+def steady_applies_per_min(doc: dict[str, Any], size: dict[str, Any]) -> float | None:
+    """Server-side applies (any resource) a minute at steady state, from `steady_writes_by_resource`
+    (counts over `steadySeconds`); None for a file written before APPLY was counted as a write (its
+    `writeVerbs` say so, or an APPLY of any run in it)."""
+    runs = [*(doc.get("sizes") or []), *((doc.get("baseline") or {}).get("sizes") or [])]
+    counted = "APPLY" in (doc.get("writeVerbs") or []) or any(
+        k.endswith(" APPLY") for r in runs for k in r.get("steady_writes_by_resource") or {}
+    )
+    seconds = doc.get("steadySeconds")
+    if not counted or not seconds:
+        return None
+    by_resource = size.get("steady_writes_by_resource") or {}
+    return float(sum(v for k, v in by_resource.items() if k.endswith(" APPLY")) * 60 / seconds)
+
+
 def summary_scale(doc: dict[str, Any]) -> tuple[str, str, str]:
     sizes = doc.get("sizes") or []
     big = max(sizes, key=lambda r: r.get("objects") or 0) if sizes else {}
@@ -315,6 +330,8 @@ def summary_scale(doc: dict[str, Any]) -> tuple[str, str, str]:
         f"{num(big.get('steady_reconciles_per_s'), '.1f')} reconciles/s, "
         f"{num(big.get('steady_cpu_percent'), '.0f', '%')} of a core"
     )
+    if (applies := steady_applies_per_min(doc, big)) is not None:
+        figure += f", **{num(applies, '.0f')} server-side applies/min** to the children"
     if big.get("quiet_reached") is False:
         figure += " (not yet quiet when the steady window began: it holds the tail of convergence)"
     if big.get("operator_share_of_busy_converging") is not None:
@@ -333,8 +350,12 @@ def summary_scale(doc: dict[str, Any]) -> tuple[str, str, str]:
             f"{num(b.get('converge_s'), '.0f', ' s')}, operator CPU {num(b.get('cpu_s_converging'), '.0f', ' s')} "
             f"(default: {num(big.get('cpu_s_converging'), '.0f', ' s')})"
         )
+        if (applies := steady_applies_per_min(doc, b)) is not None:
+            figure += f", {num(applies, '.0f')} server-side applies/min at steady state"
     env = " ".join(f"{k}={v}" for k, v in (doc.get("env") or {}).items() if k != "PYTHONPATH")
-    what = f"operator at scale (`bench/scale.py`{', under ' + env if env else ''})"
+    against = " ".join(f"{k}={v}" for k, v in (base_run.get("env") or {}).items() if k != "PYTHONPATH")
+    command = f"bench/scale.py --baseline {against}" if against else "bench/scale.py"
+    what = f"operator at scale (`{command}`{', under ' + env if env else ''})"
     return what, figure, "< 60 s, < 250 MiB, 0 writes/min"
 
 
@@ -418,6 +439,7 @@ SUMMARIES: dict[str, Summary] = {
     "soak": summary_soak,
     "scale": summary_scale,
     "scale_glibc_arenas": summary_scale,
+    "scale_progress_10s": summary_scale,
     "scale_memory": summary_scale_memory,
     "faults": summary_faults,
     "server_bench": summary_server_bench,

@@ -25,7 +25,9 @@ Measured, with a fresh operator process per size (started like the tests start i
 - reconciles and watch events handled per second (the operator's `modelops_reconciles_total`,
   `modelops_watch_events_total`);
 - at steady state (after convergence, for `--steady` seconds): writes per minute to modelops.dev
-  and to the children's groups — the target is zero: nothing rewritten when nothing changed.
+  and to the children's groups — the target is zero: nothing rewritten when nothing changed. A
+  server-side apply is a write (verb APPLY), even one that changes nothing. The Events recorded in
+  the window, by component and reason, say who PATCHes Events (a repeated one gets its count raised).
 
 The baseline of the ratios is the smallest size: how each figure grows with the object count.
 `--baseline VAR=VALUE` also runs each size, first, with the operator under that setting (for
@@ -46,7 +48,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import sys
 import threading
 import time
@@ -61,7 +62,7 @@ import kubernetes.watch
 import urllib3
 from harness import cluster, machine, rss_mib, start_operator, write_result
 
-from tests.support.cluster import OperatorProcess
+from tests.support.cluster import OperatorProcess, api_counts
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("MODELOPS_CLUSTER_DIR", REPO / ".cluster"))
@@ -75,24 +76,9 @@ NAMESPACES = 20
 EXTRA_NODES = 12
 EXPECTED = {"datasets": "Failed", "trainingruns": "WaitingForDataset", "modeldeployments": "Healthy"}
 OPERATOR_ENV_PREFIXES = ("MODELOPS_", "MALLOC_", "PYTHONPATH", "PYTHONMALLOC")
-WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
-SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$", re.MULTILINE)
-
-
-def api_counts(client: kubernetes.client.ApiClient) -> Counter[tuple[str, str]]:
-    """`apiserver_request_total` summed by (group, verb), plus by ("<group>/<resource>/<sub>", verb)."""
-    resp = client.call_api("/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False)[0]
-    text = resp.data.decode()
-    out: Counter[tuple[str, str]] = Counter()
-    for m in SAMPLE.finditer(text):
-        labels = dict(kv.split("=", 1) for kv in re.findall(r'(\w+="[^"]*")', m.group("labels")))
-        group = labels.get("group", '""').strip('"')
-        verb = labels.get("verb", '""').strip('"')
-        value = int(float(m.group("value")))
-        out[(group, verb)] += value
-        resource = f"{group}/{labels.get('resource', '').strip(chr(34))}/{labels.get('subresource', '').strip(chr(34))}"
-        out[(resource, verb)] += value
-    return out
+#: What `apiserver_request_total` counts as a write: a server-side apply is its own verb, APPLY (not
+#: PATCH), and was left out before session 16, which hid 2,500 applies a minute at steady state.
+WRITE_VERBS = ("POST", "PUT", "PATCH", "APPLY", "DELETE")
 
 
 def stat_fields(proc: Path) -> list[str]:
@@ -332,6 +318,18 @@ def stats(operator: OperatorProcess) -> tuple[float, float, float, float]:
     return rss, cpu, operator.metric("modelops_reconciles_total"), operator.metric("modelops_watch_events_total")
 
 
+def event_counts(core: kubernetes.client.CoreV1Api) -> Counter[str]:
+    """How often each Event of the benchmark's namespaces was recorded, summed by "<component>
+    <reason>": a repeated Event is PATCHed with its count raised, so the counts' growth over the
+    steady window says whose Event writes those are (apiserver_request_total does not say who)."""
+    out: Counter[str] = Counter()
+    for i in range(NAMESPACES):
+        for ev in core.list_namespaced_event(f"scale-{i}").items:
+            who = ev.reporting_component or (ev.source.component if ev.source else None) or "unknown"
+            out[f"{who} {ev.reason}"] += ev.count or (ev.series.count if ev.series else 1)
+    return out
+
+
 def cleanup(core: kubernetes.client.CoreV1Api) -> None:
     for i in range(NAMESPACES):
         with contextlib.suppress(kubernetes.client.ApiException):
@@ -425,12 +423,12 @@ def run_size(
         _, _, rec1, ev1 = stats(operator)
         quiet_reached = wait_quiet(client, settle_s)
         quiet = time.monotonic() - start
-        s_before, s_start = api_counts(client), time.monotonic()
+        s_before, events_before, s_start = api_counts(client), event_counts(core), time.monotonic()
         _, cpu_s0, rec_s0, ev_s0 = stats(operator)
         while time.monotonic() - s_start < steady_s:
             peak = max(peak, stats(operator)[0])
             time.sleep(2)
-        s_after, s_len = api_counts(client), time.monotonic() - s_start
+        s_after, events_after, s_len = api_counts(client), event_counts(core), time.monotonic() - s_start
         rss2, cpu_s1, rec_s1, ev_s1 = stats(operator)
     finally:
         watched.stop()
@@ -446,6 +444,9 @@ def run_size(
     print(f"N={n}: writes during the steady {s_len:.0f} s, by resource:", file=sys.stderr)
     for key, count in sorted(steady_writes.items(), key=lambda kv: -kv[1])[:12]:
         print(f"  {key[0]:50} {key[1]:7} {count}", file=sys.stderr)
+    print(f"N={n}: Events recorded during the steady {s_len:.0f} s, by component and reason:", file=sys.stderr)
+    for who, count in (events_after - events_before).most_common(8):
+        print(f"  {who:58} {count}", file=sys.stderr)
     return {
         "objects": n,
         "create_s": created,
@@ -471,6 +472,9 @@ def run_size(
         "steady_watch_events_per_s": (ev_s1 - ev_s0) / s_len,
         "steady_cpu_percent": 100 * (cpu_s1 - cpu_s0) / s_len,
         "steady_writes_by_resource": {f"{k[0]} {k[1]}": v for k, v in sorted(steady_writes.items())},
+        "steady_events_by_source": {
+            k: v - events_before.get(k, 0) for k, v in sorted(events_after.items()) if v > events_before.get(k, 0)
+        },
     }
 
 
@@ -527,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {
         "benchmark": "scale",
         "steadySeconds": args.steady,
+        "writeVerbs": list(WRITE_VERBS),
         "settleSeconds": args.settle,
         "sizes": results,
         # What of this process's environment the operator inherits and reads (settings, glibc's

@@ -1,15 +1,19 @@
 """Objects of another team that happen to carry a child's name are never taken over: the operator
 writes nothing to them, says NameConflict on the ModelDeployment, and deleting the ModelDeployment
-leaves them alone (the security issue's defect 2, against the real API server)."""
+leaves them alone (the security issue's defect 2, against the real API server). The operator's own
+children are applied again only when they no longer hold what it would apply."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import kubernetes
+
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import GROUP, VERSION
-from tests.support.cluster import ON_LOCAL_NODE, kubectl, wait_until
+from modelops_operator.api.names import APP_COMPONENT_LABEL, DEPENDENCY_CHANGED_ANNOTATION
+from tests.support.cluster import ON_LOCAL_NODE, OperatorProcess, api_counts, kubectl, wait_until
 
 FOREIGN = {
     "apiVersion": "v1",
@@ -23,10 +27,18 @@ def service(namespace: str) -> dict[str, Any]:
     return dict(json.loads(kubectl("get", "service", "api", "-o", "json", "-n", namespace).stdout))
 
 
-def test_a_service_of_another_team_is_not_taken_over(operator, custom, namespace):
-    kubectl("-n", namespace, "apply", "-f", "-", stdin=json.dumps(FOREIGN))
-    before = service(namespace)
-    body = {
+#: The children of a ModelDeployment "api" without canary, route or monitoring CRDs, as
+#: `apiserver_request_total` names their resources.
+CHILDREN = {
+    "apps/deployments/": "deployment/api-stable",
+    "/services/": "service/api",
+    "policy/poddisruptionbudgets/": "pdb/api",
+    "autoscaling/horizontalpodautoscalers/": "hpa/api",
+}
+
+
+def model_deployment() -> dict[str, Any]:
+    return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "ModelDeployment",
         "metadata": {"name": "api"},
@@ -35,7 +47,12 @@ def test_a_service_of_another_team_is_not_taken_over(operator, custom, namespace
             "server": {"placement": ON_LOCAL_NODE},
         },
     }
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", body)
+
+
+def test_a_service_of_another_team_is_not_taken_over(operator, custom, namespace):
+    kubectl("-n", namespace, "apply", "-f", "-", stdin=json.dumps(FOREIGN))
+    before = service(namespace)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", model_deployment())
 
     def conflict() -> dict[str, Any] | None:
         st = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "api").get("status")
@@ -59,3 +76,46 @@ def test_a_service_of_another_team_is_not_taken_over(operator, custom, namespace
         timeout=60,
     )
     assert service(namespace)["metadata"]["uid"] == before["metadata"]["uid"]
+
+
+def test_children_are_applied_again_only_when_they_no_longer_hold_what_is_applied(
+    operator: OperatorProcess, api: kubernetes.client.ApiClient, custom: Any, namespace: str
+) -> None:
+    """Every reconcile reads the children; one that holds the applied body's hash and all its fields
+    (the API server's defaults added) is not applied again. A field changed by hand is put back."""
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", model_deployment())
+    for child in CHILDREN.values():
+        wait_until(child, lambda child=child: kubectl("-n", namespace, "get", child, check=False).returncode == 0)
+
+    def reconciles() -> float:
+        return operator.metric('modelops_reconciles_total{kind="ModelDeployment"')
+
+    def applies() -> int:
+        counts = api_counts(api)
+        return sum(counts[(resource, "APPLY")] for resource in CHILDREN)
+
+    def reconcile_now(times: int) -> None:
+        """Have the operator reconcile the ModelDeployment `times` times (woken, as by a dependency)."""
+        for _ in range(times):
+            done = reconciles()
+            patch = {"metadata": {"annotations": {DEPENDENCY_CHANGED_ANNOTATION: f"test@{done}"}}}
+            custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "api", patch)
+            wait_until("a reconcile", lambda done=done: reconciles() > done, timeout=30)
+
+    reconcile_now(1)  # the children as created, read back at least once
+    before = applies()
+    reconcile_now(3)
+    assert applies() == before, "an unchanged child was applied again"
+
+    component = json.loads(kubectl("-n", namespace, "get", "deployment", "api-stable", "-o", "json").stdout)[
+        "metadata"
+    ]["labels"][APP_COMPONENT_LABEL]
+    kubectl("-n", namespace, "label", "--overwrite", "deployment", "api-stable", f"{APP_COMPONENT_LABEL}=edited")
+    reconcile_now(1)
+
+    def label() -> str:
+        out = kubectl("-n", namespace, "get", "deployment", "api-stable", "-o", "json").stdout
+        return str(json.loads(out)["metadata"]["labels"][APP_COMPONENT_LABEL])
+
+    assert wait_until("the label put back", lambda: label() == component, timeout=30)
+    assert applies() > before

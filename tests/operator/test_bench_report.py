@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -148,14 +149,21 @@ def test_list_names_every_block_a_page_uses():
     assert used and used <= listed
 
 
+def bench_script(monkeypatch: pytest.MonkeyPatch, name: str) -> Any:
+    """bench/<name>.py loaded as the module `bench_<name>` (bench/ is not a package), with bench/ on
+    the path for its own imports; both undone after the test."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, f"bench_{name}", module)  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_the_soak_summary_is_what_its_samples_give(monkeypatch):
     """soak.json was recomputed from soak.csv (soak.py --from-csv): the two must not drift apart."""
-    monkeypatch.syspath_prepend(str(REPO / "bench"))
-    spec = importlib.util.spec_from_file_location("bench_soak", REPO / "bench" / "soak.py")
-    assert spec is not None and spec.loader is not None
-    soak = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_soak", soak)  # its dataclass looks itself up there
-    spec.loader.exec_module(soak)
+    soak = bench_script(monkeypatch, "soak")
     samples = soak.read_samples(REPO / "bench" / "results" / "soak.csv")
     committed = json.loads((REPO / "bench" / "results" / "soak.json").read_text())
     assert json.loads(json.dumps(soak.summary(samples))) == committed["summary"]
@@ -164,11 +172,24 @@ def test_the_soak_summary_is_what_its_samples_give(monkeypatch):
 
 def test_the_lone_client_summary_is_what_its_runs_give(monkeypatch):
     """server_lone_client.json's medians, ranges and verdicts come from its runs: they must not drift."""
-    monkeypatch.syspath_prepend(str(REPO / "bench"))  # restored afterwards, with what the script changes
-    spec = importlib.util.spec_from_file_location("bench_lone_client", REPO / "bench" / "server_lone_client.py")
-    assert spec is not None and spec.loader is not None
-    lone = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(lone)
+    lone = bench_script(monkeypatch, "server_lone_client")
     committed = json.loads((REPO / "bench" / "results" / "server_lone_client.json").read_text())
     assert len(committed["runs"]) >= 5
     assert json.loads(json.dumps(lone.summarise(committed["runs"]))) == committed["summary"]
+
+
+@pytest.mark.parametrize(
+    ("doc", "default", "baseline"),
+    [
+        pytest.param({"writeVerbs": ["PATCH", "APPLY"]}, 0.0, 0.0, id="applies counted, none made"),
+        pytest.param({}, 0.0, 3000.0, id="a file without writeVerbs whose baseline applied"),
+        pytest.param({}, None, None, id="a file from before applies were counted"),
+    ],
+)
+def test_steady_applies_are_read_from_the_writes_by_resource(monkeypatch, doc, default, baseline):
+    report = bench_script(monkeypatch, "report")
+    ours = {"objects": 1000, "steady_writes_by_resource": {"/events/ PATCH": 379}}
+    before = {"objects": 1000, "steady_writes_by_resource": {"apps/deployments/ APPLY": 1500} if baseline else {}}
+    doc = {**doc, "steadySeconds": 30, "sizes": [ours], "baseline": {"env": {}, "sizes": [before]}}
+    assert report.steady_applies_per_min(doc, ours) == default
+    assert report.steady_applies_per_min(doc, before) == baseline

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
 import logging
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from modelops_operator.api import conditions as c
 from modelops_operator.api.common import ConditionStatus
 from modelops_operator.api.kinds import DATASET, MODEL_DEPLOYMENT, TRAINING_RUN
 from modelops_operator.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus, ServedModel
-from modelops_operator.api.names import ABORT_ANNOTATION, PROMOTE_ANNOTATION
+from modelops_operator.api.names import ABORT_ANNOTATION, APPLIED_ANNOTATION, PROMOTE_ANNOTATION
 from modelops_operator.api.trainingrun import RegisteredModel, TrainingRunSpec, TrainingRunStatus
 from modelops_operator.reconcile import modeldeployment as rm
 from modelops_operator.reconcile import ownership, rollout
@@ -376,10 +377,17 @@ def test_model_deployment_status_and_actions(case: MDCase):
 
 
 def test_the_children_written_are_the_ones_built():
-    """Each create or apply carries its child's body as `desired` built it, in the same order."""
+    """Each create or apply carries its child's body as `desired` built it, in the same order,
+    stamped with a hash of that body: one per child."""
     case = MD_CASES[1]
     want, out = decide(case)
-    assert [a.body for a in out.actions if a.verb in ("create", "apply")] == want.children
+    written = [copy.deepcopy(a.body) for a in out.actions if a.verb in ("create", "apply")]
+    stamps = [body["metadata"]["annotations"].pop(APPLIED_ANNOTATION) for body in written]
+    for body in written:
+        if not body["metadata"]["annotations"]:
+            del body["metadata"]["annotations"]
+    assert written == want.children
+    assert len(set(stamps)) == len(want.children)
 
 
 @pytest.mark.parametrize(

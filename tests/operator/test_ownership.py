@@ -11,10 +11,11 @@ import pytest
 from modelops_operator.api import conditions as c
 from modelops_operator.api.dataset import DatasetSpec, DatasetStatus
 from modelops_operator.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus, ServedModel
+from modelops_operator.api.names import APPLIED_ANNOTATION
 from modelops_operator.builders.dataset import build_prepare_job
 from modelops_operator.builders.modeldeployment import build_deployment, build_hpa, build_pdb, build_services
 from modelops_operator.reconcile.modeldeployment import refused_status
-from modelops_operator.reconcile.ownership import ROUTE_ANNOTATION, claim, conflicts, route_delegated
+from modelops_operator.reconcile.ownership import ROUTE_ANNOTATION, claim, conflicts, holds, route_delegated
 from modelops_operator.reconcile.status import refused
 from modelops_operator.settings import OperatorSettings
 from tests.support.objects import DIGEST, dataset, model_deployment
@@ -77,6 +78,66 @@ def test_an_existing_object_is_applied_only_when_we_control_it(owner_refs, verb)
             kind, name = desired["kind"], desired["metadata"]["name"]
             assert got.message.startswith(f"{kind} team-b/{name} already exists and is ")
             assert got.message.endswith(": rename this object, or delete that one")
+
+
+def as_served(body: dict[str, Any]) -> dict[str, Any]:
+    """`body` as the API server returns it after the create: metadata and defaults added."""
+    out = copy.deepcopy(body)
+    out["metadata"].update(uid="child-uid", resourceVersion="42", managedFields=[{"manager": "modelops-operator"}])
+    out["status"] = {"observedGeneration": 1}
+    if out["kind"] == "Deployment":
+        out["spec"].setdefault("progressDeadlineSeconds", 600)
+        out["spec"]["template"]["spec"].setdefault("schedulerName", "default-scheduler")
+        out["spec"]["template"]["spec"]["containers"][0].setdefault("terminationMessagePath", "/dev/termination-log")
+    if out["kind"] == "Service":
+        out["spec"].update(clusterIP="10.96.0.12", sessionAffinity="None")
+        for port in out["spec"]["ports"]:
+            port.setdefault("protocol", "TCP")
+    return out
+
+
+def test_a_child_that_holds_the_applied_body_is_kept_not_applied_again():
+    for desired in children():
+        created = claim(desired, None)
+        assert created.verb == "create" and created.body["metadata"]["annotations"][APPLIED_ANNOTATION]
+        assert claim(desired, as_served(created.body)).verb == "keep", desired["kind"]
+
+
+def test_a_child_changed_by_hand_or_built_differently_is_applied():
+    desired = children()[0]  # the stable Deployment
+    served = as_served(claim(desired, None).body)
+    edited = copy.deepcopy(served)
+    edited["spec"]["template"]["spec"]["containers"][0]["image"] = "someone/else:1"
+    assert claim(desired, edited).verb == "apply"
+    dropped = copy.deepcopy(served)
+    del dropped["metadata"]["labels"][next(iter(dropped["metadata"]["labels"]))]
+    assert claim(desired, dropped).verb == "apply"
+    # A field the builder no longer sets (the body's hash changed): applied, so the field goes.
+    fewer = copy.deepcopy(desired)
+    del fewer["spec"]["template"]["spec"]["containers"][0]["env"][0]
+    assert holds(claim(fewer, None).body["spec"], served["spec"]) is False
+    assert claim(fewer, served).verb == "apply"
+    unstamped = copy.deepcopy(served)
+    del unstamped["metadata"]["annotations"][APPLIED_ANNOTATION]  # made by an operator before the hash
+    assert claim(desired, unstamped).verb == "apply"
+
+
+@pytest.mark.parametrize(
+    ("want", "have", "held"),
+    [
+        ({"a": 1}, {"a": 1, "b": 2}, True),  # more in the object: defaults, others' fields
+        ({"a": None}, {}, True),  # no value wanted, none there
+        ({"a": None}, {"a": 1}, False),
+        ({"cpu": "0.5"}, {"cpu": "500m"}, False),  # the API server's canonical form: applied again
+        ([{"a": 1}], [{"a": 1, "b": 2}], True),
+        ([{"a": 1}], [{"a": 1}, {"a": 2}], False),  # an item added (a sidecar): applied again
+        ({"a": True}, {"a": 1}, False),
+        ({"a": 1}, {"a": 1.0}, False),
+        ({"a": {"b": 1}}, {"a": "x"}, False),
+    ],
+)
+def test_holds(want, have, held):
+    assert holds(want, have) is held
 
 
 def test_an_absent_child_is_created_not_applied():

@@ -9,14 +9,18 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import kubernetes
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import GROUP, VERSION
@@ -292,3 +296,19 @@ def kill_pod(namespace: str, name: str) -> int:
                 pass
     kubectl("-n", namespace, "delete", "pod", name, "--grace-period=0", "--force", "--wait=false", check=False)
     return killed
+
+
+_REQUESTS = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$", re.MULTILINE)
+
+
+def api_counts(client: kubernetes.client.ApiClient) -> Counter[tuple[str, str]]:
+    """The API server's `apiserver_request_total`, summed by (group, verb) and by
+    ("<group>/<resource>/<subresource>", verb). A server-side apply counts as verb APPLY."""
+    resp = client.call_api("/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False)[0]
+    out: Counter[tuple[str, str]] = Counter()
+    for m in _REQUESTS.finditer(resp.data.decode()):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group("labels")))
+        group, verb, value = labels.get("group", ""), labels.get("verb", ""), int(float(m.group("value")))
+        out[(group, verb)] += value
+        out[(f"{group}/{labels.get('resource', '')}/{labels.get('subresource', '')}", verb)] += value
+    return out

@@ -72,6 +72,10 @@ lost is adopted with the right parameters after an operator restart."""
 MODEL_DIGEST_ANNOTATION = f"{GROUP}/model-digest"
 """On a server Deployment's pod template: the SHA-256 of the model it serves; the
 operator reads which model a track runs from it."""
+APPLIED_ANNOTATION = f"{GROUP}/applied"
+"""On every child the operator applies (a server Deployment, its Services, PDB, HPA, monitoring
+objects): a hash of the body last applied. A reconcile whose desired body hashes the same, and
+whose fields all still hold in the object, sends nothing (`reconcile.ownership.claim`)."""
 DEPENDENCY_CHANGED_ANNOTATION = f"{GROUP}/dependency-changed"
 """On a TrainingRun or ModelDeployment: `<Kind>/<name>@<fingerprint>` of the dependency
 whose change woke it (a Dataset for a run, a TrainingRun for a deployment). Written by the operator;

@@ -5,7 +5,8 @@ HorizontalPodAutoscaler, and (when prometheus-operator is installed) a ServiceMo
 A child is created when absent, and applied with server-side apply by the field manager
 `modelops-operator` only while its controller owner reference is this ModelDeployment
 (`reconcile.ownership`): what the operator sets it owns, so a manual edit of an owned field is
-reverted at the next reconcile, and an unchanged object is not written at all (no update loops).
+reverted at the next reconcile, and an object that holds what would be applied is not sent at all
+(`ownership.claim` keeps it: the hash in `modelops.dev/applied` and every field match).
 An object of a child's name that someone else made is never touched (reason `NameConflict`).
 The stable Deployment's `replicas` is left out of what is applied: the HorizontalPodAutoscaler owns it.
 

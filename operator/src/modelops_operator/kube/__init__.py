@@ -279,7 +279,8 @@ def create(body: dict[str, Any]) -> None:
 def apply(body: dict[str, Any]) -> dict[str, Any]:
     """Server-side apply `body` as the operator's field manager, taking over conflicting fields
     (a manual edit of a field the operator sets is reverted). Only for the operator's own objects:
-    `reconcile.ownership.claim` says which those are. An unchanged object is not written."""
+    `reconcile.ownership.claim` says which those are, and keeps (does not send) one that already
+    holds `body`."""
     meta = body["metadata"]
     what = f"apply {body['kind']} {meta.get('namespace')}/{meta['name']}"
     res = _call(

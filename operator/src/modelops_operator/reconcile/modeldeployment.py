@@ -246,6 +246,7 @@ def reconcile_model_deployment(
             claim.body,
         )
         for claim in claims
+        if claim.verb != "keep"
     ]
     status = plan.status
     if route_name and route is not None:
