@@ -340,11 +340,17 @@ def summary_scale(doc: dict[str, Any]) -> tuple[str, str, str]:
             f"operator's share **{num(100 * big['operator_share_of_busy_converging'], '.0f', '%')}**"
         )
     base_run = doc.get("baseline") or {}
+    base_env: dict[str, str] = base_run.get("env") or {}
+
+    def assignments(env: dict[str, str], *, code: bool = True) -> str:
+        """`VAR=VALUE …`; without PYTHONPATH (where the operator's code came from) unless `code`."""
+        return " ".join(f"{k}={v}" for k, v in env.items() if code or k != "PYTHONPATH")
+
     same = [b for b in base_run.get("sizes") or [] if b.get("objects") == big.get("objects")]
     if same:
-        env, b = " ".join(f"{k}={v}" for k, v in (base_run.get("env") or {}).items()), same[0]
+        b, setting = same[0], assignments(base_env)
         # PYTHONPATH: the baseline ran another checkout's operator code (the code before a change).
-        with_ = f"the operator's code from `{env}`" if "PYTHONPATH" in (base_run.get("env") or {}) else f"`{env}`"
+        with_ = f"the operator's code from `{setting}`" if "PYTHONPATH" in base_env else f"`{setting}`"
         figure += (
             f"; the same run with {with_}: RSS peak {num(b.get('rss_peak_mib'), '.0f', ' MiB')}, converged in "
             f"{num(b.get('converge_s'), '.0f', ' s')}, operator CPU {num(b.get('cpu_s_converging'), '.0f', ' s')} "
@@ -352,10 +358,9 @@ def summary_scale(doc: dict[str, Any]) -> tuple[str, str, str]:
         )
         if (applies := steady_applies_per_min(doc, b)) is not None:
             figure += f", {num(applies, '.0f')} server-side applies/min at steady state"
-    env = " ".join(f"{k}={v}" for k, v in (doc.get("env") or {}).items() if k != "PYTHONPATH")
-    against = " ".join(f"{k}={v}" for k, v in (base_run.get("env") or {}).items() if k != "PYTHONPATH")
+    under, against = assignments(doc.get("env") or {}, code=False), assignments(base_env, code=False)
     command = f"bench/scale.py --baseline {against}" if against else "bench/scale.py"
-    what = f"operator at scale (`{command}`{', under ' + env if env else ''})"
+    what = f"operator at scale (`{command}`{', under ' + under if under else ''})"
     return what, figure, "< 60 s, < 250 MiB, 0 writes/min"
 
 

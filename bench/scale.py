@@ -77,7 +77,7 @@ EXTRA_NODES = 12
 EXPECTED = {"datasets": "Failed", "trainingruns": "WaitingForDataset", "modeldeployments": "Healthy"}
 OPERATOR_ENV_PREFIXES = ("MODELOPS_", "MALLOC_", "PYTHONPATH", "PYTHONMALLOC")
 #: What `apiserver_request_total` counts as a write: a server-side apply is its own verb, APPLY (not
-#: PATCH), and was left out before session 16, which hid 2,500 applies a minute at steady state.
+#: PATCH), and was left out before session 16, which hid 3,500 applies a minute at steady state.
 WRITE_VERBS = ("POST", "PUT", "PATCH", "APPLY", "DELETE")
 
 

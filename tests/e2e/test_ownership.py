@@ -107,15 +107,12 @@ def test_children_are_applied_again_only_when_they_no_longer_hold_what_is_applie
     reconcile_now(3)
     assert applies() == before, "an unchanged child was applied again"
 
-    component = json.loads(kubectl("-n", namespace, "get", "deployment", "api-stable", "-o", "json").stdout)[
-        "metadata"
-    ]["labels"][APP_COMPONENT_LABEL]
-    kubectl("-n", namespace, "label", "--overwrite", "deployment", "api-stable", f"{APP_COMPONENT_LABEL}=edited")
-    reconcile_now(1)
-
     def label() -> str:
         out = kubectl("-n", namespace, "get", "deployment", "api-stable", "-o", "json").stdout
         return str(json.loads(out)["metadata"]["labels"][APP_COMPONENT_LABEL])
 
+    component = label()
+    kubectl("-n", namespace, "label", "--overwrite", "deployment", "api-stable", f"{APP_COMPONENT_LABEL}=edited")
+    reconcile_now(1)
     assert wait_until("the label put back", lambda: label() == component, timeout=30)
     assert applies() > before

@@ -54,7 +54,8 @@ async def _blocking(fn: Callable[[], _T]) -> _T:
     nothing that wakes anyone, and kopf hands an object's events to its handlers one at a time, each
     a whole body, so a thread per event (queued behind the reconciles that hold the pool) kept
     events waiting. At 1,000 objects: RSS peak 307 against 347 MiB, Datasets converged in 57 against
-    105 s (bench/results/scale.json). Cancelled, it waits for the thread first, as kopf does."""
+    105 s (the run of 2026-12-05 in CHANGELOG.md's history). Cancelled, it waits for the thread first,
+    as kopf does."""
     loop = asyncio.get_running_loop()
     future = loop.run_in_executor(_pool[0] if _pool else None, contextvars.copy_context().run, fn)
     cancelled: asyncio.CancelledError | None = None
