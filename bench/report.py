@@ -332,6 +332,8 @@ def summary_scale(doc: dict[str, Any]) -> tuple[str, str, str]:
     )
     if (applies := steady_applies_per_min(doc, big)) is not None:
         figure += f", **{num(applies, '.0f')} server-side applies/min** to the children"
+    if big.get("api_connections_peak_converging") is not None:
+        figure += f", at most {num(big['api_connections_peak_converging'], '.0f')} connections to the API server"
     if big.get("quiet_reached") is False:
         figure += " (not yet quiet when the steady window began: it holds the tail of convergence)"
     if big.get("operator_share_of_busy_converging") is not None:
@@ -358,6 +360,8 @@ def summary_scale(doc: dict[str, Any]) -> tuple[str, str, str]:
         )
         if (applies := steady_applies_per_min(doc, b)) is not None:
             figure += f", {num(applies, '.0f')} server-side applies/min at steady state"
+        if b.get("api_connections_peak_converging") is not None:
+            figure += f", at most {num(b['api_connections_peak_converging'], '.0f')} connections to the API server"
     under, against = assignments(doc.get("env") or {}, code=False), assignments(base_env, code=False)
     command = f"bench/scale.py --baseline {against}" if against else "bench/scale.py"
     what = f"operator at scale (`{command}`{', under ' + under if under else ''})"

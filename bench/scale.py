@@ -62,7 +62,7 @@ import kubernetes.watch
 import urllib3
 from harness import cluster, machine, rss_mib, start_operator, write_result
 
-from tests.support.cluster import OperatorProcess, api_counts
+from tests.support.cluster import OperatorProcess, api_counts, api_server_port, connections
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("MODELOPS_CLUSTER_DIR", REPO / ".cluster"))
@@ -345,19 +345,22 @@ def converge(
     operator: OperatorProcess,
     start: float,
     rss: float,
-) -> tuple[dict[str, float], float]:
+) -> tuple[dict[str, float], float, int]:
     """Wait until every object shows its expected phase: when each kind got there (and when each
-    was first seen), seconds from `start`, and the operator's peak RSS meanwhile (from `rss`)."""
+    was first seen), seconds from `start`, and the operator's peaks meanwhile: RSS (from `rss`) and
+    connections to the API server."""
     reached: dict[str, float] = {}
+    conns, port = 0, api_server_port()
     while not all((done := watched.counts())[p] >= totals[p] for p in totals):
         for what in (*totals, *(f"{p} seen" for p in totals)):
             if done[what] >= totals[what.split()[0]] and what not in reached:
                 reached[what] = time.monotonic() - start
         rss = max(rss, stats(operator)[0])
+        conns = max(conns, connections(operator.pid, port))
         if time.monotonic() - start > 900:
             raise SystemExit(f"not converged after 900 s: {dict(done)} of {dict(totals)}")
         time.sleep(1)
-    return reached, rss
+    return reached, rss, conns
 
 
 def wait_quiet(client: kubernetes.client.ApiClient, settle_s: float) -> bool:
@@ -416,7 +419,7 @@ def run_size(
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda o: custom.create_namespaced_custom_object(GROUP, VERSION, o[0], o[1], o[2]), wanted))
         created = time.monotonic() - start
-        reached, peak = converge(watched, totals, operator, start, rss0)
+        reached, peak, conns = converge(watched, totals, operator, start, rss0)
         converged = time.monotonic() - start
         converging = cpu_breakdown(by_process0, cpu_by_process(operator.pid), converged)
         after = api_counts(client)
@@ -425,8 +428,10 @@ def run_size(
         quiet = time.monotonic() - start
         s_before, events_before, s_start = api_counts(client), event_counts(core), time.monotonic()
         _, cpu_s0, rec_s0, ev_s0 = stats(operator)
+        steady_conns = 0
         while time.monotonic() - s_start < steady_s:
             peak = max(peak, stats(operator)[0])
+            steady_conns = max(steady_conns, connections(operator.pid, api_server_port()))
             time.sleep(2)
         s_after, events_after, s_len = api_counts(client), event_counts(core), time.monotonic() - s_start
         rss2, cpu_s1, rec_s1, ev_s1 = stats(operator)
@@ -458,6 +463,8 @@ def run_size(
         "rss_start_mib": rss0,
         "rss_peak_mib": max(peak, rss2),
         "rss_end_mib": rss2,
+        "api_connections_peak_converging": conns,
+        "api_connections_peak_steady": steady_conns,
         "cpu_s_converging": converging["cpu_s_by_process"].get("operator", 0.0),
         "machine_busy_cores_converging": converging["machine_busy_cores"],
         "operator_share_of_busy_converging": converging["operator_share_of_busy"],

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import kubernetes
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import GROUP, VERSION
-from tests.support.cluster import create, kubectl, ready_reason, wait_until
+from tests.support.cluster import (
+    OperatorProcess,
+    api_server_port,
+    connections,
+    create,
+    kubectl,
+    ready_reason,
+    wait_until,
+)
 from tests.support.objects import dataset, model_deployment, training_run
 
 
@@ -157,3 +167,43 @@ def test_the_operator_survives_a_bad_object_and_keeps_working(operator, custom, 
     )
     assert wait_until("fine", lambda: ready_reason(custom, namespace, "datasets", "fine"))
     assert isinstance(kubernetes.client.VersionApi(api).get_code().git_version, str)
+
+
+def test_a_burst_of_objects_is_handled_on_the_connections_allowed(operator, custom, namespace):
+    """kopf's own client opens a connection per request in flight; `MODELOPS_API_CONNECTIONS` bounds
+    them, beyond one per watch stream. With one allowed (and one reconcile thread), 40 TrainingRuns
+    created at once all get their status, so no watch stream was starved, and the operator never
+    holds more connections to the API server than the bound. Without the bound it held 29 here."""
+    operator.stop()
+    bounded = OperatorProcess(operator.kubeconfig, MODELOPS_API_CONNECTIONS="1", MODELOPS_WORKERS="1")
+    # kopf: 1 for requests + 4 watch streams (three kinds and HPAs); the Kubernetes client: one per
+    # reconcile thread + 8 (kube.configure).
+    bound = 1 + 4 + 1 + 8
+    port, peak, stop = api_server_port(), [0], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], connections(bounded.pid, port))
+            time.sleep(0.02)
+
+    names = [f"burst-{i}" for i in range(40)]
+
+    def all_have_status() -> bool:
+        items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns")["items"]
+        done = {o["metadata"]["name"] for o in items if o.get("status", {}).get("observedGeneration") == 1}
+        return done >= set(names)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    try:
+        bounded.start()
+        sampler.start()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda n: create(custom, namespace, training_run(n, "absent")), names))
+        wait_until("every TrainingRun's status", all_have_status, timeout=180, interval=1)
+        assert ready_reason(custom, namespace, "trainingruns", names[-1]) == ("False", c.DATASET_NOT_FOUND)
+    finally:
+        stop.set()
+        sampler.join()
+        bounded.stop()
+        operator.start()
+    assert 0 < peak[0] <= bound, f"{peak[0]} connections to the API server at once, more than {bound}"

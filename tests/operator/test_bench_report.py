@@ -193,3 +193,13 @@ def test_steady_applies_are_read_from_the_writes_by_resource(monkeypatch, doc, d
     doc = {**doc, "steadySeconds": 30, "sizes": [ours], "baseline": {"env": {}, "sizes": [before]}}
     assert report.steady_applies_per_min(doc, ours) == default
     assert report.steady_applies_per_min(doc, before) == baseline
+
+
+def test_the_scale_summary_names_the_connections_only_when_the_file_has_them(monkeypatch):
+    report = bench_script(monkeypatch, "report")
+    run = {"objects": 1000, "converge_s": 130.0, "rss_peak_mib": 280.0}
+    base = {"env": {"MODELOPS_API_CONNECTIONS": "0"}, "sizes": [{**run, "api_connections_peak_converging": 113}]}
+    _, figure, _ = report.summary_scale({"sizes": [{**run, "api_connections_peak_converging": 52}], "baseline": base})
+    assert "at most 52 connections to the API server" in figure
+    assert "`MODELOPS_API_CONNECTIONS=0`" in figure and "at most 113 connections" in figure
+    assert "connections" not in report.summary_scale({"sizes": [run]})[1]

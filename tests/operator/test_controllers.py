@@ -553,7 +553,7 @@ def test_handlers_register_the_same_handler_ids_with_kopf():
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert out.splitlines() == [
-        "_activities ['configure', 'login_via_client']",
+        "_activities ['configure', 'login', 'login_via_client']",  # kopf's own login: its fallback, unused
         "_changing ['cleanup', 'forget', 'reconcile', 'reconcile/spec']",
         "_spawning ['progress', 'resync']",
         "_watching ['wake', 'wake-modeldeployments', 'wake-modeldeployments-autoscaled', 'wake-trainingruns']",

@@ -6,6 +6,7 @@ module directly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
+import yaml
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import GROUP, VERSION
@@ -312,3 +314,28 @@ def api_counts(client: kubernetes.client.ApiClient) -> Counter[tuple[str, str]]:
         out[(group, verb)] += value
         out[(f"{group}/{labels.get('resource', '')}/{labels.get('subresource', '')}", verb)] += value
     return out
+
+
+def connections(pid: int, port: int) -> int:
+    """Established TCP connections of process `pid` to remote `port` (the API server's), read from
+    /proc: the sockets among its file descriptors, matched in its network namespace's tables."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed since listed
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    count = 0
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            # remote address as HEX_IP:HEX_PORT, state 01 is ESTABLISHED, the inode is field 9
+            if fields[3] == "01" and int(fields[2].rsplit(":", 1)[1], 16) == port and fields[9] in inodes:
+                count += 1
+    return count
+
+
+def api_server_port() -> int:
+    """The local API server's port, from the kubeconfig."""
+    (cluster,) = yaml.safe_load(KUBECONFIG.read_text())["clusters"]
+    return int(cluster["cluster"]["server"].rsplit(":", 1)[1])

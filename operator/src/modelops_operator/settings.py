@@ -34,6 +34,11 @@ class OperatorSettings(BaseModel):
     workers: int = Field(default=16, ge=1, le=256)
     """Reconciles run at the same time (threads). Each spends most of its time waiting for the API
     server, so more threads than cores keep up with bursts (1,000 objects created at once)."""
+    api_connections: int = Field(default=32, ge=0, le=1024)
+    """Requests kopf's client (status and annotation patches, Events) sends to the API server at
+    once, each on its own connection; its watch streams get theirs on top. Others wait for a free
+    connection. 0 leaves kopf's pool unbounded: 350 TLS connections at once when 1,000 objects
+    were created together."""
     progress_seconds: float = Field(default=3.0, gt=0)
     """How often an object with work under way (a Job or trial running, a rollout step) is
     reconciled, so its status follows its children closely. Objects waiting for another of ours
