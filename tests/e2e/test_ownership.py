@@ -116,3 +116,26 @@ def test_children_are_applied_again_only_when_they_no_longer_hold_what_is_applie
     reconcile_now(1)
     assert wait_until("the label put back", lambda: label() == component, timeout=30)
     assert applies() > before
+
+
+def test_a_child_deleted_by_hand_comes_back_at_the_next_resync(operator: OperatorProcess, custom: Any, namespace: str):
+    """The operator watches none of the children it leaves alone: a PodDisruptionBudget deleted by
+    hand is made again by the periodic resync, with nothing else happening to the ModelDeployment
+    (the schedule reads the object and reconciles it; kopf's timers did this before)."""
+    operator.stop()
+    resyncing = OperatorProcess(operator.kubeconfig, MODELOPS_RESYNC_SECONDS="2")
+    try:
+        resyncing.start()
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", model_deployment())
+        wait_until("the PDB", lambda: kubectl("-n", namespace, "get", "pdb/api", check=False).returncode == 0)
+        uid = json.loads(kubectl("-n", namespace, "get", "pdb/api", "-o", "json").stdout)["metadata"]["uid"]
+        kubectl("-n", namespace, "delete", "pdb/api")
+
+        def made_again() -> bool:
+            got = kubectl("-n", namespace, "get", "pdb/api", "-o", "json", check=False)
+            return got.returncode == 0 and json.loads(got.stdout)["metadata"]["uid"] != uid
+
+        wait_until("the PDB made again", made_again, timeout=60)
+    finally:
+        resyncing.stop()
+        operator.start()

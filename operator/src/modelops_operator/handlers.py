@@ -1,7 +1,9 @@
 """kopf registration: the only place that knows about kopf.
 
 Every kind gets the same level-based handling: create, update (of the spec), resume (operator
-start) and a periodic timer all call one idempotent `controllers.reconcile`, which validates the
+start) and the schedule (`controllers.schedule`: a periodic resync, and a progress poll while work
+is under way, run by one task instead of kopf's per-object timers) all call one idempotent
+`controllers.reconcile`, which validates the
 body into the pydantic model at the boundary, observes, asks the pure `reconcile` layer for the
 status and the actions, and carries the actions out; the handler writes status only when it
 changed and posts the Events. An object whose spec cannot be acted on gets `Ready=False,
@@ -17,10 +19,11 @@ import asyncio
 import contextvars
 import functools
 import logging
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiohttp
 import kopf
@@ -29,7 +32,7 @@ from modelops_operator import controllers, kube, observability
 from modelops_operator.api import names
 from modelops_operator.api.common import GROUP, VERSION
 from modelops_operator.api.kinds import DATASET, KINDS, MODEL_DEPLOYMENT, TRAINING_RUN, Kind
-from modelops_operator.reconcile import dependencies as dep
+from modelops_operator.controllers.schedule import Key, Schedule, key_of
 from modelops_operator.reconcile.actions import Event
 from modelops_operator.settings import OperatorSettings
 
@@ -75,9 +78,25 @@ def _post(body: kopf.Body, events: list[Event]) -> None:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 
+#: A scheduled reconcile that raised something other than `RetryLater` is tried again this much later.
+ERROR_RETRY_SECONDS = 60.0
+#: The schedule's task looks for due objects at least this often.
+SCHEDULE_TICK_SECONDS = 0.2
+
+
 def register(settings: OperatorSettings) -> None:
     """Register every handler with kopf, with `settings`."""
     ours = settings  # kopf hands the startup handler its own settings, under the same name
+    scheduler = _Scheduler(Schedule(settings), settings)
+
+    @kopf.on.startup(id="schedule")
+    def keep_settings(*, settings: kopf.OperatorSettings, **_: Any) -> None:
+        scheduler.kopf_settings = settings
+
+    @kopf.on.cleanup(id="schedule")
+    async def stop_schedule(**_: Any) -> None:
+        if scheduler.task is not None:
+            scheduler.task.cancel()
 
     @kopf.on.startup(id="configure")
     def configure(*, settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
@@ -113,8 +132,69 @@ def register(settings: OperatorSettings) -> None:
         return bounded_session(info, ours.api_connections + watch_streams(ours.namespaces))
 
     for kind in KINDS:
-        _register_kind(kind, settings)
+        _register_kind(kind, settings, scheduler)
     _register_dependencies()
+
+
+class _Scheduler:
+    """The task that reconciles objects as they come due (`controllers.schedule`)."""
+
+    def __init__(self, schedule: Schedule, settings: OperatorSettings) -> None:
+        self.schedule, self.settings = schedule, settings
+        self.kopf_settings: kopf.OperatorSettings | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the task, once, from a watch-event handler: kopf sets its Event poster's queue in
+        the context of its handling of an object, not in the startup handlers', and the task (and
+        the threads it hands reconciles to) post Events and log through it."""
+        if self.task is None and self.kopf_settings is not None:
+            self.task = asyncio.create_task(self._run(self.kopf_settings), context=contextvars.copy_context())
+
+    async def _run(self, kopf_settings: kopf.OperatorSettings) -> None:
+        running: set[asyncio.Task[None]] = set()
+        while True:
+            for key in self.schedule.due(time.monotonic()):
+                task = asyncio.create_task(_scheduled(key, self.schedule, self.settings, kopf_settings))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            next_at = self.schedule.next_at()
+            wait = SCHEDULE_TICK_SECONDS if next_at is None else next_at - time.monotonic()
+            await asyncio.sleep(min(max(wait, 0.0), SCHEDULE_TICK_SECONDS))
+
+
+async def _scheduled(
+    key: Key, schedule: Schedule, settings: OperatorSettings, kopf_settings: kopf.OperatorSettings
+) -> None:
+    """One scheduled reconcile of `key`: the object as it is now, its status written, its Events
+    posted, and its next time set; tried again later when it fails."""
+    kind = next(k for k in KINDS if k.kind == key[0])
+    namespace, name = key[1], key[2]
+
+    def log_for(body: dict[str, Any]) -> kopf.ObjectLogger:
+        return kopf.ObjectLogger(body=kopf.Body(cast(kopf.RawBody, body)), settings=kopf_settings)
+
+    ref = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind.kind, "metadata": {"namespace": namespace, "name": name}}
+    logger = log_for(ref)
+    try:
+        reconcile = functools.partial(controllers.reconcile_by_name, kind, namespace, name, settings, log_for)
+        found = await _blocking(reconcile)
+    except controllers.RetryLater as e:
+        logger.warning("scheduled reconcile failed, retrying in %s s: %s", e.delay, e)
+        schedule.retry(key, time.monotonic() + e.delay)
+        return
+    except Exception:
+        logger.exception("scheduled reconcile failed, retrying in %s s", ERROR_RETRY_SECONDS)
+        schedule.retry(key, time.monotonic() + ERROR_RETRY_SECONDS)
+        return
+    if found is None:
+        schedule.forget(key)
+        return
+    body, done = found
+    schedule.reconciled(kind, body, done.status, time.monotonic())
+    if done.status_patch:
+        log_for(body).info("status updated: %s", ", ".join(sorted(done.status_patch)))
+    _post(kopf.Body(cast(kopf.RawBody, body)), done.events)
 
 
 def watch_streams(namespaces: list[str]) -> int:
@@ -147,11 +227,14 @@ def bounded_session(info: kopf.ConnectionInfo, limit: int) -> kopf.AiohttpSessio
     )
 
 
-def _register_kind(kind: Kind, settings: OperatorSettings) -> None:
+def _register_kind(kind: Kind, settings: OperatorSettings, scheduler: _Scheduler) -> None:
+    schedule = scheduler.schedule
+
     def handle(*, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, memo: kopf.Memo, **_: Any) -> None:
         with _retrying():
             done = controllers.reconcile(kind, dict(body), settings, logger)
         memo["woken"] = controllers.woken_by(body)
+        schedule.reconciled(kind, body, done.status, time.monotonic())
         if done.status_patch:
             patch.status.update(done.status_patch)
             logger.info("status updated: %s", ", ".join(sorted(done.status_patch)))
@@ -165,7 +248,10 @@ def _register_kind(kind: Kind, settings: OperatorSettings) -> None:
         On the event loop; only a reconcile goes to a thread."""
         if type == "DELETED":
             controllers.forget(kind, body)
+            schedule.forget(key_of(kind, body))
             return
+        schedule.seen(kind, body, time.monotonic())
+        scheduler.start()
         if controllers.on_event(kind, body, memo):
             await _blocking(functools.partial(handle, body=body, patch=patch, logger=logger, memo=memo))
 
@@ -178,13 +264,7 @@ def _register_kind(kind: Kind, settings: OperatorSettings) -> None:
     kopf.on.update(*resource, id="reconcile", field="spec")(handle)
     kopf.on.event(*resource, id="wake")(on_event)
     kopf.on.delete(*resource, id="forget", optional=True)(forget)
-    kopf.timer(*resource, id="resync", interval=settings.resync_seconds, initial_delay=settings.resync_seconds)(handle)
-    kopf.timer(
-        *resource,
-        id="progress",
-        interval=settings.progress_seconds,
-        when=lambda status, **_: dep.needs_progress(kind.kind, dict(status)),
-    )(handle)
+    # No kopf timers: `schedule` resyncs and polls (kopf keeps each timed object's latest body).
 
 
 def _register_dependencies() -> None:

@@ -118,8 +118,8 @@ class CountWatchStarts(logging.Filter):
 
 
 class DropRoutineSuccess(logging.Filter):
-    """kopf logs every handler success at INFO: for the handlers that run on every event or tick
-    (waking, the timers) that is a line per object every few seconds. What changed is logged by
+    """kopf logs every handler success at INFO: for the handlers that run on every event
+    (waking) that is a line per object every few seconds. What changed is logged by
     the reconcile ("status updated: ..."); failures are still logged."""
 
     ROUTINE = re.compile(r"^(Handler|Timer) '(wake[\w-]*|progress|resync)' succeeded\.$")

@@ -27,7 +27,7 @@ class OperatorSettings(BaseModel):
     namespaces: list[str] = Field(default_factory=list)
     """Namespaces to watch; empty watches the whole cluster (the chart's cluster mode)."""
     resync_seconds: float = Field(default=60.0, gt=0)
-    """How often every object is reconciled even when nothing changed: a safety net. Changes are
+    """How long an object goes without a reconcile at most, even when nothing changed: a safety net. Changes are
     acted on through watch events (a Dataset's change wakes the TrainingRuns waiting for it, a
     TrainingRun's new model the ModelDeployments following it); the resync catches what no event
     announces, such as a child edited or deleted by hand."""

@@ -2,14 +2,14 @@
 the status and the actions, and carries them out. Nothing here imports kopf: `handlers` registers
 these functions with kopf and turns `RetryLater` into kopf's retry.
 
-    reconcile(kind, body)   the one entry point of create, update, resume, the timers and wake-ups
+    reconcile(kind, body)   the one entry point of create, update, resume, the schedule and wake-ups
     on_event / wake_*       which raw watch events reconcile at once, and waking dependants
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -48,6 +48,7 @@ __all__ = [
     "forget",
     "on_event",
     "reconcile",
+    "reconcile_by_name",
     "runs_waiting_for",
     "wake",
     "woken_by",
@@ -68,6 +69,8 @@ class Reconciled:
     status_patch: dict[str, Any]
     """The merge patch of status; empty when nothing changed (status is then not written)."""
     events: list[Event]
+    status: dict[str, Any] = field(default_factory=dict)
+    """The whole status after this reconcile (what the object has once the patch is written)."""
 
 
 def reconcile(kind: Kind, body: dict[str, Any], settings: OperatorSettings, log: Log) -> Reconciled:
@@ -109,10 +112,28 @@ def _reconcile(kind: Kind, body: dict[str, Any], settings: OperatorSettings, log
     observability.count_phase(
         kind.kind, meta.get("namespace") or "", meta.get("name") or "", str(getattr(new, "phase", ""))
     )
-    changes = merge_patch(old_raw, new.wire())
+    wire = new.wire()
+    changes = merge_patch(old_raw, wire)
     if changes:
         events = [*events, *ready_events(old, new)]
-    return Reconciled(result, changes, events)
+    return Reconciled(result, changes, events, wire)
+
+
+def reconcile_by_name(
+    kind: Kind, namespace: str, name: str, settings: OperatorSettings, log_for: Callable[[dict[str, Any]], Log]
+) -> tuple[dict[str, Any], Reconciled] | None:
+    """A scheduled reconcile (`controllers.schedule`): read the object, reconcile it (logging to
+    `log_for(body)`) and write its status; the body read and the outcome, or None when it is gone
+    or being deleted."""
+    with retry_later():
+        body = kube.get_object(kind, namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return None
+    done = reconcile(kind, body, settings, log_for(body))
+    if done.status_patch:
+        with retry_later():
+            kube.patch_status(kind, namespace, name, done.status_patch)
+    return body, done
 
 
 def forget(kind: Kind, body: Mapping[str, Any]) -> None:
@@ -221,7 +242,7 @@ def dependants_wake(
 
 def wake(wake: Wake, log: Log) -> None:
     """Annotate the objects `wake` names (blocking API calls). A failed wake-up is logged; the
-    resync timer catches up later."""
+    periodic resync catches up later."""
     for name in wake.names:
         try:
             kube.annotate(wake.kind, wake.namespace, name, {names.DEPENDENCY_CHANGED_ANNOTATION: wake.value})

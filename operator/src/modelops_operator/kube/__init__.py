@@ -166,6 +166,21 @@ def get_object(kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
     return dict(obj) if obj is not None else None
 
 
+def patch_status(kind: Kind, namespace: str, name: str, patch: dict[str, Any]) -> None:
+    """Merge `patch` into one of our objects' status (its status subresource), as kopf writes a
+    handler's status patch."""
+    _call(
+        f"patch {kind.plural}/status {namespace}/{name}",
+        _api().patch_namespaced_custom_object_status,
+        GROUP,
+        VERSION,
+        namespace,
+        kind.plural,
+        name,
+        {"status": patch},
+    )
+
+
 def list_trial_jobs(api: ExternalAPI, namespace: str, selector: str) -> list[dict[str, Any]] | None:
     """Trial jobs of kind `api` (PyTorchJobs, TrainJobs) in `namespace` matching a label selector;
     None when the cluster does not serve that API."""
