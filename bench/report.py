@@ -449,6 +449,7 @@ SUMMARIES: dict[str, Summary] = {
     "scale": summary_scale,
     "scale_glibc_arenas": summary_scale,
     "scale_progress_10s": summary_scale,
+    "scale_api_connections": summary_scale,
     "scale_memory": summary_scale_memory,
     "faults": summary_faults,
     "server_bench": summary_server_bench,
