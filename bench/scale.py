@@ -428,10 +428,10 @@ def run_size(
         quiet = time.monotonic() - start
         s_before, events_before, s_start = api_counts(client), event_counts(core), time.monotonic()
         _, cpu_s0, rec_s0, ev_s0 = stats(operator)
-        steady_conns = 0
+        steady_conns, port = 0, api_server_port()
         while time.monotonic() - s_start < steady_s:
             peak = max(peak, stats(operator)[0])
-            steady_conns = max(steady_conns, connections(operator.pid, api_server_port()))
+            steady_conns = max(steady_conns, connections(operator.pid, port))
             time.sleep(2)
         s_after, events_after, s_len = api_counts(client), event_counts(core), time.monotonic() - s_start
         rss2, cpu_s1, rec_s1, ev_s1 = stats(operator)
