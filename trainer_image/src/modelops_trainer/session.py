@@ -53,7 +53,7 @@ from modelops_trainer.distributed import Runtime
 from modelops_trainer.errors import CheckpointError, ConfigError, TrainingDiverged
 from modelops_trainer.evaluate import Evaluation, evaluate
 from modelops_trainer.models import build_model, load_weights, parameter_count
-from modelops_trainer.precision import Precision, PrecisionChoice, autocast, choose_precision
+from modelops_trainer.precision import Precision, PrecisionChoice, autocast, choose_precision, guard_strided_convs
 from modelops_trainer.strategy import build_ema, build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -183,6 +183,8 @@ class TrainingSession:
             load_weights(
                 raw, model_cfg.weights_uri, model_cfg.weights_digest, num_classes=self.num_classes, cache_dir=cache
             )
+        if self.device.type == "cpu":
+            guard_strided_convs(raw)  # oneDNN's bf16 weight gradients of tiny maps (precision.py)
         self.memory_format = torch.channels_last if self.hp.channels_last else torch.contiguous_format
         self.preprocess = Preprocess(self.image.color_mode, self.device, channels_last=self.hp.channels_last)
         self.raw: nn.Module = raw.to(self.device).to(memory_format=self.memory_format)
