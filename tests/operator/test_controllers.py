@@ -676,10 +676,10 @@ def test_watch_restarts_are_counted_and_debug_records_dropped_unless_asked(messa
     ("level", "message", "kept"),
     [
         (logging.INFO, "Handler 'wake' succeeded.", False),
-        (logging.INFO, "Timer 'resync' succeeded.", False),
         (logging.INFO, "Handler 'wake-trainingruns' succeeded.", False),
         (logging.INFO, "Handler 'reconcile' succeeded.", True),
-        (logging.ERROR, "Timer 'resync' failed with an exception. Will retry.", True),
+        (logging.INFO, "Handler 'cleanup' succeeded.", True),
+        (logging.ERROR, "Handler 'wake' failed with an exception. Will retry.", True),
     ],
 )
 def test_routine_successes_are_dropped(level, message, kept):

@@ -119,10 +119,11 @@ class CountWatchStarts(logging.Filter):
 
 class DropRoutineSuccess(logging.Filter):
     """kopf logs every handler success at INFO: for the handlers that run on every event
-    (waking) that is a line per object every few seconds. What changed is logged by
+    (waking) that is a line per object every few seconds. (Resyncs and progress polls are not
+    kopf timers: `controllers.schedule` runs them and logs only what they change or fail at.) What changed is logged by
     the reconcile ("status updated: ..."); failures are still logged."""
 
-    ROUTINE = re.compile(r"^(Handler|Timer) '(wake[\w-]*|progress|resync)' succeeded\.$")
+    ROUTINE = re.compile(r"^Handler 'wake[\w-]*' succeeded\.$")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno != logging.INFO or not self.ROUTINE.match(record.getMessage())
