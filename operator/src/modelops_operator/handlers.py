@@ -3,11 +3,11 @@
 Every kind gets the same level-based handling: create, update (of the spec), resume (operator
 start) and the schedule (`controllers.schedule`: a periodic resync, and a progress poll while work
 is under way, run by one task instead of kopf's per-object timers) all call one idempotent
-`controllers.reconcile`, which validates the
-body into the pydantic model at the boundary, observes, asks the pure `reconcile` layer for the
-status and the actions, and carries the actions out; the handler writes status only when it
-changed and posts the Events. An object whose spec cannot be acted on gets `Ready=False,
-reason=InvalidSpec` with the validation message; it never crashes the operator.
+`controllers.reconcile`, which validates the body into the pydantic model at the boundary,
+observes, asks the pure `reconcile` layer for the status and the actions, and carries the actions
+out; the handler writes status only when it changed and posts the Events. An object whose spec
+cannot be acted on gets `Ready=False, reason=InvalidSpec` with the validation message; it never
+crashes the operator.
 
 `register(settings)` registers everything; `modelops-operator` (`__main__`) calls it with the
 settings it read once from the environment.
@@ -76,6 +76,15 @@ async def _blocking(fn: Callable[[], _T]) -> _T:
 def _post(body: kopf.Body, events: list[Event]) -> None:
     for event in events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+
+def _after(schedule: Schedule, kind: Kind, body: kopf.Body, done: controllers.Reconciled, logger: kopf.Logger) -> None:
+    """What follows every reconcile, from an event or the schedule: the object's next time on the
+    schedule, the status change logged, the Events posted."""
+    schedule.reconciled(kind, body, done.status, time.monotonic())
+    if done.status_patch:
+        logger.info("status updated: %s", ", ".join(sorted(done.status_patch)))
+    _post(body, done.events)
 
 
 #: A scheduled reconcile that raised something other than `RetryLater` is tried again this much later.
@@ -191,10 +200,7 @@ async def _scheduled(
         schedule.forget(key)
         return
     body, done = found
-    schedule.reconciled(kind, body, done.status, time.monotonic())
-    if done.status_patch:
-        log_for(body).info("status updated: %s", ", ".join(sorted(done.status_patch)))
-    _post(kopf.Body(cast(kopf.RawBody, body)), done.events)
+    _after(schedule, kind, kopf.Body(cast(kopf.RawBody, body)), done, log_for(body))
 
 
 def watch_streams(namespaces: list[str]) -> int:
@@ -234,11 +240,9 @@ def _register_kind(kind: Kind, settings: OperatorSettings, scheduler: _Scheduler
         with _retrying():
             done = controllers.reconcile(kind, dict(body), settings, logger)
         memo["woken"] = controllers.woken_by(body)
-        schedule.reconciled(kind, body, done.status, time.monotonic())
         if done.status_patch:
-            patch.status.update(done.status_patch)
-            logger.info("status updated: %s", ", ".join(sorted(done.status_patch)))
-        _post(body, done.events)
+            patch.status.update(done.status_patch)  # kopf writes it after the handler
+        _after(schedule, kind, body, done, logger)
 
     async def on_event(
         *, type: str | None, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, memo: kopf.Memo, **_: Any

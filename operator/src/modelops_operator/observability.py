@@ -119,9 +119,9 @@ class CountWatchStarts(logging.Filter):
 
 class DropRoutineSuccess(logging.Filter):
     """kopf logs every handler success at INFO: for the handlers that run on every event
-    (waking) that is a line per object every few seconds. (Resyncs and progress polls are not
-    kopf timers: `controllers.schedule` runs them and logs only what they change or fail at.) What changed is logged by
-    the reconcile ("status updated: ..."); failures are still logged."""
+    (waking) that is a line per object every few seconds. What changed is logged by the reconcile
+    ("status updated: ..."); failures are still logged. (Resyncs and progress polls are not kopf
+    timers: `controllers.schedule` runs them and logs only what they change or fail at.)"""
 
     ROUTINE = re.compile(r"^Handler 'wake[\w-]*' succeeded\.$")
 
