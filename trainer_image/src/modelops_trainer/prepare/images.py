@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from modelops_trainer.prepare.config import Cleaning, Preprocessing
 from modelops_trainer.prepare.remote import read_capped
@@ -87,13 +89,55 @@ def resize(img: Image.Image, size: int, mode: str) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+#: PNG output compression: zlib level 1 (small images are mostly the encoder's set-up anyway).
+PNG_LEVEL = 1
+#: Modes `png` writes itself: PNG's bit depth and colour type for each (Pillow's table).
+_PNG_MODES = {"L": b"\x08\x00", "RGB": b"\x08\x02"}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+
+
+def png(img: Image.Image, level: int = PNG_LEVEL) -> bytes:
+    """`img` as PNG, byte for byte what `img.save(out, "PNG", compress_level=level)` writes, at
+    about 30% less CPU for a small image: most of what `save` costs on a 32 px image is Python
+    around Pillow's zlib encoder (plugin lookup, encoder info, a file-like wrapper per chunk); this
+    runs the same encoder with the same settings and writes the chunks itself. Only for what
+    Pillow would write as signature, IHDR, IDAT and IEND alone (an L or RGB image with no ICC
+    profile and no transparency key); anything else goes through `save`. Tested against `save`."""
+    header = _PNG_MODES.get(img.mode)
+    if header is None or img.info.get("icc_profile") or img.info.get("transparency") is not None:
+        out = io.BytesIO()
+        img.save(out, "PNG", compress_level=level)
+        return out.getvalue()
+    img.load()
+    w, h = img.size
+    # Pillow's PngImagePlugin._save: encoder "zip" with rawmode = mode and encoderconfig
+    # (optimize, compress_level, compress_type, dictionary); one IDAT chunk per buffer of
+    # ImageFile._save's size, as its `_idat` wrapper writes them.
+    encoder = Image._getencoder(img.mode, "zip", img.mode, (False, level, -1, b""))
+    encoder.setimage(img.im, (0, 0, w, h))
+    parts = [_PNG_SIGNATURE, _chunk(b"IHDR", struct.pack(">II", w, h) + header + b"\0\0\0")]
+    bufsize = max(ImageFile.MAXBLOCK, w * 4)
+    while True:
+        _, status, data = encoder.encode(bufsize)
+        parts.append(_chunk(b"IDAT", data))
+        if status:
+            break
+    if status < 0:
+        raise OSError(f"PNG encoder error {status}")
+    parts.append(_chunk(b"IEND", b""))
+    return b"".join(parts)
+
+
 def encode(img: Image.Image, pre: Preprocessing) -> bytes:
-    out = io.BytesIO()
     fmt = FORMATS[pre.format][0]
     if fmt == "PNG":
-        img.save(out, fmt, compress_level=1)
-    else:
-        img.save(out, fmt, quality=pre.quality)
+        return png(img)
+    out = io.BytesIO()
+    img.save(out, fmt, quality=pre.quality)
     return out.getvalue()
 
 
