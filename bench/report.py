@@ -438,6 +438,7 @@ def summary_lone_client(doc: dict[str, Any]) -> tuple[str, str, str]:
 
 SUMMARIES: dict[str, Summary] = {
     "prepare_throughput": summary_prepare,
+    "prepare_throughput_xeon": summary_prepare,
     "trainer_throughput": summary_trainer,
     "grpc": summary_grpc,
     "server_lone_client": summary_lone_client,
