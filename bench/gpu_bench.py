@@ -18,8 +18,11 @@ On one NVIDIA GPU, in about 3 minutes once installed:
 5. server: `python -m modelops_server` with the CUDA provider on that model, dynamic batching
    (--max-batch-size 64) against the same server with --max-batch-size 1, at 1 and 64 closed-loop
    connections (bench/server_loadgen.py), one 224 px JPEG per request: images/s, p50, p99, and
-   the batching ratio at 64 (goal ≥ 3×). Each server's process tree is checked for the CUDA
-   provider's library, so a silent fall-back to the CPU cannot pass for a GPU figure.
+   the batching ratio at 64 (goal ≥ 3×). On CUDA a third server batches with
+   `--batch-shapes exact` (every batch size from 1 to 64 its own input shape, as before padding to
+   powers of two became the default there), so the run measures what the padding changes.
+   Each server's process tree is checked for the CUDA provider's library, so a silent
+   fall-back to the CPU cannot pass for a GPU figure.
 
 Without CUDA it runs a reduced version on the CPU (ResNet-18; training batches of 16 at 64 px in
 the precision `auto` measures; 1 and 16 connections, 5 s per load point; the CPU provider; the
@@ -386,11 +389,15 @@ def server(plan: Plan, model: Path, cuda: bool) -> dict[str, Any]:
 
     device = "cuda" if cuda else "cpu"
     configs = {"batching": plan.max_batch_size, "batch1": 1}
+    shapes = {"batching": "auto", "batch1": "auto"}
+    if cuda:  # batches at the size they formed, as before --batch-shapes (on the CPU, auto is this)
+        configs["batching-exact"], shapes["batching-exact"] = plan.max_batch_size, "exact"
     servers = {}
     for name, max_batch in configs.items():
         port = free_port()
         cmd = [sys.executable, "-m", "modelops_server", "--model-uri", str(model), "--host", "127.0.0.1"]
         cmd += ["--port", str(port), "--grpc-port", "-1", "--device", device, "--max-batch-size", str(max_batch)]
+        cmd += ["--batch-shapes", shapes[name]]
         cmd += ["--queue-capacity", str(4 * max(plan.concurrency)), "--log-format", "json", "--log-level", "WARNING"]
         servers[name] = (cmd, port)
     body, headers = v2_body([photo(224, 224, 1)])
@@ -413,6 +420,7 @@ def server(plan: Plan, model: Path, cuda: bool) -> dict[str, Any]:
         "payload": "one 224x224 JPEG per request (OIP JSON)",
         "device": device,
         "maxBatchSize": configs,
+        "batchShapes": shapes,
         "providersInProcessTree": providers,
         "points": {name: {str(c): point for c, point in by_c.items()} for name, by_c in points.items()},
     }
@@ -428,6 +436,11 @@ def server(plan: Plan, model: Path, cuda: bool) -> dict[str, Any]:
             "batch1P50Ms": round(one["p50_ms"], 2),
             "batch1P99Ms": round(one["p99_ms"], 2),
         }
+        if (exact := points.get("batching-exact", {}).get(c)) is not None:
+            summary[f"c{c}"] |= {
+                "batchingExactImagesPerSecond": round(exact["images_per_s"], 1),
+                "batchingExactP99Ms": round(exact["p99_ms"], 2),
+            }
     doc["summary"] = summary
     top = f"c{max(plan.concurrency)}"
     ratio = summary[top]["ratio"]

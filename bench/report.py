@@ -781,6 +781,15 @@ def gpu_rows(doc: dict[str, Any]) -> list[list[str]]:
                 f"{num(s.get('batch1P99Ms'), '.0f')} ms",
             ]
         )
+        if "batchingExactImagesPerSecond" in s:
+            rows.append(
+                [
+                    f"server, {connections} connection{'' if connections == '1' else 's'}",
+                    "batching with `--batch-shapes exact` (every batch size its own shape)",
+                    f"{num(s.get('batchingExactImagesPerSecond'), '.1f')} img/s; p99 "
+                    f"{num(s.get('batchingExactP99Ms'), '.0f')} ms",
+                ]
+            )
     return rows
 
 

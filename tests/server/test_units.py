@@ -6,6 +6,7 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -245,6 +246,50 @@ def test_ort_spinning_reaches_the_session(model_v1: ExportedModel, spinning: str
     assert entry("session.intra_op.allow_spinning") == intra_op
     assert entry("session.force_spinning_stop") == force_stop
     assert entry("session.inter_op.allow_spinning") == "0"
+
+
+def test_padded_sizes_are_powers_of_two_up_to_the_limit_and_off_on_the_cpu_unless_asked():
+    from modelops_server.runtime import padded_sizes  # noqa: PLC0415
+
+    assert padded_sizes("pow2", 64, on_cpu=True) == (1, 2, 4, 8, 16, 32, 64)
+    assert padded_sizes("pow2", 48, on_cpu=False) == (1, 2, 4, 8, 16, 32, 48)
+    assert padded_sizes("pow2", 1, on_cpu=False) == (1,)
+    assert padded_sizes("auto", 16, on_cpu=False) == (1, 2, 4, 8, 16)
+    assert padded_sizes("auto", 16, on_cpu=True) is None
+    assert padded_sizes("exact", 16, on_cpu=False) is None
+
+
+class _SeenShapes:
+    """The real ONNX Runtime session, with the batch sizes it was given written down."""
+
+    def __init__(self, session: Any) -> None:
+        self.session, self.sizes = session, []
+
+    def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> Any:
+        self.sizes.append(next(iter(feeds.values())).shape[0])
+        return self.session.run(outputs, feeds)
+
+
+def test_padded_batches_give_each_row_its_own_logits_and_the_model_only_the_warmed_sizes(model_v1: ExportedModel):
+    from modelops_server.runtime import ModelRunner, RuntimeOptions  # noqa: PLC0415
+
+    artifact = fetch_model(str(model_v1.path))
+    exact = ModelRunner(artifact.local_path, artifact.card, RuntimeOptions(device="cpu", max_batch_size=8))
+    padded = ModelRunner(
+        artifact.local_path, artifact.card, RuntimeOptions(device="cpu", max_batch_size=8, batch_shapes="pow2")
+    )
+    exact.session, padded.session = _SeenShapes(exact.session), _SeenShapes(padded.session)
+    padded.warm_up()
+    assert padded.session.sizes == [1, 2, 4, 8]
+    assert padded.describe()["batch_shapes"] == [1, 2, 4, 8] and exact.describe()["batch_shapes"] == "exact"
+    rng = np.random.default_rng(5)
+    for n in range(1, 9):
+        batch = rng.standard_normal((n, 3, 32, 32)).astype(np.float32)
+        got = padded.run(batch)
+        assert got.shape == (n, len(artifact.card.classes))
+        np.testing.assert_allclose(got, exact.run(batch), rtol=1e-5, atol=1e-5)
+    assert set(padded.session.sizes) == {1, 2, 4, 8}
+    assert exact.session.sizes == list(range(1, 9))  # exact: as each batch formed
 
 
 def test_help_names_every_flag_and_variable():

@@ -56,6 +56,14 @@ class Settings(BaseModel):
         "most --max-batch-delay-ms for those being decoded. window: every batch waits until --max-batch-delay-ms "
         "after its first request, or until it is full.",
     )
+    batch_shapes: Literal["auto", "exact", "pow2"] = Field(
+        default="auto",
+        description="The batch sizes ONNX Runtime runs. exact: each batch at the size it formed, 1 to "
+        "--max-batch-size. pow2: padded with zero rows to the next power of two (or --max-batch-size), so the "
+        "model sees at most log2(--max-batch-size) + 2 shapes, each warmed up at load: on a GPU every new shape "
+        "costs cuDNN's algorithm choice and new allocations in the middle of a request. auto: pow2 on CUDA and "
+        "TensorRT, exact on the CPU, where padded rows cost compute and a new shape little.",
+    )
     queue_capacity: int = Field(
         default=256, ge=1, description="Requests admitted at once; beyond it the server answers 503 with Retry-After."
     )

@@ -143,6 +143,8 @@ class DataPlane:
             spinning=settings.ort_spinning,
             max_image_pixels=settings.max_image_pixels,
             reduced_decode=settings.reduced_decode,
+            max_batch_size=settings.max_batch_size,
+            batch_shapes=settings.batch_shapes,
         )
         self.batching = BatchingOptions(
             max_batch_size=settings.max_batch_size,

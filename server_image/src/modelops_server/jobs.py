@@ -171,6 +171,8 @@ class JobService:
                 workers=1,
                 max_image_pixels=self.settings.max_image_pixels,
                 reduced_decode=self.settings.reduced_decode,
+                max_batch_size=self.settings.max_batch_size,
+                batch_shapes=self.settings.batch_shapes,
             ),
             log_format=self.settings.log_format,
             log_level=self.settings.log_level,

@@ -39,7 +39,8 @@ class RuntimeOptions:
     spinning: Literal["off", "run", "always"] = "off"  # see ModelRunner
     max_image_pixels: int = 40_000_000
     reduced_decode: bool = True
-    warmup_batch: int = 1
+    max_batch_size: int = 16
+    batch_shapes: Literal["auto", "exact", "pow2"] = "auto"  # see padded_sizes
 
 
 def cuda_device_present() -> bool:
@@ -66,6 +67,21 @@ def cuda_device_present() -> bool:
 #: (63.8 against 487 img/s, p50 904 ms: bench/gpu.sh, 2026-12-04). HEURISTIC asks cuDNN's
 #: heuristics once per shape, without timing.
 PROVIDER_OPTIONS: dict[str, dict[str, str]] = {"CUDAExecutionProvider": {"cudnn_conv_algo_search": "HEURISTIC"}}
+
+
+def padded_sizes(mode: str, limit: int, on_cpu: bool) -> tuple[int, ...] | None:
+    """The batch sizes a session runs when batches of 1 to ``limit`` rows are padded, or None when
+    each runs at its own size.
+
+    ``pow2``: the powers of two below ``limit``, and ``limit``; a batch is padded with zero rows up
+    to the next of them, so the session sees at most log2(limit) + 2 shapes, all warmed up at load.
+    On CUDA each new input shape costs cuDNN's algorithm choice for every convolution and new
+    allocations, paid by the requests of the batch that brings it, and dynamic batching brings up
+    to ``limit`` of them. ``exact``: no padding. ``auto``: pow2 except on the CPU, where a new
+    shape costs little and a padded row costs a row's compute."""
+    if mode == "exact" or (mode == "auto" and on_cpu):
+        return None
+    return tuple(sorted({1 << i for i in range(limit.bit_length()) if 1 << i < limit} | {limit}))
 
 
 def choose_providers(device: str) -> list[str]:
@@ -144,26 +160,41 @@ class ModelRunner:
         self.input_name = card.input.name
         self.output_name = card.output.name
         self.threads = threads
+        on_cpu = self.providers[0] == "CPUExecutionProvider"
+        self.padded = padded_sizes(options.batch_shapes, options.max_batch_size, on_cpu)
+        self.shapes = self.padded or tuple(sorted({1, options.max_batch_size}))
+        """The batch sizes warmed up at load; with padding on, the only sizes the session runs."""
         self.open_seconds = time.monotonic() - started
 
     def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Logits for a ``[N, C, S, S]`` batch; checks that the model returns one row per image."""
+        """Logits for a ``[N, C, S, S]`` batch; checks that the model returns one row per image.
+        With padding on (`batch_shapes`), the batch runs as the next warmed-up size, zero rows
+        added and their logits dropped."""
+        n = batch.shape[0]
+        size = next((s for s in self.padded if s >= n), n) if self.padded else n
+        if size > n:
+            batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]), dtype=batch.dtype)])
         (logits,) = self.session.run([self.output_name], {self.input_name: batch})
         result: npt.NDArray[np.float32] = np.asarray(logits, dtype=np.float32)
-        if result.ndim != 2 or result.shape[0] != batch.shape[0] or result.shape[1] != len(self.card.classes):
+        if result.ndim != 2 or result.shape[0] != size or result.shape[1] != len(self.card.classes):
             raise ModelLoadError(
-                f"the model returned {result.shape} for {batch.shape[0]} images and {len(self.card.classes)} classes"
+                f"the model returned {result.shape} for {size} images and {len(self.card.classes)} classes"
             )
-        return result
+        return result[:n]
 
-    def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> float:
-        """Run the model on zeros at each batch size (allocations, kernel choice); returns seconds."""
+    def warm_up(self) -> float:
+        """Run the model on zeros at each of `shapes` (allocations, kernel choice); returns seconds."""
         started = time.monotonic()
         c, s = self.card.input.channels, self.card.input.image_size
-        for n in batch_sizes:
+        for n in self.shapes:
             self.run(np.zeros((n, c, s, s), dtype=np.float32))
         return time.monotonic() - started
 
     def describe(self) -> dict[str, Any]:
         """Facts for logs: providers and threads."""
-        return {"providers": self.providers, "intra_op_threads": self.threads, "open_seconds": self.open_seconds}
+        return {
+            "providers": self.providers,
+            "intra_op_threads": self.threads,
+            "batch_shapes": list(self.padded) if self.padded else "exact",
+            "open_seconds": self.open_seconds,
+        }

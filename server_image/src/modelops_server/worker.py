@@ -135,7 +135,7 @@ class Worker:
                 started = time.monotonic()
                 try:
                     runner = ModelRunner(msg.local_path, ModelCard.model_validate_json(msg.card_json), self.runtime)
-                    runner.warm_up(tuple(sorted({1, self.batching.max_batch_size})))
+                    runner.warm_up()
                     self.models[key] = (runner, msg.name, msg.version)
                     self.outbox.put(Loaded(self.worker_id, key, None, time.monotonic() - started, runner.describe()))
                 except BaseException as exc:
