@@ -442,6 +442,7 @@ SUMMARIES: dict[str, Summary] = {
     "trainer_throughput": summary_trainer,
     "grpc": summary_grpc,
     "server_lone_client": summary_lone_client,
+    "server_lone_client_xeon": summary_lone_client,
     "images": summary_images,
     "search_algorithms": summary_search,
     "gpu": summary_gpu,
