@@ -247,8 +247,8 @@ def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
     info = machine(device)
-    flags = ", ".join(f if present else f"no {f}" for f, present in info["cpuFlags"].items())  # type: ignore[attr-defined]
-    print(f"machine: {info['cpus']} CPUs ({info['usableCpus']} usable); {info['cpu']}; {flags}")
+    flags = ", ".join(info["cpuFlags"]) or "no avx2, avx512 or amx"  # type: ignore[arg-type]
+    print(f"machine: {info['cores']} CPUs ({info['usableCores']} usable); {info['cpu']}; {flags}")
     if device.type == "cuda":
         print(f"GPU: {info['gpu']}")
     load_start = [round(x, 2) for x in os.getloadavg()]
