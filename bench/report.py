@@ -440,6 +440,7 @@ SUMMARIES: dict[str, Summary] = {
     "prepare_throughput": summary_prepare,
     "prepare_throughput_xeon": summary_prepare,
     "trainer_throughput": summary_trainer,
+    "trainer_throughput_xeon": summary_trainer,
     "grpc": summary_grpc,
     "server_lone_client": summary_lone_client,
     "server_lone_client_xeon": summary_lone_client,
