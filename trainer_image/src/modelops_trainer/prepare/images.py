@@ -177,8 +177,8 @@ class _Drop(Exception):
         self.reason, self.detail = reason, detail[:200]
 
 
-#: PNGs `plain_png` decodes: (bit depth, colour type) -> mode, and the most pixels.
-_PLAIN_PNG_MODES = {(8, 0): "L", (8, 2): "RGB"}
+#: PNGs `plain_png` decodes: the modes `png` writes, by (bit depth, colour type); the most pixels.
+_PLAIN_PNG_MODES = {(header[0], header[1]): mode for mode, header in _PNG_MODES.items()}
 _PLAIN_PNG_PIXELS = 1 << 22
 
 
@@ -237,8 +237,9 @@ def _plain_png_header(kind: bytes, body: bytes) -> tuple[str, int, int] | None:
         return None
     w, h, bits, color, compression, filtering, interlace = struct.unpack(">IIBBBBB", body)
     mode = _PLAIN_PNG_MODES.get((bits, color))
-    plain = mode is not None and not (compression or filtering or interlace) and 0 < w * h <= _PLAIN_PNG_PIXELS
-    return (mode, w, h) if plain and mode is not None else None
+    if mode is None or compression or filtering or interlace or not 0 < w * h <= _PLAIN_PNG_PIXELS:
+        return None
+    return mode, w, h
 
 
 def _decode(data: bytes, cleaning: Cleaning, pre: Preprocessing) -> Image.Image:
