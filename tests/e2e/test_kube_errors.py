@@ -12,8 +12,10 @@ from pathlib import Path
 
 import kubernetes
 import pytest
+import yaml
 
 from modelops_operator import kube
+from modelops_operator.api.kinds import DATASET
 
 HOLD = "modelops.dev/test-hold"
 
@@ -21,8 +23,7 @@ HOLD = "modelops.dev/test-hold"
 @pytest.fixture
 def as_the_chart(operator_kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The kube layer logged in as the chart's ServiceAccount, as the operator runs."""
-    # The client read $KUBECONFIG when it was imported: set the location it kept.
-    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(operator_kubeconfig))
+    monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig))
     kube.login.cache_clear()
     yield
     kube.login.cache_clear()
@@ -72,3 +73,28 @@ def test_a_namespace_being_deleted_is_not_reported_as_missing_rbac(
         assert "its namespace is being deleted" in str(refused.value)
     finally:
         core.patch_namespaced_config_map("hold", name, {"metadata": {"finalizers": None}})
+
+
+def test_a_rotated_token_is_read_again_after_a_401(
+    operator_kubeconfig: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A kubeconfig user's `tokenFile` (as a projected ServiceAccount token is rotated): a call the
+    API server refuses with 401 reads the credentials again and is made once more."""
+    config = yaml.safe_load(operator_kubeconfig.read_text())
+    good = config["users"][0]["user"].pop("token")
+    token_file = tmp_path / "token"
+    config["users"][0]["user"]["tokenFile"] = str(token_file)
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    token_file.write_text("not-a-token")
+    kube.login.cache_clear()
+    try:
+        with pytest.raises(kube.Unavailable, match="401"):
+            kube.get_object(DATASET, "default", "absent")
+        client = kube.login()  # logged in with the bad token, kept
+        token_file.write_text(good)
+        assert kube.get_object(DATASET, "default", "absent") is None  # allowed, and not there
+        assert kube.login() is not client
+    finally:
+        kube.login.cache_clear()

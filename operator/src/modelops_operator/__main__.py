@@ -16,6 +16,14 @@ import sys
 import threading
 from collections.abc import Iterator
 
+from modelops_operator.kube import credentials
+
+# kopf imports the Kubernetes client library when it is installed (for its own optional use of
+# it), about 60 MiB of generated models the operator does not use: kept out unless logging in
+# needs it (`kube.credentials`). A process that imported it already keeps it.
+if not credentials.needs_client():
+    sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
+
 import kopf
 import prometheus_client
 

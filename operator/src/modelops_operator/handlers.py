@@ -133,10 +133,10 @@ def register(settings: OperatorSettings) -> None:
     async def login(
         *, settings: kopf.OperatorSettings, logger: kopf.Logger, **kwargs: Any
     ) -> kopf.ConnectionInfo | kopf.AiohttpSession | None:
-        """kopf's own login (in-cluster, else the kubeconfig), on a connection pool of
-        `api_connections` beyond the watch streams."""
-        info = kopf.login_via_client(settings=settings, logger=logger, **kwargs)
-        if info is None or not ours.api_connections:
+        """The kube layer's credentials (in-cluster, else the kubeconfig; read anew each time kopf
+        logs in again), on a connection pool of `api_connections` beyond the watch streams."""
+        info = connection_info(kube.credentials.load(), settings.networking.trust_env)
+        if not ours.api_connections:
             return info
         return bounded_session(info, ours.api_connections + watch_streams(ours.namespaces))
 
@@ -211,6 +211,26 @@ def watch_streams(namespaces: list[str]) -> int:
     for part in (registry._indexing, registry._watching, registry._spawning, registry._changing):
         selectors |= part.get_all_selectors()
     return len(selectors) * max(1, len(namespaces))
+
+
+def connection_info(creds: kube.credentials.Credentials, trust_env: bool) -> kopf.ConnectionInfo:
+    """kopf's form of the kube layer's credentials: kopf watches with what the operator calls with."""
+    return kopf.ConnectionInfo(
+        server=creds.server,
+        ca_path=creds.ca_path,
+        ca_data=creds.ca_data,
+        insecure=creds.insecure,
+        certificate_path=creds.certificate_path,
+        certificate_data=creds.certificate_data,
+        private_key_path=creds.private_key_path,
+        private_key_data=creds.private_key_data,
+        token=creds.token,
+        username=creds.username,
+        password=creds.password,
+        proxy_url=creds.proxy_url,
+        default_namespace=creds.default_namespace,
+        trust_env=trust_env,
+    )
 
 
 def bounded_session(info: kopf.ConnectionInfo, limit: int) -> kopf.AiohttpSession:

@@ -8,23 +8,30 @@ errors into the operator's exception hierarchy:
     └── Unavailable     5xx, timeouts, connection errors: the API server is away; retry later
         └── Forbidden   403: the operator's RBAC does not allow the call (a Secret, by default); a 403 for a
                         namespace being deleted is a plain Unavailable
+
+It speaks the API's JSON over urllib3 (the client library's own transport) and hands the decoded
+objects on as they came: the Kubernetes client library is not imported (`kube.credentials` says
+why). An object's kind is mapped to its path by the API server's discovery, once per group and
+version, as the client's dynamic client does.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import threading
 import time
 from typing import Any
+from urllib.parse import quote, urlencode
 
-import kubernetes
-import kubernetes.dynamic
-import urllib3.exceptions
-from kubernetes.client.exceptions import ApiException
+import urllib3
 
+from modelops_operator import __version__
 from modelops_operator.api.common import GROUP, VERSION
 from modelops_operator.api.kinds import Kind
 from modelops_operator.api.names import HTTPROUTE, WORKLOAD, ExternalAPI
+from modelops_operator.kube import credentials
 from modelops_operator.settings import OperatorSettings
 
 
@@ -49,16 +56,6 @@ class Forbidden(Unavailable):
 #: handler thread making it, forever; with it the call fails as `Unavailable` and is retried.
 REQUEST_TIMEOUT = (5.0, 30.0)
 
-
-class _TimedApiClient(kubernetes.client.ApiClient):  # type: ignore[misc]
-    """The Kubernetes client, with `REQUEST_TIMEOUT` on every request (generated, dynamic, logs)."""
-
-    def request(self, *args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("_request_timeout") is None:
-            kwargs["_request_timeout"] = REQUEST_TIMEOUT
-        return super().request(*args, **kwargs)
-
-
 #: Connections kept to the API server: one per reconcile thread, and some for the leader's Lease
 #: and the log reads (`configure` sets it from the settings before the first call).
 _POOL = {"connections": OperatorSettings.model_fields["workers"].get_default() + 8}
@@ -69,218 +66,249 @@ def configure(settings: OperatorSettings) -> None:
     _POOL["connections"] = settings.workers + 8
 
 
+class Client:
+    """One API server, its credentials and a pool of kept-alive connections to it."""
+
+    def __init__(self, creds: credentials.Credentials, connections: int) -> None:
+        self.creds = creds
+        self.server = creds.server.rstrip("/")
+        pool: dict[str, Any] = {
+            "num_pools": 2,
+            # With fewer connections than threads, connections are dropped and opened again, a TLS
+            # handshake each time.
+            "maxsize": connections,
+            "retries": False,
+            "ssl_context": creds.ssl_context(),
+        }
+        if creds.insecure:
+            pool.update(cert_reqs="CERT_NONE", assert_hostname=False)
+        if creds.tls_server_name:
+            pool["server_hostname"] = creds.tls_server_name
+        self.http: urllib3.PoolManager = (
+            urllib3.ProxyManager(creds.proxy_url, **pool) if creds.proxy_url else urllib3.PoolManager(**pool)
+        )
+        self.headers = {
+            "Accept": "application/json",
+            "User-Agent": f"modelops-operator/{__version__}",
+            **creds.headers(),
+        }
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, Any] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: tuple[float, float] = REQUEST_TIMEOUT,
+    ) -> urllib3.BaseHTTPResponse:
+        url = self.server + path + ("?" + urlencode(query) if query else "")
+        headers = self.headers if body is None else {**self.headers, "Content-Type": content_type}
+        return self.http.request(
+            method,
+            url,
+            body=None if body is None else json.dumps(body, separators=(",", ":")).encode(),
+            headers=headers,
+            timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
+            retries=False,
+        )
+
+
 @functools.cache
-def login() -> kubernetes.client.ApiClient:
-    """The API client: in-cluster credentials in a pod, else the kubeconfig ($KUBECONFIG). Made once."""
-    config = kubernetes.client.Configuration()
+def login() -> Client:
+    """The API client: in-cluster credentials in a pod, else the kubeconfig ($KUBECONFIG). Made once,
+    and again after the API server refuses the credentials (401)."""
     try:
-        kubernetes.config.load_incluster_config(client_configuration=config)
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(client_configuration=config)
-    # With fewer connections than threads (the client's default is 5 per core) connections are
-    # dropped and opened again, a TLS handshake each time.
-    config.connection_pool_maxsize = _POOL["connections"]
-    kubernetes.client.Configuration.set_default(config)
-    return _TimedApiClient(config)
+        return Client(credentials.load(), _POOL["connections"])
+    except credentials.LoginError as e:
+        raise Unavailable(f"log in to the API server: {e}") from e
 
 
-def _api() -> kubernetes.client.CustomObjectsApi:
-    return kubernetes.client.CustomObjectsApi(login())
-
-
-def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call the client, mapping its errors onto this module's (404 -> None)."""
+def _request(what: str, method: str, path: str, **call: Any) -> Any:
+    """One call (`call`: `Client.request`'s keywords), its JSON answer decoded (404 -> None), its
+    refusals mapped onto this module's errors."""
     try:
-        return fn(*args, **kwargs)
-    except ApiException as e:
-        if e.status == 404:
-            return None
-        if e.status == 409:
-            raise Conflict(f"{what}: {e.reason}") from e
-        if e.status == 403 and "NamespaceTerminating" in str(e.body):
-            # The API server's 403 for a namespace being deleted: no permission is missing.
-            raise Unavailable(f"{what}: its namespace is being deleted") from e
-        if e.status == 403:
-            raise Forbidden(f"{what}: forbidden by the operator's RBAC") from e
-        raise Unavailable(f"{what}: {e.status} {e.reason}") from e
+        for attempt in (1, 2):
+            res = login().request(method, path, **call)
+            if res.status == 401 and attempt == 1:
+                # A rotated ServiceAccount token or an expired exec token: read the credentials again.
+                login.cache_clear()
+                continue
+            break
     except (urllib3.exceptions.HTTPError, OSError) as e:
         raise Unavailable(f"{what}: {e}") from e
+    if res.status < 400:
+        try:
+            return json.loads(res.data) if res.data else {}
+        except ValueError as e:
+            raise Unavailable(f"{what}: the API server's answer is not JSON") from e
+    if res.status == 404:
+        return None
+    if res.status == 409:
+        raise Conflict(f"{what}: {res.reason}")
+    if res.status == 403 and b"NamespaceTerminating" in res.data:
+        # The API server's 403 for a namespace being deleted: no permission is missing.
+        raise Unavailable(f"{what}: its namespace is being deleted")
+    if res.status == 403:
+        raise Forbidden(f"{what}: forbidden by the operator's RBAC")
+    raise Unavailable(f"{what}: {res.status} {res.reason}")
 
 
-def _plain(obj: Any) -> Any:
-    return login().sanitize_for_serialization(obj)
+def _base(api_version: str) -> str:
+    """The path of a group/version: `/api/v1` for the core group, else `/apis/<group>/<version>`."""
+    return "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+
+
+def _path(api_version: str, plural: str, namespace: str | None, name: str | None = None) -> str:
+    path = _base(api_version)
+    if namespace is not None:
+        path += f"/namespaces/{quote(namespace, safe='')}"
+    path += f"/{plural}"
+    return path + f"/{quote(name, safe='')}" if name is not None else path
+
+
+def _items(res: Any) -> list[dict[str, Any]]:
+    return list(res.get("items") or []) if res is not None else []
 
 
 def list_jobs(namespace: str, selector: str) -> list[dict[str, Any]]:
     """Jobs in `namespace` matching a label selector, as plain dicts."""
-    batch = kubernetes.client.BatchV1Api(login())
-    res = _call(f"list jobs {namespace} {selector}", batch.list_namespaced_job, namespace, label_selector=selector)
-    return list(_plain(res.items)) if res is not None else []
+    what = f"list jobs {namespace} {selector}"
+    return _items(_request(what, "GET", _path("batch/v1", "jobs", namespace), query={"labelSelector": selector}))
 
 
 def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
     """Pods in `namespace` matching a label selector, as plain dicts."""
-    core = kubernetes.client.CoreV1Api(login())
-    res = _call(f"list pods {namespace} {selector}", core.list_namespaced_pod, namespace, label_selector=selector)
-    return list(_plain(res.items)) if res is not None else []
+    what = f"list pods {namespace} {selector}"
+    return _items(_request(what, "GET", _path("v1", "pods", namespace), query={"labelSelector": selector}))
 
 
 def list_events(namespace: str, uid: str) -> list[dict[str, Any]]:
     """The Events recorded about the object with `uid` (core/v1, which also lists events.k8s.io
     ones), as plain dicts: how a controller says it could not create a pod."""
-    core = kubernetes.client.CoreV1Api(login())
     selector = f"involvedObject.uid={uid}"
-    res = _call(f"list events {namespace} {selector}", core.list_namespaced_event, namespace, field_selector=selector)
-    return list(_plain(res.items)) if res is not None else []
+    what = f"list events {namespace} {selector}"
+    return _items(_request(what, "GET", _path("v1", "events", namespace), query={"fieldSelector": selector}))
 
 
 def create_job(body: dict[str, Any]) -> None:
     """Create a Job; one that exists already (a retried create) is fine."""
-    batch = kubernetes.client.BatchV1Api(login())
     # A conflict means an earlier attempt created it and its answer was lost: the name is deterministic.
     with contextlib.suppress(Conflict):
-        _call(
-            f"create job {body['metadata']['name']}", batch.create_namespaced_job, body["metadata"]["namespace"], body
-        )
+        path = _path("batch/v1", "jobs", body["metadata"]["namespace"])
+        _request(f"create job {body['metadata']['name']}", "POST", path, body=body)
 
 
 def delete_job(namespace: str, name: str) -> None:
     """Delete a Job and its pods (background propagation); a missing one is fine."""
-    batch = kubernetes.client.BatchV1Api(login())
-    _call(
-        f"delete job {namespace}/{name}", batch.delete_namespaced_job, name, namespace, propagation_policy="Background"
-    )
+    path = _path("batch/v1", "jobs", namespace, name)
+    _request(f"delete job {namespace}/{name}", "DELETE", path, query={"propagationPolicy": "Background"})
+
+
+_OURS = f"{GROUP}/{VERSION}"
+_MERGE = "application/merge-patch+json"
 
 
 def get_object(kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
     """One of our custom objects, or None when it does not exist."""
-    obj = _call(
-        f"get {kind.plural} {namespace}/{name}",
-        _api().get_namespaced_custom_object,
-        GROUP,
-        VERSION,
-        namespace,
-        kind.plural,
-        name,
-    )
+    path = _path(_OURS, kind.plural, namespace, name)
+    obj = _request(f"get {kind.plural} {namespace}/{name}", "GET", path)
     return dict(obj) if obj is not None else None
 
 
 def patch_status(kind: Kind, namespace: str, name: str, patch: dict[str, Any]) -> None:
     """Merge `patch` into one of our objects' status (its status subresource), as kopf writes a
     handler's status patch."""
-    _call(
-        f"patch {kind.plural}/status {namespace}/{name}",
-        _api().patch_namespaced_custom_object_status,
-        GROUP,
-        VERSION,
-        namespace,
-        kind.plural,
-        name,
-        {"status": patch},
+    path = _path(_OURS, kind.plural, namespace, name) + "/status"
+    _request(
+        f"patch {kind.plural}/status {namespace}/{name}", "PATCH", path, body={"status": patch}, content_type=_MERGE
     )
+
+
+def _external(api: ExternalAPI) -> str:
+    return f"{api.group}/{api.version}"
 
 
 def list_trial_jobs(api: ExternalAPI, namespace: str, selector: str) -> list[dict[str, Any]] | None:
     """Trial jobs of kind `api` (PyTorchJobs, TrainJobs) in `namespace` matching a label selector;
     None when the cluster does not serve that API."""
-    res = _call(
-        f"list {api.plural} {namespace} {selector}",
-        _api().list_namespaced_custom_object,
-        api.group,
-        api.version,
-        namespace,
-        api.plural,
-        label_selector=selector,
-    )
-    return list(res["items"]) if res is not None else None
+    path = _path(_external(api), api.plural, namespace)
+    res = _request(f"list {api.plural} {namespace} {selector}", "GET", path, query={"labelSelector": selector})
+    return _items(res) if res is not None else None
 
 
 def create_trial_job(api: ExternalAPI, body: dict[str, Any]) -> None:
     """Create a trial job; one that exists already (a retried create: the name is deterministic) is fine."""
     ns = body["metadata"]["namespace"]
     with contextlib.suppress(Conflict):
-        _call(
-            f"create {api.kind} {ns}/{body['metadata']['name']}",
-            _api().create_namespaced_custom_object,
-            api.group,
-            api.version,
-            ns,
-            api.plural,
-            body,
-        )
+        path = _path(_external(api), api.plural, ns)
+        _request(f"create {api.kind} {ns}/{body['metadata']['name']}", "POST", path, body=body)
 
 
 def delete_trial_job(api: ExternalAPI, namespace: str, name: str) -> None:
     """Delete a trial job and its pods (background propagation); a missing one is fine."""
-    _call(
-        f"delete {api.kind} {namespace}/{name}",
-        _api().delete_namespaced_custom_object,
-        api.group,
-        api.version,
-        namespace,
-        api.plural,
-        name,
-        propagation_policy="Background",
-    )
+    path = _path(_external(api), api.plural, namespace, name)
+    _request(f"delete {api.kind} {namespace}/{name}", "DELETE", path, query={"propagationPolicy": "Background"})
 
 
 def patch_trial_job(api: ExternalAPI, namespace: str, name: str, patch: dict[str, Any]) -> None:
     """Merge-patch a trial job (its suspend flag: the training operator or Trainer v2 stops or
     restarts its pods)."""
-    _call(
-        f"patch {api.kind} {namespace}/{name}",
-        _api().patch_namespaced_custom_object,
-        api.group,
-        api.version,
-        namespace,
-        api.plural,
-        name,
-        patch,
-    )
+    path = _path(_external(api), api.plural, namespace, name)
+    _request(f"patch {api.kind} {namespace}/{name}", "PATCH", path, body=patch, content_type=_MERGE)
 
 
 def runtime_exists(api: ExternalAPI, namespace: str | None, name: str) -> bool:
     """Whether a Trainer v2 runtime exists: a ClusterTrainingRuntime (`namespace` None) or a
     TrainingRuntime in `namespace`."""
-    if namespace is None:
-        res = _call(
-            f"get {api.kind} {name}", _api().get_cluster_custom_object, api.group, api.version, api.plural, name
-        )
-    else:
-        res = _call(
-            f"get {api.kind} {namespace}/{name}",
-            _api().get_namespaced_custom_object,
-            api.group,
-            api.version,
-            namespace,
-            api.plural,
-            name,
-        )
-    return res is not None
+    where = name if namespace is None else f"{namespace}/{name}"
+    path = _path(_external(api), api.plural, namespace, name)
+    return _request(f"get {api.kind} {where}", "GET", path) is not None
 
 
 FIELD_MANAGER = "modelops-operator"
 
+#: How soon a group/version's discovery is asked again for a kind it did not list (a CRD installed since).
+DISCOVERY_RETRY_SECONDS = 30.0
+_discovered: dict[str, tuple[float, dict[str, tuple[str, bool]]]] = {}
+_discovery_lock = threading.Lock()
 
-@functools.cache
-def _dynamic() -> kubernetes.dynamic.DynamicClient:
-    return kubernetes.dynamic.DynamicClient(login())
+
+def _resource(body: dict[str, Any], what: str) -> tuple[str, bool]:
+    """The plural and namespacedness of `body`'s kind, from the API server's discovery."""
+    api_version, kind = body["apiVersion"], body["kind"]
+    with _discovery_lock:
+        at, kinds = _discovered.get(api_version, (0.0, {}))
+        if kind in kinds:
+            return kinds[kind]
+        if time.monotonic() - at >= DISCOVERY_RETRY_SECONDS or not at:
+            listed = _request(f"{what}: discover {api_version}", "GET", _base(api_version))
+            kinds = {
+                r["kind"]: (r["name"], bool(r.get("namespaced")))
+                for r in (listed or {}).get("resources", [])
+                if "/" not in r["name"]
+            }
+            _discovered[api_version] = (time.monotonic(), kinds)
+        if kind in kinds:
+            return kinds[kind]
+    raise Unavailable(f"{what}: the API server does not serve {api_version} {kind}")
 
 
-def _resource(body: dict[str, Any], what: str) -> Any:
-    try:
-        return _dynamic().resources.get(api_version=body["apiVersion"], kind=body["kind"])
-    except kubernetes.dynamic.exceptions.ResourceNotFoundError as e:
-        raise Unavailable(f"{what}: the API server does not serve {body['apiVersion']} {body['kind']}") from e
+def _path_of(body: dict[str, Any], what: str, *, named: bool = True) -> str:
+    plural, namespaced = _resource(body, what)
+    meta = body["metadata"]
+    return _path(
+        body["apiVersion"], plural, meta.get("namespace") if namespaced else None, meta["name"] if named else None
+    )
 
 
 def get_like(body: dict[str, Any]) -> dict[str, Any] | None:
     """The object of `body`'s kind, namespace and name as it is now, or None when there is none."""
     meta = body["metadata"]
     what = f"get {body['kind']} {meta.get('namespace')}/{meta['name']}"
-    res = _call(what, _resource(body, what).get, name=meta["name"], namespace=meta.get("namespace"))
-    return dict(res.to_dict()) if res is not None else None
+    res = _request(what, "GET", _path_of(body, what))
+    return dict(res) if res is not None else None
 
 
 def create(body: dict[str, Any]) -> None:
@@ -288,7 +316,7 @@ def create(body: dict[str, Any]) -> None:
     `Conflict` (retried: the next reconcile sees whose it is); it is never taken over."""
     meta = body["metadata"]
     what = f"create {body['kind']} {meta.get('namespace')}/{meta['name']}"
-    _call(what, _resource(body, what).create, body=body, namespace=meta.get("namespace"), field_manager=FIELD_MANAGER)
+    _request(what, "POST", _path_of(body, what, named=False), query={"fieldManager": FIELD_MANAGER}, body=body)
 
 
 def apply(body: dict[str, Any]) -> dict[str, Any]:
@@ -298,31 +326,28 @@ def apply(body: dict[str, Any]) -> dict[str, Any]:
     holds `body`."""
     meta = body["metadata"]
     what = f"apply {body['kind']} {meta.get('namespace')}/{meta['name']}"
-    res = _call(
+    res = _request(
         what,
-        _resource(body, what).server_side_apply,
+        "PATCH",
+        _path_of(body, what),
+        query={"fieldManager": FIELD_MANAGER, "force": "true"},
         body=body,
-        name=meta["name"],
-        namespace=meta.get("namespace"),
-        field_manager=FIELD_MANAGER,
-        force_conflicts=True,
+        content_type="application/apply-patch+yaml",  # JSON is YAML
     )
-    return dict(res.to_dict()) if res is not None else {}
+    return dict(res) if res is not None else {}
 
 
 def get_secret(namespace: str, name: str) -> dict[str, Any] | None:
     """A Secret (`data` base64-encoded, as the API gives it), or None. `Forbidden` unless the chart
     grants the operator `get` on Secrets (`rbac.readSecrets`)."""
-    core = kubernetes.client.CoreV1Api(login())
-    res = _call(f"get secret {namespace}/{name}", core.read_namespaced_secret, name, namespace)
-    return dict(_plain(res)) if res is not None else None
+    res = _request(f"get secret {namespace}/{name}", "GET", _path("v1", "secrets", namespace, name))
+    return dict(res) if res is not None else None
 
 
 def get_deployment(namespace: str, name: str) -> dict[str, Any] | None:
     """A Deployment as a plain dict, or None."""
-    apps = kubernetes.client.AppsV1Api(login())
-    res = _call(f"get deployment {namespace}/{name}", apps.read_namespaced_deployment, name, namespace)
-    return dict(_plain(res)) if res is not None else None
+    res = _request(f"get deployment {namespace}/{name}", "GET", _path("apps/v1", "deployments", namespace, name))
+    return dict(res) if res is not None else None
 
 
 _API_SEEN: dict[str, tuple[float, bool]] = {}
@@ -334,8 +359,8 @@ def crd_exists(name: str, ttl: float = 60.0) -> bool:
     now = time.monotonic()
     if name in _API_SEEN and now - _API_SEEN[name][0] < ttl:
         return _API_SEEN[name][1]
-    ext = kubernetes.client.ApiextensionsV1Api(login())
-    found = _call(f"get crd {name}", ext.read_custom_resource_definition, name) is not None
+    path = _path("apiextensions.k8s.io/v1", "customresourcedefinitions", None, name)
+    found = _request(f"get crd {name}", "GET", path) is not None
     _API_SEEN[name] = (now, found)
     return found
 
@@ -343,70 +368,62 @@ def crd_exists(name: str, ttl: float = 60.0) -> bool:
 def annotate(kind: Kind, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
     """Set (a value) or delete (None) annotations of one of our objects: a consumed manual command,
     or the wake-up of a dependant. Setting a value it already has writes nothing."""
-    _call(
-        f"patch {kind.plural} {namespace}/{name}",
-        _api().patch_namespaced_custom_object,
-        GROUP,
-        VERSION,
-        namespace,
-        kind.plural,
-        name,
-        {"metadata": {"annotations": annotations}},
-    )
+    path = _path(_OURS, kind.plural, namespace, name)
+    patch = {"metadata": {"annotations": annotations}}
+    _request(f"patch {kind.plural} {namespace}/{name}", "PATCH", path, body=patch, content_type=_MERGE)
 
 
 def get_http_route(namespace: str, name: str) -> dict[str, Any] | None:
     """A Gateway API HTTPRoute, or None when it does not exist."""
-    res = _call(
-        f"get httproute {namespace}/{name}",
-        _api().get_namespaced_custom_object,
-        HTTPROUTE.group,
-        HTTPROUTE.version,
-        namespace,
-        HTTPROUTE.plural,
-        name,
+    res = _request(
+        f"get httproute {namespace}/{name}", "GET", _path(_external(HTTPROUTE), HTTPROUTE.plural, namespace, name)
     )
     return dict(res) if res is not None else None
 
 
 def patch_http_route(namespace: str, name: str, patch: dict[str, Any]) -> None:
     """Merge-patch a Gateway API HTTPRoute (its rules' backend weights)."""
-    _call(
-        f"patch httproute {namespace}/{name}",
-        _api().patch_namespaced_custom_object,
-        HTTPROUTE.group,
-        HTTPROUTE.version,
-        namespace,
-        HTTPROUTE.plural,
-        name,
-        patch,
-    )
+    path = _path(_external(HTTPROUTE), HTTPROUTE.plural, namespace, name)
+    _request(f"patch httproute {namespace}/{name}", "PATCH", path, body=patch, content_type=_MERGE)
 
 
 def list_workloads(namespace: str, selector: str) -> list[dict[str, Any]] | None:
     """Kueue Workloads in `namespace` matching a label selector; None when the cluster does not
     serve Kueue's Workload API."""
-    res = _call(
-        f"list workloads {namespace} {selector}",
-        _api().list_namespaced_custom_object,
-        WORKLOAD.group,
-        WORKLOAD.version,
-        namespace,
-        WORKLOAD.plural,
-        label_selector=selector,
-    )
-    return list(res["items"]) if res is not None else None
+    path = _path(_external(WORKLOAD), WORKLOAD.plural, namespace)
+    res = _request(f"list workloads {namespace} {selector}", "GET", path, query={"labelSelector": selector})
+    return _items(res) if res is not None else None
 
 
 def patch_workload(namespace: str, name: str, patch: dict[str, Any]) -> None:
     """Merge-patch a Kueue Workload (`spec.active` and the operator's annotation saying it set it)."""
-    _call(
-        f"patch workload {namespace}/{name}",
-        _api().patch_namespaced_custom_object,
-        WORKLOAD.group,
-        WORKLOAD.version,
-        namespace,
-        WORKLOAD.plural,
-        name,
-        patch,
+    path = _path(_external(WORKLOAD), WORKLOAD.plural, namespace, name)
+    _request(f"patch workload {namespace}/{name}", "PATCH", path, body=patch, content_type=_MERGE)
+
+
+_LEASES = "coordination.k8s.io/v1"
+
+
+def get_lease(namespace: str, name: str, timeout: tuple[float, float]) -> dict[str, Any] | None:
+    """A coordination.k8s.io Lease, or None."""
+    res = _request(f"get lease {namespace}/{name}", "GET", _path(_LEASES, "leases", namespace, name), timeout=timeout)
+    return dict(res) if res is not None else None
+
+
+def create_lease(body: dict[str, Any], timeout: tuple[float, float]) -> None:
+    """Create a Lease (`Conflict` when one exists)."""
+    ns = body["metadata"]["namespace"]
+    _request(
+        f"create lease {ns}/{body['metadata']['name']}",
+        "POST",
+        _path(_LEASES, "leases", ns),
+        body=body,
+        timeout=timeout,
     )
+
+
+def replace_lease(body: dict[str, Any], timeout: tuple[float, float]) -> None:
+    """Replace a Lease; `Conflict` when its `resourceVersion` is not the latest."""
+    meta = body["metadata"]
+    path = _path(_LEASES, "leases", meta["namespace"], meta["name"])
+    _request(f"replace lease {meta['namespace']}/{meta['name']}", "PUT", path, body=body, timeout=timeout)

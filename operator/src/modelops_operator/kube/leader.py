@@ -21,15 +21,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import kubernetes
-import urllib3
-from kubernetes.client.exceptions import ApiException
-
-from modelops_operator.kube import login
+from modelops_operator import kube
 
 log = logging.getLogger("modelops_operator.leader")
-#: What a Lease call may fail with: the API server's answer, the connection, a timeout, a bad body.
-_LEASE_ERRORS = (ApiException, OSError, ValueError, urllib3.exceptions.HTTPError)
+#: What a Lease call may fail with: the API server's answer, the connection, a timeout (all
+#: `KubeError`s), a bad body.
+_LEASE_ERRORS = (kube.KubeError, ValueError, KeyError, TypeError)
 
 
 def _now() -> datetime:
@@ -53,7 +50,6 @@ class LeaderElection:
         self.lease_seconds, self.renew_seconds = lease_seconds, renew_seconds
         self.renew_deadline = lease_seconds * 2 / 3
         self.call_timeout = (2.0, max(1.0, renew_seconds / 2))
-        self.api = kubernetes.client.CoordinationV1Api(login())
         self.stopped = threading.Event()
 
     def _body(self, lease: dict[str, Any] | None, acquired: bool) -> dict[str, Any]:
@@ -69,25 +65,16 @@ class LeaderElection:
         return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta, "spec": spec}
 
     def _read(self) -> dict[str, Any] | None:
-        try:
-            lease = self.api.read_namespaced_lease(self.name, self.namespace, _request_timeout=self.call_timeout)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-        return dict(self.api.api_client.sanitize_for_serialization(lease))
+        return kube.get_lease(self.namespace, self.name, self.call_timeout)
 
     def try_acquire(self) -> bool:
         """One attempt: True when this process holds the Lease afterwards."""
         lease = self._read()
         if lease is None:
             try:
-                body = self._body(None, acquired=True)
-                self.api.create_namespaced_lease(self.namespace, body, _request_timeout=self.call_timeout)
-            except ApiException as e:
-                if e.status == 409:
-                    return False
-                raise
+                kube.create_lease(self._body(None, acquired=True), self.call_timeout)
+            except kube.Conflict:
+                return False
             return True
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity")
@@ -101,16 +88,9 @@ class LeaderElection:
         if holder != self.identity and not expired:
             return False
         try:
-            self.api.replace_namespaced_lease(
-                self.name,
-                self.namespace,
-                self._body(lease, acquired=holder != self.identity),
-                _request_timeout=self.call_timeout,
-            )
-        except ApiException as e:
-            if e.status == 409:  # someone else updated it first
-                return False
-            raise
+            kube.replace_lease(self._body(lease, acquired=holder != self.identity), self.call_timeout)
+        except kube.Conflict:  # someone else updated it first
+            return False
         return True
 
     def _attempt(self) -> bool:
@@ -155,6 +135,6 @@ class LeaderElection:
             if lease and (lease.get("spec") or {}).get("holderIdentity") == self.identity:
                 body = self._body(lease, acquired=False)
                 body["spec"]["holderIdentity"] = None
-                self.api.replace_namespaced_lease(self.name, self.namespace, body)
+                kube.replace_lease(body, self.call_timeout)
         except _LEASE_ERRORS as e:
             log.warning("could not release the leader lease: %s", e)
