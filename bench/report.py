@@ -450,6 +450,7 @@ SUMMARIES: dict[str, Summary] = {
     "gpu-cpu-fallback": summary_gpu_fallback,
     "soak": summary_soak,
     "scale": summary_scale,
+    "scale_schedule": summary_scale,
     "scale_glibc_arenas": summary_scale,
     "scale_progress_10s": summary_scale,
     "scale_api_connections": summary_scale,

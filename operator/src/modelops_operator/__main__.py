@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Run the modelops operator: it reconciles Dataset, TrainingRun and ModelDeployment objects\n"
-            "(group modelops.dev) and reports what it did in their status."
+            "(group modelops.dev) and reports what it did in their status.\n\n"
+            "In a pod it logs in with its ServiceAccount; elsewhere with the current context of\n"
+            "$KUBECONFIG (or ~/.kube/config)."
         ),
         epilog="settings (environment variables):\n" + OperatorSettings.describe(),
     )
