@@ -70,14 +70,12 @@ class Client:
     """One API server, its credentials and a pool of kept-alive connections to it."""
 
     def __init__(self, creds: credentials.Credentials, connections: int) -> None:
-        self.creds = creds
         self.server = creds.server.rstrip("/")
         pool: dict[str, Any] = {
             "num_pools": 2,
             # With fewer connections than threads, connections are dropped and opened again, a TLS
             # handshake each time.
             "maxsize": connections,
-            "retries": False,
             "ssl_context": creds.ssl_context(),
         }
         if creds.insecure:

@@ -118,20 +118,23 @@ def _kubeconfig_paths() -> list[Path]:
     return [default] if default.exists() else []
 
 
-def _current(paths: list[Path]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], Path]:
-    """The current context, its cluster and its user, and the file the user came from (relative
-    paths in a kubeconfig are relative to the file that holds them)."""
+#: A kubeconfig's sections, each a list of named entries, and the key of an entry's contents.
+_SECTIONS = {"contexts": "context", "clusters": "cluster", "users": "user"}
+
+
+def _current(paths: list[Path]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The current context, its cluster and its user, their relative paths read against the file
+    that holds each."""
     current: str | None = None
-    found: dict[str, dict[str, tuple[dict[str, Any], Path]]] = {"contexts": {}, "clusters": {}, "users": {}}
+    found: dict[str, dict[str, tuple[dict[str, Any], Path]]] = {section: {} for section in _SECTIONS}
     for path in paths:
         if not path.exists():
             continue
         config = yaml.safe_load(path.read_text()) or {}
         current = current or config.get("current-context")
-        singular = {"contexts": "context", "clusters": "cluster", "users": "user"}
         for section, items in found.items():
             for item in config.get(section) or []:
-                items.setdefault(item["name"], (item.get(singular[section]) or {}, path))
+                items.setdefault(item["name"], (item.get(_SECTIONS[section]) or {}, path))
     if not current:
         raise LoginError(f"no current-context in the kubeconfig ({os.pathsep.join(map(str, paths)) or 'none found'})")
     if current not in found["contexts"]:
@@ -142,7 +145,7 @@ def _current(paths: list[Path]) -> tuple[dict[str, Any], dict[str, Any], dict[st
         user, user_file = found["users"].get(context.get("user", ""), ({}, cluster_file))
     except KeyError as e:
         raise LoginError(f"the kubeconfig's context {current!r} names no known cluster") from e
-    return context, _relative(cluster, cluster_file), _relative(user, user_file), user_file
+    return context, _relative(cluster, cluster_file), _relative(user, user_file)
 
 
 def _relative(section: dict[str, Any], origin: Path) -> dict[str, Any]:
@@ -153,22 +156,27 @@ def _relative(section: dict[str, Any], origin: Path) -> dict[str, Any]:
     return out
 
 
+def _runs_plugin(user: dict[str, Any]) -> bool:
+    """Whether a kubeconfig user gets its credentials from an exec plugin or an auth-provider."""
+    return bool(user.get("exec") or user.get("auth-provider"))
+
+
 def needs_client() -> bool:
     """Whether logging in takes the Kubernetes client library: out of cluster, with a kubeconfig
     user that runs an exec plugin or an auth-provider."""
     if in_cluster() is not None:
         return False
     try:
-        _, _, user, _ = _current(_kubeconfig_paths())
+        _, _, user = _current(_kubeconfig_paths())
     except (LoginError, OSError, yaml.YAMLError, KeyError, TypeError):
         return False
-    return bool(user.get("exec") or user.get("auth-provider"))
+    return _runs_plugin(user)
 
 
 def from_kubeconfig() -> Credentials:
     """The kubeconfig's current context."""
-    context, cluster, user, _ = _current(_kubeconfig_paths())
-    if user.get("exec") or user.get("auth-provider"):
+    context, cluster, user = _current(_kubeconfig_paths())
+    if _runs_plugin(user):
         return _via_client()
     token = user.get("token")
     if not token and user.get("tokenFile"):
