@@ -31,6 +31,7 @@ from tests.support.cluster import (
     RESTRICTED,
     STATE,
     OperatorProcess,
+    cluster_state,
     helm,
     kubectl,
 )
@@ -43,6 +44,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if E2E in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.cluster)
+
+
+_explained: list[BaseException] = []  # held, so that no id is reused
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed cluster test's report ends with the cluster's state (tests/support/cluster.py's
+    `cluster_state`): a test that times out waiting then says what the cluster was doing. Once per
+    exception, so that a module fixture's error is not dumped again for each of its tests."""
+    report = yield
+    error = call.excinfo.value if call.excinfo else None
+    if report.failed and error is not None and all(e is not error for e in _explained) and KUBECONFIG.exists():
+        _explained.append(error)
+        report.sections.append(("cluster state", cluster_state()))
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -94,6 +94,44 @@ def kubectl(*args: str, check: bool = True, stdin: str | None = None) -> subproc
     )
 
 
+def cluster_state() -> str:
+    """What the cluster looked like, for a failed cluster test's report: the node's taints and
+    any condition of it that is not as it should be, the pods of every namespace that are neither
+    Running nor Succeeded (with why they wait), claims not Bound, and the last Warning events.
+    Short, so that the report's end (all CI keeps) holds it; never raises."""
+    node_state = (
+        "custom-columns=NODE:.metadata.name,TAINTS:.spec.taints[*].key,"
+        'CONDITIONS:.status.conditions[?(@.status=="True")].type'
+    )
+    pod_state = (
+        "custom-columns=NAMESPACE:.metadata.namespace,POD:.metadata.name,PHASE:.status.phase,"
+        "WAITING:.status.containerStatuses[*].state.waiting.reason,"
+        'UNSCHEDULABLE:.status.conditions[?(@.reason=="Unschedulable")].message'
+    )
+    asks = (
+        ("node", ["get", "nodes", "-o", node_state]),
+        ("pods not running", ["get", "pods", "-A", "--field-selector=status.phase!=Running,status.phase!=Succeeded",
+                              "-o", pod_state]),
+        ("claims", ["get", "pvc", "-A", "--no-headers"]),
+        ("warnings", ["get", "events", "-A", "--field-selector=type=Warning", "--sort-by=.lastTimestamp"]),
+    )  # fmt: skip
+    out = []
+    for title, args in asks:
+        try:
+            done = subprocess.run(
+                [str(BIN / "kubectl"), f"--kubeconfig={KUBECONFIG}", "--request-timeout=10s", *args],
+                capture_output=True, text=True, timeout=20, check=False,
+            )  # fmt: skip
+            lines = (done.stdout or done.stderr).strip().splitlines()
+        except (OSError, subprocess.TimeoutExpired) as e:
+            lines = [repr(e)]
+        if title == "claims":
+            lines = [line for line in lines if " Bound " not in line]
+        out.append(f"--- {title}")
+        out.extend(lines[:1] + lines[1:][-12:] if len(lines) > 13 else lines)
+    return "\n".join(out)
+
+
 #: The operator in the cluster tests runs as the Helm chart's ServiceAccount, with exactly the chart's
 #: RBAC (rendered by `helm template`): every cluster test is then also a proof that the chart
 #: grants what the operator needs; a forbidden call fails the test that makes it.
