@@ -22,12 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 STORAGE_CLASS = "local-dir"
 PROVISIONER = "modelops.dev/local-dir"
 
 log = logging.getLogger("provisioner")
+
+#: What a pass may meet while the API server is away or restarting (the fault tests stop it): an
+#: error status, a refused or reset connection (urllib3's `MaxRetryError`, `ProtocolError`, which
+#: are not `OSError`s), a file it cannot make. The next pass tries again.
+TRANSIENT = (ApiException, OSError, urllib3.exceptions.HTTPError)
 
 
 class Provisioner:
@@ -115,13 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             prov.ensure_storage_class()
             break
-        except (ApiException, OSError) as e:
+        except TRANSIENT as e:
             log.warning("waiting for the API server: %s", e)
             time.sleep(1)
     while True:
         try:
             prov.provision()
-        except (ApiException, OSError) as e:
+        except TRANSIENT as e:
             log.warning("provisioning pass failed, retrying: %s", e)
         time.sleep(args.interval)
 
