@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +46,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.cluster)
 
 
-_explained: list[BaseException] = []  # held, so that no id is reused
+#: The exceptions already explained (a module fixture's is raised again for each of its tests).
+_explained: list[BaseException] = []
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """A failed cluster test's report ends with the cluster's state (tests/support/cluster.py's
     `cluster_state`): a test that times out waiting then says what the cluster was doing. Once per
     exception, so that a module fixture's error is not dumped again for each of its tests."""
