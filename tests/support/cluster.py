@@ -84,19 +84,22 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float = 60, interva
     raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
 
 
-def kubectl(*args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def kubectl(
+    *args: str, check: bool = True, stdin: str | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / "kubectl"), f"--kubeconfig={KUBECONFIG}", *args],
         capture_output=True,
         text=True,
         check=check,
         input=stdin,
+        timeout=timeout,
     )
 
 
 def cluster_state() -> str:
-    """What the cluster looked like, for a failed cluster test's report: the node's taints and
-    any condition of it that is not as it should be, the pods of every namespace that are neither
+    """What the cluster looked like, for a failed cluster test's report: the nodes' taints and
+    the conditions that are True (Ready, or a pressure), the pods of every namespace that are neither
     Running nor Succeeded (with why they wait), claims not Bound, and the last Warning events.
     Short, so that the report's end (all CI keeps) holds it; never raises."""
     node_state = (
@@ -112,20 +115,17 @@ def cluster_state() -> str:
         ("node", ["get", "nodes", "-o", node_state]),
         ("pods not running", ["get", "pods", "-A", "--field-selector=status.phase!=Running,status.phase!=Succeeded",
                               "-o", pod_state]),
-        ("claims", ["get", "pvc", "-A", "--no-headers"]),
+        ("claims not bound", ["get", "pvc", "-A"]),
         ("warnings", ["get", "events", "-A", "--field-selector=type=Warning", "--sort-by=.lastTimestamp"]),
     )  # fmt: skip
     out = []
     for title, args in asks:
         try:
-            done = subprocess.run(
-                [str(BIN / "kubectl"), f"--kubeconfig={KUBECONFIG}", "--request-timeout=10s", *args],
-                capture_output=True, text=True, timeout=20, check=False,
-            )  # fmt: skip
+            done = kubectl("--request-timeout=10s", *args, check=False, timeout=20)
             lines = (done.stdout or done.stderr).strip().splitlines()
         except (OSError, subprocess.TimeoutExpired) as e:
             lines = [repr(e)]
-        if title == "claims":
+        if title == "claims not bound":
             lines = [line for line in lines if " Bound " not in line]
         out.append(f"--- {title}")
         out.extend(lines[:1] + lines[1:][-12:] if len(lines) > 13 else lines)
