@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from modelops_trainer import checkpoint
+from modelops_trainer import cgroup, checkpoint
 from tests.support.trainconfig import config_doc
 from tests.trainer.conftest import trainer_env
 
@@ -139,3 +139,35 @@ def test_preempted_distributed_run_resumes_to_the_same_state(digits16, tmp_path)
     assert [{k: v for k, v in r.items() if k not in timing} for r in a["history"]] == [
         {k: v for k, v in r.items() if k not in timing} for r in b["history"]
     ]
+
+
+@pytest.mark.parametrize(
+    ("files", "environ", "expected"),
+    [
+        ({}, {}, "PASSIVE"),  # no quota: the cores may be shared with other pods
+        ({"cpu.max": "max 100000"}, {}, "PASSIVE"),
+        ({"cpu.max": "200000 100000"}, {}, None),  # a quota of 2 cores: its threads are sized to it
+        ({"cpu/cpu.cfs_quota_us": "150000", "cpu/cpu.cfs_period_us": "100000"}, {}, None),  # cgroup v1
+        ({"cpu/cpu.cfs_quota_us": "-1"}, {}, "PASSIVE"),  # v1 without a quota
+        ({}, {"OMP_WAIT_POLICY": "ACTIVE"}, None),  # the user's choice is kept
+        ({}, {"GOMP_SPINCOUNT": "10000"}, None),
+    ],
+)
+def test_openmp_threads_sleep_when_idle_only_without_a_cpu_quota(tmp_path, files, environ, expected):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text + "\n")
+    before = dict(environ)
+    assert cgroup.openmp_wait_policy(environ, tmp_path) == expected
+    assert environ == (before | {"OMP_WAIT_POLICY": expected} if expected else before)
+
+
+def test_the_wait_policy_reaches_openmp_before_pytorch_loads_it():
+    # libgomp prints the settings it started with (OMP_DISPLAY_ENV) when PyTorch loads it; how long an
+    # idle thread spins is the telling one (it shows OMP_WAIT_POLICY as PASSIVE whether set or not).
+    env = {k: v for k, v in trainer_env(OMP_DISPLAY_ENV="VERBOSE").items() if k not in cgroup.OPENMP_WAIT_SETTINGS}
+    out = subprocess.run(
+        [sys.executable, "-c", "import modelops_trainer.train"], env=env, capture_output=True, text=True, check=True
+    )
+    spin = "300000" if cgroup.cpu_quota() is not None else "0"  # libgomp's default, or none: no quota on a CI host
+    assert f"GOMP_SPINCOUNT = '{spin}'" in out.stderr, out.stderr
