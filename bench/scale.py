@@ -36,6 +36,14 @@ The phases are followed by watches, not lists: listing 1,000 objects of each kin
 loaded the API server under test.
 The cluster must be started by hack/cluster.py (the benchmark starts it when it is not running).
 
+`--api-server-profile SECONDS` also takes a CPU profile of kube-apiserver (its `/debug/pprof/profile`)
+over the first SECONDS of each size's convergence and keeps, in the result, the share of its CPU
+under each part of its work (`API_SERVER_PARTS`: TLS, authentication and authorization, admission,
+server-side apply's field management, the watch cache and the sending of watch events, etcd,
+encoding, garbage collection, ...) and its 25 hottest functions; the raw profile is written beside
+the result (`NAME-apiserver-N.pprof`, for `go tool pprof`). The local cluster serves profiles only when
+started so: `MODELOPS_API_SERVER_PROFILING=1 hack/cluster.py up`.
+
 `--memory-profile` runs the operator under memray (its Python allocators traced) and writes
 bench/results/scale_memory.json instead: the heap at its peak, by who allocated it (imports, kopf,
 the Kubernetes client, the operator's own code, other libraries) and by the 20 largest allocating
@@ -48,6 +56,8 @@ import argparse
 import contextlib
 import json
 import os
+import re
+import subprocess
 import sys
 import threading
 import time
@@ -67,6 +77,7 @@ from tests.support.cluster import OperatorProcess, api_counts, api_server_port, 
 REPO = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("MODELOPS_CLUSTER_DIR", REPO / ".cluster"))
 KUBECONFIG = STATE / "kubeconfig"
+RESULTS = REPO / "bench" / "results"
 GROUP, VERSION = "modelops.dev", "v1alpha1"
 #: A quiet window: two sync periods of the HPA controller (15 s by default). A ModelDeployment's
 #: status follows its autoscaler, which 1,000 HPAs on 2 cores update in waves; a 10 s window once
@@ -79,6 +90,28 @@ OPERATOR_ENV_PREFIXES = ("MODELOPS_", "MALLOC_", "PYTHONPATH", "PYTHONMALLOC")
 #: What `apiserver_request_total` counts as a write: a server-side apply is its own verb, APPLY (not
 #: PATCH), and was left out before session 16, which hid 3,500 applies a minute at steady state.
 WRITE_VERBS = ("POST", "PUT", "PATCH", "APPLY", "DELETE")
+#: The parts of kube-apiserver's work: each the sum of the cumulative CPU of the functions its
+#: pattern matches, chosen so that they do not call one another (parts may still overlap: a write's
+#: managed fields are inside its storage write, and allocation is inside everything).
+API_SERVER_PARTS = {
+    "requests (the handlers' work, inside the filters)": r"handlers/finisher\.finishRequest\.func1$",
+    "writes to etcd (creates and updates)": r"etcd3\.\(\*store\)\.(GuaranteedUpdate|Create)$",
+    "patches (merge and strategic merge)": r"handlers\.\(\*patcher\)\.patchResource\.func2$",
+    "managed fields (on every write)": r"managedfields/internal\.\(\*FieldManager\)\.Update$",
+    "status writes: custom resources (modelops.dev)": r"customresource\.\(\*StatusREST\)\.Update$",
+    "status writes: Deployments, ReplicaSets, Pods, Jobs": (
+        r"/(deployment|replicaset|pod|job)/storage\.\(\*StatusREST\)\.Update$"
+    ),
+    "lists": r"handlers\.ListResource\.func1$",
+    "gets": r"handlers\.GetResource\.getResourceHandler\.func\d+$",
+    "watches: sending events": r"handlers\.\(\*WatchServer\)\.HandleHTTP$",
+    "authentication": r"union\.\(\*unionAuthRequestHandler\)\.AuthenticateRequest$",
+    "admission": r"admission\.\(\*reinvoker\)\.(Admit|Validate)$",
+    "TLS handshakes": r"crypto/tls\.\(\*Conn\)\.(serverHandshake|clientHandshake)$",
+    "TLS records": r"crypto/tls\.\(\*Conn\)\.(Read|Write)$",
+    "garbage collection": r"^runtime\.gcBgMarkWorker$",
+    "memory allocation": r"^runtime\.mallocgc$",
+}
 
 
 def stat_fields(proc: Path) -> list[str]:
@@ -339,6 +372,53 @@ def cleanup(core: kubernetes.client.CoreV1Api) -> None:
         time.sleep(2)
 
 
+def api_server_profile(client: kubernetes.client.ApiClient, seconds: int, into: Path) -> threading.Thread:
+    """A thread that takes kube-apiserver's CPU profile over the next `seconds` and writes it to `into`."""
+
+    def take() -> None:
+        try:
+            resp = client.call_api(
+                "/debug/pprof/profile",
+                "GET",
+                query_params=[("seconds", str(seconds))],
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=seconds + 60,
+            )[0]
+            into.write_bytes(resp.data)
+        except (kubernetes.client.ApiException, urllib3.exceptions.HTTPError) as exc:
+            print(f"the API server's profile failed: {exc}", file=sys.stderr)
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    return thread
+
+
+_PPROF_ROW = re.compile(r"^\s*(\S+)\s+(\S+)%\s+(\S+)%\s+(\S+)\s+(\S+)%\s+(.+)$")
+
+
+def api_server_parts(profile: Path, top: int = 25) -> dict[str, Any]:
+    """The profile read by `go tool pprof`: the share of CPU under each of `API_SERVER_PARTS` and the
+    `top` functions by their own time."""
+    out = subprocess.run(
+        ["go", "tool", "pprof", "-top", "-nodecount=1000000", "-nodefraction=0", "-edgefraction=0", str(profile)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = [(float(m[2]), float(m[5]), m[6].strip()) for line in out.splitlines() if (m := _PPROF_ROW.match(line))]
+    total = next((line for line in out.splitlines() if "samples" in line and "Duration" in line), "")
+    return {
+        "profile": profile.name,
+        "durationAndSamples": total.strip(),
+        "cumulativePercentByPart": {
+            part: round(sum(cum for _, cum, name in rows if re.search(rx, name)), 2)
+            for part, rx in API_SERVER_PARTS.items()
+        },
+        "topFlatPercent": [{"function": name, "flat": flat, "cum": cum} for flat, cum, name in rows[:top]],
+    }
+
+
 def converge(
     watched: Phases,
     totals: Counter[str],
@@ -386,9 +466,11 @@ def run_size(
     log_level: str = "WARNING",
     capture: Path | None = None,
     env: dict[str, str] | None = None,
+    profile: tuple[int, Path] | None = None,
 ) -> dict[str, Any]:
     """One size measured; with `capture`, the operator runs under memray writing it there; `env`
-    adds to the operator's environment (a baseline's settings)."""
+    adds to the operator's environment (a baseline's settings); with `profile` (seconds, file),
+    kube-apiserver's CPU profile over the first seconds of convergence is written to the file."""
     core = kubernetes.client.CoreV1Api(client)
     custom = kubernetes.client.CustomObjectsApi(client)
     runner = (
@@ -416,12 +498,15 @@ def run_size(
         rss0, _, rec0, ev0 = stats(operator)
         by_process0 = cpu_by_process(operator.pid)
         start = time.monotonic()
+        profiler = api_server_profile(client, *profile) if profile else None
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda o: custom.create_namespaced_custom_object(GROUP, VERSION, o[0], o[1], o[2]), wanted))
         created = time.monotonic() - start
         reached, peak, conns = converge(watched, totals, operator, start, rss0)
         converged = time.monotonic() - start
         converging = cpu_breakdown(by_process0, cpu_by_process(operator.pid), converged)
+        if profiler:
+            profiler.join()
         after = api_counts(client)
         _, _, rec1, ev1 = stats(operator)
         quiet_reached = wait_quiet(client, settle_s)
@@ -454,6 +539,7 @@ def run_size(
         print(f"  {who:58} {count}", file=sys.stderr)
     return {
         "objects": n,
+        **({"apiServerProfile": api_server_parts(profile[1])} if profile and profile[1].exists() else {}),
         "create_s": created,
         "converge_s": converged,
         "all_seen_s": max(reached.get(f"{p} seen", converged) for p in totals),
@@ -513,6 +599,14 @@ def main(argv: list[str] | None = None) -> int:
         "experiment)",
     )
     parser.add_argument(
+        "--api-server-profile",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="take kube-apiserver's CPU profile over the first SECONDS of each size's convergence and keep its "
+        "breakdown in the result (the raw profile beside it)",
+    )
+    parser.add_argument(
         "--memory-profile",
         action="store_true",
         help="run the operator under memray and write scale_memory.json (the heap at its peak, by owner)",
@@ -527,7 +621,9 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.sizes:
         if baseline_env:  # the baseline first, then the default: the same cluster, one after the other
             baseline.append(run_size(n, client, args.steady, args.settle, args.log_level, env=baseline_env))
-        results.append(run_size(n, client, args.steady, args.settle, args.log_level))
+        pprof = RESULTS / f"{args.result}-apiserver-{n}.pprof"
+        profile = (args.api_server_profile, pprof) if args.api_server_profile else None
+        results.append(run_size(n, client, args.steady, args.settle, args.log_level, profile=profile))
     print_table(results, "ratio last/first", lambda key: ratio(results[-1][key], results[0][key]))
     if baseline:
         print(f"against the baseline ({' '.join(args.baseline)}), size by size:")

@@ -203,3 +203,15 @@ def test_the_scale_summary_names_the_connections_only_when_the_file_has_them(mon
     assert "at most 52 connections to the API server" in figure
     assert "`MODELOPS_API_CONNECTIONS=0`" in figure and "at most 113 connections" in figure
     assert "connections" not in report.summary_scale({"sizes": [run]})[1]
+
+
+def test_the_scale_summary_gives_the_api_servers_largest_parts_and_ours(monkeypatch):
+    report = bench_script(monkeypatch, "report")
+    parts = {"writes": 25.0, "gc": 14.0, "a": 9.0, "b": 8.5, "c": 8.2, "d": 8.1, "status writes (modelops.dev)": 7.8}
+    profile = {"durationAndSamples": "Duration: 90.01s, Total samples = 95.25s", "cumulativePercentByPart": parts}
+    what, figure, _ = report.summary_scale({"sizes": [{"objects": 1000, "apiServerProfile": profile}]})
+    assert "--api-server-profile 90" in what
+    assert "first 90 s of convergence" in figure and "writes **25%**" in figure
+    assert "status writes (modelops.dev) **8%**" in figure  # ours, though not among the five largest
+    assert "d **8%**" not in figure
+    assert "profile" not in report.summary_scale({"sizes": [{"objects": 1000}]})[1]
