@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.tools import missing
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
@@ -108,7 +110,7 @@ def test_an_allocation_is_charged_to_the_innermost_of_kopf_the_client_and_ours(s
 def test_every_part_of_the_api_servers_work_matches_functions_of_a_real_kube_apiserver_profile():
     # The profile committed with the 1,000-object run: kube-apiserver v1.34.4 while converging.
     if not shutil.which("go"):
-        pytest.skip("go tool pprof reads the profile; Go is not installed")
+        missing("Go (its `go tool pprof` reads the profile)", "hack/setup.sh needs it: install Go 1.24 or newer")
     profile = REPO / "bench" / "results" / "scale_apiserver_profile-apiserver-1000.pprof"
     parts = scale.api_server_parts(profile)["cumulativePercentByPart"]
     assert set(parts) == set(scale.API_SERVER_PARTS)
