@@ -341,10 +341,11 @@ def summary_scale(doc: dict[str, Any]) -> tuple[str, str, str]:
             f"; while converging {num(big.get('machine_busy_cores_converging'), '.2f')} cores were busy, the "
             f"operator's share **{num(100 * big['operator_share_of_busy_converging'], '.0f', '%')}**"
         )
+    # The API server's profile, when the run took one: its length, from go tool pprof's header.
+    took = re.search(r"Duration: ([\d.]+)s", at(big, "apiServerProfile", "durationAndSamples") or "")
     if parts := at(big, "apiServerProfile", "cumulativePercentByPart"):
         top = sorted(parts.items(), key=lambda kv: -kv[1])[:5]
         top += [(part, share) for part, share in parts.items() if "modelops.dev" in part and (part, share) not in top]
-        took = re.search(r"Duration: ([\d.]+)s", at(big, "apiServerProfile", "durationAndSamples") or "")
         figure += (
             f"; kube-apiserver's CPU profile over the first {num(float(took[1]) if took else None, '.0f', ' s')}"
             f" of convergence, by part (cumulative, overlapping): "
@@ -373,7 +374,7 @@ def summary_scale(doc: dict[str, Any]) -> tuple[str, str, str]:
             figure += f", at most {num(b['api_connections_peak_converging'], '.0f')} connections to the API server"
     under, against = assignments(doc.get("env") or {}, code=False), assignments(base_env, code=False)
     command = f"bench/scale.py --baseline {against}" if against else "bench/scale.py"
-    if took := re.search(r"Duration: ([\d.]+)s", at(big, "apiServerProfile", "durationAndSamples") or ""):
+    if took:
         command += f" --api-server-profile {float(took[1]):.0f}"
     what = f"operator at scale (`{command}`{', under ' + under if under else ''})"
     return what, figure, "< 60 s, < 250 MiB, 0 writes/min"

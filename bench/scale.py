@@ -38,11 +38,11 @@ The cluster must be started by hack/cluster.py (the benchmark starts it when it 
 
 `--api-server-profile SECONDS` also takes a CPU profile of kube-apiserver (its `/debug/pprof/profile`)
 over the first SECONDS of each size's convergence and keeps, in the result, the share of its CPU
-under each part of its work (`API_SERVER_PARTS`: TLS, authentication and authorization, admission,
-server-side apply's field management, the watch cache and the sending of watch events, etcd,
-encoding, garbage collection, ...) and its 25 hottest functions; the raw profile is written beside
-the result (`NAME-apiserver-N.pprof`, for `go tool pprof`). The local cluster serves profiles only when
-started so: `MODELOPS_API_SERVER_PROFILING=1 hack/cluster.py up`.
+under each part of its work (`API_SERVER_PARTS`: request handlers, writes to etcd, patches, managed
+fields, status writes of our objects and of the built-in ones, lists, gets, sending watch events,
+authentication, admission, TLS, garbage collection, allocation) and its 25 hottest functions; the
+raw profile is written beside the result (`NAME-apiserver-N.pprof`, for `go tool pprof`). The local
+cluster serves profiles only when started so: `MODELOPS_API_SERVER_PROFILING=1 hack/cluster.py up`.
 
 `--memory-profile` runs the operator under memray (its Python allocators traced) and writes
 bench/results/scale_memory.json instead: the heap at its peak, by who allocated it (imports, kopf,
