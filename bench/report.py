@@ -18,7 +18,7 @@ shown as "—".
     .venv/bin/python bench/report.py --list     # the blocks and the result files each reads
 
 Blocks: summary (README.md), machines, images, preparation, training, grpc, server_lone_client,
-search_algorithms, gpu, soak (docs/benchmarks.md). A new result file shows up in `summary` and
+server_photos, search_algorithms, gpu, soak (docs/benchmarks.md). A new result file shows up in `summary` and
 `machines` by itself; to give it a headline figure or a table of its own, add a function to
 `SUMMARIES` or `BLOCKS` here.
 """
@@ -448,6 +448,25 @@ def summary_lone_client(doc: dict[str, Any]) -> tuple[str, str, str]:
     return "inference server, a lone client to 64 connections, against KServe 0.21", figure, goal
 
 
+def summary_server_photos(doc: dict[str, Any]) -> tuple[str, str, str]:
+    s = doc.get("summary") or {}
+    parts = []
+    for label in doc.get("payloads") or {}:
+        cells = []
+        for c in (1, 4, 16, 64):
+            ratio = at(s, "ratios", f"{label} c={c}") or {}
+            cells.append(f"{num(ratio.get('median'), '.2f', '×')}" if "median" in ratio else "unbounded")
+        parts.append(f"{label} {' / '.join(cells)}")
+    goals = [g for g in (s.get("goals") or {}).values() if isinstance(g, dict)]
+    met = sum(1 for g in goals if g.get("met"))
+    unbounded = "; unbounded: KServe answered none within the point" if any("unbounded" in p for p in parts) else ""
+    figure = (
+        f"images/s against KServe 0.21 at 1 / 4 / 16 / 64 connections: {'; '.join(parts) or DASH} "
+        f"(medians of {num(s.get('runs'))} runs{unbounded}); goal met at **{met} of {len(goals)}** points"
+    )
+    return "inference server, 1920×1080 photographs, against KServe 0.21", figure, "≥ 2× at 4 connections and up"
+
+
 SUMMARIES: dict[str, Summary] = {
     "prepare_throughput": summary_prepare,
     "prepare_throughput_xeon": summary_prepare,
@@ -456,6 +475,7 @@ SUMMARIES: dict[str, Summary] = {
     "grpc": summary_grpc,
     "server_lone_client": summary_lone_client,
     "server_lone_client_xeon": summary_lone_client,
+    "server_photos": summary_server_photos,
     "images": summary_images,
     "search_algorithms": summary_search,
     "gpu": summary_gpu,
@@ -467,6 +487,7 @@ SUMMARIES: dict[str, Summary] = {
     "scale_progress_10s": summary_scale,
     "scale_api_connections": summary_scale,
     "scale_apiserver_profile": summary_scale,
+    "scale_writes": summary_scale,
     "scale_memory": summary_scale_memory,
     "faults": summary_faults,
     "server_bench": summary_server_bench,
@@ -626,23 +647,19 @@ LONE_CLIENT_GOALS = {
 }
 
 
+def point_cells(point: dict[str, Any], *keys: str) -> list[str]:
+    """A load point's figures as "median (range)" cells, in the order of `keys`, then its server cores."""
+    cells = [median_range(point.get(key), ".0f" if key == "rejected" else ".1f") for key in keys]
+    return [*cells, median_range(point.get("serverCores"), ".2f")]
+
+
 def block_lone_client(results: Results) -> str:
     doc = results.need("server_lone_client")
     s, settings = doc.get("summary") or {}, doc.get("settings") or {}
     rows = []
     for name, per_c in (s.get("points") or {}).items():
         for c, p in per_c.items():
-            rows.append(
-                [
-                    f"`{name}`",
-                    text(c),
-                    median_range(p.get("imagesPerSecond")),
-                    median_range(p.get("p50Ms")),
-                    median_range(p.get("p99Ms")),
-                    median_range(p.get("rejected"), ".0f"),
-                    median_range(p.get("serverCores"), ".2f"),
-                ]
-            )
+            rows.append([f"`{name}`", text(c), *point_cells(p, "imagesPerSecond", "p50Ms", "p99Ms", "rejected")])
     header = ["server", "connections", "img/s", "p50 ms", "p99 ms", "503s", "server cores"]
     goals = []
     for key, what in LONE_CLIENT_GOALS.items():
@@ -666,6 +683,48 @@ def block_lone_client(results: Results) -> str:
         f"{median_range(window, '.2f', '×')} `modelops`'s.",
         "",
         *table(["figure", "median (range) over the runs", "target", "on the median"], goals),
+    )
+
+
+def block_server_photos(results: Results) -> str:
+    doc = results.need("server_photos")
+    s, settings = doc.get("summary") or {}, doc.get("settings") or {}
+    rows = []
+    for label, per_name in (s.get("points") or {}).items():
+        for name, per_c in per_name.items():
+            for c, p in per_c.items():
+                rows.append([text(label), f"`{name}`", text(c), *point_cells(p, "imagesPerSecond", "p50Ms", "p99Ms")])
+    payloads = [
+        f"{label}: {text(p.get('source'))}, {num(p.get('jpegBytes'))} bytes ({num(p.get('bitsPerPixel'), '.2f')} bits "
+        "per pixel)"
+        for label, p in (doc.get("payloads") or {}).items()
+    ]
+    limits = [
+        f"{label} {median_range(at(lim, 'pillow'))} with Pillow's full decode, {median_range(at(lim, 'ours'))} "
+        "with our preprocessor"
+        for label, lim in (s.get("limits") or {}).items()
+    ]
+    goals = []
+    for key, goal in (s.get("goals") or {}).items():
+        ratio = at(s, "ratios", key) or {}
+        per_core = at(s, "ratios", f"{key} per core") or {}
+        figure = median_range(ratio, ".2f", "×") if "median" in ratio else "unbounded"
+        verdict = "**met**" if goal.get("met") else "**not met**"
+        goals.append([key, figure, median_range(per_core, ".2f", "×") if "median" in per_core else DASH, verdict])
+    return lines(
+        source("server_photos", doc, "bench/server_photos.py")
+        + f": {text(doc.get('model'))}; one 1920×1080 JPEG per request as base64 in an OIP JSON body; KServe "
+        f"{text(doc.get('kserve'))}; {num(s.get('runs'))} runs of {num(settings.get('secondsPerPoint'))} s per "
+        f"point after {num(settings.get('warmupSeconds'))} s of warm-up; each cell is the median over the runs "
+        "and (in brackets) their range. Payloads: " + "; ".join(payloads) + ".",
+        "",
+        *table(["photo", "server", "connections", "img/s", "p50 ms", "p99 ms", "server cores"], rows),
+        "",
+        "In-process limits (decode, preprocessing and ONNX Runtime in a tight loop, one image per run), img/s: "
+        + "; ".join(limits)
+        + ".",
+        "",
+        *table(["photo, connections", "img/s, modelops / KServe", "img per core-second", "≥ 2× on the median"], goals),
     )
 
 
@@ -844,6 +903,7 @@ BLOCKS = {
     "training": Block("trainer_throughput.json", block_training),
     "grpc": Block("grpc.json", block_grpc),
     "server_lone_client": Block("server_lone_client.json", block_lone_client),
+    "server_photos": Block("server_photos.json", block_server_photos),
     "search_algorithms": Block("search_algorithms.json", block_search),
     "gpu": Block("gpu.json, gpu-cpu-fallback.json", block_gpu),
     "soak": Block("soak.json", block_soak),

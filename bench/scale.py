@@ -345,6 +345,13 @@ def delta(
     )
 
 
+def writes_by_resource(a: Counter[tuple[str, str]], b: Counter[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """Writes counted between two `api_counts`, by ("<group>/<resource>/<subresource>", verb)."""
+    return {
+        k: v - a.get(k, 0) for k, v in b.items() if k[0].count("/") == 2 and k[1] in WRITE_VERBS and v - a.get(k, 0) > 0
+    }
+
+
 def stats(operator: OperatorProcess) -> tuple[float, float, float, float]:
     """(RSS MiB, CPU seconds, reconciles so far, watch events handled so far)."""
     rss, cpu = proc_stats(operator.pid)
@@ -494,7 +501,7 @@ def run_size(
                 core.create_namespace({"metadata": {"name": f"scale-{i}", "labels": {"modelops.dev/bench": "scale"}}})
         wanted = objects(n)
         totals = Counter(plural for _, plural, _ in wanted)
-        before = api_counts(client)
+        before, events_start = api_counts(client), event_counts(core)
         rss0, _, rec0, ev0 = stats(operator)
         by_process0 = cpu_by_process(operator.pid)
         start = time.monotonic()
@@ -507,7 +514,7 @@ def run_size(
         converging = cpu_breakdown(by_process0, cpu_by_process(operator.pid), converged)
         if profiler:
             profiler.join()
-        after = api_counts(client)
+        after, events_converged = api_counts(client), event_counts(core)
         _, _, rec1, ev1 = stats(operator)
         quiet_reached = wait_quiet(client, settle_s)
         quiet = time.monotonic() - start
@@ -526,17 +533,17 @@ def run_size(
         # memray writes its aggregated capture at exit, after kopf's graceful shutdown: both slow
         # under the profiler (a SIGKILL after the usual 15 s left an empty file).
         operator.stop(timeout=300 if capture else 15)
-    steady_writes = {
-        k: v - s_before.get(k, 0)
-        for k, v in s_after.items()
-        if k[0].count("/") == 2 and k[1] in WRITE_VERBS and v - s_before.get(k, 0) > 0
-    }
-    print(f"N={n}: writes during the steady {s_len:.0f} s, by resource:", file=sys.stderr)
-    for key, count in sorted(steady_writes.items(), key=lambda kv: -kv[1])[:12]:
-        print(f"  {key[0]:50} {key[1]:7} {count}", file=sys.stderr)
-    print(f"N={n}: Events recorded during the steady {s_len:.0f} s, by component and reason:", file=sys.stderr)
-    for who, count in (events_after - events_before).most_common(8):
-        print(f"  {who:58} {count}", file=sys.stderr)
+    steady_writes, converging_writes = writes_by_resource(s_before, s_after), writes_by_resource(before, after)
+    for what, writes, events in (
+        (f"the steady {s_len:.0f} s", steady_writes, events_after - events_before),
+        (f"convergence ({converged:.0f} s)", converging_writes, events_converged - events_start),
+    ):
+        print(f"N={n}: writes during {what}, by resource:", file=sys.stderr)
+        for key, count in sorted(writes.items(), key=lambda kv: -kv[1])[:12]:
+            print(f"  {key[0]:50} {key[1]:7} {count}", file=sys.stderr)
+        print(f"N={n}: Events recorded during {what}, by component and reason:", file=sys.stderr)
+        for who, count in events.most_common(8):
+            print(f"  {who:58} {count}", file=sys.stderr)
     return {
         "objects": n,
         **({"apiServerProfile": api_server_parts(profile[1])} if profile and profile[1].exists() else {}),
@@ -564,10 +571,10 @@ def run_size(
         "steady_reconciles_per_s": (rec_s1 - rec_s0) / s_len,
         "steady_watch_events_per_s": (ev_s1 - ev_s0) / s_len,
         "steady_cpu_percent": 100 * (cpu_s1 - cpu_s0) / s_len,
+        "converging_writes_by_resource": {f"{k[0]} {k[1]}": v for k, v in sorted(converging_writes.items())},
+        "converging_events_by_source": dict(sorted((events_converged - events_start).items())),
         "steady_writes_by_resource": {f"{k[0]} {k[1]}": v for k, v in sorted(steady_writes.items())},
-        "steady_events_by_source": {
-            k: v - events_before.get(k, 0) for k, v in sorted(events_after.items()) if v > events_before.get(k, 0)
-        },
+        "steady_events_by_source": dict(sorted((events_after - events_before).items())),
     }
 
 

@@ -210,9 +210,10 @@ def kserve_version(python: Path) -> str:
     return subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout.strip()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=5, help="runs of every point (at least 5 for the summary)")
+def parse_args(description: str | None) -> argparse.Namespace:
+    """The options of the runs against KServe (this benchmark's and bench/server_photos.py's)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5, help="runs of every point (at least 5 for the result file)")
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per point")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each point")
     parser.add_argument("--limit-seconds", type=float, default=4.0, help="seconds of each in-process limit loop")
@@ -220,10 +221,55 @@ def main() -> None:
         "--server-arg",
         action="append",
         default=[],
-        help="an extra flag for both modelops servers (repeat it; e.g. --server-arg=--ort-spinning)",
+        help="an extra flag for the modelops servers (repeat it; e.g. --server-arg=--ort-spinning=run)",
     )
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/results/ alone")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def settings(servers: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """What a result file records of how the servers ran and were measured."""
+    return {
+        "modelops": " ".join(servers["modelops"][0][3:-2]).replace(str(ROOT) + "/", ""),  # not its port
+        "kserve": "server_kserve_model.py, 1 worker, latency logging off",
+        "connections": list(CONNECTIONS),
+        "secondsPerPoint": args.duration,
+        "warmupSeconds": args.warmup,
+        "limitSeconds": args.limit_seconds,
+    }
+
+
+def keep(
+    name: str,
+    args: argparse.Namespace,
+    python: Path,
+    about: dict[str, Any],
+    started: float,
+    summary: dict[str, Any],
+    runs: list[dict[str, Any]],
+    packages: tuple[str, ...] = (),
+) -> None:
+    """bench/results/<name>.json with the machine record, KServe's version, the model, `about` (the
+    payloads and settings), the summary and every run; not written when asked not to or from fewer
+    runs than a summary needs. `packages`: versions to record beside the servers' own."""
+    if args.no_write or args.runs < 5:
+        print("not written: --no-write, or fewer than 5 runs")
+        return
+    result = {
+        "machine": machine("onnxruntime", "numpy", "pillow", "aiohttp", "uvloop", *packages),
+        "kserve": kserve_version(python),
+        "kserveWanted": KSERVE_VERSION,
+        "model": "torchvision resnet18 (random weights), ONNX opset 17, dynamic batch",
+        **about,
+        "seconds": round(time.time() - started),
+        "summary": summary,
+        "runs": runs,
+    }
+    write_result(name, result)
+
+
+def main() -> None:
+    args = parse_args(__doc__)
     WORK.mkdir(parents=True, exist_ok=True)
     model = export_resnet18()
     image = photo(224, 224, 1)
@@ -244,30 +290,15 @@ def main() -> None:
             f"{key}: median {r['median']:.3f} (range {r['min']:.3f}–{r['max']:.3f}), target {goal['target']}: "
             f"{'met' if goal['met'] else 'NOT met'}"
         )
-    result = {
-        "machine": machine("onnxruntime", "numpy", "pillow", "aiohttp", "uvloop"),
-        "kserve": kserve_version(python),
-        "kserveWanted": KSERVE_VERSION,
-        "model": "torchvision resnet18 (random weights), ONNX opset 17, dynamic batch",
+    about = {
         "payload": f"one 224x224 JPEG ({len(image)} bytes) as base64 in an OIP JSON request ({len(body)} bytes)",
         "settings": {
-            "modelops": " ".join(servers["modelops"][0][3:-2]).replace(str(ROOT) + "/", ""),  # not its port
+            **settings(servers, args),
             "modelopsWindow": "the same with --batch-wait window",
-            "kserve": "server_kserve_model.py, 1 worker, latency logging off",
-            "connections": list(CONNECTIONS),
             "windowConnections": list(WINDOW_CONNECTIONS),
-            "secondsPerPoint": args.duration,
-            "warmupSeconds": args.warmup,
-            "limitSeconds": args.limit_seconds,
         },
-        "seconds": round(time.time() - started),
-        "summary": summary,
-        "runs": runs,
     }
-    if args.no_write or args.runs < 5:
-        print("not written: --no-write, or fewer than 5 runs")
-        return
-    write_result("server_lone_client", result)
+    keep("server_lone_client", args, python, about, started, summary, runs)
 
 
 if __name__ == "__main__":

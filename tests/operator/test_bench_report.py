@@ -6,6 +6,7 @@ The script runs as CI runs it, a subprocess, on a temporary copy of the pages an
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -14,7 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image, JpegImagePlugin
+from sklearn.datasets import load_sample_image
 
 REPO = Path(__file__).resolve().parents[2]
 PAGES = ("README.md", "docs/benchmarks.md", "bench/README.md")
@@ -215,3 +219,44 @@ def test_the_scale_summary_gives_the_api_servers_largest_parts_and_ours(monkeypa
     assert "status writes (modelops.dev) **8%**" in figure  # ours, though not among the five largest
     assert "d **8%**" not in figure
     assert "profile" not in report.summary_scale({"sizes": [{"objects": 1000}]})[1]
+
+
+def test_the_photos_summary_is_what_its_runs_give(monkeypatch):
+    """server_photos.json's medians, ranges and verdicts come from its runs: they must not drift."""
+    photos = bench_script(monkeypatch, "server_photos")
+    committed = json.loads((REPO / "bench" / "results" / "server_photos.json").read_text())
+    assert len(committed["runs"]) >= 5
+    assert json.loads(json.dumps(photos.summarise(committed["runs"]))) == committed["summary"]
+
+
+def test_a_photo_is_judged_unbounded_only_where_kserve_answered_none_in_most_runs(monkeypatch):
+    photos = bench_script(monkeypatch, "server_photos")
+    point = {"imagesPerSecond": 1.0, "p50Ms": 1.0, "p99Ms": 1.0, "serverCores": 1.0, "rejected": 0}
+
+    def run(c4: float | None, c64: float | None) -> dict[str, Any]:
+        ratios: dict[str, float | None] = {"p c=1": 1.5, "p c=4": c4, "p c=16": 3.0, "p c=64": c64}
+        ratios |= {f"{k} per core": v for k, v in ratios.items()}
+        points = {"p": {name: {str(c): point for c in (1, 4, 16, 64)} for name in ("modelops", "kserve")}}
+        return {"points": points, "limits": {"p": {"pillow": 30.0, "ours": 50.0}}, "ratios": ratios}
+
+    summary = photos.summarise([run(1.9, None), run(2.1, None), run(1.95, 5.0)])
+    goals = summary["goals"]
+    assert goals["p c=4"] == {"target": "≥ 2", "median": 1.95, "met": False}
+    assert goals["p c=16"]["met"] is True
+    assert goals["p c=64"] == {"target": "≥ 2", "median": None, "met": True}
+    assert summary["ratios"]["p c=64"] == {"median": 5.0, "min": 5.0, "max": 5.0, "kserveAnsweredNone": 2}
+    # KServe answered in most runs: the median of those runs is judged.
+    assert photos.summarise([run(2.5, 1.5), run(2.5, 1.8), run(2.5, None)])["goals"]["p c=64"]["met"] is False
+
+
+def test_the_photographs_are_the_sample_images_scaled_up_as_a_camera_saves_them(monkeypatch):
+    photos = bench_script(monkeypatch, "server_photos")
+    data = photos.camera_jpeg("flower.jpg")
+    img = Image.open(io.BytesIO(data))
+    assert (img.format, img.size) == ("JPEG", (1920, 1080))
+    assert JpegImagePlugin.get_sampling(img) == 2  # 4:2:0, as cameras save
+    # Brought back to the original's scale, it is the original's centre (less the JPEG's loss).
+    original = np.asarray(load_sample_image("flower.jpg"), dtype=np.float32)  # 427 x 640
+    back = np.asarray(img.convert("RGB").resize((640, 360), Image.Resampling.BOX), dtype=np.float32)
+    top = (427 - 360) // 2
+    assert np.abs(back - original[top : top + 360]).mean() < 6

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,22 @@ def test_every_part_of_the_api_servers_work_matches_functions_of_a_real_kube_api
     # Parts inside the handlers' work are at most all of it.
     inside = ("patches (merge and strategic merge)", "status writes: custom resources (modelops.dev)", "lists")
     assert sum(parts[p] for p in inside) <= parts["requests (the handlers' work, inside the filters)"]
+
+
+def test_writes_are_counted_by_resource_and_verb_between_two_readings():
+    """`api_counts` keeps both per-group and per-resource sums: only the per-resource writes that
+    grew are counted, so no write is counted twice and reads never are."""
+    before = Counter({("apps", "POST"): 5, ("apps/deployments/", "POST"): 5, ("/pods/status", "PATCH"): 7})
+    after = Counter(
+        {
+            ("apps", "POST"): 9,  # the group's sum: not a resource
+            ("apps/deployments/", "POST"): 9,
+            ("/pods/status", "PATCH"): 7,  # unchanged
+            ("/pods/", "GET"): 40,  # a read
+            ("modelops.dev/modeldeployments/status", "PATCH"): 3,  # new since the first reading
+        }
+    )
+    assert scale.writes_by_resource(before, after) == {
+        ("apps/deployments/", "POST"): 4,
+        ("modelops.dev/modeldeployments/status", "PATCH"): 3,
+    }
