@@ -1,6 +1,6 @@
 """Large real photographs: modelops_server against KServe 0.21, one 1920×1080 photo per request.
 
-    .venv/bin/python bench/server_photos.py              # 5 runs, about 15 minutes on 2 cores
+    .venv/bin/python bench/server_photos.py              # 5 runs, about 23 minutes on 2 cores
     .venv/bin/python bench/server_photos.py --runs 1 --duration 3 --warmup 1   # a smoke run
 
 An outside run with a real camera photograph at 1920×1080 found this server's lead over KServe
