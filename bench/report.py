@@ -18,9 +18,9 @@ shown as "—".
     .venv/bin/python bench/report.py --list     # the blocks and the result files each reads
 
 Blocks: summary (README.md), machines, images, preparation, training, grpc, server_lone_client,
-server_photos, search_algorithms, gpu, soak (docs/benchmarks.md). A new result file shows up in `summary` and
-`machines` by itself; to give it a headline figure or a table of its own, add a function to
-`SUMMARIES` or `BLOCKS` here.
+server_photos, search_algorithms, gpu, soak (docs/benchmarks.md). A new result file shows up in
+`summary` and `machines` by itself; to give it a headline figure or a table of its own, add a
+function to `SUMMARIES` or `BLOCKS` here.
 """
 
 from __future__ import annotations
@@ -450,19 +450,22 @@ def summary_lone_client(doc: dict[str, Any]) -> tuple[str, str, str]:
 
 def summary_server_photos(doc: dict[str, Any]) -> tuple[str, str, str]:
     s = doc.get("summary") or {}
-    parts = []
+    connections = at(doc, "settings", "connections") or [1, 4, 16, 64]
+    parts, unbounded = [], False
     for label in doc.get("payloads") or {}:
         cells = []
-        for c in (1, 4, 16, 64):
+        for c in connections:
             ratio = at(s, "ratios", f"{label} c={c}") or {}
-            cells.append(f"{num(ratio.get('median'), '.2f', '×')}" if "median" in ratio else "unbounded")
+            unbounded |= "median" not in ratio
+            cells.append(num(ratio.get("median"), ".2f", "×") if "median" in ratio else "unbounded")
         parts.append(f"{label} {' / '.join(cells)}")
     goals = [g for g in (s.get("goals") or {}).values() if isinstance(g, dict)]
     met = sum(1 for g in goals if g.get("met"))
-    unbounded = "; unbounded: KServe answered none within the point" if any("unbounded" in p for p in parts) else ""
+    note = "; unbounded: KServe answered none within the point" if unbounded else ""
     figure = (
-        f"images/s against KServe 0.21 at 1 / 4 / 16 / 64 connections: {'; '.join(parts) or DASH} "
-        f"(medians of {num(s.get('runs'))} runs{unbounded}); goal met at **{met} of {len(goals)}** points"
+        f"images/s against KServe 0.21 at {' / '.join(map(str, connections))} connections: "
+        f"{'; '.join(parts) or DASH} (medians of {num(s.get('runs'))} runs{note}); goal met at "
+        f"**{met} of {len(goals)}** points"
     )
     return "inference server, 1920×1080 photographs, against KServe 0.21", figure, "≥ 2× at 4 connections and up"
 

@@ -75,7 +75,8 @@ GOALS = {
 
 
 def server_commands(model: Path, python: Path, ports: dict[str, int], extra: list[str]) -> dict[str, Any]:
-    """The three servers' command lines, by name."""
+    """The command lines, by name, of the servers `ports` names (of `modelops`, `modelops-window`
+    and `kserve`), each with its port."""
 
     def ours(*more: str) -> list[str]:
         return [
@@ -92,14 +93,12 @@ def server_commands(model: Path, python: Path, ports: dict[str, int], extra: lis
         str(BENCH / "server_kserve_model.py"),
         *("--model_path", str(model), "--workers", "1", "--enable_latency_logging", "false"),
     ]
-    return {
-        "modelops": (ours("--port", str(ports["modelops"])), ports["modelops"]),
-        "modelops-window": (
-            ours("--port", str(ports["modelops-window"]), "--batch-wait", "window"),
-            ports["modelops-window"],
-        ),
-        "kserve": ([*kserve, "--http_port", str(ports["kserve"])], ports["kserve"]),
+    commands = {
+        "modelops": lambda port: ours("--port", str(port)),
+        "modelops-window": lambda port: ours("--port", str(port), "--batch-wait", "window"),
+        "kserve": lambda port: [*kserve, "--http_port", str(port)],
     }
+    return {name: (commands[name](port), port) for name, port in ports.items()}
 
 
 def point(pid: int, port: int, request: bytes, c: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -117,6 +116,16 @@ def point(pid: int, port: int, request: bytes, c: int, args: argparse.Namespace)
         "errors": sum(r.other.values()),
         "serverCores": cpu,
     }
+
+
+def show(name: str, c: int, p: dict[str, Any]) -> None:
+    """One measured point, printed as it comes."""
+    print(
+        f"  {name:16s} c={c:<3d} {p['imagesPerSecond']:6.1f} img/s  p50 {p['p50Ms']:7.1f} ms  "
+        f"p99 {p['p99Ms']:7.1f} ms  503s {p['rejected']:4d}  errors {p['errors']}  "
+        f"server {p['serverCores']:.2f} cores",
+        flush=True,
+    )
 
 
 def one_run(
@@ -144,13 +153,8 @@ def one_run(
         for name in order:
             if name == "modelops-window" and c not in WINDOW_CONNECTIONS:
                 continue
-            p = points[name][str(c)] = point(pids[name], ports[name], request, c, args)
-            print(
-                f"  {name:16s} c={c:<3d} {p['imagesPerSecond']:6.1f} img/s  p50 {p['p50Ms']:7.1f} ms  "
-                f"p99 {p['p99Ms']:7.1f} ms  503s {p['rejected']:4d}  errors {p['errors']}  "
-                f"server {p['serverCores']:.2f} cores",
-                flush=True,
-            )
+            points[name][str(c)] = point(pids[name], ports[name], request, c, args)
+            show(name, c, points[name][str(c)])
     ours, ks, window = points["modelops"], points["kserve"], points["modelops-window"]
     ratios = {
         "c1P50VsKserve": ours["1"]["p50Ms"] / ks["1"]["p50Ms"],
@@ -176,17 +180,18 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def spread_point(samples: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """One load point's figures (img/s, p50, p99, server cores, 503s) over the runs: each a `spread`."""
+    figures = ("imagesPerSecond", "p50Ms", "p99Ms", "serverCores", "rejected")
+    return {key: spread([p[key] for p in samples]) for key in figures}
+
+
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Each server's figures per point and each ratio: median and range over the runs; the goals."""
-    points: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
-    for name, per_c in runs[0]["points"].items():
-        points[name] = {}
-        for c in per_c:
-            points[name][c] = {
-                key: spread([r["points"][name][c][key] for r in runs])
-                for key in ("imagesPerSecond", "p50Ms", "p99Ms", "serverCores")
-            }
-            points[name][c]["rejected"] = spread([r["points"][name][c]["rejected"] for r in runs])
+    points = {
+        name: {c: spread_point([r["points"][name][c] for r in runs]) for c in per_c}
+        for name, per_c in runs[0]["points"].items()
+    }
     ratios = {key: spread([r["ratios"][key] for r in runs]) for key in runs[0]["ratios"]}
     goals = {}
     for key, (op, target) in GOALS.items():

@@ -49,7 +49,17 @@ from server_bench import (
     v2_body,
 )
 from server_loadgen import build_request
-from server_lone_client import CONNECTIONS, keep, parse_args, point, server_commands, settings, spread
+from server_lone_client import (
+    CONNECTIONS,
+    keep,
+    parse_args,
+    point,
+    server_commands,
+    settings,
+    show,
+    spread,
+    spread_point,
+)
 
 #: The photos scikit-learn ships, and the synthetic one of bench/server_bench.py.
 SAMPLES = ("china.jpg", "flower.jpg")
@@ -110,13 +120,8 @@ def one_run(
         points[label] = {name: {} for name in order}
         for c in CONNECTIONS:
             for name in order:
-                p = points[label][name][str(c)] = point(pids[name], ports[name], request, c, args)
-                print(
-                    f"  {name:9s} c={c:<3d} {p['imagesPerSecond']:6.1f} img/s  p50 {p['p50Ms']:7.1f} ms  "
-                    f"p99 {p['p99Ms']:7.1f} ms  503s {p['rejected']:4d}  errors {p['errors']}  "
-                    f"server {p['serverCores']:.2f} cores",
-                    flush=True,
-                )
+                points[label][name][str(c)] = point(pids[name], ports[name], request, c, args)
+                show(name, c, points[label][name][str(c)])
             ours, ks = points[label]["modelops"][str(c)], points[label]["kserve"][str(c)]
             # None where KServe answered nothing within the point (every answer took longer).
             answered = ks["imagesPerSecond"] > 0
@@ -139,13 +144,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     first = runs[0]
     points = {
         label: {
-            name: {
-                c: {
-                    key: spread([r["points"][label][name][c][key] for r in runs])
-                    for key in ("imagesPerSecond", "p50Ms", "p99Ms", "serverCores", "rejected")
-                }
-                for c in per_c
-            }
+            name: {c: spread_point([r["points"][label][name][c] for r in runs]) for c in per_c}
             for name, per_c in per_name.items()
         }
         for label, per_name in first["points"].items()
@@ -179,10 +178,8 @@ def main() -> None:
     model = export_resnet18()
     images = photos()
     python = ensure_bench_venv()
-    # server_commands names the lone-client benchmark's three servers; this one starts two of them.
-    ports = {name: free_port() for name in ("modelops", "modelops-window", "kserve")}
-    commands = server_commands(model, python, ports, args.server_arg)
-    servers = {name: commands[name] for name in ("modelops", "kserve")}
+    ports = {name: free_port() for name in ("modelops", "kserve")}
+    servers = server_commands(model, python, ports, args.server_arg)
     print("payloads: " + ", ".join(f"{k} {len(v) // 1024} KiB" for k, v in images.items()), flush=True)
     started = time.time()
     with running(servers) as pids:
