@@ -17,10 +17,10 @@ shown as "—".
     .venv/bin/python bench/report.py --check    # exit 1 naming each stale block (hack/test.sh runs it)
     .venv/bin/python bench/report.py --list     # the blocks and the result files each reads
 
-Blocks: summary (README.md), machines, images, preparation, training, grpc, server_lone_client,
-server_photos, search_algorithms, gpu, soak (docs/benchmarks.md). A new result file shows up in
-`summary` and `machines` by itself; to give it a headline figure or a table of its own, add a
-function to `SUMMARIES` or `BLOCKS` here.
+Blocks: headline (README.md: one row per goal); summary, machines, images, preparation, training,
+grpc, server_lone_client, server_photos, search_algorithms, gpu, soak (docs/benchmarks.md). A new
+result file shows up in `summary` and `machines` by itself; to give it a headline figure, a place
+under a goal or a table of its own, add it to `SUMMARIES`, `GOALS` or `BLOCKS` here.
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def source(name: str, doc: dict[str, Any], script: str) -> str:
     )
 
 
-# --- one headline per result file (the README's summary) ---------------------------------------
+# --- one headline per result file (docs/benchmarks.md, every result file) ------------------------
 
 Summary = Callable[[dict[str, Any]], tuple[str, str, str]]
 """A result file → (benchmark, its headline figures, the goal)."""
@@ -495,6 +495,208 @@ SUMMARIES: dict[str, Summary] = {
     "faults": summary_faults,
     "server_bench": summary_server_bench,
 }
+
+
+# --- one row per goal (the README's headline table) ----------------------------------------------
+
+Verdict = bool | None
+"""A goal met (True), missed (False), or with no figure to judge (None)."""
+Headline = Callable[[dict[str, Any]], tuple[str, Verdict]]
+"""A result file → (its figures in a few words, whether they meet the row's goal)."""
+
+
+def cpu_name(doc: dict[str, Any]) -> str:
+    """The machine in a word or two: `AMD EPYC`, `Xeon`, `NVIDIA H200` (a GPU run names its GPU)."""
+    gpu = at(doc, "machine", "gpu")
+    if isinstance(gpu, str) and doc.get("device") == "cuda":
+        return gpu
+    cpu = Machine.of(doc).cpu
+    return "no machine record" if cpu is None else "Xeon" if "Xeon" in cpu else cpu
+
+
+def headline_prepare(doc: dict[str, Any]) -> tuple[str, Verdict]:
+    s = doc.get("summary") or {}
+    cases = [name for name in PREPARE_CASES if name in s]
+    figure = ", ".join(f"{name} {num(at(s, name, 'ratio', 'median'), '.2f', '×')}" for name in cases)
+    return figure, all(at(s, name, "met") is True for name in cases) if cases else None
+
+
+def headline_trainer(doc: dict[str, Any]) -> tuple[str, Verdict]:
+    ratio, compute = at(doc, "summary", "end-to-end", "ratio"), at(doc, "summary", "endToEndVsCompute", "median")
+    figure = f"{num(ratio, '.2f', '×')}, {num(compute, '.2f')} of compute"
+    if not isinstance(ratio, int | float) or not isinstance(compute, int | float):
+        return figure, None
+    return figure, ratio >= 2.5 and compute >= 0.9
+
+
+def goals_met(goals: Any) -> Verdict:
+    """Every `{met}` of a summary's `goals`; None when it has none."""
+    judged = [g.get("met") for g in (goals or {}).values() if isinstance(g, dict)]
+    return all(m is True for m in judged) if judged else None
+
+
+def headline_lone_client(doc: dict[str, Any]) -> tuple[str, Verdict]:
+    r = at(doc, "summary", "ratios") or {}
+    figure = (
+        f"p50 {num(at(r, 'c1P50VsKserve', 'median'), '.2f', '×')} and p99 "
+        f"{num(at(r, 'c1P99VsKserve', 'median'), '.2f', '×')} KServe's; "
+        f"{num(at(r, 'c16VsLimit', 'median'), '.2f')} of the limit; "
+        f"p99 64/4 {num(at(r, 'overloadP99Ratio', 'median'), '.2f')}"
+    )
+    return figure, goals_met(at(doc, "summary", "goals"))
+
+
+def headline_photos(doc: dict[str, Any]) -> tuple[str, Verdict]:
+    goals = {k: g for k, g in (at(doc, "summary", "goals") or {}).items() if isinstance(g, dict)}
+    by_c: dict[str, list[float]] = {}
+    for key, g in goals.items():
+        if isinstance(g.get("median"), int | float):
+            by_c.setdefault(key.rpartition(" ")[2], []).append(g["median"])
+    met = sum(1 for g in goals.values() if g.get("met"))
+    cells = ", ".join(
+        f"{span(v)} at {c.removeprefix('c=')}{' connections' if i == 0 else ''}"
+        for i, (c, v) in enumerate(by_c.items())
+    )
+    return f"{cells or DASH}; met at {met} of {len(goals)} points", goals_met(goals)
+
+
+def headline_scale(doc: dict[str, Any]) -> tuple[str, Verdict]:
+    sizes = doc.get("sizes") or []
+    big = max(sizes, key=lambda r: r.get("objects") or 0) if sizes else {}
+    figures = [big.get(k) for k in ("converge_s", "rss_peak_mib", "steady_modelops_writes_per_min")]
+    secs, rss, writes = figures
+    figure = f"converged in {num(secs, '.0f', ' s')}, RSS peak {num(rss, '.0f', ' MiB')}, "
+    figure += f"{num(writes, '.0f')} writes/min"
+    values = [float(v) for v in figures if isinstance(v, int | float)]
+    if len(values) < 3:
+        return figure, None
+    return figure, values[0] < 60 and values[1] < 250 and values[2] == 0
+
+
+def headline_soak(doc: dict[str, Any]) -> tuple[str, Verdict]:
+    s = doc.get("summary") or {}
+    errors, ratio = s.get("errors"), at(s, "figures", "operator_rss_mib", "ratio")
+    figure = f"{num(errors)} errors in {num(s.get('requests'), ',')} requests; operator RSS ×{num(ratio, '.2f')}"
+    if not isinstance(errors, int) or not isinstance(ratio, int | float):
+        return figure, None
+    return figure, errors == 0 and ratio <= 1.1
+
+
+def headline_faults(doc: dict[str, Any]) -> tuple[str, Verdict]:
+    kills, killed, equal = doc.get("kills") or {}, doc.get("killed") or {}, doc.get("endStateEqual")
+    wrong = [killed.get(k) for k in ("duplicates", "orphans", "leftAfterDelete")]
+    figure = (
+        f"{num(kills.get('done'))} kills: end state {'equal' if equal else 'different'}, "
+        f"{sum(w for w in wrong if isinstance(w, int))} duplicates, orphans or leftovers"
+    )
+    if equal is None or not all(isinstance(w, int) for w in wrong):
+        return figure, None
+    return figure, bool(equal) and not any(wrong)
+
+
+def headline_gpu(doc: dict[str, Any]) -> tuple[str, Verdict]:
+    rate, at_c = at(doc, "trainer", "imagesPerSecond"), at(doc, "server", "goal", "ratioAt")
+    ratio = at(doc, "server", "summary", at_c or "", "ratio")
+    figure = f"training {num(rate, ',.0f')} img/s; batching {num(ratio, '.2f', '×')} batch-1"
+    if not isinstance(rate, int | float) or not isinstance(ratio, int | float):
+        return figure, None
+    return figure, rate >= 3500 and ratio >= 3
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A row of the headline table: a goal and the result files that measure it."""
+
+    what: str
+    goal: str
+    files: tuple[str, ...]
+    figures: Headline
+    anchor: str
+    """The section of docs/benchmarks.md with the tables behind it."""
+
+
+GOALS = (
+    Goal(
+        "data preparation",
+        "≥ 5× the source document's loop on 1080p photos, ≥ 1.7× on small images",
+        ("prepare_throughput", "prepare_throughput_xeon"),
+        headline_prepare,
+        "data-preparation",
+    ),
+    Goal(
+        "training on a CPU (ResNet-18, batch 32)",
+        "≥ 2.5× the source document's loop end to end, ≥ 0.9 of the model's own compute",
+        ("trainer_throughput", "trainer_throughput_xeon"),
+        headline_trainer,
+        "training",
+    ),
+    Goal(
+        "serving 224 px JPEGs, against KServe 0.21",
+        "at 1 connection ≤ KServe's p50 and p99; ≥ 0.95 of the in-process limit at 16; p99 at 64 / at 4 ≤ 2",
+        ("server_lone_client", "server_lone_client_xeon"),
+        headline_lone_client,
+        "a-lone-client-and-a-crowd",
+    ),
+    Goal(
+        "serving 1920×1080 photographs, against KServe 0.21",
+        "≥ 2× KServe's images/s at 4 connections and up",
+        ("server_photos",),
+        headline_photos,
+        "large-photographs",
+    ),
+    Goal(
+        "the operator at 1,000 objects",
+        "converged < 60 s, RSS peak < 250 MiB, 0 writes/min at steady state",
+        ("scale", "scale_writes"),
+        headline_scale,
+        "the-api-server-at-1000-objects",
+    ),
+    Goal(
+        "30 minutes of traffic and rollouts",
+        "no errors; operator RSS in the last 5 minutes ≤ 1.1× the first 5",
+        ("soak",),
+        headline_soak,
+        "soak",
+    ),
+    Goal(
+        "the operator killed mid-lifecycle",
+        "the undisturbed end state; nothing created twice, orphaned or left",
+        ("faults",),
+        headline_faults,
+        "figures",
+    ),
+    Goal(
+        "GPU (`bench/gpu.sh`)",
+        "ResNet-50 training ≥ 3,500 img/s on an H100/H200; dynamic batching ≥ 3× batch-1 at 64 connections",
+        ("gpu",),
+        headline_gpu,
+        "gpu",
+    ),
+)
+
+VERDICT = {True: "met", False: "**missed**", None: DASH}
+
+
+def block_headline(results: Results) -> str:
+    """One row per goal: each result file's figures, with its machine, and whether all meet it."""
+    rows = []
+    for g in GOALS:
+        what = f"[{g.what}](docs/benchmarks.md#{g.anchor})"
+        measured = [(name, doc) for name in g.files if (doc := results.get(name)) is not None]
+        if not measured:
+            rows.append([what, g.goal, "not measured yet", DASH])
+            continue
+        judged = [(g.figures(doc), doc) for _, doc in measured]
+        cells = [f"{figure} ({cpu_name(doc)})" for (figure, _), doc in judged]
+        verdicts = [v for (_, v), _ in judged]
+        verdict: Verdict = None if None in verdicts else all(verdicts)
+        if verdict is False and any(verdicts):
+            missed = [cpu_name(d) for (_, d), v in zip(measured, verdicts, strict=True) if v is False]
+            word = f"**missed** on {', '.join(missed)}"
+        else:
+            word = VERDICT[verdict]
+        rows.append([what, g.goal, "; ".join(cells), word])
+    return lines(*table(["what", "goal", "measured", "verdict"], rows))
 
 
 def block_summary(results: Results) -> str:
@@ -899,6 +1101,7 @@ class Block:
 
 
 BLOCKS = {
+    "headline": Block("the files of GOALS", block_headline),
     "summary": Block("every *.json", block_summary),
     "machines": Block("every *.json", block_machines),
     "images": Block("images.json", block_images),

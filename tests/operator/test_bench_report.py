@@ -65,18 +65,20 @@ def test_a_changed_result_file_fails_check_naming_its_blocks_until_regenerated(c
     stale = report(copy, "--check")
     assert stale.returncode == 1
     assert "docs/benchmarks.md: bench:grpc" in stale.stderr
-    assert "README.md: bench:summary" in stale.stderr  # the binary gRPC/REST range moved
+    assert "docs/benchmarks.md: bench:summary" in stale.stderr  # the binary gRPC/REST range moved
     assert "bench:images" not in stale.stderr and "bench:search_algorithms" not in stale.stderr
+    assert "README.md" not in stale.stderr  # gRPC has no goal in the README's headline table
     assert (copy / "docs" / "benchmarks.md").read_text() == docs, "--check must change nothing"
 
     wrote = report(copy)
     assert wrote.returncode == 0, wrote.stderr
-    assert "docs/benchmarks.md (bench:grpc)" in wrote.stdout
+    assert "docs/benchmarks.md (bench:summary, bench:grpc)" in wrote.stdout
     assert report(copy, "--check").returncode == 0
     page = (copy / "docs" / "benchmarks.md").read_text()
     assert "| `fp32x8-binary` | 1 | 266 | 6.9 / 17.2 | 3.23 | 115 |" in page
     changed = [new for old, new in zip(docs.splitlines(), page.splitlines(), strict=True) if old != new]
-    assert changed == ["| `fp32x8-binary` | 1 | 266 | 6.9 / 17.2 | 3.23 | 115 | 7.6 / 24.7 | 4.18 | 0.43 |"]
+    assert changed[1] == "| `fp32x8-binary` | 1 | 266 | 6.9 / 17.2 | 3.23 | 115 | 7.6 / 24.7 | 4.18 | 0.43 |"
+    assert len(changed) == 2 and changed[0].startswith("| inference server, gRPC next to REST |")
 
 
 def test_a_value_a_file_lacks_shows_as_a_dash(copy):
@@ -110,8 +112,49 @@ def test_a_new_result_file_shows_in_the_summary_and_machines_with_the_harness_re
     cells = [c.strip() for c in machines.strip("|").split("|")]
     assert cells[1:5] == [record["date"][:10], commit, cpu, str(os.cpu_count())]
     assert cells[7] == f"pytest {pytest.__version__}"  # the package not installed is left out
-    summary = next(line for line in (copy / "README.md").read_text().splitlines() if "newbench.json" in line)
+    summary = next(line for line in (copy / "docs/benchmarks.md").read_text().splitlines() if "newbench.json" in line)
     assert summary.startswith("| newbench | — | — |") and commit in summary
+
+
+def headline_row(root: Path, what: str) -> list[str]:
+    """The cells of the README's headline row for `what`."""
+    row = next(line for line in (root / "README.md").read_text().splitlines() if line.startswith(f"| [{what}]("))
+    return [c.strip() for c in row.strip("|").split("|")]
+
+
+def test_the_headline_verdict_follows_every_file_of_its_goal(copy):
+    results = copy / "bench" / "results"
+    before = headline_row(copy, "training on a CPU (ResNet-18, batch 32)")
+    assert "2.22×, 0.95 of compute (AMD EPYC)" in before[2] and before[3] == "**missed** on AMD EPYC"
+
+    edit_json(results / "trainer_throughput.json", lambda doc: doc["summary"]["end-to-end"].update(ratio=2.6))
+    assert report(copy, "--check").returncode == 1
+    assert report(copy).returncode == 0
+    after = headline_row(copy, "training on a CPU (ResNet-18, batch 32)")
+    assert "2.60×, 0.95 of compute (AMD EPYC)" in after[2] and after[3] == "met"
+
+    # Fast enough but far from its own compute: the second half of the goal.
+    edit_json(
+        results / "trainer_throughput_xeon.json", lambda doc: doc["summary"]["endToEndVsCompute"].update(median=0.5)
+    )
+    assert report(copy).returncode == 0
+    assert headline_row(copy, "training on a CPU (ResNet-18, batch 32)")[3] == "**missed** on Xeon"
+
+    # A file without the figure is not judged; a goal with no file says so.
+    edit_json(results / "trainer_throughput_xeon.json", lambda doc: doc.pop("summary"))
+    (results / "faults.json").unlink()
+    assert report(copy).returncode == 0
+    assert headline_row(copy, "training on a CPU (ResNet-18, batch 32)")[3] == "—"
+    assert headline_row(copy, "the operator killed mid-lifecycle")[2:] == ["not measured yet", "—"]
+
+
+def test_the_scale_headline_misses_on_any_of_its_three_figures(monkeypatch):
+    report = bench_script(monkeypatch, "report")
+    run = {"objects": 1000, "converge_s": 59.0, "rss_peak_mib": 249.0, "steady_modelops_writes_per_min": 0.0}
+    assert report.headline_scale({"sizes": [{**run, "objects": 100, "converge_s": 500.0}, run]})[1] is True
+    for figure, value in (("converge_s", 61.0), ("rss_peak_mib", 251.0), ("steady_modelops_writes_per_min", 0.5)):
+        assert report.headline_scale({"sizes": [{**run, figure: value}]})[1] is False, figure
+    assert report.headline_scale({"sizes": [{"objects": 1000, "converge_s": 30.0}]})[1] is None
 
 
 @pytest.mark.parametrize(
