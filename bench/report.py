@@ -649,7 +649,7 @@ GOALS = (
         "converged < 60 s, RSS peak < 250 MiB, 0 writes/min at steady state",
         ("scale", "scale_writes"),
         headline_scale,
-        "the-api-server-at-1000-objects",
+        "the-operator-at-1000-objects",
     ),
     Goal(
         "30 minutes of traffic and rollouts",
