@@ -94,6 +94,13 @@ CNI_BIN = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
 EGRESS_CHAIN = "MODELOPS-POD-EGRESS"
 PROMETHEUS_PORT = int(os.environ.get("MODELOPS_PROMETHEUS_PORT", "19090"))
 METRICS_SERVER_PORT = int(os.environ.get("MODELOPS_METRICS_SERVER_PORT", "19100"))
+#: How long metrics-server and the custom metrics adapter keep an allowed SubjectAccessReview. Every
+#: read of their APIs is authorized by one, and since Kubernetes 1.32 its cache key holds the
+#: request's label selector, which is each HorizontalPodAutoscaler's own: with the default 10 s,
+#: shorter than the autoscaler's 15 s sync period, every HPA read costs a SubjectAccessReview (500
+#: HPAs: about 35 a second). 60 s (kube-apiserver's own webhook cache keeps 5 minutes) answers three
+#: reads of four from the cache; docs/operations.md gives the same advice for a real cluster.
+AUTHORIZED_TTL = "--authorization-webhook-cache-authorized-ttl=60s"
 #: The APIService that metrics-server serves through the API server's aggregation layer.
 METRICS_APISERVICE = "v1beta1.metrics.k8s.io"
 CUSTOM_METRICS_PORT = int(os.environ.get("MODELOPS_CUSTOM_METRICS_PORT", "19101"))
@@ -601,6 +608,7 @@ def components() -> list[Component]:
                 # Only the real node has a kubelet; kwok's simulated nodes have nothing to scrape.
                 "--node-selector=modelops.dev/pool=local",
                 "--metric-resolution=15s",
+                AUTHORIZED_TTL,
                 "--v=1",
             ],
         ),
@@ -618,6 +626,7 @@ def components() -> list[Component]:
                 f"--tls-cert-file={pki / 'custom-metrics-adapter-serving.crt'}",
                 f"--tls-private-key-file={pki / 'custom-metrics-adapter-serving.key'}",
                 f"--prometheus-url=http://{NODE_IP}:{PROMETHEUS_PORT}",
+                AUTHORIZED_TTL,
                 "--v=1",
             ],
         ),
