@@ -321,14 +321,32 @@ def endpoint_addresses(namespace: str, service: str, *, ready_only: bool = True)
     ]
 
 
+def pod_cgroup_procs(uid: str) -> list[Path]:
+    """The `cgroup.procs` files of a pod's cgroups on the real node (pids hierarchy, cgroupfs
+    driver: `kubepods[/<qos>]/pod<uid>/<container>`). Other pods' cgroups are not entered, and one
+    that goes while walking (its pod or container ended) is skipped, not an error."""
+    found = []
+    for top in Path("/sys/fs/cgroup/pids").glob("kubepods*"):
+        for path, dirs, files in os.walk(top):  # os.walk skips a directory that vanished
+            inside = f"pod{uid}" in Path(path).parts
+            dirs[:] = [d for d in dirs if inside or not d.startswith("pod") or d == f"pod{uid}"]
+            if inside and "cgroup.procs" in files:
+                found.append(Path(path) / "cgroup.procs")
+    return found
+
+
 def kill_pod(namespace: str, name: str) -> int:
     """A pod dies as on a node failure: every process of it SIGKILLed at once (found through its
     cgroups on the real node, cgroupfs driver), and its object force-deleted so that its controller
     replaces it under a new name. Returns how many processes were killed."""
     uid = json.loads(kubectl("-n", namespace, "get", "pod", name, "-o", "json").stdout)["metadata"]["uid"]
     killed = 0
-    for procs in Path("/sys/fs/cgroup/pids").glob(f"kubepods*/**/pod{uid}/**/cgroup.procs"):
-        for pid in procs.read_text().split():
+    for procs in pod_cgroup_procs(uid):
+        try:
+            pids = procs.read_text().split()
+        except FileNotFoundError:  # the container ended meanwhile
+            continue
+        for pid in pids:
             try:
                 os.kill(int(pid), 9)
                 killed += 1
