@@ -18,9 +18,10 @@ shown as "—".
     .venv/bin/python bench/report.py --list     # the blocks and the result files each reads
 
 Blocks: headline (README.md: one row per goal); summary, machines, images, preparation, training,
-grpc, server_lone_client, server_photos, search_algorithms, gpu, soak (docs/benchmarks.md). A new
-result file shows up in `summary` and `machines` by itself; to give it a headline figure, a place
-under a goal or a table of its own, add it to `SUMMARIES`, `GOALS` or `BLOCKS` here.
+grpc, server_lone_client, server_photos, search_algorithms, gpu, server_ceiling, soak
+(docs/benchmarks.md). A new result file shows up in `summary` and `machines` by itself; to give it
+a headline figure, a place under a goal or a table of its own, add it to `SUMMARIES`, `GOALS` or
+`BLOCKS` here.
 """
 
 from __future__ import annotations
@@ -477,6 +478,29 @@ def summary_server_photos(doc: dict[str, Any]) -> tuple[str, str, str]:
     return "inference server, 1920×1080 photographs, against KServe 0.21", figure, "≥ 2× at 4 connections and up"
 
 
+def gpu_batch1_at_64(results_gpu: dict[str, Any] | None) -> float | None:
+    """What the GPU run's batch-1 server answered at 64 connections (img/s), which the GPU goal's
+    3× multiplies; None without a GPU run."""
+    value = at(results_gpu or {}, "server", "summary", "c64", "batch1ImagesPerSecond")
+    return float(value) if isinstance(value, int | float) else None
+
+
+def summary_server_ceiling(doc: dict[str, Any]) -> tuple[str, str, str]:
+    s = doc.get("summary") or {}
+    top = at(s, "points", "batching", str(max(doc.get("connections") or [64]))) or {}
+    figure = (
+        "a model that costs nothing, 64 connections: batching "
+        f"**{num(at(s, 'batchingOverBatch1', 'c=64', 'median'), '.2f', '×')}** batch 1 "
+        f"({num(at(top, 'imagesPerSecond', 'median'), ',.0f')} img/s); per request the front end "
+        f"{num(at(top, 'frontEndCpuMsPerRequest', 'median'), '.2f')} CPU-ms, the worker "
+        f"{num(at(top, 'workerCpuMsPerRequest', 'median'), '.2f')} (its batcher "
+        f"{num(at(top, 'batcherCpuMsPerRequest', 'median'), '.2f')}); one core carries "
+        f"**{num(s.get('frontEndRequestsPerCoreSecond'), ',.0f')} requests/s** of the front end "
+        f"(medians of {num(s.get('runs'))} runs)"
+    )
+    return "inference server without a model (`bench/server_ceiling.py`)", figure, "what batching can gain at most"
+
+
 SUMMARIES: dict[str, Summary] = {
     "prepare_throughput": summary_prepare,
     "prepare_throughput_xeon": summary_prepare,
@@ -486,6 +510,7 @@ SUMMARIES: dict[str, Summary] = {
     "server_lone_client": summary_lone_client,
     "server_lone_client_xeon": summary_lone_client,
     "server_photos": summary_server_photos,
+    "server_ceiling": summary_server_ceiling,
     "images": summary_images,
     "search_algorithms": summary_search,
     "gpu": summary_gpu,
@@ -1100,6 +1125,40 @@ def block_gpu(results: Results) -> str:
     return lines(*out[:-1])
 
 
+def block_server_ceiling(results: Results) -> str:
+    name = "server_ceiling"
+    doc = results.need(name)
+    s = doc.get("summary") or {}
+    rows = []
+    for server in ("batching", "batch1"):
+        for c, p in (at(s, "points", server) or {}).items():
+            rows.append(
+                [f"`{server}`", c, median_range(p.get("imagesPerSecond"), ",.0f"), median_range(p.get("p99Ms"))]
+                + [num(at(p, key, "median"), ".2f") for key in ("frontEndCpuMsPerRequest", "workerCpuMsPerRequest")]
+                + [num(at(p, "batcherCpuMsPerRequest", "median"), ".2f")]
+            )
+    header = ["server", "connections", "img/s", "p99 ms", "front end CPU-ms/req", "worker CPU-ms/req", "its batcher"]
+    front, batcher = s.get("frontEndRequestsPerCoreSecond"), s.get("batcherRequestsPerCoreSecond")
+    batch1 = gpu_batch1_at_64(results.get("gpu"))
+    need = (
+        f" The GPU goal, 3× the H200's batch 1 at 64 connections ({num(batch1, ',.0f')} img/s in "
+        f"`bench/results/gpu.json`), is {num(3 * batch1, ',.0f')} requests a second: "
+        f"{num(3 * batch1 / front, '.2f') if front else DASH}× what one core of this front end carries."
+        if batch1
+        else ""
+    )
+    return lines(
+        source(name, doc, "bench/server_ceiling.py") + f"; medians (and ranges) of {num(s.get('runs'))} runs:",
+        "",
+        *table(header, rows),
+        "",
+        "Batching over batch 1: "
+        + ", ".join(f"{c} {median_range(r, '.2f', '×')}" for c, r in (s.get("batchingOverBatch1") or {}).items())
+        + f". One core carries {num(front, ',.0f')} requests a second of the front end's event loop and "
+        f"{num(batcher, ',.0f')} of the worker's batcher thread.{need}",
+    )
+
+
 @dataclass(frozen=True)
 class Block:
     """A generated block: the result files it reads (for --list) and how it is made."""
@@ -1120,6 +1179,7 @@ BLOCKS = {
     "server_photos": Block("server_photos.json", block_server_photos),
     "search_algorithms": Block("search_algorithms.json", block_search),
     "gpu": Block("gpu.json, gpu-cpu-fallback.json", block_gpu),
+    "server_ceiling": Block("server_ceiling.json, gpu.json", block_server_ceiling),
     "soak": Block("soak.json", block_soak),
 }
 

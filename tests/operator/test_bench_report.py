@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 from PIL import Image, JpegImagePlugin
 from sklearn.datasets import load_sample_image
@@ -303,3 +305,27 @@ def test_the_photographs_are_the_sample_images_scaled_up_as_a_camera_saves_them(
     back = np.asarray(img.convert("RGB").resize((640, 360), Image.Resampling.BOX), dtype=np.float32)
     top = (427 - 360) // 2
     assert np.abs(back - original[top : top + 360]).mean() < 6
+
+
+def test_the_null_model_is_its_channel_means_times_a_matrix_under_an_imagenet_card(monkeypatch, tmp_path):
+    """bench/server_ceiling.py's model: what the server loads as any exported model, and what it
+    computes (a wrong axis or shape would fail here, not in a 4-minute run)."""
+    ceiling = bench_script(monkeypatch, "server_ceiling")
+    path = ceiling.null_model(tmp_path / "null.onnx")
+    card = json.loads(Path(f"{path}.card.json").read_text())
+    assert (card["input"]["imageSize"], card["input"]["layout"], len(card["classes"])) == (224, "NCHW", 1000)
+    assert card["onnx"]["dynamicBatch"] is True
+    x = np.random.default_rng(0).random((5, 3, 224, 224), dtype=np.float32)
+    x[:, 1] += 2.0  # the channels differ, so a mean over the wrong axes gives other logits
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert out.shape == (5, 1000)
+    (weights,) = [onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer]
+    np.testing.assert_allclose(out, x.mean(axis=(2, 3)) @ weights, rtol=1e-4, atol=1e-4)
+
+
+def test_the_ceiling_summary_is_what_its_runs_give(monkeypatch):
+    """server_ceiling.json's medians and ratios come from its runs: they must not drift."""
+    ceiling = bench_script(monkeypatch, "server_ceiling")
+    committed = json.loads((REPO / "bench" / "results" / "server_ceiling.json").read_text())
+    assert len(committed["runs"]) >= 3
+    assert json.loads(json.dumps(ceiling.summarise(committed["runs"]))) == committed["summary"]
