@@ -722,12 +722,12 @@ def block_headline(results: Results) -> str:
         judged = [(g.figures(doc), doc) for _, doc in measured]
         cells = [f"{figure} ({cpu_name(doc)})" for (figure, _), doc in judged]
         verdicts = [v for (_, v), _ in judged]
-        verdict: Verdict = None if None in verdicts else all(verdicts)
-        if verdict is False and any(verdicts):
-            missed = [cpu_name(d) for (_, d), v in zip(measured, verdicts, strict=True) if v is False]
+        # A file that misses decides; one without the figure leaves the rest unjudged.
+        missed = [cpu_name(d) for (_, d), v in zip(measured, verdicts, strict=True) if v is False]
+        if missed and any(verdicts):
             word = f"**missed** on {', '.join(missed)}"
         else:
-            word = VERDICT[verdict]
+            word = VERDICT[False if missed else None if None in verdicts else True]
         rows.append([what, g.goal, "; ".join(cells), word])
     return lines(*table(["what", "goal", "measured", "verdict"], rows))
 

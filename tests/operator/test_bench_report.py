@@ -148,6 +148,10 @@ def test_the_headline_verdict_follows_every_file_of_its_goal(copy):
     assert report(copy).returncode == 0
     assert headline_row(copy, "training on a CPU (ResNet-18, batch 32)")[3] == "—"
     assert headline_row(copy, "the operator killed mid-lifecycle")[2:] == ["not measured yet", "—"]
+    # ... but a file that misses decides, whatever the other lacks.
+    edit_json(results / "trainer_throughput.json", lambda doc: doc["summary"]["end-to-end"].update(ratio=2.0))
+    assert report(copy).returncode == 0
+    assert headline_row(copy, "training on a CPU (ResNet-18, batch 32)")[3] == "**missed**"
 
 
 def test_the_scale_headline_misses_on_any_of_its_three_figures(monkeypatch):
