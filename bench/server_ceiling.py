@@ -1,6 +1,6 @@
 """What dynamic batching can gain at most: the server with a model that costs nothing.
 
-    .venv/bin/python bench/server_ceiling.py              # 3 runs, about 4 minutes
+    .venv/bin/python bench/server_ceiling.py              # 3 runs, about 3 minutes on 2 cores
     .venv/bin/python bench/server_ceiling.py --runs 1 --duration 3 --warmup 1 --no-write   # a smoke run
 
 The GPU goal (`bench/gpu.sh`) asks dynamic batching for at least 3× the images a second of the
