@@ -364,17 +364,15 @@ def libraries(model: Path, cuda: bool) -> dict[str, Any]:
 
 def process_tree_libraries(pid: int) -> set[str]:
     """Base names of the shared libraries mapped by a process and its descendants."""
+    from server_bench import descendants  # noqa: PLC0415
+
     names: set[str] = set()
-    stack = [pid]
-    while stack:
-        p = stack.pop()
+    for p in [pid, *descendants(pid)]:
         try:
             for line in Path(f"/proc/{p}/maps").read_text().splitlines():
                 parts = line.split(maxsplit=5)
                 if len(parts) == 6 and ".so" in parts[5]:
                     names.add(os.path.basename(parts[5]))
-            for task in Path(f"/proc/{p}/task").iterdir():
-                stack += [int(c) for c in (task / "children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
     return names

@@ -1132,10 +1132,10 @@ def block_server_ceiling(results: Results) -> str:
     rows = []
     for server in ("batching", "batch1"):
         for c, p in (at(s, "points", server) or {}).items():
+            per_request = ("frontEndCpuMsPerRequest", "workerCpuMsPerRequest", "batcherCpuMsPerRequest")
             rows.append(
                 [f"`{server}`", c, median_range(p.get("imagesPerSecond"), ",.0f"), median_range(p.get("p99Ms"))]
-                + [num(at(p, key, "median"), ".2f") for key in ("frontEndCpuMsPerRequest", "workerCpuMsPerRequest")]
-                + [num(at(p, "batcherCpuMsPerRequest", "median"), ".2f")]
+                + [num(at(p, key, "median"), ".2f") for key in per_request]
             )
     header = ["server", "connections", "img/s", "p99 ms", "front end CPU-ms/req", "worker CPU-ms/req", "its batcher"]
     front, batcher = s.get("frontEndRequestsPerCoreSecond"), s.get("batcherRequestsPerCoreSecond")

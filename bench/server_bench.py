@@ -214,18 +214,34 @@ def in_process_limit(model: Path, images: list[bytes], seconds: float, reduced: 
     return done / (time.perf_counter() - start)
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its live descendants (Linux /proc)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    stack = [pid]
+def descendants(pid: int) -> list[int]:
+    """The live descendants of a process (Linux /proc): a server's workers and helpers."""
+    out, stack = [], [pid]
     while stack:
         p = stack.pop()
         try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / ticks
-            for task in Path(f"/proc/{p}/task").iterdir():
-                stack += [int(c) for c in (task / "children").read_text().split()]
+            children = [
+                int(c) for task in Path(f"/proc/{p}/task").iterdir() for c in (task / "children").read_text().split()
+            ]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        out += children
+        stack += children
+    return out
+
+
+def cpu_seconds(stat: Path) -> float:
+    """utime + stime from a /proc stat file (a process's, all its threads; or one thread's)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its live descendants (Linux /proc)."""
+    total = 0.0
+    for p in [pid, *descendants(pid)]:
+        try:
+            total += cpu_seconds(Path(f"/proc/{p}/stat"))
         except (FileNotFoundError, ProcessLookupError):
             continue
     return total

@@ -35,7 +35,18 @@ import numpy as np
 if str(Path(__file__).resolve().parent) not in sys.path:  # imported from another folder's script
     sys.path.append(str(Path(__file__).resolve().parent))
 from harness import machine, write_result
-from server_bench import ROOT, WORK, free_port, photo, running, tree_cpu_seconds, v2_body, write_card
+from server_bench import (
+    ROOT,
+    WORK,
+    cpu_seconds,
+    descendants,
+    free_port,
+    photo,
+    running,
+    tree_cpu_seconds,
+    v2_body,
+    write_card,
+)
 from server_loadgen import build_request, run_point
 from server_lone_client import spread
 
@@ -70,27 +81,6 @@ def null_model(path: Path) -> Path:
     onnx.save(model, str(path))
     write_card(path, "null", opset=17, classes=CLASSES)
     return path
-
-
-def cpu_seconds(stat: Path) -> float:
-    """utime + stime from a /proc stat file (a process's, all its threads; or one thread's)."""
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def descendants(pid: int) -> list[int]:
-    """The live descendants of a process (the server's workers, and multiprocessing's helpers)."""
-    out, stack = [], [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            for task in Path(f"/proc/{p}/task").iterdir():
-                children = [int(c) for c in (task / "children").read_text().split()]
-                out += children
-                stack += children
-        except FileNotFoundError:
-            continue
-    return out
 
 
 def batcher_cpu_seconds(pid: int) -> float:
