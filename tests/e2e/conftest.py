@@ -22,6 +22,7 @@ import kubernetes
 import pytest
 import yaml
 
+from modelops_operator import kube
 from tests.support.cluster import (
     KUBE_VERSION,
     KUBECONFIG,
@@ -107,6 +108,16 @@ def operator_kubeconfig(crds: None) -> Path:
     path.write_text(yaml.safe_dump(config))
     path.chmod(0o600)
     return path
+
+
+@pytest.fixture
+def as_the_chart(operator_kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The operator's kube layer, in this process, logged in as the chart's ServiceAccount, as the
+    operator runs."""
+    monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig))
+    kube.login.cache_clear()
+    yield
+    kube.login.cache_clear()
 
 
 @pytest.fixture(scope="session")

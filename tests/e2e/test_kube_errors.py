@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import kubernetes
@@ -18,15 +17,6 @@ from modelops_operator import kube
 from modelops_operator.api.kinds import DATASET
 
 HOLD = "modelops.dev/test-hold"
-
-
-@pytest.fixture
-def as_the_chart(operator_kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The kube layer logged in as the chart's ServiceAccount, as the operator runs."""
-    monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig))
-    kube.login.cache_clear()
-    yield
-    kube.login.cache_clear()
 
 
 def _deployment(namespace: str) -> dict[str, object]:

@@ -10,9 +10,11 @@ from typing import Any
 
 import kubernetes
 
+from modelops_operator import kube
 from modelops_operator.api import conditions as c
-from modelops_operator.api.common import GROUP, VERSION
+from modelops_operator.api.common import FIELD_MANAGER, GROUP, VERSION
 from modelops_operator.api.names import APP_COMPONENT_LABEL, DEPENDENCY_CHANGED_ANNOTATION
+from modelops_operator.reconcile import ownership
 from tests.support.cluster import ON_LOCAL_NODE, OperatorProcess, api_counts, kubectl, wait_until
 
 FOREIGN = {
@@ -139,3 +141,57 @@ def test_a_child_deleted_by_hand_comes_back_at_the_next_resync(operator: Operato
     finally:
         resyncing.stop()
         operator.start()
+
+
+def _held(namespace: str, **template_spec: Any) -> dict[str, Any]:
+    """A Deployment of no replicas as the operator writes a child (its controller reference left
+    out: nothing here reads it)."""
+    labels = {"app": "held"}
+    container = {"name": "c", "image": "registry.invalid/none:1", **template_spec}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "held", "namespace": namespace},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+        },
+    }
+
+
+def _limits(namespace: str) -> dict[str, Any]:
+    out = kubectl("-n", namespace, "get", "deployment", "held", "-o", "json").stdout
+    return dict(json.loads(out)["spec"]["template"]["spec"]["containers"][0].get("resources", {}).get("limits", {}))
+
+
+def test_a_field_dropped_from_a_child_leaves_it_whoever_created_it(as_the_chart: None, namespace: str) -> None:
+    """A field the operator stops setting leaves the child at the next apply: on one it created
+    (by apply), and on one an earlier version created with a plain create, whose fields sat in an
+    `Update` entry that no apply owns (a removed `ephemeral-storage` limit stayed for good)."""
+    cramped = _held(namespace, resources={"limits": {"ephemeral-storage": "1Ki", "memory": "64Mi"}})
+    roomy = _held(namespace, resources={"limits": {"memory": "64Mi"}})
+
+    kube.create(cramped)
+    kube.apply(roomy)
+    assert _limits(namespace) == {"memory": "64Mi"}
+
+    # As an earlier version created it: POST with the operator's field manager.
+    kubectl("-n", namespace, "delete", "deployment", "held", "--wait")
+    kubectl("-n", namespace, "create", f"--field-manager={FIELD_MANAGER}", "-f", "-", stdin=json.dumps(cramped))
+    kube.apply(roomy)
+    assert _limits(namespace) == {"ephemeral-storage": "1Ki", "memory": "64Mi"}, "the API server kept it: the bug"
+
+    observed = json.loads(
+        kubectl("-n", namespace, "get", "deployment", "held", "-o", "json", "--show-managed-fields").stdout
+    )
+    first = ownership.upgrade(observed)
+    assert first is not None
+    kube.apply(roomy, first=first)
+    assert _limits(namespace) == {"memory": "64Mi"}
+    after = json.loads(
+        kubectl("-n", namespace, "get", "deployment", "held", "-o", "json", "--show-managed-fields").stdout
+    )
+    assert ownership.upgrade(after) is None, after["metadata"]["managedFields"]
+    managers = {(e["manager"], e["operation"]) for e in after["metadata"]["managedFields"]}
+    assert (FIELD_MANAGER, "Apply") in managers and (FIELD_MANAGER, "Update") not in managers, managers

@@ -190,3 +190,60 @@ def test_a_preparation_job_name_held_by_another_job_is_a_conflict():
     ready = c.get_condition(status.conditions, c.READY)
     assert (status.phase, status.observed_generation, ready.reason) == ("Failed", 3, "NameConflict")
     assert ready.message.endswith(" (and 2 more)") and ready.message.count("already exists") == 5
+
+
+def entry(manager: str, operation: str, fields: dict[str, Any], **more: str) -> dict[str, Any]:
+    return {"manager": manager, "operation": operation, "apiVersion": "apps/v1", "fieldsType": "FieldsV1",
+            "fieldsV1": fields, "time": "2026-12-06T12:00:00Z", **more}  # fmt: skip
+
+
+def test_an_earlier_versions_create_is_folded_into_the_apply_entry_before_an_apply():
+    desired = children()[0]  # the stable Deployment
+    served = as_served(claim(desired, None).body)
+    created = {"f:spec": {"f:template": {"f:spec": {"f:tolerations": {}}}, "f:replicas": {}}}
+    applied = {"f:spec": {"f:replicas": {}, "f:selector": {}}}
+    controllers = entry("kube-controller-manager", "Update", {"f:status": {}}, subresource="status")
+    served["metadata"].update(
+        resourceVersion="41",
+        managedFields=[
+            entry("modelops-operator", "Update", created),
+            entry("modelops-operator", "Apply", applied),
+            entry("someone", "Update", {"f:metadata": {"f:labels": {}}}),
+            controllers,
+        ],
+    )
+    fewer = copy.deepcopy(desired)
+    fewer["spec"]["template"]["spec"]["containers"][0]["env"].pop()
+    decided = claim(fewer, served)
+    assert decided.verb == "apply" and decided.upgrade is not None
+    test, replace = decided.upgrade
+    assert test == {"op": "test", "path": "/metadata/resourceVersion", "value": "41"}
+    entries = {(e["manager"], e["operation"]): e for e in replace["value"]}
+    assert set(entries) == {
+        ("modelops-operator", "Apply"),
+        ("someone", "Update"),
+        ("kube-controller-manager", "Update"),
+    }
+    assert entries["modelops-operator", "Apply"]["fieldsV1"] == {
+        "f:spec": {"f:template": {"f:spec": {"f:tolerations": {}}}, "f:replicas": {}, "f:selector": {}}
+    }
+    assert entries["kube-controller-manager", "Update"] == controllers  # a status writer's entry is not ours
+
+
+@pytest.mark.parametrize(
+    "managed",
+    [
+        [entry("modelops-operator", "Apply", {"f:spec": {}})],  # created by apply: nothing to fold
+        [entry("modelops-operator", "Update", {"f:status": {}}, subresource="status")],
+        [entry("modelops-operator", "Update", {"f:spec": {}}, apiVersion="apps/v1beta1")],  # another schema
+        [],
+    ],
+    ids=["apply-only", "status", "other-version", "none"],
+)
+def test_nothing_to_fold_sends_no_patch(managed):
+    desired = children()[0]
+    served = as_served(claim(desired, None).body)
+    served["metadata"].update(resourceVersion="41", managedFields=managed)
+    served["spec"]["replicas"] = 7  # not what is applied: an apply
+    decided = claim(desired, served)
+    assert decided.verb == "apply" and decided.upgrade is None

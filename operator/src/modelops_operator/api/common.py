@@ -19,6 +19,8 @@ GROUP = "modelops.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 CATEGORY = "modelops"
+#: The field manager of every write the operator sends (`metadata.managedFields`).
+FIELD_MANAGER = "modelops-operator"
 
 #: A Kubernetes resource quantity ("500m", "2Gi", 4): the CRD schema marks it int-or-string.
 Quantity = int | str

@@ -69,7 +69,7 @@ def execute(namespace: str, action: Action) -> None:
         case "create", _:
             kube.create(body)
         case "apply", _:
-            kube.apply(body)
+            kube.apply(body, first=action.fields)
         case "delete", "Job":
             kube.delete_job(namespace, action.name)
         case "delete", kind if kind in BACKENDS:

@@ -28,7 +28,7 @@ from urllib.parse import quote, urlencode
 import urllib3
 
 from modelops_operator import __version__
-from modelops_operator.api.common import GROUP, VERSION
+from modelops_operator.api.common import FIELD_MANAGER, GROUP, VERSION
 from modelops_operator.api.kinds import Kind
 from modelops_operator.api.names import HTTPROUTE, WORKLOAD, ExternalAPI
 from modelops_operator.kube import credentials
@@ -265,8 +265,6 @@ def runtime_exists(api: ExternalAPI, namespace: str | None, name: str) -> bool:
     return _request(f"get {api.kind} {where}", "GET", path) is not None
 
 
-FIELD_MANAGER = "modelops-operator"
-
 #: How soon a group/version's discovery is asked again for a kind it did not list (a CRD installed since).
 DISCOVERY_RETRY_SECONDS = 30.0
 _discovered: dict[str, tuple[float, dict[str, tuple[str, bool]]]] = {}
@@ -310,29 +308,46 @@ def get_like(body: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def create(body: dict[str, Any]) -> None:
-    """Create `body` as the operator's field manager. One created by someone else in between is a
-    `Conflict` (retried: the next reconcile sees whose it is); it is never taken over."""
-    meta = body["metadata"]
-    what = f"create {body['kind']} {meta.get('namespace')}/{meta['name']}"
-    _request(what, "POST", _path_of(body, what, named=False), query={"fieldManager": FIELD_MANAGER}, body=body)
+    """Create `body`, absent when last read, by server-side apply as the operator's field manager,
+    without forcing: one made by someone else in between with any field of another value is a
+    `Conflict` (retried: the next reconcile sees whose it is), never taken over.
+
+    Not a plain create (POST): the fields of a POST belong to the manager's `Update` entry, which a
+    later apply does not own, so a field dropped from the spec afterwards (a limit, a toleration)
+    would stay on the object for good (`reconcile.ownership.upgrade` mends objects made so)."""
+    _apply(body, force=False)
 
 
-def apply(body: dict[str, Any]) -> dict[str, Any]:
+def apply(body: dict[str, Any], *, first: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Server-side apply `body` as the operator's field manager, taking over conflicting fields
-    (a manual edit of a field the operator sets is reverted). Only for the operator's own objects:
+    (a manual edit of a field the operator sets is reverted), after the JSON patch `first` when
+    there is one (`reconcile.ownership.upgrade`). Only for the operator's own objects:
     `reconcile.ownership.claim` says which those are, and keeps (does not send) one that already
     holds `body`."""
+    if first:
+        json_patch(body, first)
+    return _apply(body, force=True)
+
+
+def _apply(body: dict[str, Any], *, force: bool) -> dict[str, Any]:
     meta = body["metadata"]
     what = f"apply {body['kind']} {meta.get('namespace')}/{meta['name']}"
     res = _request(
         what,
         "PATCH",
         _path_of(body, what),
-        query={"fieldManager": FIELD_MANAGER, "force": "true"},
+        query={"fieldManager": FIELD_MANAGER, "force": str(force).lower()},
         body=body,
         content_type="application/apply-patch+yaml",  # JSON is YAML
     )
     return dict(res) if res is not None else {}
+
+
+def json_patch(like: dict[str, Any], patch: list[dict[str, Any]]) -> None:
+    """Apply a JSON patch (RFC 6902) to the object of `like`'s kind, namespace and name."""
+    meta = like["metadata"]
+    what = f"patch {like['kind']} {meta.get('namespace')}/{meta['name']}"
+    _request(what, "PATCH", _path_of(like, what), body=patch, content_type="application/json-patch+json")
 
 
 def get_secret(namespace: str, name: str) -> dict[str, Any] | None:

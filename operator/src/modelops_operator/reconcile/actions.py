@@ -54,7 +54,8 @@ class Action:
 
     - `create` `body` (a `Job` or `PyTorchJob` whose name exists already is fine: names are
       deterministic; any other kind is a plain create that a concurrent creator makes fail);
-    - `apply` `body` (server-side apply of the operator's own child);
+    - `apply` `body` (server-side apply of the operator's own child), after the JSON patch `fields`
+      when it has one (its managed fields: `ownership.upgrade`);
     - `delete` the `kind` object `name`; `suspend` / `resume` the PyTorchJob `name`;
     - `patch` the `kind` object `name` with the merge patch `body` (an HTTPRoute's weights);
     - `annotate` the `kind` object `name` with `body` (a None value removes the annotation);
@@ -68,6 +69,7 @@ class Action:
     body: dict[str, Any] | None = None
     registration: Registration | None = None
     value: float | None = None
+    fields: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

@@ -244,6 +244,7 @@ def reconcile_model_deployment(
             claim.body["kind"],
             claim.body["metadata"]["name"],
             claim.body,
+            fields=claim.upgrade,
         )
         for claim in claims
         if claim.verb != "keep"

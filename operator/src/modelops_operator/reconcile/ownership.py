@@ -5,7 +5,8 @@ other teams and tools. An object of that name that this operator did not create 
 owner is someone else's: writing it would rewrite its selector and pods and, through the
 controller owner reference, have it garbage-collected with our object. So:
 
-- absent: **create** it (a plain create, which fails if someone creates it first);
+- absent: **create** it (a server-side apply that does not force, so it fails if someone created
+  it first with any field of another value; see `kube.create`);
 - controlled by the owner (its controller owner reference carries the owner's uid): **apply** it,
   taking over the fields a person changed by hand (the operator's own object), or **keep** it when
   it already holds what would be applied: the hash of the desired body (annotation
@@ -15,6 +16,11 @@ controller owner reference, have it garbage-collected with our object. So:
   field-management work, and 500 ModelDeployments with seven children each, resynced every minute,
   sent 3,500 a minute (bench/results/scale.json);
 - anything else: a **conflict**: nothing is written, and the owner's status names the object.
+
+A child that an earlier version created with a plain create (POST) holds those fields in the
+operator's `Update` entry of `metadata.managedFields`, which no apply owns: a field later dropped
+from the desired body would never leave the object. Before applying to such a child, its entry is
+folded into the operator's `Apply` entry (`upgrade`, as client-go's `csaupgrade` does).
 
 An HTTPRoute is never ours (the user names one to have its weights set): its owner hands it over
 with the annotation `modelops.dev/modeldeployment: <name>` (`ROUTE_ANNOTATION`), and the operator
@@ -26,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from modelops_operator.api.common import FIELD_MANAGER
 from modelops_operator.api.names import APPLIED_ANNOTATION
 from modelops_operator.builders.common import spec_hash
 
@@ -40,6 +47,9 @@ class Claim:
     verb: Literal["create", "apply", "keep", "conflict"]
     body: dict[str, Any]
     message: str = ""
+    upgrade: list[dict[str, Any]] | None = None
+    """Before an apply: the JSON patch that folds the operator's `Update` entry into its `Apply`
+    entry (`upgrade`), when the child has one."""
 
 
 def controller_uid(obj: dict[str, Any]) -> str | None:
@@ -87,7 +97,9 @@ def claim(desired: dict[str, Any], observed: dict[str, Any] | None) -> Claim:
         return Claim("create", body)
     owner = controller_uid(desired)
     if owner is not None and controller_uid(observed) == owner:
-        return Claim("keep" if holds(body, observed) else "apply", body)
+        if holds(body, observed):
+            return Claim("keep", body)
+        return Claim("apply", body, upgrade=upgrade(observed))
     holder = controller_uid(observed)
     whose = f"controlled by another object (uid {holder})" if holder else "not created by the operator"
     return Claim(
@@ -95,6 +107,41 @@ def claim(desired: dict[str, Any], observed: dict[str, Any] | None) -> Claim:
         body,
         f"{describe(observed)} already exists and is {whose}: rename this object, or delete that one",
     )
+
+
+def _union(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two `FieldsV1` sets as one (nested objects whose leaves are `{}`)."""
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = _union(out[key], value) if key in out and isinstance(out[key], dict) else value
+    return out
+
+
+def upgrade(observed: dict[str, Any], manager: str = FIELD_MANAGER) -> list[dict[str, Any]] | None:
+    """A JSON patch that moves the fields of `manager`'s `Update` entries (a plain create or update
+    of the object's main resource, same API version) into its `Apply` entry, so that the next
+    apply owns them and removes those it no longer sets; None when there are none. It tests the
+    object's resourceVersion first: a changed object refuses it, and the next reconcile tries again."""
+    meta = observed.get("metadata") or {}
+    entries = list(meta.get("managedFields") or [])
+
+    def ours(entry: dict[str, Any], operation: str) -> bool:
+        return entry.get("manager") == manager and entry.get("operation") == operation and not entry.get("subresource")
+
+    applied = next((e for e in entries if ours(e, "Apply")), None)
+    version = (applied or {}).get("apiVersion") or observed.get("apiVersion")
+    updates = [e for e in entries if ours(e, "Update") and e.get("apiVersion") == version]
+    if not updates or not meta.get("resourceVersion"):
+        return None
+    fields: dict[str, Any] = dict((applied or {}).get("fieldsV1") or {})
+    for entry in updates:
+        fields = _union(fields, entry.get("fieldsV1") or {})
+    merged = {**(applied or updates[0]), "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": fields}
+    kept = [e for e in entries if e is not applied and not any(e is u for u in updates)]
+    return [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
+        {"op": "replace", "path": "/metadata/managedFields", "value": [*kept, merged]},
+    ]
 
 
 def conflicts(claims: list[Claim]) -> list[str]:
