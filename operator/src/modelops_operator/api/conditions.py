@@ -71,8 +71,10 @@ DEADLINE_EXCEEDED = "DeadlineExceeded"
 POD_PENDING = "PodPending"
 """A child pod cannot start (unschedulable, a missing volume or Secret, an image that cannot be
 pulled), or cannot even be created (the API server refused it: a ServiceAccount that does not exist,
-a ResourceQuota, Pod Security); the message quotes Kubernetes' reason and says what to check. It
-resolves by itself once the cause is fixed (the controllers keep retrying)."""
+a ResourceQuota, Pod Security), or the kubelet evicted it in the last 10 minutes and no Ready pod
+has replaced it (its disk or memory limit, a node short of disk or memory); the message quotes
+Kubernetes' reason and says what to check. It resolves by itself once the cause is fixed (the
+controllers keep retrying)."""
 PREPARATION_FAILED = "PreparationFailed"
 """The preparation Job failed without a more specific reason; the message holds its last output."""
 RESULT_UNREADABLE = "ResultUnreadable"

@@ -13,7 +13,7 @@ from modelops_operator.api.dataset import DatasetSpec, DatasetStatus
 from modelops_operator.controllers.common import execute, names_taken, not_created, owned
 from modelops_operator.reconcile import dataset as rd
 from modelops_operator.reconcile.actions import Event
-from modelops_operator.reconcile.pods import pod_problem, termination_message
+from modelops_operator.reconcile.pods import eviction, pod_problem, termination_message
 from modelops_operator.reconcile.status import refused
 from modelops_operator.settings import OperatorSettings
 
@@ -29,9 +29,10 @@ def observe(body: dict[str, Any], old: DatasetStatus, now: datetime) -> rd.Datas
     if current is not None:
         pods = kube.list_pods(ns, f"job-name={current['metadata']['name']}")
         if rd.job_state(current)[0] == "Active":
-            observed.pod_problem = pod_problem(pods) or not_created(pods, current)
+            observed.pod_problem = pod_problem(pods, now) or not_created(pods, current)
         else:
             observed.result_message = termination_message(pods)
+            observed.eviction = eviction(pods)
     return observed
 
 

@@ -55,6 +55,9 @@ class DatasetObserved:
     result_message: str | None = None
     pod_problem: str | None = None
     """Why the current Job's pod cannot start, if it cannot (see `pods.pod_problem`)."""
+    eviction: str | None = None
+    """The latest eviction of a finished Job's pods, if the kubelet evicted one (`pods.eviction`):
+    why it failed when the program itself said nothing."""
     now: datetime = field(default_factory=c.now)
     """When it was seen: the time of any condition that changes."""
 
@@ -177,7 +180,7 @@ def _status_from_job(
         reason, msg = c.RESULT_UNREADABLE, f"Job {name} succeeded but left no readable result"
     else:
         said = result.message if result is not None and result.message else observed.result_message
-        tail = (said or job_message or "no message").strip()[-1000:]
+        tail = (said or observed.eviction or job_message or "no message").strip()[-1000:]
         reason, msg = c.PREPARATION_FAILED, f"Job {name} failed: {tail}"
     conds = c.finished(status.conditions, False, reason, msg, generation, at=observed.now)
     return _in_phase(status, "Failed", conds, job_name=name, spec_hash=wanted, dropped=result.dropped if result else {})

@@ -317,7 +317,7 @@ def with_pods(
 ) -> ModelDeploymentStatus:
     """`status` with the reason server pods cannot start, if one cannot (see `pods_blocked`): from
     the pods, or, when the API server refused them, from the Deployments' `ReplicaFailure`."""
-    problem = pod_problem(pods) or replica_failure(deployments)
+    problem = pod_problem(pods, at) or replica_failure(deployments)
     return pods_blocked(status, status.observed_generation, problem, at=at) if problem else status
 
 

@@ -8,11 +8,17 @@ Warning Event on its object (`FailedCreate` from the Job controller, `FailedCrea
 training operator) and, for a Deployment, in its `ReplicaFailure` condition. A pod that exists but
 cannot pull its image (a missing or wrong pull Secret) says so in its container state
 (`pod_problem`). Each becomes a message that names the cause and what to do.
+
+A pod the kubelet evicted (its disk or memory limit, or a node short of disk or memory) is left
+behind with phase Failed and reason Evicted, and its controller makes another. A recent eviction
+whose owner has no Ready pod since is why the workload is short (`pod_problem`); one that ended a
+Job is why it failed (`eviction`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from modelops_operator.api.common import ApiModel, PodSettings
@@ -35,8 +41,15 @@ STUCK = frozenset(
 )
 
 
-def pod_problem(pods: list[dict[str, Any]]) -> str | None:
-    """Why a child pod cannot start, from its conditions and container states; None when it can."""
+#: How long an eviction may explain a workload that is short of pods: evicted pods stay until
+#: something deletes them, and an old one explains nothing about today.
+EVICTION_WINDOW = timedelta(minutes=10)
+
+
+def pod_problem(pods: list[dict[str, Any]], now: datetime | None = None) -> str | None:
+    """Why a child pod cannot start, from its conditions and container states, or why one was
+    evicted in the last `EVICTION_WINDOW` before `now` (when its owner has no Ready pod created
+    since); None when neither."""
     for pod in pods:
         status = pod.get("status") or {}
         for cond in status.get("conditions") or []:
@@ -47,7 +60,97 @@ def pod_problem(pods: list[dict[str, Any]]) -> str | None:
             if waiting.get("reason") in STUCK:
                 said = f"pod {pod['metadata']['name']}: {waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
                 return hint(said)
-    return None
+    since = (now or datetime.now(UTC)) - EVICTION_WINDOW
+    recent = [p for p in pods if (at := evicted_at(p)) is not None and at >= since and not _replaced(p, pods)]
+    return eviction(recent)
+
+
+def _time(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def evicted_at(pod: dict[str, Any]) -> datetime | None:
+    """When the kubelet evicted `pod` (its DisruptionTarget condition's time, else its latest
+    condition's: the kubelet turns Ready False as it evicts), or None when it was not evicted."""
+    status = pod.get("status") or {}
+    if status.get("phase") != "Failed" or status.get("reason") != "Evicted":
+        return None
+    conditions = [x for x in status.get("conditions") or [] if x.get("lastTransitionTime")]
+    marked = [x for x in conditions if x.get("type") == "DisruptionTarget"]
+    stamp = max((x["lastTransitionTime"] for x in marked or conditions), default=None)
+    stamp = stamp or pod["metadata"].get("creationTimestamp")
+    return _time(stamp) if stamp else datetime.min.replace(tzinfo=UTC)
+
+
+def _owner(pod: dict[str, Any]) -> tuple[str, str] | None:
+    """The kind and name of the pod's controller; for a ReplicaSet, its Deployment's name (the
+    ReplicaSet's without `-<pod-template-hash>`), so that a new ReplicaSet's pod replaces an old one's."""
+    meta = pod["metadata"]
+    ref = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+    if ref is None:
+        return None
+    suffix = "-" + ((meta.get("labels") or {}).get("pod-template-hash") or "")
+    name = ref.get("name") or ""
+    if ref.get("kind") == "ReplicaSet" and suffix != "-" and name.endswith(suffix):
+        return "Deployment", name.removesuffix(suffix)
+    return ref.get("kind") or "", name
+
+
+def _replaced(evicted: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
+    """Whether a Ready pod of the evicted pod's owner (`_owner`) was created after the eviction."""
+    owner, at = _owner(evicted), evicted_at(evicted)
+    return (
+        owner is not None
+        and at is not None
+        and any(
+            _owner(pod) == owner
+            and _time(pod["metadata"].get("creationTimestamp") or "0001-01-01T00:00:00Z") >= at
+            and any(
+                x.get("type") == "Ready" and x.get("status") == "True"
+                for x in (pod.get("status") or {}).get("conditions") or []
+            )
+            for pod in pods
+        )
+    )
+
+
+#: What to do about an eviction, by the words the kubelet's message starts with
+#: (pkg/kubelet/eviction/helpers.go).
+EVICTION_HINTS = (
+    (
+        "The node was low on resource",
+        "the node ran short and the kubelet evicted pods to recover: free that resource on the node, or give the "
+        "pods a request for it in spec.resources.requests so that the scheduler places them where it fits",
+    ),
+    (
+        "Pod ephemeral local storage usage exceeds",
+        "the pod wrote more to its node's disk (its /tmp, its logs) than its limit allows: raise "
+        "spec.resources.limits.ephemeral-storage",
+    ),
+    (
+        "Container ",  # "Container x exceeded its local ephemeral storage limit", "Container x was using ..."
+        "the container used more than its limit or request allows: raise it in spec.resources",
+    ),
+    (
+        "Usage of EmptyDir volume",
+        "the pod filled its scratch volume (/tmp), whose size the operator sets: for a Dataset, from "
+        "spec.limits.archiveMaxBytes",
+    ),
+)
+
+
+def eviction(pods: list[dict[str, Any]]) -> str | None:
+    """The latest eviction among `pods`, in the kubelet's words with what to do; None when the
+    kubelet evicted none of them."""
+    evicted = [(at, pod) for pod in pods if (at := evicted_at(pod)) is not None]
+    if not evicted:
+        return None
+    _, pod = max(evicted, key=lambda found: found[0])
+    message = ((pod.get("status") or {}).get("message") or "no message").strip().rstrip(".")
+    others = f" (and {len(evicted) - 1} more)" if len(evicted) > 1 else ""
+    said = f"pod {pod['metadata']['name']}{others} was evicted by its node: {message}"
+    todo = next((what for start, what in EVICTION_HINTS if message.startswith(start)), None)
+    return f"{said}; {todo}" if todo else said
 
 
 def _last_terminated(pods: list[dict[str, Any]], state: str) -> str | None:
