@@ -12,7 +12,9 @@ import pytest
 from modelops_operator.api import conditions as c
 from modelops_operator.reconcile.dataset import DatasetObserved
 from modelops_operator.reconcile.pods import EVICTION_WINDOW, eviction, pod_problem
+from modelops_operator.reconcile.trainingrun import TrialObservation
 from tests.operator.test_dataset import job_for, obj, ready, run
+from tests.operator.test_trainingrun import Sim
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 STORAGE = "Pod ephemeral local storage usage exceeds the total limit of containers 1Ki. "
@@ -137,3 +139,17 @@ def test_a_dataset_whose_job_failed_after_evictions_says_so():
     assert "spec.limits.archiveMaxBytes" in cond.message
     said = run(body, DatasetObserved(jobs=[failed], result_message="Traceback: ValueError", eviction=eviction(pods)))
     assert ready(said.status).message.endswith("Traceback: ValueError")  # the program's own words come first
+
+
+def test_a_trial_whose_job_failed_after_evictions_says_so():
+    sim = Sim()
+    sim.step()
+    sim.set("digits-r1-t0", "Failed", reason="PyTorchJobFailed", message="it has reached the specified backoff limit")
+    evicted = pod(
+        "digits-r1-t0-master-0", created=NOW - timedelta(hours=2), evicted=NOW - timedelta(hours=1), message=NODE_DISK
+    )
+    sim.seen["digits-r1-t0"] = TrialObservation(result_message="", eviction=eviction([evicted]))
+    sim.step()
+    trial = sim.trial("digits-r1-t0")
+    assert (trial.state, trial.reason) == ("Failed", c.TRAINING_FAILED)
+    assert "pod digits-r1-t0-master-0 was evicted by its node: The node was low on resource" in (trial.message or "")

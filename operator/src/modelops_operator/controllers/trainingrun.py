@@ -27,7 +27,7 @@ from modelops_operator.controllers.common import Log, execute, names_taken, not_
 from modelops_operator.reconcile import kueue
 from modelops_operator.reconcile import trainingrun as rt
 from modelops_operator.reconcile.actions import Action, Event, Registration
-from modelops_operator.reconcile.pods import master_result, pod_problem
+from modelops_operator.reconcile.pods import eviction, master_result, pod_problem
 from modelops_operator.reconcile.progress import TrainerProgress, parse_progress
 from modelops_operator.reconcile.status import refused
 from modelops_operator.settings import OperatorSettings
@@ -61,7 +61,9 @@ def observe_trial(namespace: str, job: dict[str, Any]) -> rt.TrialObservation:
     problem = pod_problem(pods)
     if state in ("Pending", "Running"):
         problem = problem or not_created(pods, job)
-    seen = rt.TrialObservation(result_message=master_result(pods), pod_problem=problem, master_running=bool(running))
+    seen = rt.TrialObservation(
+        result_message=master_result(pods), eviction=eviction(pods), pod_problem=problem, master_running=bool(running)
+    )
     if running and state == "Running":
         seen.progress = read_progress(running[0])
     return seen

@@ -86,6 +86,9 @@ class TrialObservation:
 
     result_message: str | None = None
     """The termination message of its last finished container (None while none finished)."""
+    eviction: str | None = None
+    """The latest eviction of its pods (`pods.eviction`): why the trial failed when the trainer
+    itself said nothing."""
     progress: TrainerProgress | None = None
     """What the trainer reported on its progress endpoint while the trial runs (None: not read)."""
     pod_problem: str | None = None
@@ -430,7 +433,7 @@ def follow_trial(ctx: _Context, draft: Draft, trial: TrialStatus, job: dict[str,
     if state == "Succeeded":
         return _succeeded_trial(ctx, draft, trial, summary)
     if state == "Failed":
-        return _failed_trial(ctx, draft, trial, job, summary, seen.result_message)
+        return _failed_trial(ctx, draft, trial, job, summary, seen.result_message or seen.eviction)
     if seen.pod_problem:
         draft = draft.plus(blocked=f"trial {trial.name}: {seen.pod_problem}")
     draft = _followed(ctx, draft, trial, state, seen)
