@@ -165,8 +165,8 @@ pod creation). Rendered into the ClusterRole (cluster mode) or each namespace's 
 - apiGroups: ["kueue.x-k8s.io"]
   resources: ["workloads"]
   verbs: ["get", "list", "watch", "patch"]
-# A ModelDeployment's children: read first (one it did not create is left alone), created,
-# then applied server-side (an apply is a patch).
+# A ModelDeployment's children: read first (one it did not create is left alone), then applied
+# server-side (an apply is a patch; one that creates the object needs create too).
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch"]
