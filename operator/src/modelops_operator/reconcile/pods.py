@@ -23,6 +23,7 @@ from typing import Any
 
 from modelops_operator.api.common import ApiModel, PodSettings
 from modelops_operator.builders.common import pod_settings
+from modelops_operator.reconcile.rollout import parse_stamp
 from modelops_operator.settings import OperatorSettings
 
 #: Container waiting reasons that mean "this will not start by itself soon".
@@ -61,12 +62,8 @@ def pod_problem(pods: list[dict[str, Any]], now: datetime | None = None) -> str 
                 said = f"pod {pod['metadata']['name']}: {waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
                 return hint(said)
     since = (now or datetime.now(UTC)) - EVICTION_WINDOW
-    recent = [p for p in pods if (at := evicted_at(p)) is not None and at >= since and not _replaced(p, pods)]
+    recent = [p for p in pods if (at := evicted_at(p)) is not None and at >= since and not _replaced(p, at, pods)]
     return eviction(recent)
-
-
-def _time(stamp: str) -> datetime:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def evicted_at(pod: dict[str, Any]) -> datetime | None:
@@ -79,7 +76,7 @@ def evicted_at(pod: dict[str, Any]) -> datetime | None:
     marked = [x for x in conditions if x.get("type") == "DisruptionTarget"]
     stamp = max((x["lastTransitionTime"] for x in marked or conditions), default=None)
     stamp = stamp or pod["metadata"].get("creationTimestamp")
-    return _time(stamp) if stamp else datetime.min.replace(tzinfo=UTC)
+    return parse_stamp(stamp) or datetime.min.replace(tzinfo=UTC)
 
 
 def _owner(pod: dict[str, Any]) -> tuple[str, str] | None:
@@ -96,21 +93,17 @@ def _owner(pod: dict[str, Any]) -> tuple[str, str] | None:
     return ref.get("kind") or "", name
 
 
-def _replaced(evicted: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
-    """Whether a Ready pod of the evicted pod's owner (`_owner`) was created after the eviction."""
-    owner, at = _owner(evicted), evicted_at(evicted)
-    return (
-        owner is not None
-        and at is not None
+def _replaced(evicted: dict[str, Any], at: datetime, pods: list[dict[str, Any]]) -> bool:
+    """Whether a Ready pod of the evicted pod's owner (`_owner`) was created after the eviction at `at`."""
+    owner = _owner(evicted)
+    return owner is not None and any(
+        _owner(pod) == owner
+        and (parse_stamp(pod["metadata"].get("creationTimestamp")) or datetime.min.replace(tzinfo=UTC)) >= at
         and any(
-            _owner(pod) == owner
-            and _time(pod["metadata"].get("creationTimestamp") or "0001-01-01T00:00:00Z") >= at
-            and any(
-                x.get("type") == "Ready" and x.get("status") == "True"
-                for x in (pod.get("status") or {}).get("conditions") or []
-            )
-            for pod in pods
+            x.get("type") == "Ready" and x.get("status") == "True"
+            for x in (pod.get("status") or {}).get("conditions") or []
         )
+        for pod in pods
     )
 
 
