@@ -5,10 +5,12 @@ the autoscaler's change; its resync is an hour in these tests)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from modelops_operator.api import conditions as c
-from modelops_operator.api.common import GROUP, VERSION
+from modelops_operator.api.common import FIELD_MANAGER, GROUP, VERSION
 from tests.support.cluster import event_messages as events
 from tests.support.cluster import kubectl, status, wait_until
 from tests.support.serving import export_model
@@ -69,3 +71,45 @@ def test_cpu_load_scales_the_stable_track_up_and_its_end_back_down(operator, cus
     down = wait_until("a ScaledDown Event", lambda: events(namespace, "digits", "ScaledDown"), timeout=60)
     assert "to 1 replicas" in down[-1]
     assert condition()["status"] == "True"
+
+
+def test_the_stable_track_starts_at_the_minimum_and_never_falls_below_it(operator, custom, namespace):
+    """The stable Deployment is created with the autoscaler's minimum and keeps it: were `replicas`
+    left out of the operator's next apply while the operator alone owns the field, the API server
+    would remove it and the Deployment would drop to its default of one pod until the autoscaler's
+    next sync. A raised minimum is the autoscaler's to apply: it scales through the scale
+    subresource, takes the field, and the operator leaves it alone from then on."""
+    store = artifacts_on_host(namespace)
+    model = export_model(store / "models" / "v1", seed=1, name="digits")
+    body = served_model("digits", store, model, autoscaling={"minReplicas": 2, "maxReplicas": 4})
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", body)
+
+    def md_status() -> dict:
+        return status(custom, namespace, "modeldeployments", "digits")
+
+    def stable() -> dict:
+        got = kubectl("-n", namespace, "get", "deployment", "digits-stable", "-o", "json", "--show-managed-fields")
+        return json.loads(got.stdout)
+
+    def replicas_owners() -> set[tuple[str, str]]:
+        return {
+            (e["manager"], e.get("subresource", ""))
+            for e in stable()["metadata"].get("managedFields") or []
+            if "f:replicas" in (e.get("fieldsV1") or {}).get("f:spec", {})
+        }
+
+    wait_until("Healthy", lambda: md_status().get("phase") == "Healthy", timeout=180)
+    wait_until("two ready pods", lambda: md_status().get("readyReplicas") == 2, timeout=120)
+    scaled = events(namespace, "digits-stable", "ScalingReplicaSet", kind="Deployment")
+    assert scaled and not [m for m in scaled if "down" in m], scaled
+    assert stable()["spec"]["replicas"] == 2
+    assert replicas_owners() == {(FIELD_MANAGER, "")}
+
+    patch = {"spec": {"autoscaling": {"minReplicas": 3, "maxReplicas": 4}}}
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "digits", patch)
+    wait_until("three ready pods", lambda: md_status().get("readyReplicas") == 3, timeout=180)
+    owners = wait_until("the autoscaler owning replicas", lambda: replicas_owners() - {(FIELD_MANAGER, "")} or None)
+    assert all(sub == "scale" for _, sub in owners), owners
+    wait_until("the operator's apply without replicas", lambda: (FIELD_MANAGER, "") not in replicas_owners())
+    assert stable()["spec"]["replicas"] == 3
+    assert not [m for m in events(namespace, "digits-stable", "ScalingReplicaSet", kind="Deployment") if "down" in m]

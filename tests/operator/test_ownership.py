@@ -14,8 +14,8 @@ from modelops_operator.api.modeldeployment import ModelDeploymentSpec, ModelDepl
 from modelops_operator.api.names import APPLIED_ANNOTATION
 from modelops_operator.builders.dataset import build_prepare_job
 from modelops_operator.builders.modeldeployment import build_deployment, build_hpa, build_pdb, build_services
-from modelops_operator.reconcile.modeldeployment import refused_status
-from modelops_operator.reconcile.ownership import ROUTE_ANNOTATION, claim, conflicts, holds, route_delegated
+from modelops_operator.reconcile.modeldeployment import refused_status, stable_replicas_to_apply, track
+from modelops_operator.reconcile.ownership import ROUTE_ANNOTATION, claim, conflicts, holds, owns, route_delegated
 from modelops_operator.reconcile.status import refused
 from modelops_operator.settings import OperatorSettings
 from tests.support.objects import DIGEST, dataset, model_deployment
@@ -247,3 +247,54 @@ def test_nothing_to_fold_sends_no_patch(managed):
     served["spec"]["replicas"] = 7  # not what is applied: an apply
     decided = claim(desired, served)
     assert decided.verb == "apply" and decided.upgrade is None
+
+
+REPLICAS = {"f:spec": {"f:replicas": {}}}
+
+
+@pytest.mark.parametrize(
+    ("managed", "owned"),
+    [
+        ([entry("modelops-operator", "Apply", REPLICAS)], True),
+        ([entry("modelops-operator", "Update", REPLICAS)], True),  # an earlier version's create: `upgrade` folds it
+        ([entry("modelops-operator", "Apply", {"f:spec": {"f:selector": {}}})], False),
+        ([entry("modelops-operator", "Apply", {}), entry("hpa", "Update", REPLICAS, subresource="scale")], False),
+        ([entry("modelops-operator", "Update", REPLICAS, subresource="scale")], False),  # a scale, not the object
+        ([entry("someone", "Apply", REPLICAS)], False),
+        ([], False),
+    ],
+    ids=["apply", "created-by-post", "other-field", "autoscaler", "scale-subresource", "other-manager", "none"],
+)
+def test_owns_reads_the_operators_entries_of_the_object_itself(managed, owned):
+    served = as_served(claim(children()[0], None).body)
+    served["metadata"]["managedFields"] = managed
+    assert owns(served, ("spec", "replicas")) is owned
+
+
+def stable_of(body: dict[str, Any], stable: dict[str, Any] | None, min_replicas: int = 3) -> dict[str, Any]:
+    """The stable Deployment the operator would write for `body` (with `min_replicas`), given the one
+    it sees now."""
+    spec = ModelDeploymentSpec.model_validate({**body["spec"], "autoscaling": {"minReplicas": min_replicas}})
+    replicas = stable_replicas_to_apply(spec, track(stable))
+    return build_deployment(body, spec, MODEL, "stable", OperatorSettings(), replicas)
+
+
+def test_the_stable_replicas_stay_ours_until_the_autoscaler_changes_them():
+    body = md()
+    created = claim(stable_of(body, None), None)
+    assert created.verb == "create" and created.body["spec"]["replicas"] == 3  # the autoscaler's minimum
+    served = as_served(created.body)
+    served["metadata"]["managedFields"] = [entry("modelops-operator", "Apply", {"f:spec": {"f:replicas": {}}})]
+    # Leaving replicas out now would remove the field (its sole owner no longer sets it): one pod,
+    # until the autoscaler's next sync. It stays, so the Deployment is not even applied again.
+    assert claim(stable_of(body, served), served).verb == "keep"
+    # A raised minimum is the autoscaler's to apply: the count the Deployment has stays.
+    assert claim(stable_of(body, served, min_replicas=5), served).verb == "keep"
+    # The autoscaler scaled through the scale subresource: the field is its own, and left out.
+    served["spec"]["replicas"] = 6
+    served["metadata"]["managedFields"] = [
+        entry("modelops-operator", "Apply", {"f:spec": {"f:selector": {}}}),
+        entry("kube-controller-manager", "Update", {"f:spec": {"f:replicas": {}}}, subresource="scale"),
+    ]
+    handed = claim(stable_of(body, served), served)
+    assert handed.verb == "apply" and "replicas" not in handed.body["spec"]

@@ -8,7 +8,9 @@ A child is created when absent, and applied with server-side apply by the field 
 reverted at the next reconcile, and an object that holds what would be applied is not sent at all
 (`ownership.claim` keeps it: the hash in `modelops.dev/applied` and every field match).
 An object of a child's name that someone else made is never touched (reason `NameConflict`).
-The stable Deployment's `replicas` is left out of what is applied: the HorizontalPodAutoscaler owns it.
+The stable Deployment is created with the autoscaler's minimum of `replicas`; the count stays in what is
+applied, unchanged, until the HorizontalPodAutoscaler (or a person) changes it, and is left out after
+that (`reconcile.modeldeployment.stable_replicas_to_apply`).
 
 Traffic: the Service `<name>` selects the server pods of both tracks, so with replica-ratio
 routing the canary's share of traffic is its share of the ready pods; the canary Deployment's

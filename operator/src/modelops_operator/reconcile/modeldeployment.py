@@ -132,7 +132,22 @@ def track(deployment: dict[str, Any] | None) -> rollout.Track | None:
         total=int(st.get("replicas") or 0),
         digest=annotations.get(names.MODEL_DIGEST_ANNOTATION),
         settled=int(st.get("observedGeneration") or 0) >= int(deployment["metadata"].get("generation") or 0),
+        replicas_ours=ownership.owns(deployment, ("spec", "replicas")),
     )
+
+
+def stable_replicas_to_apply(spec: ModelDeploymentSpec, stable: rollout.Track | None) -> int | None:
+    """The stable Deployment's `spec.replicas` in what the operator applies: the autoscaler's
+    minimum when the Deployment is created; the count it has while the operator still owns the
+    field; None (left out, the autoscaler's) once another has changed it. Dropping it any earlier
+    would remove the field, as the sole owner's apply removes what it no longer sets, and the
+    Deployment would fall to its default of one pod until the autoscaler's next sync: the
+    Kubernetes documentation's "transferring ownership" race. Keeping the count the Deployment
+    already has leaves every decision of size to the autoscaler, and a stable track that has it
+    is not applied again."""
+    if stable is None:
+        return spec.autoscaling.min_replicas
+    return stable.replicas if stable.replicas_ours else None
 
 
 @dataclass(frozen=True)
@@ -173,7 +188,7 @@ def desired(
         if exp_plan.holds and old.stable is not None:  # a change of spec.model waits
             seen = replace(seen, target=old.stable)
     plan = rollout.plan(spec, old, seen, generation)
-    stable_replicas = None if seen.stable else spec.autoscaling.min_replicas
+    stable_replicas = stable_replicas_to_apply(spec, seen.stable)
     serving = [(v.name, v.model, v.weight) for v in exp_plan.serving] if exp_plan and exp_plan.serving else []
     children = [
         bm.build_deployment(md, spec, plan.stable_model, "stable", settings, stable_replicas, serving),

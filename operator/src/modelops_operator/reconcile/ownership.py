@@ -29,6 +29,7 @@ then writes only its own rules in it (`routing` says which).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -142,6 +143,24 @@ def upgrade(observed: dict[str, Any], manager: str = FIELD_MANAGER) -> list[dict
         {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
         {"op": "replace", "path": "/metadata/managedFields", "value": [*kept, merged]},
     ]
+
+
+def owns(observed: dict[str, Any], path: Sequence[str], manager: str = FIELD_MANAGER) -> bool:
+    """Whether `manager` owns the field at `path` (such as `("spec", "replicas")`) of `observed`'s
+    main resource: in its `Apply` entry, or in an `Update` entry that `upgrade` would fold into it.
+    Another manager's write of another value (an autoscaler through the scale subresource, a
+    `kubectl scale`) takes the field out of these entries."""
+    for entry in (observed.get("metadata") or {}).get("managedFields") or []:
+        if entry.get("manager") != manager or entry.get("subresource"):
+            continue
+        if entry.get("operation") not in ("Apply", "Update"):
+            continue
+        fields: Any = entry.get("fieldsV1") or {}
+        for key in path:
+            fields = fields.get(f"f:{key}") if isinstance(fields, dict) else None
+        if fields is not None:
+            return True
+    return False
 
 
 def conflicts(claims: list[Claim]) -> list[str]:

@@ -104,6 +104,9 @@ class Track:
     """The model digest of its pod template."""
     settled: bool = True
     """The Deployment controller has seen its latest spec (observedGeneration == generation)."""
+    replicas_ours: bool = False
+    """The operator still owns `spec.replicas` (its field manager set it, and no autoscaler or person
+    has changed it since)."""
 
     def rolled_out(self, digest: str) -> bool:
         """Every pod runs `digest`'s model and is available."""
