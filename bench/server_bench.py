@@ -310,15 +310,18 @@ def limit_point(model: Path, label: str, images: list[bytes], args: argparse.Nam
 
 
 @contextlib.contextmanager
-def running(servers: dict[str, tuple[list[str], int]]) -> Iterator[dict[str, int]]:
-    """Start every server, wait until each is ready, yield their pids, stop them all."""
+def running(
+    servers: dict[str, tuple[list[str], int]], envs: dict[str, dict[str, str]] | None = None
+) -> Iterator[dict[str, int]]:
+    """Start every server (with what `envs` adds to its environment), wait until each is ready,
+    yield their pids, stop them all."""
     procs: dict[str, subprocess.Popen[bytes]] = {}
     logs = []
     try:
         for name, (cmd, _) in servers.items():
             log = (WORK / f"{name}.log").open("wb")
             logs.append(log)
-            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", **(envs or {}).get(name, {})}
             procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         for name, (_, port) in servers.items():
             wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", procs[name])

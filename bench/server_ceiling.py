@@ -17,7 +17,10 @@ processes: the front end (the HTTP server, the JSON body, the hand-off to the wo
 answer: one event loop, so 1,000 ÷ its CPU-ms per request is what one core of it can carry) and the
 worker (parsing, base64, JPEG decode and preprocessing in its decode threads; the batcher). The
 servers are started once and measured alternately, the order swapped from run to run; the summary
-is the median and range over the runs. Writes `bench/results/server_ceiling.json`.
+is the median and range over the runs. Writes `bench/results/server_ceiling.json` (or `--result`).
+
+`--baseline VAR=VALUE` also starts both servers with that in their environment (another checkout's
+server: `PYTHONPATH=/tmp/base/server_image/src`), measured in the same runs, summarised apart.
 """
 
 from __future__ import annotations
@@ -118,13 +121,18 @@ def point(pid: int, port: int, request: bytes, c: int, args: argparse.Namespace)
     }
 
 
-def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each figure of each point, and batching's ratio to batch 1: median and range over the runs."""
+#: What the baseline's servers are called in a run's points: `batching@baseline`.
+BASELINE = "@baseline"
+
+
+def summarise(runs: list[dict[str, Any]], suffix: str = "") -> dict[str, Any]:
+    """Each figure of each point, and batching's ratio to batch 1: median and range over the runs
+    (of the baseline's servers with `suffix` BASELINE)."""
     points: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     for name in SERVERS:
         points[name] = {}
-        for c in runs[0]["points"][name]:
-            samples = [r["points"][name][c] for r in runs]
+        for c in runs[0]["points"][name + suffix]:
+            samples = [r["points"][name + suffix][c] for r in runs]
             points[name][c] = {
                 key: spread([s[key] for s in samples])
                 for key in samples[0]
@@ -132,9 +140,13 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             }
     ratios = {
         f"c={c}": spread(
-            [r["points"]["batching"][c]["imagesPerSecond"] / r["points"]["batch1"][c]["imagesPerSecond"] for r in runs]
+            [
+                r["points"]["batching" + suffix][c]["imagesPerSecond"]
+                / r["points"]["batch1" + suffix][c]["imagesPerSecond"]
+                for r in runs
+            ]
         )
-        for c in runs[0]["points"]["batching"]
+        for c in runs[0]["points"]["batching" + suffix]
     }
     top = points["batching"][str(max(CONNECTIONS))]
     front_ms, batcher_ms = top["frontEndCpuMsPerRequest"]["median"], top["batcherCpuMsPerRequest"]["median"]
@@ -155,31 +167,38 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per point")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each point")
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/results/ alone")
+    parser.add_argument(
+        "--baseline", metavar="VAR=VALUE", help="also measure both servers with this in their environment"
+    )
+    parser.add_argument("--result", default="server_ceiling", help="the result file's name under bench/results/")
     args = parser.parse_args()
+    baseline = dict([args.baseline.split("=", 1)]) if args.baseline else {}
 
     started = time.time()
     WORK.mkdir(parents=True, exist_ok=True)
     model = null_model(WORK / "null.onnx")
-    servers = {}
-    for name, max_batch in SERVERS.items():
-        port = free_port()
-        cmd = [sys.executable, "-m", "modelops_server", "--model-uri", str(model), "--host", "127.0.0.1"]
-        cmd += ["--port", str(port), "--grpc-port", "-1", "--workers", "1", "--max-batch-size", str(max_batch)]
-        cmd += ["--queue-capacity", str(4 * max(CONNECTIONS)), "--log-format", "json", "--log-level", "WARNING"]
-        servers[name] = (cmd, port)
+    servers, envs = {}, {}
+    for suffix in ("", BASELINE) if baseline else ("",):
+        for name, max_batch in SERVERS.items():
+            port = free_port()
+            cmd = [sys.executable, "-m", "modelops_server", "--model-uri", str(model), "--host", "127.0.0.1"]
+            cmd += ["--port", str(port), "--grpc-port", "-1", "--workers", "1", "--max-batch-size", str(max_batch)]
+            cmd += ["--queue-capacity", str(4 * max(CONNECTIONS)), "--log-format", "json", "--log-level", "WARNING"]
+            servers[name + suffix] = (cmd, port)
+            envs[name + suffix] = baseline if suffix else {}
     body, headers = v2_body([photo(224, 224, 1)])
     request = build_request("/v2/models/null/infer", body, headers)
     runs = []
-    with running(servers) as pids:
+    with running(servers, envs) as pids:
         for index in range(args.runs):
-            order = list(SERVERS) if index % 2 == 0 else list(reversed(SERVERS))
-            points: dict[str, dict[str, Any]] = {name: {} for name in SERVERS}
+            order = list(servers) if index % 2 == 0 else list(reversed(servers))
+            points: dict[str, dict[str, Any]] = {name: {} for name in servers}
             for c in CONNECTIONS:
                 for name in order:
                     p = point(pids[name], servers[name][1], request, c, args)
                     points[name][str(c)] = p
                     print(
-                        f"run {index + 1} {name:8s} c={c:<3d} {p['imagesPerSecond']:7.1f} img/s  "
+                        f"run {index + 1} {name:17s} c={c:<3d} {p['imagesPerSecond']:7.1f} img/s  "
                         f"p50 {p['p50Ms']:6.1f} ms  p99 {p['p99Ms']:6.1f} ms  front end "
                         f"{p['frontEndCpuMsPerRequest'] or 0:.3f} CPU-ms/request ({p['frontEndCores']:.2f} cores), "
                         f"worker {p['workerCpuMsPerRequest'] or 0:.3f} ({p['workerCores']:.2f} cores; its "
@@ -188,6 +207,16 @@ def main() -> None:
                     )
             runs.append({"order": order, "loadAverage": list(os.getloadavg()), "points": points})
     summary = summarise(runs)
+    before = summarise(runs, BASELINE) if baseline else None
+    if before is not None:
+        for conns in map(str, CONNECTIONS):
+            now, then = summary["points"]["batching"][conns], before["points"]["batching"][conns]
+            print(
+                f"batching at c={conns}: front end {now['frontEndCpuMsPerRequest']['median']:.3f} CPU-ms/request "
+                f"(baseline {then['frontEndCpuMsPerRequest']['median']:.3f}), p50 {now['p50Ms']['median']:.2f} ms "
+                f"(baseline {then['p50Ms']['median']:.2f}), {now['imagesPerSecond']['median']:.0f} img/s "
+                f"(baseline {then['imagesPerSecond']['median']:.0f})"
+            )
     for c, ratio in summary["batchingOverBatch1"].items():
         print(f"batching / batch 1 at {c}: {ratio['median']:.2f} ({ratio['min']:.2f}–{ratio['max']:.2f})")
     print(
@@ -212,7 +241,9 @@ def main() -> None:
         "summary": summary,
         "runs": runs,
     }
-    write_result("server_ceiling", result)
+    if before is not None:
+        result["baseline"] = {"env": baseline, "summary": before}
+    write_result(args.result, result)
 
 
 if __name__ == "__main__":

@@ -351,6 +351,31 @@ def test_a_dead_worker_fails_its_requests_fast_and_is_replaced(tmp_path: Path, m
         assert server.stop() == 0
 
 
+def test_workers_exit_when_their_front_end_is_killed(tmp_path: Path, model_v1: ExportedModel):
+    """A front end killed outright (SIGKILL, the OOM killer) cannot stop its workers: each sees its
+    pipe from the front end end, and exits instead of holding its memory (a GPU's, too) for good."""
+    server = ServerProcess(model=model_v1.path, args=["--workers", "2"]).start(tmp_path)
+    pids = server.worker_pids()
+    assert server.proc is not None and len(pids) == 2
+
+    def gone(pid: int) -> bool:  # exited: no such process, or a zombie nobody reaped yet
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        except FileNotFoundError:
+            return True
+
+    assert not any(gone(pid) for pid in pids)
+    server.proc.kill()
+    server.proc.wait(10)
+    deadline = time.monotonic() + LIVENESS_S
+    while not all(gone(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in pids if not gone(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"workers {left} outlived their front end"
+
+
 def test_the_page_escapes_the_model_name_and_carries_a_content_security_policy(tmp_path: Path, model_v1: ExportedModel):
     model = tmp_path / "model.onnx"
     model.write_bytes(model_v1.path.read_bytes())

@@ -5,9 +5,10 @@ parses or decodes a payload itself, so the event loop stays free for I/O. It own
 
 - **Admission.** At most ``queue_capacity`` requests are admitted; the next one is refused at once
   with :class:`Overloaded` (503 + Retry-After) instead of growing a queue without bound.
-- **Routing.** Each worker has its own queue; a request goes to the ready worker with the fewest
-  unanswered requests, so that batches form where work already waits. One thread reads the shared
-  result queue and resolves the caller's future on the event loop.
+- **Routing.** Each worker has its own pipe; a request goes to the ready worker with the fewest
+  unanswered requests, so that batches form where work already waits. The event loop writes the
+  requests and reads the answers from the pipe the workers share itself, with no helper thread
+  (``pipes``), and resolves the caller's future.
 - **Lifecycle.** ``load()`` fetches and verifies a model, has every worker open and warm it up
   *beside* the serving one, then switches ``current`` in one assignment: requests admitted before
   the switch finish on the old version, later ones use the new one, none fails. The old version
@@ -28,11 +29,9 @@ import asyncio
 import itertools
 import logging
 import multiprocessing
-import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.context import SpawnProcess
-from multiprocessing.queues import Queue as MPQueue
 from typing import Any
 
 import orjson
@@ -46,14 +45,13 @@ from modelops_server.messages import (
     Infer,
     Load,
     Loaded,
-    ReaderExit,
     Result,
     Stop,
-    ToWorker,
     Unload,
 )
 from modelops_server.metrics import Metrics
 from modelops_server.modelcard import ModelArtifact, fetch_model
+from modelops_server.pipes import Receiver, Sender
 from modelops_server.protocol import ModelMetadata, model_metadata
 from modelops_server.runtime import RuntimeOptions, cpu_count
 from modelops_server.worker import BatchingOptions, worker_main
@@ -123,7 +121,7 @@ class _Pending:
 class _WorkerHandle:
     worker_id: int
     process: SpawnProcess
-    inbox: MPQueue[ToWorker]
+    inbox: Sender
     ready: bool = False
     outstanding: dict[int, _Pending] = field(default_factory=dict)
 
@@ -161,7 +159,10 @@ class DataPlane:
         self._reloading: dict[int, set[str]] = {}  # a restarted worker -> the model keys it still loads
         self.draining = False
         self.leaving = False  # SIGTERM seen: readiness false, requests still served (--shutdown-delay-s)
-        self._outbox: MPQueue[FromWorker] = _CTX.Queue()
+        # The answers of every worker, in one pipe: the front end reads it; the workers write it,
+        # one whole message at a time under the lock.
+        self._answers, self._answer_end = _CTX.Pipe(duplex=False)
+        self._answer_lock = _CTX.Lock()
         self._workers: list[_WorkerHandle] = []
         self._pending: dict[int, _WorkerHandle] = {}
         self._ids = itertools.count(1)
@@ -171,7 +172,7 @@ class DataPlane:
         self.unloaded: IndexEntry | None = None  # the version unload() retired, until the next load
         self._swap_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._reader: threading.Thread | None = None
+        self._receiver: Receiver | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._stopping = False
         metrics.queue_capacity.set(settings.queue_capacity)
@@ -179,10 +180,9 @@ class DataPlane:
     # --- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the workers and the result reader, then load ``settings.model_uri``."""
+        """Start the workers and the reading of their answers, then load ``settings.model_uri``."""
         self._loop = asyncio.get_running_loop()
-        self._reader = threading.Thread(target=self._read_results, name="results", daemon=True)
-        self._reader.start()
+        self._receiver = Receiver(self._answers, self._loop, self._on_message)
         for worker_id in range(self.settings.workers):
             self._workers.append(self._spawn(worker_id))
         self._monitor = asyncio.create_task(self._watch_workers())
@@ -209,13 +209,15 @@ class DataPlane:
         return len(self._pending)
 
     def _spawn(self, worker_id: int) -> _WorkerHandle:
-        inbox: MPQueue[ToWorker] = _CTX.Queue()
+        assert self._loop is not None
+        worker_end, our_end = _CTX.Pipe(duplex=False)
         process = _CTX.Process(
             target=worker_main,
             args=(
                 worker_id,
-                inbox,
-                self._outbox,
+                worker_end,
+                self._answer_end,
+                self._answer_lock,
                 self.runtime,
                 self.batching,
                 self.settings.log_format,
@@ -225,7 +227,8 @@ class DataPlane:
             daemon=True,
         )
         process.start()
-        return _WorkerHandle(worker_id=worker_id, process=process, inbox=inbox)
+        worker_end.close()  # the worker has its own copy: once it exits, a write fails instead of filling a pipe
+        return _WorkerHandle(worker_id=worker_id, process=process, inbox=Sender(our_end, self._loop))
 
     async def load(
         self, uri: str, *, digest: str | None = None, version: str | None = None, name: str | None = None
@@ -380,7 +383,7 @@ class DataPlane:
         for w in self._workers:
             fut: asyncio.Future[Loaded] = asyncio.get_running_loop().create_future()
             self._loads[(w.worker_id, key)] = fut
-            w.inbox.put(Load(key, artifact.local_path, card_json, artifact.name, artifact.version))
+            w.inbox.send(Load(key, artifact.local_path, card_json, artifact.name, artifact.version))
             waits.append(fut)
         try:
             acks = await asyncio.wait_for(asyncio.gather(*waits), timeout=600)
@@ -392,7 +395,7 @@ class DataPlane:
         failures = [ack.error for ack in acks if ack.error is not None]
         if failures:
             for w in self._workers:
-                w.inbox.put(Unload(key))
+                w.inbox.send(Unload(key))
             raise errors.from_wire(*failures[0])
         for w in self._workers:
             w.ready = True
@@ -405,7 +408,7 @@ class DataPlane:
             if any(v.artifact.key == key for v in self.variants.values()):
                 return  # an experiment's variant: served for the process's life
             for w in self._workers:
-                w.inbox.put(Unload(key))
+                w.inbox.send(Unload(key))
             self._served.pop(key, None)
             self.metrics.model_info.remove(
                 model.name, model.version, model.artifact.digest, model.artifact.card.architecture
@@ -485,23 +488,15 @@ class DataPlane:
         self._pending[req_id] = worker
         model.inflight += 1
         self.metrics.queue_depth.set(len(self._pending))
-        worker.inbox.put(Infer(req_id, model.artifact.key, kind, payload, meta, pending.enqueued_at))
+        worker.inbox.send(Infer(req_id, model.artifact.key, kind, payload, meta, pending.enqueued_at))
+        # One timer, not wait_for(shield(...)): the answer's future is left to `_finish` either way
+        # (it sets a result only on a future still waiting).
+        timeout = self.settings.request_timeout_s
+        timer = loop.call_later(timeout, _expire, pending.future, timeout)
         try:
-            return await asyncio.wait_for(asyncio.shield(pending.future), timeout=self.settings.request_timeout_s)
-        except TimeoutError as exc:
-            raise errors.InferenceTimeout(f"no answer within {self.settings.request_timeout_s} s") from exc
-
-    def _read_results(self) -> None:
-        """Thread: move worker messages onto the event loop."""
-        assert self._loop is not None
-        while True:
-            try:
-                msg = self._outbox.get()
-            except (EOFError, OSError):
-                return
-            if isinstance(msg, ReaderExit):
-                return
-            self._loop.call_soon_threadsafe(self._on_message, msg)
+            return await pending.future
+        finally:
+            timer.cancel()
 
     def _on_message(self, msg: FromWorker) -> None:
         if isinstance(msg, Loaded):
@@ -567,7 +562,7 @@ class DataPlane:
                 for model in serving:
                     a = model.artifact
                     card_json = a.card.model_dump_json(by_alias=True)
-                    replacement.inbox.put(Load(a.key, a.local_path, card_json, a.name, a.version))
+                    replacement.inbox.send(Load(a.key, a.local_path, card_json, a.name, a.version))
 
     async def drain(self, timeout: float) -> bool:
         """Refuse new requests and wait for admitted ones; True when all were answered in time."""
@@ -578,24 +573,29 @@ class DataPlane:
         return not self._pending
 
     async def stop(self) -> None:
-        """Stop the workers and the reader thread (after :meth:`drain`)."""
+        """Stop the workers and the reading of their answers (after :meth:`drain`)."""
         self._stopping = True
         if self._monitor is not None:
             self._monitor.cancel()
         for w in self._workers:
-            w.inbox.put(Stop())
+            w.inbox.send(Stop())
         for w in self._workers:
             await asyncio.to_thread(w.process.join, 10)
             if w.process.is_alive():
                 w.process.kill()
                 await asyncio.to_thread(w.process.join, 5)
-        self._outbox.put(ReaderExit())
-        if self._reader is not None:
-            await asyncio.to_thread(self._reader.join, 5)
+            w.inbox.close()
+        if self._receiver is not None:
+            self._receiver.stop()
 
     def worker_pids(self) -> list[int]:
         """PIDs of the worker processes (for tests and logs)."""
         return [w.process.pid for w in self._workers if w.process.pid is not None]
+
+
+def _expire(future: asyncio.Future[Answer], seconds: float) -> None:
+    if not future.done():
+        future.set_exception(errors.InferenceTimeout(f"no answer within {seconds} s"))
 
 
 def _error_answer(error: errors.ServerError) -> Answer:

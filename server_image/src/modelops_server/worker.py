@@ -1,7 +1,7 @@
 """A worker process: parse, decode and preprocess requests, batch them dynamically, run the model.
 
-The front end sends each worker its own queue of messages (see ``dataplane``) and reads all answers
-from one shared result queue. Inside a worker, three kinds of threads form a pipeline so that the
+The front end sends each worker its own pipe of messages (see ``dataplane`` and ``pipes``) and
+reads all answers from one pipe the workers share. Inside a worker, three kinds of threads form a pipeline so that the
 cores never wait on each other:
 
     intake thread ──► decode pool (N threads) ──► ready queue ──► batcher (this process's main thread)
@@ -21,9 +21,10 @@ pays no batching delay, while under concurrency batches still form from the requ
 while the previous batch runs.
 
 Messages in and out are the typed tuples of ``messages``: ``Infer``, ``Load``, ``Unload``, ``Stop``
-in; ``Result`` (one per request), ``BatchRan`` (one per ONNX Runtime run), ``Loaded`` out. An
-``Infer`` payload is an OIP REST body (``v2``), an image (``classify``) or a serialized gRPC
-``ModelInferRequest`` (``grpc``); its answer is encoded in the same form.
+in; ``Result`` (one per request), ``BatchRan`` (one per ONNX Runtime run), ``Loaded`` out (a
+batch's answers and runs in one write). An ``Infer`` payload is an OIP REST body (``v2``), an
+image (``classify``) or a serialized gRPC ``ModelInferRequest`` (``grpc``); its answer is encoded
+in the same form.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing.queues import Queue as MPQueue
-from typing import Any, Literal
+from multiprocessing.connection import Connection
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -46,9 +47,20 @@ from modelops_server import grpc_protocol, protocol
 from modelops_server.errors import InvalidModelOutput, ServerError, Unavailable, http_status, to_wire
 from modelops_server.messages import BatchRan, FromWorker, Infer, Load, Loaded, Result, Stop, ToWorker, Unload
 from modelops_server.modelcard import ModelCard
+from modelops_server.pipes import Inbox, Outbox
 from modelops_server.runtime import ModelRunner, RuntimeOptions
 
 log = logging.getLogger(__name__)
+
+
+class _Source(Protocol):
+    def get(self) -> ToWorker: ...
+
+
+class _Sink(Protocol):
+    def put(self, msg: FromWorker) -> None: ...
+
+    def put_all(self, msgs: list[FromWorker]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -89,8 +101,8 @@ class Worker:
     def __init__(
         self,
         worker_id: int,
-        inbox: MPQueue[ToWorker],
-        outbox: MPQueue[FromWorker],
+        inbox: _Source,
+        outbox: _Sink,
         runtime: RuntimeOptions,
         batching: BatchingOptions,
     ) -> None:
@@ -114,7 +126,10 @@ class Worker:
         """Move messages from the front end's queue into the decode pool, at most ``prefetch`` at a time."""
         while True:
             self.slots.acquire()
-            msg = self.inbox.get()
+            try:
+                msg = self.inbox.get()
+            except (EOFError, OSError):  # the front end is gone: nobody is left to answer
+                msg = Stop()
             if isinstance(msg, Infer):
                 with self._decoding_lock:
                     self._decoding += 1
@@ -243,6 +258,7 @@ class Worker:
             return
         runner, name, version = loaded
         started = time.monotonic()
+        answers: list[FromWorker] = []  # sent together once the batch is encoded
         arrays = [item.rows for item in batch if item.rows is not None]
         inputs = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
         try:
@@ -253,10 +269,11 @@ class Worker:
                 chunk_started = time.monotonic()
                 chunks.append(runner.run(inputs[i : i + limit]))
                 rows = min(limit, inputs.shape[0] - i)
-                self.outbox.put(BatchRan(key, rows, time.monotonic() - chunk_started))
+                answers.append(BatchRan(key, rows, time.monotonic() - chunk_started))
             logits = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
         except BaseException as exc:
             log.exception("inference failed", extra={"model": key, "rows": int(inputs.shape[0])})
+            self.outbox.put_all(answers)
             for item in batch:
                 item.error = exc
                 self._answer_error(item)
@@ -286,8 +303,9 @@ class Worker:
                 item.error = exc
                 self._answer_error(item, started)
                 continue
-            self.outbox.put(Result(item.req_id, 200, body, headers, started))
+            answers.append(Result(item.req_id, 200, body, headers, started))
             self.slots.release()
+        self.outbox.put_all(answers)
 
     def _answer_error(self, item: _Prepared, batch_started_at: float | None = None) -> None:
         exc = item.error
@@ -304,8 +322,9 @@ class Worker:
 
 def worker_main(
     worker_id: int,
-    inbox: MPQueue[ToWorker],
-    outbox: MPQueue[FromWorker],
+    inbox: Connection,
+    outbox: Connection,
+    outbox_lock: Any,
     runtime: RuntimeOptions,
     batching: BatchingOptions,
     log_format: str,
@@ -319,7 +338,7 @@ def worker_main(
     # process group must not kill workers while requests are still being answered.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    worker = Worker(worker_id, inbox, outbox, runtime, batching)
+    worker = Worker(worker_id, Inbox(inbox), Outbox(outbox, outbox_lock), runtime, batching)
     threading.Thread(target=worker.intake, name="intake", daemon=True).start()
     threading.Thread(target=worker.control_loop, name="control", daemon=True).start()
     log.info("worker started", extra={"worker": worker_id})
