@@ -1157,7 +1157,30 @@ def block_server_ceiling(results: Results) -> str:
         "Batching over batch 1: "
         + ", ".join(f"{c} {median_range(r, '.2f', '×')}" for c, r in (s.get("batchingOverBatch1") or {}).items())
         + f". One core carries {num(front, ',.0f')} requests a second of the front end's event loop and "
-        f"{num(batcher, ',.0f')} of the worker's batcher thread.{need}",
+        f"{num(batcher, ',.0f')} of the worker's batcher thread.{need}{ceiling_baseline(doc)}",
+    )
+
+
+def ceiling_baseline(doc: dict[str, Any]) -> str:
+    """A sentence on the baseline servers measured in the same runs (`--baseline`), if any."""
+    base = doc.get("baseline") or {}
+    s, b = doc.get("summary") or {}, base.get("summary") or {}
+    if not b:
+        return ""
+    env = " ".join(f"{k}={v}" for k, v in (base.get("env") or {}).items())
+    parts = []
+    for c in (at(s, "points", "batching") or {}):
+        now, then = at(s, "points", "batching", c) or {}, at(b, "points", "batching", c) or {}
+        parts.append(
+            f"{c} connection{'s' if c != '1' else ''}: {num(at(now, 'frontEndCpuMsPerRequest', 'median'), '.2f')} "
+            f"CPU-ms against {num(at(then, 'frontEndCpuMsPerRequest', 'median'), '.2f')}, p50 "
+            f"{num(at(now, 'p50Ms', 'median'), '.2f')} ms against {num(at(then, 'p50Ms', 'median'), '.2f')}"
+        )
+    return (
+        f" In the same runs, the servers with `{env}` (the baseline), `batching`'s front end per request at "
+        + "; ".join(parts)
+        + f"; one core of the baseline's front end carries {num(b.get('frontEndRequestsPerCoreSecond'), ',.0f')} "
+        "requests a second."
     )
 
 
