@@ -1169,7 +1169,7 @@ def ceiling_baseline(doc: dict[str, Any]) -> str:
         return ""
     env = " ".join(f"{k}={v}" for k, v in (base.get("env") or {}).items())
     parts = []
-    for c in (at(s, "points", "batching") or {}):
+    for c in at(s, "points", "batching") or {}:
         now, then = at(s, "points", "batching", c) or {}, at(b, "points", "batching", c) or {}
         parts.append(
             f"{c} connection{'s' if c != '1' else ''}: {num(at(now, 'frontEndCpuMsPerRequest', 'median'), '.2f')} "
