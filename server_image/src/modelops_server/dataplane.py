@@ -555,6 +555,7 @@ class DataPlane:
                     error = errors.WorkerCrashed(f"worker {w.worker_id} died while holding this request; retry it")
                     self._finish(pending, _error_answer(error), None)
                 w.outstanding.clear()
+                w.inbox.close()  # its pipe, and anything still waiting to be written into it
                 replacement = self._spawn(w.worker_id)
                 self._workers[index] = replacement
                 serving = list(self.variants.values()) or ([self.current] if self.current is not None else [])
