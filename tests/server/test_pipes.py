@@ -82,7 +82,7 @@ def test_answers_cut_across_reads_are_delivered_once_each_in_order():
                 done.set_result(None)
 
         receiver = Receiver(reader, loop, deliver)
-        outbox = Outbox(writer, CTX.Lock())
+        outbox = Outbox(writer)
         big = os.urandom(PIPE_BYTES + 5)  # spans several reads of the loop
 
         # Written from another thread, as the workers' threads write them, while the loop reads.
@@ -116,7 +116,7 @@ def test_a_delivery_that_raises_does_not_deliver_anything_twice():
                 raise RuntimeError("a bad answer")
 
         receiver = Receiver(reader, loop, deliver)
-        outbox = Outbox(writer, CTX.Lock())
+        outbox = Outbox(writer)
         for msg in ("a", "boom", "b"):
             outbox.put(msg)
         for _ in range(200):
@@ -130,9 +130,9 @@ def test_a_delivery_that_raises_does_not_deliver_anything_twice():
     assert asyncio.run(run()) == ["a", "boom", "b"]
 
 
-def _echo(inbox: Connection, outbox: Connection, lock: Any) -> None:
+def _echo(inbox: Connection, outbox: Connection) -> None:
     """A spawned 'worker': answers each message with it doubled, until the front end is gone."""
-    source, sink = Inbox(inbox), Outbox(outbox, lock)
+    source, sink = Inbox(inbox), Outbox(outbox)
     while True:
         try:
             msg = source.get()
@@ -142,15 +142,15 @@ def _echo(inbox: Connection, outbox: Connection, lock: Any) -> None:
         sink.put(msg * 2)
 
 
-def test_a_spawned_worker_reads_its_pipe_and_answers_into_the_shared_one():
+def test_a_spawned_worker_reads_its_pipe_and_answers_into_its_own():
     async def run() -> list[Any]:
         loop = asyncio.get_running_loop()
         answers, answer_end = CTX.Pipe(duplex=False)
         worker_end, our_end = CTX.Pipe(duplex=False)
-        lock = CTX.Lock()  # kept: a lock collected before the child opens it is gone
-        process = CTX.Process(target=_echo, args=(worker_end, answer_end, lock), daemon=True)
+        process = CTX.Process(target=_echo, args=(worker_end, answer_end), daemon=True)
         process.start()
         worker_end.close()
+        answer_end.close()
         got: list[Any] = []
         receiver = Receiver(answers, loop, got.append)
         sender = Sender(our_end, loop)
@@ -178,7 +178,7 @@ def test_a_batchs_answers_in_one_write_arrive_one_by_one():
         loop = asyncio.get_running_loop()
         got: list[Any] = []
         receiver = Receiver(reader, loop, got.append)
-        outbox = Outbox(writer, CTX.Lock())
+        outbox = Outbox(writer)
         outbox.put_all([("result", 1), ("result", 2), ("ran", 2)])
         outbox.put_all([("result", 3)])
         outbox.put_all([])
@@ -191,3 +191,35 @@ def test_a_batchs_answers_in_one_write_arrive_one_by_one():
         return got
 
     assert asyncio.run(run()) == [("result", 1), ("result", 2), ("ran", 2), ("result", 3), ("loaded", "m")]
+
+
+def test_a_worker_killed_mid_answer_garbles_nothing_but_its_own_pipe():
+    async def run() -> tuple[list[Any], list[Any]]:
+        loop = asyncio.get_running_loop()
+        dead_in, dead_out = CTX.Pipe(duplex=False)
+        live_in, live_out = CTX.Pipe(duplex=False)
+        from_dead: list[Any] = []
+        from_live: list[Any] = []
+        dead = Receiver(dead_in, loop, from_dead.append)
+        live = Receiver(live_in, loop, from_live.append)
+        Outbox(dead_out).put(("whole", 1))
+        os.write(dead_out.fileno(), (100).to_bytes(4, "big") + b"only ten b")  # killed mid-write
+        dead_out.close()
+        Outbox(live_out).put(("answer", 2))
+        for _ in range(200):
+            if from_dead and from_live:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        dead.close()
+        Outbox(live_out).put(("answer", 3))
+        for _ in range(200):
+            if len(from_live) == 2:
+                break
+            await asyncio.sleep(0.01)
+        live.close()
+        return from_dead, from_live
+
+    from_dead, from_live = asyncio.run(run())
+    assert from_dead == [("whole", 1)]
+    assert from_live == [("answer", 2), ("answer", 3)]

@@ -5,10 +5,11 @@ parses or decodes a payload itself, so the event loop stays free for I/O. It own
 
 - **Admission.** At most ``queue_capacity`` requests are admitted; the next one is refused at once
   with :class:`Overloaded` (503 + Retry-After) instead of growing a queue without bound.
-- **Routing.** Each worker has its own pipe; a request goes to the ready worker with the fewest
-  unanswered requests, so that batches form where work already waits. The event loop writes the
-  requests and reads the answers from the pipe the workers share itself, with no helper thread
-  (``pipes``), and resolves the caller's future.
+- **Routing.** Each worker has a pipe for its requests and one for its answers; a request goes to
+  the ready worker with the fewest unanswered requests, so that batches form where work already
+  waits. The event loop writes the requests and reads the answers itself, with no helper thread
+  (``pipes``), and resolves the caller's future. A worker that dies takes its pipes with it: a
+  message it was writing when it was killed cannot garble another worker's answers.
 - **Lifecycle.** ``load()`` fetches and verifies a model, has every worker open and warm it up
   *beside* the serving one, then switches ``current`` in one assignment: requests admitted before
   the switch finish on the old version, later ones use the new one, none fails. The old version
@@ -122,6 +123,7 @@ class _WorkerHandle:
     worker_id: int
     process: SpawnProcess
     inbox: Sender
+    answers: Receiver
     ready: bool = False
     outstanding: dict[int, _Pending] = field(default_factory=dict)
 
@@ -159,10 +161,6 @@ class DataPlane:
         self._reloading: dict[int, set[str]] = {}  # a restarted worker -> the model keys it still loads
         self.draining = False
         self.leaving = False  # SIGTERM seen: readiness false, requests still served (--shutdown-delay-s)
-        # The answers of every worker, in one pipe: the front end reads it; the workers write it,
-        # one whole message at a time under the lock.
-        self._answers, self._answer_end = _CTX.Pipe(duplex=False)
-        self._answer_lock = _CTX.Lock()
         self._workers: list[_WorkerHandle] = []
         self._pending: dict[int, _WorkerHandle] = {}
         self._ids = itertools.count(1)
@@ -172,7 +170,6 @@ class DataPlane:
         self.unloaded: IndexEntry | None = None  # the version unload() retired, until the next load
         self._swap_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._receiver: Receiver | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._stopping = False
         metrics.queue_capacity.set(settings.queue_capacity)
@@ -180,9 +177,8 @@ class DataPlane:
     # --- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the workers and the reading of their answers, then load ``settings.model_uri``."""
+        """Start the workers, then load ``settings.model_uri``."""
         self._loop = asyncio.get_running_loop()
-        self._receiver = Receiver(self._answers, self._loop, self._on_message)
         for worker_id in range(self.settings.workers):
             self._workers.append(self._spawn(worker_id))
         self._monitor = asyncio.create_task(self._watch_workers())
@@ -210,14 +206,14 @@ class DataPlane:
 
     def _spawn(self, worker_id: int) -> _WorkerHandle:
         assert self._loop is not None
-        worker_end, our_end = _CTX.Pipe(duplex=False)
+        worker_end, our_end = _CTX.Pipe(duplex=False)  # requests: the worker reads, we write
+        answers, answer_end = _CTX.Pipe(duplex=False)  # answers: the worker writes, we read
         process = _CTX.Process(
             target=worker_main,
             args=(
                 worker_id,
                 worker_end,
-                self._answer_end,
-                self._answer_lock,
+                answer_end,
                 self.runtime,
                 self.batching,
                 self.settings.log_format,
@@ -227,8 +223,16 @@ class DataPlane:
             daemon=True,
         )
         process.start()
-        worker_end.close()  # the worker has its own copy: once it exits, a write fails instead of filling a pipe
-        return _WorkerHandle(worker_id=worker_id, process=process, inbox=Sender(our_end, self._loop))
+        # The worker has its own copies: once it exits, a write to it fails instead of filling a
+        # pipe, and its answer pipe ends.
+        worker_end.close()
+        answer_end.close()
+        return _WorkerHandle(
+            worker_id=worker_id,
+            process=process,
+            inbox=Sender(our_end, self._loop),
+            answers=Receiver(answers, self._loop, self._on_message),
+        )
 
     async def load(
         self, uri: str, *, digest: str | None = None, version: str | None = None, name: str | None = None
@@ -555,7 +559,8 @@ class DataPlane:
                     error = errors.WorkerCrashed(f"worker {w.worker_id} died while holding this request; retry it")
                     self._finish(pending, _error_answer(error), None)
                 w.outstanding.clear()
-                w.inbox.close()  # its pipe, and anything still waiting to be written into it
+                w.inbox.close()  # its pipes, and anything still waiting to be written into them
+                w.answers.close()
                 replacement = self._spawn(w.worker_id)
                 self._workers[index] = replacement
                 serving = list(self.variants.values()) or ([self.current] if self.current is not None else [])
@@ -586,8 +591,7 @@ class DataPlane:
                 w.process.kill()
                 await asyncio.to_thread(w.process.join, 5)
             w.inbox.close()
-        if self._receiver is not None:
-            self._receiver.stop()
+            w.answers.close()
 
     def worker_pids(self) -> list[int]:
         """PIDs of the worker processes (for tests and logs)."""

@@ -11,12 +11,16 @@ answers from theirs, on non-blocking file descriptors it watches:
 - :class:`Sender` (front end → one worker): pickles a message and writes it at once; what the
   pipe cannot take now waits, in order, and is written when the pipe has room (``add_writer``).
   The loop never blocks on a slow worker.
-- :class:`Receiver` (the workers → front end): reads what has arrived, cuts it into messages and
+- :class:`Receiver` (one worker → front end): reads what has arrived, cuts it into messages and
   hands each to a callback, on the loop (``add_reader``).
 - :class:`Inbox` and :class:`Outbox` (in the worker): read the front end's messages one at a time
-  (blocking the worker's intake thread), and write each answer whole into the pipe all workers
-  share (under their lock, from the thread that has the answer); a batch's answers go in one
-  write (``put_all``), so the batcher pays one pickle, one lock and one write per batch.
+  (blocking the worker's intake thread), and write each answer whole (under a lock, from the
+  thread that has the answer); a batch's answers go in one write (``put_all``), so the batcher
+  pays one pickle and one write per batch.
+
+Each worker has its own two pipes. A worker killed while writing an answer (the OOM killer) leaves
+at most a partial message in its own answer pipe, which the front end closes with it; in one pipe
+shared by all workers, that fragment would have garbled every later answer.
 
 The frames are ``multiprocessing.connection.Connection``'s (a 4-byte big-endian length, or -1 and
 an 8-byte length above 2 GiB, then the pickle): the workers use ``Connection`` as it is.
@@ -30,6 +34,7 @@ import fcntl
 import os
 import pickle
 import struct
+import threading
 from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -143,7 +148,7 @@ class Receiver:
             chunk = os.read(self._fd, PIPE_BYTES)
         except BlockingIOError:
             return
-        if not chunk:  # every writer closed
+        if not chunk:  # the worker is gone (its last whole messages were delivered)
             self.stop()
             return
         buffer = self._buffer
@@ -175,16 +180,22 @@ class Receiver:
     def stop(self) -> None:
         self._loop.remove_reader(self._fd)
 
+    def close(self) -> None:
+        """Stop reading and close the pipe; a partial message left by a worker that was killed while
+        writing it is dropped with it."""
+        self.stop()
+        self._buffer.clear()
+        self._conn.close()
+
 
 class Outbox:
-    """A worker's end of the pipe to the front end, which every worker shares: each message is
-    written whole under the workers' lock, by the thread that sends it (the batcher, a decode
-    thread, the control thread). A front end that reads too slowly makes them wait, rather than
-    letting answers pile up in memory."""
+    """A worker's end of its answer pipe: each message is written whole, under a lock, by the
+    thread that sends it (the batcher, a decode thread, the control thread). A front end that reads
+    too slowly makes them wait, rather than letting answers pile up in memory."""
 
-    def __init__(self, conn: Connection, lock: Any) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        self._lock = lock
+        self._lock = threading.Lock()
 
     def put(self, msg: Any) -> None:
         data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)

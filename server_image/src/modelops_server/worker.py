@@ -1,7 +1,7 @@
 """A worker process: parse, decode and preprocess requests, batch them dynamically, run the model.
 
-The front end sends each worker its own pipe of messages (see ``dataplane`` and ``pipes``) and
-reads all answers from one pipe the workers share. Inside a worker, three kinds of threads form a pipeline so that the
+The front end sends each worker its own pipe of messages and reads its answers from another (see
+``dataplane`` and ``pipes``). Inside a worker, three kinds of threads form a pipeline so that the
 cores never wait on each other:
 
     intake thread ──► decode pool (N threads) ──► ready queue ──► batcher (this process's main thread)
@@ -324,7 +324,6 @@ def worker_main(
     worker_id: int,
     inbox: Connection,
     outbox: Connection,
-    outbox_lock: Any,
     runtime: RuntimeOptions,
     batching: BatchingOptions,
     log_format: str,
@@ -338,7 +337,7 @@ def worker_main(
     # process group must not kill workers while requests are still being answered.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    worker = Worker(worker_id, Inbox(inbox), Outbox(outbox, outbox_lock), runtime, batching)
+    worker = Worker(worker_id, Inbox(inbox), Outbox(outbox), runtime, batching)
     threading.Thread(target=worker.intake, name="intake", daemon=True).start()
     threading.Thread(target=worker.control_loop, name="control", daemon=True).start()
     log.info("worker started", extra={"worker": worker_id})
