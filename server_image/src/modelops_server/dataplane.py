@@ -124,6 +124,12 @@ class _WorkerHandle:
     process: SpawnProcess
     inbox: Sender
     answers: Receiver
+
+    def close(self) -> None:
+        """Close its pipes, and drop anything still waiting to be written into them."""
+        self.inbox.close()
+        self.answers.close()
+
     ready: bool = False
     outstanding: dict[int, _Pending] = field(default_factory=dict)
 
@@ -559,8 +565,7 @@ class DataPlane:
                     error = errors.WorkerCrashed(f"worker {w.worker_id} died while holding this request; retry it")
                     self._finish(pending, _error_answer(error), None)
                 w.outstanding.clear()
-                w.inbox.close()  # its pipes, and anything still waiting to be written into them
-                w.answers.close()
+                w.close()
                 replacement = self._spawn(w.worker_id)
                 self._workers[index] = replacement
                 serving = list(self.variants.values()) or ([self.current] if self.current is not None else [])
@@ -590,8 +595,7 @@ class DataPlane:
             if w.process.is_alive():
                 w.process.kill()
                 await asyncio.to_thread(w.process.join, 5)
-            w.inbox.close()
-            w.answers.close()
+            w.close()
 
     def worker_pids(self) -> list[int]:
         """PIDs of the worker processes (for tests and logs)."""

@@ -1,7 +1,7 @@
 """The messages between the front end and its worker processes, one typed tuple per kind.
 
-Each worker reads its own pipe (``ToWorker``); all workers write to one shared pipe of answers
-(``FromWorker``; see ``pipes``). They are NamedTuples: pickled as cheaply as plain tuples,
+Each worker reads its own pipe (``ToWorker``) and writes its answers into another (``FromWorker``;
+see ``pipes``). They are NamedTuples: pickled as cheaply as plain tuples,
 matched with ``isinstance``, and checked by mypy at every place one is built or read::
 
     front end ──Infer/Load/Unload/Stop──► worker ──Result/BatchRan/Loaded──► front end
