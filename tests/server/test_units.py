@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modelops_server import errors
+from modelops_server import errors, protocol
 from modelops_server.config import Settings, build_parser, load_settings
 from modelops_server.imaging import Preprocessor
 from modelops_server.modelcard import InputSpec, fetch_model
@@ -85,6 +86,35 @@ def test_normalisation_is_mean_std_per_channel():
     want = (np.array([255, 0, 128]) / 255.0 - np.array(MEAN)) / np.array(STD)
     np.testing.assert_allclose(row[:, 5, 7], want, rtol=1e-5)
     assert row.shape == (3, 32, 32) and row.dtype == np.float32
+
+
+@pytest.mark.parametrize("color", ["RGB", "L"])
+def test_normalisation_keeps_every_value_in_its_channel_and_place(color: str):
+    # Noise, so that a channel or an axis read in the wrong order cannot pass by symmetry.
+    pixels = np.random.default_rng(7).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    img = Image.fromarray(pixels).convert(color)
+    card = spec(color=color)
+    row = Preprocessor(card, max_pixels=10**7).image_row(encode(img))
+    hwc = np.asarray(img, dtype=np.float64).reshape(32, 32, -1)
+    want = ((hwc / 255.0 - np.array(card.mean)) / np.array(card.std)).transpose(2, 0, 1)
+    assert row.shape == want.shape and row.dtype == np.float32
+    np.testing.assert_allclose(row, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "QQ==", "QUJD", "QUJDRA==", "QUJD====", "-_-_", "QQ=", "QQ", "QU JD", "QUJD\n", "QU=D", "====", "é"],
+)
+def test_base64_decodes_and_refuses_what_the_standard_library_does(text: str):
+    try:
+        want: bytes | type[Exception] = base64.b64decode(text, validate=True)
+    except ValueError as exc:  # binascii.Error is one
+        want = type(exc)
+    try:
+        got: bytes | type[Exception] = protocol.decode_base64(text)
+    except ValueError as exc:
+        got = type(exc)
+    assert got == want
 
 
 def test_reduced_jpeg_decode_gives_the_same_input():

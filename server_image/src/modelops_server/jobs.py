@@ -32,7 +32,6 @@ JSONL lines, written out by the consumer that completes it.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import contextlib
 import logging
@@ -309,7 +308,7 @@ class JobService:
                 if "images" in doc:
                     raise errors.RequestError("send either images or a batch source, not both")
                 return [], doc.get("topK", 5), doc.get("callbackUrl"), doc
-            images = [base64.b64decode(s, validate=True) for s in doc["images"]]
+            images = [protocol.decode_base64(s) for s in doc["images"]]
             return images, doc.get("topK", 5), doc.get("callbackUrl"), None
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
             raise errors.RequestError(
