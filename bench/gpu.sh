@@ -67,7 +67,7 @@ needed = {
     "torch": "torch", "torchvision": "torchvision", "onnx": "onnx", "onnxscript": "onnxscript",
     "numpy": "numpy", "PIL": "pillow", "pydantic": "pydantic", "fsspec": "fsspec",
     "pythonjsonlogger": "python-json-logger", "tqdm": "tqdm", "aiohttp": "aiohttp",
-    "prometheus_client": "prometheus-client", "orjson": "orjson", "uvloop": "uvloop",
+    "prometheus_client": "prometheus-client", "orjson": "orjson", "pybase64": "pybase64", "uvloop": "uvloop",
     "sklearn": "scikit-learn", "grpc": "grpcio", "grpc_health": "grpcio-health-checking", "redis": "redis",
 }
 missing = [pkg for module, pkg in needed.items() if importlib.util.find_spec(module) is None]
