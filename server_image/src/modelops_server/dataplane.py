@@ -124,14 +124,14 @@ class _WorkerHandle:
     process: SpawnProcess
     inbox: Sender
     answers: Receiver
-
-    def close(self) -> None:
-        """Close its pipes, and drop anything still waiting to be written into them."""
-        self.inbox.close()
-        self.answers.close()
-
     ready: bool = False
     outstanding: dict[int, _Pending] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Close its pipes: drop what still waits to be written to the worker, and any partial
+        answer it left when it was killed."""
+        self.inbox.close()
+        self.answers.close()
 
 
 class DataPlane:
