@@ -6,16 +6,23 @@ children are applied again only when they no longer hold what it would apply."""
 from __future__ import annotations
 
 import json
+import logging
+import uuid
 from typing import Any
 
 import kubernetes
+import pytest
 
-from modelops_operator import kube
+from modelops_operator import controllers, kube
 from modelops_operator.api import conditions as c
 from modelops_operator.api.common import FIELD_MANAGER, GROUP, VERSION
+from modelops_operator.api.kinds import DATASET, MODEL_DEPLOYMENT
 from modelops_operator.api.names import APP_COMPONENT_LABEL, DEPENDENCY_CHANGED_ANNOTATION
+from modelops_operator.controllers.common import RetryLater
 from modelops_operator.reconcile import ownership
+from modelops_operator.settings import OperatorSettings
 from tests.support.cluster import ON_LOCAL_NODE, OperatorProcess, api_counts, kubectl, wait_until
+from tests.support.workloads import local_dataset
 
 FOREIGN = {
     "apiVersion": "v1",
@@ -141,6 +148,24 @@ def test_a_child_deleted_by_hand_comes_back_at_the_next_resync(operator: Operato
     finally:
         resyncing.stop()
         operator.start()
+
+
+@pytest.mark.parametrize("kind", [DATASET, MODEL_DEPLOYMENT], ids=lambda kind: kind.kind)
+def test_an_object_deleted_while_it_was_reconciled_gets_nothing_written(
+    as_the_chart: None, namespace: str, kind: Any
+) -> None:
+    """A reconcile works from the object as it read it, seconds before it writes. When the object
+    was deleted in between, its children may be in the garbage collector's hands already: the
+    reconcile must not create them again (the lifecycle fault test once saw a PodDisruptionBudget
+    created twice that way), nor start a Dataset's Job. Here the body is one read just before its
+    deletion: the API server has no object of its uid. The reconcile stops before its first write
+    (the retry then finds the object gone), and the namespace stays empty."""
+    body = model_deployment() if kind is MODEL_DEPLOYMENT else local_dataset("digits")
+    body["metadata"] |= {"namespace": namespace, "uid": str(uuid.uuid4()), "generation": 1}
+    with pytest.raises(RetryLater, match="deleted while it was reconciled"):
+        controllers.reconcile(kind, body, OperatorSettings(), logging.getLogger(__name__))
+    made = kubectl("-n", namespace, "get", "deployments,services,pdb,hpa,jobs,pvc", "-o", "name").stdout.split()
+    assert made == [], f"written for a deleted {kind.kind}: {made}"
 
 
 def _held(namespace: str, **template_spec: Any) -> dict[str, Any]:

@@ -57,6 +57,31 @@ def names_taken(actions: list[Action]) -> list[str]:
 
 _KINDS = {kind.kind: kind for kind in KINDS}
 
+#: Actions that send nothing to the API server or a registry.
+_LOCAL_VERBS = frozenset({"gauge"})
+
+
+def still_there(body: dict[str, Any]) -> None:
+    """Before a reconcile writes: `RetryLater` unless the object `body` was read from still exists,
+    is the same object (its uid) and is not being deleted. One deleted while it was observed may
+    have its children in the garbage collector's hands already: writing them now would create them
+    again, owned by an object that is gone, for the collector to delete a second time (and a Job so
+    created starts work nobody wants). The retry then finds the object gone and stops."""
+    meta = body["metadata"]
+    namespace, name = meta.get("namespace") or "", meta.get("name") or ""
+    now = kube.get_object(_KINDS[body["kind"]], namespace, name)
+    current = (now or {}).get("metadata") or {}
+    if now is None or current.get("uid") != meta.get("uid") or current.get("deletionTimestamp"):
+        raise RetryLater(f"{body['kind']} {namespace}/{name} was deleted while it was reconciled: nothing written", 1)
+
+
+def execute_all(body: dict[str, Any], actions: list[Action]) -> None:
+    """Carry out `actions` for the object `body`, in order, once `still_there` says it may."""
+    if any(action.verb not in _LOCAL_VERBS for action in actions):
+        still_there(body)
+    for action in actions:
+        execute(body["metadata"].get("namespace") or "", action)
+
 
 def execute(namespace: str, action: Action) -> None:
     """Carry out one action in `namespace` (`register` is the TrainingRun controller's)."""

@@ -10,7 +10,7 @@ from modelops_operator import kube
 from modelops_operator.api import conditions as c
 from modelops_operator.api import names
 from modelops_operator.api.dataset import DatasetSpec, DatasetStatus
-from modelops_operator.controllers.common import execute, names_taken, not_created, owned
+from modelops_operator.controllers.common import execute_all, names_taken, not_created, owned
 from modelops_operator.reconcile import dataset as rd
 from modelops_operator.reconcile.actions import Event
 from modelops_operator.reconcile.pods import eviction, pod_problem, termination_message
@@ -46,6 +46,5 @@ def reconcile(
         generation = outcome.status.observed_generation
         phase = old.phase if old.version else "Failed"
         return refused(old, generation, c.NAME_CONFLICT, taken, phase, at=at), []
-    for action in outcome.actions:
-        execute(body["metadata"].get("namespace") or "", action)
+    execute_all(body, outcome.actions)
     return outcome.status, outcome.events

@@ -14,7 +14,7 @@ from modelops_operator.api import names
 from modelops_operator.api.kinds import TRAINING_RUN
 from modelops_operator.api.modeldeployment import Analysis, ModelDeploymentSpec, ModelDeploymentStatus, ServedModel
 from modelops_operator.builders import modeldeployment as bm
-from modelops_operator.controllers.common import execute, secret_reader
+from modelops_operator.controllers.common import execute_all, secret_reader
 from modelops_operator.reconcile import autoscaling, ownership, rollout
 from modelops_operator.reconcile import experiment as ex
 from modelops_operator.reconcile import modeldeployment as rm
@@ -121,8 +121,7 @@ def reconcile(
     found = [kube.get_like(child) for child in want.children]
     claims = [ownership.claim(child, now_) for child, now_ in zip(want.children, found, strict=True)]
     outcome = rm.reconcile_model_deployment(body, spec, old, seen, want, claims, route)
-    for action in outcome.actions:
-        execute(ns, action)
+    execute_all(body, outcome.actions)
     status = outcome.status
     if outcome.actions and rm.pods_matter(seen.stable, status):  # a refusal has none: nothing was written
         pods = kube.list_pods(ns, f"{names.MODEL_DEPLOYMENT_LABEL}={name}")

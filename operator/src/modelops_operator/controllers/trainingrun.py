@@ -23,7 +23,15 @@ from modelops_operator.api.trainingrun import Registry, TrainingRunSpec, Trainin
 from modelops_operator.builders import trainingrun as bt
 from modelops_operator.builders.backends import BACKENDS, TRAINJOB_BACKEND, backend_of, chosen
 from modelops_operator.builders.trainjob import runtime_ref
-from modelops_operator.controllers.common import Log, execute, names_taken, not_created, owned, secret_reader
+from modelops_operator.controllers.common import (
+    Log,
+    execute,
+    names_taken,
+    not_created,
+    owned,
+    secret_reader,
+    still_there,
+)
 from modelops_operator.reconcile import kueue
 from modelops_operator.reconcile import trainingrun as rt
 from modelops_operator.reconcile.actions import Action, Event, Registration
@@ -138,6 +146,8 @@ def reconcile(
     status, events = outcome.status, list(outcome.events)
     actions, warned = with_trial_credentials(outcome.actions, spec, secret_reader(ns))
     events += warned
+    if actions:
+        still_there(body)
     for action in actions:
         if action.verb == "register" and action.registration is not None:
             status, registered = register(ns, status, action.registration, at)
