@@ -8,6 +8,7 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,8 +60,13 @@ def test_a_good_model_is_promoted_and_a_bad_one_rolled_back_by_analysis(operator
     st = status(custom, namespace, "modeldeployments", "digits")
     assert st["stable"]["digest"] == good1.digest and st["readyReplicas"] >= 1
     assert st["url"] == f"http://digits.{namespace}.svc.cluster.local"
-    for kind in ("deployment/digits-stable", "deployment/digits-canary", "service/digits", "pdb/digits", "hpa/digits"):
+    for kind in ("deployment/digits-stable", "service/digits", "pdb/digits", "hpa/digits"):
         assert kubectl("-n", namespace, "get", kind, check=False).returncode == 0, kind
+    # No idle canary Deployment before the first canary.
+    assert kubectl("-n", namespace, "get", "deployment/digits-canary", check=False).returncode != 0
+
+    def canary_deployment() -> dict[str, Any]:
+        return dict(json.loads(kubectl("-n", namespace, "get", "deployment", "digits-canary", "-o", "json").stdout))
 
     def patch_model(path: Path, digest: str) -> None:
         custom.patch_namespaced_custom_object(
@@ -95,6 +101,8 @@ def test_a_good_model_is_promoted_and_a_bad_one_rolled_back_by_analysis(operator
             timeout=180,
         )
         tracks_before_bad = pod_ips_by_track(namespace, "digits")
+        kept = canary_deployment()  # made for the first canary, kept at 0 after it
+        assert kept["spec"]["replicas"] == 0, kept["spec"]
 
         # A bad model (NaN scores: every answer a 500): rolled back by the error-rate analysis.
         mark = len(load.results)
@@ -114,16 +122,8 @@ def test_a_good_model_is_promoted_and_a_bad_one_rolled_back_by_analysis(operator
         )
         failed = [r for r in st["analysis"] if r["result"] == "Failed"]
         assert failed and failed[-1]["metric"] == "errorRate" and failed[-1]["value"] > 0.05
-        wait_until(
-            "the canary scaled to 0",
-            lambda: (
-                json.loads(kubectl("-n", namespace, "get", "deployment", "digits-canary", "-o", "json").stdout)["spec"][
-                    "replicas"
-                ]
-                == 0
-            ),
-            timeout=60,
-        )
+        wait_until("the canary scaled to 0", lambda: canary_deployment()["spec"]["replicas"] == 0, timeout=60)
+        assert canary_deployment()["metadata"]["uid"] == kept["metadata"]["uid"], "the canary Deployment made again"
         time.sleep(3)
 
     # The error budget held on stable throughout: every failed answer came from the bad canary.

@@ -52,6 +52,10 @@ CHILDREN = [
     ("PodDisruptionBudget", "digits"),
     ("HorizontalPodAutoscaler", "digits"),
 ]
+#: The canary's Deployment: made for the first canary, kept from then on.
+CANARY_DEPLOYMENT = ("Deployment", "digits-canary")
+#: The children of a ModelDeployment that has not rolled out a canary yet.
+BEFORE_A_CANARY = [child for child in CHILDREN if child != CANARY_DEPLOYMENT]
 
 
 def md(*steps: dict[str, Any], route: bool = False, header: bool = False) -> dict[str, Any]:
@@ -116,6 +120,8 @@ class MDCase:
     """Ready's reason."""
     verbs: list[tuple[str, str, str]] | None = None
     """The actions, as (verb, kind, name); None: one per child, `child_verb` each, then the gauge."""
+    canary_deployment: bool = False
+    """The canary's Deployment is among the children (a canary needs pods, or it exists)."""
     child_verb: str = "create"
     route_weight: int | None = None
     """The canary's weight in the HTTPRoute patch; None: no patch."""
@@ -160,13 +166,14 @@ def canary_through_route(
         existing="ours",
         route=route,
         child_verb="apply",
+        canary_deployment=True,
         **expected,
     )
 
 
 MD_CASES = [
     MDCase(
-        "first model: every child created, nothing serves yet",
+        "first model: every child created but the canary's Deployment, nothing serves yet",
         phase="Pending",
         reason=c.ROLLING_STABLE,
     ),
@@ -176,7 +183,7 @@ MD_CASES = [
         phase="Pending",
         reason=c.ROLLING_STABLE,
         verbs=[
-            *(("create", kind, name) for kind, name in CHILDREN),
+            *(("create", kind, name) for kind, name in BEFORE_A_CANARY),
             ("create", "ServiceMonitor", "digits"),
             ("create", "PrometheusRule", "digits-alerts"),
             ("gauge", "ModelDeployment", "digits"),
@@ -188,6 +195,18 @@ MD_CASES = [
         stable=serving(M1),
         existing="ours",
         child_verb="apply",
+        phase="Healthy",
+        reason=c.SERVING,
+    ),
+    MDCase(
+        "a canary rolled out before: its Deployment, at 0 replicas, stays a child",
+        old=ModelDeploymentStatus(stable=M2, previous=M1),
+        target=M2,
+        stable=serving(M2),
+        canary=rollout.Track(digest=M2.digest),
+        existing="ours",
+        child_verb="apply",
+        canary_deployment=True,
         phase="Healthy",
         reason=c.SERVING,
     ),
@@ -306,6 +325,7 @@ MD_CASES = [
         command="promote",
         existing="ours",
         child_verb="apply",
+        canary_deployment=True,
         phase="Progressing",  # promoted: the stable Deployment now rolls to M2
         reason=c.ROLLING_STABLE,
         removed_annotation=PROMOTE_ANNOTATION,
@@ -346,7 +366,8 @@ def test_model_deployment_status_and_actions(case: MDCase):
     assert ready is not None and ready.last_transition_time == T0.replace(microsecond=0)  # the injected clock
     expected = case.verbs
     if expected is None:
-        expected = [(case.child_verb, kind, name) for kind, name in CHILDREN]
+        children = CHILDREN if case.canary_deployment else BEFORE_A_CANARY
+        expected = [(case.child_verb, kind, name) for kind, name in children]
         if case.route_weight is not None:
             expected.append(("patch", "HTTPRoute", ROUTE))
         if case.removed_annotation is not None:
@@ -374,6 +395,21 @@ def test_model_deployment_status_and_actions(case: MDCase):
         assert c.get_condition(out.status.conditions, c.MODEL_RESOLVED).reason == c.MODEL_FOUND
     else:
         assert out.events == [] and out.status.url is None  # refused: nothing written, nothing said
+
+
+def test_the_canary_deployment_is_made_with_pods_for_the_first_canary_and_kept_at_zero_after():
+    """No idle canary Deployment before the first canary; made with pods when one starts (its
+    Deployment not there yet), and kept at 0 replicas once the rollout is over."""
+
+    def canary_replicas(name: str) -> list[int]:
+        want, _ = decide(next(case for case in MD_CASES if case.name.startswith(name)))
+        canary = [c for c in want.children if (c["kind"], c["metadata"]["name"]) == CANARY_DEPLOYMENT]
+        return [child["spec"]["replicas"] for child in canary]
+
+    assert canary_replicas("first model") == []
+    assert canary_replicas("stable serves the model") == []
+    assert canary_replicas("a canary at a 30% step without a ready pod") == [1]
+    assert canary_replicas("a canary rolled out before") == [0]
 
 
 def test_the_children_written_are_the_ones_built():

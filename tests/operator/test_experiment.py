@@ -253,12 +253,13 @@ def reconcile(
     run: dict[str, Any] | None = None,
     target: ServedModel = M1,
     stable: rollout.Track | None = None,
+    canary: rollout.Track | None = None,
     now: datetime = T0,
     measurements: dict[str, dict[str, float | None]] | None = None,
 ) -> tuple[rm.Desired, Any]:
     """One reconcile through the pure layers, as the controller runs them."""
     spec = spec_of(body)
-    seen = rollout.RolloutObserved(target, stable, None, now)
+    seen = rollout.RolloutObserved(target, stable, canary, now)
     command = (body["metadata"]["annotations"].get(PROMOTE_VARIANT_ANNOTATION) or "").strip() or None
     exp_seen = None
     if spec.experiment is not None:
@@ -278,8 +279,10 @@ def serving(model: ServedModel, replicas: int = 1) -> rollout.Track:
 
 def test_stable_pods_get_the_experiment_setting_per_contract():
     body = md(experiment(("control", 1, 34), ("b", 2, 33), ("c", 3, 33), name="checkout-2026-12", keyHeader="x-client"))
-    want, out = reconcile(body, ModelDeploymentStatus(stable=M1), stable=serving(M1))
+    # The canary's Deployment exists (at 0 replicas) from a rollout before the experiment.
+    want, out = reconcile(body, ModelDeploymentStatus(stable=M1), stable=serving(M1), canary=rollout.Track())
     stable, canary = want.children[0], want.children[1]
+    assert canary["kind"] == "Deployment" and canary["metadata"]["name"].endswith("-canary"), canary
     env = env_of(stable)
     doc = read_setting(env["MODELOPS_EXPERIMENT"])
     assert doc["name"] == "checkout-2026-12" and doc["keyHeader"] == "x-client"

@@ -1,6 +1,7 @@
-"""The children of a ModelDeployment: stable and canary Deployments of the inference server, the
-Service over both (and one per track, for HTTPRoute backends), a PodDisruptionBudget, a
-HorizontalPodAutoscaler, and (when prometheus-operator is installed) a ServiceMonitor.
+"""The children of a ModelDeployment: stable and canary Deployments of the inference server (the
+canary's made for the first canary, `reconcile.modeldeployment.desired`), the Service over both
+(and one per track, for HTTPRoute backends), a PodDisruptionBudget, a HorizontalPodAutoscaler, and
+(when prometheus-operator is installed) a ServiceMonitor.
 
 A child is created when absent, and applied with server-side apply by the field manager
 `modelops-operator` only while its controller owner reference is this ModelDeployment

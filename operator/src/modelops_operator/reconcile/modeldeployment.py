@@ -175,6 +175,10 @@ def desired(
     the PodDisruptionBudget, the HorizontalPodAutoscaler, and the ServiceMonitor and PrometheusRule
     when their CRDs are installed (and, for the rule, the spec's alerts are on). A stable track
     created now starts at the autoscaler's minimum; an existing one keeps what the autoscaler set.
+    The canary's Deployment is made when the first canary needs pods, and kept (at 0 replicas
+    between rollouts) from then on: a ModelDeployment never rolled out has no idle Deployment, its
+    ReplicaSet and their status writes (1,000 of each kind at 500 ModelDeployments), and one that
+    did never has that Deployment deleted and created again.
 
     With `spec.experiment` (and what the controller saw for it, `experiment`), the experiment is
     decided first: a promotion replaces the stable model, a running or finished experiment holds
@@ -190,9 +194,10 @@ def desired(
     plan = rollout.plan(spec, old, seen, generation)
     stable_replicas = stable_replicas_to_apply(spec, seen.stable)
     serving = [(v.name, v.model, v.weight) for v in exp_plan.serving] if exp_plan and exp_plan.serving else []
-    children = [
-        bm.build_deployment(md, spec, plan.stable_model, "stable", settings, stable_replicas, serving),
-        bm.build_deployment(md, spec, plan.canary_model, "canary", settings, plan.canary_replicas),
+    children = [bm.build_deployment(md, spec, plan.stable_model, "stable", settings, stable_replicas, serving)]
+    if plan.canary_replicas > 0 or seen.canary is not None:  # made for the first canary, then kept at 0
+        children.append(bm.build_deployment(md, spec, plan.canary_model, "canary", settings, plan.canary_replicas))
+    children += [
         *bm.build_services(md),
         bm.build_pdb(md),
         bm.build_hpa(md, spec),
