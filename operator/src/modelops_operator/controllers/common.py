@@ -61,12 +61,15 @@ _KINDS = {kind.kind: kind for kind in KINDS}
 _LOCAL_VERBS = frozenset({"gauge"})
 
 
-def still_there(body: dict[str, Any]) -> None:
-    """Before a reconcile writes: `RetryLater` unless the object `body` was read from still exists,
-    is the same object (its uid) and is not being deleted. One deleted while it was observed may
-    have its children in the garbage collector's hands already: writing them now would create them
-    again, owned by an object that is gone, for the collector to delete a second time (and a Job so
-    created starts work nobody wants). The retry then finds the object gone and stops."""
+def still_there(body: dict[str, Any], actions: list[Action]) -> None:
+    """Before a reconcile carries out `actions` that write (any but a gauge): `RetryLater` unless
+    the object `body` was read from still exists, is the same object (its uid) and is not being
+    deleted. One deleted while it was observed may have its children in the garbage collector's
+    hands already: writing them now would create them again, owned by an object that is gone, for
+    the collector to delete a second time (and a Job so created starts work nobody wants). The
+    retry then finds the object gone and stops."""
+    if all(action.verb in _LOCAL_VERBS for action in actions):
+        return
     meta = body["metadata"]
     namespace, name = meta.get("namespace") or "", meta.get("name") or ""
     now = kube.get_object(_KINDS[body["kind"]], namespace, name)
@@ -77,8 +80,7 @@ def still_there(body: dict[str, Any]) -> None:
 
 def execute_all(body: dict[str, Any], actions: list[Action]) -> None:
     """Carry out `actions` for the object `body`, in order, once `still_there` says it may."""
-    if any(action.verb not in _LOCAL_VERBS for action in actions):
-        still_there(body)
+    still_there(body, actions)
     for action in actions:
         execute(body["metadata"].get("namespace") or "", action)
 

@@ -146,8 +146,7 @@ def reconcile(
     status, events = outcome.status, list(outcome.events)
     actions, warned = with_trial_credentials(outcome.actions, spec, secret_reader(ns))
     events += warned
-    if actions:
-        still_there(body)
+    still_there(body, actions)
     for action in actions:
         if action.verb == "register" and action.registration is not None:
             status, registered = register(ns, status, action.registration, at)
