@@ -166,6 +166,9 @@ def test_a_first_reading_still_to_come_is_pending_for_a_minute_then_unavailable(
     cond = c.get_condition(status.conditions, c.AUTOSCALING)
     assert cond is not None and (cond.status, cond.reason) == expected
     assert reason in cond.message
+    # Since when it has had no reading (for the schedule, `pending_until`); another fault is not that.
+    assert status.autoscaler is not None
+    assert (status.autoscaler.no_reading_since is not None) == (reason != "InvalidSelector")
     as_datetime = copy.deepcopy(young)  # the typed client's form of the same timestamp
     as_datetime["status"]["conditions"][1]["lastTransitionTime"] = since
     again, _ = autoscaling.with_autoscaler(ModelDeploymentStatus(), as_datetime, 2, at=AT)

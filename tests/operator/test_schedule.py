@@ -3,10 +3,14 @@ poll every `progress_seconds` while work is under way, nothing for objects being
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from modelops_operator.api import conditions as c
 from modelops_operator.api.kinds import DATASET, MODEL_DEPLOYMENT
+from modelops_operator.api.modeldeployment import ModelDeploymentStatus
 from modelops_operator.controllers.schedule import Schedule
+from modelops_operator.reconcile import autoscaling
 from modelops_operator.settings import OperatorSettings
 
 SETTINGS = OperatorSettings(resync_seconds=60, progress_seconds=3)
@@ -78,3 +82,43 @@ def test_a_model_deployment_polls_during_a_rollout_or_experiment_only():
     experiment["status"]["experiment"] = {"phase": "Running"}
     s.seen(MODEL_DEPLOYMENT, experiment, now=0)
     assert sorted(s.due(3)) == [("ModelDeployment", "ns", "ab"), ("ModelDeployment", "ns", "rolling")]
+
+
+def test_a_pending_autoscaler_is_reconciled_when_its_grace_ends_and_then_reads_unavailable():
+    """The `Autoscaling` condition turns from Pending to MetricUnavailable by the clock alone. At
+    the next resync that was up to a minute late: at 1,000 objects, a minute of status writes after
+    everything had converged (issue #21). The schedule brings the reconcile to the grace's end."""
+    at = datetime(2026, 12, 7, 12, 0, 0, tzinfo=UTC)
+    since = at - timedelta(seconds=20)
+    hpa = {
+        "spec": {"metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"averageUtilization": 70}}}]},
+        "status": {
+            "currentReplicas": 1,
+            "desiredReplicas": 1,
+            "conditions": [
+                {"type": "AbleToScale", "status": "True", "reason": "SucceededGetScale"},
+                {
+                    "type": "ScalingActive",
+                    "status": "False",
+                    "reason": "FailedGetResourceMetric",
+                    "message": "unable to get metrics for resource cpu: no metrics returned",
+                    "lastTransitionTime": since.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                },
+            ],
+        },
+    }
+    pending, _ = autoscaling.with_autoscaler(ModelDeploymentStatus(phase="Healthy"), hpa, 1, at=at)
+    wire = pending.wire()
+    assert c.get_condition(pending.conditions, c.AUTOSCALING).reason == c.AUTOSCALER_PENDING
+    s = Schedule(SETTINGS)
+    s.reconciled(MODEL_DEPLOYMENT, body("md", "Healthy"), wire, now=0, wall=at.timestamp())
+    due = s.next_at()
+    assert due is not None and 40 <= due < 45  # the grace's end, 40 s on; not the 60 s resync
+    s.seen(MODEL_DEPLOYMENT, {**body("md"), "status": wire}, now=1, wall=at.timestamp() + 1)  # its own write
+    assert s.next_at() == due
+    then = at + timedelta(seconds=due)
+    after, _ = autoscaling.with_autoscaler(pending, hpa, 1, at=then.replace(microsecond=0))
+    assert c.get_condition(after.conditions, c.AUTOSCALING).reason == c.AUTOSCALER_METRIC_UNAVAILABLE
+    assert after.wire()["autoscaler"]["noReadingSince"] == wire["autoscaler"]["noReadingSince"]
+    s.reconciled(MODEL_DEPLOYMENT, body("md", "Healthy"), after.wire(), now=due, wall=then.timestamp())
+    assert s.next_at() == due + 60  # nothing more is due by the clock: back to resyncs

@@ -537,6 +537,10 @@ class AutoscalerStatus(ApiModel):
     (target 70%)`, `modelops_inflight_requests: 4 per pod (target 8)`)."""
     last_scale_time: str | None = Field(default=None, max_length=64)
     """When the autoscaler last changed the replica count (RFC 3339)."""
+    no_reading_since: str | None = Field(default=None, max_length=64)
+    """While the autoscaler has no reading of a metric: since when (RFC 3339). New pods lack one until
+    the metrics pipeline has sampled them, so the `Autoscaling` condition is Pending for 60 s after
+    this time, then MetricUnavailable."""
 
 
 ExperimentPhase = Literal["Pending", "Running", "Concluded", "Promoted"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,9 @@ from modelops_operator.settings import OperatorSettings
 
 Key = tuple[str, str, str]
 """(kind, namespace, name)."""
+
+#: A change due at a time of day is reconciled this much after it: conditions keep whole seconds.
+CLOCK_MARGIN_SECONDS = 1.5
 
 
 def key_of(kind: Kind, body: Mapping[str, Any]) -> Key:
@@ -48,10 +52,17 @@ class Schedule:
         self._due[key] = at
         heapq.heappush(self._heap, (at, key))
 
-    def _interval(self, kind: Kind, status: Mapping[str, Any]) -> float:
-        return self.progress if dep.needs_progress(kind.kind, dict(status)) else self.resync
+    def _interval(self, kind: Kind, status: Mapping[str, Any], wall: float | None) -> float:
+        """Seconds to the next reconcile: a progress poll or a resync away, or sooner where the
+        status changes by the clock alone at a known time (a grace period's end)."""
+        interval = self.progress if dep.needs_progress(kind.kind, dict(status)) else self.resync
+        if (changes := dep.changes_at(kind.kind, dict(status))) is not None:
+            later = changes.timestamp() + CLOCK_MARGIN_SECONDS - (time.time() if wall is None else wall)
+            if later > 0:
+                interval = min(interval, later)
+        return interval
 
-    def seen(self, kind: Kind, body: Mapping[str, Any], now: float) -> None:
+    def seen(self, kind: Kind, body: Mapping[str, Any], now: float, wall: float | None = None) -> None:
         """A watch event showed the object: a new one is scheduled (a resync away, or a progress
         poll when its status shows work under way); one that now shows work under way is polled
         within `progress_seconds`; one being deleted is no longer scheduled."""
@@ -60,16 +71,19 @@ class Schedule:
             if body["metadata"].get("deletionTimestamp"):
                 self._due.pop(key, None)
                 return
-            at = now + self._interval(kind, body.get("status") or {})
+            at = now + self._interval(kind, body.get("status") or {}, wall)
             if key not in self._due or at < self._due[key]:
                 self._set(key, at)
 
-    def reconciled(self, kind: Kind, body: Mapping[str, Any], status: Mapping[str, Any], now: float) -> None:
-        """The object was just reconciled (by any path) and has `status`: next time from now."""
+    def reconciled(
+        self, kind: Kind, body: Mapping[str, Any], status: Mapping[str, Any], now: float, wall: float | None = None
+    ) -> None:
+        """The object was just reconciled (by any path) and has `status`: next time from now
+        (`now` on the monotonic clock; `wall`, the time of day, defaults to the system's)."""
         key = key_of(kind, body)
         with self._lock:
             if not body["metadata"].get("deletionTimestamp"):
-                self._set(key, now + self._interval(kind, status))
+                self._set(key, now + self._interval(kind, status, wall))
 
     def retry(self, key: Key, at: float) -> None:
         """A scheduled reconcile failed: try again at `at` (unless something rescheduled it)."""

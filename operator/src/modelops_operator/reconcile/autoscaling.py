@@ -68,41 +68,60 @@ def _metric(spec: dict[str, Any], current: dict[str, Any] | None) -> str:
     return f"{spec.get('type', '?')} metric"
 
 
+def _rfc3339(when: Any) -> str | None:
+    """A timestamp as the client returns it (datetime or RFC 3339 text) as RFC 3339 text."""
+    return when.isoformat() if isinstance(when, datetime) else when
+
+
 def read(hpa: dict[str, Any]) -> AutoscalerStatus:
     """The autoscaler's status as a ModelDeployment reports it."""
     spec, st = hpa.get("spec") or {}, hpa.get("status") or {}
     current = st.get("currentMetrics") or []
     metrics = [_metric(m, current[i] if i < len(current) else None) for i, m in enumerate(spec.get("metrics") or [])]
-    last = st.get("lastScaleTime")
+    failing = _failing(hpa)
+    no_reading = failing is not None and failing.get("reason") in _NO_READING_YET
     return AutoscalerStatus(
         current_replicas=int(st.get("currentReplicas") or 0),
         desired_replicas=int(st.get("desiredReplicas") or 0),
         metrics=metrics[:8],
-        last_scale_time=last.isoformat() if isinstance(last, datetime) else last,
+        last_scale_time=_rfc3339(st.get("lastScaleTime")),
+        no_reading_since=_rfc3339(failing.get("lastTransitionTime")) if failing and no_reading else None,
     )
 
 
-def _since(when: Any, at: datetime) -> float | None:
-    """Seconds from a timestamp as the client returns it (datetime or RFC 3339 text) to `at`."""
+def _parse(when: Any) -> datetime | None:
+    """A timestamp as the client returns it (datetime or RFC 3339 text); None when it is neither
+    or has no time zone."""
     if isinstance(when, str):
         try:
             when = datetime.fromisoformat(when.replace("Z", "+00:00"))
         except ValueError:
             return None
-    return (at - when).total_seconds() if isinstance(when, datetime) and when.tzinfo else None
+    return when if isinstance(when, datetime) and when.tzinfo else None
+
+
+def _since(when: Any, at: datetime) -> float | None:
+    """Seconds from a timestamp as the client returns it to `at`."""
+    start = _parse(when)
+    return (at - start).total_seconds() if start is not None else None
+
+
+def _failing(hpa: dict[str, Any]) -> dict[str, Any] | None:
+    """The first of the autoscaler's conditions that says it cannot scale; None when none does."""
+    conds = {x.get("type"): x for x in (hpa.get("status") or {}).get("conditions") or []}
+    return next((conds[t] for t in _CONDITIONS if t in conds and conds[t].get("status") == "False"), None)
 
 
 def _condition(hpa: dict[str, Any], at: datetime) -> tuple[ConditionStatus, str, str]:
     """The `Autoscaling` condition from the autoscaler's own conditions."""
     conds = {x.get("type"): x for x in (hpa.get("status") or {}).get("conditions") or []}
-    failing = [conds[t] for t in _CONDITIONS if t in conds and conds[t].get("status") == "False"]
-    if failing:
-        first = failing[0]
+    if (first := _failing(hpa)) is not None:
         said = f"{first.get('reason')}: {first.get('message') or ''}".strip()
         age = _since(first.get("lastTransitionTime"), at)
         if first.get("reason") in _NO_READING_YET and age is not None and 0 <= age < FIRST_READING_GRACE_SECONDS:
             # The message names fixed times, never a running count: a status that changed at every
-            # resync would be a write per object per resync at steady state (issue #21).
+            # resync would be a write per object per resync at steady state (issue #21). The
+            # schedule reconciles the object again when the grace ends (`pending_until`).
             since = at - timedelta(seconds=age)
             until = since + timedelta(seconds=FIRST_READING_GRACE_SECONDS)
             return (
@@ -147,3 +166,16 @@ def with_autoscaler(
             )
         )
     return status.model_copy(update={"autoscaler": now, "conditions": conds}), events
+
+
+def pending_until(status: dict[str, Any]) -> datetime | None:
+    """When a ModelDeployment's status (as written) turns from Pending to MetricUnavailable by the
+    clock alone: the end of the first reading's grace, while the `Autoscaling` condition is Pending
+    for want of a reading. None otherwise. The schedule reconciles the object then, so the change is
+    written when it happens, not at the next resync (which, at 1,000 objects, put a minute of
+    these writes after everything had converged: issue #21)."""
+    cond = next((x for x in status.get("conditions") or [] if x.get("type") == c.AUTOSCALING), None)
+    if cond is None or cond.get("reason") != c.AUTOSCALER_PENDING:
+        return None
+    start = _parse((status.get("autoscaler") or {}).get("noReadingSince"))
+    return start + timedelta(seconds=FIRST_READING_GRACE_SECONDS) if start is not None else None

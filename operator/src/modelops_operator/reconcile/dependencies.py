@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 from typing import Any
 
 from modelops_operator.api import conditions as c
 from modelops_operator.api.kinds import MODEL_DEPLOYMENT
+from modelops_operator.reconcile import autoscaling
 
 #: TrainingRun phases in which a Dataset change can matter. A run that has pinned its Dataset
 #: (Running, Succeeded, ...) keeps that version: a new Dataset version alone does not retrain.
@@ -67,6 +69,13 @@ def should_wake(before: str | None, after: str | None, *, known: bool, listed: b
 def run_waits_for_dataset(phase: str | None) -> bool:
     """Whether a TrainingRun in this phase could move on when its Dataset changes."""
     return phase in RUN_PHASES_WAITING_FOR_DATASET
+
+
+def changes_at(kind: str, status: dict[str, Any]) -> datetime | None:
+    """When an object's status changes by the clock alone, with no event to wake it: a
+    ModelDeployment's `Autoscaling` condition at the end of its first reading's grace. None when
+    nothing is due."""
+    return autoscaling.pending_until(status) if kind == MODEL_DEPLOYMENT.kind else None
 
 
 def needs_progress(kind: str, status: dict[str, Any]) -> bool:
