@@ -528,6 +528,7 @@ SUMMARIES: dict[str, Summary] = {
     "scale_stable_replicas": summary_scale,
     "scale_lazy_canary": summary_scale,
     "scale_grace_end": summary_scale,
+    "scale_grace_end_rerun": summary_scale,
     "scale_memory": summary_scale_memory,
     "faults": summary_faults,
     "server_bench": summary_server_bench,
