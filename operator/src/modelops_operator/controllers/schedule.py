@@ -55,8 +55,9 @@ class Schedule:
     def _interval(self, kind: Kind, status: Mapping[str, Any], wall: float | None) -> float:
         """Seconds to the next reconcile: a progress poll or a resync away, or sooner where the
         status changes by the clock alone at a known time (a grace period's end)."""
-        interval = self.progress if dep.needs_progress(kind.kind, dict(status)) else self.resync
-        if (changes := dep.changes_at(kind.kind, dict(status))) is not None:
+        doc = dict(status)
+        interval = self.progress if dep.needs_progress(kind.kind, doc) else self.resync
+        if (changes := dep.changes_at(kind.kind, doc)) is not None:
             later = changes.timestamp() + CLOCK_MARGIN_SECONDS - (time.time() if wall is None else wall)
             if later > 0:
                 interval = min(interval, later)

@@ -18,7 +18,7 @@ from modelops_operator.api import conditions as c
 from modelops_operator.api.common import ConditionStatus
 from modelops_operator.api.modeldeployment import AutoscalerStatus, ModelDeploymentStatus
 from modelops_operator.reconcile.actions import Event
-from modelops_operator.reconcile.rollout import stamp
+from modelops_operator.reconcile.rollout import parse_stamp, stamp
 
 #: The autoscaler's conditions that say whether it scales (Kubernetes' HPA controller sets them).
 _CONDITIONS = ("AbleToScale", "ScalingActive")
@@ -27,6 +27,7 @@ _CONDITIONS = ("AbleToScale", "ScalingActive")
 #: up to about 30 s: that is the pipeline's start, not a fault, so it is Pending for this long.
 _NO_READING_YET = ("FailedGetResourceMetric", "FailedGetPodsMetric", "FailedGetObjectMetric", "FailedGetExternalMetric")
 FIRST_READING_GRACE_SECONDS = 60
+_GRACE = timedelta(seconds=FIRST_READING_GRACE_SECONDS)
 HINT = (
     "CPU needs the resource metrics API (metrics-server); a customMetric needs a custom metrics adapter "
     "serving that name (prometheus-adapter): check `kubectl get apiservices | grep metrics` and the "
@@ -78,7 +79,7 @@ def read(hpa: dict[str, Any]) -> AutoscalerStatus:
     spec, st = hpa.get("spec") or {}, hpa.get("status") or {}
     current = st.get("currentMetrics") or []
     metrics = [_metric(m, current[i] if i < len(current) else None) for i, m in enumerate(spec.get("metrics") or [])]
-    failing = _failing(hpa)
+    failing = _failing(_by_type(hpa))
     no_reading = failing is not None and failing.get("reason") in _NO_READING_YET
     return AutoscalerStatus(
         current_replicas=int(st.get("currentReplicas") or 0),
@@ -92,38 +93,31 @@ def read(hpa: dict[str, Any]) -> AutoscalerStatus:
 def _parse(when: Any) -> datetime | None:
     """A timestamp as the client returns it (datetime or RFC 3339 text); None when it is neither
     or has no time zone."""
-    if isinstance(when, str):
-        try:
-            when = datetime.fromisoformat(when.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-    return when if isinstance(when, datetime) and when.tzinfo else None
+    parsed = parse_stamp(when) if isinstance(when, str) else when
+    return parsed if isinstance(parsed, datetime) and parsed.tzinfo else None
 
 
-def _since(when: Any, at: datetime) -> float | None:
-    """Seconds from a timestamp as the client returns it to `at`."""
-    start = _parse(when)
-    return (at - start).total_seconds() if start is not None else None
+def _by_type(hpa: dict[str, Any]) -> dict[Any, dict[str, Any]]:
+    """The autoscaler's conditions by type."""
+    return {x.get("type"): x for x in (hpa.get("status") or {}).get("conditions") or []}
 
 
-def _failing(hpa: dict[str, Any]) -> dict[str, Any] | None:
-    """The first of the autoscaler's conditions that says it cannot scale; None when none does."""
-    conds = {x.get("type"): x for x in (hpa.get("status") or {}).get("conditions") or []}
+def _failing(conds: dict[Any, dict[str, Any]]) -> dict[str, Any] | None:
+    """The first of the autoscaler's conditions (`_by_type`) that says it cannot scale; None when
+    none does."""
     return next((conds[t] for t in _CONDITIONS if t in conds and conds[t].get("status") == "False"), None)
 
 
 def _condition(hpa: dict[str, Any], at: datetime) -> tuple[ConditionStatus, str, str]:
     """The `Autoscaling` condition from the autoscaler's own conditions."""
-    conds = {x.get("type"): x for x in (hpa.get("status") or {}).get("conditions") or []}
-    if (first := _failing(hpa)) is not None:
+    conds = _by_type(hpa)
+    if (first := _failing(conds)) is not None:
         said = f"{first.get('reason')}: {first.get('message') or ''}".strip()
-        age = _since(first.get("lastTransitionTime"), at)
-        if first.get("reason") in _NO_READING_YET and age is not None and 0 <= age < FIRST_READING_GRACE_SECONDS:
+        since = _parse(first.get("lastTransitionTime"))
+        if first.get("reason") in _NO_READING_YET and since is not None and since <= at < (until := since + _GRACE):
             # The message names fixed times, never a running count: a status that changed at every
             # resync would be a write per object per resync at steady state (issue #21). The
             # schedule reconciles the object again when the grace ends (`pending_until`).
-            since = at - timedelta(seconds=age)
-            until = since + timedelta(seconds=FIRST_READING_GRACE_SECONDS)
             return (
                 ConditionStatus.UNKNOWN,
                 c.AUTOSCALER_PENDING,
@@ -177,5 +171,5 @@ def pending_until(status: dict[str, Any]) -> datetime | None:
     cond = next((x for x in status.get("conditions") or [] if x.get("type") == c.AUTOSCALING), None)
     if cond is None or cond.get("reason") != c.AUTOSCALER_PENDING:
         return None
-    start = _parse((status.get("autoscaler") or {}).get("noReadingSince"))
-    return start + timedelta(seconds=FIRST_READING_GRACE_SECONDS) if start is not None else None
+    since = _parse((status.get("autoscaler") or {}).get("noReadingSince"))
+    return since + _GRACE if since is not None else None
