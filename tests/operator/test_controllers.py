@@ -54,8 +54,15 @@ CHILDREN = [
 ]
 #: The canary's Deployment: made for the first canary, kept from then on.
 CANARY_DEPLOYMENT = ("Deployment", "digits-canary")
-#: The children of a ModelDeployment that has not rolled out a canary yet.
-BEFORE_A_CANARY = [child for child in CHILDREN if child != CANARY_DEPLOYMENT]
+#: The tracks' Services: made only for an HTTPRoute's backends (`rollout.trafficRouting.httpRoute`).
+TRACK_SERVICES = [("Service", "digits-stable"), ("Service", "digits-canary")]
+
+
+def children_of(*, canary: bool, routed: bool) -> list[tuple[str, str]]:
+    """CHILDREN without the canary's Deployment before the first canary, and without the tracks'
+    Services unless the ModelDeployment routes through an HTTPRoute."""
+    skip = ([] if canary else [CANARY_DEPLOYMENT]) + ([] if routed else TRACK_SERVICES)
+    return [child for child in CHILDREN if child not in skip]
 
 
 def md(*steps: dict[str, Any], route: bool = False, header: bool = False) -> dict[str, Any]:
@@ -183,7 +190,7 @@ MD_CASES = [
         phase="Pending",
         reason=c.ROLLING_STABLE,
         verbs=[
-            *(("create", kind, name) for kind, name in BEFORE_A_CANARY),
+            *(("create", kind, name) for kind, name in children_of(canary=False, routed=False)),
             ("create", "ServiceMonitor", "digits"),
             ("create", "PrometheusRule", "digits-alerts"),
             ("gauge", "ModelDeployment", "digits"),
@@ -366,7 +373,8 @@ def test_model_deployment_status_and_actions(case: MDCase):
     assert ready is not None and ready.last_transition_time == T0.replace(microsecond=0)  # the injected clock
     expected = case.verbs
     if expected is None:
-        children = CHILDREN if case.canary_deployment else BEFORE_A_CANARY
+        routed = "trafficRouting" in case.body["spec"].get("rollout", {})
+        children = children_of(canary=case.canary_deployment, routed=routed)
         expected = [(case.child_verb, kind, name) for kind, name in children]
         if case.route_weight is not None:
             expected.append(("patch", "HTTPRoute", ROUTE))

@@ -127,7 +127,7 @@ def test_every_reference_to_a_track_names_the_deployment_the_builder_names(name)
     for track, dep_name in built.items():
         assert dep_name == deployment_name(name, track) == child_name(name, track)
         assert len(dep_name) <= 63 and not dep_name.removesuffix(f"-{track}").endswith("-")
-    services = {s["metadata"]["name"] for s in build_services(body)}
+    services = {s["metadata"]["name"] for s in build_services(body, spec)}
     assert set(built.values()) <= services
     assert build_hpa(body, spec)["spec"]["scaleTargetRef"]["name"] == built["stable"]
     backends = http_route_rules(spec, name, 10, canary_serves=True)[-1]["backendRefs"]
@@ -379,8 +379,11 @@ def test_pod_template_is_the_deployments_template():
 # --- Services, PDB, HPA, ServiceMonitor ----------------------------------------------------------------
 
 
-def test_three_services():
-    services = build_services(md_obj())
+ROUTED = {"rollout": {"trafficRouting": {"httpRoute": "r"}}}
+
+
+def test_a_routed_deployment_has_a_service_per_track_beside_the_shared_one():
+    services = build_services(md_obj(ROUTED), spec_of(md_obj(ROUTED)))
     assert [s["metadata"]["name"] for s in services] == ["digits", "digits-stable", "digits-canary"]
     assert [s["spec"]["selector"] for s in services] == [
         {OWNER_LABEL: "digits"},
@@ -396,8 +399,14 @@ def test_three_services():
     assert service_url(md_obj()) == "http://digits.ns.svc.cluster.local"
 
 
+def test_without_a_route_the_shared_service_is_the_only_one():
+    (service,) = build_services(md_obj(), spec_of(md_obj()))
+    assert service["metadata"]["name"] == "digits" and service["spec"]["selector"] == {OWNER_LABEL: "digits"}
+    assert service == build_services(md_obj(ROUTED), spec_of(md_obj(ROUTED)))[0]
+
+
 def test_the_services_select_the_deployments_pods():
-    services = {s["metadata"]["name"]: s for s in build_services(md_obj())}
+    services = {s["metadata"]["name"]: s for s in build_services(md_obj(ROUTED), spec_of(md_obj(ROUTED)))}
     for track in ("stable", "canary"):
         pod_labels = deploy(track=track)["spec"]["template"]["metadata"]["labels"]
         for name in ("digits", f"digits-{track}"):
@@ -499,17 +508,15 @@ def _matches(selector: dict[str, Any], obj: dict[str, Any]) -> bool:
     return True
 
 
-def test_service_monitor_selects_the_stable_service_and_not_the_shared_one():
-    sm = build_service_monitor(md_obj())
-    services = {s["metadata"]["name"]: s for s in build_services(md_obj())}
-    assert _matches(sm["spec"]["selector"], services["digits-stable"])
-    assert not _matches(sm["spec"]["selector"], services["digits"])  # its pods would be scraped twice
-
-
-def test_service_monitor_selects_the_canary_service():
-    sm = build_service_monitor(md_obj())
-    canary = next(s for s in build_services(md_obj()) if s["metadata"]["name"] == "digits-canary")
-    assert _matches(sm["spec"]["selector"], canary)
+def test_service_monitor_selects_the_shared_service_and_no_track_service():
+    """Each pod scraped once: through the Service every ModelDeployment has, never also through a
+    track Service (which selects the same pods again), with or without a route."""
+    for spec in (None, ROUTED):
+        body = md_obj(spec)
+        sm = build_service_monitor(body)
+        services = {s["metadata"]["name"]: s for s in build_services(body, spec_of(body))}
+        assert [name for name, svc in services.items() if _matches(sm["spec"]["selector"], svc)] == ["digits"]
+        assert sm["spec"]["podTargetLabels"] == [OWNER_LABEL, TRACK_LABEL]
 
 
 # --- the HTTPRoute patch ---------------------------------------------------------------------------------

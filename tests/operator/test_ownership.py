@@ -35,7 +35,7 @@ def children(name: str = "api") -> list[dict[str, Any]]:
     spec = ModelDeploymentSpec.model_validate(body["spec"])
     return [
         build_deployment(body, spec, MODEL, "stable", OperatorSettings(), 1),
-        *build_services(body),
+        *build_services(body, spec),
         build_pdb(body),
         build_hpa(body, spec),
     ]

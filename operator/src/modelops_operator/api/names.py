@@ -62,8 +62,8 @@ that change the model change)."""
 TRIAL_LABEL = f"{GROUP}/trial"
 """On a trial's PyTorchJob: the trial's name, `<run>-r<round>-t<n>`."""
 TRACK_LABEL = f"{GROUP}/track"
-"""On a server Deployment's pods: `stable` or `canary`. The per-track Services, canary
-analysis and alert rules select on it (`modelops_dev_track` in Prometheus)."""
+"""On a server Deployment's pods: `stable` or `canary`. The per-track Services (with an
+HTTPRoute), canary analysis and alert rules select on it (`modelops_dev_track` in Prometheus)."""
 
 # Annotations the operator writes.
 PARAMETERS_ANNOTATION = f"{GROUP}/parameters"

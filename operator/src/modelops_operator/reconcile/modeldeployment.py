@@ -198,7 +198,7 @@ def desired(
     if plan.canary_replicas > 0 or seen.canary is not None:  # made for the first canary, then kept at 0
         children.append(bm.build_deployment(md, spec, plan.canary_model, "canary", settings, plan.canary_replicas))
     children += [
-        *bm.build_services(md),
+        *bm.build_services(md, spec),
         bm.build_pdb(md),
         bm.build_hpa(md, spec),
     ]
