@@ -4,7 +4,7 @@
 #   kubelet, kube-proxy                                              (k8s.io/kubernetes: the real node)
 #   coredns (only the plugins the cluster's Corefile uses)           (github.com/coredns/coredns)
 #   etcd                                                             (go.etcd.io/etcd/server/v3)
-#   kwok, kwokctl                                                    (sigs.k8s.io/kwok)
+#   kwok                                                             (sigs.k8s.io/kwok)
 #   helm                                                             (helm.sh/helm/v3)
 #   training-operator                                                (github.com/kubeflow/training-operator)
 #   prometheus, promtool                                             (github.com/prometheus/prometheus)
@@ -15,8 +15,8 @@
 #   kueue (job queueing: admission by quota, preemption by priority)  (sigs.k8s.io/kueue)
 #   trainer-controller-manager (Kubeflow Trainer v2: TrainJob)        (github.com/kubeflow/trainer/v2)
 #   jobset (JobSet: what Trainer v2 runs a TrainJob as)               (sigs.k8s.io/jobset)
-#   traefik (the Gateway API implementation: HTTPRoute weights and  (github.com/traefik/traefik/v3)
-#     header matches, measured through it by tests/e2e/test_gateway_e2e.py)
+#   traefik (the Gateway API implementation: HTTPRoute weights and  (github.com/traefik/traefik/v3,
+#     header matches, measured through it by tests/e2e/test_gateway_e2e.py)    without ACME DNS-01)
 #   modelops-health: kstatus's and Argo CD's verdicts on objects      (sigs.k8s.io/cli-utils, github.com/argoproj/argo-cd/v3)
 #     for the unit tests of our status (tests/operator/test_health.py); keyed by a hash of its module
 # A binary already in the cache is not rebuilt. Usage: hack/build-binaries.sh [NAME ...]
@@ -43,7 +43,7 @@ build() {
   local start=$SECONDS
   local pkgs=() p
   for p in "$@"; do pkgs+=("${p%%:*}"); done
-  (cd "$here/gomod/$dir" && go build -trimpath -tags "${tags:-}" -ldflags "-s -w $ldflags" -o "$tmp/" "${pkgs[@]}")
+  (cd "$here/gomod/$dir" && go build ${modfile:+-modfile="$modfile"} -trimpath -tags "${tags:-}" -ldflags "-s -w $ldflags" -o "$tmp/" "${pkgs[@]}")
   for p in "$@"; do
     local built b
     built=$(basename "${p%%:*}")
@@ -87,14 +87,8 @@ build_set() {
       fi ;;
     coredns) build coredns "$COREDNS_VERSION" coredns "-X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" modelops.dev/hack/coredns:coredns ;;
     etcd) build etcd "$ETCD_VERSION" etcd "" go.etcd.io/etcd/server/v3:etcd ;;
-    kwok)
-      if [ -x "$bin/kwokctl-$KWOK_VERSION" ] && [ -x "$bin/kwok-$KWOK_VERSION" ]; then
-        ln -sf "kwok-$KWOK_VERSION" "$bin/kwok"; ln -sf "kwokctl-$KWOK_VERSION" "$bin/kwokctl"
-      else
-        rm -f "$bin/kwok-$KWOK_VERSION"
-        build kwok "$KWOK_VERSION" kwok "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" \
-          sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
-      fi ;;
+    # kwok only: the cluster runs it as a process of its own, and nothing here uses kwokctl.
+    kwok) build kwok "$KWOK_VERSION" kwok "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" sigs.k8s.io/kwok/cmd/kwok ;;
     training-operator)
       build training-operator "$TRAINING_OPERATOR_VERSION" training-operator "" \
         github.com/kubeflow/training-operator/cmd/training-operator.v1:training-operator ;;
@@ -129,9 +123,28 @@ build_set() {
         github.com/kubeflow/trainer/v2/cmd/trainer-controller-manager ;;
     # Its version as JobSet's Makefile sets it (pkg/version).
     jobset) build jobset "$JOBSET_VERSION" jobset "-X sigs.k8s.io/jobset/pkg/version.GitVersion=$JOBSET_VERSION" sigs.k8s.io/jobset:jobset ;;
-    # Its version as Traefik's Makefile sets it (pkg/version).
-    traefik) build traefik "$TRAEFIK_VERSION" traefik "-X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION" \
-      github.com/traefik/traefik/v3/cmd/traefik ;;
+    # Its version as Traefik's Makefile sets it (pkg/version). Without lego's ACME DNS-01 providers:
+    # the local Gateway serves plain HTTP, and their cloud SDKs were a quarter of Traefik's compile
+    # (cold, alone on 2 cores: 352 CPU-s against 459) and 216 MB of its modules. lego comes from a
+    # copy of its module with hack/gomod/traefik/_lego's provider list (which refuses every name),
+    # through a copy of the wrapper's go.mod that replaces it. The binary's name says so (-no-dns01).
+    traefik)
+      pv="$TRAEFIK_VERSION-no-dns01"
+      if [ -x "$bin/traefik-$pv" ]; then
+        ln -sf "traefik-$pv" "$bin/traefik"
+      else
+        local lego
+        work=$(mktemp -d)  # not local: the trap runs after this function (build_set has a subshell of its own)
+        trap 'rm -rf "$work"' EXIT
+        lego=$(cd "$here/gomod/traefik" && go mod download github.com/go-acme/lego/v4 &&
+          go list -m -f '{{.Dir}}' github.com/go-acme/lego/v4)
+        cp -r "$lego" "$work/lego" && chmod -R u+w "$work/lego"
+        cp "$here/gomod/traefik/_lego/zz_gen_dns_providers.go" "$work/lego/providers/dns/"
+        cp "$here/gomod/traefik/go.mod" "$work/traefik.mod"; cp "$here/gomod/traefik/go.sum" "$work/traefik.sum"
+        (cd "$here/gomod/traefik" && go mod edit -modfile="$work/traefik.mod" -replace "github.com/go-acme/lego/v4=$work/lego")
+        modfile="$work/traefik.mod" build traefik "$pv" traefik \
+          "-X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION" github.com/traefik/traefik/v3/cmd/traefik
+      fi ;;
     health)
       v=$(cat "$here/gomod/health/go.mod" "$here/gomod/health/go.sum" "$here/gomod/health/main.go" | sha256sum | cut -c1-12)
       build modelops-health "$v" health "" modelops.dev/hack/health:modelops-health ;;
