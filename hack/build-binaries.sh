@@ -19,7 +19,7 @@
 #     header matches, measured through it by tests/e2e/test_gateway_e2e.py)    without ACME DNS-01)
 #   modelops-health: kstatus's and Argo CD's verdicts on objects      (sigs.k8s.io/cli-utils, github.com/argoproj/argo-cd/v3)
 #     for the unit tests of our status (tests/operator/test_health.py); keyed by a hash of its module
-# A binary already in the cache is not rebuilt. Usage: hack/build-binaries.sh [NAME ...]
+# A binary already in the cache is not rebuilt. Usage: hack/build-binaries.sh [NAME[+NAME...] ...]
 # Prints the bin directory on its last line.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -156,10 +156,21 @@ build_set() {
   esac
 }
 
+# build_chain A+B+...: sets one after the other, in one slot.
+build_chain() {
+  local s sets
+  IFS=+ read -ra sets <<< "$1"
+  for s in "${sets[@]}"; do build_set "$s"; done
+}
+
 # Two sets at a time (MODELOPS_GO_BUILD_JOBS): `go build` keeps both cores busy compiling, but each
 # link is one core for up to a minute, and a module download is none; the heaviest sets come first.
+# Sets joined by "+" build one after the other: custom-metrics-adapter and kwok pin metrics-server's
+# versions of every module they share with it, so after it they find those packages in Go's build
+# cache (cold on 2 cores: 4 s and 16 s, against 144 s and 90 s alone); built side by side, each
+# would compile them again.
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(kubernetes traefik kueue prometheus health etcd kwok helm training-operator coredns metrics-server custom-metrics-adapter trainer jobset)
+[ ${#want[@]} -gt 0 ] || want=(kubernetes traefik kueue prometheus health metrics-server+custom-metrics-adapter+kwok etcd helm training-operator coredns trainer jobset)
 jobs_max=${MODELOPS_GO_BUILD_JOBS:-2}
 declare -A running=()
 failed=()
@@ -170,7 +181,7 @@ reap() {
 }
 for w in "${want[@]}"; do
   while [ ${#running[@]} -ge "$jobs_max" ]; do reap; done
-  build_set "$w" &
+  build_chain "$w" &
   running[$!]=$w
 done
 while [ ${#running[@]} -gt 0 ]; do reap; done

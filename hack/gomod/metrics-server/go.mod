@@ -1,5 +1,7 @@
 // Wrapper module: builds metrics-server (the resource metrics API, metrics.k8s.io, that CPU and
 // memory HorizontalPodAutoscalers and `kubectl top` read) from sigs.k8s.io/metrics-server.
+// hack/gomod/custom-metrics-adapter and hack/gomod/kwok require its versions of the modules they
+// share with it, and build after it to find those packages in Go's build cache: change them together.
 module modelops.dev/hack/metrics-server
 
 go 1.26.4
