@@ -1,4 +1,5 @@
 // Wrapper module: CoreDNS with only the plugins the local cluster's DNS uses (see main.go).
+// It shares its modules' versions with hack/gomod/helm and builds after it: see helm's go.mod.
 module modelops.dev/hack/coredns
 
 go 1.24.0
@@ -43,7 +44,7 @@ require (
 	github.com/prometheus/procfs v0.16.1 // indirect
 	github.com/quic-go/quic-go v0.54.0 // indirect
 	github.com/rogpeppe/go-internal v1.14.1 // indirect
-	github.com/spf13/pflag v1.0.6 // indirect
+	github.com/spf13/pflag v1.0.9 // indirect
 	github.com/x448/float16 v0.8.4 // indirect
 	go.uber.org/automaxprocs v1.6.0 // indirect
 	go.uber.org/mock v0.5.0 // indirect

@@ -1,5 +1,8 @@
 // Wrapper module: builds JobSet's controller (jobset.x-k8s.io, what Kubeflow Trainer v2 runs a
 // TrainJob as) from sigs.k8s.io/jobset; its CRD and webhooks are read from the same module.
+// golang.org/x/{net,sync,sys,term,text} at hack/gomod/trainer's versions: with them, every module
+// the two share is at one version, and JobSet, built after Trainer (hack/build-binaries.sh), finds
+// their packages in Go's build cache. Change them together.
 module modelops.dev/hack/jobset
 
 go 1.24.0
@@ -65,12 +68,12 @@ require (
 	go.uber.org/multierr v1.11.0 // indirect
 	go.uber.org/zap v1.27.0 // indirect
 	golang.org/x/exp v0.0.0-20240719175910-8a7402abbf56 // indirect
-	golang.org/x/net v0.33.0 // indirect
+	golang.org/x/net v0.38.0 // indirect
 	golang.org/x/oauth2 v0.24.0 // indirect
-	golang.org/x/sync v0.10.0 // indirect
-	golang.org/x/sys v0.28.0 // indirect
-	golang.org/x/term v0.27.0 // indirect
-	golang.org/x/text v0.21.0 // indirect
+	golang.org/x/sync v0.12.0 // indirect
+	golang.org/x/sys v0.31.0 // indirect
+	golang.org/x/term v0.30.0 // indirect
+	golang.org/x/text v0.23.0 // indirect
 	golang.org/x/time v0.7.0 // indirect
 	gomodules.xyz/jsonpatch/v2 v2.4.0 // indirect
 	google.golang.org/genproto/googleapis/api v0.0.0-20240826202546-f6391c0de4c7 // indirect

@@ -1,6 +1,7 @@
 // Wrapper module: builds Kubeflow Trainer v2's controller manager (TrainJob, TrainingRuntime,
 // ClusterTrainingRuntime; trainer.kubeflow.org) from github.com/kubeflow/trainer/v2; its CRDs and
-// torch runtime are read from the same module.
+// torch runtime are read from the same module. hack/gomod/jobset requires its versions of the
+// modules they share and builds after it (hack/build-binaries.sh): change them together.
 module modelops.dev/hack/trainer
 
 go 1.24.0

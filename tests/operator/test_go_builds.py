@@ -1,0 +1,89 @@
+"""The local cluster's Go builds (hack/build-binaries.sh) that build one after the other to share
+Go's build cache. A package compiled for one is reused by the next only where every module it
+depends on is at the same version in both, so the wrapper modules of such a chain require the same
+version of each module they share: a version raised in one of them alone would not break the build,
+only make it compile those packages again (minutes on 2 cores), which this test catches instead.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "hack" / "build-binaries.sh"
+GOMOD = REPO / "hack" / "gomod"
+
+
+def chains() -> list[list[str]]:
+    """The default build list's chains (sets joined by "+")."""
+    (default,) = re.findall(r"want=\(([^)$]*)\)", SCRIPT.read_text())
+    return [word.split("+") for word in default.split() if "+" in word]
+
+
+def versions(module_dir: Path) -> dict[str, str]:
+    """What a wrapper module builds with: each required module's version, or its replacement's."""
+    required: dict[str, str] = {}
+    replaced: dict[str, str] = {}
+    block = ""
+    for line in re.sub(r"//.*", "", (module_dir / "go.mod").read_text()).splitlines():
+        words = line.split()
+        if words == [")"]:
+            block = ""
+            continue
+        if len(words) == 2 and words[1] == "(":
+            block = words[0]
+            continue
+        verb = block
+        if not block and words:
+            verb, words = words[0], words[1:]
+        if verb == "require" and len(words) == 2:
+            required[words[0]] = words[1]
+        elif verb == "replace" and "=>" in words and words[-1].startswith("v"):
+            replaced[words[0]] = words[-1]
+    return required | {module: version for module, version in replaced.items() if module in required}
+
+
+def test_the_default_build_list_has_chains_of_known_sets():
+    found = chains()
+    assert ["metrics-server", "custom-metrics-adapter", "kwok"] in found
+    for chain in found:
+        for name in chain:
+            assert re.search(rf"^\s+{re.escape(name)}\)", SCRIPT.read_text(), re.M), f"no set {name} in {SCRIPT.name}"
+
+
+def differences(chain: list[str], root: Path = GOMOD) -> list[str]:
+    """What keeps each later set of a chain from reusing the first one's packages."""
+    # A set's module directory is its name in hack/gomod.
+    first = versions(root / chain[0])
+    problems = []
+    for later in chain[1:]:
+        theirs = versions(root / later)
+        shared = set(first) & set(theirs)
+        if len(shared) < 20:
+            problems.append(f"{chain[0]} and {later} share only {len(shared)} modules: why chain them?")
+        differ = {m: (first[m], theirs[m]) for m in sorted(shared) if first[m] != theirs[m]}
+        if differ:
+            problems.append(
+                f"hack/gomod/{later} builds after hack/gomod/{chain[0]} to reuse its compiled packages, "
+                f"but they require different versions of {differ}: require the same in both"
+            )
+    return problems
+
+
+@pytest.mark.parametrize("chain", chains(), ids="+".join)
+def test_the_sets_of_a_chain_require_one_version_of_each_module_they_share(chain):
+    assert differences(chain) == []
+
+
+def test_a_version_raised_in_one_module_of_a_chain_is_seen(tmp_path):
+    # The check above on a copy of kwok's go.mod with one version raised.
+    (tmp_path / "kwok").mkdir()
+    text = (GOMOD / "kwok" / "go.mod").read_text()
+    (current,) = re.findall(r"^\s+k8s\.io/client-go (v\S+)", text, re.M)
+    (tmp_path / "kwok" / "go.mod").write_text(text.replace(f"k8s.io/client-go {current}", "k8s.io/client-go v0.99.0"))
+    (tmp_path / "metrics-server").symlink_to(GOMOD / "metrics-server")
+    (problem,) = differences(["metrics-server", "kwok"], tmp_path)
+    assert "'k8s.io/client-go': ('" + current + "', 'v0.99.0')" in problem
