@@ -18,8 +18,11 @@
 #   traefik (the Gateway API implementation: HTTPRoute weights and  (github.com/traefik/traefik/v3,
 #     header matches, measured through it by tests/e2e/test_gateway_e2e.py)    without ACME DNS-01)
 #   modelops-health: kstatus's and Argo CD's verdicts on objects      (sigs.k8s.io/cli-utils, github.com/argoproj/argo-cd/v3)
-#     for the unit tests of our status (tests/operator/test_health.py); keyed by a hash of its module
-# A binary already in the cache is not rebuilt. Usage: hack/build-binaries.sh [NAME[+NAME...] ...]
+#     for the unit tests of our status (tests/operator/test_health.py)
+# Each binary is named by its version and a hash of its wrapper module's files (go.mod, go.sum and
+# any source), and one already in the cache is not rebuilt: a wrapper changed in git (a dependency
+# raised, a stub replaced) is built again on a machine that has the binary of the old one.
+# Usage: hack/build-binaries.sh [NAME[+NAME...] ...]
 # Prints the bin directory on its last line.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -31,6 +34,11 @@ mkdir -p "$bin"
 export GOFLAGS="${GOFLAGS:-} -mod=mod -buildvcs=false"
 
 log() { printf '[build-binaries] %s\n' "$*" >&2; }
+
+# modhash DIR: the first 12 hex digits of a hash of every file of the wrapper module hack/gomod/DIR.
+modhash() {
+  (cd "$here/gomod/$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-12
+}
 
 # build NAME VERSION MODULE_DIR LDFLAGS PACKAGE[:BINARY]...: go build each package into $bin/BINARY-VERSION
 # (BINARY defaults to the package's last element, as go build names it) and link $bin/BINARY to it.
@@ -77,26 +85,27 @@ build_set() {
     # and 790 CPU-s as two builds side by side.
     kubernetes)
       local have=1
-      for b in "${k8s_commands[@]}"; do [ -x "$bin/$b-$KUBERNETES_VERSION" ] || have=""; done
+      pv="$KUBERNETES_VERSION-$(modhash kubernetes)"
+      for b in "${k8s_commands[@]}"; do [ -x "$bin/$b-$pv" ] || have=""; done
       if [ -n "$have" ]; then
-        for b in "${k8s_commands[@]}"; do ln -sf "$b-$KUBERNETES_VERSION" "$bin/$b"; done
+        for b in "${k8s_commands[@]}"; do ln -sf "$b-$pv" "$bin/$b"; done
       else
-        rm -f "$bin/kube-apiserver-$KUBERNETES_VERSION"
-        build kube-apiserver "$KUBERNETES_VERSION" kubernetes "$(k8s_ldflags "$KUBERNETES_VERSION")" \
+        rm -f "$bin/kube-apiserver-$pv"
+        build kube-apiserver "$pv" kubernetes "$(k8s_ldflags "$KUBERNETES_VERSION")" \
           "${k8s_commands[@]/#/k8s.io/kubernetes/cmd/}"
       fi ;;
-    coredns) build coredns "$COREDNS_VERSION" coredns "-X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" modelops.dev/hack/coredns:coredns ;;
-    etcd) build etcd "$ETCD_VERSION" etcd "" go.etcd.io/etcd/server/v3:etcd ;;
+    coredns) build coredns "$COREDNS_VERSION-$(modhash coredns)" coredns "-X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" modelops.dev/hack/coredns:coredns ;;
+    etcd) build etcd "$ETCD_VERSION-$(modhash etcd)" etcd "" go.etcd.io/etcd/server/v3:etcd ;;
     # kwok only: the cluster runs it as a process of its own, and nothing here uses kwokctl.
-    kwok) build kwok "$KWOK_VERSION" kwok "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" sigs.k8s.io/kwok/cmd/kwok ;;
+    kwok) build kwok "$KWOK_VERSION-$(modhash kwok)" kwok "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" sigs.k8s.io/kwok/cmd/kwok ;;
     training-operator)
-      build training-operator "$TRAINING_OPERATOR_VERSION" training-operator "" \
+      build training-operator "$TRAINING_OPERATOR_VERSION-$(modhash training-operator)" training-operator "" \
         github.com/kubeflow/training-operator/cmd/training-operator.v1:training-operator ;;
     # Only the service discovery the cluster's scrape configuration uses (kubernetes_sd_configs; file
     # and http are always in): Prometheus's own build tags leave out the cloud providers' SDKs, which
     # were most of its 768 s cold build. The binaries' names say so (-k8s-sd).
     prometheus)
-      pv="$PROMETHEUS_VERSION-k8s-sd"
+      pv="$PROMETHEUS_VERSION-k8s-sd-$(modhash prometheus)"
       if [ -x "$bin/promtool-$pv" ] && [ -x "$bin/prometheus-$pv" ]; then
         ln -sf "prometheus-$pv" "$bin/prometheus"; ln -sf "promtool-$pv" "$bin/promtool"
       else
@@ -109,27 +118,25 @@ build_set() {
       fi ;;
     # Its version as metrics-server's Makefile sets it (client-go's version package).
     metrics-server)
-      build metrics-server "$METRICS_SERVER_VERSION" metrics-server \
+      build metrics-server "$METRICS_SERVER_VERSION-$(modhash metrics-server)" metrics-server \
         "-X k8s.io/client-go/pkg/version.gitVersion=$METRICS_SERVER_VERSION -X k8s.io/client-go/pkg/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.buildDate=1970-01-01T00:00:00Z" \
         sigs.k8s.io/metrics-server/cmd/metrics-server ;;
     custom-metrics-adapter)
-      d="$here/gomod/custom-metrics-adapter"
-      v=$(cat "$d/go.mod" "$d/go.sum" "$d/main.go" "$d/promql/promql.go" | sha256sum | cut -c1-12)
-      build custom-metrics-adapter "$v" custom-metrics-adapter "" modelops.dev/hack/custom-metrics-adapter ;;
+      build custom-metrics-adapter "$(modhash custom-metrics-adapter)" custom-metrics-adapter "" modelops.dev/hack/custom-metrics-adapter ;;
     # Its version as Kueue's Makefile sets it (pkg/version).
-    kueue) build kueue "$KUEUE_VERSION" kueue "-X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" sigs.k8s.io/kueue/cmd/kueue ;;
+    kueue) build kueue "$KUEUE_VERSION-$(modhash kueue)" kueue "-X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" sigs.k8s.io/kueue/cmd/kueue ;;
     trainer)
-      build trainer-controller-manager "$TRAINER_VERSION" trainer "" \
+      build trainer-controller-manager "$TRAINER_VERSION-$(modhash trainer)" trainer "" \
         github.com/kubeflow/trainer/v2/cmd/trainer-controller-manager ;;
     # Its version as JobSet's Makefile sets it (pkg/version).
-    jobset) build jobset "$JOBSET_VERSION" jobset "-X sigs.k8s.io/jobset/pkg/version.GitVersion=$JOBSET_VERSION" sigs.k8s.io/jobset:jobset ;;
+    jobset) build jobset "$JOBSET_VERSION-$(modhash jobset)" jobset "-X sigs.k8s.io/jobset/pkg/version.GitVersion=$JOBSET_VERSION" sigs.k8s.io/jobset:jobset ;;
     # Its version as Traefik's Makefile sets it (pkg/version). Without lego's ACME DNS-01 providers:
     # the local Gateway serves plain HTTP, and their cloud SDKs were a quarter of Traefik's compile
     # (cold, alone on 2 cores: 352 CPU-s against 459) and 216 MB of its modules. lego comes from a
     # copy of its module with hack/gomod/traefik/_lego's provider list (which refuses every name),
     # through a copy of the wrapper's go.mod that replaces it. The binary's name says so (-no-dns01).
     traefik)
-      pv="$TRAEFIK_VERSION-no-dns01"
+      pv="$TRAEFIK_VERSION-no-dns01-$(modhash traefik)"
       if [ -x "$bin/traefik-$pv" ]; then
         ln -sf "traefik-$pv" "$bin/traefik"
       else
@@ -146,12 +153,11 @@ build_set() {
           "-X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION" github.com/traefik/traefik/v3/cmd/traefik
       fi ;;
     health)
-      v=$(cat "$here/gomod/health/go.mod" "$here/gomod/health/go.sum" "$here/gomod/health/main.go" | sha256sum | cut -c1-12)
-      build modelops-health "$v" health "" modelops.dev/hack/health:modelops-health ;;
+      build modelops-health "$(modhash health)" health "" modelops.dev/hack/health:modelops-health ;;
     # The Kubernetes version `helm template` and `helm lint` assume without --kube-version: that of
     # helm v3.19.0's client-go (v0.34), as helm's own Makefile sets it (unset, it is 1.20).
     # The file's name says so (-k8s1.34), so that a helm built before with 1.20 is rebuilt.
-    helm) build helm "$HELM_VERSION-k8s1.34" helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=34 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=34" helm.sh/helm/v3/cmd/helm ;;
+    helm) build helm "$HELM_VERSION-k8s1.34-$(modhash helm)" helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=34 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=34" helm.sh/helm/v3/cmd/helm ;;
     *) log "unknown binary set: $w"; return 2 ;;
   esac
 }
@@ -168,10 +174,11 @@ build_chain() {
 # Sets joined by "+" build one after the other: their wrapper modules require the same versions of
 # every module they share (tests/operator/test_go_builds.py), so the later ones find those packages
 # in Go's build cache. Cold on 2 cores, alone against after the first: custom-metrics-adapter 144 s
-# against 4 s and kwok 90 s against 16 s after metrics-server, JobSet 119 s against 21 s after
-# Trainer, CoreDNS 101 s against 14 s after helm. Built side by side, each compiled them again.
+# against 4 s and kwok 90 s against 16 s after metrics-server, modelops-health 159 s (301 CPU-s)
+# against 72 s (134) after the three, JobSet 119 s against 21 s after Trainer, CoreDNS 101 s
+# against 14 s after helm. Built side by side, each compiled them again.
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(kubernetes traefik kueue prometheus health metrics-server+custom-metrics-adapter+kwok trainer+jobset helm+coredns training-operator etcd)
+[ ${#want[@]} -gt 0 ] || want=(kubernetes traefik kueue prometheus metrics-server+custom-metrics-adapter+kwok+health trainer+jobset helm+coredns training-operator etcd)
 jobs_max=${MODELOPS_GO_BUILD_JOBS:-2}
 declare -A running=()
 failed=()

@@ -48,28 +48,30 @@ def versions(module_dir: Path) -> dict[str, str]:
 
 def test_the_default_build_list_has_chains_of_known_sets():
     found = chains()
-    assert ["metrics-server", "custom-metrics-adapter", "kwok"] in found
+    assert ["metrics-server", "custom-metrics-adapter", "kwok", "health"] in found
     for chain in found:
         for name in chain:
             assert re.search(rf"^\s+{re.escape(name)}\)", SCRIPT.read_text(), re.M), f"no set {name} in {SCRIPT.name}"
 
 
 def differences(chain: list[str], root: Path = GOMOD) -> list[str]:
-    """What keeps each later set of a chain from reusing the first one's packages."""
+    """What keeps each later set of a chain from reusing the packages of the sets built before it."""
     # A set's module directory is its name in hack/gomod.
-    first = versions(root / chain[0])
+    mods = {name: versions(root / name) for name in chain}
     problems = []
-    for later in chain[1:]:
-        theirs = versions(root / later)
-        shared = set(first) & set(theirs)
-        if len(shared) < 20:
-            problems.append(f"{chain[0]} and {later} share only {len(shared)} modules: why chain them?")
-        differ = {m: (first[m], theirs[m]) for m in sorted(shared) if first[m] != theirs[m]}
-        if differ:
-            problems.append(
-                f"hack/gomod/{later} builds after hack/gomod/{chain[0]} to reuse its compiled packages, "
-                f"but they require different versions of {differ}: require the same in both"
-            )
+    for i, later in enumerate(chain[1:], 1):
+        theirs = mods[later]
+        shared_with_first = set(mods[chain[0]]) & set(theirs)
+        if len(shared_with_first) < 20:
+            problems.append(f"{chain[0]} and {later} share only {len(shared_with_first)} modules: why chain them?")
+        for earlier in chain[:i]:
+            ours = mods[earlier]
+            differ = {m: (ours[m], theirs[m]) for m in sorted(set(ours) & set(theirs)) if ours[m] != theirs[m]}
+            if differ:
+                problems.append(
+                    f"hack/gomod/{later} builds after hack/gomod/{earlier} to reuse its compiled packages, "
+                    f"but they require different versions of {differ}: require the same in both"
+                )
     return problems
 
 
@@ -87,3 +89,18 @@ def test_a_version_raised_in_one_module_of_a_chain_is_seen(tmp_path):
     (tmp_path / "metrics-server").symlink_to(GOMOD / "metrics-server")
     (problem,) = differences(["metrics-server", "kwok"], tmp_path)
     assert "'k8s.io/client-go': ('" + current + "', 'v0.99.0')" in problem
+
+
+def test_a_version_that_differs_between_two_later_sets_is_seen(tmp_path):
+    # dario.cat/mergo is in kwok's and health's modules, not in metrics-server's: health, built after
+    # both, reuses kwok's packages only with kwok's version of it.
+    assert "dario.cat/mergo" not in versions(GOMOD / "metrics-server")
+    (tmp_path / "health").mkdir()
+    text = (GOMOD / "health" / "go.mod").read_text()
+    (current,) = re.findall(r"^\s+dario\.cat/mergo (v\S+)", text, re.M)
+    (tmp_path / "health" / "go.mod").write_text(text.replace(f"dario.cat/mergo {current}", "dario.cat/mergo v1.9.0"))
+    for name in ("metrics-server", "kwok"):
+        (tmp_path / name).symlink_to(GOMOD / name)
+    (problem,) = differences(["metrics-server", "kwok", "health"], tmp_path)
+    assert problem.startswith("hack/gomod/health builds after hack/gomod/kwok")
+    assert "'dario.cat/mergo': ('" + current + "', 'v1.9.0')" in problem
