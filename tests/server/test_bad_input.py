@@ -55,6 +55,8 @@ CLASSIFY_CASES = [
     ("empty", b"", "image/png", {}, 400, "empty"),
     ("text-content-type", PNG, "text/plain", {}, 415, "is not accepted"),
     ("json-content-type", b"{}", "application/json", {}, 415, "is not accepted"),
+    # curl's default for --data-binary: a real form is no image, and the decoder says so.
+    ("form-not-an-image", b"a=1&b=2", "application/x-www-form-urlencoded", {}, 415, "cannot identify the image format"),
     ("top-k-zero", PNG, "image/png", {"top_k": "0"}, 400, "top_k"),
     ("top-k-word", PNG, "image/png", {"top_k": "many"}, 400, "top_k"),
 ]
@@ -70,6 +72,23 @@ def test_classify_rejects(server: ServerProcess, body: bytes, ctype: str, query:
     assert r.status_code == status, r.text
     assert r.headers["Content-Type"].startswith("application/json")
     assert fragment in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="no-content-type"),  # requests and httpx given bytes send none
+        pytest.param({"Content-Type": "application/x-www-form-urlencoded"}, id="curl-data-binary-default"),
+    ],
+)
+def test_classify_takes_an_untyped_body_as_the_image(server: ServerProcess, headers: dict):
+    typed = requests.post(
+        f"{server.url}/v1/models/{MODEL}:classify", data=PNG, headers={"Content-Type": "image/png"}, timeout=30
+    )
+    untyped = requests.post(f"{server.url}/v1/models/{MODEL}:classify", data=PNG, headers=headers, timeout=30)
+    assert "Content-Type" not in untyped.request.headers or headers
+    assert typed.status_code == 200 and untyped.status_code == 200, untyped.text
+    assert untyped.json()["predictions"] == typed.json()["predictions"]
 
 
 def test_classify_multipart_without_file_field(server: ServerProcess):

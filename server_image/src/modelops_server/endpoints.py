@@ -101,6 +101,10 @@ BODIES = web.AppKey("bodies", BodyBudget)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 IMAGE_TYPES = ("image/", "application/octet-stream")
+#: A raw body also counts as the image with no Content-Type at all (Python's requests and httpx
+#: with bytes) or with curl's default for --data-binary; the decoder tells an image from anything
+#: else by its bytes (415 "cannot identify the image format").
+UNTYPED_BODIES = ("", "application/x-www-form-urlencoded")
 MAX_TOP_K = 100
 
 
@@ -328,10 +332,10 @@ async def classify(request: web.Request) -> web.Response:
         raise errors.RequestError("top_k must be an integer") from exc
     if not 1 <= top_k <= MAX_TOP_K:
         raise errors.RequestError(f"top_k must be between 1 and {MAX_TOP_K}")
-    ctype = request.content_type
+    ctype = request.content_type if request.headers.get("Content-Type") else ""
     if ctype.startswith("multipart/form-data"):
         data = await _multipart_file(request)
-    elif ctype.startswith(IMAGE_TYPES) and request.headers.get("Content-Type"):
+    elif ctype.startswith(IMAGE_TYPES) or ctype in UNTYPED_BODIES:
         data = await read_body(request)
     else:
         raise errors.UnsupportedMediaType(
