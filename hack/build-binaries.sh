@@ -40,12 +40,31 @@ modhash() {
   (cd "$here/gomod/$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-12
 }
 
-# build NAME VERSION MODULE_DIR LDFLAGS PACKAGE[:BINARY]...: go build each package into $bin/BINARY-VERSION
-# (BINARY defaults to the package's last element, as go build names it) and link $bin/BINARY to it.
+# go_output PACKAGE: the file go build writes for PACKAGE (its last element; go drops a /vN suffix).
+go_output() {
+  local built; built=$(basename "$1")
+  [[ $built =~ ^v[0-9]+$ ]] && built=$(basename "$(dirname "$1")")
+  echo "$built"
+}
+
+# binary PACKAGE[:BINARY]: the binary's name in $bin, BINARY or else go build's name for PACKAGE.
+binary() { if [[ $1 == *:* ]]; then echo "${1##*:}"; else go_output "$1"; fi; }
+
+# built VERSION MODULE_DIR PACKAGE[:BINARY]...: whether each binary is in the cache as
+# BINARY-VERSION-<modhash MODULE_DIR> (or BINARY-<hash> for an empty VERSION); if so, link them.
+built() {
+  local version=$1 dir=$2 p; shift 2
+  version=${version:+$version-}$(modhash "$dir")
+  for p in "$@"; do [ -x "$bin/$(binary "$p")-$version" ] || return 1; done
+  for p in "$@"; do ln -sf "$(binary "$p")-$version" "$bin/$(binary "$p")"; done
+}
+
+# build NAME VERSION MODULE_DIR LDFLAGS PACKAGE[:BINARY]...: unless `built` finds them, go build each
+# package into $bin/BINARY-VERSION-<modhash MODULE_DIR> and link $bin/BINARY to it.
 build() {
   local name=$1 version=$2 dir=$3 ldflags=$4; shift 4
-  local out="$bin/$name-$version"
-  if [ -x "$out" ]; then ln -sf "$name-$version" "$bin/$name"; return 0; fi
+  if built "$version" "$dir" "$@"; then return 0; fi
+  version=${version:+$version-}$(modhash "$dir")
   log "building $name $version (cold: minutes on 2 cores)"
   local tmp; tmp=$(mktemp -d)
   local start=$SECONDS
@@ -53,12 +72,8 @@ build() {
   for p in "$@"; do pkgs+=("${p%%:*}"); done
   (cd "$here/gomod/$dir" && go build ${modfile:+-modfile="$modfile"} -trimpath -tags "${tags:-}" -ldflags "-s -w $ldflags" -o "$tmp/" "${pkgs[@]}")
   for p in "$@"; do
-    local built b
-    built=$(basename "${p%%:*}")
-    [[ $built =~ ^v[0-9]+$ ]] && built=$(basename "$(dirname "${p%%:*}")")  # go drops a /vN suffix
-    b=$built; [[ $p == *:* ]] && b=${p##*:}
-    mv "$tmp/$built" "$bin/$b-$version"
-    ln -sf "$b-$version" "$bin/$b"
+    mv "$tmp/$(go_output "${p%%:*}")" "$bin/$(binary "$p")-$version"
+    ln -sf "$(binary "$p")-$version" "$bin/$(binary "$p")"
   done
   rmdir "$tmp"
   log "built $name $version in $((SECONDS - start)) s"
@@ -78,68 +93,52 @@ k8s_commands=(kube-apiserver kube-controller-manager kube-scheduler kubectl kube
 
 # build_set NAME: one of the sets below (a set's binaries come from one `go build`).
 build_set() {
-  local w=$1 pv v d
+  local w=$1 pv v
   case $w in
     # The control plane's and the node's commands in one `go build`, so that the packages they share
     # (most of k8s.io/kubernetes) compile once: cold on 2 cores, 281 s and 547 CPU-s, against 462 s
     # and 790 CPU-s as two builds side by side.
     kubernetes)
-      local have=1
-      pv="$KUBERNETES_VERSION-$(modhash kubernetes)"
-      for b in "${k8s_commands[@]}"; do [ -x "$bin/$b-$pv" ] || have=""; done
-      if [ -n "$have" ]; then
-        for b in "${k8s_commands[@]}"; do ln -sf "$b-$pv" "$bin/$b"; done
-      else
-        rm -f "$bin/kube-apiserver-$pv"
-        build kube-apiserver "$pv" kubernetes "$(k8s_ldflags "$KUBERNETES_VERSION")" \
-          "${k8s_commands[@]/#/k8s.io/kubernetes/cmd/}"
-      fi ;;
-    coredns) build coredns "$COREDNS_VERSION-$(modhash coredns)" coredns "-X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" modelops.dev/hack/coredns:coredns ;;
-    etcd) build etcd "$ETCD_VERSION-$(modhash etcd)" etcd "" go.etcd.io/etcd/server/v3:etcd ;;
+      build kube-apiserver "$KUBERNETES_VERSION" kubernetes "$(k8s_ldflags "$KUBERNETES_VERSION")" \
+        "${k8s_commands[@]/#/k8s.io/kubernetes/cmd/}" ;;
+    coredns) build coredns "$COREDNS_VERSION" coredns "-X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" modelops.dev/hack/coredns:coredns ;;
+    etcd) build etcd "$ETCD_VERSION" etcd "" go.etcd.io/etcd/server/v3:etcd ;;
     # kwok only: the cluster runs it as a process of its own, and nothing here uses kwokctl.
-    kwok) build kwok "$KWOK_VERSION-$(modhash kwok)" kwok "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" sigs.k8s.io/kwok/cmd/kwok ;;
+    kwok) build kwok "$KWOK_VERSION" kwok "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" sigs.k8s.io/kwok/cmd/kwok ;;
     training-operator)
-      build training-operator "$TRAINING_OPERATOR_VERSION-$(modhash training-operator)" training-operator "" \
+      build training-operator "$TRAINING_OPERATOR_VERSION" training-operator "" \
         github.com/kubeflow/training-operator/cmd/training-operator.v1:training-operator ;;
     # Only the service discovery the cluster's scrape configuration uses (kubernetes_sd_configs; file
     # and http are always in): Prometheus's own build tags leave out the cloud providers' SDKs, which
     # were most of its 768 s cold build. The binaries' names say so (-k8s-sd).
     prometheus)
-      pv="$PROMETHEUS_VERSION-k8s-sd-$(modhash prometheus)"
-      if [ -x "$bin/promtool-$pv" ] && [ -x "$bin/prometheus-$pv" ]; then
-        ln -sf "prometheus-$pv" "$bin/prometheus"; ln -sf "promtool-$pv" "$bin/promtool"
-      else
-        rm -f "$bin/prometheus-$pv"
-        v=${PROMETHEUS_VERSION#v0.}; v="3.${v:1:2}.${v##*.}"  # module v0.316.0 is Prometheus 3.16.0
-        tags=remove_all_sd,enable_kubernetes_sd
-        build prometheus "$pv" prometheus "-X github.com/prometheus/common/version.Version=$v" \
-          github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool
-        tags=
-      fi ;;
+      v=${PROMETHEUS_VERSION#v0.}; v="3.${v:1:2}.${v##*.}"  # module v0.316.0 is Prometheus 3.16.0
+      tags=remove_all_sd,enable_kubernetes_sd
+      build prometheus "$PROMETHEUS_VERSION-k8s-sd" prometheus "-X github.com/prometheus/common/version.Version=$v" \
+        github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool
+      tags= ;;
     # Its version as metrics-server's Makefile sets it (client-go's version package).
     metrics-server)
-      build metrics-server "$METRICS_SERVER_VERSION-$(modhash metrics-server)" metrics-server \
+      build metrics-server "$METRICS_SERVER_VERSION" metrics-server \
         "-X k8s.io/client-go/pkg/version.gitVersion=$METRICS_SERVER_VERSION -X k8s.io/client-go/pkg/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.buildDate=1970-01-01T00:00:00Z" \
         sigs.k8s.io/metrics-server/cmd/metrics-server ;;
     custom-metrics-adapter)
-      build custom-metrics-adapter "$(modhash custom-metrics-adapter)" custom-metrics-adapter "" modelops.dev/hack/custom-metrics-adapter ;;
+      build custom-metrics-adapter "" custom-metrics-adapter "" modelops.dev/hack/custom-metrics-adapter ;;
     # Its version as Kueue's Makefile sets it (pkg/version).
-    kueue) build kueue "$KUEUE_VERSION-$(modhash kueue)" kueue "-X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" sigs.k8s.io/kueue/cmd/kueue ;;
+    kueue) build kueue "$KUEUE_VERSION" kueue "-X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" sigs.k8s.io/kueue/cmd/kueue ;;
     trainer)
-      build trainer-controller-manager "$TRAINER_VERSION-$(modhash trainer)" trainer "" \
+      build trainer-controller-manager "$TRAINER_VERSION" trainer "" \
         github.com/kubeflow/trainer/v2/cmd/trainer-controller-manager ;;
     # Its version as JobSet's Makefile sets it (pkg/version).
-    jobset) build jobset "$JOBSET_VERSION-$(modhash jobset)" jobset "-X sigs.k8s.io/jobset/pkg/version.GitVersion=$JOBSET_VERSION" sigs.k8s.io/jobset:jobset ;;
+    jobset) build jobset "$JOBSET_VERSION" jobset "-X sigs.k8s.io/jobset/pkg/version.GitVersion=$JOBSET_VERSION" sigs.k8s.io/jobset:jobset ;;
     # Its version as Traefik's Makefile sets it (pkg/version). Without lego's ACME DNS-01 providers:
     # the local Gateway serves plain HTTP, and their cloud SDKs were a quarter of Traefik's compile
     # (cold, alone on 2 cores: 352 CPU-s against 459) and 216 MB of its modules. lego comes from a
     # copy of its module with hack/gomod/traefik/_lego's provider list (which refuses every name),
     # through a copy of the wrapper's go.mod that replaces it. The binary's name says so (-no-dns01).
     traefik)
-      pv="$TRAEFIK_VERSION-no-dns01-$(modhash traefik)"
-      if [ -x "$bin/traefik-$pv" ]; then
-        ln -sf "traefik-$pv" "$bin/traefik"
-      else
+      pv="$TRAEFIK_VERSION-no-dns01"
+      if ! built "$pv" traefik github.com/traefik/traefik/v3/cmd/traefik; then
         local lego
         work=$(mktemp -d)  # not local: the trap runs after this function (build_set has a subshell of its own)
         trap 'rm -rf "$work"' EXIT
@@ -153,11 +152,11 @@ build_set() {
           "-X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION" github.com/traefik/traefik/v3/cmd/traefik
       fi ;;
     health)
-      build modelops-health "$(modhash health)" health "" modelops.dev/hack/health:modelops-health ;;
+      build modelops-health "" health "" modelops.dev/hack/health:modelops-health ;;
     # The Kubernetes version `helm template` and `helm lint` assume without --kube-version: that of
     # helm v3.19.0's client-go (v0.34), as helm's own Makefile sets it (unset, it is 1.20).
     # The file's name says so (-k8s1.34), so that a helm built before with 1.20 is rebuilt.
-    helm) build helm "$HELM_VERSION-k8s1.34-$(modhash helm)" helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=34 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=34" helm.sh/helm/v3/cmd/helm ;;
+    helm) build helm "$HELM_VERSION-k8s1.34" helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=34 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=34" helm.sh/helm/v3/cmd/helm ;;
     *) log "unknown binary set: $w"; return 2 ;;
   esac
 }
