@@ -91,11 +91,34 @@ def test_classify_takes_an_untyped_body_as_the_image(server: ServerProcess, head
     assert untyped.json()["predictions"] == typed.json()["predictions"]
 
 
-def test_classify_multipart_without_file_field(server: ServerProcess):
-    r = requests.post(
-        f"{server.url}/v1/models/{MODEL}:classify", files={"picture": ("a.png", PNG, "image/png")}, timeout=30
-    )
-    assert r.status_code == 400 and "no field named 'file'" in r.json()["error"]
+def test_classify_takes_a_file_upload_under_any_field_name(server: ServerProcess):
+    """`curl -F image=@cat.jpg` and HTML file inputs name the field as they please; a plain form
+    field beside the upload (a caption, a token) is not the image."""
+    url = f"{server.url}/v1/models/{MODEL}:classify"
+    raw = requests.post(url, data=PNG, headers={"Content-Type": "image/png"}, timeout=30)
+    other = requests.post(url, data={"note": "x"}, files={"picture": ("a.png", PNG, "image/png")}, timeout=30)
+    assert raw.status_code == 200 and other.status_code == 200, other.text
+    assert other.json()["predictions"] == raw.json()["predictions"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        pytest.param(
+            {"files": {"a": ("a.png", PNG, "image/png"), "b": ("b.png", PNG, "image/png")}},
+            "the multipart body has 2 files (fields 'a', 'b') and no field named 'file'",
+            id="two-uploads",
+        ),
+        pytest.param(
+            {"files": {"note": (None, b"a caption")}},
+            "the multipart body has no file (its fields: 'note')",
+            id="form-field-only",
+        ),
+    ],
+)
+def test_classify_multipart_without_one_image(server: ServerProcess, kwargs: dict, fragment: str):
+    r = requests.post(f"{server.url}/v1/models/{MODEL}:classify", timeout=30, **kwargs)
+    assert r.status_code == 400 and fragment in r.json()["error"], r.text
 
 
 B64_PNG = base64.b64encode(PNG).decode()

@@ -81,6 +81,15 @@ def test_job_multipart_and_callback(job_server: ServerProcess):
     assert all(len(res["predictions"]) == 1 for res in doc["results"])
 
 
+def test_job_takes_file_uploads_under_any_field_name(job_server: ServerProcess):
+    files = [("images", (f"{i}.png", image_bytes(700 + i), "image/png")) for i in range(2)]
+    r = requests.post(f"{job_server.url}/v1/jobs", data={"note": "x"}, files=files, timeout=30)
+    assert r.status_code == 202, r.text
+    doc = wait_job(job_server, r.json()["id"])
+    assert doc["status"] == "completed" and doc["done"] == 2
+    assert all(res["predictions"] for res in doc["results"])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "status", "fragment"),
     [
@@ -105,6 +114,7 @@ def test_job_multipart_and_callback(job_server: ServerProcess):
             400,
             "malformed multipart body",
         ),
+        ({"data": {"note": "x"}, "files": {"x": (None, b"y")}}, 400, "the multipart body has no file"),
         ({"data": b"x", "headers": {"Content-Type": "text/plain"}}, 415, "multipart"),
     ],
     ids=[
@@ -118,6 +128,7 @@ def test_job_multipart_and_callback(job_server: ServerProcess):
         "json-not-an-object",
         "multipart-topk-not-an-integer",
         "malformed-multipart",
+        "multipart-without-a-file",
         "content-type",
     ],
 )

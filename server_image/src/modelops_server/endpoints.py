@@ -10,7 +10,7 @@ route                                                  what
 ``POST /v2/models/{name}[/versions/{v}]/infer``        Open Inference Protocol inference (JSON or binary extension)
 ``POST /v2/repository/index``                          the model repository's index (OIP repository extension)
 ``POST /v2/repository/models/{name}/load|unload``      hot swap, unload, reload (only with ``--enable-model-control``)
-``POST /v1/models/{name}:classify``                    an image (raw body or multipart ``file``) → top-k labels
+``POST /v1/models/{name}:classify``                    an image (raw body or a multipart file) → top-k labels
 ``POST /v1/feedback``                                  an A/B experiment's outcome of a prediction, by request id
 ``POST /v1/jobs``, ``GET /v1/jobs/{id}``               asynchronous jobs (with ``--redis-url``; see ``jobs``)
 ``GET  /``                                             the web page
@@ -322,7 +322,7 @@ async def infer(request: web.Request) -> web.Response:
 
 
 async def classify(request: web.Request) -> web.Response:
-    """An image in (raw ``image/*`` body or multipart field ``file``) → top-k labels with scores."""
+    """An image in (raw ``image/*`` body or a multipart file upload) → top-k labels with scores."""
     plane = request.app[DATAPLANE]
     model, assignment = _route(request)
     plane.admit()
@@ -340,7 +340,7 @@ async def classify(request: web.Request) -> web.Response:
     else:
         raise errors.UnsupportedMediaType(
             f"content type {request.headers.get('Content-Type', '(none)')!r} is not accepted: send the image as the "
-            "body with Content-Type image/jpeg (png, webp, ...) or as multipart/form-data field 'file'"
+            "body with Content-Type image/jpeg (png, webp, ...) or as a multipart/form-data file upload"
         )
     meta: dict[str, Any] = {"top_k": top_k}
     model, assignment = _reroute(request, model, assignment)
@@ -372,22 +372,50 @@ async def feedback(request: web.Request) -> web.Response:
 
 
 async def _multipart_file(request: web.Request) -> bytes:
+    files = await multipart_files(request)
+    if len(files) > 1:
+        names = ", ".join(repr(name) for name, _ in files)
+        raise errors.RequestError(
+            f"the multipart body has {len(files)} files (fields {names}) and no field named 'file': "
+            "send one image, or name its field 'file'"
+        )
+    return files[0][1]
+
+
+async def multipart_files(request: web.Request) -> list[tuple[str, bytes]]:
+    """The images of a multipart body, as (field name, bytes): the fields named ``file``, or where
+    there is none, every part that is a file upload (has a filename, as ``curl -F image=@cat.jpg``
+    and browsers' file inputs send), whatever its field's name. Plain form fields are skipped. A
+    400 when there is no image at all; the whole body stays within the server's size limit."""
     limit = request.app._client_max_size
-    found: list[bytes] = []
+    named: list[tuple[str, bytes]] = []
+    uploads: list[tuple[str, bytes]] = []
+    fields: list[str] = []
 
     async def receive() -> None:
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
-            if isinstance(part, BodyPartReader) and part.name == "file":
-                found.extend(await read_part(request, part, limit))
-                return
-        raise errors.RequestError("the multipart body has no field named 'file'")
+            if not isinstance(part, BodyPartReader):
+                continue
+            name = part.name or ""
+            if name != "file" and part.filename is None:
+                fields.append(name)
+                continue
+            already = sum(len(data) for _, data in named + uploads)
+            data = b"".join(await read_part(request, part, limit, already))
+            (named if name == "file" else uploads).append((name, data))
 
     try:
         await receive_bounded(request, receive)
     except MULTIPART_ERRORS as exc:
         raise errors.RequestError(f"malformed multipart body: {type(exc).__name__}: {exc}") from exc
-    return b"".join(found)
+    if not named and not uploads:
+        seen = f" (its fields: {', '.join(repr(f) for f in fields)})" if fields else ""
+        raise errors.RequestError(
+            f"the multipart body has no file{seen}: send the image as a file upload, "
+            "field 'file' (curl -F file=@photo.jpg)"
+        )
+    return named or uploads
 
 
 #: What aiohttp's multipart reader raises on a malformed body.

@@ -53,7 +53,7 @@ import numpy as np
 import orjson
 import redis
 import redis.asyncio as aioredis
-from aiohttp import BodyPartReader, ClientSession, ClientTimeout, web
+from aiohttp import ClientSession, ClientTimeout, web
 
 from modelops_server import batch, endpoints, errors, protocol
 from modelops_server.config import Settings
@@ -284,23 +284,12 @@ class JobService:
     async def _read_job(self, request: web.Request) -> tuple[list[bytes], object, object, dict[str, Any] | None]:
         """(images, topK, callbackUrl, batch job body or None) as sent; the body read within the server's bounds."""
         if request.content_type.startswith("multipart/form-data"):
-            limit = request.app._client_max_size
-            images: list[bytes] = []
-
-            async def receive() -> None:
-                reader = await request.multipart()
-                while (part := await reader.next()) is not None:
-                    if isinstance(part, BodyPartReader) and part.name == "file":
-                        already = sum(map(len, images))
-                        images.append(b"".join(await endpoints.read_part(request, part, limit, already)))
-
-            try:
-                await endpoints.receive_bounded(request, receive)
-            except endpoints.MULTIPART_ERRORS as exc:
-                raise errors.RequestError(f"malformed multipart body: {type(exc).__name__}: {exc}") from exc
+            images = [data for _, data in await endpoints.multipart_files(request)]
             return images, request.query.get("top_k", "5"), request.query.get("callback_url"), None
         if request.content_type != "application/json":
-            raise errors.UnsupportedMediaType("send application/json or multipart/form-data with 'file' fields")
+            raise errors.UnsupportedMediaType(
+                "send application/json or multipart/form-data with the images as file uploads"
+            )
         body = await endpoints.read_body(request)
         try:
             doc = orjson.loads(body)
