@@ -60,7 +60,8 @@ built() {
 }
 
 # build NAME VERSION MODULE_DIR LDFLAGS PACKAGE[:BINARY]...: unless `built` finds them, go build each
-# package into $bin/BINARY-VERSION-<modhash MODULE_DIR> and link $bin/BINARY to it.
+# package into $bin/BINARY-VERSION-<modhash MODULE_DIR>, link $bin/BINARY to it, and delete the
+# other $bin/BINARY-* it replaces.
 build() {
   local name=$1 version=$2 dir=$3 ldflags=$4; shift 4
   if built "$version" "$dir" "$@"; then return 0; fi
@@ -71,9 +72,15 @@ build() {
   local pkgs=() p
   for p in "$@"; do pkgs+=("${p%%:*}"); done
   (cd "$here/gomod/$dir" && go build ${modfile:+-modfile="$modfile"} -trimpath -tags "${tags:-}" -ldflags "-s -w $ldflags" -o "$tmp/" "${pkgs[@]}")
+  local b old
   for p in "$@"; do
-    mv "$tmp/$(go_output "${p%%:*}")" "$bin/$(binary "$p")-$version"
-    ln -sf "$(binary "$p")-$version" "$bin/$(binary "$p")"
+    b=$(binary "$p")
+    mv "$tmp/$(go_output "${p%%:*}")" "$bin/$b-$version"
+    ln -sf "$b-$version" "$bin/$b"
+    # The builds it replaces (another version or wrapper module) go: tens to hundreds of MB each.
+    for old in "$bin/$b"-*; do
+      if [ -f "$old" ] && [ ! -L "$old" ] && [ "$old" != "$bin/$b-$version" ]; then rm -f "$old"; fi
+    done
   done
   rmdir "$tmp"
   log "built $name $version in $((SECONDS - start)) s"

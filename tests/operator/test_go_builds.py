@@ -7,10 +7,15 @@ only make it compile those packages again (minutes on 2 cores), which this test 
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.support.tools import missing
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "hack" / "build-binaries.sh"
@@ -104,3 +109,29 @@ def test_a_version_that_differs_between_two_later_sets_is_seen(tmp_path):
     (problem,) = differences(["metrics-server", "kwok", "health"], tmp_path)
     assert problem.startswith("hack/gomod/health builds after hack/gomod/kwok")
     assert "'dario.cat/mergo': ('" + current + "', 'v1.9.0')" in problem
+
+
+def test_a_build_deletes_the_builds_it_replaces(tmp_path):
+    """A binary built again for a new version or wrapper module deletes its earlier builds (each
+    tens to hundreds of MB, which filled a disk once), and nothing of another binary's."""
+    if shutil.which("go") is None:
+        missing("go", "install Go 1.24 or newer")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stale = [bin_dir / "custom-metrics-adapter-000000000000", bin_dir / "custom-metrics-adapter-v0.1-111111111111"]
+    kept = [bin_dir / "metrics-server-v0.9.0-222222222222", bin_dir / "custom-metrics-adapterx-333333333333"]
+    for path in stale + kept:
+        path.write_bytes(b"#!/bin/sh\n")
+        path.chmod(0o755)
+    (bin_dir / "custom-metrics-adapter").symlink_to(stale[0].name)
+    env = os.environ | {"MODELOPS_CACHE": str(tmp_path)}
+    run = [str(SCRIPT), "custom-metrics-adapter"]
+    first = subprocess.run(run, env=env, capture_output=True, text=True, timeout=1800, check=True)
+    assert "building custom-metrics-adapter" in first.stderr
+    link = bin_dir / "custom-metrics-adapter"
+    built = bin_dir / os.readlink(link)
+    assert re.fullmatch(r"custom-metrics-adapter-[0-9a-f]{12}", built.name) and built.stat().st_size > 1_000_000
+    assert not any(path.exists() for path in stale)
+    assert all(path.exists() for path in kept)
+    again = subprocess.run(run, env=env, capture_output=True, text=True, timeout=600, check=True)
+    assert "building" not in again.stderr and built.exists()
