@@ -232,7 +232,7 @@ def build(image: Image, base: str, wheels: Path, *, push_it: bool = True) -> str
     name when not pushed)."""
     local = f"localhost/modelops/{image.name}:dev"
     args = [
-        "buildah", "bud", "--layers", "--network=host", "--quiet",
+        "buildah", "bud", "--layers", "--force-rm", "--network=host", "--quiet",
         "--file", image.dockerfile, "--ignorefile", f"{image.dockerfile}.dockerignore",
         "--build-arg", f"PYTHON_IMAGE={base}",
         "--build-arg", "PIP_FIND_LINKS=/wheelhouse", "--build-arg", "PIP_NO_INDEX=1",

@@ -5,6 +5,7 @@ the same digests."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -29,11 +30,16 @@ def tags(repository: str) -> list[str] | None:
         raise
 
 
+def working_containers() -> set[str]:
+    listing = ["buildah", "containers", "--quiet", "--notruncate"]
+    return set(subprocess.run(listing, capture_output=True, text=True, check=True).stdout.split())
+
+
 def test_a_failed_build_names_its_step_and_pushes_nothing(cluster, tmp_path: Path):
     dockerfile = tmp_path / "Dockerfile"
     dockerfile.write_text("FROM scratch\nCOPY no-such-file /here\n")
     (tmp_path / "Dockerfile.dockerignore").write_text("")
-    before = builder.load_refs()
+    before, containers = builder.load_refs(), working_containers()
     broken = builder.Image("broken-build-test", str(dockerfile))
     with pytest.raises(builder.BuildError) as failure:
         builder.build(broken, base="scratch", wheels=tmp_path)
@@ -42,6 +48,8 @@ def test_a_failed_build_names_its_step_and_pushes_nothing(cluster, tmp_path: Pat
     assert 'STEP "COPY no-such-file /here"' in message, message
     assert tags("modelops/broken-build-test") is None  # no tag, not even a half-pushed one
     assert builder.load_refs() == before
+    # Nor a working container with its overlay mount (one was left by every failed build before --force-rm).
+    assert working_containers() <= containers
 
 
 def test_a_rebuild_without_change_gives_the_same_digests(cluster):
