@@ -228,6 +228,67 @@ def test_infer_rejects(server: ServerProcess, body: bytes, ctype: str, status: i
     assert fragment in r.json()["error"]
 
 
+B64_TEXT = base64.b64encode(b"not an image").decode()
+PREDICT_CASES = [
+    # (id, body, content type, query, status, fragment of the error)
+    ("malformed-json", b'{"instances": [', "application/json", {}, 400, "malformed JSON"),
+    ("not-an-object", b"[1, 2]", "application/json", {}, 400, 'send a JSON object {"instances": [...]}'),
+    ("no-instances", b'{"signature_name": "x"}', "application/json", {}, 400, 'must have "instances"'),
+    ("both-forms", b'{"instances": [], "inputs": []}', "application/json", {}, 400, 'must have "instances"'),
+    ("instances-not-a-list", b'{"instances": {"b64": "AA=="}}', "application/json", {}, 400, "must be a list"),
+    ("empty", b'{"instances": []}', "application/json", {}, 400, '"instances" is empty'),
+    ("too-many", json.dumps({"instances": ["AA=="] * 1000}).encode(), "application/json", {}, 400, "at most"),
+    ("a-number", b'{"instances": [7]}', "application/json", {}, 400, "instance 0: an instance is an image as"),
+    ("no-image", b'{"instances": [{"key": "1"}]}', "application/json", {}, 400, "no image in the object (keys ['key']"),
+    (
+        "two-images",
+        json.dumps({"instances": [{"a": {"b64": B64_PNG}, "b": {"b64": B64_PNG}}]}).encode(),
+        "application/json",
+        {},
+        400,
+        "instance 0: 2 binary values ('a', 'b'); send one image",
+    ),
+    ("bad-base64", b'{"instances": [{"b64": "%%%"}]}', "application/json", {}, 400, "not valid base64"),
+    ("b64-not-a-string", b'{"instances": [{"b64": 5}]}', "application/json", {}, 400, "must be a base64 string"),
+    ("not-an-image", json.dumps({"instances": [B64_TEXT]}).encode(), "application/json", {}, 415, "image"),
+    (
+        "tensor-shape",
+        b'{"instances": [[[1.0, 2.0]]]}',
+        "application/json",
+        {},
+        400,
+        f"instance 0 must hold {3 * SIZE * SIZE} numbers for shape [3, {SIZE}, {SIZE}]; got shape [1, 2] of kind",
+    ),
+    ("ragged-tensor", b'{"instances": [[[1.0], [2.0, 3.0]]]}', "application/json", {}, 400, "instance 0 is not"),
+    (
+        "channels-last",
+        json.dumps({"instances": [[[[0.0] * 3] * SIZE] * SIZE]}).encode(),
+        "application/json",
+        {},
+        400,
+        f"got shape [{SIZE}, {SIZE}, 3]",
+    ),
+    ("text-content-type", b'{"instances": ["AA=="]}', "text/plain", {}, 415, "application/json"),
+    ("empty-body", b"", "application/json", {}, 400, "body is empty"),
+    ("top-k", json.dumps({"instances": [B64_PNG]}).encode(), "application/json", {"top_k": "0"}, 400, "top_k"),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "query", "status", "fragment"), [pytest.param(*c[1:], id=c[0]) for c in PREDICT_CASES]
+)
+def test_predict_rejects(server: ServerProcess, body: bytes, ctype: str, query: dict, status: int, fragment: str):
+    r = requests.post(
+        f"{server.url}/v1/models/{MODEL}:predict",
+        data=body,
+        headers={"Content-Type": ctype},
+        params=query,
+        timeout=30,
+    )
+    assert r.status_code == status, r.text
+    assert fragment in r.json()["error"], r.text
+
+
 @pytest.mark.parametrize(
     ("header", "json_part", "binary", "fragment"),
     [

@@ -1,6 +1,6 @@
 """Other projects' clients against a real server process: tritonclient (HTTP and gRPC) and KServe's
-InferenceRESTClient and InferenceGRPCClient, in JSON and binary forms, plus the model repository
-extension as tritonclient calls it.
+InferenceRESTClient and InferenceGRPCClient, in JSON and binary forms, KServe's REST client with the
+V1 protocol, plus the model repository extension as tritonclient calls it.
 
 The clients run in their own virtualenvs (``.venv-clients/<client>``, made by hack/setup.sh): their
 pins (protobuf < 7, grpcio ranges, pandas < 3) conflict with the project's, so each call is a
@@ -182,3 +182,15 @@ def test_kserve_grpc_client_typed_and_raw(server: ServerProcess, model_v1: Expor
         assert got[form]["id"] == f"kserve-grpc-{form}" and got[form]["model_name"] == MODEL
         close(got[form]["logits"], model_v1.logits(batch))
     close(got["image_logits"], expected_logits(model_v1, images))
+
+
+def test_kserve_rest_client_v1_protocol(server: ServerProcess, model_v1: ExportedModel, tmp_path):
+    images = [image_bytes(193), image_bytes(194)]
+    got = run_client("kserve", "v1", spec_for(server, np.zeros((1,)), images), tmp_path)
+    assert got["live"] and got["model_ready"]
+    assert got["predict"]["model_name"] == MODEL
+    want = softmax(expected_logits(model_v1, images))
+    for predictions, probs in zip(got["predict"]["predictions"], want, strict=True):
+        best = int(np.argmax(probs))
+        assert predictions[0]["index"] == best and predictions[0]["label"] == CLASSES[best]
+        assert predictions[0]["score"] == pytest.approx(float(probs[best]), abs=1e-5)

@@ -382,7 +382,7 @@ def test_the_page_escapes_the_model_name_and_carries_a_content_security_policy(t
     write_card(model, model_v1.digest, name='<img src=x onerror="alert(1)">')
     server = ServerProcess(model=model).start(tmp_path)
     try:
-        page = requests.get(f"{server.url}/", timeout=30)
+        page = requests.get(f"{server.url}/", headers={"Accept": "text/html"}, timeout=30)
     finally:
         assert server.stop() == 0
     assert "<img src=x" not in page.text

@@ -182,6 +182,45 @@ def test_classify_raw_body_and_multipart(server: ServerProcess, model_v1: Export
         assert doc["predictions"][0]["score"] == pytest.approx(want[order[0]], abs=1e-5)
 
 
+def test_kserve_v1_predict_takes_each_instance_form(server: ServerProcess, model_v1: ExportedModel):
+    """KServe V1 ``:predict``: the image forms of TF Serving's, KServe's and TorchServe's examples and
+    the normalised tensor, in one request, each answered by its own top-k labels in order."""
+    images = [image_bytes(61 + i) for i in range(4)]
+    b64 = [base64.b64encode(b).decode() for b in images]
+    tensor = normalise(pixels_of(image_bytes(65)))
+    instances = [
+        {"b64": b64[0]},
+        {"image_bytes": {"b64": b64[1]}, "key": "1"},
+        {"data": b64[2]},
+        b64[3],
+        tensor.tolist(),
+    ]
+    r = requests.post(
+        f"{server.url}/v1/models/{MODEL}:predict", json={"instances": instances}, params={"top_k": 2}, timeout=30
+    )
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["model_name"] == MODEL and doc["model_version"] == "v1" and len(doc["predictions"]) == 5
+    want = softmax(np.concatenate([expected_logits(model_v1, images), model_v1.logits(tensor[None])]))
+    for got, probs in zip(doc["predictions"], want, strict=True):
+        order = list(np.argsort(-probs))[:2]
+        assert [p["index"] for p in got] == order and [p["label"] for p in got] == [CLASSES[i] for i in order]
+        assert got[0]["score"] == pytest.approx(probs[order[0]], abs=1e-5)
+    columnar = requests.post(f"{server.url}/v1/models/{MODEL}:predict", json={"inputs": [b64[0]]}, timeout=30)
+    assert columnar.status_code == 200 and len(columnar.json()["predictions"][0]) == 5
+
+
+def test_kserve_v1_models_readiness_and_liveness(server: ServerProcess):
+    assert requests.get(f"{server.url}/v1/models", timeout=10).json() == {"models": [MODEL]}
+    ready = requests.get(f"{server.url}/v1/models/{MODEL}", timeout=10)
+    assert ready.status_code == 200 and ready.json() == {"name": MODEL, "ready": True}
+    assert requests.get(f"{server.url}/v1/models/other", timeout=10).status_code == 404
+    # "/" is the web page to a browser and KServe V1's liveness to everyone else.
+    assert requests.get(f"{server.url}/", timeout=10).json() == {"status": "alive"}
+    page = requests.get(f"{server.url}/", headers={"Accept": "text/html,*/*;q=0.8"}, timeout=10)
+    assert page.headers["Content-Type"].startswith("text/html")
+
+
 def test_metrics_count_requests_by_model_version_and_code(server: ServerProcess):
     from tests.support.serving import metric_value  # noqa: PLC0415
 

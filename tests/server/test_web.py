@@ -79,6 +79,6 @@ def test_drop_of_a_non_image_shows_the_error(page, server: ServerProcess, tmp_pa
 
 
 def test_page_is_served_as_html(server: ServerProcess):
-    r = requests.get(server.url + "/", timeout=10)
+    r = requests.get(server.url + "/", headers={"Accept": "text/html"}, timeout=10)
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html")
     assert "tiny-cnn" in r.text and "__MODEL_NAME__" not in r.text

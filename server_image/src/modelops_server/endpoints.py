@@ -11,9 +11,11 @@ route                                                  what
 ``POST /v2/repository/index``                          the model repository's index (OIP repository extension)
 ``POST /v2/repository/models/{name}/load|unload``      hot swap, unload, reload (only with ``--enable-model-control``)
 ``POST /v1/models/{name}:classify``                    an image (raw body or a multipart file) → top-k labels
+``POST /v1/models/{name}:predict``                     KServe V1: ``{"instances": [...]}`` → top-k labels of each
+``GET  /v1/models``, ``/v1/models/{name}``             KServe V1: the models; a model's readiness (503 when not ready)
 ``POST /v1/feedback``                                  an A/B experiment's outcome of a prediction, by request id
 ``POST /v1/jobs``, ``GET /v1/jobs/{id}``               asynchronous jobs (with ``--redis-url``; see ``jobs``)
-``GET  /``                                             the web page
+``GET  /``                                             the web page (to a browser); KServe V1 liveness otherwise
 ``GET  /metrics``                                      Prometheus metrics
 =====================================================  =============================================
 
@@ -297,6 +299,22 @@ async def model_ready(request: web.Request) -> web.Response:
     return json_response({"name": name, "version": version, "ready": ok}, status=200 if ok else 503)
 
 
+async def v1_models(request: web.Request) -> web.Response:
+    """KServe V1: the names of the models this server answers for."""
+    current = request.app[DATAPLANE].current
+    return json_response({"models": [current.name] if current is not None else []})
+
+
+async def v1_model_ready(request: web.Request) -> web.Response:
+    """KServe V1 model readiness: ``{"name", "ready"}``, 503 when not ready (as KServe answers)."""
+    plane = request.app[DATAPLANE]
+    name = request.match_info["name"]
+    ok = plane.model_ready(name, None)
+    if plane.current is not None:
+        request[_MODEL_LABEL] = plane.current
+    return json_response({"name": name, "ready": ok}, status=200 if ok else 503)
+
+
 # --- inference --------------------------------------------------------------------------------------
 
 
@@ -326,12 +344,7 @@ async def classify(request: web.Request) -> web.Response:
     plane = request.app[DATAPLANE]
     model, assignment = _route(request)
     plane.admit()
-    try:
-        top_k = int(request.query.get("top_k", "5"))
-    except ValueError as exc:
-        raise errors.RequestError("top_k must be an integer") from exc
-    if not 1 <= top_k <= MAX_TOP_K:
-        raise errors.RequestError(f"top_k must be between 1 and {MAX_TOP_K}")
+    top_k = _top_k(request)
     ctype = request.content_type if request.headers.get("Content-Type") else ""
     if ctype.startswith("multipart/form-data"):
         data = await _multipart_file(request)
@@ -347,6 +360,36 @@ async def classify(request: web.Request) -> web.Response:
     if assignment is not None:
         meta |= {"variant": assignment.variant.name, "request_id": assignment.request_id}
     answer = await plane.submit(model, "classify", data, meta)
+    return _to_response(answer, request, assignment)
+
+
+def _top_k(request: web.Request) -> int:
+    try:
+        top_k = int(request.query.get("top_k", "5"))
+    except ValueError as exc:
+        raise errors.RequestError("top_k must be an integer") from exc
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise errors.RequestError(f"top_k must be between 1 and {MAX_TOP_K}")
+    return top_k
+
+
+async def predict(request: web.Request) -> web.Response:
+    """KServe V1 ``:predict``: the JSON body goes to a worker (``kserve_v1`` parses it there)."""
+    plane = request.app[DATAPLANE]
+    model, assignment = _route(request)
+    plane.admit()
+    top_k = _top_k(request)
+    if request.headers.get("Content-Type") is not None and request.content_type != "application/json":
+        raise errors.UnsupportedMediaType(
+            f"content type {request.headers['Content-Type']!r} is not accepted: :predict takes "
+            'application/json {"instances": [...]}'
+        )
+    body = await read_body(request)
+    if not body:
+        raise errors.RequestError('the request body is empty; send {"instances": [...]}')
+    meta: dict[str, Any] = {"top_k": top_k}
+    model, assignment = _reroute(request, model, assignment)
+    answer = await plane.submit(model, "v1", body, meta)
     return _to_response(answer, request, assignment)
 
 
@@ -495,7 +538,11 @@ async def repository_unload(request: web.Request) -> web.Response:
 
 
 async def index(request: web.Request) -> web.Response:
-    """The web page: upload or drop an image, see the top-k labels and the version that answered."""
+    """The web page: upload or drop an image, see the top-k labels and the version that answered.
+    To a client that does not ask for HTML (a browser does), KServe V1's liveness answer instead:
+    ``{"status": "alive"}``, what KServe's clients read from ``/``."""
+    if "text/html" not in request.headers.get("Accept", ""):
+        return json_response({"status": "alive"})
     page, headers = _page()
     current = request.app[DATAPLANE].current
     name = html.escape(current.name if current is not None else "")  # the card's name: another's text
@@ -540,6 +587,9 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v2/repository/models/{name}/load", repository_load, name="repository_load")
     r.add_post("/v2/repository/models/{name}/unload", repository_unload, name="repository_unload")
     r.add_post("/v1/models/{name:[^/:]+}:classify", classify, name="classify")
+    r.add_post("/v1/models/{name:[^/:]+}:predict", predict, name="predict")
+    r.add_get("/v1/models", v1_models, name="v1_models")
+    r.add_get("/v1/models/{name:[^/:]+}", v1_model_ready, name="v1_model_ready")
     r.add_post("/v1/feedback", feedback, name="feedback")
     r.add_get("/", index, name="index")
     r.add_get("/metrics", metrics, name="metrics")

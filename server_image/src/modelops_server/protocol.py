@@ -324,21 +324,27 @@ def _numeric(tensor: RequestInput, chunk: memoryview | None, dtype: type[np.gene
         raise RequestError(f"input {tensor.name!r}: 'data' must be a list")
     if count == 0:
         raise RequestError(f"input {tensor.name!r}: shape {tensor.shape} has a zero dimension")
-    try:
-        array = np.asarray(data)
-    except (ValueError, TypeError) as exc:
-        raise RequestError(f"input {tensor.name!r}: 'data' is not a regular array of numbers: {exc}") from exc
-    if array.dtype.kind not in "iuf" or array.size != count:
-        raise RequestError(
-            f"input {tensor.name!r}: 'data' must hold {count} numbers for shape {tensor.shape}; "
-            f"got {array.size} of kind {array.dtype.name}"
-        )
+    array = json_numbers(data, f"input {tensor.name!r}: 'data'", tensor.shape)
     if dtype is np.uint8 and (array.min() < 0 or array.max() > 255 or array.dtype.kind == "f"):
         raise RequestError(f"input {tensor.name!r}: UINT8 data must be integers in 0..255")
     converted: npt.NDArray[Any] = array.astype(dtype, copy=False).reshape(tensor.shape)
     if dtype is np.float32 and not np.isfinite(converted).all():
         raise RequestError(f"input {tensor.name!r}: FP32 data must be finite numbers")
     return converted
+
+
+def json_numbers(data: Any, what: str, shape: list[int], *, exact: bool = False) -> npt.NDArray[Any]:
+    """JSON numbers (nested lists, or flat where not `exact`) as an array of their own type, with
+    as many numbers as `shape` holds, or (`exact`) nested as `shape`; RequestError naming `what`."""
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError) as exc:
+        raise RequestError(f"{what} is not a regular array of numbers: {exc}") from exc
+    count = int(np.prod(shape))
+    if array.dtype.kind not in "iuf" or (tuple(array.shape) != tuple(shape) if exact else array.size != count):
+        got = f"shape {list(array.shape)}" if exact else str(array.size)
+        raise RequestError(f"{what} must hold {count} numbers for shape {shape}; got {got} of kind {array.dtype.name}")
+    return array
 
 
 def decode_base64(text: str | bytes) -> bytes:

@@ -43,7 +43,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from modelops_server import grpc_protocol, protocol
+from modelops_server import grpc_protocol, kserve_v1, protocol
 from modelops_server.errors import InvalidModelOutput, ServerError, Unavailable, http_status, to_wire
 from modelops_server.messages import BatchRan, FromWorker, Infer, Load, Loaded, Result, Stop, ToWorker, Unload
 from modelops_server.modelcard import ModelCard
@@ -173,6 +173,11 @@ class Worker:
                 item.top_k = int(meta.get("top_k", 5))
                 item.extra = {k: meta[k] for k in ("variant", "request_id") if k in meta}  # an experiment's
                 item.rows = pre.image_row(payload)[None]
+            elif kind == "v1":
+                item.top_k = int(meta.get("top_k", 5))
+                v1 = kserve_v1.parse_request(payload, runner.card, max_rows=self.batching.max_rows_per_request)
+                pre.check_request_pixels(v1.images, self.batching.max_request_pixels)
+                item.rows = np.stack([pre.image_row(x) if isinstance(x, bytes) else x for x in v1.instances])
             else:
                 if kind == "grpc":
                     parsed = grpc_protocol.parse_request(
@@ -293,6 +298,9 @@ class Worker:
                         **protocol.encode_classification(part, runner.card, name, version, item.top_k)[0],
                     }
                     body, headers = orjson.dumps(doc), {"Content-Type": "application/json"}
+                elif item.kind == "v1":
+                    body = kserve_v1.encode_response(part, runner.card, name, version, item.top_k)
+                    headers = {"Content-Type": "application/json"}
                 elif item.kind == "grpc":
                     assert item.parsed is not None
                     body, headers = grpc_protocol.encode_response(item.parsed, part, runner.card, name, version), {}

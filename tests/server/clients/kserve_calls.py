@@ -1,5 +1,5 @@
-"""KServe's Python clients (``kserve`` 0.21: InferenceRESTClient, InferenceGRPCClient) against a
-running server; prints what they got as JSON.
+"""KServe's Python clients (``kserve`` 0.21: InferenceRESTClient with the V2 and V1 protocols,
+InferenceGRPCClient) against a running server; prints what they got as JSON.
 
 Runs in .venv-clients/kserve (see README.md): ``kserve_calls.py SCENARIO SPEC.json``.
 """
@@ -80,7 +80,22 @@ async def grpc(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-SCENARIOS = {"rest": rest, "grpc": grpc}
+async def v1(spec: dict[str, Any]) -> dict[str, Any]:
+    """The V1 protocol (TF Serving's REST API) as KServe's REST client speaks it."""
+    client = InferenceRESTClient(RESTConfig(protocol="v1", retries=0, timeout=120))
+    out: dict[str, Any] = {
+        "live": await client.is_server_live(spec["http"]),
+        "model_ready": await client.is_model_ready(spec["http"], spec["model"]),
+    }
+    try:
+        body = {"instances": [{"image_bytes": {"b64": b}, "key": str(i)} for i, b in enumerate(spec["images"])]}
+        out["predict"] = await client.infer(spec["http"], body, model_name=spec["model"])
+    finally:
+        await client.close()
+    return out
+
+
+SCENARIOS = {"rest": rest, "grpc": grpc, "v1": v1}
 
 if __name__ == "__main__":
     with open(sys.argv[2]) as f:
