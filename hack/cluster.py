@@ -811,6 +811,8 @@ def registry_garbage_collect() -> None:
     gigabytes behind in the machine's cache, shared by every clone."""
     if any(c.name == "registry" and c.pid() is not None for c in components()):
         return
+    if not (CACHE / "registry" / "docker" / "registry" / "v2" / "repositories").is_dir():
+        return  # nothing pushed yet (a fresh machine): nothing to collect, and the registry says so as an error
     result = subprocess.run(
         ["docker-registry", "garbage-collect", "--delete-untagged", str(STATE / "registry.yaml")],
         capture_output=True, text=True, check=False,
