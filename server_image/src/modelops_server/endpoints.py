@@ -288,14 +288,21 @@ async def model_metadata(request: web.Request) -> web.Response:
     return json_response(_model(request).metadata.model_dump())
 
 
-async def model_ready(request: web.Request) -> web.Response:
-    """Model readiness (OIP)."""
+def _readiness(request: web.Request) -> tuple[str, str | None, bool]:
+    """The URL's model name, the version serving it (the URL's where none is loaded), and whether it
+    is ready; the request labelled with the serving model for the metrics."""
     plane = request.app[DATAPLANE]
     name, version = request.match_info["name"], request.match_info.get("version")
     ok = plane.model_ready(name, version)
     if plane.current is not None:
         request[_MODEL_LABEL] = plane.current
         version = plane.current.version
+    return name, version, ok
+
+
+async def model_ready(request: web.Request) -> web.Response:
+    """Model readiness (OIP)."""
+    name, version, ok = _readiness(request)
     return json_response({"name": name, "version": version, "ready": ok}, status=200 if ok else 503)
 
 
@@ -307,11 +314,7 @@ async def v1_models(request: web.Request) -> web.Response:
 
 async def v1_model_ready(request: web.Request) -> web.Response:
     """KServe V1 model readiness: ``{"name", "ready"}``, 503 when not ready (as KServe answers)."""
-    plane = request.app[DATAPLANE]
-    name = request.match_info["name"]
-    ok = plane.model_ready(name, None)
-    if plane.current is not None:
-        request[_MODEL_LABEL] = plane.current
+    name, _, ok = _readiness(request)
     return json_response({"name": name, "ready": ok}, status=200 if ok else 503)
 
 

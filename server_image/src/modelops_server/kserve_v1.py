@@ -29,7 +29,7 @@ import orjson
 
 from modelops_server.errors import RequestError
 from modelops_server.modelcard import ModelCard
-from modelops_server.protocol import decode_base64, encode_classification, json_numbers
+from modelops_server.protocol import decode_base64, encode_classification, json_numbers, json_object
 
 
 @dataclass
@@ -45,12 +45,7 @@ class PredictRequest:
 
 def parse_request(body: bytes, card: ModelCard, *, max_rows: int) -> PredictRequest:
     """The request's instances, checked against the model; :class:`RequestError` on any fault."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise RequestError(f"malformed JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise RequestError('send a JSON object {"instances": [...]}')
+    doc = json_object(body, 'send a JSON object {"instances": [...]}')
     keys = [k for k in ("instances", "inputs") if k in doc]
     if len(keys) != 1:
         raise RequestError('the body must have "instances" (or "inputs"), a list with one entry per image')

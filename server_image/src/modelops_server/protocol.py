@@ -229,16 +229,22 @@ def _decode(body: bytes, header_length: int | None, content_type: str) -> tuple[
     if header_length is not None and not 0 < header_length <= len(body):
         raise RequestError(f"Inference-Header-Content-Length {header_length} is outside the body of {len(body)} bytes")
     json_part = body if header_length is None else body[:header_length]
-    try:
-        raw = orjson.loads(json_part)
-    except orjson.JSONDecodeError as exc:
-        raise RequestError(f"malformed JSON: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise RequestError("the request body must be a JSON object with an 'inputs' list")
+    raw = json_object(json_part, "the request body must be a JSON object with an 'inputs' list")
     try:
         return InferenceRequest.model_validate(raw), memoryview(body)[len(json_part) :]
     except ValidationError as exc:
         raise RequestError(f"invalid inference request: {first_errors(exc)}") from exc
+
+
+def json_object(body: bytes, expected: str) -> dict[str, Any]:
+    """A JSON body that must be an object: RequestError "malformed JSON: …" or `expected`."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(f"malformed JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise RequestError(expected)
+    return doc
 
 
 def _binary_chunk(tensor: RequestInput, binary: memoryview, header_length: int | None) -> memoryview | None:

@@ -169,12 +169,11 @@ class Worker:
                 raise Unavailable(f"model {key} is not loaded in worker {self.worker_id}")
             runner = loaded[0]
             pre = runner.preprocessor
+            item.top_k = int(meta.get("top_k", 5))  # the answer's labels, where it gives labels
             if kind == "classify":
-                item.top_k = int(meta.get("top_k", 5))
                 item.extra = {k: meta[k] for k in ("variant", "request_id") if k in meta}  # an experiment's
                 item.rows = pre.image_row(payload)[None]
             elif kind == "v1":
-                item.top_k = int(meta.get("top_k", 5))
                 v1 = kserve_v1.parse_request(payload, runner.card, max_rows=self.batching.max_rows_per_request)
                 pre.check_request_pixels(v1.images, self.batching.max_request_pixels)
                 item.rows = np.stack([pre.image_row(x) if isinstance(x, bytes) else x for x in v1.instances])
