@@ -8,6 +8,11 @@ the model's size, so the server's answer must match to float precision.
 from __future__ import annotations
 
 import base64
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,8 +29,10 @@ from tests.support.serving import (
     pixels_of,
     softmax,
 )
+from tests.support.tools import missing
 
 MODEL = "tiny-cnn"
+CONTROL_TOKEN = "t0ken-for-the-protocol-tests"
 
 
 def infer_url(server: ServerProcess, version: str | None = None) -> str:
@@ -219,6 +226,100 @@ def test_kserve_v1_models_readiness_and_liveness(server: ServerProcess):
     assert requests.get(f"{server.url}/", timeout=10).json() == {"status": "alive"}
     page = requests.get(f"{server.url}/", headers={"Accept": "text/html,*/*;q=0.8"}, timeout=10)
     assert page.headers["Content-Type"].startswith("text/html")
+
+
+def _curl(*args: str) -> dict:
+    """Run curl as TorchServe's documentation does; its JSON answer (curl fails on an HTTP error)."""
+    if shutil.which("curl") is None:
+        missing("curl", "apt-get install curl (hack/setup.sh installs it)")
+    cmd = ["curl", "-sS", "--fail-with-body", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return dict(json.loads(res.stdout))
+
+
+def test_torchserve_predictions_as_its_documentation_calls_them(
+    server: ServerProcess, model_v1: ExportedModel, tmp_path: Path
+):
+    """TorchServe's inference API with the calls of its own documentation: ``curl -T`` (a PUT of the
+    file), ``curl -F data=@``, the versioned path; SageMaker's ``/invocations`` with its image type.
+    Each answer is ``{label: probability}``, the top 5 in order."""
+    img = image_bytes(71)
+    path = tmp_path / "kitten.png"
+    path.write_bytes(img)
+    probs = softmax(expected_logits(model_v1, [img])[0])
+    order = list(np.argsort(-probs))
+    answers = {
+        "put": _curl(f"{server.url}/predictions/{MODEL}", "-T", str(path)),
+        "form": _curl(f"{server.url}/predictions/{MODEL}", "-F", f"data=@{path}"),
+        "version": _curl(f"{server.url}/predictions/{MODEL}/v1", "-F", f"data=@{path}"),
+        "invocations": _curl(
+            f"{server.url}/invocations", "-H", "Content-Type: application/x-image", "--data-binary", f"@{path}"
+        ),
+    }
+    for how, doc in answers.items():
+        assert list(doc) == [CLASSES[i] for i in order[:5]], how
+        assert list(doc.values()) == pytest.approx([probs[i] for i in order[:5]], abs=1e-5), how
+    top2 = requests.post(f"{server.url}/predictions/{MODEL}", data=img, params={"top_k": 2}, timeout=30)
+    assert top2.status_code == 200 and list(top2.json()) == [CLASSES[i] for i in order[:2]]
+    assert _curl(f"{server.url}/ping") == {"status": "Healthy"}
+
+
+@pytest.mark.parametrize(
+    ("path", "kwargs", "status", "fragment"),
+    [
+        pytest.param("/predictions/other", {"data": b"x"}, 404, "other", id="unknown-model"),
+        pytest.param(f"/predictions/{MODEL}/v9", {"data": b"x"}, 404, "v9", id="unknown-version"),
+        pytest.param(f"/predictions/{MODEL}", {"json": {"data": "eA=="}}, 415, "multipart/form-data", id="json"),
+        pytest.param(f"/predictions/{MODEL}", {"data": b""}, 400, "body is empty", id="empty"),
+        pytest.param(f"/predictions/{MODEL}", {"data": b"not an image"}, 415, "cannot identify", id="not-an-image"),
+        pytest.param(
+            f"/predictions/{MODEL}",
+            {"files": [("data", ("a.png", image_bytes(1))), ("data", ("b.png", image_bytes(2)))]},
+            400,
+            "2 files named 'data': send one image",
+            id="two-images",
+        ),
+        pytest.param(
+            "/invocations", {"data": b"x", "headers": {"Content-Type": "text/csv"}}, 415, "text/csv", id="csv"
+        ),
+    ],
+)
+def test_torchserve_predictions_refuse(server: ServerProcess, path: str, kwargs: dict, status: int, fragment: str):
+    r = requests.post(f"{server.url}{path}", timeout=30, **kwargs)
+    assert r.status_code == status, r.text
+    assert fragment in r.json()["error"]
+
+
+def test_ping_and_invocations_without_a_model(tmp_path: Path, model_v1: ExportedModel):
+    """With the model unloaded, ``/ping`` says ``Unhealthy`` with a 503 (a probe must see it) and
+    ``/invocations`` answers 503; loaded again, both serve."""
+    server = ServerProcess(
+        model=model_v1.path,
+        args=["--model-digest", model_v1.digest, "--enable-model-control"],
+        env={"MODELOPS_MODEL_CONTROL_TOKEN": CONTROL_TOKEN},
+    ).start(tmp_path)
+    auth = {"Authorization": f"Bearer {CONTROL_TOKEN}"}
+    repo = f"{server.url}/v2/repository/models/{MODEL}"
+    try:
+        assert requests.post(f"{repo}/unload", headers=auth, timeout=30).status_code == 200
+        ping = requests.get(f"{server.url}/ping", timeout=10)
+        assert ping.status_code == 503 and ping.json() == {"status": "Unhealthy"}
+        gone = requests.post(f"{server.url}/invocations", data=image_bytes(3), timeout=30)
+        assert gone.status_code == 503 and "no model is loaded" in gone.json()["error"], gone.text
+        assert requests.post(f"{repo}/load", headers=auth, timeout=120).status_code == 200
+        deadline = time.monotonic() + 30
+        while requests.get(f"{server.url}/ping", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, "/ping did not turn Healthy after the load"
+            time.sleep(0.05)
+        assert requests.post(f"{server.url}/invocations", data=image_bytes(3), timeout=30).status_code == 200
+        assert requests.get(f"{server.url}/v1/models/{MODEL}", timeout=10).status_code == 200
+        # Probes are answers, not requests: their 503s must not count toward the error rate.
+        text = requests.get(f"{server.url}/metrics", timeout=10).text
+        counted = {line.split('endpoint="')[1].split('"')[0] for line in text.splitlines() if "endpoint=" in line}
+        assert {"invocations", "repository_unload"} <= counted and not counted & {"ping", "v1_model_ready"}, counted
+    finally:
+        assert server.stop() == 0, server.logs()
 
 
 def test_metrics_count_requests_by_model_version_and_code(server: ServerProcess):

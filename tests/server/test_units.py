@@ -489,3 +489,19 @@ def test_a_served_version_has_its_inference_series_at_zero_before_any_request():
         labels = f'endpoint="{endpoint}",model="digits",version="v7"'
         assert f'modelops_requests_total{{code="200",{labels}}} 0.0' in text, text
         assert f"modelops_request_duration_seconds_count{{{labels}}} 0.0" in text, text
+
+
+def test_torchserve_answer_keeps_every_score_when_labels_repeat():
+    """TorchServe's answer is keyed by label; a label a card repeats must not drop a score."""
+    import orjson  # noqa: PLC0415
+
+    from modelops_server.modelcard import ModelCard  # noqa: PLC0415
+    from modelops_server.protocol import encode_label_scores  # noqa: PLC0415
+
+    card = ModelCard.model_validate({**CONTRACT_CARD, "classes": ["cat", "dog", "cat"]})
+    logits = np.array([[1.0, 3.0, 2.0]], dtype=np.float32)
+    doc = orjson.loads(encode_label_scores(logits, card, 3))
+    probs = np.exp(logits[0]) / np.exp(logits[0]).sum()
+    assert list(doc) == ["dog", "cat", "cat (0)"]  # the first "cat" by score is index 2
+    assert list(doc.values()) == pytest.approx([probs[1], probs[2], probs[0]], abs=1e-6)
+    assert list(orjson.loads(encode_label_scores(logits, card, 1))) == ["dog"]

@@ -13,6 +13,8 @@ route                                                  what
 ``POST /v1/models/{name}:classify``                    an image (raw body or a multipart file) → top-k labels
 ``POST /v1/models/{name}:predict``                     KServe V1: ``{"instances": [...]}`` → top-k labels of each
 ``GET  /v1/models``, ``/v1/models/{name}``             KServe V1: the models; a model's readiness (503 when not ready)
+``POST|PUT /predictions/{name}[/{v}]``                 TorchServe: an image (raw or multipart) → ``{label: score}``
+``POST /invocations``, ``GET /ping``                   SageMaker's (and TorchServe's): as /predictions; health
 ``POST /v1/feedback``                                  an A/B experiment's outcome of a prediction, by request id
 ``POST /v1/jobs``, ``GET /v1/jobs/{id}``               asynchronous jobs (with ``--redis-url``; see ``jobs``)
 ``GET  /``                                             the web page (to a browser); KServe V1 liveness otherwise
@@ -102,7 +104,7 @@ class BodyBudget:
 BODIES = web.AppKey("bodies", BodyBudget)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-IMAGE_TYPES = ("image/", "application/octet-stream")
+IMAGE_TYPES = ("image/", "application/octet-stream", "application/x-image")  # the last: SageMaker's
 #: A raw body also counts as the image with no Content-Type at all (Python's requests and httpx
 #: with bytes) or with curl's default for --data-binary; the decoder tells an image from anything
 #: else by its bytes (415 "cannot identify the image format").
@@ -130,6 +132,14 @@ def _aiohttp_error(exc: web.HTTPException) -> errors.ServerError:
     if isinstance(exc, web.HTTPMethodNotAllowed):
         return errors.RequestError(f"method {exc.method} is not allowed here; allowed: {sorted(exc.allowed_methods)}")
     return errors.RequestError(exc.reason)
+
+
+#: Routes left out of the request metrics: the page, the metrics, and the health and readiness
+#: probes, whose 503s while a model loads or the server drains are answers, not failed requests
+#: (counted, they would raise the error rate that the alerts and the canary analysis read).
+UNCOUNTED = frozenset(
+    ("metrics", "index", "live", "ready", "ping", "model_ready", "model_ready_version", "v1_model_ready")
+)
 
 
 @web.middleware
@@ -165,7 +175,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         response.force_close()  # a body not read to its end is not drained from a slow or hostile client
     model: ServedModel | None = request.get(_MODEL_LABEL)
     name, version = (model.name, model.version) if model is not None else ("", "")
-    if endpoint not in ("metrics", "live", "ready", "index"):
+    if endpoint not in UNCOUNTED:
         m.requests.labels(name, version, endpoint, str(response.status)).inc()
         m.request_duration.labels(name, version, endpoint).observe(time.monotonic() - started)
         if response.status >= 400:
@@ -188,23 +198,25 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
-def _route(request: web.Request) -> tuple[ServedModel, Assignment | None]:
-    """The model for an inference request and, during an experiment, the request's assignment."""
+def _route(request: web.Request, name: str | None = None) -> tuple[ServedModel, Assignment | None]:
+    """The model for an inference request (the URL's, or `name` for a URL that names none) and,
+    during an experiment, the request's assignment."""
     plane = request.app[DATAPLANE]
     key = request.headers.get(plane.experiment.key_header) if plane.experiment is not None else None
-    model, assignment = plane.route(request.match_info["name"], request.match_info.get("version"), key)
+    name = request.match_info["name"] if name is None else name
+    model, assignment = plane.route(name, request.match_info.get("version"), key)
     request[_MODEL_LABEL] = model
     return model, assignment
 
 
 def _reroute(
-    request: web.Request, model: ServedModel, assignment: Assignment | None
+    request: web.Request, model: ServedModel, assignment: Assignment | None, name: str | None = None
 ) -> tuple[ServedModel, Assignment | None]:
     """The model routed before the body was read, or, when a hot swap retired it while the body was
     being read, the model serving now: the retired one may already be gone from the workers (it is
     dropped as soon as nothing admitted to it is in flight). An experiment's variants are never
     retired, so an assignment made before the body is kept."""
-    return _route(request) if model.retired else (model, assignment)
+    return _route(request, name) if model.retired else (model, assignment)
 
 
 def _model(request: web.Request) -> ServedModel:
@@ -312,6 +324,14 @@ async def v1_models(request: web.Request) -> web.Response:
     return json_response({"models": [current.name] if current is not None else []})
 
 
+async def ping(request: web.Request) -> web.Response:
+    """TorchServe's (and SageMaker's) health check: ``{"status": "Healthy"}`` when a model is
+    loaded and the server is not draining; ``"Unhealthy"`` with a 503 otherwise (TorchServe answers
+    200 either way, which a probe cannot tell apart)."""
+    ok = request.app[DATAPLANE].ready
+    return json_response({"status": "Healthy" if ok else "Unhealthy"}, status=200 if ok else 503)
+
+
 async def v1_model_ready(request: web.Request) -> web.Response:
     """KServe V1 model readiness: ``{"name", "ready"}``, 503 when not ready (as KServe answers)."""
     name, _, ok = _readiness(request)
@@ -344,25 +364,49 @@ async def infer(request: web.Request) -> web.Response:
 
 async def classify(request: web.Request) -> web.Response:
     """An image in (raw ``image/*`` body or a multipart file upload) → top-k labels with scores."""
+    return await _one_image(request, "classify", "file")
+
+
+async def predictions(request: web.Request) -> web.Response:
+    """TorchServe's inference API, ``POST|PUT /predictions/{name}[/{version}]``: the image as the body
+    (``curl -T cat.jpg``) or a multipart upload (field ``data``) → ``{label: probability}``, top-k."""
+    return await _one_image(request, "torchserve", "data")
+
+
+async def invocations(request: web.Request) -> web.Response:
+    """``POST /invocations`` (SageMaker's serving contract, which TorchServe also answers): the
+    served model answers as on ``/predictions/{name}``."""
+    current = request.app[DATAPLANE].current
+    if current is None:
+        raise errors.Unavailable("no model is loaded yet")
+    return await _one_image(request, "torchserve", "data", current.name)
+
+
+async def _one_image(request: web.Request, kind: str, field: str, name: str | None = None) -> web.Response:
+    """Route, admit and read one image (the raw body, or the multipart upload named `field`, else
+    the only one), and have a worker answer it as `kind` answers."""
     plane = request.app[DATAPLANE]
-    model, assignment = _route(request)
+    model, assignment = _route(request, name)
     plane.admit()
     top_k = _top_k(request)
     ctype = request.content_type if request.headers.get("Content-Type") else ""
     if ctype.startswith("multipart/form-data"):
-        data = await _multipart_file(request)
+        data = await _multipart_file(request, field)
     elif ctype.startswith(IMAGE_TYPES) or ctype in UNTYPED_BODIES:
         data = await read_body(request)
     else:
         raise errors.UnsupportedMediaType(
-            f"content type {request.headers.get('Content-Type', '(none)')!r} is not accepted: send the image as the "
-            "body with Content-Type image/jpeg (png, webp, ...) or as a multipart/form-data file upload"
+            f"content type {request.headers.get('Content-Type', '(none)')!r} is not accepted: send the image as "
+            f"the body with Content-Type image/jpeg (png, webp, ...) or as a multipart/form-data file upload "
+            f"(field {field!r})"
         )
+    if not data:
+        raise errors.RequestError("the request body is empty: send the image's bytes")
     meta: dict[str, Any] = {"top_k": top_k}
-    model, assignment = _reroute(request, model, assignment)
+    model, assignment = _reroute(request, model, assignment, name)
     if assignment is not None:
         meta |= {"variant": assignment.variant.name, "request_id": assignment.request_id}
-    answer = await plane.submit(model, "classify", data, meta)
+    answer = await plane.submit(model, kind, data, meta)
     return _to_response(answer, request, assignment)
 
 
@@ -417,19 +461,21 @@ async def feedback(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-async def _multipart_file(request: web.Request) -> bytes:
-    files = await multipart_files(request)
+async def _multipart_file(request: web.Request, field: str) -> bytes:
+    files = await multipart_files(request, field)
     if len(files) > 1:
         names = ", ".join(repr(name) for name, _ in files)
+        if any(name == field for name, _ in files):
+            raise errors.RequestError(f"the multipart body has {len(files)} files named {field!r}: send one image")
         raise errors.RequestError(
-            f"the multipart body has {len(files)} files (fields {names}) and no field named 'file': "
-            "send one image, or name its field 'file'"
+            f"the multipart body has {len(files)} files (fields {names}) and no field named {field!r}: "
+            f"send one image, or name its field {field!r}"
         )
     return files[0][1]
 
 
-async def multipart_files(request: web.Request) -> list[tuple[str, bytes]]:
-    """The images of a multipart body, as (field name, bytes): the fields named ``file``, or where
+async def multipart_files(request: web.Request, field: str = "file") -> list[tuple[str, bytes]]:
+    """The images of a multipart body, as (field name, bytes): the fields named `field`, or where
     there is none, every part that is a file upload (has a filename, as ``curl -F image=@cat.jpg``
     and browsers' file inputs send), whatever its field's name. Plain form fields are skipped. A
     400 when there is no image at all; the whole body stays within the server's size limit."""
@@ -444,12 +490,12 @@ async def multipart_files(request: web.Request) -> list[tuple[str, bytes]]:
             if not isinstance(part, BodyPartReader):
                 continue
             name = part.name or ""
-            if name != "file" and part.filename is None:
+            if name != field and part.filename is None:
                 fields.append(name)
                 continue
             already = sum(len(data) for _, data in named + uploads)
             data = b"".join(await read_part(request, part, limit, already))
-            (named if name == "file" else uploads).append((name, data))
+            (named if name == field else uploads).append((name, data))
 
     try:
         await receive_bounded(request, receive)
@@ -459,7 +505,7 @@ async def multipart_files(request: web.Request) -> list[tuple[str, bytes]]:
         seen = f" (its fields: {', '.join(repr(f) for f in fields)})" if fields else ""
         raise errors.RequestError(
             f"the multipart body has no file{seen}: send the image as a file upload, "
-            "field 'file' (curl -F file=@photo.jpg)"
+            f"field {field!r} (curl -F {field}=@photo.jpg)"
         )
     return named or uploads
 
@@ -592,6 +638,12 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/models/{name:[^/:]+}:classify", classify, name="classify")
     r.add_post("/v1/models/{name:[^/:]+}:predict", predict, name="predict")
     r.add_get("/v1/models", v1_models, name="v1_models")
+    for suffix, path in (("", "/predictions/{name}"), ("_version", "/predictions/{name}/{version}")):
+        resource = r.add_resource(path, name="predictions" + suffix)
+        resource.add_route("POST", predictions)
+        resource.add_route("PUT", predictions)  # curl -T, TorchServe's own example, sends PUT
+    r.add_post("/invocations", invocations, name="invocations")
+    r.add_get("/ping", ping, name="ping")
     r.add_get("/v1/models/{name:[^/:]+}", v1_model_ready, name="v1_model_ready")
     r.add_post("/v1/feedback", feedback, name="feedback")
     r.add_get("/", index, name="index")

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-#: What an ``Infer`` payload is: an OIP REST body, an image for /v1 classify, a KServe V1
-#: ``:predict`` body, or a serialized gRPC ``ModelInferRequest``.
-KINDS = ("v2", "classify", "v1", "grpc")
+#: What an ``Infer`` payload is: an OIP REST body, an image for /v1 classify or for TorchServe's
+#: ``/predictions``, a KServe V1 ``:predict`` body, or a serialized gRPC ``ModelInferRequest``.
+KINDS = ("v2", "classify", "torchserve", "v1", "grpc")
 
 
 class Infer(NamedTuple):

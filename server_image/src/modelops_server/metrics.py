@@ -19,7 +19,16 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 #: The endpoints that answer inference, as the `endpoint` label names them.
-INFERENCE_ENDPOINTS = ("classify", "predict", "infer", "infer_version", "grpc_ModelInfer")
+INFERENCE_ENDPOINTS = (
+    "classify",
+    "predict",
+    "predictions",
+    "predictions_version",
+    "invocations",
+    "infer",
+    "infer_version",
+    "grpc_ModelInfer",
+)
 
 
 class Metrics:

@@ -480,6 +480,18 @@ def encode_response(
     }
 
 
+def encode_label_scores(logits: npt.NDArray[np.float32], card: ModelCard, top_k: int) -> bytes:
+    """TorchServe's image classifier answer for one image: ``{label: probability}``, the top-k in
+    order of probability. A label the card repeats is keyed ``"label (index)"`` after its first
+    use, so that no score is lost to a duplicate key."""
+    rows = encode_classification(logits[:1], card, "", "", top_k)[0]["predictions"]
+    doc: dict[str, float] = {}
+    for p in rows:
+        key = p["label"] if p["label"] not in doc else f"{p['label']} ({p['index']})"
+        doc[key] = p["score"]
+    return orjson.dumps(doc)
+
+
 def encode_classification(
     logits: npt.NDArray[np.float32], card: ModelCard, name: str, version: str, top_k: int
 ) -> list[dict[str, Any]]:

@@ -170,7 +170,7 @@ class Worker:
             runner = loaded[0]
             pre = runner.preprocessor
             item.top_k = int(meta.get("top_k", 5))  # the answer's labels, where it gives labels
-            if kind == "classify":
+            if kind in ("classify", "torchserve"):
                 item.extra = {k: meta[k] for k in ("variant", "request_id") if k in meta}  # an experiment's
                 item.rows = pre.image_row(payload)[None]
             elif kind == "v1":
@@ -289,23 +289,7 @@ class Worker:
             try:
                 if not np.isfinite(part).all():
                     raise InvalidModelOutput(f"model {name} version {version} produced non-finite scores")
-                if item.kind == "classify":
-                    doc = {
-                        "model_name": name,
-                        "model_version": version,
-                        **item.extra,
-                        **protocol.encode_classification(part, runner.card, name, version, item.top_k)[0],
-                    }
-                    body, headers = orjson.dumps(doc), {"Content-Type": "application/json"}
-                elif item.kind == "v1":
-                    body = kserve_v1.encode_response(part, runner.card, name, version, item.top_k)
-                    headers = {"Content-Type": "application/json"}
-                elif item.kind == "grpc":
-                    assert item.parsed is not None
-                    body, headers = grpc_protocol.encode_response(item.parsed, part, runner.card, name, version), {}
-                else:
-                    assert item.parsed is not None
-                    body, headers = protocol.encode_response(item.parsed, part, runner.card, name, version)
+                body, headers = _encode(item, part, runner, name, version)
             except BaseException as exc:
                 item.error = exc
                 self._answer_error(item, started)
@@ -325,6 +309,29 @@ class Worker:
         headers = {"Content-Type": "application/json"}
         self.outbox.put(Result(item.req_id, http_status(error), body, headers, batch_started_at, kind, message))
         self.slots.release()
+
+
+def _encode(
+    item: _Prepared, part: npt.NDArray[np.float32], runner: ModelRunner, name: str, version: str
+) -> tuple[bytes, dict[str, str]]:
+    """The answer's body and headers for one request's rows of logits, in its protocol's form."""
+    json_type = {"Content-Type": "application/json"}
+    if item.kind == "classify":
+        doc = {
+            "model_name": name,
+            "model_version": version,
+            **item.extra,
+            **protocol.encode_classification(part, runner.card, name, version, item.top_k)[0],
+        }
+        return orjson.dumps(doc), json_type
+    if item.kind == "torchserve":
+        return protocol.encode_label_scores(part, runner.card, item.top_k), json_type
+    if item.kind == "v1":
+        return kserve_v1.encode_response(part, runner.card, name, version, item.top_k), json_type
+    assert item.parsed is not None
+    if item.kind == "grpc":
+        return grpc_protocol.encode_response(item.parsed, part, runner.card, name, version), {}
+    return protocol.encode_response(item.parsed, part, runner.card, name, version)
 
 
 def worker_main(
