@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import json
+import zlib
 
 import pytest
 import requests
@@ -366,6 +368,64 @@ def test_oversized_body_is_413(server: ServerProcess):
         timeout=60,
     )
     assert r.status_code == 413 and "limit" in r.json()["error"]
+
+
+def _encoded(coding: str, data: bytes) -> bytes:
+    """`data` in an HTTP content coding, by the libraries HTTP clients use for it."""
+    if coding == "br":
+        import brotli  # noqa: PLC0415
+
+        return bytes(brotli.compress(data))
+    if coding == "zstd":
+        from backports import zstd  # noqa: PLC0415
+
+        return bytes(zstd.compress(data))
+    return gzip.compress(data) if coding == "gzip" else zlib.compress(data)
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "zstd"])
+def test_a_compressed_body_is_decoded(server: ServerProcess, coding: str):
+    """Clients compress request bodies (tritonclient's `request_compression_algorithm`, proxies,
+    mobile SDKs): each coding HTTP clients send is decoded, for an image and for a JSON body."""
+    url = f"{server.url}/v1/models/{MODEL}:classify"
+    plain = requests.post(url, data=PNG, headers={"Content-Type": "image/png"}, timeout=30)
+    packed = requests.post(
+        url, data=_encoded(coding, PNG), headers={"Content-Type": "image/png", "Content-Encoding": coding}, timeout=30
+    )
+    assert plain.status_code == 200 and packed.status_code == 200, packed.text
+    assert packed.json()["predictions"] == plain.json()["predictions"]
+    body = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [B64_PNG]}]})
+    infer = requests.post(
+        f"{server.url}/v2/models/{MODEL}/infer",
+        data=_encoded(coding, body.encode()),
+        headers={"Content-Type": "application/json", "Content-Encoding": coding},
+        timeout=30,
+    )
+    assert infer.status_code == 200, infer.text
+
+
+@pytest.mark.parametrize(
+    ("coding", "body", "status", "fragment"),
+    [
+        pytest.param("gzip", PNG, 400, "not valid gzip data", id="not-gzip"),
+        pytest.param("br", PNG, 400, "not valid br data", id="not-br"),
+        pytest.param("zstd", b"\x28\xb5\x2f\xfd" + PNG, 400, "not valid zstd data", id="corrupt-zstd"),
+        pytest.param("x-custom", PNG, 415, "Content-Encoding 'x-custom' is not accepted", id="unknown-coding"),
+        # 60 KB of gzip that expands to 60 MB: the size limit (4 MiB) applies to what it decodes to.
+        pytest.param("gzip", gzip.compress(bytes(60 << 20)), 413, "above the limit", id="gzip-bomb"),
+    ],
+)
+def test_a_body_its_coding_does_not_describe_is_refused(
+    server: ServerProcess, coding: str, body: bytes, status: int, fragment: str
+):
+    r = requests.post(
+        f"{server.url}/v1/models/{MODEL}:classify",
+        data=body,
+        headers={"Content-Type": "image/png", "Content-Encoding": coding},
+        timeout=60,
+    )
+    assert r.status_code == status, r.text
+    assert fragment in r.json()["error"]
 
 
 def test_wrong_method_is_405_in_json(server: ServerProcess):

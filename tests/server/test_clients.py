@@ -106,6 +106,13 @@ def test_tritonclient_http_json_echoes_the_id(server: ServerProcess, model_v1: E
     assert got["id"] == "t-7"
 
 
+def test_tritonclient_http_compresses_its_requests(server: ServerProcess, model_v1: ExportedModel, batch, tmp_path):
+    """tritonclient's `request_compression_algorithm`: the body arrives gzip- or deflate-encoded."""
+    got = run_client("triton", "http_compressed", spec_for(server, batch, bare_http=True), tmp_path)
+    for algorithm in ("gzip", "deflate"):
+        close(got[algorithm], model_v1.logits(batch))
+
+
 def test_grpc_bad_input_gets_invalid_argument_with_rests_words(server: ServerProcess, batch, tmp_path):
     got = run_client("triton", "grpc_errors", spec_for(server, batch), tmp_path)
     n = batch.shape[0]

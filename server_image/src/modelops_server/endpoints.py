@@ -51,6 +51,7 @@ from typing import Any
 import orjson
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelops_server import __version__, errors, repository
@@ -250,12 +251,30 @@ async def receive_bounded(request: web.Request, receive: Callable[[], Awaitable[
     limit = request.app._client_max_size
     if request.content_length is not None and request.content_length > limit:
         raise errors.BodyTooLarge(f"the request body of {request.content_length} bytes is above the limit of {limit}")
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding not in CONTENT_CODINGS:
+        raise errors.UnsupportedMediaType(
+            f"Content-Encoding {request.headers['Content-Encoding']!r} is not accepted: send the body uncompressed, "
+            "or encoded with one of gzip, deflate, br, zstd"
+        )
     budget = request.app[BODIES]
     budget.hold(request, request.content_length or 0)
     try:
         await asyncio.wait_for(receive(), budget.timeout_s)
     except TimeoutError as exc:
         raise errors.BodyTimeout(f"the request body did not arrive within {budget.timeout_s:g} s") from exc
+    except RequestPayloadError as exc:  # aiohttp's: a body its coding or chunked framing cannot decode
+        if coding not in ("", "identity"):
+            raise errors.RequestError(
+                f"the request body is not valid {coding} data, which its Content-Encoding header says it is"
+            ) from exc
+        detail = getattr(exc.__cause__, "message", None) or str(exc)
+        raise errors.RequestError(f"the request body cannot be read: {detail}") from exc
+
+
+#: The content codings a request body may have (aiohttp decodes the four, the size limit applying to
+#: what they decode to); "" is none.
+CONTENT_CODINGS = frozenset(("", "identity", "gzip", "deflate", "br", "zstd"))
 
 
 def _to_response(answer: Answer, request: web.Request, assignment: Assignment | None = None) -> web.Response:

@@ -162,7 +162,29 @@ def http_json(spec: dict[str, Any]) -> dict[str, Any]:
     return {"fp32_logits": result.as_numpy("logits").tolist(), "id": result.get_response()["id"]}
 
 
-SCENARIOS = {f.__name__: f for f in (grpc_infer, grpc_errors, grpc_repository, http_repository, http_json)}
+def http_compressed(spec: dict[str, Any]) -> dict[str, Any]:
+    """tritonclient's HTTP client compressing its request bodies (binary tensors), with gzip and with
+    deflate, and asking for a gzip-compressed answer: the logits of each."""
+    client = thttp.InferenceServerClient(spec["http"], network_timeout=120)
+    batch = np.asarray(spec["batch"], dtype=np.float32)
+    got = {}
+    for algorithm in ("gzip", "deflate"):
+        tensor = thttp.InferInput("input", list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(batch, binary_data=True)
+        result = client.infer(
+            spec["model"],
+            [tensor],
+            outputs=[thttp.InferRequestedOutput("logits", binary_data=True)],
+            request_compression_algorithm=algorithm,
+            response_compression_algorithm="gzip",
+        )
+        got[algorithm] = result.as_numpy("logits").tolist()
+    return got
+
+
+SCENARIOS = {
+    f.__name__: f for f in (grpc_infer, grpc_errors, grpc_repository, http_repository, http_json, http_compressed)
+}
 
 if __name__ == "__main__":
     with open(sys.argv[2]) as f:
