@@ -309,3 +309,34 @@ def test_sigterm_finishes_admitted_grpc_calls_and_refuses_new_ones(tmp_path: Pat
         got = np.frombuffer(answer.raw_output_contents[0], dtype="<f4").reshape(1, -1)
         np.testing.assert_allclose(got, model_v1.logits(batch), rtol=1e-4, atol=1e-4)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_reflection_lets_a_client_without_our_proto_list_and_call(server: ServerProcess, model_v1: ExportedModel):
+    """Server reflection, as grpcurl and Postman use it: the services are listed, and ModelInfer is
+    called with message classes built only from what the server described (a pool of its own, not
+    the generated module this test imports)."""
+    from google.protobuf import descriptor_pool, message_factory  # noqa: PLC0415
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (  # noqa: PLC0415
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        services = set(database.get_services())
+        assert {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
+        pool = descriptor_pool.DescriptorPool(database)
+        method = pool.FindServiceByName(SERVICE).FindMethodByName("ModelInfer")
+        request_type = message_factory.GetMessageClass(method.input_type)
+        response_type = message_factory.GetMessageClass(method.output_type)
+        assert request_type is not pb.ModelInferRequest
+        batch = np.random.default_rng(31).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+        request = request_type(model_name=MODEL, raw_input_contents=[batch.tobytes()])
+        request.inputs.add(name="input", datatype="FP32", shape=list(batch.shape))
+        call = channel.unary_unary(
+            f"/{SERVICE}/ModelInfer",
+            request_serializer=request_type.SerializeToString,
+            response_deserializer=response_type.FromString,
+        )
+        response = call(request, timeout=30)
+    logits = np.frombuffer(response.raw_output_contents[0], dtype=np.float32).reshape(2, -1)
+    np.testing.assert_allclose(logits, model_v1.logits(batch), rtol=1e-4, atol=1e-4)

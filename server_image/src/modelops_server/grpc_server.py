@@ -1,4 +1,5 @@
-"""The gRPC endpoints: ``inference.GRPCInferenceService`` and ``grpc.health.v1.Health`` (grpc.aio).
+"""The gRPC endpoints: ``inference.GRPCInferenceService`` and ``grpc.health.v1.Health`` (grpc.aio),
+with server reflection (``grpc.reflection.v1alpha``, which grpcurl and Postman ask) describing both.
 
 The same data plane as REST (``endpoints``): the same admission, batching, workers and errors. A
 ``ModelInfer`` message is not parsed here: its model name and version are read from the message's
@@ -32,6 +33,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from modelops_server import __version__, errors, repository
 from modelops_server.config import Settings
@@ -43,6 +45,9 @@ from modelops_server.proto import grpc_predict_v2_pb2 as pb
 log = logging.getLogger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
+#: The services server reflection describes (grpcurl's ``list``): the two this server implements and
+#: reflection itself.
+REFLECTED = (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
 HEALTH_SYNC_S = 0.25
 
 Context = Any  # grpc.aio.ServicerContext: grpcio ships no type hints
@@ -351,6 +356,7 @@ class GrpcServer:
         self.server.add_generic_rpc_handlers((InferenceService(settings, plane, metrics, bodies).handler(),))
         self.health = _Health(plane)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(REFLECTED, self.server)
         self.port = 0
         self._sync: asyncio.Task[None] | None = None
 
