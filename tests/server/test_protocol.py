@@ -322,6 +322,65 @@ def test_ping_and_invocations_without_a_model(tmp_path: Path, model_v1: Exported
         assert server.stop() == 0, server.logs()
 
 
+@pytest.mark.parametrize(
+    ("sent", "echoed"),
+    [
+        pytest.param("abc-123", True, id="a-proxys-id"),
+        pytest.param("8a3f2c1e-0b7d-4e51-9c60-2d4f8e7a1b93", True, id="a-uuid"),
+        pytest.param(None, False, id="none"),
+        pytest.param("has a space", False, id="not-a-token"),
+        pytest.param("x" * 129, False, id="too-long"),
+    ],
+)
+def test_every_answer_carries_a_request_id(server: ServerProcess, sent: str | None, echoed: bool):
+    """A proxy's (Envoy, nginx) or client's ``X-Request-Id`` comes back; without a usable one the
+    server makes one. Errors carry it too."""
+    headers = {"X-Request-Id": sent} if sent is not None else {}
+    for r in (
+        requests.post(f"{server.url}/predictions/{MODEL}", data=image_bytes(5), headers=headers, timeout=30),
+        requests.post(f"{server.url}/predictions/other", data=b"x", headers=headers, timeout=30),
+    ):
+        assert r.status_code in (200, 404)
+        rid = r.headers["X-Request-Id"]
+        if echoed:
+            assert rid == sent
+        else:
+            assert len(rid) == 32 and int(rid, 16) >= 0 and rid != sent
+
+
+def test_a_requests_log_lines_carry_its_id_and_trace(tmp_path: Path, model_v1: ExportedModel):
+    """With ``--log-level DEBUG`` each REST request and gRPC call has an access log line carrying its
+    request id and the trace id of its W3C ``traceparent``, over both protocols."""
+    import grpc  # noqa: PLC0415
+
+    from modelops_server.proto import grpc_predict_v2_pb2 as pb  # noqa: PLC0415
+    from modelops_server.proto import grpc_predict_v2_pb2_grpc as pb_grpc  # noqa: PLC0415
+
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    server = ServerProcess(model=model_v1.path, args=["--log-level", "DEBUG"]).start(tmp_path)
+    try:
+        r = requests.post(
+            f"{server.url}/v1/models/{MODEL}:classify",
+            data=image_bytes(6),
+            headers={"X-Request-Id": "rest-42", "traceparent": f"00-{trace}-00f067aa0ba902b7-01"},
+            timeout=30,
+        )
+        assert r.status_code == 200 and r.headers["X-Request-Id"] == "rest-42"
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            metadata = (("x-request-id", "grpc-7"), ("traceparent", f"00-{trace}-00f067aa0ba902b7-01"))
+            with pytest.raises(grpc.RpcError):
+                stub.ModelMetadata(pb.ModelMetadataRequest(name="other"), metadata=metadata, timeout=10)
+    finally:
+        assert server.stop() == 0, server.logs()
+    lines = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
+    access = {line["request_id"]: line for line in lines if line["message"] == "request" and "request_id" in line}
+    assert access["rest-42"]["trace_id"] == trace and access["rest-42"]["status"] == 200
+    assert access["rest-42"]["path"] == f"/v1/models/{MODEL}:classify"
+    assert access["grpc-7"]["trace_id"] == trace and access["grpc-7"]["status"] == 404
+    assert access["grpc-7"]["path"] == "/inference.GRPCInferenceService/ModelMetadata"
+
+
 def test_metrics_count_requests_by_model_version_and_code(server: ServerProcess):
     from tests.support.serving import metric_value  # noqa: PLC0415
 

@@ -505,3 +505,21 @@ def test_torchserve_answer_keeps_every_score_when_labels_repeat():
     assert list(doc) == ["dog", "cat", "cat (0)"]  # the first "cat" by score is index 2
     assert list(doc.values()) == pytest.approx([probs[1], probs[2], probs[0]], abs=1e-6)
     assert list(orjson.loads(encode_label_scores(logits, card, 1))) == ["dog"]
+
+
+@pytest.mark.parametrize(
+    ("traceparent", "trace_id"),
+    [
+        ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "4bf92f3577b34da6a3ce929d0e0e4736"),
+        ("00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01", "4bf92f3577b34da6a3ce929d0e0e4736"),
+        ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", None),  # W3C: an all-zero id is invalid
+        ("00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01", None),  # 31 hex digits
+        ("garbage", None),
+        (None, None),
+    ],
+)
+def test_request_context_takes_only_a_valid_trace_id(traceparent: str | None, trace_id: str | None):
+    from modelops_server.logs import request_context  # noqa: PLC0415
+
+    context = request_context("id-1", traceparent)
+    assert context.get("trace_id") == trace_id and context["request_id"] == "id-1"

@@ -57,6 +57,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from modelops_server import __version__, errors, repository
 from modelops_server.dataplane import Answer, DataPlane, ServedModel
 from modelops_server.experiment import Assignment, parse_feedback
+from modelops_server.logs import REQUEST, request_context
 from modelops_server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.monotonic()
     m.inflight.inc()
     endpoint = request.match_info.route.name or "unknown"
+    context = request_context(request.headers.get("X-Request-Id"), request.headers.get("traceparent"))
+    token = REQUEST.set(context)
     try:
         try:
             response = await handler(request)
@@ -172,6 +175,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         m.inflight.dec()
         app[BODIES].release(request)
+        REQUEST.reset(token)
+    response.headers["X-Request-Id"] = context["request_id"]
     if request.get(_HELD + "_refused") or (request.body_exists and not request.content.at_eof()):
         response.force_close()  # a body not read to its end is not drained from a slow or hostile client
     model: ServedModel | None = request.get(_MODEL_LABEL)
@@ -194,6 +199,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
                 "seconds": round(time.monotonic() - started, 6),
                 "model": name,
                 "version": version,
+                **context,
             },
         )
     return response

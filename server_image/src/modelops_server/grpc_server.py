@@ -39,6 +39,7 @@ from modelops_server import __version__, errors, repository
 from modelops_server.config import Settings
 from modelops_server.dataplane import DataPlane, ServedModel
 from modelops_server.endpoints import EXTENSIONS, BodyBudget
+from modelops_server.logs import REQUEST, request_context
 from modelops_server.metrics import Metrics
 from modelops_server.proto import grpc_predict_v2_pb2 as pb
 
@@ -119,6 +120,8 @@ class InferenceService:
         m.inflight.inc()
         labels = labels or _Labels()
         status, reason = 200, ""
+        metadata = _metadata(context)
+        token = REQUEST.set(request_context(metadata.get("x-request-id"), metadata.get("traceparent")))
         try:
             response, labels.model = await body()
             return response
@@ -131,14 +134,19 @@ class InferenceService:
             await self._abort(context, errors.ServerError(f"internal error: {type(exc).__name__}"))
         finally:
             m.inflight.dec()
-            if method not in ("ServerLive", "ServerReady"):
-                model = labels.model
-                name, version = (model.name, model.version) if model is not None else ("", "")
+            model = labels.model
+            name, version = (model.name, model.version) if model is not None else ("", "")
+            if method not in ("ServerLive", "ServerReady", "ModelReady"):  # probes, as REST's are not counted
                 endpoint = "grpc_" + method
                 m.requests.labels(name, version, endpoint, str(status)).inc()
                 m.request_duration.labels(name, version, endpoint).observe(time.monotonic() - started)
                 if status >= 400:
                     m.errors.labels(name, reason).inc()
+            if log.isEnabledFor(logging.DEBUG):  # the access log, as REST's: one line per call at DEBUG
+                seconds = round(time.monotonic() - started, 6)
+                extra = {"method": "gRPC", "path": f"/{SERVICE}/{method}", "status": status, "seconds": seconds}
+                log.debug("request", extra={**extra, "model": name, "version": version})
+            REQUEST.reset(token)
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
     async def _abort(self, context: Context, exc: errors.ServerError) -> None:

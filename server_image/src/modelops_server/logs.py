@@ -2,13 +2,19 @@
 
 ``--log-format auto`` (the default) writes JSON unless stderr is a terminal. Every record carries
 ``component`` (``frontend``, ``worker``, ``jobs``) and, in worker processes, ``worker``; extra
-fields passed with ``log.info(..., extra={...})`` become JSON keys.
+fields passed with ``log.info(..., extra={...})`` become JSON keys. A record written while the
+front end handles a request also carries that request's ``request_id`` and, when the client sent
+a W3C ``traceparent``, its ``trace_id`` (``request_context``), so that a request's log lines can
+be found from its answer's ``X-Request-Id`` or from a trace.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import uuid
+from contextvars import ContextVar
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -23,7 +29,28 @@ class _ContextFilter(logging.Filter):
         record.component = self.component
         if self.worker is not None and not hasattr(record, "worker"):
             record.worker = self.worker
+        for key, value in (REQUEST.get() or {}).items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
         return True
+
+
+#: The request being handled in this task: ``request_id`` and, where given, ``trace_id``.
+REQUEST: ContextVar[dict[str, str] | None] = ContextVar("modelops_request", default=None)
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def request_context(request_id: str | None, traceparent: str | None) -> dict[str, str]:
+    """A request's log context: the client's (or a proxy's) ``X-Request-Id`` when it is a plain
+    token of at most 128 characters, else a new one; and the trace id of a valid ``traceparent``."""
+    rid = request_id.strip() if request_id else ""
+    context = {"request_id": rid if _REQUEST_ID.fullmatch(rid) else uuid.uuid4().hex}
+    match = _TRACEPARENT.fullmatch(traceparent.strip().lower()) if traceparent else None
+    if match and match.group(1) != "0" * 32:
+        context["trace_id"] = match.group(1)
+    return context
 
 
 def configure_logging(
