@@ -19,6 +19,7 @@ route                                                  what
 ``POST /v1/jobs``, ``GET /v1/jobs/{id}``               asynchronous jobs (with ``--redis-url``; see ``jobs``)
 ``GET  /``                                             the web page (to a browser); KServe V1 liveness otherwise
 ``GET  /metrics``                                      Prometheus metrics
+``GET  /openapi.json``                                 this table as OpenAPI 3.1 (``openapi``)
 =====================================================  =============================================
 
 While an A/B experiment runs (``experiment``), each inference request is answered by the variant
@@ -54,7 +55,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from modelops_server import __version__, errors, repository
+from modelops_server import __version__, errors, openapi, repository
 from modelops_server.dataplane import Answer, DataPlane, ServedModel
 from modelops_server.experiment import Assignment, parse_feedback
 from modelops_server.logs import REQUEST, request_context
@@ -140,7 +141,7 @@ def _aiohttp_error(exc: web.HTTPException) -> errors.ServerError:
 #: probes, whose 503s while a model loads or the server drains are answers, not failed requests
 #: (counted, they would raise the error rate that the alerts and the canary analysis read).
 UNCOUNTED = frozenset(
-    ("metrics", "index", "live", "ready", "ping", "model_ready", "model_ready_version", "v1_model_ready")
+    ("metrics", "openapi", "index", "live", "ready", "ping", "model_ready", "model_ready_version", "v1_model_ready")
 )
 
 
@@ -641,6 +642,11 @@ def _page() -> tuple[bytes, dict[str, str]]:
     }
 
 
+async def openapi_document(request: web.Request) -> web.Response:
+    """The REST API as OpenAPI 3.1, for the routes this server has (``openapi``)."""
+    return json_response(openapi.document(request.app))
+
+
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition."""
     body = generate_latest(request.app[METRICS].registry)
@@ -673,3 +679,4 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/feedback", feedback, name="feedback")
     r.add_get("/", index, name="index")
     r.add_get("/metrics", metrics, name="metrics")
+    r.add_get("/openapi.json", openapi_document, name="openapi")
