@@ -38,17 +38,19 @@ def holder(namespace: str, lease: str) -> str | None:
 
 
 @contextmanager
-def elected_pair(operator: OperatorProcess, kubeconfig: Path) -> Iterator[tuple[OperatorProcess, str]]:
+def elected_pair(
+    operator: OperatorProcess, kubeconfig: Path, **extra_env: str
+) -> Iterator[tuple[OperatorProcess, str]]:
     """Two replicas electing a leader, in place of the session's operator (which runs without
     election); yields the leader (started first) and its identity. The standby runs too."""
     operator.stop()
     env = {"MODELOPS_LEADER_ELECTION_NAMESPACE": OPERATOR_NAMESPACE, "MODELOPS_LEADER_ELECTION_ID": LEASE}
-    first, second = OperatorProcess(kubeconfig, **env), OperatorProcess(kubeconfig, **env)
+    first, second = OperatorProcess(kubeconfig, **env, **extra_env), OperatorProcess(kubeconfig, **env, **extra_env)
     try:
         first.start()  # healthy once it leads (kopf's own /healthz)
         leader = wait_until("a lease holder", lambda: holder(OPERATOR_NAMESPACE, LEASE), timeout=30)
         second.start()  # healthy while waiting too: its standby /healthz answers
-        with urllib.request.urlopen(f"http://127.0.0.1:{second.port}/healthz", timeout=5) as r:
+        with urllib.request.urlopen(f"http://{second.host}:{second.port}/healthz", timeout=5) as r:
             assert b"standby" in r.read()
         yield first, leader
     finally:
@@ -117,3 +119,14 @@ def test_a_rollout_completes_when_the_leader_is_killed_mid_rollout(operator, ope
         wait_until("the new leader completes the rollout", promoted, timeout=180)
         st = status(custom, namespace, "modeldeployments", "digits")
         assert st["previous"]["digest"] == v1.digest and not st.get("aborted") and st.get("canary") is None
+
+
+def test_in_an_ipv6_pod_the_probes_and_metrics_answer_on_ipv6(operator, operator_kubeconfig):
+    """An IPv6-only cluster probes the pod's IPv6 address: told its pod IP is IPv6 (the chart's
+    MODELOPS_POD_IP), the leader's kopf /healthz, the standby's /healthz and /metrics all answer on
+    IPv6 (here ::1); they listened on 0.0.0.0 alone before, so such a pod was never alive."""
+    with elected_pair(operator, operator_kubeconfig, MODELOPS_POD_IP="fd00:10:244::17") as (first, _):
+        assert first.host == "[::1]"
+        with urllib.request.urlopen(f"http://[::1]:{first.port}/healthz", timeout=5) as r:
+            assert r.status == 200 and b"standby" not in r.read()
+        assert first.metric("modelops_build_info") == 1

@@ -96,3 +96,17 @@ def test_workload_defaults_are_read_as_json_the_way_the_chart_writes_them():
 def test_bad_workload_defaults_stop_the_operator_at_start(value):
     with pytest.raises(ValueError, match=r"workload_defaults"):
         OperatorSettings.from_env({"MODELOPS_WORKLOAD_DEFAULTS": value})
+
+
+@pytest.mark.parametrize(
+    ("environ", "host"),
+    [
+        ({}, "0.0.0.0"),
+        ({"MODELOPS_POD_IP": "10.244.0.7"}, "0.0.0.0"),
+        ({"MODELOPS_POD_IP": "fd00:10:244::7"}, "::"),
+        ({"MODELOPS_POD_IP": "fd00:10:244::7", "MODELOPS_LISTEN_ADDRESS": "0.0.0.0"}, "0.0.0.0"),
+        ({"MODELOPS_LISTEN_ADDRESS": "127.0.0.1"}, "127.0.0.1"),
+    ],
+)
+def test_the_endpoints_listen_on_the_pods_ip_family(environ: dict[str, str], host: str):
+    assert OperatorSettings.from_env(environ).listen_host == host

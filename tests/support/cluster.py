@@ -189,6 +189,8 @@ class OperatorProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = self.metrics_port = 0
+        #: Where its endpoints answer: on IPv6 when told its pod's IP is IPv6 (MODELOPS_POD_IP).
+        self.host = "[::1]" if ":" in (extra_env.get("MODELOPS_POD_IP") or "") else "127.0.0.1"
 
     def start(self) -> None:
         self.port = _free_port()
@@ -221,7 +223,7 @@ class OperatorProcess:
 
     def metric(self, name: str) -> float:
         """The sum of a metric's samples on the operator's /metrics (0 when absent)."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+        with urllib.request.urlopen(f"http://{self.host}:{self.metrics_port}/metrics", timeout=5) as r:
             text = r.read().decode()
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
@@ -230,7 +232,7 @@ class OperatorProcess:
         if self.proc.poll() is not None:
             raise AssertionError(f"operator exited with {self.proc.returncode}; see {self.log}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
+            with urllib.request.urlopen(f"http://{self.host}:{self.port}/healthz", timeout=1) as r:
                 return bool(r.status == 200)
         except OSError:
             return False

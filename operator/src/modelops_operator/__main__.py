@@ -34,8 +34,8 @@ _FORMATS = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.PLAIN, "full": 
 
 
 @contextlib.contextmanager
-def _standby_health(port: int) -> Iterator[None]:
-    """Answer the liveness probe on `port` until kopf serves it (after the lease is acquired)."""
+def _standby_health(host: str, port: int) -> Iterator[None]:
+    """Answer the liveness probe on `host`:`port` until kopf serves it (after the lease is acquired)."""
     if not port:
         yield
         return
@@ -49,7 +49,10 @@ def _standby_health(port: int) -> Iterator[None]:
         def log_message(self, *_: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Alive)
+    class Server(http.server.ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    server = Server((host, port), Alive)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers.register(settings)
 
     if settings.metrics_port:
-        prometheus_client.start_http_server(settings.metrics_port)
+        prometheus_client.start_http_server(settings.metrics_port, addr=settings.listen_host)
 
     election = None
     if settings.leader_election_namespace:
@@ -95,14 +98,15 @@ def main(argv: list[str] | None = None) -> int:
 
         identity = f"{socket.gethostname()}-{os.getpid()}"
         election = LeaderElection(settings.leader_election_namespace, settings.leader_election_id, identity)
-        with _standby_health(settings.health_port):  # a waiting standby is alive, and says so
+        with _standby_health(settings.listen_host, settings.health_port):  # a waiting standby is alive, and says so
             election.acquire()
     loop_factory = None  # asyncio's own
     if settings.event_loop == "uvloop":
         import uvloop  # noqa: PLC0415 - loaded only when chosen
 
         loop_factory = uvloop.new_event_loop
-    liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
+    host = settings.listen_host
+    liveness = f"http://{f'[{host}]' if ':' in host else host}:{settings.health_port}/healthz"
     try:
         # kopf.run() with the loop chosen above (asyncio.run() would always make asyncio's own).
         with asyncio.Runner(loop_factory=loop_factory) as runner, contextlib.suppress(asyncio.CancelledError):
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                     standalone=True,
                     clusterwide=not settings.namespaces,
                     namespaces=settings.namespaces,
-                    liveness_endpoint=liveness,
+                    liveness_endpoint=liveness if settings.health_port else None,
                 )
             )
     finally:

@@ -100,6 +100,20 @@ class OperatorSettings(BaseModel):
     """Port of the liveness endpoint (`/healthz`); 0 turns it off."""
     metrics_port: int = Field(default=8081, ge=0, le=65535)
     """Port of the operator's Prometheus metrics (`/metrics`); 0 turns them off."""
+    listen_address: str = ""
+    """Address the liveness and metrics endpoints listen on; empty: every address of the pod's IP
+    family (`::` when `podIP` is IPv6, as in an IPv6-only cluster, else `0.0.0.0`)."""
+    pod_ip: str = ""
+    """The pod's IP (the chart sets it from `status.podIP`); it tells the empty `listenAddress` which
+    family to listen on."""
+
+    @property
+    def listen_host(self) -> str:
+        """The address the endpoints bind: `listen_address`, or the wildcard of the pod's IP family."""
+        if self.listen_address:
+            return self.listen_address
+        return "::" if ":" in self.pod_ip else "0.0.0.0"
+
     leader_election_namespace: str | None = None
     """Namespace of the Lease that elects one leader among operator replicas; unset runs without
     election (one replica only). The chart sets it to the release namespace."""

@@ -35,8 +35,18 @@ class Settings(BaseModel):
     model_version: str | None = Field(
         default=None, description="Version label (e.g. digits-resnet:v3); default: the digest's first 12 hex digits."
     )
-    host: str = Field(default="0.0.0.0", description="Address to listen on.")
-    port: int = Field(default=8080, ge=0, le=65535, description="TCP port (0 picks a free one and logs it).")
+    host: str = Field(
+        default="",
+        description="Address to listen on (REST and gRPC); empty: every address, IPv4 and IPv6, so that "
+        "probes and clients reach the pod in IPv4, IPv6-only and dual-stack clusters alike.",
+    )
+    port: int = Field(
+        default=8080,
+        ge=0,
+        le=65535,
+        description="TCP port (0 picks a free one and logs it; with no --host, on IPv4 only, since each "
+        "family would pick another).",
+    )
     grpc_port: int = Field(
         default=8081,
         ge=-1,

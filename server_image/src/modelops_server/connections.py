@@ -76,7 +76,7 @@ class GuardedSite(web.TCPSite):
     def __init__(
         self,
         runner: web.BaseRunner,
-        host: str,
+        host: str | None,
         port: int,
         *,
         max_connections: int,

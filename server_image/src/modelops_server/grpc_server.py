@@ -349,6 +349,14 @@ class _Health(health.aio.HealthServicer):  # type: ignore[misc]
         return await super().Check(request, context)
 
 
+def grpc_address(host: str, port: int) -> str:
+    """gRPC's address for `host`: ``[::]`` for every address (gRPC listens on both families there,
+    and on IPv4 alone where the node has no IPv6), an IPv6 literal in brackets."""
+    if not host:
+        return f"[::]:{port}"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class GrpcServer:
     """The grpc.aio server on ``--grpc-port``, with the health service kept in step with readiness."""
 
@@ -371,7 +379,7 @@ class GrpcServer:
     async def start(self) -> int:
         """Bind and start; returns the port (the one picked when ``--grpc-port 0``)."""
         try:
-            self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.grpc_port}")
+            self.port = self.server.add_insecure_port(grpc_address(self.settings.host, self.settings.grpc_port))
         except RuntimeError as exc:
             raise errors.ServerError(f"cannot listen for gRPC on port {self.settings.grpc_port}: {exc}") from exc
         await self.server.start()

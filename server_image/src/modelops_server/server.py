@@ -60,7 +60,7 @@ async def serve(settings: Settings) -> int:
     await runner.setup()
     site = GuardedSite(
         runner,
-        settings.host,
+        settings.host or ("0.0.0.0" if settings.port == 0 else None),  # None: every address of both families
         settings.port,
         max_connections=settings.max_connections,
         on_refused=metrics.connections_refused.inc,
