@@ -6,6 +6,8 @@ import base64
 import gzip
 import io
 import json
+import socket
+import subprocess
 import zlib
 
 import pytest
@@ -426,6 +428,57 @@ def test_a_body_its_coding_does_not_describe_is_refused(
     )
     assert r.status_code == status, r.text
     assert fragment in r.json()["error"]
+
+
+def _expecting(server: ServerProcess, path: str, length: int, **headers: str) -> tuple[socket.socket, bytes]:
+    """Send a request head with ``Expect: 100-continue`` and no body; the first thing answered."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {length}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "Expect: 100-continue\r\n\r\n"
+    sock.sendall(head.encode())
+    return sock, sock.recv(65536)
+
+
+@pytest.mark.parametrize(
+    ("length", "headers", "status"),
+    [
+        pytest.param(5 << 20, {}, b"413", id="over-the-size-limit"),
+        pytest.param(1000, {"Content-Encoding": "x-custom"}, b"415", id="unknown-coding"),
+    ],
+)
+def test_expect_continue_is_refused_before_the_body_is_sent(
+    server: ServerProcess, length: int, headers: dict, status: bytes
+):
+    """A body that will be refused unread gets its refusal instead of ``100 Continue``: the client
+    (curl, for bodies over 1 MiB) never sends it."""
+    sock, first = _expecting(server, f"/v1/models/{MODEL}:classify", length, **headers)
+    sock.close()
+    assert first.startswith(b"HTTP/1.1 " + status), first[:200]
+    assert b"100 Continue" not in first
+
+
+def test_expect_continue_asks_for_a_body_that_will_be_read(server: ServerProcess, tmp_path):
+    sock, first = _expecting(server, f"/v1/models/{MODEL}:classify", len(PNG))
+    with sock:
+        assert first == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(PNG)
+        answer = b""
+        while b"predictions" not in answer:
+            chunk = sock.recv(65536)
+            assert chunk, answer
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    # curl sends Expect: 100-continue for bodies over 1 MiB; a large image goes through.
+    big = tmp_path / "big.png"
+    Image.effect_noise((900, 900), 64).convert("RGB").save(big)
+    assert big.stat().st_size > 1 << 20
+    res = subprocess.run(
+        ["curl", "-sS", "-v", "-H", "Content-Type: image/png", "--data-binary", f"@{big}",
+         f"{server.url}/v1/models/{MODEL}:classify"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0 and "Expect: 100-continue" in res.stderr and "100 Continue" in res.stderr, res.stderr
+    assert json.loads(res.stdout)["predictions"]
 
 
 def test_wrong_method_is_405_in_json(server: ServerProcess):

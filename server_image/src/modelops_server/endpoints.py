@@ -50,7 +50,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, HttpVersion11, web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -277,6 +277,25 @@ async def receive_bounded(request: web.Request, receive: Callable[[], Awaitable[
             ) from exc
         detail = getattr(exc.__cause__, "message", None) or str(exc)
         raise errors.RequestError(f"the request body cannot be read: {detail}") from exc
+
+
+async def expect_continue(request: web.Request) -> None:
+    """``Expect: 100-continue`` (curl sends it for bodies over 1 MiB; Java's and .NET's clients can):
+    the 100 that asks for the body is sent only when the body will be read. A body over the size
+    limit or in an unknown coding, or any body while the server drains, gets its 413, 415 or 503
+    at once from the handler, which reads nothing, instead of a 100 that makes the client send it
+    all first. Otherwise as aiohttp's own: a 100, or 417 for another expectation."""
+    if request.version != HttpVersion11:
+        return
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"unknown Expect: {request.headers.get('Expect')}")
+    limit = request.app._client_max_size
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    too_large = request.content_length is not None and request.content_length > limit
+    if too_large or coding not in CONTENT_CODINGS or request.app[DATAPLANE].draining:
+        return
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the answer's own size starts after the 100
 
 
 #: The content codings a request body may have (aiohttp decodes the four, the size limit applying to
@@ -656,27 +675,28 @@ async def metrics(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     """Register every route; the names are the ``endpoint`` label of the metrics."""
     r = app.router
+    post = functools.partial(r.add_post, expect_handler=expect_continue)  # every route with a body
     r.add_get("/v2/health/live", live, name="live")
     r.add_get("/v2/health/ready", ready, name="ready")
     r.add_get("/v2", server_metadata, name="server_metadata")
     for prefix, suffix in (("/v2/models/{name}", ""), ("/v2/models/{name}/versions/{version}", "_version")):
         r.add_get(prefix, model_metadata, name="metadata" + suffix)
         r.add_get(prefix + "/ready", model_ready, name="model_ready" + suffix)
-        r.add_post(prefix + "/infer", infer, name="infer" + suffix)
-    r.add_post("/v2/repository/index", repository_index, name="repository_index")
-    r.add_post("/v2/repository/models/{name}/load", repository_load, name="repository_load")
-    r.add_post("/v2/repository/models/{name}/unload", repository_unload, name="repository_unload")
-    r.add_post("/v1/models/{name:[^/:]+}:classify", classify, name="classify")
-    r.add_post("/v1/models/{name:[^/:]+}:predict", predict, name="predict")
+        post(prefix + "/infer", infer, name="infer" + suffix)
+    post("/v2/repository/index", repository_index, name="repository_index")
+    post("/v2/repository/models/{name}/load", repository_load, name="repository_load")
+    post("/v2/repository/models/{name}/unload", repository_unload, name="repository_unload")
+    post("/v1/models/{name:[^/:]+}:classify", classify, name="classify")
+    post("/v1/models/{name:[^/:]+}:predict", predict, name="predict")
     r.add_get("/v1/models", v1_models, name="v1_models")
     for suffix, path in (("", "/predictions/{name}"), ("_version", "/predictions/{name}/{version}")):
         resource = r.add_resource(path, name="predictions" + suffix)
-        resource.add_route("POST", predictions)
-        resource.add_route("PUT", predictions)  # curl -T, TorchServe's own example, sends PUT
-    r.add_post("/invocations", invocations, name="invocations")
+        resource.add_route("POST", predictions, expect_handler=expect_continue)
+        resource.add_route("PUT", predictions, expect_handler=expect_continue)  # curl -T, in TorchServe's docs
+    post("/invocations", invocations, name="invocations")
     r.add_get("/ping", ping, name="ping")
     r.add_get("/v1/models/{name:[^/:]+}", v1_model_ready, name="v1_model_ready")
-    r.add_post("/v1/feedback", feedback, name="feedback")
+    post("/v1/feedback", feedback, name="feedback")
     r.add_get("/", index, name="index")
     r.add_get("/metrics", metrics, name="metrics")
     r.add_get("/openapi.json", openapi_document, name="openapi")

@@ -129,7 +129,7 @@ class JobService:
     def attach(self, app: web.Application) -> None:
         """Register the routes and start/stop the consumers with the application."""
         app[JOB_SERVICE] = self
-        app.router.add_post("/v1/jobs", self.submit, name="jobs_submit")
+        app.router.add_post("/v1/jobs", self.submit, name="jobs_submit", expect_handler=endpoints.expect_continue)
         app.router.add_get("/v1/jobs/{job_id}", self.get, name="jobs_get")
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
