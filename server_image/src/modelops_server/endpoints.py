@@ -255,15 +255,10 @@ async def read_body(request: web.Request) -> bytes:
 async def receive_bounded(request: web.Request, receive: Callable[[], Awaitable[None]]) -> None:
     """Run `receive` (which reads the body) once the body's Content-Length fits the size limit and
     the budget, and within the body timeout."""
-    limit = request.app._client_max_size
-    if request.content_length is not None and request.content_length > limit:
-        raise errors.BodyTooLarge(f"the request body of {request.content_length} bytes is above the limit of {limit}")
-    coding = request.headers.get("Content-Encoding", "").strip().lower()
-    if coding not in CONTENT_CODINGS:
-        raise errors.UnsupportedMediaType(
-            f"Content-Encoding {request.headers['Content-Encoding']!r} is not accepted: send the body uncompressed, "
-            "or encoded with one of gzip, deflate, br, zstd"
-        )
+    refusal = _refused_unread(request)
+    if refusal is not None:
+        raise refusal
+    coding = _coding(request)
     budget = request.app[BODIES]
     budget.hold(request, request.content_length or 0)
     try:
@@ -289,13 +284,28 @@ async def expect_continue(request: web.Request) -> None:
         return
     if request.headers.get("Expect", "").lower() != "100-continue":
         raise web.HTTPExpectationFailed(text=f"unknown Expect: {request.headers.get('Expect')}")
-    limit = request.app._client_max_size
-    coding = request.headers.get("Content-Encoding", "").strip().lower()
-    too_large = request.content_length is not None and request.content_length > limit
-    if too_large or coding not in CONTENT_CODINGS or request.app[DATAPLANE].draining:
+    if _refused_unread(request) is not None or request.app[DATAPLANE].draining:
         return
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     request.writer.output_size = 0  # the answer's own size starts after the 100
+
+
+def _coding(request: web.Request) -> str:
+    return request.headers.get("Content-Encoding", "").strip().lower()
+
+
+def _refused_unread(request: web.Request) -> errors.ServerError | None:
+    """What refuses the body from its head alone, before a byte of it is read: a Content-Length
+    over the size limit (413) or a coding aiohttp cannot decode (415); None when nothing does."""
+    limit = request.app._client_max_size
+    if request.content_length is not None and request.content_length > limit:
+        return errors.BodyTooLarge(f"the request body of {request.content_length} bytes is above the limit of {limit}")
+    if _coding(request) not in CONTENT_CODINGS:
+        return errors.UnsupportedMediaType(
+            f"Content-Encoding {request.headers['Content-Encoding']!r} is not accepted: send the body uncompressed, "
+            "or encoded with one of gzip, deflate, br, zstd"
+        )
+    return None
 
 
 #: The content codings a request body may have (aiohttp decodes the four, the size limit applying to
