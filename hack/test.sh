@@ -65,5 +65,10 @@ if [ -n "$cluster" ]; then
   cluster_ready=1
 fi
 
+# Two pytest-xdist workers (MODELOPS_TEST_WORKERS; 0 runs the tests in this process, as a debugger
+# wants): the cluster tests share one cluster and one operator process, so they are one group that
+# runs in one worker (tests/e2e/conftest.py), and the other tests run in the other worker beside
+# them, on the CPU the cluster tests leave idle while they wait for pods, rollouts and the HPA's
+# windows. `-n 0` in the arguments wins, as do other `-n` and `--dist` values.
 step "pytest"
-$py/pytest --durations=30 "$@"   # the 30 slowest tests, for the CI budget
+$py/pytest -n "${MODELOPS_TEST_WORKERS:-2}" --dist loadgroup --durations=30 "$@"   # the 30 slowest tests, for the CI budget

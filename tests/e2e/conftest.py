@@ -4,12 +4,14 @@
 The session starts the cluster when it is not running (and stops it afterwards unless
 MODELOPS_KEEP_CLUSTER=1), installs the CRDs, and runs the operator as a separate process, as a
 user would, authenticated as the Helm chart's ServiceAccount with the chart's RBAC. Each test
-gets its own namespace. Every test under tests/e2e/ carries the `cluster` marker.
+gets its own namespace. Every test under tests/e2e/ carries the `cluster` marker, and all of them
+run in one pytest-xdist worker (the `cluster` group).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import subprocess
 import sys
@@ -41,10 +43,16 @@ from tests.support.workloads import ready_digits
 E2E = Path(__file__).resolve().parent
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test here is a `cluster` test, and all of them are one pytest-xdist group: under
+    `--dist loadgroup` (hack/test.sh) they run in one worker, one after the other, with the one
+    operator process of that worker's session, while the other workers take the tests that need no
+    cluster. First among the hooks, since xdist names the groups in its own (last) hook."""
     for item in items:
         if E2E in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.cluster)
+            item.add_marker(pytest.mark.xdist_group("cluster"))
 
 
 #: The exceptions already explained (a module fixture's is raised again for each of its tests).
@@ -68,6 +76,20 @@ def pytest_runtest_makereport(
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Path]:
+    # One pytest process at a time runs cluster tests on a cluster: two (xdist workers under another
+    # --dist than loadgroup, or two runs) would each start an operator process, and the operators
+    # would fight over the same objects. Held for the session; the kernel drops it with the process.
+    STATE.mkdir(parents=True, exist_ok=True)
+    lock = (STATE / "tests.lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        pytest.fail(
+            f"another pytest process runs cluster tests on this cluster ({STATE / 'tests.lock'} is locked): "
+            "run them in one process at a time, under pytest-xdist in one worker (--dist loadgroup, as "
+            "hack/test.sh does, or -n 0)"
+        )
     cli = [sys.executable, str(REPO / "hack" / "cluster.py")]
     running = subprocess.run([*cli, "status"], capture_output=True, check=False).returncode == 0
     if not running:
@@ -75,6 +97,7 @@ def cluster() -> Iterator[Path]:
     yield KUBECONFIG
     if not running and os.environ.get("MODELOPS_KEEP_CLUSTER") != "1":
         subprocess.run([*cli, "down"], check=False)
+    lock.close()
 
 
 @pytest.fixture(scope="session")
