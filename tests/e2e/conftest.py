@@ -5,7 +5,7 @@ The session starts the cluster when it is not running (and stops it afterwards u
 MODELOPS_KEEP_CLUSTER=1), installs the CRDs, and runs the operator as a separate process, as a
 user would, authenticated as the Helm chart's ServiceAccount with the chart's RBAC. Each test
 gets its own namespace. Every test under tests/e2e/ carries the `cluster` marker, and all of them
-run in one pytest-xdist worker (the `cluster` group).
+run in one pytest-xdist worker (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -43,16 +43,12 @@ from tests.support.workloads import ready_digits
 E2E = Path(__file__).resolve().parent
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test here is a `cluster` test, and all of them are one pytest-xdist group: under
-    `--dist loadgroup` (hack/test.sh) they run in one worker, one after the other, with the one
-    operator process of that worker's session, while the other workers take the tests that need no
-    cluster. First among the hooks, since xdist names the groups in its own (last) hook."""
+    """Every test here is a `cluster` test (under pytest-xdist all of them run in one worker: the
+    scheduler in tests/conftest.py)."""
     for item in items:
         if E2E in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.cluster)
-            item.add_marker(pytest.mark.xdist_group("cluster"))
 
 
 #: The exceptions already explained (a module fixture's is raised again for each of its tests).

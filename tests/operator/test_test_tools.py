@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from xdist.scheduler import LoadGroupScheduling
 
+from tests.conftest import CLUSTER_TESTS, ClusterTestsInOneWorker
+from tests.e2e.conftest import E2E
 from tests.support import tools
 from tests.support.lifecycle import STAGES, stage_of
 
@@ -113,3 +117,24 @@ def test_the_deletion_is_seen_while_anything_of_it_is_left():
     """The objects gone and only a server pod still terminating: still deleting, not deleted."""
     assert stage_of(scene(None, None, None, obj("Pod", "digits-canary-1"))) == "deleting"
     assert stage_of(scene(READY, RUN2, obj("ModelDeployment", deleting=True, phase="Healthy", stable=V2))) == "deleting"
+
+
+def test_the_xdist_scheduler_keeps_every_cluster_test_in_one_worker():
+    """tests/conftest.py's scheduler makes one work unit of the node IDs under CLUSTER_TESTS: that
+    prefix must be the directory whose tests tests/e2e/conftest.py marks `cluster`, and the unit
+    must hold them all, while any other test is a unit of its own."""
+    assert (REPO / CLUSTER_TESTS).resolve() == E2E
+    listed = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "tests/e2e", "tests/server"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    ids = [line for line in listed if "::" in line]
+    split = ClusterTestsInOneWorker._split_scope.__get__(object.__new__(ClusterTestsInOneWorker))
+    cluster = [i for i in ids if i.startswith("tests/e2e/")]
+    assert len(cluster) > 100 and {split(i) for i in cluster} == {"cluster"}
+    others = [i for i in ids if not i.startswith("tests/e2e/")]
+    assert others and [split(i) for i in others] == others
+    assert issubclass(ClusterTestsInOneWorker, LoadGroupScheduling)
