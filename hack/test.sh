@@ -66,8 +66,8 @@ if [ -n "$cluster" ]; then
 fi
 
 # Two pytest-xdist workers (MODELOPS_TEST_WORKERS; 0 runs the tests in this process, as a debugger
-# wants): the cluster tests share one cluster and one operator process, so they are one group that
-# runs in one worker (tests/e2e/conftest.py), and the other tests run in the other worker beside
+# wants): the cluster tests share one cluster and one operator process, so they are one work unit
+# that runs in one worker (the scheduler in tests/conftest.py), and the other tests run in the other worker beside
 # them, on the CPU the cluster tests leave idle while they wait for pods, rollouts and the HPA's
 # windows. `-n 0` in the arguments wins, as do other `-n` and `--dist` values.
 step "pytest"
